@@ -1,0 +1,253 @@
+//! The gRPC edge: protobuf ⇄ domain conversion, request validation, the
+//! `EntitlementService` implementation and the one error → status table.
+
+pub mod codec;
+pub mod convert;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::engine::{self, BuiltinReason, Decision, Options, RequestError};
+use crate::store::{Catalog, Store, TenantSnapshot};
+use convert::FreshnessInfo;
+
+/// Generated protobuf types and gRPC stubs of `tollgate.v1`.
+#[expect(
+    clippy::all,
+    clippy::unwrap_used,
+    reason = "generated code is not held to the project's lints"
+)]
+pub mod pb {
+    tonic::include_proto!("tollgate.v1");
+
+    /// Encoded file descriptor set of `tollgate.v1`, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
+}
+
+pub use pb::entitlement_service_server::{EntitlementService, EntitlementServiceServer};
+
+/// Why a call could not be answered with a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or does not fit the schema.
+    #[error("{0}")]
+    InvalidArgument(RequestError),
+    /// A batch holds more checks than allowed.
+    #[error("batch of {size} checks exceeds the limit of {limit}")]
+    BatchTooLarge {
+        /// Checks in the batch.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// No valid policy set has been loaded yet.
+    #[error("no valid policy set is loaded")]
+    PoliciesNotLoaded,
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match &error {
+            ApiError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
+            ApiError::BatchTooLarge { .. } => Status::resource_exhausted(error.to_string()),
+            ApiError::PoliciesNotLoaded => Status::unavailable(error.to_string()),
+        }
+    }
+}
+
+/// Limits on what one call may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most checks in one `CheckBatch`.
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_batch: 100 }
+    }
+}
+
+/// Unique decision ids: a random per-process prefix and a counter.
+#[derive(Debug)]
+struct DecisionIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl DecisionIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        hasher.write_u32(std::process::id());
+        Self {
+            prefix: hasher.finish(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{n:016x}", self.prefix)
+    }
+}
+
+/// The decision point behind `EntitlementService`, usable without gRPC (the
+/// `check` command calls it in-process).
+#[derive(Debug)]
+pub struct DecisionPoint {
+    store: Arc<Store>,
+    options: Options,
+    limits: Limits,
+    ids: DecisionIds,
+}
+
+impl DecisionPoint {
+    /// A decision point over `store`.
+    pub fn new(store: Arc<Store>, options: Options, limits: Limits) -> Self {
+        Self {
+            store,
+            options,
+            limits,
+            ids: DecisionIds::new(),
+        }
+    }
+
+    /// The store it reads.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn catalog(&self) -> Result<Arc<Catalog>, ApiError> {
+        self.store.catalog().ok_or(ApiError::PoliciesNotLoaded)
+    }
+
+    /// Decides one request.
+    pub fn check(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
+        let catalog = self.catalog()?;
+        let tenant = catalog.tenants.get(&request.tenant).cloned();
+        let prepared =
+            convert::prepare_check(&catalog.policies, request).map_err(ApiError::InvalidArgument)?;
+        self.decide(&catalog, tenant.as_deref(), &prepared)
+            .map_err(ApiError::InvalidArgument)
+    }
+
+    /// Decides a batch against one catalog; a malformed check fails the call,
+    /// naming it (`checks[3].principal.type`).
+    pub fn check_batch(
+        &self,
+        request: pb::CheckBatchRequest,
+    ) -> Result<pb::CheckBatchResponse, ApiError> {
+        let size = request.checks.len();
+        if size > self.limits.max_batch {
+            return Err(ApiError::BatchTooLarge {
+                size,
+                limit: self.limits.max_batch,
+            });
+        }
+        let catalog = self.catalog()?;
+        let in_check = |index: usize| {
+            move |error: RequestError| {
+                ApiError::InvalidArgument(RequestError::new(
+                    format!("checks[{index}].{}", error.field),
+                    error.problem,
+                ))
+            }
+        };
+        let prepared = request
+            .checks
+            .into_iter()
+            .enumerate()
+            .map(|(index, check)| {
+                let tenant = catalog.tenants.get(&check.tenant).cloned();
+                convert::prepare_check(&catalog.policies, check)
+                    .map(|prepared| (tenant, prepared))
+                    .map_err(in_check(index))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let responses = prepared
+            .iter()
+            .enumerate()
+            .map(|(index, (tenant, prepared))| {
+                self.decide(&catalog, tenant.as_deref(), prepared)
+                    .map_err(in_check(index))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(pb::CheckBatchResponse { responses })
+    }
+
+    fn decide(
+        &self,
+        catalog: &Catalog,
+        tenant: Option<&TenantSnapshot>,
+        prepared: &engine::PreparedRequest,
+    ) -> Result<pb::CheckResponse, RequestError> {
+        let policy_version = catalog.policies.version.as_str();
+        let Some(tenant) = tenant else {
+            let freshness = FreshnessInfo {
+                policy_version,
+                snapshot_version: 0,
+                snapshot_age_ms: 0,
+                source: None,
+            };
+            return Ok(convert::response(
+                Decision::deny(BuiltinReason::UnknownTenant),
+                &freshness,
+                self.ids.next(),
+            ));
+        };
+        let decision = engine::decide(&catalog.policies, tenant, prepared, self.options)?;
+        let freshness = FreshnessInfo {
+            policy_version,
+            snapshot_version: tenant.version,
+            snapshot_age_ms: u64::try_from(tenant.confirmed_at.elapsed().as_millis())
+                .unwrap_or(u64::MAX),
+            source: Some(tenant.source),
+        };
+        Ok(convert::response(decision, &freshness, self.ids.next()))
+    }
+}
+
+/// The gRPC face of a [`DecisionPoint`].
+#[derive(Debug, Clone)]
+pub struct GrpcService {
+    decision_point: Arc<DecisionPoint>,
+}
+
+impl GrpcService {
+    /// Serves `decision_point` over gRPC.
+    pub fn new(decision_point: Arc<DecisionPoint>) -> Self {
+        Self { decision_point }
+    }
+}
+
+#[tonic::async_trait]
+impl EntitlementService for GrpcService {
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        self.decision_point
+            .check(request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn check_batch(
+        &self,
+        request: Request<pb::CheckBatchRequest>,
+    ) -> Result<Response<pb::CheckBatchResponse>, Status> {
+        self.decision_point
+            .check_batch(request.into_inner())
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+}

@@ -1,0 +1,254 @@
+//! Assembles the sidecar: loads the store, starts the file watchers and the
+//! SIGHUP handler, serves gRPC (entitlements, health, reflection) and drains
+//! on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::api::{pb, DecisionPoint, EntitlementServiceServer, GrpcService};
+use crate::config::Config;
+use crate::store::{watch as dir_watch, ReloadOutcome, Store};
+
+/// Name under which health reports the entitlement service.
+pub const SERVICE_NAME: &str = "tollgate.v1.EntitlementService";
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A directory could not be watched.
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        /// The directory.
+        path: String,
+        /// The watcher error.
+        source: notify::Error,
+    },
+    /// The reflection service could not be built.
+    #[error("cannot build reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A signal handler could not be installed.
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Binds `config.listen` and serves until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    serve_on(config, listener, shutdown_signal()?).await
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).map_err(ServeError::Signal)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ServeError::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => info!(signal = "SIGTERM", "shutting down"),
+            _ = interrupt.recv() => info!(signal = "SIGINT", "shutting down"),
+        }
+    })
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Serves on `listener` until `shutdown` completes, then reports NOT_SERVING,
+/// lets in-flight requests finish within the grace period and returns.
+pub async fn serve_on(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = Arc::new(Store::new(
+        config.policies.clone(),
+        config.entitlements.clone(),
+    ));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let initial = {
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || store.reload_all())
+            .await
+            .unwrap_or_else(|_| ReloadOutcome::Rejected(Vec::new()))
+    };
+    if store.catalog().is_some() {
+        set_health(&health, ServingStatus::Serving).await;
+    } else {
+        warn!(
+            outcome = ?initial,
+            "no valid policy set; serving UNAVAILABLE until the policy directory is fixed"
+        );
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let _watchers = start_reloaders(&config, &store, &health, &stop_rx)?;
+
+    let decision_point = Arc::new(DecisionPoint::new(
+        Arc::clone(&store),
+        config.options,
+        config.limits,
+    ));
+    let entitlement_service = EntitlementServiceServer::new(GrpcService::new(decision_point))
+        .max_decoding_message_size(config.max_request_bytes);
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let address = listener.local_addr().ok();
+    info!(
+        address = %address.map(|a| a.to_string()).unwrap_or_default(),
+        policies = %config.policies.display(),
+        entitlements = %config.entitlements.display(),
+        "listening"
+    );
+
+    let draining = {
+        let health = health.clone();
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown.await;
+            set_health(&health, ServingStatus::NotServing).await;
+            let _ = stop_tx.send(true);
+        }
+    };
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(entitlement_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+
+    let mut stop_rx_grace = stop_rx.clone();
+    let grace = config.shutdown_grace;
+    let grace_over = async move {
+        // Wait for the shutdown to begin, then for the grace period.
+        let _ = stop_rx_grace.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => {
+            result?;
+            info!("stopped");
+        }
+        () = grace_over => {
+            warn!(grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), "grace period over; abandoning requests still in flight");
+        }
+    }
+    Ok(())
+}
+
+/// Starts the file watchers and the SIGHUP handler; returns the watch guards.
+fn start_reloaders(
+    config: &Config,
+    store: &Arc<Store>,
+    health: &HealthReporter,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<Vec<dir_watch::DirWatcher>, ServeError> {
+    let mut guards = Vec::new();
+    for (dir, policies) in [(&config.policies, true), (&config.entitlements, false)] {
+        let (guard, mut changes) =
+            dir_watch::watch_dir(dir).map_err(|source| ServeError::Watch {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        guards.push(guard);
+        let store = Arc::clone(store);
+        let health = health.clone();
+        let debounce = config.reload_debounce;
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = dir_watch::next_settled_change(&mut changes, debounce) => {
+                        if !changed { break; }
+                    }
+                    _ = stop_rx.changed() => break,
+                }
+                reload(&store, &health, if policies { Reload::Policies } else { Reload::Entitlements }).await;
+            }
+        });
+    }
+
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(ServeError::Signal)?;
+    let store = Arc::clone(store);
+    let health = health.clone();
+    let mut stop_rx = stop_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                received = hangup.recv() => {
+                    if received.is_none() { break; }
+                    info!(signal = "SIGHUP", "reloading policies and entitlements");
+                    reload(&store, &health, Reload::All).await;
+                }
+                _ = stop_rx.changed() => break,
+            }
+        }
+    });
+    Ok(guards)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Reload {
+    Policies,
+    Entitlements,
+    All,
+}
+
+async fn reload(store: &Arc<Store>, health: &HealthReporter, what: Reload) {
+    let had_policies = store.catalog().is_some();
+    let worker = Arc::clone(store);
+    let outcome = tokio::task::spawn_blocking(move || match what {
+        Reload::Policies => {
+            let outcome = worker.reload_policies();
+            // A first successful policy load makes the entitlements loadable.
+            if !had_policies && outcome == ReloadOutcome::Applied {
+                worker.reload_entitlements();
+            }
+            outcome
+        }
+        Reload::Entitlements => worker.reload_entitlements(),
+        Reload::All => worker.reload_all(),
+    })
+    .await;
+    if let Err(error) = outcome {
+        warn!(error = %error, "reload task failed");
+    }
+    if !had_policies && store.catalog().is_some() {
+        set_health(health, ServingStatus::Serving).await;
+    }
+}

@@ -1,0 +1,448 @@
+//! The command line: `serve`, `validate` and `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::{self, pb, DecisionPoint};
+use crate::config::{self, Config, FlagValues, LogFormat};
+use crate::store::{entitlements, PolicySnapshot, ReloadOutcome, Store, TenantMap};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  serve:    0 stopped cleanly (SIGTERM/SIGINT), 1 failed while running, 2 bad configuration
+  validate: 0 everything valid, 1 problems found, 2 bad configuration
+  check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable";
+
+/// tollgate: an entitlement decision point over Cedar policies, served over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API (EntitlementService, health, reflection).
+    ///
+    /// Configuration comes from the YAML file (--config, TOLLGATE_CONFIG, or
+    /// ./tollgate.yaml when present), overridden by TOLLGATE_<KEY> environment
+    /// variables, overridden by flags. Keys: listen, policies, entitlements,
+    /// strict_principals, policy_errors, max_batch, max_request_bytes,
+    /// reload_debounce_ms, shutdown_grace_ms, log_format, log_level.
+    /// Policies and snapshots reload on file change and on SIGHUP.
+    Serve {
+        #[command(flatten)]
+        files: FileArgs,
+        /// gRPC listen address [default: 127.0.0.1:50051].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Log format: human or json [default: human].
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<String>,
+    },
+    /// Check the policies, the schema and the entitlement snapshots; print every problem with file and line.
+    Validate {
+        #[command(flatten)]
+        files: FileArgs,
+    },
+    /// Decide one request, locally from the files or against a running server (--remote).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct FileArgs {
+    /// Configuration file (YAML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Policy directory [default: ./policies].
+    #[arg(long, value_name = "DIR")]
+    policies: Option<String>,
+    /// Entitlement snapshot directory [default: ./entitlements].
+    #[arg(long, value_name = "DIR")]
+    entitlements: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Ask a running server at ADDR (host:port or http://host:port) instead of loading files.
+    #[arg(long, value_name = "ADDR")]
+    remote: Option<String>,
+    /// Tenant id.
+    #[arg(long)]
+    tenant: String,
+    /// Principal, as `Type:id` or Cedar syntax `Type::"id"`.
+    #[arg(long, value_name = "REF")]
+    principal: String,
+    /// Action: an id of type `Action`, or `Type:id`, or Cedar syntax.
+    #[arg(long, value_name = "REF")]
+    action: String,
+    /// Resource, as `Type:id` or Cedar syntax.
+    #[arg(long, value_name = "REF")]
+    resource: String,
+    /// Context as a JSON object; entity references and extension values use
+    /// Cedar's escapes, e.g. {"now": {"__extn": {"fn": "datetime", "arg": "2026-01-01"}}}.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    context: String,
+    /// Print the response as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl FileArgs {
+    fn flags(&self) -> FlagValues {
+        let mut values = Vec::new();
+        if let Some(dir) = &self.policies {
+            values.push(("policies", dir.clone()));
+        }
+        if let Some(dir) = &self.entitlements {
+            values.push(("entitlements", dir.clone()));
+        }
+        FlagValues {
+            config_file: self.config.clone(),
+            values,
+        }
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            files,
+            listen,
+            log_format,
+        } => {
+            let mut flags = files.flags();
+            if let Some(listen) = listen {
+                flags.values.push(("listen", listen));
+            }
+            if let Some(format) = log_format {
+                flags.values.push(("log_format", format));
+            }
+            let Some(config) = load_config(&flags) else {
+                return ExitCode::from(2);
+            };
+            init_logging(&config);
+            serve(config)
+        }
+        Command::Validate { files } => {
+            let Some(config) = load_config(&files.flags()) else {
+                return ExitCode::from(2);
+            };
+            validate(&config)
+        }
+        Command::Check(args) => check(&args),
+    }
+}
+
+fn load_config(flags: &FlagValues) -> Option<Config> {
+    match config::load(flags) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            eprint!("{errors}");
+            None
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn serve(config: Config) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot start runtime");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(crate::app::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "serve failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn validate(config: &Config) -> ExitCode {
+    let policies = match PolicySnapshot::load_dir(&config.policies) {
+        Ok(policies) => policies,
+        Err(problems) => {
+            for problem in &problems {
+                println!("{problem}");
+            }
+            println!("{} problem(s) found", problems.len());
+            return ExitCode::from(1);
+        }
+    };
+    let (tenants, problems) =
+        entitlements::load_tenant_dir(&config.entitlements, &policies, &TenantMap::new());
+    for problem in &problems {
+        println!("{problem}");
+    }
+    if !problems.is_empty() {
+        println!("{} problem(s) found", problems.len());
+        return ExitCode::from(1);
+    }
+    println!(
+        "ok: {} policies (policy_version {}), {} tenant snapshots",
+        policies.policy_count(),
+        policies.version,
+        tenants.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let request = match build_request(args) {
+        Ok(request) => request,
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match &args.remote {
+        Some(address) => check_remote(address, request),
+        None => check_local(&args.files, request),
+    };
+    match result {
+        Ok(response) => {
+            if args.json {
+                println!("{}", response_json(&response));
+            } else {
+                print!("{}", response_text(&response));
+            }
+            if response.decision == pb::Decision::Allow as i32 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
+    let context: serde_json::Value = serde_json::from_str(&args.context)
+        .map_err(|error| format!("--context: not JSON: {error}"))?;
+    let serde_json::Value::Object(context) = context else {
+        return Err("--context: must be a JSON object".to_string());
+    };
+    let context = context
+        .into_iter()
+        .map(|(key, value)| {
+            api::convert::json_to_value(&value)
+                .map(|value| (key.clone(), value))
+                .map_err(|problem| format!("--context: {key}: {problem}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(pb::CheckRequest {
+        tenant: args.tenant.clone(),
+        principal: Some(parse_ref(&args.principal, None).map_err(|p| format!("--principal: {p}"))?),
+        action: Some(parse_ref(&args.action, Some("Action")).map_err(|p| format!("--action: {p}"))?),
+        resource: Some(parse_ref(&args.resource, None).map_err(|p| format!("--resource: {p}"))?),
+        context,
+        entities: Vec::new(),
+    })
+}
+
+/// Parses `Type:id`, Cedar's `Type::"id"`, or (with a default type) a bare id.
+pub fn parse_ref(text: &str, default_type: Option<&str>) -> Result<pb::EntityRef, String> {
+    if text.contains("::\"") {
+        let uid: cedar_policy::EntityUid = text
+            .parse()
+            .map_err(|error| format!("`{text}` is not a Cedar entity reference: {error}"))?;
+        return Ok(pb::EntityRef {
+            r#type: uid.type_name().to_string(),
+            id: uid.id().unescaped().to_string(),
+        });
+    }
+    let bytes = text.as_bytes();
+    let split = (0..bytes.len()).rev().find(|&i| {
+        bytes[i] == b':'
+            && (i == 0 || bytes[i - 1] != b':')
+            && bytes.get(i + 1).is_none_or(|&next| next != b':')
+    });
+    match (split, default_type) {
+        (Some(i), _) => Ok(pb::EntityRef {
+            r#type: text[..i].to_string(),
+            id: text[i + 1..].to_string(),
+        }),
+        (None, Some(default_type)) => Ok(pb::EntityRef {
+            r#type: default_type.to_string(),
+            id: text.to_string(),
+        }),
+        (None, None) => Err(format!("`{text}` is not of the form Type:id")),
+    }
+}
+
+fn check_local(
+    files: &FileArgs,
+    request: pb::CheckRequest,
+) -> Result<pb::CheckResponse, (u8, String)> {
+    let config = config::load(&files.flags()).map_err(|errors| (2, errors.to_string()))?;
+    let store = Arc::new(Store::new(config.policies.clone(), config.entitlements.clone()));
+    if let ReloadOutcome::Rejected(problems) = store.reload_policies() {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err((2, format!("policies do not load:\n{}", lines.join("\n"))));
+    }
+    store.reload_entitlements();
+    let decision_point = DecisionPoint::new(store, config.options, config.limits);
+    decision_point
+        .check(request)
+        .map_err(|error| (2, error.to_string()))
+}
+
+fn check_remote(
+    address: &str,
+    request: pb::CheckRequest,
+) -> Result<pb::CheckResponse, (u8, String)> {
+    let endpoint = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let runtime = runtime().map_err(|error| (3, error.to_string()))?;
+    runtime.block_on(async {
+        let mut client =
+            pb::entitlement_service_client::EntitlementServiceClient::connect(endpoint.clone())
+                .await
+                .map_err(|error| (3, format!("cannot connect to {endpoint}: {error}")))?;
+        client
+            .check(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| {
+                let code = match status.code() {
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::OutOfRange => 2,
+                    _ => 3,
+                };
+                (code, format!("{:?}: {}", status.code(), status.message()))
+            })
+    })
+}
+
+fn decision_name(decision: i32) -> &'static str {
+    match pb::Decision::try_from(decision) {
+        Ok(pb::Decision::Allow) => "ALLOW",
+        Ok(pb::Decision::Deny) => "DENY",
+        Ok(pb::Decision::Unspecified) | Err(_) => "UNSPECIFIED",
+    }
+}
+
+fn effect_name(effect: i32) -> &'static str {
+    match pb::Effect::try_from(effect) {
+        Ok(pb::Effect::Permit) => "permit",
+        Ok(pb::Effect::Forbid) => "forbid",
+        Ok(pb::Effect::Unspecified) | Err(_) => "built-in",
+    }
+}
+
+fn source_name(source: i32) -> &'static str {
+    match pb::SnapshotSource::try_from(source) {
+        Ok(pb::SnapshotSource::File) => "FILE",
+        Ok(pb::SnapshotSource::Cache) => "CACHE",
+        Ok(pb::SnapshotSource::Redis) => "REDIS",
+        Ok(pb::SnapshotSource::Stale) => "STALE",
+        Ok(pb::SnapshotSource::Unspecified) | Err(_) => "NONE",
+    }
+}
+
+/// The response for people.
+pub fn response_text(response: &pb::CheckResponse) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", decision_name(response.decision));
+    for reason in &response.reasons {
+        let policy = if reason.policy_id.is_empty() {
+            String::new()
+        } else {
+            format!(" [{} {}]", effect_name(reason.effect), reason.policy_id)
+        };
+        let _ = writeln!(out, "  reason: {}{policy}: {}", reason.code, reason.message);
+    }
+    for error in &response.errors {
+        let _ = writeln!(out, "  error: {}: {}", error.policy_id, error.message);
+    }
+    if let Some(freshness) = &response.freshness {
+        let _ = writeln!(
+            out,
+            "  policy_version {}, snapshot version {} ({}, {} ms old)",
+            freshness.policy_version,
+            freshness.snapshot_version,
+            source_name(freshness.source),
+            freshness.snapshot_age_ms
+        );
+    }
+    let _ = writeln!(out, "  decision_id {}", response.decision_id);
+    out
+}
+
+/// The response as JSON, with enum names spelled out.
+pub fn response_json(response: &pb::CheckResponse) -> serde_json::Value {
+    serde_json::json!({
+        "decision": decision_name(response.decision),
+        "reasons": response.reasons.iter().map(|reason| serde_json::json!({
+            "policy_id": reason.policy_id,
+            "effect": effect_name(reason.effect),
+            "code": reason.code,
+            "message": reason.message,
+            "annotations": reason.annotations,
+        })).collect::<Vec<_>>(),
+        "errors": response.errors.iter().map(|error| serde_json::json!({
+            "policy_id": error.policy_id,
+            "message": error.message,
+        })).collect::<Vec<_>>(),
+        "freshness": response.freshness.as_ref().map(|f| serde_json::json!({
+            "policy_version": f.policy_version,
+            "snapshot_version": f.snapshot_version,
+            "snapshot_age_ms": f.snapshot_age_ms,
+            "source": source_name(f.source),
+        })),
+        "decision_id": response.decision_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_entity_references() {
+        let r = parse_ref("User:alice", None).unwrap();
+        assert_eq!((r.r#type.as_str(), r.id.as_str()), ("User", "alice"));
+        let r = parse_ref("Acme::User:alice", None).unwrap();
+        assert_eq!((r.r#type.as_str(), r.id.as_str()), ("Acme::User", "alice"));
+        let r = parse_ref(r#"Acme::User::"a:b""#, None).unwrap();
+        assert_eq!((r.r#type.as_str(), r.id.as_str()), ("Acme::User", "a:b"));
+        let r = parse_ref("use", Some("Action")).unwrap();
+        assert_eq!((r.r#type.as_str(), r.id.as_str()), ("Action", "use"));
+        assert!(parse_ref("alice", None).is_err());
+    }
+}

@@ -1,0 +1,382 @@
+//! Configuration: a YAML file, overridden by `TOLLGATE_*` environment variables,
+//! overridden by command-line flags. Every key is optional; unknown keys are
+//! errors; every violation is reported at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::api::Limits;
+use crate::engine::{Options, PolicyErrorMode};
+
+/// Default configuration file, read when present and no other is named.
+pub const DEFAULT_CONFIG_FILE: &str = "tollgate.yaml";
+
+/// Prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "TOLLGATE_";
+
+/// Every configuration key, its default and what it means (for `--help` and
+/// the README).
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("listen", "127.0.0.1:50051", "gRPC listen address (host:port)"),
+    ("policies", "./policies", "policy directory: schema.cedarschema and *.cedar"),
+    ("entitlements", "./entitlements", "directory of <tenant>.json snapshots"),
+    ("strict_principals", "true", "deny with unknown_principal when the principal is not in the tenant snapshot"),
+    ("policy_errors", "deny", "`deny`: a forbid that fails to evaluate denies (policy_error); `cedar`: Cedar's rule, failing policies are ignored"),
+    ("max_batch", "100", "most checks in one CheckBatch"),
+    ("max_request_bytes", "4194304", "largest request message in bytes"),
+    ("reload_debounce_ms", "200", "quiet time after a file change before reloading"),
+    ("shutdown_grace_ms", "10000", "how long in-flight requests may take to finish after SIGTERM/SIGINT"),
+    ("log_format", "human", "`human` or `json`"),
+    ("log_level", "info", "tracing filter, e.g. `info` or `tollgate=debug`"),
+];
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Policy directory.
+    pub policies: PathBuf,
+    /// Entitlement snapshot directory.
+    pub entitlements: PathBuf,
+    /// Decision settings.
+    pub options: Options,
+    /// Request limits.
+    pub limits: Limits,
+    /// Largest request message in bytes.
+    pub max_request_bytes: usize,
+    /// Quiet time after a file change before reloading.
+    pub reload_debounce: Duration,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Tracing filter directive.
+    pub log_level: String,
+}
+
+/// Every violation found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone)]
+enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+            Origin::Flag(flag) => write!(f, "flag --{flag}"),
+        }
+    }
+}
+
+/// Values from command-line flags, by configuration key.
+#[derive(Debug, Clone, Default)]
+pub struct FlagValues {
+    /// `--config FILE`.
+    pub config_file: Option<PathBuf>,
+    /// `(key, value)` pairs set by flags.
+    pub values: Vec<(&'static str, String)>,
+}
+
+/// Loads the configuration from `flags`, the process environment and the
+/// configuration file.
+pub fn load(flags: &FlagValues) -> Result<Config, ConfigErrors> {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    load_from(flags, &env)
+}
+
+/// Loads the configuration from explicit sources (testable without touching
+/// the process environment).
+pub fn load_from(flags: &FlagValues, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let mut values: BTreeMap<&'static str, (String, Origin)> = KEYS
+        .iter()
+        .map(|(key, default, _)| (*key, (default.to_string(), Origin::Default)))
+        .collect();
+
+    let env_config = env
+        .iter()
+        .find(|(name, _)| name == "TOLLGATE_CONFIG")
+        .map(|(_, value)| PathBuf::from(value));
+    let (config_file, required) = match (&flags.config_file, env_config) {
+        (Some(path), _) => (path.clone(), true),
+        (None, Some(path)) => (path, true),
+        (None, None) => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+    };
+    if required || config_file.exists() {
+        read_file(&config_file, &mut values, &mut problems);
+    }
+
+    for (name, value) in env {
+        if name == "TOLLGATE_CONFIG" {
+            continue;
+        }
+        let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        match KEYS.iter().find(|(k, _, _)| *k == key) {
+            Some((key, _, _)) => {
+                values.insert(key, (value.clone(), Origin::Env(name.clone())));
+            }
+            None => problems.push(format!("unknown environment variable {name}")),
+        }
+    }
+    for (key, value) in &flags.values {
+        values.insert(key, (value.clone(), Origin::Flag(key.replace('_', "-"))));
+    }
+
+    let config = build(&values, &mut problems);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+fn read_file(
+    path: &Path,
+    values: &mut BTreeMap<&'static str, (String, Origin)>,
+    problems: &mut Vec<String>,
+) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            problems.push(format!("cannot read {}: {error}", path.display()));
+            return;
+        }
+    };
+    let document: serde_norway::Value = match serde_norway::from_str(&text) {
+        Ok(document) => document,
+        Err(error) => {
+            problems.push(format!("{}: {error}", path.display()));
+            return;
+        }
+    };
+    let mapping = match document {
+        serde_norway::Value::Mapping(mapping) => mapping,
+        serde_norway::Value::Null => return,
+        _ => {
+            problems.push(format!("{}: expected a mapping of keys to values", path.display()));
+            return;
+        }
+    };
+    for (key, value) in mapping {
+        let Some(name) = key.as_str() else {
+            problems.push(format!("{}: keys must be strings", path.display()));
+            continue;
+        };
+        let Some((key, _, _)) = KEYS.iter().find(|(k, _, _)| *k == name) else {
+            problems.push(format!("{}: unknown key `{name}`", path.display()));
+            continue;
+        };
+        let text = match value {
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Bool(b) => b.to_string(),
+            serde_norway::Value::Number(n) => n.to_string(),
+            _ => {
+                problems.push(format!(
+                    "{}: key `{name}` must be a string, number or boolean",
+                    path.display()
+                ));
+                continue;
+            }
+        };
+        values.insert(key, (text, Origin::File(path.to_path_buf())));
+    }
+}
+
+fn build(
+    values: &BTreeMap<&'static str, (String, Origin)>,
+    problems: &mut Vec<String>,
+) -> Option<Config> {
+    fn get<T>(
+        values: &BTreeMap<&'static str, (String, Origin)>,
+        problems: &mut Vec<String>,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let (text, origin) = values.get(key)?;
+        match parse(text) {
+            Ok(value) => Some(value),
+            Err(problem) => {
+                problems.push(format!("{key} (from {origin}): {problem}"));
+                None
+            }
+        }
+    }
+    let number = |text: &str| -> Result<u64, String> {
+        text.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{text}` is not a non-negative whole number"))
+    };
+    let boolean = |text: &str| match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{text}` is not a boolean (true or false)")),
+    };
+    let directory = |text: &str| {
+        let path = PathBuf::from(text);
+        if path.is_dir() {
+            Ok(path)
+        } else {
+            Err(format!("`{text}` is not a directory"))
+        }
+    };
+
+    let listen = get(values, problems, "listen", |text| {
+        text.parse::<SocketAddr>()
+            .map_err(|_| format!("`{text}` is not a socket address such as 127.0.0.1:50051"))
+    });
+    let policies = get(values, problems, "policies", directory);
+    let entitlements = get(values, problems, "entitlements", directory);
+    let strict_principals = get(values, problems, "strict_principals", boolean);
+    let policy_errors = get(values, problems, "policy_errors", |text| {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "deny" => Ok(PolicyErrorMode::Deny),
+            "cedar" => Ok(PolicyErrorMode::Cedar),
+            _ => Err(format!("`{text}` is not one of `deny`, `cedar`")),
+        }
+    });
+    let max_batch = get(values, problems, "max_batch", |text| match number(text)? {
+        0 => Err("must be at least 1".to_string()),
+        n => usize::try_from(n).map_err(|_| "too large".to_string()),
+    });
+    let max_request_bytes = get(values, problems, "max_request_bytes", |text| {
+        match number(text)? {
+            n if n < 1024 => Err("must be at least 1024".to_string()),
+            n => usize::try_from(n).map_err(|_| "too large".to_string()),
+        }
+    });
+    let reload_debounce = get(values, problems, "reload_debounce_ms", |text| {
+        number(text).map(Duration::from_millis)
+    });
+    let shutdown_grace = get(values, problems, "shutdown_grace_ms", |text| {
+        number(text).map(Duration::from_millis)
+    });
+    let log_format = get(values, problems, "log_format", |text| {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{text}` is not one of `human`, `json`")),
+        }
+    });
+    let log_level = get(values, problems, "log_level", |text| {
+        tracing_subscriber::EnvFilter::try_new(text)
+            .map(|_| text.to_string())
+            .map_err(|error| format!("`{text}` is not a valid log filter: {error}"))
+    });
+
+    Some(Config {
+        listen: listen?,
+        policies: policies?,
+        entitlements: entitlements?,
+        options: Options {
+            strict_principals: strict_principals?,
+            policy_errors: policy_errors?,
+        },
+        limits: Limits {
+            max_batch: max_batch?,
+        },
+        max_request_bytes: max_request_bytes?,
+        reload_debounce: reload_debounce?,
+        shutdown_grace: shutdown_grace?,
+        log_format: log_format?,
+        log_level: log_level?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags_with(dir: &Path) -> FlagValues {
+        FlagValues {
+            config_file: None,
+            values: vec![
+                ("policies", dir.display().to_string()),
+                ("entitlements", dir.display().to_string()),
+            ],
+        }
+    }
+
+    #[test]
+    fn flags_override_env_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.yaml");
+        std::fs::write(&file, "listen: 127.0.0.1:1\nmax_batch: 7\nstrict_principals: false\n").unwrap();
+        let mut flags = flags_with(dir.path());
+        flags.config_file = Some(file);
+        flags.values.push(("listen", "127.0.0.1:3".to_string()));
+        let env = vec![
+            ("TOLLGATE_LISTEN".to_string(), "127.0.0.1:2".to_string()),
+            ("TOLLGATE_MAX_BATCH".to_string(), "9".to_string()),
+        ];
+        let config = load_from(&flags, &env).unwrap();
+        assert_eq!(config.listen.port(), 3);
+        assert_eq!(config.limits.max_batch, 9);
+        assert!(!config.options.strict_principals);
+    }
+
+    #[test]
+    fn every_violation_is_listed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.yaml");
+        std::fs::write(&file, "lisen: x\nmax_batch: 0\npolicy_errors: maybe\n").unwrap();
+        let mut flags = flags_with(dir.path());
+        flags.config_file = Some(file);
+        let env = vec![
+            ("TOLLGATE_STRICT_PRINCIPAL".to_string(), "false".to_string()),
+            ("TOLLGATE_LISTEN".to_string(), "nowhere".to_string()),
+        ];
+        let errors = load_from(&flags, &env).unwrap_err();
+        let text = errors.to_string();
+        assert_eq!(errors.0.len(), 5, "{text}");
+        assert!(text.contains("unknown key `lisen`"), "{text}");
+        assert!(text.contains("unknown environment variable TOLLGATE_STRICT_PRINCIPAL"));
+        assert!(text.contains("listen (from environment variable TOLLGATE_LISTEN)"));
+        assert!(text.contains("max_batch"));
+        assert!(text.contains("policy_errors"));
+    }
+
+    #[test]
+    fn missing_named_config_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flags = flags_with(dir.path());
+        flags.config_file = Some(dir.path().join("absent.yaml"));
+        let errors = load_from(&flags, &[]).unwrap_err();
+        assert!(errors.0[0].contains("cannot read"));
+    }
+}

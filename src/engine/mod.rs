@@ -1,0 +1,357 @@
+//! Where the decision is made: a pure, synchronous function of a prepared
+//! request, a policy snapshot and a tenant snapshot. No I/O, no gRPC, no Redis.
+
+use std::sync::Arc;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId, EntityUid,
+    PolicyId, Request, RequestValidationError, RestrictedExpression,
+};
+
+use crate::store::diagnostics::describe;
+use crate::store::{PolicyMeta, PolicySnapshot, TenantSnapshot};
+
+/// How a policy that fails to evaluate is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyErrorMode {
+    /// A failing `forbid` denies with `policy_error` (fail closed).
+    #[default]
+    Deny,
+    /// Cedar's own rule: a failing policy is ignored.
+    Cedar,
+}
+
+/// Decision settings that come from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Deny with `unknown_principal` when the principal is not in the snapshot.
+    pub strict_principals: bool,
+    /// Treatment of policies that fail to evaluate.
+    pub policy_errors: PolicyErrorMode,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            strict_principals: true,
+            policy_errors: PolicyErrorMode::Deny,
+        }
+    }
+}
+
+/// Reasons tollgate gives when no policy determined the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinReason {
+    /// No permit policy matched (default deny).
+    NoPermit,
+    /// The tenant has no entitlement snapshot.
+    UnknownTenant,
+    /// The principal is not in the tenant snapshot (strict principals).
+    UnknownPrincipal,
+    /// No snapshot could be had, nor one stale enough to serve.
+    EntitlementsUnavailable,
+}
+
+impl BuiltinReason {
+    /// The machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NoPermit => "no_permit",
+            Self::UnknownTenant => "unknown_tenant",
+            Self::UnknownPrincipal => "unknown_principal",
+            Self::EntitlementsUnavailable => "entitlements_unavailable",
+        }
+    }
+
+    /// A sentence for people.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::NoPermit => "no policy grants this request",
+            Self::UnknownTenant => "the tenant has no entitlements",
+            Self::UnknownPrincipal => "the principal is not known to the tenant",
+            Self::EntitlementsUnavailable => "the tenant's entitlements are unavailable",
+        }
+    }
+}
+
+/// Code of the reason given when a forbid policy fails to evaluate.
+pub const POLICY_ERROR_CODE: &str = "policy_error";
+
+/// One reason for a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// A policy that determined the decision.
+    Policy(Arc<PolicyMeta>),
+    /// A forbid policy that failed to evaluate and so denied (fail closed).
+    PolicyError(Arc<PolicyMeta>),
+    /// A built-in reason.
+    Builtin(BuiltinReason),
+}
+
+impl Reason {
+    /// The machine-readable code of this reason.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Policy(policy) => &policy.code,
+            Self::PolicyError(_) => POLICY_ERROR_CODE,
+            Self::Builtin(builtin) => builtin.code(),
+        }
+    }
+}
+
+/// A policy that failed to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluationError {
+    /// The policy's tollgate id.
+    pub policy_id: String,
+    /// Cedar's message.
+    pub message: String,
+}
+
+/// The answer: allow or deny, why, and what failed along the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// `true` for ALLOW.
+    pub allow: bool,
+    /// Determining policies, or one built-in reason.
+    pub reasons: Vec<Reason>,
+    /// Policies that failed to evaluate.
+    pub errors: Vec<EvaluationError>,
+}
+
+impl Decision {
+    /// A deny for a built-in reason.
+    pub fn deny(reason: BuiltinReason) -> Self {
+        Self {
+            allow: false,
+            reasons: vec![Reason::Builtin(reason)],
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// A request that does not fit the schema, naming the field and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct RequestError {
+    /// Path of the offending field, e.g. `principal.type` or `context.country`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl RequestError {
+    /// An error for `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A request converted to Cedar and validated against the schema, ready to decide.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    request: Request,
+    principal: EntityUid,
+    entities: Vec<Entity>,
+}
+
+/// Looks up `type_name` among the schema's entity types and builds the uid.
+/// `field` names the reference in errors (`principal`, `resource`, ...).
+pub fn entity_uid(
+    policies: &PolicySnapshot,
+    field: &str,
+    type_name: &str,
+    id: &str,
+) -> Result<EntityUid, RequestError> {
+    if type_name.is_empty() {
+        return Err(RequestError::new(format!("{field}.type"), "must not be empty"));
+    }
+    if id.is_empty() {
+        return Err(RequestError::new(format!("{field}.id"), "must not be empty"));
+    }
+    let Some(entity_type) = policies.entity_type(type_name) else {
+        return Err(RequestError::new(
+            format!("{field}.type"),
+            format!("entity type `{type_name}` is not declared in the schema"),
+        ));
+    };
+    Ok(EntityUid::from_type_name_and_id(
+        entity_type.clone(),
+        EntityId::new(id),
+    ))
+}
+
+/// Looks up a declared action.
+pub fn action_uid(
+    policies: &PolicySnapshot,
+    type_name: &str,
+    id: &str,
+) -> Result<EntityUid, RequestError> {
+    if type_name.is_empty() {
+        return Err(RequestError::new("action.type", "must not be empty"));
+    }
+    if id.is_empty() {
+        return Err(RequestError::new("action.id", "must not be empty"));
+    }
+    policies.action(type_name, id).cloned().ok_or_else(|| {
+        RequestError::new(
+            "action",
+            format!("action `{type_name}::{id:?}` is not declared in the schema"),
+        )
+    })
+}
+
+/// Builds and validates a request against the policy snapshot's schema.
+///
+/// `context` holds `(attribute, value)` pairs; `entities` are request-scoped
+/// entities added to the tenant snapshot for this request only.
+pub fn prepare(
+    policies: &PolicySnapshot,
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    context: Vec<(String, RestrictedExpression)>,
+    entities: Vec<Entity>,
+) -> Result<PreparedRequest, RequestError> {
+    let context = match Context::from_pairs(context.iter().cloned()) {
+        Ok(context) => context,
+        Err(error) => return Err(context_error(&context, &describe(&error))),
+    };
+    let request = Request::new(
+        principal.clone(),
+        action,
+        resource,
+        context,
+        Some(&policies.schema),
+    )
+    .map_err(request_validation_error)?;
+    Ok(PreparedRequest {
+        request,
+        principal,
+        entities,
+    })
+}
+
+/// Names the context attribute that made `Context::from_pairs` fail. Only runs
+/// on the error path, so it may re-evaluate each attribute on its own.
+fn context_error(pairs: &[(String, RestrictedExpression)], message: &str) -> RequestError {
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in pairs {
+        if !seen.insert(key.as_str()) {
+            return RequestError::new(format!("context.{key}"), "duplicate attribute");
+        }
+        if let Err(error) = Context::from_pairs([(key.clone(), value.clone())]) {
+            return RequestError::new(format!("context.{key}"), describe(&error));
+        }
+    }
+    RequestError::new("context", message.to_string())
+}
+
+fn request_validation_error(error: RequestValidationError) -> RequestError {
+    let field = match &error {
+        RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => {
+            "action"
+        }
+        RequestValidationError::UndeclaredPrincipalType(_)
+        | RequestValidationError::InvalidPrincipalType(_) => "principal.type",
+        RequestValidationError::UndeclaredResourceType(_)
+        | RequestValidationError::InvalidResourceType(_) => "resource.type",
+        RequestValidationError::InvalidContext(_) | RequestValidationError::TypeOfContext(_) => {
+            "context"
+        }
+        RequestValidationError::InvalidEnumEntity(_) => "principal or resource id",
+        _ => "request",
+    };
+    RequestError::new(field, describe(&error))
+}
+
+/// Decides `request` for `tenant` under `policies`.
+///
+/// Returns `Err` only when the request-scoped entities cannot be merged into
+/// the tenant snapshot (they clash with it or do not fit the schema).
+pub fn decide(
+    policies: &PolicySnapshot,
+    tenant: &TenantSnapshot,
+    request: &PreparedRequest,
+    options: Options,
+) -> Result<Decision, RequestError> {
+    let merged;
+    let entities: &Entities = if request.entities.is_empty() {
+        &tenant.entities
+    } else {
+        // Only requests that bring their own entities pay for this copy; the
+        // tenant snapshot's entities are reference counted inside.
+        merged = tenant
+            .entities
+            .clone()
+            .add_entities(request.entities.iter().cloned(), Some(&policies.schema))
+            .map_err(|error| RequestError::new("entities", describe(&error)))?;
+        &merged
+    };
+    if options.strict_principals && entities.get(&request.principal).is_none() {
+        return Ok(Decision::deny(BuiltinReason::UnknownPrincipal));
+    }
+    Ok(evaluate(policies, entities, &request.request, options))
+}
+
+/// Cedar's answer turned into tollgate's decision, applying the policy-error mode.
+pub fn evaluate(
+    policies: &PolicySnapshot,
+    entities: &Entities,
+    request: &Request,
+    options: Options,
+) -> Decision {
+    thread_local! {
+        static AUTHORIZER: Authorizer = Authorizer::new();
+    }
+    let response = AUTHORIZER.with(|authorizer| {
+        authorizer.is_authorized(request, &policies.policy_set, entities)
+    });
+    let diagnostics = response.diagnostics();
+    let meta = |id: &PolicyId| policies.policy(id).cloned();
+
+    let mut errors = Vec::new();
+    let mut failed_forbids = Vec::new();
+    for error in diagnostics.errors() {
+        let cedar_policy::AuthorizationError::PolicyEvaluationError(error) = error;
+        let id = error.policy_id();
+        let message = error.inner().to_string();
+        if let Some(policy) = meta(id) {
+            if policy.effect == Effect::Forbid {
+                failed_forbids.push(policy);
+            }
+        }
+        errors.push(EvaluationError {
+            policy_id: id.to_string(),
+            message,
+        });
+    }
+
+    let determining: Vec<Reason> = diagnostics
+        .reason()
+        .filter_map(|id| meta(id).map(Reason::Policy))
+        .collect();
+    let cedar_allows = response.decision() == CedarDecision::Allow;
+    if options.policy_errors == PolicyErrorMode::Deny && !failed_forbids.is_empty() {
+        let mut reasons = if cedar_allows { Vec::new() } else { determining };
+        reasons.extend(failed_forbids.into_iter().map(Reason::PolicyError));
+        return Decision {
+            allow: false,
+            reasons,
+            errors,
+        };
+    }
+    let reasons = if determining.is_empty() && !cedar_allows {
+        vec![Reason::Builtin(BuiltinReason::NoPermit)]
+    } else {
+        determining
+    };
+    Decision {
+        allow: cedar_allows,
+        reasons,
+        errors,
+    }
+}

@@ -1,0 +1,12 @@
+//! tollgate: a low-latency gRPC entitlement decision point over Cedar policies.
+//!
+//! The modules follow the data flow: [`api`] (gRPC edge) → [`engine`] (the
+//! decision) → [`store`] (policies and entitlement snapshots); [`app`] wires
+//! them into the sidecar, [`config`] and [`cli`] read what the user asked for.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod store;

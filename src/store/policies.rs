@@ -1,0 +1,415 @@
+//! Loads a policy directory (`schema.cedarschema` + `*.cedar`) into an immutable,
+//! strictly validated [`PolicySnapshot`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cedar_policy::{
+    Effect, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode,
+    Validator,
+};
+use sha2::{Digest, Sha256};
+
+use super::diagnostics::{line_col, FileProblem};
+
+/// File name of the Cedar schema inside a policy directory.
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+
+/// What tollgate knows about one policy beyond its Cedar text: where it came
+/// from and the annotations that explain its decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyMeta {
+    /// The policy id: `@id` where present, else `<file stem>.<index>`.
+    pub id: String,
+    /// Permit or forbid.
+    pub effect: Effect,
+    /// The `@code` annotation (machine-readable reason), empty when absent.
+    pub code: String,
+    /// The `@reason` annotation (human-readable sentence), empty when absent.
+    pub reason: String,
+    /// Every other annotation, passed through to clients.
+    pub annotations: Vec<(String, String)>,
+    /// File the policy was read from, relative to the policy directory.
+    pub file: String,
+    /// 1-based line of the policy's first character in `file`.
+    pub line: usize,
+}
+
+/// An immutable, validated policy set with its schema: what every decision
+/// reads. Built once per (re)load and shared behind an `Arc`.
+pub struct PolicySnapshot {
+    /// Hash of the schema and policy texts (first 16 hex digits of SHA-256).
+    pub version: String,
+    /// Hash of the schema text alone: tenant snapshots are parsed against it.
+    pub schema_version: String,
+    /// The Cedar schema, used to validate requests and snapshots.
+    pub schema: Schema,
+    /// The Cedar policy set, with tollgate's policy ids.
+    pub policy_set: PolicySet,
+    policies: HashMap<PolicyId, Arc<PolicyMeta>>,
+    entity_types: HashMap<String, EntityTypeName>,
+    actions: HashMap<String, HashMap<String, EntityUid>>,
+}
+
+impl fmt::Debug for PolicySnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySnapshot")
+            .field("version", &self.version)
+            .field("policies", &self.policies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicySnapshot {
+    /// Metadata of the policy with Cedar id `id`.
+    pub fn policy(&self, id: &PolicyId) -> Option<&Arc<PolicyMeta>> {
+        self.policies.get(id)
+    }
+
+    /// Number of policies in the set.
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Every policy's metadata, in no particular order.
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<PolicyMeta>> {
+        self.policies.values()
+    }
+
+    /// The schema's entity type named `name`, without re-parsing the name.
+    pub fn entity_type(&self, name: &str) -> Option<&EntityTypeName> {
+        self.entity_types.get(name)
+    }
+
+    /// The schema's action `type_name::"id"`, if declared.
+    pub fn action(&self, type_name: &str, id: &str) -> Option<&EntityUid> {
+        self.actions.get(type_name)?.get(id)
+    }
+
+    /// Builds a snapshot from in-memory texts: the schema and `(file name, text)`
+    /// pairs. Every problem found is returned, each with file and line.
+    pub fn from_sources(
+        schema_file: &str,
+        schema_text: &str,
+        policy_files: &[(String, String)],
+    ) -> Result<Self, Vec<FileProblem>> {
+        let mut problems = Vec::new();
+        let schema = match Schema::from_cedarschema_str(schema_text) {
+            Ok((schema, _warnings)) => Some(schema),
+            Err(error) => {
+                problems.push(FileProblem::from_diagnostic(
+                    schema_file,
+                    schema_text,
+                    &error,
+                ));
+                None
+            }
+        };
+
+        let mut policy_set = PolicySet::new();
+        let mut policies: HashMap<PolicyId, Arc<PolicyMeta>> = HashMap::new();
+        let mut file_of_id: HashMap<String, (String, usize)> = HashMap::new();
+        let mut text_of_file: HashMap<PolicyId, (String, String)> = HashMap::new();
+        for (file, text) in policy_files {
+            let stem = Path::new(file)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or(file)
+                .to_string();
+            let parsed = match text.parse::<PolicySet>() {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    problems.push(FileProblem::from_diagnostic(file, text, &error));
+                    continue;
+                }
+            };
+            if let Some(template) = parsed.templates().next() {
+                problems.push(FileProblem::new(
+                    file,
+                    None,
+                    format!(
+                        "policy templates are not supported (template `{}`)",
+                        template.id()
+                    ),
+                ));
+                continue;
+            }
+            let mut ordered: Vec<&Policy> = parsed.policies().collect();
+            ordered.sort_by_key(|p| statement_index(p.id()));
+            let mut cursor = 0;
+            for policy in ordered {
+                let index = statement_index(policy.id());
+                let line = policy_line(policy, text, &mut cursor);
+                let id = match policy.annotation("id") {
+                    Some(id) if !id.is_empty() => id.to_string(),
+                    Some(_) => {
+                        problems.push(FileProblem::new(
+                            file,
+                            Some(line),
+                            "`@id` annotation must not be empty".to_string(),
+                        ));
+                        continue;
+                    }
+                    None => format!("{stem}.{index}"),
+                };
+                if let Some((other_file, other_line)) = file_of_id.get(&id) {
+                    problems.push(FileProblem::new(
+                        file,
+                        Some(line),
+                        format!(
+                            "duplicate policy id `{id}`: already used at {other_file}:{other_line}"
+                        ),
+                    ));
+                    continue;
+                }
+                file_of_id.insert(id.clone(), (file.clone(), line));
+                let policy_id = PolicyId::new(&id);
+                let meta = PolicyMeta {
+                    id: id.clone(),
+                    effect: policy.effect(),
+                    code: policy.annotation("code").unwrap_or_default().to_string(),
+                    reason: policy.annotation("reason").unwrap_or_default().to_string(),
+                    annotations: policy
+                        .annotations()
+                        .filter(|(key, _)| !matches!(*key, "id" | "code" | "reason"))
+                        .map(|(key, value)| (key.to_string(), value.to_string()))
+                        .collect(),
+                    file: file.clone(),
+                    line,
+                };
+                if let Err(error) = policy_set.add(policy.new_id(policy_id.clone())) {
+                    problems.push(FileProblem::new(file, Some(line), error.to_string()));
+                    continue;
+                }
+                text_of_file.insert(policy_id.clone(), (file.clone(), text.clone()));
+                policies.insert(policy_id, Arc::new(meta));
+            }
+        }
+
+        let Some(schema) = schema else {
+            return Err(problems);
+        };
+        if problems.is_empty() {
+            let result = Validator::new(schema.clone()).validate(&policy_set, ValidationMode::Strict);
+            for error in result.validation_errors() {
+                let policy_id = error.policy_id();
+                let (file, text) = text_of_file
+                    .get(policy_id)
+                    .map(|(f, t)| (f.as_str(), t.as_str()))
+                    .unwrap_or(("", ""));
+                problems.push(FileProblem::from_diagnostic(file, text, error));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+
+        let entity_types = schema
+            .entity_types()
+            .map(|name| (name.to_string(), name.clone()))
+            .collect();
+        let mut actions: HashMap<String, HashMap<String, EntityUid>> = HashMap::new();
+        for action in schema.actions() {
+            actions
+                .entry(action.type_name().to_string())
+                .or_default()
+                .insert(action.id().unescaped().to_string(), action.clone());
+        }
+
+        let mut digest = Sha256::new();
+        digest.update(schema_text.as_bytes());
+        digest.update([0]);
+        for (file, text) in policy_files {
+            digest.update(file.as_bytes());
+            digest.update([0]);
+            digest.update(text.as_bytes());
+            digest.update([0]);
+        }
+        let version = hex_prefix(&digest.finalize());
+        let schema_version = hex_prefix(&Sha256::digest(schema_text.as_bytes()));
+
+        Ok(PolicySnapshot {
+            version,
+            schema_version,
+            schema,
+            policy_set,
+            policies,
+            entity_types,
+            actions,
+        })
+    }
+
+    /// Loads and validates a policy directory. Hidden entries (such as the
+    /// `..data` links of a Kubernetes ConfigMap volume) are skipped; symlinks are
+    /// followed.
+    pub fn load_dir(dir: &Path) -> Result<Self, Vec<FileProblem>> {
+        let schema_path = dir.join(SCHEMA_FILE);
+        let schema_name = display_path(&schema_path);
+        let schema_text = std::fs::read_to_string(&schema_path).map_err(|error| {
+            vec![FileProblem::new(
+                &schema_name,
+                None,
+                format!("cannot read schema: {error}"),
+            )]
+        })?;
+        let mut policy_files = Vec::new();
+        let mut problems = Vec::new();
+        for path in list_files(dir, "cedar").map_err(|error| {
+            vec![FileProblem::new(
+                &display_path(dir),
+                None,
+                format!("cannot list policy directory: {error}"),
+            )]
+        })? {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => policy_files.push((display_path(&path), text)),
+                Err(error) => problems.push(FileProblem::new(
+                    &display_path(&path),
+                    None,
+                    format!("cannot read policy file: {error}"),
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Self::from_sources(&schema_name, &schema_text, &policy_files)
+    }
+}
+
+/// Lists the regular files (or symlinks to them) in `dir` with extension `ext`,
+/// sorted by name, skipping hidden entries.
+pub fn list_files(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if hidden || path.extension().and_then(|e| e.to_str()) != Some(ext) {
+            continue;
+        }
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// A path as shown in messages.
+pub fn display_path(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Cedar names the statements of a parsed text `policy0`, `policy1`, ...
+fn statement_index(id: &PolicyId) -> usize {
+    id.to_string()
+        .strip_prefix("policy")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// 1-based line where `policy` starts in `text`, searching from `cursor` (the
+/// end of the previous statement) so that identical statements map in order.
+fn policy_line(policy: &Policy, text: &str, cursor: &mut usize) -> usize {
+    // A parsed policy displays as its verbatim source text.
+    let own = policy.to_string();
+    let own = own.trim();
+    match text.get(*cursor..).and_then(|rest| rest.find(own)) {
+        Some(found) => {
+            let offset = *cursor + found;
+            *cursor = offset + own.len();
+            line_col(text, offset).0
+        }
+        None => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"
+        entity User;
+        entity Feature;
+        action use appliesTo { principal: User, resource: Feature };
+    "#;
+
+    fn load(files: &[(&str, &str)]) -> Result<PolicySnapshot, Vec<FileProblem>> {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect();
+        PolicySnapshot::from_sources("schema.cedarschema", SCHEMA, &files)
+    }
+
+    #[test]
+    fn ids_come_from_annotation_or_file_stem_and_index() {
+        let snapshot = load(&[(
+            "plans.cedar",
+            "permit(principal, action, resource);\n@id(\"named\")\nforbid(principal, action, resource);\npermit(principal, action, resource);",
+        )])
+        .unwrap();
+        let mut ids: Vec<&str> = snapshot.policies().map(|p| p.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["named", "plans.0", "plans.2"]);
+        let named = snapshot.policy(&PolicyId::new("named")).unwrap();
+        assert_eq!(named.line, 2);
+        assert_eq!(named.effect, Effect::Forbid);
+    }
+
+    #[test]
+    fn duplicate_id_is_a_load_error_naming_both_places() {
+        let problems = load(&[
+            ("a.cedar", "@id(\"x\")\npermit(principal, action, resource);"),
+            ("b.cedar", "\n\n@id(\"x\")\nforbid(principal, action, resource);"),
+        ])
+        .unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].file, "b.cedar");
+        assert_eq!(problems[0].line, Some(3));
+        assert!(problems[0].message.contains("duplicate policy id `x`"));
+        assert!(problems[0].message.contains("a.cedar:1"));
+    }
+
+    #[test]
+    fn syntax_and_validation_errors_carry_file_and_line() {
+        let problems = load(&[
+            ("bad.cedar", "permit(principal, action, resource)\nwhen { principal.nope == 1 };\n"),
+            ("syntax.cedar", "\npermit(principal action, resource);"),
+        ])
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, "syntax.cedar");
+        assert_eq!(problems[0].line, Some(2));
+
+        let problems = load(&[(
+            "bad.cedar",
+            "permit(principal, action, resource)\nwhen { principal.nope == 1 };\n",
+        )])
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, "bad.cedar");
+        assert_eq!(problems[0].line, Some(2));
+        assert!(problems[0].message.contains("nope"), "{}", problems[0].message);
+    }
+
+    #[test]
+    fn version_changes_with_any_text() {
+        let a = load(&[("a.cedar", "permit(principal, action, resource);")]).unwrap();
+        let b = load(&[("a.cedar", "forbid(principal, action, resource);")]).unwrap();
+        let a2 = load(&[("a.cedar", "permit(principal, action, resource);")]).unwrap();
+        assert_ne!(a.version, b.version);
+        assert_eq!(a.version, a2.version);
+        assert_eq!(a.schema_version, b.schema_version);
+        assert_eq!(a.version.len(), 16);
+    }
+}
