@@ -67,6 +67,24 @@ pub struct Config {
     pub log_level: String,
 }
 
+impl Config {
+    /// The defaults of every key, serving `policies` and `entitlements`.
+    pub fn with_dirs(policies: PathBuf, entitlements: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            policies,
+            entitlements,
+            options: Options::default(),
+            limits: Limits::default(),
+            max_request_bytes: 4 * 1024 * 1024,
+            reload_debounce: Duration::from_millis(200),
+            shutdown_grace: Duration::from_millis(10_000),
+            log_format: LogFormat::Human,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
 /// Every violation found in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
