@@ -1,1 +1,318 @@
-fn main() {}
+//! In-process decision benchmarks on the example policies (`policies/`).
+//!
+//! For tenants of 10, 1,000 and 10,000 users, one criterion group per size
+//! (`users_10`, `users_1000`, `users_10000`) compares, for an ALLOW and a
+//! DENY-by-forbid request:
+//!
+//! * `cedar_bare`: Cedar's `Authorizer::is_authorized` on a prepared request,
+//!   the floor tollgate cannot go below;
+//! * `engine_decide`: `tollgate::engine::decide` on a prepared request (Cedar
+//!   plus the principal check and turning Cedar's answer into reasons);
+//! * `full_check`: `DecisionPoint::check` on a protobuf request, i.e. the whole
+//!   in-process path: protobuf → Cedar conversion, schema validation, decision
+//!   and the protobuf response. The request is cloned in the (untimed) setup of
+//!   `iter_batched`, so its clone is not part of the measurement.
+//!
+//! Run: `cargo bench --bench engine` (a few minutes), or
+//! `cargo bench --bench engine -- --quick` for a CI smoke run.
+//! See `benches/README.md`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark harness: a broken fixture should abort loudly"
+)]
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cedar_policy::{Authorizer, Context, EntityUid, RestrictedExpression};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use serde_json::{json, Value as Json};
+
+use tollgate::api::pb;
+use tollgate::api::{DecisionPoint, Limits};
+use tollgate::engine::Options;
+use tollgate::store::{Catalog, PolicySnapshot, SnapshotSource, Store, TenantMap, TenantSnapshot};
+
+/// Tenant id of the generated snapshots.
+const TENANT: &str = "bench";
+/// Tenant sizes (number of users).
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+/// The `now` of every request: after no trial end, as no bench account has one.
+const NOW: &str = "2026-01-15T12:00:00Z";
+/// Country of every request.
+const COUNTRY: &str = "BR";
+
+/// The two requests benchmarked: the resource decides the outcome.
+#[derive(Clone, Copy)]
+enum Case {
+    /// A member uses `pdf-export` (tier 1, the account is pro): `members-use` permits.
+    Allow,
+    /// A member uses `audit-log` (tier 2): the `tier-too-low` forbid denies.
+    DenyForbid,
+}
+
+impl Case {
+    const ALL: [Case; 2] = [Case::Allow, Case::DenyForbid];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::Allow => "allow",
+            Case::DenyForbid => "deny_forbid",
+        }
+    }
+
+    fn feature(self) -> &'static str {
+        match self {
+            Case::Allow => "pdf-export",
+            Case::DenyForbid => "audit-log",
+        }
+    }
+
+    /// `(allow, reason code)` the decision must come out as.
+    fn expected(self) -> (bool, &'static str) {
+        match self {
+            Case::Allow => (true, "member_role"),
+            Case::DenyForbid => (false, "tier_too_low"),
+        }
+    }
+}
+
+fn policies() -> PolicySnapshot {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    PolicySnapshot::load_dir(&dir)
+        .unwrap_or_else(|problems| panic!("cannot load {}: {problems:?}", dir.display()))
+}
+
+fn entity(kind: &str, id: &str, attrs: Json, parents: &[(&str, &str)]) -> Json {
+    json!({
+        "uid": {"type": kind, "id": id},
+        "attrs": attrs,
+        "parents": parents
+            .iter()
+            .map(|(kind, id)| json!({"type": kind, "id": id}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// Role of user `index`: admin, member, viewer, billing_admin in turn.
+fn role_of(index: usize) -> &'static str {
+    ["admin", "member", "viewer", "billing_admin"][index % 4]
+}
+
+fn user_id(index: usize) -> String {
+    format!("user-{index:05}")
+}
+
+/// The principal of the benchmarked requests: a member in the middle of the user list.
+fn principal_index(users: usize) -> usize {
+    let index = ((users / 2) & !3) | 1;
+    assert!(index < users && role_of(index) == "member");
+    index
+}
+
+/// A snapshot document shaped like `entitlements/acme.json` with `users` users.
+fn snapshot_json(users: usize) -> Vec<u8> {
+    let mut entities = vec![
+        entity(
+            "Account",
+            TENANT,
+            json!({"plan": "pro", "tier": 1, "addons": ["sso"]}),
+            &[],
+        ),
+        entity("Role", "viewer", json!({}), &[]),
+        entity("Role", "member", json!({}), &[("Role", "viewer")]),
+        entity("Role", "admin", json!({}), &[("Role", "member")]),
+        entity("Role", "billing_admin", json!({}), &[]),
+    ];
+    for index in 0..users {
+        entities.push(entity(
+            "User",
+            &user_id(index),
+            json!({"account": {"__entity": {"type": "Account", "id": TENANT}}}),
+            &[("Role", role_of(index))],
+        ));
+    }
+    entities.extend([
+        entity("Feature", "dashboards", json!({"min_tier": 0}), &[]),
+        entity("Feature", "pdf-export", json!({"min_tier": 1}), &[]),
+        entity("Feature", "audit-log", json!({"min_tier": 2}), &[]),
+        entity("Feature", "sso", json!({"min_tier": 0, "addon": "sso"}), &[]),
+        entity(
+            "Feature",
+            "payments",
+            json!({"min_tier": 1, "countries": ["US", "CA", "GB", "DE", "FR", "BR"]}),
+            &[],
+        ),
+    ]);
+    serde_json::to_vec(&json!({"tenant": TENANT, "version": 1, "entities": entities}))
+        .expect("serialise snapshot")
+}
+
+fn entity_ref(kind: &str, id: &str) -> Option<pb::EntityRef> {
+    Some(pb::EntityRef {
+        r#type: kind.to_string(),
+        id: id.to_string(),
+    })
+}
+
+fn pb_request(principal: &str, case: Case) -> pb::CheckRequest {
+    use pb::value::Kind;
+    let context = HashMap::from([
+        (
+            "now".to_string(),
+            pb::Value {
+                kind: Some(Kind::Extension(pb::Extension {
+                    r#fn: "datetime".to_string(),
+                    arg: NOW.to_string(),
+                })),
+            },
+        ),
+        (
+            "country".to_string(),
+            pb::Value {
+                kind: Some(Kind::String(COUNTRY.to_string())),
+            },
+        ),
+    ]);
+    pb::CheckRequest {
+        tenant: TENANT.to_string(),
+        principal: entity_ref("User", principal),
+        action: entity_ref("Action", "use"),
+        resource: entity_ref("Feature", case.feature()),
+        context,
+        entities: Vec::new(),
+    }
+}
+
+/// The same request built directly with Cedar's API, validated against the schema.
+fn cedar_request(policies: &PolicySnapshot, principal: &str, case: Case) -> cedar_policy::Request {
+    let uid = |text: String| EntityUid::from_str(&text).expect("entity uid");
+    let context = Context::from_pairs([
+        ("now".to_string(), RestrictedExpression::new_datetime(NOW)),
+        (
+            "country".to_string(),
+            RestrictedExpression::new_string(COUNTRY.to_string()),
+        ),
+    ])
+    .expect("context");
+    cedar_policy::Request::new(
+        uid(format!("User::{principal:?}")),
+        uid(r#"Action::"use""#.to_string()),
+        uid(format!("Feature::{:?}", case.feature())),
+        context,
+        Some(&policies.schema),
+    )
+    .expect("request fits the schema")
+}
+
+fn bench_size(c: &mut Criterion, users: usize) {
+    let policies = Arc::new(policies());
+    let tenant = TenantSnapshot::parse(
+        &snapshot_json(users),
+        Some(TENANT),
+        &policies,
+        SnapshotSource::File,
+    )
+    .expect("generated snapshot fits the schema");
+    let tenant = Arc::new(tenant);
+    let principal = user_id(principal_index(users));
+
+    let tenants: TenantMap = HashMap::from([(TENANT.to_string(), Arc::clone(&tenant))]);
+    let decision_point = DecisionPoint::new(
+        Arc::new(Store::from_catalog(Catalog {
+            policies: Arc::clone(&policies),
+            tenants: Arc::new(tenants),
+        })),
+        Options::default(),
+        Limits::default(),
+    );
+    let authorizer = Authorizer::new();
+
+    let mut group = c.benchmark_group(format!("users_{users}"));
+    group.throughput(Throughput::Elements(1));
+    for case in Case::ALL {
+        let (allow, code) = case.expected();
+        let request = pb_request(&principal, case);
+
+        // Each path must decide as expected before it is timed.
+        let cedar = cedar_request(&policies, &principal, case);
+        let answer = authorizer.is_authorized(&cedar, &policies.policy_set, &tenant.entities);
+        assert_eq!(
+            answer.decision() == cedar_policy::Decision::Allow,
+            allow,
+            "cedar_bare/{}: {answer:?}",
+            case.name()
+        );
+        let prepared = tollgate::api::convert::prepare_check(&policies, request.clone())
+            .expect("request fits the schema");
+        let decision = tollgate::engine::decide(&policies, &tenant, &prepared, Options::default())
+            .expect("decide");
+        assert_eq!(decision.allow, allow, "engine_decide/{}", case.name());
+        assert_eq!(decision.reasons.len(), 1, "{decision:?}");
+        assert_eq!(decision.reasons[0].code(), code, "{decision:?}");
+        let response = decision_point.check(request.clone()).expect("check");
+        let expected = if allow {
+            pb::Decision::Allow
+        } else {
+            pb::Decision::Deny
+        };
+        assert_eq!(response.decision, expected as i32, "full_check/{}", case.name());
+        assert_eq!(response.reasons[0].code, code, "{response:?}");
+
+        group.bench_function(BenchmarkId::new("cedar_bare", case.name()), |b| {
+            b.iter(|| {
+                authorizer.is_authorized(
+                    black_box(&cedar),
+                    black_box(&policies.policy_set),
+                    black_box(&tenant.entities),
+                )
+            });
+        });
+        group.bench_function(BenchmarkId::new("engine_decide", case.name()), |b| {
+            b.iter(|| {
+                tollgate::engine::decide(
+                    black_box(&policies),
+                    black_box(&tenant),
+                    black_box(&prepared),
+                    Options::default(),
+                )
+            });
+        });
+        group.bench_function(BenchmarkId::new("full_check", case.name()), |b| {
+            b.iter_batched(
+                || request.clone(),
+                |request| decision_point.check(black_box(request)),
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+fn engine(c: &mut Criterion) {
+    for users in SIZES {
+        bench_size(c, users);
+    }
+}
+
+fn config() -> Criterion {
+    // ~4 s per benchmark (1 s warm-up + 3 s measurement) × 18 benchmarks.
+    // Command-line flags (--quick, --measurement-time, ...) still override.
+    Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = engine
+}
+criterion_main!(benches);

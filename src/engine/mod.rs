@@ -1,6 +1,8 @@
 //! Where the decision is made: a pure, synchronous function of a prepared
 //! request, a policy snapshot and a tenant snapshot. No I/O, no gRPC, no Redis.
 
+mod context_check;
+
 use std::sync::Arc;
 
 use cedar_policy::{
@@ -227,7 +229,7 @@ pub fn prepare(
         context,
         Some(&policies.schema),
     )
-    .map_err(request_validation_error)?;
+    .map_err(|error| request_validation_error(policies, error))?;
     Ok(PreparedRequest {
         request,
         principal,
@@ -250,7 +252,18 @@ fn context_error(pairs: &[(String, RestrictedExpression)], message: &str) -> Req
     RequestError::new("context", message.to_string())
 }
 
-fn request_validation_error(error: RequestValidationError) -> RequestError {
+/// Explains why `context` does not fit `action`'s context type, naming the
+/// attribute. Runs only on the error path.
+fn context_mismatch(
+    policies: &PolicySnapshot,
+    context: &Context,
+    action: &EntityUid,
+) -> Option<RequestError> {
+    context_check::explain(&policies.schema_json, context, action)
+        .map(|(field, problem)| RequestError::new(field, problem))
+}
+
+fn request_validation_error(policies: &PolicySnapshot, error: RequestValidationError) -> RequestError {
     let field = match &error {
         RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => {
             "action"
@@ -259,9 +272,11 @@ fn request_validation_error(error: RequestValidationError) -> RequestError {
         | RequestValidationError::InvalidPrincipalType(_) => "principal.type",
         RequestValidationError::UndeclaredResourceType(_)
         | RequestValidationError::InvalidResourceType(_) => "resource.type",
-        RequestValidationError::InvalidContext(_) | RequestValidationError::TypeOfContext(_) => {
-            "context"
+        RequestValidationError::InvalidContext(invalid) => {
+            return context_mismatch(policies, invalid.context(), invalid.action())
+                .unwrap_or_else(|| RequestError::new("context", describe(&error)));
         }
+        RequestValidationError::TypeOfContext(_) => "context",
         RequestValidationError::InvalidEnumEntity(_) => "principal or resource id",
         _ => "request",
     };

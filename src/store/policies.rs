@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cedar_policy::{
-    Effect, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode,
+    Effect, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
     Validator,
 };
 use sha2::{Digest, Sha256};
@@ -46,6 +46,8 @@ pub struct PolicySnapshot {
     pub schema_version: String,
     /// The Cedar schema, used to validate requests and snapshots.
     pub schema: Schema,
+    /// The schema in Cedar's JSON form, used to explain invalid contexts.
+    pub schema_json: serde_json::Value,
     /// The Cedar policy set, with tollgate's policy ids.
     pub policy_set: PolicySet,
     policies: HashMap<PolicyId, Arc<PolicyMeta>>,
@@ -230,10 +232,15 @@ impl PolicySnapshot {
         let version = hex_prefix(&digest.finalize());
         let schema_version = hex_prefix(&Sha256::digest(schema_text.as_bytes()));
 
+        let schema_json = SchemaFragment::from_cedarschema_str(schema_text)
+            .ok()
+            .and_then(|(fragment, _warnings)| fragment.to_json_value().ok())
+            .unwrap_or_default();
         Ok(PolicySnapshot {
             version,
             schema_version,
             schema,
+            schema_json,
             policy_set,
             policies,
             entity_types,
