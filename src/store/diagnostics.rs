@@ -54,6 +54,15 @@ impl fmt::Display for FileProblem {
 /// A diagnostic's message with its related errors and help, on one line.
 pub fn describe(diagnostic: &dyn Diagnostic) -> String {
     let mut message = diagnostic.to_string();
+    let mut source = diagnostic.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
     if let Some(related) = diagnostic.related() {
         for other in related {
             let text = other.to_string();

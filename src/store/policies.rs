@@ -193,7 +193,9 @@ impl PolicySnapshot {
         let Some(schema) = schema else {
             return Err(problems);
         };
-        if problems.is_empty() {
+        {
+            // Validate what parsed even when other files did not, so that one
+            // run reports every problem.
             let result = Validator::new(schema.clone()).validate(&policy_set, ValidationMode::Strict);
             for error in result.validation_errors() {
                 let policy_id = error.policy_id();
@@ -394,9 +396,12 @@ mod tests {
             ("syntax.cedar", "\npermit(principal action, resource);"),
         ])
         .unwrap_err();
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        // Both files' problems are reported in one run.
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert_eq!(problems[0].file, "syntax.cedar");
         assert_eq!(problems[0].line, Some(2));
+        assert_eq!(problems[1].file, "bad.cedar");
+        assert_eq!(problems[1].line, Some(2));
 
         let problems = load(&[(
             "bad.cedar",
