@@ -197,7 +197,16 @@ fn start_reloaders(
                     }
                     _ = stop_rx.changed() => break,
                 }
-                reload(&store, &health, if policies { Reload::Policies } else { Reload::Entitlements }).await;
+                reload(
+                    &store,
+                    &health,
+                    if policies {
+                        Reload::Policies
+                    } else {
+                        Reload::Entitlements
+                    },
+                )
+                .await;
             }
         });
     }

@@ -166,7 +166,9 @@ fn init_logging(config: &Config) {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn serve(config: Config) -> ExitCode {
@@ -264,7 +266,9 @@ fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
     Ok(pb::CheckRequest {
         tenant: args.tenant.clone(),
         principal: Some(parse_ref(&args.principal, None).map_err(|p| format!("--principal: {p}"))?),
-        action: Some(parse_ref(&args.action, Some("Action")).map_err(|p| format!("--action: {p}"))?),
+        action: Some(
+            parse_ref(&args.action, Some("Action")).map_err(|p| format!("--action: {p}"))?,
+        ),
         resource: Some(parse_ref(&args.resource, None).map_err(|p| format!("--resource: {p}"))?),
         context,
         entities: Vec::new(),
@@ -306,7 +310,10 @@ fn check_local(
     request: pb::CheckRequest,
 ) -> Result<pb::CheckResponse, (u8, String)> {
     let config = config::load(&files.flags()).map_err(|errors| (2, errors.to_string()))?;
-    let store = Arc::new(Store::new(config.policies.clone(), config.entitlements.clone()));
+    let store = Arc::new(Store::new(
+        config.policies.clone(),
+        config.entitlements.clone(),
+    ));
     if let ReloadOutcome::Rejected(problems) = store.reload_policies() {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err((2, format!("policies do not load:\n{}", lines.join("\n"))));

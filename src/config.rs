@@ -207,7 +207,10 @@ fn read_file(
         serde_norway::Value::Mapping(mapping) => mapping,
         serde_norway::Value::Null => return,
         _ => {
-            problems.push(format!("{}: expected a mapping of keys to values", path.display()));
+            problems.push(format!(
+                "{}: expected a mapping of keys to values",
+                path.display()
+            ));
             return;
         }
     };
@@ -292,12 +295,15 @@ fn build(
         0 => Err("must be at least 1".to_string()),
         n => usize::try_from(n).map_err(|_| "too large".to_string()),
     });
-    let max_request_bytes = get(values, problems, "max_request_bytes", |text| {
-        match number(text)? {
+    let max_request_bytes = get(
+        values,
+        problems,
+        "max_request_bytes",
+        |text| match number(text)? {
             n if n < 1024 => Err("must be at least 1024".to_string()),
             n => usize::try_from(n).map_err(|_| "too large".to_string()),
-        }
-    });
+        },
+    );
     let reload_debounce = get(values, problems, "reload_debounce_ms", |text| {
         number(text).map(Duration::from_millis)
     });
@@ -354,7 +360,11 @@ mod tests {
     fn flags_override_env_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.yaml");
-        std::fs::write(&file, "listen: 127.0.0.1:1\nmax_batch: 7\nstrict_principals: false\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen: 127.0.0.1:1\nmax_batch: 7\nstrict_principals: false\n",
+        )
+        .unwrap();
         let mut flags = flags_with(dir.path());
         flags.config_file = Some(file);
         flags.values.push(("listen", "127.0.0.1:3".to_string()));

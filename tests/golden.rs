@@ -72,9 +72,7 @@ struct Case {
 
 fn options(set: CaseOptions, case: Option<CaseOptions>) -> Options {
     let defaults = Options::default();
-    let pick = |f: fn(&CaseOptions) -> Option<bool>| {
-        case.as_ref().and_then(f).or_else(|| f(&set))
-    };
+    let pick = |f: fn(&CaseOptions) -> Option<bool>| case.as_ref().and_then(f).or_else(|| f(&set));
     let mode = case
         .and_then(|c| c.policy_errors)
         .or(set.policy_errors)
@@ -93,7 +91,10 @@ fn run_case_set(path: &Path) -> Vec<String> {
     let set: CaseSet = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(!set.cases.is_empty(), "{}: no cases", path.display());
-    let store = Arc::new(Store::new(dir.join(&set.policies), dir.join(&set.entitlements)));
+    let store = Arc::new(Store::new(
+        dir.join(&set.policies),
+        dir.join(&set.entitlements),
+    ));
     let outcome = store.reload_all();
     assert!(
         !matches!(outcome, ReloadOutcome::Rejected(_)),
@@ -125,7 +126,10 @@ fn run_case_set(path: &Path) -> Vec<String> {
         let response = match point.check(request) {
             Ok(response) => response,
             Err(error) => {
-                failures.push(format!("{} / {}: error {error}", set.description, case.name));
+                failures.push(format!(
+                    "{} / {}: error {error}",
+                    set.description, case.name
+                ));
                 continue;
             }
         };
@@ -145,15 +149,20 @@ fn run_case_set(path: &Path) -> Vec<String> {
             .map(|r| r.policy_id.clone())
             .collect();
         policy_ids.sort();
-        let mut errors: Vec<String> =
-            response.errors.iter().map(|e| e.policy_id.clone()).collect();
+        let mut errors: Vec<String> = response
+            .errors
+            .iter()
+            .map(|e| e.policy_id.clone())
+            .collect();
         errors.sort();
         let mut problems = Vec::new();
         if decision != case.decision {
             problems.push(format!("decision {decision}, expected {}", case.decision));
         }
         if reasons != expected_reasons {
-            problems.push(format!("reasons {reasons:?}, expected {expected_reasons:?}"));
+            problems.push(format!(
+                "reasons {reasons:?}, expected {expected_reasons:?}"
+            ));
         }
         if let Some(expected) = &case.policy_ids {
             let mut expected = expected.clone();
@@ -166,7 +175,9 @@ fn run_case_set(path: &Path) -> Vec<String> {
             let mut expected = expected.clone();
             expected.sort();
             if errors != expected {
-                problems.push(format!("erroring policies {errors:?}, expected {expected:?}"));
+                problems.push(format!(
+                    "erroring policies {errors:?}, expected {expected:?}"
+                ));
             }
         }
         if !problems.is_empty() {
@@ -190,7 +201,15 @@ fn golden_cases() {
         .filter(|p| p.exists())
         .collect();
     sets.sort();
-    assert!(sets.len() >= 2, "expected golden case sets in {}", root.display());
+    assert!(
+        sets.len() >= 2,
+        "expected golden case sets in {}",
+        root.display()
+    );
     let failures: Vec<String> = sets.iter().flat_map(|p| run_case_set(p)).collect();
-    assert!(failures.is_empty(), "golden failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden failures:\n{}",
+        failures.join("\n")
+    );
 }

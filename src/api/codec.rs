@@ -36,9 +36,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProtoDecoder {
-            _type: PhantomData,
-        }
+        ProtoDecoder { _type: PhantomData }
     }
 }
 

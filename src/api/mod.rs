@@ -14,16 +14,18 @@ use crate::store::{Catalog, Store, TenantSnapshot};
 use convert::FreshnessInfo;
 
 /// Generated protobuf types and gRPC stubs of `tollgate.v1`.
-#[expect(
+#[allow(
     clippy::all,
-    clippy::unwrap_used,
+    clippy::pedantic,
+    clippy::allow_attributes_without_reason,
     reason = "generated code is not held to the project's lints"
 )]
 pub mod pb {
     tonic::include_proto!("tollgate.v1");
 
     /// Encoded file descriptor set of `tollgate.v1`, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("tollgate_descriptor");
 }
 
 pub use pb::entitlement_service_server::{EntitlementService, EntitlementServiceServer};
@@ -134,8 +136,8 @@ impl DecisionPoint {
     pub fn check(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
         let catalog = self.catalog()?;
         let tenant = catalog.tenants.get(&request.tenant).cloned();
-        let prepared =
-            convert::prepare_check(&catalog.policies, request).map_err(ApiError::InvalidArgument)?;
+        let prepared = convert::prepare_check(&catalog.policies, request)
+            .map_err(ApiError::InvalidArgument)?;
         self.decide(&catalog, tenant.as_deref(), &prepared)
             .map_err(ApiError::InvalidArgument)
     }

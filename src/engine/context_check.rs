@@ -11,7 +11,6 @@ use serde_json::{Map, Value as Json};
 struct SchemaJson<'a>(&'a Map<String, Json>);
 
 impl SchemaJson<'_> {
-
     fn namespace(&self, name: &str) -> Option<&Map<String, Json>> {
         self.0.get(name)?.as_object()
     }
@@ -39,7 +38,11 @@ impl SchemaJson<'_> {
         let namespace = type_name.strip_suffix("Action")?.trim_end_matches("::");
         let id = action.id().unescaped();
         let (ns_name, ns) = self.0.get_key_value(namespace)?;
-        let context = ns.get("actions")?.get(id)?.get("appliesTo")?.get("context")?;
+        let context = ns
+            .get("actions")?
+            .get(id)?
+            .get("appliesTo")?
+            .get("context")?;
         Some((ns_name.as_str(), context))
     }
 }
@@ -105,21 +108,40 @@ fn check(
     let type_name = expected.get("type").and_then(Json::as_str).unwrap_or("");
     let name = expected.get("name").and_then(Json::as_str).unwrap_or("");
     match type_name {
-        "Long" => value.is_i64().then_some(()).map_or_else(|| mismatch("Long"), Ok),
-        "String" => value.is_string().then_some(()).map_or_else(|| mismatch("String"), Ok),
-        "Boolean" | "Bool" => value.is_boolean().then_some(()).map_or_else(|| mismatch("Bool"), Ok),
+        "Long" => value
+            .is_i64()
+            .then_some(())
+            .map_or_else(|| mismatch("Long"), Ok),
+        "String" => value
+            .is_string()
+            .then_some(())
+            .map_or_else(|| mismatch("String"), Ok),
+        "Boolean" | "Bool" => value
+            .is_boolean()
+            .then_some(())
+            .map_or_else(|| mismatch("Bool"), Ok),
         "Set" => {
             let Some(items) = value.as_array() else {
                 return mismatch("Set");
             };
             let element = expected.get("element").unwrap_or(&Json::Null);
             for (index, item) in items.iter().enumerate() {
-                check(schema, namespace, element, item, &format!("{path}[{index}]"), depth + 1)?;
+                check(
+                    schema,
+                    namespace,
+                    element,
+                    item,
+                    &format!("{path}[{index}]"),
+                    depth + 1,
+                )?;
             }
             Ok(())
         }
         "Record" => {
-            let Some(fields) = value.as_object().filter(|m| !m.contains_key("__extn") && !m.contains_key("__entity")) else {
+            let Some(fields) = value
+                .as_object()
+                .filter(|m| !m.contains_key("__extn") && !m.contains_key("__entity"))
+            else {
                 return mismatch("Record");
             };
             let attributes = expected
@@ -128,11 +150,24 @@ fn check(
                 .cloned()
                 .unwrap_or_default();
             for (key, attribute) in &attributes {
-                let required = attribute.get("required").and_then(Json::as_bool).unwrap_or(true);
+                let required = attribute
+                    .get("required")
+                    .and_then(Json::as_bool)
+                    .unwrap_or(true);
                 match fields.get(key) {
-                    Some(field) => check(schema, namespace, attribute, field, &format!("{path}.{key}"), depth + 1)?,
+                    Some(field) => check(
+                        schema,
+                        namespace,
+                        attribute,
+                        field,
+                        &format!("{path}.{key}"),
+                        depth + 1,
+                    )?,
                     None if required => {
-                        return Err((format!("{path}.{key}"), "required attribute is missing".to_string()))
+                        return Err((
+                            format!("{path}.{key}"),
+                            "required attribute is missing".to_string(),
+                        ))
                     }
                     None => {}
                 }
@@ -143,7 +178,10 @@ fn check(
                 .unwrap_or(false);
             if let Some(extra) = fields.keys().find(|key| !attributes.contains_key(*key)) {
                 if !additional {
-                    return Err((format!("{path}.{extra}"), "attribute is not declared in the schema".to_string()));
+                    return Err((
+                        format!("{path}.{extra}"),
+                        "attribute is not declared in the schema".to_string(),
+                    ));
                 }
             }
             Ok(())
@@ -174,9 +212,14 @@ fn check_named(
     }
     let builtin = name.strip_prefix("__cedar::").unwrap_or(name);
     match builtin {
-        "Long" | "String" | "Bool" | "Boolean" => {
-            check(schema, namespace, &serde_json::json!({"type": builtin}), value, path, depth + 1)
-        }
+        "Long" | "String" | "Bool" | "Boolean" => check(
+            schema,
+            namespace,
+            &serde_json::json!({"type": builtin}),
+            value,
+            path,
+            depth + 1,
+        ),
         "ipaddr" | "decimal" | "datetime" | "duration" => check_extension(builtin, value, mismatch),
         _ => Ok(()),
     }
@@ -205,7 +248,11 @@ fn check_entity(
     }
 }
 
-fn check_extension(name: &str, value: &Json, mismatch: Mismatch<'_>) -> Result<(), (String, String)> {
+fn check_extension(
+    name: &str,
+    value: &Json,
+    mismatch: Mismatch<'_>,
+) -> Result<(), (String, String)> {
     let constructor = if name == "ipaddr" { "ip" } else { name };
     let found = value
         .get("__extn")

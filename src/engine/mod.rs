@@ -169,10 +169,16 @@ pub fn entity_uid(
     id: &str,
 ) -> Result<EntityUid, RequestError> {
     if type_name.is_empty() {
-        return Err(RequestError::new(format!("{field}.type"), "must not be empty"));
+        return Err(RequestError::new(
+            format!("{field}.type"),
+            "must not be empty",
+        ));
     }
     if id.is_empty() {
-        return Err(RequestError::new(format!("{field}.id"), "must not be empty"));
+        return Err(RequestError::new(
+            format!("{field}.id"),
+            "must not be empty",
+        ));
     }
     let Some(entity_type) = policies.entity_type(type_name) else {
         return Err(RequestError::new(
@@ -263,7 +269,10 @@ fn context_mismatch(
         .map(|(field, problem)| RequestError::new(field, problem))
 }
 
-fn request_validation_error(policies: &PolicySnapshot, error: RequestValidationError) -> RequestError {
+fn request_validation_error(
+    policies: &PolicySnapshot,
+    error: RequestValidationError,
+) -> RequestError {
     let field = match &error {
         RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => {
             "action"
@@ -322,9 +331,8 @@ pub fn evaluate(
     thread_local! {
         static AUTHORIZER: Authorizer = Authorizer::new();
     }
-    let response = AUTHORIZER.with(|authorizer| {
-        authorizer.is_authorized(request, &policies.policy_set, entities)
-    });
+    let response = AUTHORIZER
+        .with(|authorizer| authorizer.is_authorized(request, &policies.policy_set, entities));
     let diagnostics = response.diagnostics();
     let meta = |id: &PolicyId| policies.policy(id).cloned();
 
@@ -351,7 +359,11 @@ pub fn evaluate(
         .collect();
     let cedar_allows = response.decision() == CedarDecision::Allow;
     if options.policy_errors == PolicyErrorMode::Deny && !failed_forbids.is_empty() {
-        let mut reasons = if cedar_allows { Vec::new() } else { determining };
+        let mut reasons = if cedar_allows {
+            Vec::new()
+        } else {
+            determining
+        };
         reasons.extend(failed_forbids.into_iter().map(Reason::PolicyError));
         return Decision {
             allow: false,

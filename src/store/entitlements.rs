@@ -179,7 +179,11 @@ pub fn load_tenant_dir(
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(error) => {
-                problems.push(FileProblem::new(&file, None, format!("cannot read: {error}")));
+                problems.push(FileProblem::new(
+                    &file,
+                    None,
+                    format!("cannot read: {error}"),
+                ));
                 keep_old(&mut tenants);
                 continue;
             }
@@ -250,7 +254,11 @@ mod tests {
         let snapshot =
             TenantSnapshot::parse(doc, Some("acme"), &policies, SnapshotSource::File).unwrap();
         assert_eq!(snapshot.version, 3);
-        assert_eq!(snapshot.entities.iter().count(), 2, "alice and Action::\"use\"");
+        assert_eq!(
+            snapshot.entities.iter().count(),
+            2,
+            "alice and Action::\"use\""
+        );
     }
 
     #[test]
@@ -265,10 +273,21 @@ mod tests {
             r#"{"tenant":"acme","version":1,"entities":[{"uid":{"type":"User","id":"a"},"attrs":{"age":"old"},"parents":[]}]}"#,
             None,
         );
-        assert!(matches!(error, SnapshotError::Entities(ref m) if m.contains("age")), "{error}");
-        let error = parse(r#"{"tenant":"acme","version":1,"entities":[],"extra":1}"#, None);
-        assert!(matches!(error, SnapshotError::Json { ref message, .. } if message.contains("extra")));
-        let error = parse(r#"{"tenant":"acme","version":1,"entities":[]}"#, Some("globex"));
+        assert!(
+            matches!(error, SnapshotError::Entities(ref m) if m.contains("age")),
+            "{error}"
+        );
+        let error = parse(
+            r#"{"tenant":"acme","version":1,"entities":[],"extra":1}"#,
+            None,
+        );
+        assert!(
+            matches!(error, SnapshotError::Json { ref message, .. } if message.contains("extra"))
+        );
+        let error = parse(
+            r#"{"tenant":"acme","version":1,"entities":[]}"#,
+            Some("globex"),
+        );
         assert_eq!(
             error.to_string(),
             "snapshot is for tenant `acme`, expected `globex`"
@@ -300,7 +319,9 @@ mod tests {
 
         write(1, "5");
         let (tenants, problems) = load_tenant_dir(dir.path(), &policies, &tenants);
-        assert!(problems[0].message.contains("older than the serving version 2"));
+        assert!(problems[0]
+            .message
+            .contains("older than the serving version 2"));
         assert_eq!(tenants["acme"].version, 2);
 
         write(2, "6");

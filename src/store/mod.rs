@@ -195,8 +195,11 @@ impl Store {
         let Some(current) = self.current.load_full() else {
             return ReloadOutcome::Unchanged;
         };
-        let (tenants, problems) =
-            entitlements::load_tenant_dir(&self.entitlement_dir, &current.policies, &current.tenants);
+        let (tenants, problems) = entitlements::load_tenant_dir(
+            &self.entitlement_dir,
+            &current.policies,
+            &current.tenants,
+        );
         for problem in &problems {
             warn!(file = %problem.file, line = problem.line, error = %problem.message, "snapshot rejected; keeping previous snapshot of this tenant");
         }

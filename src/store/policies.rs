@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cedar_policy::{
-    Effect, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
-    Validator,
+    Effect, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment,
+    ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -196,7 +196,8 @@ impl PolicySnapshot {
         {
             // Validate what parsed even when other files did not, so that one
             // run reports every problem.
-            let result = Validator::new(schema.clone()).validate(&policy_set, ValidationMode::Strict);
+            let result =
+                Validator::new(schema.clone()).validate(&policy_set, ValidationMode::Strict);
             for error in result.validation_errors() {
                 let policy_id = error.policy_id();
                 let (file, text) = text_of_file
@@ -378,8 +379,14 @@ mod tests {
     #[test]
     fn duplicate_id_is_a_load_error_naming_both_places() {
         let problems = load(&[
-            ("a.cedar", "@id(\"x\")\npermit(principal, action, resource);"),
-            ("b.cedar", "\n\n@id(\"x\")\nforbid(principal, action, resource);"),
+            (
+                "a.cedar",
+                "@id(\"x\")\npermit(principal, action, resource);",
+            ),
+            (
+                "b.cedar",
+                "\n\n@id(\"x\")\nforbid(principal, action, resource);",
+            ),
         ])
         .unwrap_err();
         assert_eq!(problems.len(), 1);
@@ -392,7 +399,10 @@ mod tests {
     #[test]
     fn syntax_and_validation_errors_carry_file_and_line() {
         let problems = load(&[
-            ("bad.cedar", "permit(principal, action, resource)\nwhen { principal.nope == 1 };\n"),
+            (
+                "bad.cedar",
+                "permit(principal, action, resource)\nwhen { principal.nope == 1 };\n",
+            ),
             ("syntax.cedar", "\npermit(principal action, resource);"),
         ])
         .unwrap_err();
@@ -411,7 +421,11 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].file, "bad.cedar");
         assert_eq!(problems[0].line, Some(2));
-        assert!(problems[0].message.contains("nope"), "{}", problems[0].message);
+        assert!(
+            problems[0].message.contains("nope"),
+            "{}",
+            problems[0].message
+        );
     }
 
     #[test]
