@@ -178,7 +178,12 @@ fn start_reloaders(
     stop_rx: &watch::Receiver<bool>,
 ) -> Result<Vec<dir_watch::DirWatcher>, ServeError> {
     let mut guards = Vec::new();
-    for (dir, policies) in [(&config.policies, true), (&config.entitlements, false)] {
+    let watched: &[(&std::path::PathBuf, bool)] = if config.watch {
+        &[(&config.policies, true), (&config.entitlements, false)]
+    } else {
+        &[]
+    };
+    for &(dir, policies) in watched {
         let (guard, mut changes) =
             dir_watch::watch_dir(dir).map_err(|source| ServeError::Watch {
                 path: dir.display().to_string(),

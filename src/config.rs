@@ -27,6 +27,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("policy_errors", "deny", "`deny`: a forbid that fails to evaluate denies (policy_error); `cedar`: Cedar's rule, failing policies are ignored"),
     ("max_batch", "100", "most checks in one CheckBatch"),
     ("max_request_bytes", "4194304", "largest request message in bytes"),
+    ("watch", "true", "reload when files in the policy or entitlements directory change (SIGHUP always reloads)"),
     ("reload_debounce_ms", "200", "quiet time after a file change before reloading"),
     ("shutdown_grace_ms", "10000", "how long in-flight requests may take to finish after SIGTERM/SIGINT"),
     ("log_format", "human", "`human` or `json`"),
@@ -57,6 +58,8 @@ pub struct Config {
     pub limits: Limits,
     /// Largest request message in bytes.
     pub max_request_bytes: usize,
+    /// Reload when watched files change.
+    pub watch: bool,
     /// Quiet time after a file change before reloading.
     pub reload_debounce: Duration,
     /// Grace period for in-flight requests at shutdown.
@@ -77,6 +80,7 @@ impl Config {
             options: Options::default(),
             limits: Limits::default(),
             max_request_bytes: 4 * 1024 * 1024,
+            watch: true,
             reload_debounce: Duration::from_millis(200),
             shutdown_grace: Duration::from_millis(10_000),
             log_format: LogFormat::Human,
@@ -304,6 +308,7 @@ fn build(
             n => usize::try_from(n).map_err(|_| "too large".to_string()),
         },
     );
+    let watch = get(values, problems, "watch", boolean);
     let reload_debounce = get(values, problems, "reload_debounce_ms", |text| {
         number(text).map(Duration::from_millis)
     });
@@ -335,6 +340,7 @@ fn build(
             max_batch: max_batch?,
         },
         max_request_bytes: max_request_bytes?,
+        watch: watch?,
         reload_debounce: reload_debounce?,
         shutdown_grace: shutdown_grace?,
         log_format: log_format?,
@@ -397,6 +403,14 @@ mod tests {
         assert!(text.contains("listen (from environment variable TOLLGATE_LISTEN)"));
         assert!(text.contains("max_batch"));
         assert!(text.contains("policy_errors"));
+    }
+
+    #[test]
+    fn defaults_match_the_documented_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = load_from(&flags_with(dir.path()), &[]).unwrap();
+        let built = Config::with_dirs(dir.path().to_path_buf(), dir.path().to_path_buf());
+        assert_eq!(format!("{loaded:?}"), format!("{built:?}"));
     }
 
     #[test]
