@@ -259,8 +259,18 @@ async fn reload(store: &Arc<Store>, health: &HealthReporter, what: Reload) {
         Reload::All => worker.reload_all(),
     })
     .await;
-    if let Err(error) = outcome {
-        warn!(error = %error, "reload task failed");
+    match outcome {
+        Ok(outcome) => {
+            let catalog = store.catalog();
+            info!(
+                trigger = ?what,
+                outcome = outcome.name(),
+                policy_version = catalog.as_ref().map_or("", |c| c.policies.version.as_str()),
+                tenants = catalog.as_ref().map_or(0, |c| c.tenants.len()),
+                "reload finished"
+            );
+        }
+        Err(error) => warn!(error = %error, "reload task failed"),
     }
     if !had_policies && store.catalog().is_some() {
         set_health(health, ServingStatus::Serving).await;

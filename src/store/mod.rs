@@ -38,6 +38,17 @@ pub enum ReloadOutcome {
     Rejected(Vec<FileProblem>),
 }
 
+impl ReloadOutcome {
+    /// `applied`, `unchanged` or `rejected`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Rejected(_) => "rejected",
+        }
+    }
+}
+
 /// File-backed store of policies and entitlements with atomic swaps.
 #[derive(Debug)]
 pub struct Store {
