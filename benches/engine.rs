@@ -142,7 +142,12 @@ fn snapshot_json(users: usize) -> Vec<u8> {
         entity("Feature", "dashboards", json!({"min_tier": 0}), &[]),
         entity("Feature", "pdf-export", json!({"min_tier": 1}), &[]),
         entity("Feature", "audit-log", json!({"min_tier": 2}), &[]),
-        entity("Feature", "sso", json!({"min_tier": 0, "addon": "sso"}), &[]),
+        entity(
+            "Feature",
+            "sso",
+            json!({"min_tier": 0, "addon": "sso"}),
+            &[],
+        ),
         entity(
             "Feature",
             "payments",
@@ -262,7 +267,12 @@ fn bench_size(c: &mut Criterion, users: usize) {
         } else {
             pb::Decision::Deny
         };
-        assert_eq!(response.decision, expected as i32, "full_check/{}", case.name());
+        assert_eq!(
+            response.decision,
+            expected as i32,
+            "full_check/{}",
+            case.name()
+        );
         assert_eq!(response.reasons[0].code, code, "{response:?}");
 
         group.bench_function(BenchmarkId::new("cedar_bare", case.name()), |b| {

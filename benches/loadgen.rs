@@ -1,1 +1,938 @@
-fn main() {}
+//! gRPC load generator for tollgate.
+//!
+//! Starts the real server in-process (`tollgate::app::serve_on` on
+//! 127.0.0.1:0, serving the repository's `policies/` and `entitlements/`, on
+//! its own tokio runtime) or connects to one already running (`--target`), then
+//! drives it closed-loop with tonic clients: `--connections` HTTP/2
+//! connections carrying `--in-flight` concurrent requests in total, for
+//! `--duration` seconds after `--warmup` seconds, one scenario after another:
+//!
+//! * `health`: `grpc.health.v1.Health/Check` on service `""`, the floor of an
+//!   empty RPC through the same server stack;
+//! * `check`: `EntitlementService/Check`, an ALLOW (acme's member `bob` uses
+//!   `pdf-export` from BR);
+//! * `batch`: `EntitlementService/CheckBatch` of `--batch-size` (10) such checks.
+//!
+//! Prints throughput and latency percentiles per scenario and the ratio of
+//! `Check` to health throughput; `--json` prints the same as JSON.
+//!
+//! Run: `cargo bench --bench loadgen -- [OPTIONS]` (see `--help` and
+//! `benches/README.md`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark harness: a broken setup should abort loudly"
+)]
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use tollgate::api::pb;
+use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
+
+/// Longest run accepted for `--duration` and `--warmup`, in seconds.
+const MAX_SECONDS: f64 = 3600.0;
+/// Deadline of one RPC: bounds every call, so a stuck server cannot hang the run.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the server to report SERVING.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Thread name prefixes (Linux truncates names to 15 bytes).
+const SERVER_THREADS: &str = "tg-server";
+const CLIENT_THREADS: &str = "tg-client";
+
+/// The `now` of the requests: acme has no trial, so any time allows.
+const NOW: &str = "2026-01-15T12:00:00Z";
+
+/// gRPC load generator for tollgate: empty-RPC floor (health), Check and CheckBatch.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen")]
+struct Args {
+    /// Drive a server already running at ADDR (a loopback address such as
+    /// 127.0.0.1:50051, serving this repository's example policies and
+    /// entitlements) instead of starting one in-process.
+    #[arg(long, value_name = "ADDR")]
+    target: Option<SocketAddr>,
+    /// HTTP/2 connections (each one a tonic Channel).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight in total, spread over the connections (closed loop).
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Measured seconds per scenario [default: 10; 0.5 in test mode].
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Warm-up seconds per scenario, not measured [default: 1; 0.2 in test mode].
+    #[arg(long, value_name = "SECONDS")]
+    warmup: Option<f64>,
+    /// Short smoke run: 2 s per scenario after a 0.5 s warm-up (overrides
+    /// --duration and --warmup).
+    #[arg(long)]
+    quick: bool,
+    /// Tokio worker threads of the in-process server [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    server_threads: Option<usize>,
+    /// Set TCP_NODELAY on the in-process server's listening socket, so that
+    /// accepted connections inherit it (Linux). `tollgate serve` does not set
+    /// it today: tonic ignores `Server::tcp_nodelay` for
+    /// `serve_with_incoming_shutdown`, so responses may wait on Nagle's
+    /// algorithm. Use this to measure the server as it would be with the fix.
+    #[arg(long)]
+    server_nodelay: bool,
+    /// Tokio worker threads of the client [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    client_threads: Option<usize>,
+    /// Checks in one CheckBatch.
+    #[arg(long, default_value_t = 10)]
+    batch_size: usize,
+    /// Scenarios to run, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "health,check,batch"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Print the results as JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Passed by `cargo bench`. Without it (`cargo test --benches` or
+    /// `--all-targets`, or the binary run by hand) the load generator runs in
+    /// test mode, as criterion does: a short smoke run unless --duration,
+    /// --warmup or --quick say otherwise.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Benchmark name filters passed by `cargo bench -- FILTER`: when any is
+    /// given and none is a part of "loadgen", the load generator does not run.
+    #[arg(hide = true)]
+    filters: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// grpc.health.v1.Health/Check on service "".
+    Health,
+    /// EntitlementService/Check (ALLOW).
+    Check,
+    /// EntitlementService/CheckBatch of --batch-size ALLOW checks.
+    Batch,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Health => "health",
+            Scenario::Check => "check",
+            Scenario::Batch => "batch",
+        }
+    }
+
+    fn rpc(self) -> &'static str {
+        match self {
+            Scenario::Health => "grpc.health.v1.Health/Check",
+            Scenario::Check => "tollgate.v1.EntitlementService/Check",
+            Scenario::Batch => "tollgate.v1.EntitlementService/CheckBatch",
+        }
+    }
+}
+
+/// Settings after defaults and validation.
+#[derive(Debug, Clone)]
+struct Settings {
+    connections: usize,
+    in_flight: usize,
+    duration: Duration,
+    warmup: Duration,
+    server_threads: usize,
+    server_nodelay: bool,
+    client_threads: usize,
+    batch_size: usize,
+    scenarios: Vec<Scenario>,
+}
+
+fn settings(args: &Args) -> Result<Settings, String> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let (duration, warmup) = match (args.quick, args.bench) {
+        (true, _) => (2.0, 0.5),
+        (false, true) => (args.duration.unwrap_or(10.0), args.warmup.unwrap_or(1.0)),
+        (false, false) => (args.duration.unwrap_or(0.5), args.warmup.unwrap_or(0.2)),
+    };
+    if !(duration > 0.0 && duration <= MAX_SECONDS) {
+        return Err(format!("--duration must be in (0, {MAX_SECONDS}] seconds"));
+    }
+    if !(0.0..=MAX_SECONDS).contains(&warmup) {
+        return Err(format!("--warmup must be in [0, {MAX_SECONDS}] seconds"));
+    }
+    if args.connections == 0 || args.in_flight == 0 {
+        return Err("--connections and --in-flight must be at least 1".to_string());
+    }
+    if args.connections > args.in_flight {
+        return Err(format!(
+            "--connections ({}) exceeds --in-flight ({}): some connections would carry nothing",
+            args.connections, args.in_flight
+        ));
+    }
+    if args.batch_size == 0 {
+        return Err("--batch-size must be at least 1".to_string());
+    }
+    if let Some(target) = args.target {
+        if !target.ip().is_loopback() {
+            return Err(format!(
+                "--target {target}: only loopback addresses (127.0.0.1) may be targeted"
+            ));
+        }
+        if args.server_threads.is_some() || args.server_nodelay {
+            return Err(
+                "--server-threads and --server-nodelay apply to the in-process server, not to --target"
+                    .to_string(),
+            );
+        }
+    }
+    let threads = |value: Option<usize>, flag: &str| match value {
+        Some(0) => Err(format!("{flag} must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(cpus),
+    };
+    let mut scenarios = Vec::new();
+    for scenario in &args.scenarios {
+        if !scenarios.contains(scenario) {
+            scenarios.push(*scenario);
+        }
+    }
+    Ok(Settings {
+        connections: args.connections,
+        in_flight: args.in_flight,
+        duration: Duration::from_secs_f64(duration),
+        warmup: Duration::from_secs_f64(warmup),
+        server_threads: threads(args.server_threads, "--server-threads")?,
+        server_nodelay: args.server_nodelay,
+        client_threads: threads(args.client_threads, "--client-threads")?,
+        batch_size: args.batch_size,
+        scenarios,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+
+fn entity_ref(kind: &str, id: &str) -> Option<pb::EntityRef> {
+    Some(pb::EntityRef {
+        r#type: kind.to_string(),
+        id: id.to_string(),
+    })
+}
+
+/// The ALLOW request: acme's member `bob` uses `pdf-export` (acme is on pro,
+/// `pdf-export` needs pro) from BR.
+fn allow_request() -> pb::CheckRequest {
+    use pb::value::Kind;
+    pb::CheckRequest {
+        tenant: "acme".to_string(),
+        principal: entity_ref("User", "bob"),
+        action: entity_ref("Action", "use"),
+        resource: entity_ref("Feature", "pdf-export"),
+        context: HashMap::from([
+            (
+                "now".to_string(),
+                pb::Value {
+                    kind: Some(Kind::Extension(pb::Extension {
+                        r#fn: "datetime".to_string(),
+                        arg: NOW.to_string(),
+                    })),
+                },
+            ),
+            (
+                "country".to_string(),
+                pb::Value {
+                    kind: Some(Kind::String("BR".to_string())),
+                },
+            ),
+        ]),
+        entities: Vec::new(),
+    }
+}
+
+/// One client issuing one kind of call; checks every answer.
+enum Driver {
+    Health(HealthClient<Channel>),
+    Check(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
+    Batch(EntitlementServiceClient<Channel>, pb::CheckBatchRequest),
+}
+
+impl Driver {
+    fn new(scenario: Scenario, channel: Channel, batch_size: usize) -> Self {
+        match scenario {
+            Scenario::Health => Driver::Health(HealthClient::new(channel)),
+            Scenario::Check => Driver::Check(
+                EntitlementServiceClient::new(channel),
+                Box::new(allow_request()),
+            ),
+            Scenario::Batch => Driver::Batch(
+                EntitlementServiceClient::new(channel),
+                pb::CheckBatchRequest {
+                    checks: vec![allow_request(); batch_size],
+                },
+            ),
+        }
+    }
+
+    /// Makes one call; `Err` describes a failed call or an unexpected answer.
+    async fn call(&mut self) -> Result<(), String> {
+        let status = |status: tonic::Status| format!("{:?}: {}", status.code(), status.message());
+        let allowed = |response: &pb::CheckResponse| {
+            if response.decision == pb::Decision::Allow as i32 {
+                Ok(())
+            } else {
+                Err(format!("expected ALLOW, got {response:?}"))
+            }
+        };
+        match self {
+            Driver::Health(client) => {
+                let response = client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if response.status == ServingStatus::Serving as i32 {
+                    Ok(())
+                } else {
+                    Err(format!("health status {}", response.status))
+                }
+            }
+            Driver::Check(client, request) => {
+                let response = client
+                    .check(pb::CheckRequest::clone(request))
+                    .await
+                    .map_err(status)?;
+                allowed(response.get_ref())
+            }
+            Driver::Batch(client, request) => {
+                let response = client.check_batch(request.clone()).await.map_err(status)?;
+                let responses = &response.get_ref().responses;
+                if responses.len() != request.checks.len() {
+                    return Err(format!(
+                        "{} responses to {} checks",
+                        responses.len(),
+                        request.checks.len()
+                    ));
+                }
+                responses.iter().try_for_each(allowed)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The in-process server
+
+struct InProcessServer {
+    runtime: Runtime,
+    address: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tollgate::app::ServeError>>,
+}
+
+/// Listens on 127.0.0.1:0 as `tokio::net::TcpListener::bind` does, optionally
+/// with TCP_NODELAY on the listening socket.
+fn listen(nodelay: bool) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    if nodelay {
+        socket.set_nodelay(true)?;
+    }
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    socket.listen(1024)
+}
+
+impl InProcessServer {
+    fn start(threads: usize, nodelay: bool) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(SERVER_THREADS)
+            .enable_all()
+            .build()
+            .map_err(|error| format!("cannot build the server runtime: {error}"))?;
+        let listener = runtime
+            .block_on(async { listen(nodelay) })
+            .map_err(|error| format!("cannot listen on 127.0.0.1:0: {error}"))?;
+        let address = listener
+            .local_addr()
+            .map_err(|error| format!("no local address: {error}"))?;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut config =
+            tollgate::config::Config::with_dirs(root.join("policies"), root.join("entitlements"));
+        config.listen = address;
+        config.shutdown_grace = Duration::from_secs(1);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = runtime.spawn(tollgate::app::serve_on(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            runtime,
+            address,
+            stop,
+            task,
+        })
+    }
+
+    fn shut_down(self) {
+        let _ = self.stop.send(());
+        let task = self.task;
+        let outcome = self
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+        match outcome {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => eprintln!("loadgen: server stopped with an error: {error}"),
+            Ok(Err(error)) => eprintln!("loadgen: server task failed: {error}"),
+            Err(_) => eprintln!("loadgen: server did not stop within 5 s"),
+        }
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Measurement
+
+/// CPU time (ns) consumed so far by the live threads whose name starts with
+/// each prefix, from `/proc/self/task/*/schedstat`. `None` where unavailable.
+fn thread_cpu_ns(prefixes: &[&str]) -> Option<Vec<u64>> {
+    let mut totals = vec![0u64; prefixes.len()];
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(task) = task else { continue };
+        let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        let Some(index) = prefixes.iter().position(|p| name.trim_end().starts_with(p)) else {
+            continue;
+        };
+        let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            totals[index] += ns;
+        }
+    }
+    Some(totals)
+}
+
+#[derive(Default)]
+struct WorkerResult {
+    latencies_ns: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Calls back to back until `end`; records the calls that started at or after
+/// `measure_from` and completed by `end`.
+async fn worker(mut driver: Driver, measure_from: Instant, end: Instant) -> WorkerResult {
+    let mut result = WorkerResult::default();
+    loop {
+        let started = Instant::now();
+        if started >= end {
+            break;
+        }
+        let outcome = driver.call().await;
+        let finished = Instant::now();
+        if started < measure_from || finished > end {
+            continue;
+        }
+        match outcome {
+            Ok(()) => result
+                .latencies_ns
+                .push(u64::try_from((finished - started).as_nanos()).unwrap_or(u64::MAX)),
+            Err(error) => {
+                result.errors += 1;
+                result.first_error.get_or_insert(error);
+            }
+        }
+    }
+    result
+}
+
+struct Latency {
+    mean: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+/// Percentiles (nearest rank) in microseconds of sorted nanosecond latencies.
+fn latency(sorted_ns: &[u64]) -> Option<Latency> {
+    let last = *sorted_ns.last()?;
+    let us = |ns: u64| ns as f64 / 1_000.0;
+    let at = |q: f64| {
+        let rank = (q * sorted_ns.len() as f64).ceil() as usize;
+        us(sorted_ns[rank.clamp(1, sorted_ns.len()) - 1])
+    };
+    let total: u128 = sorted_ns.iter().map(|&ns| u128::from(ns)).sum();
+    Some(Latency {
+        mean: total as f64 / sorted_ns.len() as f64 / 1_000.0,
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: us(last),
+    })
+}
+
+struct Outcome {
+    scenario: Scenario,
+    calls: u64,
+    errors: u64,
+    first_error: Option<String>,
+    seconds: f64,
+    decisions_per_call: usize,
+    latency: Option<Latency>,
+    /// CPU seconds of the server's and of the client's threads while measuring.
+    server_cpu: Option<f64>,
+    client_cpu: Option<f64>,
+}
+
+impl Outcome {
+    fn calls_per_sec(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+
+    fn decisions_per_sec(&self) -> f64 {
+        self.calls_per_sec() * self.decisions_per_call as f64
+    }
+
+    /// CPU microseconds per successful call.
+    fn cpu_us_per_call(&self, cpu: Option<f64>) -> Option<f64> {
+        cpu.filter(|_| self.calls > 0)
+            .map(|seconds| seconds * 1e6 / self.calls as f64)
+    }
+}
+
+async fn connect(address: SocketAddr) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|error| error.to_string())?
+        .tcp_nodelay(true)
+        .connect_timeout(RPC_TIMEOUT)
+        .timeout(RPC_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|error| format!("cannot connect to {address}: {error}"))
+}
+
+/// Waits for the server to report SERVING, then checks one call of each scenario.
+async fn preflight(channel: &Channel, settings: &Settings) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut health = Driver::new(Scenario::Health, channel.clone(), 1);
+    loop {
+        match health.call().await {
+            Ok(()) => break,
+            Err(error) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "server not SERVING after {} s: {error}",
+                    READY_TIMEOUT.as_secs()
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    for scenario in &settings.scenarios {
+        Driver::new(*scenario, channel.clone(), settings.batch_size)
+            .call()
+            .await
+            .map_err(|error| format!("{}: {error}", scenario.rpc()))?;
+    }
+    Ok(())
+}
+
+async fn run_scenario(
+    scenario: Scenario,
+    channels: &[Channel],
+    settings: &Settings,
+    in_process: bool,
+) -> Outcome {
+    let start = Instant::now();
+    let measure_from = start + settings.warmup;
+    let end = measure_from + settings.duration;
+    let workers: Vec<_> = (0..settings.in_flight)
+        .map(|index| {
+            let channel = channels[index % channels.len()].clone();
+            let driver = Driver::new(scenario, channel, settings.batch_size);
+            tokio::spawn(worker(driver, measure_from, end))
+        })
+        .collect();
+
+    let prefixes: &[&str] = if in_process {
+        &[SERVER_THREADS, CLIENT_THREADS]
+    } else {
+        &[CLIENT_THREADS]
+    };
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = thread_cpu_ns(prefixes);
+    tokio::time::sleep_until(end.into()).await;
+    let cpu_after = thread_cpu_ns(prefixes);
+    let cpu: Option<Vec<f64>> = cpu_before.zip(cpu_after).map(|(before, after)| {
+        before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| a.saturating_sub(*b) as f64 / 1e9)
+            .collect()
+    });
+
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for handle in workers {
+        // Calls carry a deadline, so workers end within RPC_TIMEOUT of `end`.
+        match tokio::time::timeout(RPC_TIMEOUT * 2, handle).await {
+            Ok(Ok(result)) => {
+                latencies.extend(result.latencies_ns);
+                errors += result.errors;
+                if first_error.is_none() {
+                    first_error = result.first_error;
+                }
+            }
+            Ok(Err(error)) => {
+                errors += 1;
+                first_error.get_or_insert(format!("worker failed: {error}"));
+            }
+            Err(_) => {
+                errors += 1;
+                first_error.get_or_insert("worker did not finish".to_string());
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let (server_cpu, client_cpu) = match (&cpu, in_process) {
+        (Some(cpu), true) => (Some(cpu[0]), Some(cpu[1])),
+        (Some(cpu), false) => (None, Some(cpu[0])),
+        (None, _) => (None, None),
+    };
+    Outcome {
+        scenario,
+        calls: latencies.len() as u64,
+        errors,
+        first_error,
+        seconds: settings.duration.as_secs_f64(),
+        decisions_per_call: match scenario {
+            Scenario::Health => 0,
+            Scenario::Check => 1,
+            Scenario::Batch => settings.batch_size,
+        },
+        latency: latency(&latencies),
+        server_cpu,
+        client_cpu,
+    }
+}
+
+async fn drive(
+    address: SocketAddr,
+    settings: &Settings,
+    in_process: bool,
+) -> Result<Vec<Outcome>, String> {
+    let mut channels = Vec::with_capacity(settings.connections);
+    for _ in 0..settings.connections {
+        channels.push(connect(address).await?);
+    }
+    preflight(&channels[0], settings).await?;
+    let mut outcomes = Vec::new();
+    for scenario in &settings.scenarios {
+        eprintln!(
+            "loadgen: {} for {:.1} s (+{:.1} s warm-up)...",
+            scenario.rpc(),
+            settings.duration.as_secs_f64(),
+            settings.warmup.as_secs_f64()
+        );
+        outcomes.push(run_scenario(*scenario, &channels, settings, in_process).await);
+    }
+    Ok(outcomes)
+}
+
+// ---------------------------------------------------------------------------
+// Reporting
+
+fn ratio(outcomes: &[Outcome], numerator: Scenario, denominator: Scenario) -> Option<f64> {
+    let find = |scenario| outcomes.iter().find(|o| o.scenario == scenario);
+    let (n, d) = (find(numerator)?, find(denominator)?);
+    (d.calls > 0).then(|| n.calls_per_sec() / d.calls_per_sec())
+}
+
+fn batch_gain(outcomes: &[Outcome]) -> Option<f64> {
+    let find = |scenario| outcomes.iter().find(|o| o.scenario == scenario);
+    let (batch, check) = (find(Scenario::Batch)?, find(Scenario::Check)?);
+    (check.calls > 0).then(|| batch.decisions_per_sec() / check.decisions_per_sec())
+}
+
+fn machine() -> (usize, String) {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    (cpus, model)
+}
+
+fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
+    let (cpus, model) = machine();
+    let mut out = String::new();
+    let _ = writeln!(out, "machine: {cpus} CPUs, {model}");
+    let _ = writeln!(out, "server:  {server}");
+    let _ = writeln!(
+        out,
+        "client:  {} worker threads, {} connections, {} in flight; {:.1} s measured after {:.1} s warm-up per scenario",
+        settings.client_threads,
+        settings.connections,
+        settings.in_flight,
+        settings.duration.as_secs_f64(),
+        settings.warmup.as_secs_f64()
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<10} {:>9} {:>7} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "scenario",
+        "calls",
+        "errors",
+        "calls/s",
+        "decisions/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "srv µs/call",
+        "cli µs/call"
+    );
+    let cpu = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+    for outcome in outcomes {
+        let name = match outcome.scenario {
+            Scenario::Batch => format!("batch{}", outcome.decisions_per_call),
+            other => other.name().to_string(),
+        };
+        let decisions = if outcome.decisions_per_call == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0}", outcome.decisions_per_sec())
+        };
+        let _ = write!(
+            out,
+            "{:<10} {:>9} {:>7} {:>10.0} {:>12}",
+            name,
+            outcome.calls,
+            outcome.errors,
+            outcome.calls_per_sec(),
+            decisions
+        );
+        match &outcome.latency {
+            Some(l) => {
+                let _ = write!(
+                    out,
+                    " {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                    l.p50, l.p90, l.p99, l.p999, l.max
+                );
+            }
+            None => {
+                let _ = write!(
+                    out,
+                    " {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    "-", "-", "-", "-", "-"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            " {:>11} {:>11}",
+            cpu(outcome.cpu_us_per_call(outcome.server_cpu)),
+            cpu(outcome.cpu_us_per_call(outcome.client_cpu))
+        );
+    }
+    let _ = writeln!(out);
+    if let Some(r) = ratio(outcomes, Scenario::Check, Scenario::Health) {
+        let _ = writeln!(out, "Check / health throughput:             {r:.3}");
+    }
+    if let Some(r) = batch_gain(outcomes) {
+        let _ = writeln!(out, "CheckBatch / Check decisions per second: {r:.3}");
+    }
+    for outcome in outcomes {
+        if let Some(error) = &outcome.first_error {
+            let _ = writeln!(
+                out,
+                "{}: {} errors, first: {error}",
+                outcome.scenario.name(),
+                outcome.errors
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "srv/cli µs/call: CPU time of the server's / the load generator's tokio threads per call while measuring."
+    );
+    out
+}
+
+fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value) -> String {
+    let (cpus, model) = machine();
+    let scenarios: Vec<_> = outcomes
+        .iter()
+        .map(|o| {
+            json!({
+                "scenario": o.scenario.name(),
+                "rpc": o.scenario.rpc(),
+                "decisions_per_call": o.decisions_per_call,
+                "calls": o.calls,
+                "errors": o.errors,
+                "first_error": o.first_error,
+                "seconds": o.seconds,
+                "calls_per_sec": o.calls_per_sec(),
+                "decisions_per_sec": o.decisions_per_sec(),
+                "latency_us": o.latency.as_ref().map(|l| json!({
+                    "mean": l.mean,
+                    "p50": l.p50,
+                    "p90": l.p90,
+                    "p99": l.p99,
+                    "p99_9": l.p999,
+                    "max": l.max,
+                })),
+                "server_cpu_seconds": o.server_cpu,
+                "client_cpu_seconds": o.client_cpu,
+                "server_cpu_us_per_call": o.cpu_us_per_call(o.server_cpu),
+                "client_cpu_us_per_call": o.cpu_us_per_call(o.client_cpu),
+            })
+        })
+        .collect();
+    let report = json!({
+        "machine": {"cpus": cpus, "model": model},
+        "server": server,
+        "client": {
+            "threads": settings.client_threads,
+            "connections": settings.connections,
+            "in_flight": settings.in_flight,
+            "duration_seconds": settings.duration.as_secs_f64(),
+            "warmup_seconds": settings.warmup.as_secs_f64(),
+            "batch_size": settings.batch_size,
+        },
+        "scenarios": scenarios,
+        "ratios": {
+            "check_over_health_throughput": ratio(outcomes, Scenario::Check, Scenario::Health),
+            "batch_over_check_decisions": batch_gain(outcomes),
+        },
+    });
+    serde_json::to_string_pretty(&report).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !args.filters.is_empty() && !args.filters.iter().any(|f| "loadgen".contains(f.as_str())) {
+        return ExitCode::SUCCESS;
+    }
+    let settings = match settings(&args) {
+        Ok(settings) => settings,
+        Err(problem) => {
+            eprintln!("loadgen: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+
+    if !args.bench && !args.quick && args.duration.is_none() {
+        eprintln!(
+            "loadgen: test mode (run without `cargo bench`): {:.1} s per scenario; \
+             use `cargo bench --bench loadgen` or --duration for a measurement",
+            settings.duration.as_secs_f64()
+        );
+    }
+    let server = match args.target {
+        Some(_) => None,
+        None => match InProcessServer::start(settings.server_threads, settings.server_nodelay) {
+            Ok(server) => Some(server),
+            Err(problem) => {
+                eprintln!("loadgen: {problem}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let address = match (&server, args.target) {
+        (Some(server), _) => server.address,
+        (None, Some(target)) => target,
+        (None, None) => unreachable!("either a target or an in-process server"),
+    };
+    let (server_text, server_json) = match &server {
+        Some(_) => (
+            format!(
+                "in-process at {address}, {} tokio worker threads, TCP_NODELAY {}, repository's policies/ and entitlements/",
+                settings.server_threads,
+                if settings.server_nodelay { "on (--server-nodelay)" } else { "off (as `tollgate serve`)" }
+            ),
+            json!({
+                "mode": "in-process",
+                "address": address.to_string(),
+                "threads": settings.server_threads,
+                "nodelay": settings.server_nodelay,
+            }),
+        ),
+        None => (
+            format!("external at {address}"),
+            json!({"mode": "external", "address": address.to_string()}),
+        ),
+    };
+
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.client_threads)
+        .thread_name(CLIENT_THREADS)
+        .enable_all()
+        .build();
+    let result = match client {
+        Ok(client) => {
+            let result = client.block_on(drive(address, &settings, server.is_some()));
+            client.shutdown_timeout(Duration::from_secs(1));
+            result
+        }
+        Err(error) => Err(format!("cannot build the client runtime: {error}")),
+    };
+    if let Some(server) = server {
+        server.shut_down();
+    }
+
+    match result {
+        Ok(outcomes) => {
+            if args.json {
+                println!("{}", to_json(&outcomes, &settings, &server_json));
+            } else {
+                print!("{}", table(&outcomes, &settings, &server_text));
+            }
+            if outcomes.iter().any(|o| o.errors > 0 || o.calls == 0) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(problem) => {
+            eprintln!("loadgen: {problem}");
+            ExitCode::FAILURE
+        }
+    }
+}

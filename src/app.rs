@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -149,7 +149,11 @@ pub async fn serve_on(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(entitlement_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+        .serve_with_incoming_shutdown(
+            // Decisions are small messages: send them at once (no Nagle delay).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            draining,
+        );
 
     let mut stop_rx_grace = stop_rx.clone();
     let grace = config.shutdown_grace;
