@@ -90,8 +90,10 @@ pub async fn serve_on(
         config.policies.clone(),
         config.entitlements.clone(),
     ));
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let health = HealthReporter::new();
     set_health(&health, ServingStatus::NotServing).await;
+    let health_service = crate::health::service(health.clone(), stop_rx.clone());
 
     let initial = {
         let store = Arc::clone(&store);
@@ -108,7 +110,6 @@ pub async fn serve_on(
         );
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let _watchers = start_reloaders(&config, &store, &health, &stop_rx)?;
 
     let decision_point = Arc::new(DecisionPoint::new(

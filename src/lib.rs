@@ -9,4 +9,5 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod health;
 pub mod store;
