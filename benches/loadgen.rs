@@ -86,13 +86,6 @@ struct Args {
     /// Tokio worker threads of the in-process server [default: number of CPUs].
     #[arg(long, value_name = "N")]
     server_threads: Option<usize>,
-    /// Set TCP_NODELAY on the in-process server's listening socket, so that
-    /// accepted connections inherit it (Linux). `tollgate serve` does not set
-    /// it today: tonic ignores `Server::tcp_nodelay` for
-    /// `serve_with_incoming_shutdown`, so responses may wait on Nagle's
-    /// algorithm. Use this to measure the server as it would be with the fix.
-    #[arg(long)]
-    server_nodelay: bool,
     /// Tokio worker threads of the client [default: number of CPUs].
     #[arg(long, value_name = "N")]
     client_threads: Option<usize>,
@@ -158,7 +151,6 @@ struct Settings {
     duration: Duration,
     warmup: Duration,
     server_threads: usize,
-    server_nodelay: bool,
     client_threads: usize,
     batch_size: usize,
     scenarios: Vec<Scenario>,
@@ -195,10 +187,9 @@ fn settings(args: &Args) -> Result<Settings, String> {
                 "--target {target}: only loopback addresses (127.0.0.1) may be targeted"
             ));
         }
-        if args.server_threads.is_some() || args.server_nodelay {
+        if args.server_threads.is_some() {
             return Err(
-                "--server-threads and --server-nodelay apply to the in-process server, not to --target"
-                    .to_string(),
+                "--server-threads applies to the in-process server, not to --target".to_string(),
             );
         }
     }
@@ -219,7 +210,6 @@ fn settings(args: &Args) -> Result<Settings, String> {
         duration: Duration::from_secs_f64(duration),
         warmup: Duration::from_secs_f64(warmup),
         server_threads: threads(args.server_threads, "--server-threads")?,
-        server_nodelay: args.server_nodelay,
         client_threads: threads(args.client_threads, "--client-threads")?,
         batch_size: args.batch_size,
         scenarios,
@@ -348,20 +338,16 @@ struct InProcessServer {
     task: tokio::task::JoinHandle<Result<(), tollgate::app::ServeError>>,
 }
 
-/// Listens on 127.0.0.1:0 as `tokio::net::TcpListener::bind` does, optionally
-/// with TCP_NODELAY on the listening socket.
-fn listen(nodelay: bool) -> std::io::Result<TcpListener> {
+/// Listens on 127.0.0.1:0 as `tokio::net::TcpListener::bind` does.
+fn listen() -> std::io::Result<TcpListener> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
-    if nodelay {
-        socket.set_nodelay(true)?;
-    }
     socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     socket.listen(1024)
 }
 
 impl InProcessServer {
-    fn start(threads: usize, nodelay: bool) -> Result<Self, String> {
+    fn start(threads: usize) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name(SERVER_THREADS)
@@ -369,7 +355,7 @@ impl InProcessServer {
             .build()
             .map_err(|error| format!("cannot build the server runtime: {error}"))?;
         let listener = runtime
-            .block_on(async { listen(nodelay) })
+            .block_on(async { listen() })
             .map_err(|error| format!("cannot listen on 127.0.0.1:0: {error}"))?;
         let address = listener
             .local_addr()
@@ -867,7 +853,7 @@ fn main() -> ExitCode {
     }
     let server = match args.target {
         Some(_) => None,
-        None => match InProcessServer::start(settings.server_threads, settings.server_nodelay) {
+        None => match InProcessServer::start(settings.server_threads) {
             Ok(server) => Some(server),
             Err(problem) => {
                 eprintln!("loadgen: {problem}");
@@ -883,15 +869,13 @@ fn main() -> ExitCode {
     let (server_text, server_json) = match &server {
         Some(_) => (
             format!(
-                "in-process at {address}, {} tokio worker threads, TCP_NODELAY {}, repository's policies/ and entitlements/",
+                "in-process at {address}, {} tokio worker threads, repository's policies/ and entitlements/",
                 settings.server_threads,
-                if settings.server_nodelay { "on (--server-nodelay)" } else { "off (as `tollgate serve`)" }
             ),
             json!({
                 "mode": "in-process",
                 "address": address.to_string(),
                 "threads": settings.server_threads,
-                "nodelay": settings.server_nodelay,
             }),
         ),
         None => (

@@ -319,7 +319,11 @@ mod tests {
         for (function, arg, cedar) in [
             ("ip", "10.0.0.1/8", r#"ip("10.0.0.1/8")"#),
             ("decimal", "1.25", r#"decimal("1.25")"#),
-            ("datetime", "2026-11-27T12:00:00Z", r#"datetime("2026-11-27T12:00:00Z")"#),
+            (
+                "datetime",
+                "2026-11-27T12:00:00Z",
+                r#"datetime("2026-11-27T12:00:00Z")"#,
+            ),
             ("duration", "1d2h", r#"duration("1d2h")"#),
         ] {
             let value = pb::Value {

@@ -157,6 +157,7 @@ impl RequestError {
 pub struct PreparedRequest {
     request: Request,
     principal: EntityUid,
+    action: EntityUid,
     entities: Vec<Entity>,
 }
 
@@ -230,7 +231,7 @@ pub fn prepare(
     };
     let request = Request::new(
         principal.clone(),
-        action,
+        action.clone(),
         resource,
         context,
         Some(&policies.schema),
@@ -239,6 +240,7 @@ pub fn prepare(
     Ok(PreparedRequest {
         request,
         principal,
+        action,
         entities,
     })
 }
@@ -318,12 +320,21 @@ pub fn decide(
     if options.strict_principals && entities.get(&request.principal).is_none() {
         return Ok(Decision::deny(BuiltinReason::UnknownPrincipal));
     }
-    Ok(evaluate(policies, entities, &request.request, options))
+    Ok(evaluate(
+        policies,
+        policies.policy_set_for(&request.action),
+        entities,
+        &request.request,
+        options,
+    ))
 }
 
-/// Cedar's answer turned into tollgate's decision, applying the policy-error mode.
+/// Cedar's answer over `policy_set` (the whole set, or the slice of it for the
+/// request's action) turned into tollgate's decision, applying the policy-error
+/// mode.
 pub fn evaluate(
     policies: &PolicySnapshot,
+    policy_set: &cedar_policy::PolicySet,
     entities: &Entities,
     request: &Request,
     options: Options,
@@ -331,8 +342,8 @@ pub fn evaluate(
     thread_local! {
         static AUTHORIZER: Authorizer = Authorizer::new();
     }
-    let response = AUTHORIZER
-        .with(|authorizer| authorizer.is_authorized(request, &policies.policy_set, entities));
+    let response =
+        AUTHORIZER.with(|authorizer| authorizer.is_authorized(request, policy_set, entities));
     let diagnostics = response.diagnostics();
     let meta = |id: &PolicyId| policies.policy(id).cloned();
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cedar_policy::{
-    Effect, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema, SchemaFragment,
-    ValidationMode, Validator,
+    ActionConstraint, Effect, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema,
+    SchemaFragment, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -51,6 +51,8 @@ pub struct PolicySnapshot {
     /// The Cedar policy set, with tollgate's policy ids.
     pub policy_set: PolicySet,
     policies: HashMap<PolicyId, Arc<PolicyMeta>>,
+    /// The policies whose action scope can match each declared action.
+    policy_sets_by_action: HashMap<EntityUid, PolicySet>,
     entity_types: HashMap<String, EntityTypeName>,
     actions: HashMap<String, HashMap<String, EntityUid>>,
 }
@@ -68,6 +70,16 @@ impl PolicySnapshot {
     /// Metadata of the policy with Cedar id `id`.
     pub fn policy(&self, id: &PolicyId) -> Option<&Arc<PolicyMeta>> {
         self.policies.get(id)
+    }
+
+    /// The policies that can apply to `action`: those whose action scope can
+    /// match it. Deciding against this slice gives Cedar's answer for the whole
+    /// set, since a policy whose scope does not match is neither satisfied nor
+    /// evaluated. Unknown actions get the whole set.
+    pub fn policy_set_for(&self, action: &EntityUid) -> &PolicySet {
+        self.policy_sets_by_action
+            .get(action)
+            .unwrap_or(&self.policy_set)
     }
 
     /// Number of policies in the set.
@@ -223,6 +235,8 @@ impl PolicySnapshot {
                 .insert(action.id().unescaped().to_string(), action.clone());
         }
 
+        let policy_sets_by_action = slice_by_action(&schema, &policy_set);
+
         let mut digest = Sha256::new();
         digest.update(schema_text.as_bytes());
         digest.update([0]);
@@ -252,6 +266,7 @@ impl PolicySnapshot {
             schema_json,
             policy_set,
             policies,
+            policy_sets_by_action,
             entity_types,
             actions,
         })
@@ -293,6 +308,34 @@ impl PolicySnapshot {
         }
         Self::from_sources(&schema_name, &schema_text, &policy_files)
     }
+}
+
+/// For every action the schema declares, the policies whose action scope can
+/// match it (`action`, `action == a`, `action in [g, ...]` with `a` in `g`
+/// through the schema's action groups).
+fn slice_by_action(schema: &Schema, policy_set: &PolicySet) -> HashMap<EntityUid, PolicySet> {
+    let Ok(action_entities) = schema.action_entities() else {
+        return HashMap::new();
+    };
+    let mut slices = HashMap::new();
+    for action in schema.actions() {
+        let mut slice = PolicySet::new();
+        for policy in policy_set.policies() {
+            let applies = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(only) => &only == action,
+                ActionConstraint::In(groups) => groups
+                    .iter()
+                    .any(|group| group == action || action_entities.is_ancestor_of(group, action)),
+            };
+            // Adding a policy with a fresh id to a new set cannot clash.
+            if applies && slice.add(policy.clone()).is_err() {
+                return HashMap::new();
+            }
+        }
+        slices.insert(action.clone(), slice);
+    }
+    slices
 }
 
 /// Lists the regular files (or symlinks to them) in `dir` with extension `ext`,
@@ -432,6 +475,40 @@ mod tests {
             "{}",
             problems[0].message
         );
+    }
+
+    #[test]
+    fn slices_by_action_follow_scopes_and_action_groups() {
+        let files = vec![(
+            "p.cedar".to_string(),
+            r#"
+            @id("any") permit(principal, action, resource);
+            @id("view-only") permit(principal, action == Action::"view", resource);
+            @id("reads") permit(principal, action in Action::"read", resource);
+            @id("list") permit(principal, action in [Action::"edit", Action::"view"], resource);
+            "#
+            .to_string(),
+        )];
+        let schema = r#"
+            entity User;
+            action read;
+            action view in [read] appliesTo { principal: User, resource: User };
+            action edit appliesTo { principal: User, resource: User };
+        "#;
+        let snapshot = PolicySnapshot::from_sources("schema.cedarschema", schema, &files).unwrap();
+        let ids = |action: &str| {
+            let uid: EntityUid = format!("Action::\"{action}\"").parse().unwrap();
+            let mut ids: Vec<String> = snapshot
+                .policy_set_for(&uid)
+                .policies()
+                .map(|p| p.id().to_string())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids("view"), ["any", "list", "reads", "view-only"]);
+        assert_eq!(ids("edit"), ["any", "list"]);
+        assert_eq!(ids("read"), ["any", "reads"]);
     }
 
     #[test]
