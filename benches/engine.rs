@@ -175,6 +175,7 @@ fn pb_request(principal: &str, case: Case) -> pb::CheckRequest {
                 kind: Some(Kind::Extension(pb::Extension {
                     r#fn: "datetime".to_string(),
                     arg: NOW.to_string(),
+                    args: Vec::new(),
                 })),
             },
         ),

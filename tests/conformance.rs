@@ -163,88 +163,6 @@ fn rename_json(value: &mut Json) {
     }
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Cedar writes some datetime values as `offset(datetime("1970-01-01"),
-/// duration("<n>ms"))`; the typed API takes one datetime string, so the
-/// runner computes it (UTC, millisecond precision).
-fn offset_to_datetime(args: &[Json]) -> Option<String> {
-    let arg = |value: &Json, name: &str| {
-        let extension = value.get("__extn")?;
-        (extension.get("fn")?.as_str()? == name)
-            .then(|| extension.get("arg")?.as_str().map(str::to_string))?
-    };
-    let base = arg(args.first()?, "datetime")?;
-    let shift = arg(args.get(1)?, "duration")?;
-    if base != "1970-01-01" {
-        return None;
-    }
-    let millis: i64 = shift.strip_suffix("ms")?.parse().ok()?;
-    let days = millis.div_euclid(86_400_000);
-    let in_day = millis.rem_euclid(86_400_000);
-    let (year, month, day) = civil_from_days(days);
-    if !(0..=9999).contains(&year) {
-        return None;
-    }
-    debug_assert_eq!(days_from_civil(year, month, day), days);
-    Some(format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000
-    ))
-}
-
-/// Rewrites multi-argument `offset` extension values into datetime strings.
-fn flatten_offsets(value: &mut Json) -> Result<(), String> {
-    match value {
-        Json::Array(items) => items.iter_mut().try_for_each(flatten_offsets),
-        Json::Object(map) => {
-            if let Some(Json::Object(extension)) = map.get_mut("__extn") {
-                if extension.get("fn").and_then(Json::as_str) == Some("offset") {
-                    let args = extension
-                        .get("args")
-                        .and_then(Json::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    let datetime = offset_to_datetime(&args).ok_or_else(|| {
-                        format!("datetime not representable as a string: {args:?}")
-                    })?;
-                    *extension = serde_json::Map::from_iter([
-                        ("fn".to_string(), Json::String("datetime".to_string())),
-                        ("arg".to_string(), Json::String(datetime)),
-                    ]);
-                }
-                return Ok(());
-            }
-            map.values_mut().try_for_each(flatten_offsets)
-        }
-        _ => Ok(()),
-    }
-}
-
 /// The request's context as typed values: normalised to explicit escapes by
 /// Cedar's schema-directed parser, empty ids renamed.
 fn context_values(
@@ -266,7 +184,6 @@ fn context_values(
         _ => context.clone(),
     };
     rename_json(&mut json);
-    flatten_offsets(&mut json)?;
     let Json::Object(map) = json else {
         return Err("context is not an object".to_string());
     };

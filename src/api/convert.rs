@@ -100,39 +100,60 @@ pub fn value_to_cedar(
         Some(Kind::Entity(reference)) => Ok(RestrictedExpression::new_entity_uid(
             engine::entity_uid(policies, path, &reference.r#type, &reference.id)?,
         )),
-        Some(Kind::Extension(extension)) => match extension_constructor(&extension.r#fn) {
-            Some(constructor) => Ok(RestrictedExpression::from(
-                cedar_policy_core::ast::RestrictedExpr::call_extension_fn(
-                    constructor.clone(),
-                    [cedar_policy_core::ast::RestrictedExpr::val(
-                        extension.arg.as_str(),
-                    )],
-                ),
-            )),
-            None => Err(RequestError::new(
-                format!("{path}.fn"),
-                format!(
-                    "unknown extension function `{}`; expected one of ip, decimal, datetime, duration",
-                    extension.r#fn
-                ),
-            )),
-        },
+        Some(Kind::Extension(extension)) => {
+            let Some(function) = extension_function(&extension.r#fn) else {
+                return Err(RequestError::new(
+                    format!("{path}.fn"),
+                    format!(
+                        "unknown extension function `{}`; expected one of {}",
+                        extension.r#fn,
+                        EXTENSION_FUNCTIONS.join(", ")
+                    ),
+                ));
+            };
+            let args = if extension.args.is_empty() {
+                vec![cedar_policy_core::ast::RestrictedExpr::val(
+                    extension.arg.as_str(),
+                )]
+            } else if extension.arg.is_empty() {
+                extension
+                    .args
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, arg)| {
+                        value_to_cedar(policies, &format!("{path}.args[{index}]"), arg, depth + 1)
+                            .map(|arg| arg.as_ref().clone())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                return Err(RequestError::new(
+                    path,
+                    "an extension value takes either `arg` or `args`, not both",
+                ));
+            };
+            Ok(RestrictedExpression::from(
+                cedar_policy_core::ast::RestrictedExpr::call_extension_fn(function.clone(), args),
+            ))
+        }
     }
 }
 
-/// The Cedar name of an extension constructor, parsed once. Cedar's own
+/// Extension functions a value may be written with.
+const EXTENSION_FUNCTIONS: [&str; 5] = ["ip", "decimal", "datetime", "duration", "offset"];
+
+/// The Cedar name of an extension function, parsed once. Cedar's own
 /// `RestrictedExpression::new_datetime` and friends parse the name on every
 /// call, which cost more than the rest of a request's conversion.
-fn extension_constructor(function: &str) -> Option<&'static cedar_policy_core::ast::Name> {
+fn extension_function(function: &str) -> Option<&'static cedar_policy_core::ast::Name> {
     use cedar_policy_core::ast::Name;
     use std::sync::LazyLock;
-    static CONSTRUCTORS: LazyLock<Vec<(&'static str, Name)>> = LazyLock::new(|| {
-        ["ip", "decimal", "datetime", "duration"]
+    static FUNCTIONS: LazyLock<Vec<(&'static str, Name)>> = LazyLock::new(|| {
+        EXTENSION_FUNCTIONS
             .into_iter()
             .filter_map(|name| Some((name, Name::parse_unqualified_name(name).ok()?)))
             .collect()
     });
-    CONSTRUCTORS
+    FUNCTIONS
         .iter()
         .find(|(name, _)| *name == function)
         .map(|(_, constructor)| constructor)
@@ -284,16 +305,22 @@ pub fn json_to_value(json: &serde_json::Value) -> Result<pb::Value, String> {
                     id: field("id")?,
                 })
             } else if let Some(extension) = escape("__extn") {
-                let field = |name: &str| {
-                    extension
-                        .get(name)
-                        .and_then(serde_json::Value::as_str)
-                        .map(str::to_string)
-                        .ok_or_else(|| format!("`__extn` needs a string `{name}`"))
+                let function = extension
+                    .get("fn")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or("`__extn` needs a string `fn`")?;
+                let (arg, args) = match (extension.get("arg"), extension.get("args")) {
+                    (Some(serde_json::Value::String(arg)), None) => (arg.clone(), Vec::new()),
+                    (None, Some(serde_json::Value::Array(args))) => (
+                        String::new(),
+                        args.iter().map(json_to_value).collect::<Result<_, _>>()?,
+                    ),
+                    _ => return Err("`__extn` needs a string `arg` or an array `args`".to_string()),
                 };
                 Kind::Extension(pb::Extension {
-                    r#fn: field("fn")?,
-                    arg: field("arg")?,
+                    r#fn: function.to_string(),
+                    arg,
+                    args,
                 })
             } else {
                 Kind::Record(pb::ValueRecord {
@@ -330,6 +357,7 @@ mod tests {
                 kind: Some(pb::value::Kind::Extension(pb::Extension {
                     r#fn: function.to_string(),
                     arg: arg.to_string(),
+                    args: Vec::new(),
                 })),
             };
             let ours = value_to_cedar(&policies, "context.x", value, 0).unwrap();
@@ -338,10 +366,27 @@ mod tests {
             let theirs = cedar_policy::Context::from_pairs([("x".to_string(), theirs)]).unwrap();
             assert_eq!(ours, theirs, "{function}");
         }
+        // A datetime no single string can write: 256 million years before 1970.
+        let offset = json_to_value(&serde_json::json!({"__extn": {"fn": "offset", "args": [
+            {"__extn": {"fn": "datetime", "arg": "1970-01-01"}},
+            {"__extn": {"fn": "duration", "arg": "-8101986847143815834ms"}}
+        ]}}))
+        .unwrap();
+        let ours = value_to_cedar(&policies, "context.x", offset, 0).unwrap();
+        let theirs: RestrictedExpression =
+            r#"datetime("1970-01-01").offset(duration("-8101986847143815834ms"))"#
+                .parse()
+                .unwrap();
+        assert_eq!(
+            cedar_policy::Context::from_pairs([("x".to_string(), ours)]).unwrap(),
+            cedar_policy::Context::from_pairs([("x".to_string(), theirs)]).unwrap()
+        );
+
         let unknown = pb::Value {
             kind: Some(pb::value::Kind::Extension(pb::Extension {
                 r#fn: "regex".to_string(),
                 arg: String::new(),
+                args: Vec::new(),
             })),
         };
         let error = value_to_cedar(&policies, "context.x", unknown, 0).unwrap_err();

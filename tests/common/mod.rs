@@ -252,6 +252,7 @@ pub fn extension(function: &str, arg: &str) -> pb::Value {
         kind: Some(pb::value::Kind::Extension(pb::Extension {
             r#fn: function.to_string(),
             arg: arg.to_string(),
+            args: Vec::new(),
         })),
     }
 }

@@ -1,0 +1,270 @@
+//! The command line as a user runs it: `validate`, `check` (local and
+//! `--remote`) and configuration errors, with their output and exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{example_entitlements, example_policies, replace_file, Binary, DataDirs, NOW};
+
+fn tollgate(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tollgate")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+fn dir_args<'a>(policies: &'a str, entitlements: &'a str) -> Vec<&'a str> {
+    vec!["--policies", policies, "--entitlements", entitlements]
+}
+
+fn context(country: &str) -> String {
+    format!(r#"{{"country":"{country}","now":{{"__extn":{{"fn":"datetime","arg":"{NOW}"}}}}}}"#)
+}
+
+#[test]
+fn validate_accepts_the_example_and_lists_every_problem_with_file_and_line() {
+    let cwd = tempfile::tempdir().unwrap();
+    let policies = example_policies();
+    let entitlements = example_entitlements();
+    let (p, e) = (policies.to_str().unwrap(), entitlements.to_str().unwrap());
+    let mut args = vec!["validate"];
+    args.extend(dir_args(p, e));
+    let output = tollgate(&args, cwd.path());
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("ok: 8 policies"), "{stdout}");
+    assert!(stdout.contains("4 tenant snapshots"), "{stdout}");
+
+    let dirs = DataDirs::copy_examples();
+    replace_file(
+        &dirs.policies.join("plans.cedar"),
+        &common::read(&dirs.policies.join("plans.cedar"))
+            .replace("principal.account.tier >=", "principal.account.tierx >="),
+    );
+    replace_file(
+        &dirs.policies.join("geo.cedar"),
+        "\n\npermit(principal action, resource);\n",
+    );
+    let (p, e) = (
+        dirs.policies.to_str().unwrap(),
+        dirs.entitlements.to_str().unwrap(),
+    );
+    let mut args = vec!["validate"];
+    args.extend(dir_args(p, e));
+    let output = tollgate(&args, cwd.path());
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("geo.cedar:3:18: unexpected token `action`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("plans.cedar:8:"), "{stdout}");
+    assert!(stdout.contains("`tierx`"), "{stdout}");
+    assert!(stdout.contains("2 problem(s) found"), "{stdout}");
+
+    // A snapshot that does not fit the schema is named with the attribute.
+    let dirs = DataDirs::copy_examples();
+    replace_file(
+        &dirs.entitlements.join("acme.json"),
+        &common::read(&dirs.entitlements.join("acme.json"))
+            .replace("\"tier\": 1", "\"tier\": \"one\""),
+    );
+    let (p, e) = (
+        dirs.policies.to_str().unwrap(),
+        dirs.entitlements.to_str().unwrap(),
+    );
+    let mut args = vec!["validate"];
+    args.extend(dir_args(p, e));
+    let output = tollgate(&args, cwd.path());
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("acme.json"), "{stdout}");
+    assert!(
+        stdout.contains("in attribute `tier` on `Account::\"acme\"`"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_decides_locally_with_exit_codes_and_json() {
+    let cwd = tempfile::tempdir().unwrap();
+    let policies = example_policies();
+    let entitlements = example_entitlements();
+    let (p, e) = (policies.to_str().unwrap(), entitlements.to_str().unwrap());
+    let allow_context = context("BR");
+    let mut args = vec![
+        "check",
+        "--tenant",
+        "acme",
+        "--principal",
+        "User:bob",
+        "--action",
+        "use",
+        "--resource",
+        "Feature:pdf-export",
+        "--context",
+        &allow_context,
+    ];
+    args.extend(dir_args(p, e));
+    let output = tollgate(&args, cwd.path());
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("ALLOW\n"), "{stdout}");
+    assert!(
+        stdout.contains("reason: member_role [permit members-use]"),
+        "{stdout}"
+    );
+
+    let deny_context = context("CN");
+    let mut args = vec![
+        "check",
+        "--json",
+        "--tenant",
+        "acme",
+        "--principal",
+        "User:bob",
+        "--action",
+        "use",
+        "--resource",
+        "Feature:payments",
+        "--context",
+        &deny_context,
+    ];
+    args.extend(dir_args(p, e));
+    let output = tollgate(&args, cwd.path());
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["decision"], "DENY");
+    assert_eq!(json["reasons"][0]["code"], "geo_restricted");
+    assert_eq!(json["reasons"][0]["policy_id"], "outside-allowed-countries");
+    assert_eq!(json["freshness"]["source"], "FILE");
+
+    // A request that does not fit the schema: exit 2, the field named.
+    let bad_context = r#"{"country": 3}"#;
+    let mut args = vec![
+        "check",
+        "--tenant",
+        "acme",
+        "--principal",
+        "User:bob",
+        "--action",
+        "use",
+        "--resource",
+        "Feature:pdf-export",
+        "--context",
+        bad_context,
+    ];
+    args.extend(dir_args(p, e));
+    let output = tollgate(&args, cwd.path());
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("context.country: expected String, got Long"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_remote_asks_a_running_server() {
+    let server = Binary::spawn(&example_policies(), &example_entitlements(), &[]);
+    let address = server.addr.to_string();
+    let cwd = tempfile::tempdir().unwrap();
+    let deny_context = context("BR");
+    let args = [
+        "check",
+        "--remote",
+        &address,
+        "--tenant",
+        "hooli",
+        "--principal",
+        "User:gavin",
+        "--action",
+        "use",
+        "--resource",
+        "Feature:pdf-export",
+        "--context",
+        &deny_context,
+    ];
+    let output = tokio::task::spawn_blocking({
+        let cwd = cwd.path().to_path_buf();
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tollgate(&args, &cwd)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with("DENY\n"), "{stdout}");
+    assert!(
+        stdout.contains("reason: tier_too_low [forbid tier-too-low]"),
+        "{stdout}"
+    );
+    drop(server);
+
+    // Nobody listening any more: exit 3.
+    let output = tokio::task::spawn_blocking({
+        let cwd = cwd.path().to_path_buf();
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tollgate(&args, &cwd)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn bad_configuration_lists_every_problem_and_exits_2_before_listening() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cwd.path().join("tollgate.yaml"),
+        "listen: nowhere\nmax_batch: 0\nunknown_key: 1\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .current_dir(cwd.path())
+        .env_clear()
+        .env("TOLLGATE_STRICT_PRINCIPAL", "false")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tollgate");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("invalid configuration (6 problems)"),
+        "{stderr}"
+    );
+    for expected in [
+        "unknown key `unknown_key`",
+        "unknown environment variable TOLLGATE_STRICT_PRINCIPAL",
+        "listen (from tollgate.yaml): `nowhere` is not a socket address",
+        "max_batch (from tollgate.yaml): must be at least 1",
+        "policies (from default): `./policies` is not a directory",
+        "entitlements (from default): `./entitlements` is not a directory",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
