@@ -4,8 +4,10 @@
 //! 127.0.0.1:0, serving the repository's `policies/` and `entitlements/`, on
 //! its own tokio runtime) or connects to one already running (`--target`), then
 //! drives it closed-loop with tonic clients: `--connections` HTTP/2
-//! connections carrying `--in-flight` concurrent requests in total, for
-//! `--duration` seconds after `--warmup` seconds, one scenario after another:
+//! connections carrying `--in-flight` concurrent requests in total. Each
+//! scenario is measured for `--duration` seconds in total, split evenly over
+//! `--rounds` rounds; every round runs each scenario once (a slice), so slow
+//! drift of the machine's throughput hits all scenarios alike:
 //!
 //! * `health`: `grpc.health.v1.Health/Check` on service `""`, the floor of an
 //!   empty RPC through the same server stack;
@@ -13,8 +15,11 @@
 //!   `pdf-export` from BR);
 //! * `batch`: `EntitlementService/CheckBatch` of `--batch-size` (10) such checks.
 //!
-//! Prints throughput and latency percentiles per scenario and the ratio of
-//! `Check` to health throughput; `--json` prints the same as JSON.
+//! Prints, per scenario, throughput and latency percentiles pooled over all
+//! rounds and the calls/s of each round; then the ratios (`Check` / health
+//! throughput, `CheckBatch` / `Check` decisions per second) computed per round,
+//! as median, min and max over the rounds, and pooled. `--json` prints the same
+//! as JSON.
 //!
 //! Run: `cargo bench --bench loadgen -- [OPTIONS]` (see `--help` and
 //! `benches/README.md`).
@@ -45,8 +50,12 @@ use tonic_health::pb::HealthCheckRequest;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
 
-/// Longest run accepted for `--duration` and `--warmup`, in seconds.
+/// Longest run accepted for `--duration`, `--warmup` and `--settle`, in seconds.
 const MAX_SECONDS: f64 = 3600.0;
+/// Most rounds accepted for `--rounds`.
+const MAX_ROUNDS: usize = 1000;
+/// Shortest measured slice (`--duration` / `--rounds`) accepted, in seconds.
+const MIN_SLICE_SECONDS: f64 = 0.1;
 /// Deadline of one RPC: bounds every call, so a stuck server cannot hang the run.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the server to report SERVING.
@@ -73,14 +82,25 @@ struct Args {
     /// Requests in flight in total, spread over the connections (closed loop).
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
-    /// Measured seconds per scenario [default: 10; 0.5 in test mode].
+    /// Measured seconds per scenario in total, split evenly over the rounds
+    /// [default: 10; 0.5 in test mode].
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
-    /// Warm-up seconds per scenario, not measured [default: 1; 0.2 in test mode].
+    /// Rounds: each runs every scenario once for --duration / --rounds
+    /// seconds, in the order given in odd rounds and reversed in even ones
+    /// [default: 5; 1 in test mode and with --quick].
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// Warm-up seconds before each scenario's slice in the first round, not
+    /// measured [default: 1; 0.2 in test mode].
     #[arg(long, value_name = "SECONDS")]
     warmup: Option<f64>,
-    /// Short smoke run: 2 s per scenario after a 0.5 s warm-up (overrides
-    /// --duration and --warmup).
+    /// Settle seconds before each scenario's slice in the later rounds, not
+    /// measured.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.2)]
+    settle: f64,
+    /// Short smoke run: 2 s per scenario after a 0.5 s warm-up, in 1 round
+    /// unless --rounds says otherwise (overrides --duration and --warmup).
     #[arg(long)]
     quick: bool,
     /// Tokio worker threads of the in-process server [default: number of CPUs].
@@ -106,7 +126,7 @@ struct Args {
     /// Passed by `cargo bench`. Without it (`cargo test --benches` or
     /// `--all-targets`, or the binary run by hand) the load generator runs in
     /// test mode, as criterion does: a short smoke run unless --duration,
-    /// --warmup or --quick say otherwise.
+    /// --warmup, --rounds or --quick say otherwise.
     #[arg(long, hide = true)]
     bench: bool,
     /// Benchmark name filters passed by `cargo bench -- FILTER`: when any is
@@ -148,8 +168,13 @@ impl Scenario {
 struct Settings {
     connections: usize,
     in_flight: usize,
+    /// Measured time per scenario in total.
     duration: Duration,
+    /// Measured time per scenario per round: `--duration` / `--rounds`.
+    slice: Duration,
+    rounds: usize,
     warmup: Duration,
+    settle: Duration,
     server_threads: usize,
     client_threads: usize,
     batch_size: usize,
@@ -163,11 +188,25 @@ fn settings(args: &Args) -> Result<Settings, String> {
         (false, true) => (args.duration.unwrap_or(10.0), args.warmup.unwrap_or(1.0)),
         (false, false) => (args.duration.unwrap_or(0.5), args.warmup.unwrap_or(0.2)),
     };
+    let full_run = args.bench && !args.quick;
+    let rounds = args.rounds.unwrap_or(if full_run { 5 } else { 1 });
     if !(duration > 0.0 && duration <= MAX_SECONDS) {
         return Err(format!("--duration must be in (0, {MAX_SECONDS}] seconds"));
     }
     if !(0.0..=MAX_SECONDS).contains(&warmup) {
         return Err(format!("--warmup must be in [0, {MAX_SECONDS}] seconds"));
+    }
+    if !(0.0..=MAX_SECONDS).contains(&args.settle) {
+        return Err(format!("--settle must be in [0, {MAX_SECONDS}] seconds"));
+    }
+    if !(1..=MAX_ROUNDS).contains(&rounds) {
+        return Err(format!("--rounds must be in [1, {MAX_ROUNDS}]"));
+    }
+    let slice = duration / rounds as f64;
+    if slice < MIN_SLICE_SECONDS {
+        return Err(format!(
+            "--duration / --rounds is {slice:.3} s: each round needs at least {MIN_SLICE_SECONDS} s per scenario"
+        ));
     }
     if args.connections == 0 || args.in_flight == 0 {
         return Err("--connections and --in-flight must be at least 1".to_string());
@@ -208,7 +247,10 @@ fn settings(args: &Args) -> Result<Settings, String> {
         connections: args.connections,
         in_flight: args.in_flight,
         duration: Duration::from_secs_f64(duration),
+        slice: Duration::from_secs_f64(slice),
+        rounds,
         warmup: Duration::from_secs_f64(warmup),
+        settle: Duration::from_secs_f64(args.settle),
         server_threads: threads(args.server_threads, "--server-threads")?,
         client_threads: threads(args.client_threads, "--client-threads")?,
         batch_size: args.batch_size,
@@ -242,6 +284,7 @@ fn allow_request() -> pb::CheckRequest {
                     kind: Some(Kind::Extension(pb::Extension {
                         r#fn: "datetime".to_string(),
                         arg: NOW.to_string(),
+                        args: Vec::new(),
                     })),
                 },
             ),
@@ -484,20 +527,91 @@ fn latency(sorted_ns: &[u64]) -> Option<Latency> {
     })
 }
 
+/// One scenario's measured slice of one round.
+struct Slice {
+    /// Latencies of the successful calls, unsorted.
+    latencies_ns: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+    measured: Duration,
+    /// CPU seconds of the server's and of the client's threads while measuring.
+    server_cpu: Option<f64>,
+    client_cpu: Option<f64>,
+}
+
+/// What one round measured of one scenario.
+struct Round {
+    calls: u64,
+    errors: u64,
+    seconds: f64,
+    server_cpu: Option<f64>,
+    client_cpu: Option<f64>,
+}
+
+impl Round {
+    fn calls_per_sec(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+}
+
+/// One scenario over all rounds: calls, errors, latencies and CPU pooled, and
+/// each round's figures in `rounds` (in round order).
 struct Outcome {
     scenario: Scenario,
     calls: u64,
     errors: u64,
     first_error: Option<String>,
+    /// Measured seconds in total (all rounds).
     seconds: f64,
     decisions_per_call: usize,
     latency: Option<Latency>,
     /// CPU seconds of the server's and of the client's threads while measuring.
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
+    rounds: Vec<Round>,
 }
 
 impl Outcome {
+    fn pool(scenario: Scenario, slices: Vec<Slice>, settings: &Settings) -> Self {
+        let rounds: Vec<Round> = slices
+            .iter()
+            .map(|slice| Round {
+                calls: slice.latencies_ns.len() as u64,
+                errors: slice.errors,
+                seconds: slice.measured.as_secs_f64(),
+                server_cpu: slice.server_cpu,
+                client_cpu: slice.client_cpu,
+            })
+            .collect();
+        let measured: Duration = slices.iter().map(|slice| slice.measured).sum();
+        let mut latencies = Vec::with_capacity(rounds.iter().map(|r| r.calls as usize).sum());
+        let mut first_error = None;
+        for slice in slices {
+            latencies.extend(slice.latencies_ns);
+            if first_error.is_none() {
+                first_error = slice.first_error;
+            }
+        }
+        latencies.sort_unstable();
+        Outcome {
+            scenario,
+            calls: latencies.len() as u64,
+            errors: rounds.iter().map(|r| r.errors).sum(),
+            first_error,
+            seconds: measured.as_secs_f64(),
+            decisions_per_call: match scenario {
+                Scenario::Health => 0,
+                Scenario::Check => 1,
+                Scenario::Batch => settings.batch_size,
+            },
+            latency: latency(&latencies),
+            // `None` unless every round could read the CPU times.
+            server_cpu: rounds.iter().map(|r| r.server_cpu).sum(),
+            client_cpu: rounds.iter().map(|r| r.client_cpu).sum(),
+            rounds,
+        }
+    }
+
     fn calls_per_sec(&self) -> f64 {
         self.calls as f64 / self.seconds
     }
@@ -510,6 +624,18 @@ impl Outcome {
     fn cpu_us_per_call(&self, cpu: Option<f64>) -> Option<f64> {
         cpu.filter(|_| self.calls > 0)
             .map(|seconds| seconds * 1e6 / self.calls as f64)
+    }
+
+    fn round_calls_per_sec(&self) -> Vec<f64> {
+        self.rounds.iter().map(Round::calls_per_sec).collect()
+    }
+
+    /// Table name: `batch` carries its batch size.
+    fn label(&self) -> String {
+        match self.scenario {
+            Scenario::Batch => format!("batch{}", self.decisions_per_call),
+            other => other.name().to_string(),
+        }
     }
 }
 
@@ -549,15 +675,18 @@ async fn preflight(channel: &Channel, settings: &Settings) -> Result<(), String>
     Ok(())
 }
 
-async fn run_scenario(
+/// Runs `scenario` for `lead_in` (not measured) and then `measured`.
+async fn run_slice(
     scenario: Scenario,
     channels: &[Channel],
     settings: &Settings,
     in_process: bool,
-) -> Outcome {
+    lead_in: Duration,
+    measured: Duration,
+) -> Slice {
     let start = Instant::now();
-    let measure_from = start + settings.warmup;
-    let end = measure_from + settings.duration;
+    let measure_from = start + lead_in;
+    let end = measure_from + measured;
     let workers: Vec<_> = (0..settings.in_flight)
         .map(|index| {
             let channel = channels[index % channels.len()].clone();
@@ -583,14 +712,14 @@ async fn run_scenario(
             .collect()
     });
 
-    let mut latencies = Vec::new();
+    let mut latencies_ns = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
     for handle in workers {
         // Calls carry a deadline, so workers end within RPC_TIMEOUT of `end`.
         match tokio::time::timeout(RPC_TIMEOUT * 2, handle).await {
             Ok(Ok(result)) => {
-                latencies.extend(result.latencies_ns);
+                latencies_ns.extend(result.latencies_ns);
                 errors += result.errors;
                 if first_error.is_none() {
                     first_error = result.first_error;
@@ -606,26 +735,29 @@ async fn run_scenario(
             }
         }
     }
-    latencies.sort_unstable();
     let (server_cpu, client_cpu) = match (&cpu, in_process) {
         (Some(cpu), true) => (Some(cpu[0]), Some(cpu[1])),
         (Some(cpu), false) => (None, Some(cpu[0])),
         (None, _) => (None, None),
     };
-    Outcome {
-        scenario,
-        calls: latencies.len() as u64,
+    Slice {
+        latencies_ns,
         errors,
         first_error,
-        seconds: settings.duration.as_secs_f64(),
-        decisions_per_call: match scenario {
-            Scenario::Health => 0,
-            Scenario::Check => 1,
-            Scenario::Batch => settings.batch_size,
-        },
-        latency: latency(&latencies),
+        measured,
         server_cpu,
         client_cpu,
+    }
+}
+
+/// The scenarios' indices in the order round `round` (from 0) runs them:
+/// as given in even rounds, reversed in odd ones, so that a drift within a
+/// round does not always favour the same scenario.
+fn round_order(round: usize, scenarios: usize) -> Vec<usize> {
+    if round.is_multiple_of(2) {
+        (0..scenarios).collect()
+    } else {
+        (0..scenarios).rev().collect()
     }
 }
 
@@ -639,33 +771,130 @@ async fn drive(
         channels.push(connect(address).await?);
     }
     preflight(&channels[0], settings).await?;
-    let mut outcomes = Vec::new();
-    for scenario in &settings.scenarios {
-        eprintln!(
-            "loadgen: {} for {:.1} s (+{:.1} s warm-up)...",
-            scenario.rpc(),
-            settings.duration.as_secs_f64(),
-            settings.warmup.as_secs_f64()
-        );
-        outcomes.push(run_scenario(*scenario, &channels, settings, in_process).await);
+    // slices[scenario index][round]
+    let mut slices: Vec<Vec<Slice>> = settings
+        .scenarios
+        .iter()
+        .map(|_| Vec::with_capacity(settings.rounds))
+        .collect();
+    for round in 0..settings.rounds {
+        let (lead_in, lead_in_name) = if round == 0 {
+            (settings.warmup, "warm-up")
+        } else {
+            (settings.settle, "settle")
+        };
+        for index in round_order(round, settings.scenarios.len()) {
+            let scenario = settings.scenarios[index];
+            eprintln!(
+                "loadgen: round {}/{}: {} for {:.2} s (+{:.1} s {lead_in_name})...",
+                round + 1,
+                settings.rounds,
+                scenario.rpc(),
+                settings.slice.as_secs_f64(),
+                lead_in.as_secs_f64()
+            );
+            let slice = run_slice(
+                scenario,
+                &channels,
+                settings,
+                in_process,
+                lead_in,
+                settings.slice,
+            )
+            .await;
+            slices[index].push(slice);
+        }
     }
-    Ok(outcomes)
+    Ok(settings
+        .scenarios
+        .iter()
+        .zip(slices)
+        .map(|(scenario, slices)| Outcome::pool(*scenario, slices, settings))
+        .collect())
 }
 
 // ---------------------------------------------------------------------------
 // Reporting
 
-fn ratio(outcomes: &[Outcome], numerator: Scenario, denominator: Scenario) -> Option<f64> {
-    let find = |scenario| outcomes.iter().find(|o| o.scenario == scenario);
-    let (n, d) = (find(numerator)?, find(denominator)?);
-    (d.calls > 0).then(|| n.calls_per_sec() / d.calls_per_sec())
+/// Median (of an even count: the mean of the two middle values), min and max.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
 }
 
-fn batch_gain(outcomes: &[Outcome]) -> Option<f64> {
-    let find = |scenario| outcomes.iter().find(|o| o.scenario == scenario);
-    let (batch, check) = (find(Scenario::Batch)?, find(Scenario::Check)?);
-    (check.calls > 0).then(|| batch.decisions_per_sec() / check.decisions_per_sec())
+fn spread(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    let (min, max) = (*sorted.first()?, *sorted.last()?);
+    let middle = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    };
+    Some(Spread { median, min, max })
 }
+
+/// The ratio of two scenarios' throughputs, per round (`None` for a round in
+/// which the denominator made no call) and pooled over all rounds.
+struct Ratio {
+    per_round: Vec<Option<f64>>,
+    pooled: Option<f64>,
+}
+
+impl Ratio {
+    fn spread(&self) -> Option<Spread> {
+        spread(self.per_round.iter().flatten().copied())
+    }
+}
+
+/// `numerator` / `denominator` calls per second or, with `per_decision`,
+/// decisions per second.
+fn ratio(
+    outcomes: &[Outcome],
+    numerator: Scenario,
+    denominator: Scenario,
+    per_decision: bool,
+) -> Option<Ratio> {
+    let find = |scenario| outcomes.iter().find(|o| o.scenario == scenario);
+    let (n, d) = (find(numerator)?, find(denominator)?);
+    let weight = |o: &Outcome| {
+        if per_decision {
+            o.decisions_per_call as f64
+        } else {
+            1.0
+        }
+    };
+    let divide = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    Some(Ratio {
+        per_round: n
+            .rounds
+            .iter()
+            .zip(&d.rounds)
+            .map(|(rn, rd)| {
+                divide(
+                    rn.calls_per_sec() * weight(n),
+                    rd.calls_per_sec() * weight(d),
+                )
+            })
+            .collect(),
+        pooled: divide(n.calls_per_sec() * weight(n), d.calls_per_sec() * weight(d)),
+    })
+}
+
+/// Check / health calls per second.
+fn check_over_health(outcomes: &[Outcome]) -> Option<Ratio> {
+    ratio(outcomes, Scenario::Check, Scenario::Health, false)
+}
+
+/// CheckBatch / Check decisions per second.
+fn batch_over_check(outcomes: &[Outcome]) -> Option<Ratio> {
+    ratio(outcomes, Scenario::Batch, Scenario::Check, true)
+}
+
+const CHECK_OVER_HEALTH: &str = "Check / health throughput";
+const BATCH_OVER_CHECK: &str = "CheckBatch / Check decisions per second";
 
 fn machine() -> (usize, String) {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -681,6 +910,93 @@ fn machine() -> (usize, String) {
     (cpus, model)
 }
 
+/// The per-round section of the table: each scenario's calls/s, then the
+/// ratios of the same round; median, min, max and every round's value.
+fn per_round(
+    out: &mut String,
+    outcomes: &[Outcome],
+    settings: &Settings,
+    ratios: &[(&str, Option<Ratio>)],
+) {
+    let order: Vec<&str> = settings.scenarios.iter().map(|s| s.name()).collect();
+    let _ = writeln!(
+        out,
+        "per round (round 1 ran {}{}):",
+        order.join(", "),
+        if order.len() > 1 {
+            "; round 2 the reverse, and so on"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:<40} {:>9} {:>9} {:>9}  rounds 1..{}",
+        "", "median", "min", "max", settings.rounds
+    );
+    let row = |out: &mut String, label: &str, values: &[Option<f64>], precision: usize| {
+        let show = |value: Option<f64>| {
+            value.map_or_else(|| "-".to_string(), |v| format!("{v:.precision$}"))
+        };
+        let spread = spread(values.iter().flatten().copied());
+        let _ = writeln!(
+            out,
+            "{label:<40} {:>9} {:>9} {:>9}  {}",
+            show(spread.as_ref().map(|s| s.median)),
+            show(spread.as_ref().map(|s| s.min)),
+            show(spread.as_ref().map(|s| s.max)),
+            values
+                .iter()
+                .map(|v| show(*v))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    };
+    for outcome in outcomes {
+        let values: Vec<Option<f64>> = outcome
+            .round_calls_per_sec()
+            .into_iter()
+            .map(Some)
+            .collect();
+        row(out, &format!("{} calls/s", outcome.label()), &values, 0);
+    }
+    for (label, ratio) in ratios {
+        if let Some(ratio) = ratio {
+            row(out, label, &ratio.per_round, 3);
+        }
+    }
+    let pooled: Vec<String> = ratios
+        .iter()
+        .filter_map(|(label, ratio)| {
+            let pooled = ratio.as_ref()?.pooled?;
+            Some(format!("{label} {pooled:.3}"))
+        })
+        .collect();
+    if !pooled.is_empty() {
+        let _ = writeln!(
+            out,
+            "pooled (all rounds' calls over all measured time): {}",
+            pooled.join("; ")
+        );
+    }
+}
+
+/// How the scenarios were run, for the `client:` line.
+fn schedule(settings: &Settings) -> String {
+    let slice = settings.slice.as_secs_f64();
+    let warmup = settings.warmup.as_secs_f64();
+    if settings.rounds == 1 {
+        format!("{slice:.1} s measured after {warmup:.1} s warm-up per scenario")
+    } else {
+        format!(
+            "{:.1} s measured per scenario in {} rounds of {slice:.2} s; {warmup:.1} s warm-up before each slice of round 1, {:.1} s settle before each slice of later rounds",
+            settings.duration.as_secs_f64(),
+            settings.rounds,
+            settings.settle.as_secs_f64()
+        )
+    }
+}
+
 fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
     let (cpus, model) = machine();
     let mut out = String::new();
@@ -688,14 +1004,16 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
     let _ = writeln!(out, "server:  {server}");
     let _ = writeln!(
         out,
-        "client:  {} worker threads, {} connections, {} in flight; {:.1} s measured after {:.1} s warm-up per scenario",
+        "client:  {} worker threads, {} connections, {} in flight; {}",
         settings.client_threads,
         settings.connections,
         settings.in_flight,
-        settings.duration.as_secs_f64(),
-        settings.warmup.as_secs_f64()
+        schedule(settings)
     );
     let _ = writeln!(out);
+    if settings.rounds > 1 {
+        let _ = writeln!(out, "all {} rounds pooled:", settings.rounds);
+    }
     let _ = writeln!(
         out,
         "{:<10} {:>9} {:>7} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
@@ -714,10 +1032,6 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
     );
     let cpu = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
     for outcome in outcomes {
-        let name = match outcome.scenario {
-            Scenario::Batch => format!("batch{}", outcome.decisions_per_call),
-            other => other.name().to_string(),
-        };
         let decisions = if outcome.decisions_per_call == 0 {
             "-".to_string()
         } else {
@@ -726,7 +1040,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
         let _ = write!(
             out,
             "{:<10} {:>9} {:>7} {:>10.0} {:>12}",
-            name,
+            outcome.label(),
             outcome.calls,
             outcome.errors,
             outcome.calls_per_sec(),
@@ -755,13 +1069,22 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
             cpu(outcome.cpu_us_per_call(outcome.client_cpu))
         );
     }
+
+    let ratios = [
+        (CHECK_OVER_HEALTH, check_over_health(outcomes)),
+        (BATCH_OVER_CHECK, batch_over_check(outcomes)),
+    ];
     let _ = writeln!(out);
-    if let Some(r) = ratio(outcomes, Scenario::Check, Scenario::Health) {
-        let _ = writeln!(out, "Check / health throughput:             {r:.3}");
+    if settings.rounds == 1 {
+        for (label, ratio) in &ratios {
+            if let Some(pooled) = ratio.as_ref().and_then(|r| r.pooled) {
+                let _ = writeln!(out, "{:<41}{pooled:.3}", format!("{label}:"));
+            }
+        }
+    } else {
+        per_round(&mut out, outcomes, settings, &ratios);
     }
-    if let Some(r) = batch_gain(outcomes) {
-        let _ = writeln!(out, "CheckBatch / Check decisions per second: {r:.3}");
-    }
+    let _ = writeln!(out);
     for outcome in outcomes {
         if let Some(error) = &outcome.first_error {
             let _ = writeln!(
@@ -779,11 +1102,47 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
     out
 }
 
+fn spread_json(spread: Option<Spread>) -> serde_json::Value {
+    spread.map_or(
+        serde_json::Value::Null,
+        |s| json!({"median": s.median, "min": s.min, "max": s.max}),
+    )
+}
+
+fn ratio_json(ratio: Option<Ratio>) -> serde_json::Value {
+    ratio.map_or(serde_json::Value::Null, |r| {
+        let spread = r.spread();
+        json!({
+            "per_round": r.per_round,
+            "median": spread.as_ref().map(|s| s.median),
+            "min": spread.as_ref().map(|s| s.min),
+            "max": spread.as_ref().map(|s| s.max),
+            "pooled": r.pooled,
+        })
+    })
+}
+
 fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value) -> String {
     let (cpus, model) = machine();
     let scenarios: Vec<_> = outcomes
         .iter()
         .map(|o| {
+            let rounds: Vec<_> = o
+                .rounds
+                .iter()
+                .map(|r| {
+                    json!({
+                        "calls": r.calls,
+                        "errors": r.errors,
+                        "seconds": r.seconds,
+                        "calls_per_sec": r.calls_per_sec(),
+                        "decisions_per_sec": r.calls_per_sec() * o.decisions_per_call as f64,
+                        "server_cpu_seconds": r.server_cpu,
+                        "client_cpu_seconds": r.client_cpu,
+                    })
+                })
+                .collect();
+            let per_round = o.round_calls_per_sec();
             json!({
                 "scenario": o.scenario.name(),
                 "rpc": o.scenario.rpc(),
@@ -806,6 +1165,9 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value
                 "client_cpu_seconds": o.client_cpu,
                 "server_cpu_us_per_call": o.cpu_us_per_call(o.server_cpu),
                 "client_cpu_us_per_call": o.cpu_us_per_call(o.client_cpu),
+                "calls_per_sec_per_round": per_round,
+                "calls_per_sec_over_rounds": spread_json(spread(per_round.iter().copied())),
+                "rounds": rounds,
             })
         })
         .collect();
@@ -817,13 +1179,17 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value
             "connections": settings.connections,
             "in_flight": settings.in_flight,
             "duration_seconds": settings.duration.as_secs_f64(),
+            "rounds": settings.rounds,
+            "round_seconds": settings.slice.as_secs_f64(),
             "warmup_seconds": settings.warmup.as_secs_f64(),
+            "settle_seconds": settings.settle.as_secs_f64(),
+            "order": "scenarios as listed in odd rounds (1, 3, ...), reversed in even rounds",
             "batch_size": settings.batch_size,
         },
         "scenarios": scenarios,
         "ratios": {
-            "check_over_health_throughput": ratio(outcomes, Scenario::Check, Scenario::Health),
-            "batch_over_check_decisions": batch_gain(outcomes),
+            "check_over_health_throughput": ratio_json(check_over_health(outcomes)),
+            "batch_over_check_decisions": ratio_json(batch_over_check(outcomes)),
         },
     });
     serde_json::to_string_pretty(&report).unwrap_or_default()
@@ -846,9 +1212,10 @@ fn main() -> ExitCode {
 
     if !args.bench && !args.quick && args.duration.is_none() {
         eprintln!(
-            "loadgen: test mode (run without `cargo bench`): {:.1} s per scenario; \
+            "loadgen: test mode (run without `cargo bench`): {:.1} s per scenario in {} round(s); \
              use `cargo bench --bench loadgen` or --duration for a measurement",
-            settings.duration.as_secs_f64()
+            settings.duration.as_secs_f64(),
+            settings.rounds
         );
     }
     let server = match args.target {
@@ -908,7 +1275,11 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", table(&outcomes, &settings, &server_text));
             }
-            if outcomes.iter().any(|o| o.errors > 0 || o.calls == 0) {
+            // A round without a call has no throughput to compare: a failure too.
+            if outcomes
+                .iter()
+                .any(|o| o.errors > 0 || o.rounds.iter().any(|r| r.calls == 0))
+            {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
