@@ -25,8 +25,50 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()
 }
 
-fn dir_args<'a>(policies: &'a str, entitlements: &'a str) -> Vec<&'a str> {
-    vec!["--policies", policies, "--entitlements", entitlements]
+/// Runs `tollgate` with `args` followed by `--policies` and `--entitlements`.
+fn tollgate_on(args: &[&str], policies: &Path, entitlements: &Path, cwd: &Path) -> Output {
+    let (p, e) = (policies.to_str().unwrap(), entitlements.to_str().unwrap());
+    let mut args = args.to_vec();
+    args.extend(["--policies", p, "--entitlements", e]);
+    tollgate(&args, cwd)
+}
+
+/// Runs `tollgate` on a blocking thread (for async tests).
+async fn tollgate_blocking(args: &[&str], cwd: &Path) -> Output {
+    let cwd = cwd.to_path_buf();
+    let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tollgate(&args, &cwd)
+    })
+    .await
+    .unwrap()
+}
+
+/// The `check` options of one request: `[tenant, principal, action, resource]`
+/// and the context JSON.
+fn request_args<'a>(request: [&'a str; 4], context: &'a str) -> Vec<&'a str> {
+    let [tenant, principal, action, resource] = request;
+    vec![
+        "--tenant",
+        tenant,
+        "--principal",
+        principal,
+        "--action",
+        action,
+        "--resource",
+        resource,
+        "--context",
+        context,
+    ]
+}
+
+/// `check [extra...]` followed by the options of one request.
+fn check_args<'a>(extra: &[&'a str], request: [&'a str; 4], context: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["check"];
+    args.extend(extra);
+    args.extend(request_args(request, context));
+    args
 }
 
 fn context(country: &str) -> String {
@@ -36,12 +78,10 @@ fn context(country: &str) -> String {
 #[test]
 fn validate_accepts_the_example_and_lists_every_problem_with_file_and_line() {
     let cwd = tempfile::tempdir().unwrap();
-    let policies = example_policies();
-    let entitlements = example_entitlements();
-    let (p, e) = (policies.to_str().unwrap(), entitlements.to_str().unwrap());
-    let mut args = vec!["validate"];
-    args.extend(dir_args(p, e));
-    let output = tollgate(&args, cwd.path());
+    let validate = |policies: &Path, entitlements: &Path| {
+        tollgate_on(&["validate"], policies, entitlements, cwd.path())
+    };
+    let output = validate(&example_policies(), &example_entitlements());
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(stdout.starts_with("ok: 8 policies"), "{stdout}");
@@ -57,13 +97,7 @@ fn validate_accepts_the_example_and_lists_every_problem_with_file_and_line() {
         &dirs.policies.join("geo.cedar"),
         "\n\npermit(principal action, resource);\n",
     );
-    let (p, e) = (
-        dirs.policies.to_str().unwrap(),
-        dirs.entitlements.to_str().unwrap(),
-    );
-    let mut args = vec!["validate"];
-    args.extend(dir_args(p, e));
-    let output = tollgate(&args, cwd.path());
+    let output = validate(&dirs.policies, &dirs.entitlements);
     assert_eq!(output.status.code(), Some(1));
     let stdout = text(&output.stdout);
     assert!(
@@ -81,13 +115,7 @@ fn validate_accepts_the_example_and_lists_every_problem_with_file_and_line() {
         &common::read(&dirs.entitlements.join("acme.json"))
             .replace("\"tier\": 1", "\"tier\": \"one\""),
     );
-    let (p, e) = (
-        dirs.policies.to_str().unwrap(),
-        dirs.entitlements.to_str().unwrap(),
-    );
-    let mut args = vec!["validate"];
-    args.extend(dir_args(p, e));
-    let output = tollgate(&args, cwd.path());
+    let output = validate(&dirs.policies, &dirs.entitlements);
     assert_eq!(output.status.code(), Some(1));
     let stdout = text(&output.stdout);
     assert!(stdout.contains("acme.json"), "{stdout}");
@@ -100,25 +128,12 @@ fn validate_accepts_the_example_and_lists_every_problem_with_file_and_line() {
 #[test]
 fn check_decides_locally_with_exit_codes_and_json() {
     let cwd = tempfile::tempdir().unwrap();
-    let policies = example_policies();
-    let entitlements = example_entitlements();
-    let (p, e) = (policies.to_str().unwrap(), entitlements.to_str().unwrap());
+    let (policies, entitlements) = (example_policies(), example_entitlements());
+    let check = |args: &[&str]| tollgate_on(args, &policies, &entitlements, cwd.path());
+    let pdf_export = ["acme", "User:bob", "use", "Feature:pdf-export"];
+
     let allow_context = context("BR");
-    let mut args = vec![
-        "check",
-        "--tenant",
-        "acme",
-        "--principal",
-        "User:bob",
-        "--action",
-        "use",
-        "--resource",
-        "Feature:pdf-export",
-        "--context",
-        &allow_context,
-    ];
-    args.extend(dir_args(p, e));
-    let output = tollgate(&args, cwd.path());
+    let output = check(&check_args(&[], pdf_export, &allow_context));
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(stdout.starts_with("ALLOW\n"), "{stdout}");
@@ -128,22 +143,8 @@ fn check_decides_locally_with_exit_codes_and_json() {
     );
 
     let deny_context = context("CN");
-    let mut args = vec![
-        "check",
-        "--json",
-        "--tenant",
-        "acme",
-        "--principal",
-        "User:bob",
-        "--action",
-        "use",
-        "--resource",
-        "Feature:payments",
-        "--context",
-        &deny_context,
-    ];
-    args.extend(dir_args(p, e));
-    let output = tollgate(&args, cwd.path());
+    let payments = ["acme", "User:bob", "use", "Feature:payments"];
+    let output = check(&check_args(&["--json"], payments, &deny_context));
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["decision"], "DENY");
@@ -153,21 +154,7 @@ fn check_decides_locally_with_exit_codes_and_json() {
 
     // A request that does not fit the schema: exit 2, the field named.
     let bad_context = r#"{"country": 3}"#;
-    let mut args = vec![
-        "check",
-        "--tenant",
-        "acme",
-        "--principal",
-        "User:bob",
-        "--action",
-        "use",
-        "--resource",
-        "Feature:pdf-export",
-        "--context",
-        bad_context,
-    ];
-    args.extend(dir_args(p, e));
-    let output = tollgate(&args, cwd.path());
+    let output = check(&check_args(&[], pdf_export, bad_context));
     assert_eq!(output.status.code(), Some(2));
     assert!(
         text(&output.stderr).contains("context.country: expected String, got Long"),
@@ -182,31 +169,9 @@ async fn check_remote_asks_a_running_server() {
     let address = server.addr.to_string();
     let cwd = tempfile::tempdir().unwrap();
     let deny_context = context("BR");
-    let args = [
-        "check",
-        "--remote",
-        &address,
-        "--tenant",
-        "hooli",
-        "--principal",
-        "User:gavin",
-        "--action",
-        "use",
-        "--resource",
-        "Feature:pdf-export",
-        "--context",
-        &deny_context,
-    ];
-    let output = tokio::task::spawn_blocking({
-        let cwd = cwd.path().to_path_buf();
-        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
-        move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            tollgate(&args, &cwd)
-        }
-    })
-    .await
-    .unwrap();
+    let request = ["hooli", "User:gavin", "use", "Feature:pdf-export"];
+    let args = check_args(&["--remote", &address], request, &deny_context);
+    let output = tollgate_blocking(&args, cwd.path()).await;
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(stdout.starts_with("DENY\n"), "{stdout}");
@@ -217,16 +182,7 @@ async fn check_remote_asks_a_running_server() {
     drop(server);
 
     // Nobody listening any more: exit 3.
-    let output = tokio::task::spawn_blocking({
-        let cwd = cwd.path().to_path_buf();
-        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
-        move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            tollgate(&args, &cwd)
-        }
-    })
-    .await
-    .unwrap();
+    let output = tollgate_blocking(&args, cwd.path()).await;
     assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
     assert!(text(&output.stderr).contains("cannot connect"));
 }

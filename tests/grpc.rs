@@ -12,6 +12,7 @@ use prost::bytes::{Buf, BufMut};
 use prost::Message;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
+use tollgate::api::pb::Decision::{Allow, Deny};
 use tollgate::engine::PolicyErrorMode;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -59,17 +60,10 @@ async fn allow_names_the_granting_policy() {
 
     let response = decide(
         &mut client,
-        check("acme", "User:bob", "use", "Feature:pdf-export"),
+        check_str("acme User:bob use Feature:pdf-export"),
     )
     .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["member_role"]);
-    assert_eq!(policy_ids(&response), ["members-use"]);
+    expect_reasons(&response, Allow, &["member_role"], &["members-use"]);
     assert_eq!(response.reasons[0].effect, pb::Effect::Permit as i32);
     assert_eq!(
         response.reasons[0].message,
@@ -77,73 +71,37 @@ async fn allow_names_the_granting_policy() {
     );
     assert!(response.errors.is_empty(), "{:?}", response.errors);
 
-    // Roles inherit: an admin may do what a member may.
-    let response = decide(
-        &mut client,
-        check("acme", "User:alice", "use", "Feature:sso"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["member_role"]);
-
-    let response = decide(
-        &mut client,
-        check("acme", "User:carol", "view", "Feature:audit-log"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["viewer_role"]);
-
-    let response = decide(
-        &mut client,
-        check("acme", "User:alice", "administer", "Account:acme"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["admin_role"]);
-    assert_eq!(policy_ids(&response), ["admins-administer"]);
-
-    // Billing stays open after a trial ended, so that the account can subscribe.
-    let response = decide(
-        &mut client,
-        check("globex", "User:frank", "manage_billing", "Account:globex"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["billing_admin_role"]);
-
-    // An enterprise account gets the top tier.
-    let response = decide(
-        &mut client,
-        check("initech", "User:peter", "use", "Feature:audit-log"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
+    let cases: &[Case] = &[
+        // Roles inherit: an admin may do what a member may.
+        (
+            "acme User:alice use Feature:sso",
+            Allow,
+            &["member_role"],
+            &[],
+        ),
+        (
+            "acme User:carol view Feature:audit-log",
+            Allow,
+            &["viewer_role"],
+            &[],
+        ),
+        (
+            "acme User:alice administer Account:acme",
+            Allow,
+            &["admin_role"],
+            &["admins-administer"],
+        ),
+        // Billing stays open after a trial ended, so that the account can subscribe.
+        (
+            "globex User:frank manage_billing Account:globex",
+            Allow,
+            &["billing_admin_role"],
+            &[],
+        ),
+        // An enterprise account gets the top tier.
+        ("initech User:peter use Feature:audit-log", Allow, &[], &[]),
+    ];
+    expect_cases(&mut client, cases).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,17 +112,10 @@ async fn each_deny_carries_its_reason_code() {
     // Plan too small: pro account, enterprise feature. Other annotations pass through.
     let response = decide(
         &mut client,
-        check("acme", "User:bob", "use", "Feature:audit-log"),
+        check_str("acme User:bob use Feature:audit-log"),
     )
     .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["tier_too_low"]);
-    assert_eq!(policy_ids(&response), ["tier-too-low"]);
+    expect_reasons(&response, Deny, &["tier_too_low"], &["tier-too-low"]);
     let reason = &response.reasons[0];
     assert_eq!(reason.effect, pb::Effect::Forbid as i32);
     assert_eq!(
@@ -183,129 +134,76 @@ async fn each_deny_carries_its_reason_code() {
         reason.annotations
     );
 
-    // Add-on not bought: hooli (free, no add-ons) and the sso feature.
-    let response = decide(
-        &mut client,
-        check("hooli", "User:gavin", "use", "Feature:sso"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["addon_required"]);
-    assert_eq!(policy_ids(&response), ["addon-missing"]);
-    // ... while the same free account may use a tier-0 feature.
-    let response = decide(
-        &mut client,
-        check("hooli", "User:gavin", "use", "Feature:dashboards"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
+    let cases: &[Case] = &[
+        // Add-on not bought: hooli (free, no add-ons) and the sso feature.
+        (
+            "hooli User:gavin use Feature:sso",
+            Deny,
+            &["addon_required"],
+            &["addon-missing"],
+        ),
+        // ... while the same free account may use a tier-0 feature.
+        ("hooli User:gavin use Feature:dashboards", Allow, &[], &[]),
+        // Trial over.
+        (
+            "globex User:erin use Feature:dashboards",
+            Deny,
+            &["trial_expired"],
+            &["trial-expired"],
+        ),
+        // An admin may only administer their own account.
+        (
+            "acme User:alice administer Account:globex",
+            Deny,
+            &["no_permit"],
+            &[],
+        ),
+    ];
+    expect_cases(&mut client, cases).await;
 
     // Geo-fence.
-    let mut request = check("acme", "User:bob", "use", "Feature:payments");
+    let mut request = check_str("acme User:bob use Feature:payments");
     request.context.insert("country".to_string(), string("CN"));
     let response = decide(&mut client, request).await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
+    expect_reasons(
+        &response,
+        Deny,
+        &["geo_restricted"],
+        &["outside-allowed-countries"],
     );
-    assert_eq!(codes(&response), ["geo_restricted"]);
-    assert_eq!(policy_ids(&response), ["outside-allowed-countries"]);
-    let response = decide(
-        &mut client,
-        check("acme", "User:bob", "use", "Feature:payments"),
-    )
-    .await;
+    let response = decide(&mut client, check_str("acme User:bob use Feature:payments")).await;
     assert_eq!(
         decision(&response),
-        pb::Decision::Allow,
+        Allow,
         "BR is allowed: {}",
         summary(&response)
     );
 
-    // Trial over.
-    let response = decide(
-        &mut client,
-        check("globex", "User:erin", "use", "Feature:dashboards"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["trial_expired"]);
-    assert_eq!(policy_ids(&response), ["trial-expired"]);
-    // ... but not before it ended.
-    let mut request = check("globex", "User:erin", "use", "Feature:dashboards");
+    // A trial is not over before it ended.
+    let mut request = check_str("globex User:erin use Feature:dashboards");
     request
         .context
         .insert("now".to_string(), datetime("2026-06-01T00:00:00Z"));
     let response = decide(&mut client, request).await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
+    assert_decision(&response, Allow);
 
     // Nothing grants it: a viewer may view but not use.
     let response = decide(
         &mut client,
-        check("acme", "User:carol", "use", "Feature:dashboards"),
+        check_str("acme User:carol use Feature:dashboards"),
     )
     .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["no_permit"]);
-    assert_eq!(policy_ids(&response), [""]);
+    expect_reasons(&response, Deny, &["no_permit"], &[""]);
     assert_eq!(response.reasons[0].effect, pb::Effect::Unspecified as i32);
     assert!(!response.reasons[0].message.is_empty());
-
-    // An admin may only administer their own account.
-    let response = decide(
-        &mut client,
-        check("acme", "User:alice", "administer", "Account:globex"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["no_permit"]);
 
     // No snapshot for the tenant.
     let response = decide(
         &mut client,
-        check("umbrella", "User:bob", "use", "Feature:pdf-export"),
+        check_str("umbrella User:bob use Feature:pdf-export"),
     )
     .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["unknown_tenant"]);
-    assert_eq!(policy_ids(&response), [""]);
+    expect_reasons(&response, Deny, &["unknown_tenant"], &[""]);
     let freshness = response.freshness.as_ref().expect("freshness");
     assert_eq!(freshness.snapshot_version, 0);
     assert_eq!(freshness.source, pb::SnapshotSource::Unspecified as i32);
@@ -314,17 +212,9 @@ async fn each_deny_carries_its_reason_code() {
     // A principal the tenant does not know (strict principals, the default),
     // including one that exists in another tenant.
     for principal in ["User:mallory", "User:erin"] {
-        let response = decide(
-            &mut client,
-            check("acme", principal, "use", "Feature:dashboards"),
-        )
-        .await;
-        assert_eq!(
-            decision(&response),
-            pb::Decision::Deny,
-            "{}",
-            summary(&response)
-        );
+        let request = check("acme", principal, "use", "Feature:dashboards");
+        let response = decide(&mut client, request).await;
+        assert_decision(&response, Deny);
         assert_eq!(codes(&response), ["unknown_principal"], "{principal}");
         assert_eq!(snapshot_version(&response), 1);
     }
@@ -339,24 +229,14 @@ async fn unknown_principal_gets_cedars_answer_when_not_strict() {
     config.options.strict_principals = false;
     let server = InProcess::start(config.clone()).await;
     let mut client = connect(&server.url()).await;
-    let response = decide(
-        &mut client,
-        check("acme", "User:mallory", "view", "Feature:dashboards"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
-    );
+    let mallory_views = || check_str("acme User:mallory view Feature:dashboards");
+    let response = decide(&mut client, mallory_views()).await;
+    expect_reasons(&response, Deny, &["policy_error"], &["trial-expired"]);
     assert!(
         !codes(&response).contains(&"unknown_principal".to_string()),
         "{}",
         summary(&response)
     );
-    assert_eq!(codes(&response), ["policy_error"], "{}", summary(&response));
-    assert_eq!(policy_ids(&response), ["trial-expired"]);
     assert!(
         response
             .errors
@@ -370,36 +250,18 @@ async fn unknown_principal_gets_cedars_answer_when_not_strict() {
     config.options.policy_errors = PolicyErrorMode::Cedar;
     let server = InProcess::start(config.clone()).await;
     let mut client = connect(&server.url()).await;
-    let response = decide(
-        &mut client,
-        check("acme", "User:mallory", "view", "Feature:dashboards"),
-    )
-    .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Deny,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["no_permit"], "{}", summary(&response));
+    let response = decide_expect(&mut client, mallory_views(), Deny, &["no_permit"]).await;
     assert!(!response.errors.is_empty(), "errors are still reported");
 
     // A principal brought as a request-scoped entity is decided normally.
-    let mut request = check("acme", "User:mallory", "use", "Feature:pdf-export");
+    let mut request = check_str("acme User:mallory use Feature:pdf-export");
     request.entities.push(pb::Entity {
         uid: Some(entity_ref("User", "mallory")),
         attrs: [("account".to_string(), entity_value("Account", "acme"))].into(),
         parents: vec![entity_ref("Role", "member")],
         tags: Default::default(),
     });
-    let response = decide(&mut client, request).await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
-    assert_eq!(codes(&response), ["member_role"]);
+    decide_expect(&mut client, request, Allow, &["member_role"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,8 +272,8 @@ async fn freshness_and_decision_ids() {
     let mut ids = HashSet::new();
     for _ in 0..20 {
         for request in [
-            check("acme", "User:bob", "use", "Feature:pdf-export"),
-            check("hooli", "User:gavin", "use", "Feature:sso"),
+            check_str("acme User:bob use Feature:pdf-export"),
+            check_str("hooli User:gavin use Feature:sso"),
         ] {
             let response = decide(&mut client, request).await;
             let freshness = response.freshness.clone().expect("freshness is always set");
@@ -429,7 +291,7 @@ async fn freshness_and_decision_ids() {
     }
     let batch = client
         .check_batch(pb::CheckBatchRequest {
-            checks: vec![check("acme", "User:bob", "use", "Feature:pdf-export"); 5],
+            checks: vec![check_str("acme User:bob use Feature:pdf-export"); 5],
         })
         .await
         .expect("batch")
@@ -447,7 +309,7 @@ async fn freshness_and_decision_ids() {
     let mut other = connect(&server.url()).await;
     let response = decide(
         &mut other,
-        check("initech", "User:milton", "view", "Feature:sso"),
+        check_str("initech User:milton view Feature:sso"),
     )
     .await;
     assert!(versions.contains(&policy_version(&response)));
@@ -461,7 +323,7 @@ async fn freshness_and_decision_ids() {
 async fn bad_input_is_invalid_argument_naming_the_field() {
     let server = example_server().await;
     let mut client = connect(&server.url()).await;
-    let valid = || check("acme", "User:bob", "use", "Feature:pdf-export");
+    let valid = || check_str("acme User:bob use Feature:pdf-export");
 
     let mut request = valid();
     request.tenant = String::new();
@@ -637,7 +499,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
 
     // The server still answers after all that.
     let response = decide(&mut client, valid()).await;
-    assert_eq!(decision(&response), pb::Decision::Allow);
+    assert_decision(&response, Allow);
 }
 
 /// Encodes raw bytes as the request body; decodes the response body as bytes.
@@ -709,12 +571,12 @@ async fn undecodable_body_is_invalid_argument() {
     const BATCH: &str = "/tollgate.v1.EntitlementService/CheckBatch";
 
     // Control: a well-formed body through the same raw client is answered.
-    let body = check("acme", "User:bob", "use", "Feature:pdf-export").encode_to_vec();
+    let body = check_str("acme User:bob use Feature:pdf-export").encode_to_vec();
     let answer = send_raw(&server.url(), CHECK, body)
         .await
         .expect("valid body");
     let response = pb::CheckResponse::decode(answer.as_slice()).expect("decode response");
-    assert_eq!(decision(&response), pb::Decision::Allow);
+    assert_decision(&response, Allow);
 
     for (what, body) in [
         ("invalid wire type", vec![0x0f, 0xff, 0xff, 0xff]),
@@ -749,7 +611,7 @@ async fn request_over_size_limit_is_refused() {
     config.max_request_bytes = 1024;
     let server = InProcess::start(config).await;
     let mut client = connect(&server.url()).await;
-    let mut request = check("acme", "User:bob", "use", "Feature:pdf-export");
+    let mut request = check_str("acme User:bob use Feature:pdf-export");
     request
         .context
         .insert("padding".to_string(), string(&"x".repeat(4096)));
@@ -761,10 +623,10 @@ async fn request_over_size_limit_is_refused() {
     // A small request is still answered.
     let response = decide(
         &mut client,
-        check("acme", "User:bob", "use", "Feature:pdf-export"),
+        check_str("acme User:bob use Feature:pdf-export"),
     )
     .await;
-    assert_eq!(decision(&response), pb::Decision::Allow);
+    assert_decision(&response, Allow);
 }
 
 // ---------------------------------------------------------------------------
@@ -774,24 +636,32 @@ async fn request_over_size_limit_is_refused() {
 async fn batch_answers_in_order() {
     let server = example_server().await;
     let mut client = connect(&server.url()).await;
-    let checks = vec![
-        check("acme", "User:bob", "use", "Feature:pdf-export"),
-        check("acme", "User:bob", "use", "Feature:audit-log"),
-        check("umbrella", "User:bob", "use", "Feature:pdf-export"),
-        check("hooli", "User:gavin", "use", "Feature:sso"),
-        check("globex", "User:erin", "view", "Feature:dashboards"),
-        check("acme", "User:carol", "view", "Feature:dashboards"),
-        check("acme", "User:nobody", "view", "Feature:dashboards"),
-    ];
     let expected = [
-        (pb::Decision::Allow, "member_role"),
-        (pb::Decision::Deny, "tier_too_low"),
-        (pb::Decision::Deny, "unknown_tenant"),
-        (pb::Decision::Deny, "addon_required"),
-        (pb::Decision::Deny, "trial_expired"),
-        (pb::Decision::Allow, "viewer_role"),
-        (pb::Decision::Deny, "unknown_principal"),
+        ("acme User:bob use Feature:pdf-export", Allow, "member_role"),
+        ("acme User:bob use Feature:audit-log", Deny, "tier_too_low"),
+        (
+            "umbrella User:bob use Feature:pdf-export",
+            Deny,
+            "unknown_tenant",
+        ),
+        ("hooli User:gavin use Feature:sso", Deny, "addon_required"),
+        (
+            "globex User:erin view Feature:dashboards",
+            Deny,
+            "trial_expired",
+        ),
+        (
+            "acme User:carol view Feature:dashboards",
+            Allow,
+            "viewer_role",
+        ),
+        (
+            "acme User:nobody view Feature:dashboards",
+            Deny,
+            "unknown_principal",
+        ),
     ];
+    let checks: Vec<pb::CheckRequest> = expected.iter().map(|row| check_str(row.0)).collect();
     let batch = client
         .check_batch(pb::CheckBatchRequest {
             checks: checks.clone(),
@@ -801,7 +671,7 @@ async fn batch_answers_in_order() {
         .into_inner();
     assert_eq!(batch.responses.len(), checks.len());
     let mut versions = HashSet::new();
-    for (index, (response, (want_decision, want_code))) in
+    for (index, (response, (_, want_decision, want_code))) in
         batch.responses.iter().zip(expected).enumerate()
     {
         assert_eq!(
@@ -842,7 +712,7 @@ async fn batch_answers_in_order() {
 async fn malformed_check_fails_the_batch_naming_it() {
     let server = example_server().await;
     let mut client = connect(&server.url()).await;
-    let good = || check("acme", "User:bob", "use", "Feature:pdf-export");
+    let good = || check_str("acme User:bob use Feature:pdf-export");
 
     let mut bad = good();
     bad.principal = Some(entity_ref("Usr", "bob"));
@@ -905,7 +775,7 @@ async fn malformed_check_fails_the_batch_naming_it() {
 async fn batch_over_limit_is_resource_exhausted() {
     let server = example_server().await;
     let mut client = connect(&server.url()).await;
-    let good = || check("acme", "User:bob", "use", "Feature:pdf-export");
+    let good = || check_str("acme User:bob use Feature:pdf-export");
 
     let at_limit = client
         .check_batch(pb::CheckBatchRequest {
@@ -974,14 +844,14 @@ async fn health_follows_policy_loading() {
     }
     let status = send(
         &mut client,
-        check("acme", "User:bob", "use", "Feature:pdf-export"),
+        check_str("acme User:bob use Feature:pdf-export"),
     )
     .await
     .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = client
         .check_batch(pb::CheckBatchRequest {
-            checks: vec![check("acme", "User:bob", "use", "Feature:pdf-export")],
+            checks: vec![check_str("acme User:bob use Feature:pdf-export")],
         })
         .await
         .unwrap_err();
@@ -1006,15 +876,10 @@ async fn health_follows_policy_loading() {
     assert_eq!(health(&channel, "").await.unwrap(), ServingStatus::Serving);
     let response = decide(
         &mut client,
-        check("acme", "User:bob", "use", "Feature:pdf-export"),
+        check_str("acme User:bob use Feature:pdf-export"),
     )
     .await;
-    assert_eq!(
-        decision(&response),
-        pb::Decision::Allow,
-        "{}",
-        summary(&response)
-    );
+    assert_decision(&response, Allow);
     assert_eq!(
         snapshot_version(&response),
         1,
@@ -1061,6 +926,47 @@ async fn health_is_not_serving_once_shutdown_begins() {
     server.stop().await.expect("serve_on returns Ok");
 }
 
+/// Sends one v1 reflection request and returns the one answer.
+async fn reflect_v1(
+    channel: &tonic::transport::Channel,
+    request: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> tonic_reflection::pb::v1::server_reflection_response::MessageResponse {
+    use tonic_reflection::pb::v1;
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut stream = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    let response = stream
+        .message()
+        .await
+        .expect("v1 answer")
+        .expect("v1 message");
+    let Some(answer) = response.message_response else {
+        panic!("unexpected v1 reflection answer: {response:?}");
+    };
+    answer
+}
+
+/// Asserts a reflection service list names the entitlement service (and, with
+/// `health_too`, the health service).
+fn assert_lists_services(names: &[String], health_too: bool) {
+    assert!(
+        names.iter().any(|n| n == "tollgate.v1.EntitlementService"),
+        "{names:?}"
+    );
+    if health_too {
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_the_services() {
     use tonic_reflection::pb::{v1, v1alpha};
@@ -1068,60 +974,28 @@ async fn reflection_lists_the_services() {
     let channel = channel(&server.url()).await;
 
     // v1
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut stream = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection v1")
-        .into_inner();
-    let response = stream
-        .message()
-        .await
-        .expect("v1 answer")
-        .expect("v1 message");
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        response.message_response
-    else {
-        panic!("unexpected v1 reflection answer: {response:?}");
+    let answer = reflect_v1(
+        &channel,
+        v1::server_reflection_request::MessageRequest::ListServices(String::new()),
+    )
+    .await;
+    let v1::server_reflection_response::MessageResponse::ListServicesResponse(list) = answer else {
+        panic!("unexpected v1 reflection answer: {answer:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.iter().any(|n| n == "tollgate.v1.EntitlementService"),
-        "{names:?}"
-    );
-    assert!(
-        names.iter().any(|n| n == "grpc.health.v1.Health"),
-        "{names:?}"
-    );
+    assert_lists_services(&names, true);
 
     // The service's file descriptor is served.
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1::server_reflection_request::MessageRequest::FileContainingSymbol(
-                "tollgate.v1.EntitlementService".to_string(),
-            ),
+    let answer = reflect_v1(
+        &channel,
+        v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "tollgate.v1.EntitlementService".to_string(),
         ),
-    };
-    let mut stream = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection v1")
-        .into_inner();
-    let response = stream
-        .message()
-        .await
-        .expect("v1 answer")
-        .expect("v1 message");
-    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
-        response.message_response
+    )
+    .await;
+    let v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files) = answer
     else {
-        panic!("unexpected v1 reflection answer: {response:?}");
+        panic!("unexpected v1 reflection answer: {answer:?}");
     };
     assert!(
         files.file_descriptor_proto.iter().any(|file| file
@@ -1154,8 +1028,5 @@ async fn reflection_lists_the_services() {
         panic!("unexpected v1alpha reflection answer: {response:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.iter().any(|n| n == "tollgate.v1.EntitlementService"),
-        "{names:?}"
-    );
+    assert_lists_services(&names, false);
 }

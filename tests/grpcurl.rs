@@ -201,69 +201,72 @@ fn grpcurl_lists_and_describes_through_reflection() {
     }
 }
 
+/// Calls `method` with `data`; grpcurl must succeed and print JSON.
+fn call_json(server: &Binary, method: &str, data: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(&ok(&call(server, method, data))).expect("grpcurl prints JSON")
+}
+
+/// Asserts each JSON pointer of `response` (e.g. `/reasons/0/code`) holds the
+/// string given for it.
+#[track_caller]
+fn assert_fields(response: &serde_json::Value, fields: &[(&str, &str)]) {
+    for &(pointer, want) in fields {
+        let got = response
+            .pointer(pointer)
+            .unwrap_or(&serde_json::Value::Null);
+        assert_eq!(*got, want, "{pointer}: {response:#}");
+    }
+}
+
+/// Asserts the JSON pointer of `response` holds a non-empty string.
+#[track_caller]
+fn assert_non_empty(response: &serde_json::Value, pointer: &str) {
+    let value = response
+        .pointer(pointer)
+        .unwrap_or(&serde_json::Value::Null);
+    assert!(
+        value.as_str().is_some_and(|v| !v.is_empty()),
+        "{pointer}: {response:#}"
+    );
+}
+
+const CHECK: &str = "tollgate.v1.EntitlementService/Check";
+
 #[test]
 fn grpcurl_checks_allow_and_deny() {
     let server = server();
 
-    let output = call(
+    let response = call_json(
         &server,
-        "tollgate.v1.EntitlementService/Check",
+        CHECK,
         &check_json("acme", "bob", "pdf-export", "BR"),
     );
-    let response: serde_json::Value =
-        serde_json::from_str(&ok(&output)).expect("grpcurl prints JSON");
-    assert_eq!(response["decision"], "DECISION_ALLOW", "{response:#}");
-    assert_eq!(
-        response["reasons"][0]["code"], "member_role",
-        "{response:#}"
+    assert_fields(
+        &response,
+        &[
+            ("/decision", "DECISION_ALLOW"),
+            ("/reasons/0/code", "member_role"),
+            ("/reasons/0/policyId", "members-use"),
+            ("/reasons/0/effect", "EFFECT_PERMIT"),
+            ("/freshness/source", "SNAPSHOT_SOURCE_FILE"),
+            // proto3 JSON writes uint64 as a string.
+            ("/freshness/snapshotVersion", "1"),
+        ],
     );
-    assert_eq!(
-        response["reasons"][0]["policyId"], "members-use",
-        "{response:#}"
-    );
-    assert_eq!(
-        response["reasons"][0]["effect"], "EFFECT_PERMIT",
-        "{response:#}"
-    );
-    assert_eq!(
-        response["freshness"]["source"], "SNAPSHOT_SOURCE_FILE",
-        "{response:#}"
-    );
-    // proto3 JSON writes uint64 as a string.
-    assert_eq!(
-        response["freshness"]["snapshotVersion"], "1",
-        "{response:#}"
-    );
-    assert!(
-        response["freshness"]["policyVersion"]
-            .as_str()
-            .is_some_and(|v| !v.is_empty()),
-        "{response:#}"
-    );
-    assert!(
-        response["decisionId"]
-            .as_str()
-            .is_some_and(|v| !v.is_empty()),
-        "{response:#}"
+    assert_non_empty(&response, "/freshness/policyVersion");
+    assert_non_empty(&response, "/decisionId");
+
+    let response = call_json(&server, CHECK, &check_json("acme", "bob", "payments", "CN"));
+    assert_fields(
+        &response,
+        &[
+            ("/decision", "DECISION_DENY"),
+            ("/reasons/0/code", "geo_restricted"),
+            ("/reasons/0/effect", "EFFECT_FORBID"),
+        ],
     );
 
-    let output = call(
-        &server,
-        "tollgate.v1.EntitlementService/Check",
-        &check_json("acme", "bob", "payments", "CN"),
-    );
-    let response: serde_json::Value = serde_json::from_str(&ok(&output)).expect("JSON");
-    assert_eq!(response["decision"], "DECISION_DENY", "{response:#}");
-    assert_eq!(
-        response["reasons"][0]["code"], "geo_restricted",
-        "{response:#}"
-    );
-    assert_eq!(
-        response["reasons"][0]["effect"], "EFFECT_FORBID",
-        "{response:#}"
-    );
-
-    let output = call(
+    let response = call_json(
         &server,
         "tollgate.v1.EntitlementService/CheckBatch",
         &serde_json::json!({"checks": [
@@ -271,16 +274,17 @@ fn grpcurl_checks_allow_and_deny() {
             check_json("initech", "peter", "audit-log", "BR"),
         ]}),
     );
-    let response: serde_json::Value = serde_json::from_str(&ok(&output)).expect("JSON");
     let responses = response["responses"].as_array().expect("responses");
     assert_eq!(responses.len(), 2, "{response:#}");
-    assert_eq!(responses[0]["decision"], "DECISION_DENY");
-    assert_eq!(responses[0]["reasons"][0]["code"], "tier_too_low");
-    assert_eq!(
-        responses[0]["reasons"][0]["annotations"]["upgrade_to"], "pro",
-        "{response:#}"
+    assert_fields(
+        &response,
+        &[
+            ("/responses/0/decision", "DECISION_DENY"),
+            ("/responses/0/reasons/0/code", "tier_too_low"),
+            ("/responses/0/reasons/0/annotations/upgrade_to", "pro"),
+            ("/responses/1/decision", "DECISION_ALLOW"),
+        ],
     );
-    assert_eq!(responses[1]["decision"], "DECISION_ALLOW");
 }
 
 #[test]
@@ -289,7 +293,7 @@ fn grpcurl_sees_invalid_argument_and_health() {
 
     let mut request = check_json("acme", "bob", "pdf-export", "BR");
     request["principal"]["type"] = serde_json::json!("Usr");
-    let output = call(&server, "tollgate.v1.EntitlementService/Check", &request);
+    let output = call(&server, CHECK, &request);
     assert!(!output.status.success(), "{}", stdout(&output));
     // grpcurl exits with 64 + the gRPC status code (INVALID_ARGUMENT = 3).
     assert_eq!(output.status.code(), Some(67), "{}", stderr(&output));
@@ -301,12 +305,11 @@ fn grpcurl_sees_invalid_argument_and_health() {
     );
 
     for service in ["", "tollgate.v1.EntitlementService"] {
-        let output = call(
+        let response = call_json(
             &server,
             "grpc.health.v1.Health/Check",
             &serde_json::json!({ "service": service }),
         );
-        let response: serde_json::Value = serde_json::from_str(&ok(&output)).expect("JSON");
         assert_eq!(response["status"], "SERVING", "{service:?}: {response:#}");
     }
 }

@@ -31,6 +31,17 @@ fn bob_uses_pdf_export() -> pb::CheckRequest {
     check("acme", "User:bob", "use", "Feature:pdf-export")
 }
 
+/// Asserts hooli still serves its first snapshot: gavin may use dashboards.
+async fn assert_hooli_untouched(
+    client: &mut tollgate::api::pb::entitlement_service_client::EntitlementServiceClient<
+        tonic::transport::Channel,
+    >,
+) {
+    let hooli = decide(client, check_str("hooli User:gavin use Feature:dashboards")).await;
+    assert_eq!(snapshot_version(&hooli), 1, "{}", summary(&hooli));
+    assert_decision(&hooli, pb::Decision::Allow);
+}
+
 /// `roles.cedar` with [`VIEWERS_USE`] appended.
 fn roles_with_viewers_use(original: &str) -> String {
     format!("{original}\n{VIEWERS_USE}")
@@ -220,7 +231,7 @@ async fn broken_edits_change_nothing() {
         "{}",
         summary(&baseline_carol)
     );
-    assert_eq!(decision(&baseline_bob), pb::Decision::Allow);
+    assert_decision(&baseline_bob, pb::Decision::Allow);
     let version = policy_version(&baseline_carol);
 
     let roles = dirs.policies.join("roles.cedar");
@@ -413,12 +424,7 @@ async fn configmap_symlink_swap_is_picked_up() {
     let url = server.url();
     let demoted = wait_for_acme_version(&url, 2).await;
     // As a viewer, bob now gets his `use` only through viewers-use.
-    assert_eq!(
-        decision(&demoted),
-        pb::Decision::Allow,
-        "{}",
-        summary(&demoted)
-    );
+    assert_decision(&demoted, pb::Decision::Allow);
     assert_eq!(
         policy_ids(&demoted),
         ["viewers-use"],
@@ -426,12 +432,7 @@ async fn configmap_symlink_swap_is_picked_up() {
         summary(&demoted)
     );
     // Other tenants are untouched.
-    let hooli = decide(
-        &mut client,
-        check("hooli", "User:gavin", "use", "Feature:dashboards"),
-    )
-    .await;
-    assert_eq!(snapshot_version(&hooli), 1);
+    assert_hooli_untouched(&mut client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,12 +446,7 @@ async fn snapshot_versions_only_go_forward() {
     let url = server.url();
     let mut client = connect(&url).await;
     let before = decide(&mut client, bob_uses_pdf_export()).await;
-    assert_eq!(
-        decision(&before),
-        pb::Decision::Allow,
-        "{}",
-        summary(&before)
-    );
+    assert_decision(&before, pb::Decision::Allow);
     assert_eq!(snapshot_version(&before), 1);
 
     let acme = dirs.entitlements.join("acme.json");
@@ -459,13 +455,7 @@ async fn snapshot_versions_only_go_forward() {
     // Version 2 demotes bob to viewer: picked up.
     replace_file(&acme, &snapshot_with(&original, 2, "bob", "viewer"));
     let demoted = wait_for_acme_version(&url, 2).await;
-    assert_eq!(
-        decision(&demoted),
-        pb::Decision::Deny,
-        "{}",
-        summary(&demoted)
-    );
-    assert_eq!(codes(&demoted), ["no_permit"]);
+    expect_decision(&demoted, pb::Decision::Deny, &["no_permit"]);
     assert_eq!(
         policy_version(&demoted),
         policy_version(&before),
@@ -490,7 +480,7 @@ async fn snapshot_versions_only_go_forward() {
     );
     let still = decide(&mut client, bob_uses_pdf_export()).await;
     assert_eq!(snapshot_version(&still), 2, "{}", summary(&still));
-    assert_eq!(decision(&still), pb::Decision::Deny, "{}", summary(&still));
+    assert_decision(&still, pb::Decision::Deny);
 
     // Same version, different content: refused.
     let from = server.log_len();
@@ -501,7 +491,7 @@ async fn snapshot_versions_only_go_forward() {
     assert!(refused.contains("version 2 was not increased"), "{refused}");
     let still = decide(&mut client, bob_uses_pdf_export()).await;
     assert_eq!(snapshot_version(&still), 2);
-    assert_eq!(decision(&still), pb::Decision::Deny, "{}", summary(&still));
+    assert_decision(&still, pb::Decision::Deny);
 
     // A snapshot that does not fit the schema: refused.
     let from = server.log_len();
@@ -523,21 +513,10 @@ async fn snapshot_versions_only_go_forward() {
     // Version 3 (bob a member again): picked up.
     replace_file(&acme, &snapshot_with(&original, 3, "bob", "member"));
     let restored = wait_for_acme_version(&url, 3).await;
-    assert_eq!(
-        decision(&restored),
-        pb::Decision::Allow,
-        "{}",
-        summary(&restored)
-    );
+    assert_decision(&restored, pb::Decision::Allow);
 
     // Other tenants kept their snapshots all along.
-    let hooli = decide(
-        &mut client,
-        check("hooli", "User:gavin", "use", "Feature:dashboards"),
-    )
-    .await;
-    assert_eq!(snapshot_version(&hooli), 1);
-    assert_eq!(decision(&hooli), pb::Decision::Allow);
+    assert_hooli_untouched(&mut client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

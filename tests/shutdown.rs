@@ -13,8 +13,6 @@ use common::*;
 use tollgate::api::pb;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// A batch that takes the server a while: every check brings request-scoped
 /// features, so each one merges and validates entities.
@@ -230,8 +228,7 @@ async fn sigterm_under_load_drains_and_exits_zero() {
     let log = server.log();
     assert!(log.contains("shutting down"), "{log}");
     assert!(log.contains("SIGTERM"), "{log}");
-    assert!(log.contains("stopped"), "{log}");
-    assert!(!log.contains("grace period over"), "{log}");
+    server.assert_stopped_cleanly();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,16 +239,7 @@ async fn sigterm_reports_not_serving_to_health_watchers() {
 
     let mut watches = Vec::new();
     for service in ["", tollgate::app::SERVICE_NAME] {
-        let mut watch = HealthClient::new(channel.clone())
-            .watch(HealthCheckRequest {
-                service: service.to_string(),
-            })
-            .await
-            .expect("watch")
-            .into_inner();
-        let first = watch.message().await.expect("update").expect("open stream");
-        assert_eq!(first.status, ServingStatus::Serving as i32, "{service:?}");
-        watches.push((service, watch));
+        watches.push((service, watch_serving(&channel, service).await));
     }
 
     server.signal("TERM");
@@ -270,11 +258,7 @@ async fn sigterm_reports_not_serving_to_health_watchers() {
     // Once the watchers hang up, nothing is left in flight: a clean stop.
     drop(watches);
     drop(channel);
-    let status = server.wait_exit(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0), "exit status {status}");
-    let log = server.log();
-    assert!(log.contains("stopped"), "{log}");
-    assert!(!log.contains("grace period over"), "{log}");
+    server.expect_clean_exit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,15 +271,7 @@ async fn sigterm_exits_zero_while_a_health_watcher_stays_connected() {
         &[("TOLLGATE_SHUTDOWN_GRACE_MS", "120000")],
     );
     let channel = channel(&server.url()).await;
-    let mut watch = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let first = watch.message().await.expect("update").expect("open stream");
-    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let mut watch = watch_serving(&channel, "").await;
 
     server.signal("TERM");
     let mut updates = Vec::new();
@@ -317,11 +293,7 @@ async fn sigterm_exits_zero_while_a_health_watcher_stays_connected() {
         updates.iter().all(|s| *s == ServingStatus::NotServing),
         "{updates:?}"
     );
-    let status = server.wait_exit(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0), "exit status {status}");
-    let log = server.log();
-    assert!(log.contains("stopped"), "{log}");
-    assert!(!log.contains("grace period over"), "{log}");
+    server.expect_clean_exit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,10 +302,10 @@ async fn sigint_also_exits_zero() {
     let mut client = connect(&server.url()).await;
     let response = decide(
         &mut client,
-        check("acme", "User:bob", "use", "Feature:pdf-export"),
+        check_str("acme User:bob use Feature:pdf-export"),
     )
     .await;
-    assert_eq!(decision(&response), pb::Decision::Allow);
+    assert_decision(&response, pb::Decision::Allow);
     drop(client);
     server.signal("INT");
     let status = server.wait_exit(Duration::from_secs(30)).await;

@@ -27,7 +27,7 @@ use tollgate::config::Config;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// How often bounded waits poll.
 pub const POLL: Duration = Duration::from_millis(20);
@@ -197,6 +197,23 @@ pub async fn health(channel: &Channel, service: &str) -> Result<ServingStatus, t
     Ok(ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown))
 }
 
+/// Opens a health watch on `service` and asserts its first update is SERVING.
+pub async fn watch_serving(
+    channel: &Channel,
+    service: &str,
+) -> tonic::Streaming<HealthCheckResponse> {
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("update").expect("open stream");
+    assert_eq!(first.status, ServingStatus::Serving as i32, "{service:?}");
+    watch
+}
+
 /// Polls every 20 ms until `probe` returns `Some`, failing after `WAIT` with
 /// `what` and the last value seen.
 pub async fn wait_until<T, F, Fut>(what: &str, mut probe: F) -> T
@@ -290,6 +307,78 @@ pub fn check(tenant: &str, principal: &str, action: &str, resource: &str) -> pb:
         context,
         entities: Vec::new(),
     }
+}
+
+/// A request from `"tenant principal action resource"` (space separated; see
+/// `check`).
+pub fn check_str(spec: &str) -> pb::CheckRequest {
+    let parts: Vec<&str> = spec.split_whitespace().collect();
+    let [tenant, principal, action, resource] = parts[..] else {
+        panic!("check spec needs `tenant principal action resource`: {spec:?}");
+    };
+    check(tenant, principal, action, resource)
+}
+
+/// Asserts the decision, with the response summary in the failure message.
+#[track_caller]
+pub fn assert_decision(response: &pb::CheckResponse, want: pb::Decision) {
+    assert_eq!(decision(response), want, "{}", summary(response));
+}
+
+/// Asserts the decision and the reason codes, in order.
+#[track_caller]
+pub fn expect_decision(response: &pb::CheckResponse, want: pb::Decision, want_codes: &[&str]) {
+    assert_decision(response, want);
+    assert_eq!(codes(response), want_codes, "{}", summary(response));
+}
+
+/// Asserts the decision, the reason codes and the reasons' policy ids, in order.
+#[track_caller]
+pub fn expect_reasons(
+    response: &pb::CheckResponse,
+    want: pb::Decision,
+    want_codes: &[&str],
+    want_policy_ids: &[&str],
+) {
+    expect_decision(response, want, want_codes);
+    assert_eq!(
+        policy_ids(response),
+        want_policy_ids,
+        "{}",
+        summary(response)
+    );
+}
+
+/// One row of a table of checks: the request as for `check_str`, the expected
+/// decision, reason codes and policy ids. An empty list is not checked.
+pub type Case<'a> = (&'a str, pb::Decision, &'a [&'a str], &'a [&'a str]);
+
+/// Sends every check of `cases` and asserts what each row expects; failure
+/// messages name the row's request and the response summary.
+pub async fn expect_cases(client: &mut EntitlementServiceClient<Channel>, cases: &[Case<'_>]) {
+    for &(spec, want, want_codes, want_policy_ids) in cases {
+        let response = decide(client, check_str(spec)).await;
+        let context = format!("{spec}: {}", summary(&response));
+        assert_eq!(decision(&response), want, "{context}");
+        if !want_codes.is_empty() {
+            assert_eq!(codes(&response), want_codes, "{context}");
+        }
+        if !want_policy_ids.is_empty() {
+            assert_eq!(policy_ids(&response), want_policy_ids, "{context}");
+        }
+    }
+}
+
+/// Sends one check that must succeed and asserts its decision and reason codes.
+pub async fn decide_expect(
+    client: &mut EntitlementServiceClient<Channel>,
+    request: pb::CheckRequest,
+    want: pb::Decision,
+    want_codes: &[&str],
+) -> pb::CheckResponse {
+    let response = decide(client, request).await;
+    expect_decision(&response, want, want_codes);
+    response
 }
 
 /// The decision of a response.
@@ -516,6 +605,20 @@ impl Binary {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Asserts the log reports a stop that did not need the grace period.
+    pub fn assert_stopped_cleanly(&self) {
+        let log = self.log();
+        assert!(log.contains("stopped"), "{log}");
+        assert!(!log.contains("grace period over"), "{log}");
+    }
+
+    /// Waits (30 s) for the process to exit; asserts exit code 0 and a clean stop.
+    pub async fn expect_clean_exit(&mut self) {
+        let status = self.wait_exit(Duration::from_secs(30)).await;
+        assert_eq!(status.code(), Some(0), "exit status {status}");
+        self.assert_stopped_cleanly();
     }
 
     /// Sends `signal` (e.g. "TERM", "HUP") to this process with `kill`.
