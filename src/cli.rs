@@ -14,7 +14,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   serve:    0 stopped cleanly (SIGTERM/SIGINT), 1 failed while running, 2 bad configuration
   validate: 0 everything valid, 1 problems found, 2 bad configuration
-  check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable";
+  check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable
+  test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies or no test files";
 
 /// tollgate: an entitlement decision point over Cedar policies, served over gRPC.
 #[derive(Debug, Parser)]
@@ -51,6 +52,26 @@ enum Command {
     },
     /// Decide one request, locally from the files or against a running server (--remote).
     Check(CheckArgs),
+    /// Run the policy test files (*.test.yaml in the policy directory and its tests/ folder).
+    ///
+    /// Prints a line per case, a diff of expected against actual for every failure,
+    /// the policies that determined no case, and `N passed, M failed`.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Test files or directories [default: the policy directory].
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Run only the cases whose `file :: name` contains this text.
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+    /// Output: human (like cargo test) or junit (JUnit XML on stdout).
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "junit"])]
+    format: String,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +160,52 @@ pub fn run() -> ExitCode {
             validate(&config)
         }
         Command::Check(args) => check(&args),
+        Command::Test(args) => test(&args),
+    }
+}
+
+fn test(args: &TestArgs) -> ExitCode {
+    let Some(config) = load_config(&args.files.flags()) else {
+        return ExitCode::from(2);
+    };
+    let policies = match PolicySnapshot::load_dir(&config.policies) {
+        Ok(policies) => Arc::new(policies),
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            eprintln!("the policies do not load: {} problem(s)", problems.len());
+            return ExitCode::from(2);
+        }
+    };
+    let paths = if args.paths.is_empty() {
+        vec![config.policies.clone()]
+    } else {
+        args.paths.clone()
+    };
+    let files = crate::policy_test::find_test_files(&paths);
+    if files.is_empty() {
+        eprintln!("no test files (*.test.yaml) found");
+        return ExitCode::from(2);
+    }
+    let settings = crate::policy_test::Settings {
+        filter: args.filter.clone(),
+        format: if args.format == "junit" {
+            crate::policy_test::Format::Junit
+        } else {
+            crate::policy_test::Format::Human
+        },
+        options: config.options,
+    };
+    let report = crate::policy_test::run(&policies, &files, &settings);
+    match settings.format {
+        crate::policy_test::Format::Human => print!("{}", crate::policy_test::human(&report)),
+        crate::policy_test::Format::Junit => print!("{}", crate::policy_test::junit(&report)),
+    }
+    if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

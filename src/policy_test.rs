@@ -1,0 +1,547 @@
+//! `tollgate test`: runs the policy test files that live next to the policies
+//! (`*.test.yaml`) and reports like `cargo test`, with a diff for every failing
+//! case, JUnit XML for CI systems and the policies no case determined.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::api::{convert, pb, DecisionPoint, Limits};
+use crate::engine::Options;
+use crate::store::{Catalog, PolicySnapshot, SnapshotSource, Store, TenantMap, TenantSnapshot};
+
+/// A test file: fixtures and the cases decided against them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    /// Default `now` (a datetime string) passed as `context.now`.
+    #[serde(default)]
+    now: Option<String>,
+    #[serde(default)]
+    fixtures: BTreeMap<String, Fixture>,
+    cases: Vec<Case>,
+}
+
+/// Where a case's tenant snapshot comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fixture {
+    /// A snapshot file, relative to the test file.
+    #[serde(default)]
+    snapshot: Option<PathBuf>,
+    /// With inline entities: the tenant id.
+    #[serde(default)]
+    tenant: Option<String>,
+    /// Inline Cedar entity JSON.
+    #[serde(default)]
+    entities: Option<serde_json::Value>,
+    #[serde(default)]
+    now: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    #[serde(default)]
+    fixture: Option<String>,
+    principal: String,
+    action: String,
+    resource: String,
+    #[serde(default)]
+    context: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    now: Option<String>,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    decision: ExpectedDecision,
+    #[serde(default)]
+    reasons: Option<Vec<String>>,
+    #[serde(default)]
+    policies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+enum ExpectedDecision {
+    #[serde(rename = "ALLOW")]
+    Allow,
+    #[serde(rename = "DENY")]
+    Deny,
+}
+
+impl ExpectedDecision {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "ALLOW",
+            Self::Deny => "DENY",
+        }
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Lines like `cargo test`.
+    Human,
+    /// JUnit XML on stdout.
+    Junit,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Run only cases whose `file :: name` contains this.
+    pub filter: Option<String>,
+    /// Output format.
+    pub format: Format,
+    /// Decision settings.
+    pub options: Options,
+}
+
+/// One case's outcome.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// The test file, as given.
+    pub file: String,
+    /// The case name.
+    pub name: String,
+    /// `None` when the case passed, else what differed.
+    pub failure: Option<String>,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Every case run, in order.
+    pub cases: Vec<CaseResult>,
+    /// Problems that stopped whole files (unreadable, unknown keys, duplicate
+    /// case names), as `(file, message)`.
+    pub file_errors: Vec<(String, String)>,
+    /// Policies that determined no case's decision.
+    pub undetermined_policies: Vec<String>,
+}
+
+impl Report {
+    /// Cases that passed.
+    pub fn passed(&self) -> usize {
+        self.cases.iter().filter(|c| c.failure.is_none()).count()
+    }
+
+    /// Cases that failed, plus files that could not run.
+    pub fn failed(&self) -> usize {
+        self.cases.len() - self.passed() + self.file_errors.len()
+    }
+}
+
+/// Finds the test files: the given files, and `*.test.yaml` / `*.test.yml`
+/// in the given directories and their `tests/` subdirectory.
+pub fn find_test_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_file() {
+            files.push(path.clone());
+            continue;
+        }
+        for dir in [path.clone(), path.join("tests")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let file = entry.path();
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if !name.starts_with('.')
+                    && (name.ends_with(".test.yaml") || name.ends_with(".test.yml"))
+                    && file.is_file()
+                {
+                    files.push(file);
+                }
+            }
+        }
+    }
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Runs every case of every test file against `policies`.
+pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Settings) -> Report {
+    let mut report = Report::default();
+    let mut determined: BTreeSet<String> = BTreeSet::new();
+    for path in files {
+        let file = path.display().to_string();
+        let test_file = match load(path) {
+            Ok(test_file) => test_file,
+            Err(error) => {
+                report.file_errors.push((file, error));
+                continue;
+            }
+        };
+        let mut names = BTreeSet::new();
+        let duplicate = test_file
+            .cases
+            .iter()
+            .find(|case| !names.insert(case.name.as_str()));
+        if let Some(case) = duplicate {
+            let message = format!("{file}: duplicate case name `{}`", case.name);
+            report.file_errors.push((file, message));
+            continue;
+        }
+        let mut points: BTreeMap<&str, Result<(DecisionPoint, String), String>> = BTreeMap::new();
+        for case in &test_file.cases {
+            let label = format!("{file} :: {}", case.name);
+            if settings
+                .filter
+                .as_ref()
+                .is_some_and(|filter| !label.contains(filter.as_str()))
+            {
+                continue;
+            }
+            let fixture_name = match (&case.fixture, test_file.fixtures.len()) {
+                (Some(name), _) => name.as_str(),
+                (None, 1) => test_file.fixtures.keys().next().map_or("", String::as_str),
+                (None, _) => "",
+            };
+            let failure = match test_file.fixtures.get(fixture_name) {
+                None => Some(format!(
+                    "no fixture `{fixture_name}`; the file defines: {}",
+                    test_file
+                        .fixtures
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Some(fixture) => {
+                    let point = points.entry(fixture_name).or_insert_with(|| {
+                        fixture_point(policies, path, fixture, settings.options)
+                    });
+                    match point {
+                        Err(error) => Some(format!("fixture `{fixture_name}`: {error}")),
+                        Ok((point, tenant)) => {
+                            let now = case
+                                .now
+                                .as_ref()
+                                .or(fixture.now.as_ref())
+                                .or(test_file.now.as_ref());
+                            run_case(point, tenant, case, now, &mut determined)
+                        }
+                    }
+                }
+            };
+            report.cases.push(CaseResult {
+                file: file.clone(),
+                name: case.name.clone(),
+                failure,
+            });
+        }
+    }
+    if settings.filter.is_some() {
+        // Coverage of a subset says nothing about the catalog.
+        return report;
+    }
+    let mut all: Vec<&str> = policies.policies().map(|p| p.id.as_str()).collect();
+    all.sort_unstable();
+    report.undetermined_policies = all
+        .into_iter()
+        .filter(|id| !determined.contains(*id))
+        .map(str::to_string)
+        .collect();
+    report
+}
+
+fn load(path: &Path) -> Result<TestFile, String> {
+    let file = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("{file}: cannot read: {error}"))?;
+    serde_norway::from_str(&text).map_err(|error| match error.location() {
+        Some(location) => format!("{file}:{}:{}: {error}", location.line(), location.column()),
+        None => format!("{file}: {error}"),
+    })
+}
+
+fn fixture_point(
+    policies: &Arc<PolicySnapshot>,
+    test_file: &Path,
+    fixture: &Fixture,
+    options: Options,
+) -> Result<(DecisionPoint, String), String> {
+    let bytes = match (&fixture.snapshot, &fixture.entities, &fixture.tenant) {
+        (Some(snapshot), None, None) => {
+            let path = test_file.parent().unwrap_or(Path::new(".")).join(snapshot);
+            std::fs::read(&path)
+                .map_err(|error| format!("cannot read {}: {error}", path.display()))?
+        }
+        (None, Some(entities), Some(tenant)) => serde_json::to_vec(&serde_json::json!({
+            "tenant": tenant, "version": 1, "entities": entities,
+        }))
+        .map_err(|error| error.to_string())?,
+        _ => return Err("give either `snapshot` or both `tenant` and `entities`".to_string()),
+    };
+    let snapshot = TenantSnapshot::parse(&bytes, None, policies, SnapshotSource::File)
+        .map_err(|error| error.to_string())?;
+    let tenant = snapshot.tenant.clone();
+    let tenants: TenantMap = [(tenant.clone(), Arc::new(snapshot))].into_iter().collect();
+    let store = Store::from_catalog(Catalog {
+        policies: Arc::clone(policies),
+        tenants: Arc::new(tenants),
+    });
+    Ok((
+        DecisionPoint::new(Arc::new(store), options, Limits::default()),
+        tenant,
+    ))
+}
+
+fn run_case(
+    point: &DecisionPoint,
+    tenant: &str,
+    case: &Case,
+    now: Option<&String>,
+    determined: &mut BTreeSet<String>,
+) -> Option<String> {
+    let request = match request(tenant, case, now) {
+        Ok(request) => request,
+        Err(problem) => return Some(format!("bad case: {problem}")),
+    };
+    let response = match point.check(request) {
+        Ok(response) => response,
+        Err(error) => return Some(format!("request refused: {error}")),
+    };
+    let decision = match pb::Decision::try_from(response.decision) {
+        Ok(pb::Decision::Allow) => ExpectedDecision::Allow,
+        Ok(pb::Decision::Deny | pb::Decision::Unspecified) | Err(_) => ExpectedDecision::Deny,
+    };
+    let reasons: BTreeSet<String> = response.reasons.iter().map(|r| r.code.clone()).collect();
+    let policies: BTreeSet<String> = response
+        .reasons
+        .iter()
+        .filter(|r| !r.policy_id.is_empty())
+        .map(|r| r.policy_id.clone())
+        .collect();
+    determined.extend(policies.iter().cloned());
+
+    let mut diff = String::new();
+    if decision != case.expect.decision {
+        let _ = writeln!(
+            diff,
+            "  decision: expected {}, got {}",
+            case.expect.decision.name(),
+            decision.name()
+        );
+    }
+    let listed = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+    if let Some(expected) = &case.expect.reasons {
+        let expected: BTreeSet<String> = expected.iter().cloned().collect();
+        if expected != reasons {
+            let _ = writeln!(
+                diff,
+                "  reasons:  expected [{}], got [{}]",
+                listed(&expected),
+                listed(&reasons)
+            );
+        }
+    }
+    if let Some(expected) = &case.expect.policies {
+        let expected: BTreeSet<String> = expected.iter().cloned().collect();
+        if expected != policies {
+            let _ = writeln!(
+                diff,
+                "  policies: expected [{}], got [{}]",
+                listed(&expected),
+                listed(&policies)
+            );
+        }
+    }
+    if diff.is_empty() {
+        return None;
+    }
+    for reason in &response.reasons {
+        let policy = if reason.policy_id.is_empty() {
+            "built-in".to_string()
+        } else {
+            reason.policy_id.clone()
+        };
+        let _ = writeln!(
+            diff,
+            "  why: {} ({policy}): {}",
+            reason.code, reason.message
+        );
+    }
+    for error in &response.errors {
+        let _ = writeln!(diff, "  error: {}: {}", error.policy_id, error.message);
+    }
+    Some(diff)
+}
+
+fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckRequest, String> {
+    let mut context = case
+        .context
+        .iter()
+        .map(|(key, value)| {
+            convert::json_to_value(value)
+                .map(|value| (key.clone(), value))
+                .map_err(|problem| format!("context.{key}: {problem}"))
+        })
+        .collect::<Result<std::collections::HashMap<_, _>, _>>()?;
+    if let Some(now) = now {
+        context.entry("now".to_string()).or_insert(pb::Value {
+            kind: Some(pb::value::Kind::Extension(pb::Extension {
+                r#fn: "datetime".to_string(),
+                arg: now.clone(),
+                args: Vec::new(),
+            })),
+        });
+    }
+    Ok(pb::CheckRequest {
+        tenant: tenant.to_string(),
+        principal: Some(
+            crate::cli::parse_ref(&case.principal, None).map_err(|p| format!("principal: {p}"))?,
+        ),
+        action: Some(
+            crate::cli::parse_ref(&case.action, Some("Action"))
+                .map_err(|p| format!("action: {p}"))?,
+        ),
+        resource: Some(
+            crate::cli::parse_ref(&case.resource, None).map_err(|p| format!("resource: {p}"))?,
+        ),
+        context,
+        entities: Vec::new(),
+    })
+}
+
+/// The report like `cargo test`.
+pub fn human(report: &Report) -> String {
+    let mut out = String::new();
+    let files: BTreeSet<&str> = report.cases.iter().map(|c| c.file.as_str()).collect();
+    let _ = writeln!(
+        out,
+        "\nrunning {} cases from {} files",
+        report.cases.len(),
+        files.len()
+    );
+    for case in &report.cases {
+        let status = if case.failure.is_some() {
+            "FAILED"
+        } else {
+            "ok"
+        };
+        let _ = writeln!(out, "test {} :: {} ... {status}", case.file, case.name);
+    }
+    let failures: Vec<&CaseResult> = report
+        .cases
+        .iter()
+        .filter(|c| c.failure.is_some())
+        .collect();
+    if !failures.is_empty() || !report.file_errors.is_empty() {
+        let _ = writeln!(out, "\nfailures:\n");
+        for (_, error) in &report.file_errors {
+            let _ = writeln!(out, "---- {error}\n");
+        }
+        for case in &failures {
+            let _ = writeln!(
+                out,
+                "---- {} :: {} ----\n{}",
+                case.file,
+                case.name,
+                case.failure.as_deref().unwrap_or_default()
+            );
+        }
+        let _ = writeln!(out, "failures:");
+        for case in &failures {
+            let _ = writeln!(out, "    {} :: {}", case.file, case.name);
+        }
+    }
+    if !report.undetermined_policies.is_empty() {
+        let _ = writeln!(
+            out,
+            "\npolicies that determined no case ({}): {}",
+            report.undetermined_policies.len(),
+            report.undetermined_policies.join(", ")
+        );
+    }
+    let result = if report.failed() == 0 { "ok" } else { "FAILED" };
+    let _ = writeln!(out, "\ntest result: {result}.");
+    let _ = writeln!(
+        out,
+        "{} passed, {} failed",
+        report.passed(),
+        report.failed()
+    );
+    out
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The report as JUnit XML.
+pub fn junit(report: &Report) -> String {
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<testsuites name=\"tollgate\" tests=\"{}\" failures=\"{}\">",
+        report.cases.len() + report.file_errors.len(),
+        report.failed()
+    );
+    let mut by_file: BTreeMap<&str, Vec<&CaseResult>> = BTreeMap::new();
+    for case in &report.cases {
+        by_file.entry(case.file.as_str()).or_default().push(case);
+    }
+    for (file, cases) in by_file {
+        let failures = cases.iter().filter(|c| c.failure.is_some()).count();
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\">",
+            xml_escape(file),
+            cases.len()
+        );
+        for case in cases {
+            let _ = write!(
+                out,
+                "    <testcase classname=\"{}\" name=\"{}\"",
+                xml_escape(file),
+                xml_escape(&case.name)
+            );
+            match &case.failure {
+                None => out.push_str("/>\n"),
+                Some(failure) => {
+                    let first = failure.lines().next().unwrap_or_default().trim();
+                    let _ = writeln!(
+                        out,
+                        ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                        xml_escape(first),
+                        xml_escape(failure)
+                    );
+                }
+            }
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    for (file, error) in &report.file_errors {
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"{0}\" tests=\"1\" failures=\"1\">\n    <testcase classname=\"{0}\" name=\"load\">\n      <failure message=\"{1}\">{1}</failure>\n    </testcase>\n  </testsuite>",
+            xml_escape(file),
+            xml_escape(error)
+        );
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
