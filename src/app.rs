@@ -86,6 +86,10 @@ pub async fn serve_on(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Installed first: SIGHUP's default action would end the process, also
+    // while the first load is still running.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(ServeError::Signal)?;
     let store = Arc::new(Store::new(
         config.policies.clone(),
         config.entitlements.clone(),
@@ -110,7 +114,7 @@ pub async fn serve_on(
         );
     }
 
-    let _watchers = start_reloaders(&config, &store, &health, &stop_rx)?;
+    let _watchers = start_reloaders(&config, &store, &health, &stop_rx, hangup)?;
 
     let decision_point = Arc::new(DecisionPoint::new(
         Arc::clone(&store),
@@ -181,6 +185,7 @@ fn start_reloaders(
     store: &Arc<Store>,
     health: &HealthReporter,
     stop_rx: &watch::Receiver<bool>,
+    mut hangup: tokio::signal::unix::Signal,
 ) -> Result<Vec<dir_watch::DirWatcher>, ServeError> {
     let mut guards = Vec::new();
     let watched: &[(&std::path::PathBuf, bool)] = if config.watch {
@@ -210,6 +215,7 @@ fn start_reloaders(
                 reload(
                     &store,
                     &health,
+                    &stop_rx,
                     if policies {
                         Reload::Policies
                     } else {
@@ -221,8 +227,6 @@ fn start_reloaders(
         });
     }
 
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(ServeError::Signal)?;
     let store = Arc::clone(store);
     let health = health.clone();
     let mut stop_rx = stop_rx.clone();
@@ -232,7 +236,7 @@ fn start_reloaders(
                 received = hangup.recv() => {
                     if received.is_none() { break; }
                     info!(signal = "SIGHUP", "reloading policies and entitlements");
-                    reload(&store, &health, Reload::All).await;
+                    reload(&store, &health, &stop_rx, Reload::All).await;
                 }
                 _ = stop_rx.changed() => break,
             }
@@ -248,7 +252,12 @@ enum Reload {
     All,
 }
 
-async fn reload(store: &Arc<Store>, health: &HealthReporter, what: Reload) {
+async fn reload(
+    store: &Arc<Store>,
+    health: &HealthReporter,
+    stopping: &watch::Receiver<bool>,
+    what: Reload,
+) {
     let had_policies = store.catalog().is_some();
     let worker = Arc::clone(store);
     let outcome = tokio::task::spawn_blocking(move || match what {
@@ -270,7 +279,8 @@ async fn reload(store: &Arc<Store>, health: &HealthReporter, what: Reload) {
         }
         Err(error) => warn!(error = %error, "reload task failed"),
     }
-    if !had_policies && store.catalog().is_some() {
+    // The first valid set makes the service ready, unless it is already draining.
+    if !had_policies && store.catalog().is_some() && !*stopping.borrow() {
         set_health(health, ServingStatus::Serving).await;
     }
 }

@@ -113,6 +113,9 @@ struct CheckArgs {
     /// Print the response as JSON.
     #[arg(long)]
     json: bool,
+    /// Also show how every policy whose scope matches the request evaluated.
+    #[arg(long)]
+    explain: bool,
 }
 
 impl FileArgs {
@@ -256,32 +259,44 @@ fn serve(config: Config) -> ExitCode {
 }
 
 fn validate(config: &Config) -> ExitCode {
-    let policies = match PolicySnapshot::load_dir(&config.policies) {
-        Ok(policies) => policies,
-        Err(problems) => {
-            for problem in &problems {
-                println!("{problem}");
-            }
-            println!("{} problem(s) found", problems.len());
-            return ExitCode::from(1);
-        }
+    let (policies, mut problems) = match PolicySnapshot::load_dir(&config.policies) {
+        Ok(policies) => (Some(policies), Vec::new()),
+        Err(problems) => (None, problems),
     };
-    let (tenants, problems) =
-        entitlements::load_tenant_dir(&config.entitlements, &policies, &TenantMap::new());
+    // Snapshots are checked against the schema even when the policies fail,
+    // so that one run lists every problem.
+    let schema_only = policies.is_none().then(|| schema_only(config)).flatten();
+    let mut tenants = 0;
+    if let Some(against) = policies.as_ref().or(schema_only.as_ref()) {
+        let (loaded, snapshot_problems) =
+            entitlements::load_tenant_dir(&config.entitlements, against, &TenantMap::new());
+        tenants = loaded.len();
+        problems.extend(snapshot_problems);
+    }
     for problem in &problems {
         println!("{problem}");
     }
-    if !problems.is_empty() {
-        println!("{} problem(s) found", problems.len());
-        return ExitCode::from(1);
+    match (&policies, problems.is_empty()) {
+        (Some(policies), true) => {
+            println!(
+                "ok: {} policies (policy_version {}), {tenants} tenant snapshots",
+                policies.policy_count(),
+                policies.version,
+            );
+            ExitCode::SUCCESS
+        }
+        _ => {
+            println!("{} problem(s) found", problems.len());
+            ExitCode::from(1)
+        }
     }
-    println!(
-        "ok: {} policies (policy_version {}), {} tenant snapshots",
-        policies.policy_count(),
-        policies.version,
-        tenants.len()
-    );
-    ExitCode::SUCCESS
+}
+
+/// The policy directory's schema with no policies, when the schema itself loads.
+fn schema_only(config: &Config) -> Option<PolicySnapshot> {
+    let path = config.policies.join(crate::store::policies::SCHEMA_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    PolicySnapshot::from_sources(&path.display().to_string(), &text, &[]).ok()
 }
 
 fn check(args: &CheckArgs) -> ExitCode {
@@ -339,6 +354,7 @@ fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
         resource: Some(parse_ref(&args.resource, None).map_err(|p| format!("--resource: {p}"))?),
         context,
         entities: Vec::new(),
+        explain: args.explain,
     })
 }
 
@@ -385,7 +401,23 @@ fn check_local(
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err((2, format!("policies do not load:\n{}", lines.join("\n"))));
     }
-    store.reload_entitlements();
+    let problems = store.reload_log().last_entitlement_problems;
+    let tenant_file = format!("{}.json", request.tenant);
+    let (own, other): (Vec<_>, Vec<_>) = problems.iter().partition(|problem| {
+        std::path::Path::new(&problem.file)
+            .file_name()
+            .is_some_and(|name| name == tenant_file.as_str())
+    });
+    for problem in other {
+        eprintln!("warning: {problem}");
+    }
+    if !own.is_empty() {
+        let lines: Vec<String> = own.iter().map(ToString::to_string).collect();
+        return Err((
+            2,
+            format!("the tenant's snapshot does not load:\n{}", lines.join("\n")),
+        ));
+    }
     let decision_point = DecisionPoint::new(store, config.options, config.limits);
     decision_point
         .check(request)
@@ -465,6 +497,28 @@ pub fn response_text(response: &pb::CheckResponse) -> String {
     for error in &response.errors {
         let _ = writeln!(out, "  error: {}: {}", error.policy_id, error.message);
     }
+    if !response.explanation.is_empty() {
+        let _ = writeln!(out, "  policies whose scope matched:");
+    }
+    for evaluation in &response.explanation {
+        let outcome = match (evaluation.satisfied, evaluation.error.is_empty()) {
+            (_, false) => format!("error: {}", evaluation.error),
+            (true, true) if evaluation.effect == pb::Effect::Forbid as i32 => {
+                format!(
+                    "satisfied: blocks ({}: {})",
+                    evaluation.code, evaluation.message
+                )
+            }
+            (true, true) => format!("satisfied: grants ({})", evaluation.code),
+            (false, true) => "not satisfied".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "    {} {}: {outcome}",
+            effect_name(evaluation.effect),
+            evaluation.policy_id
+        );
+    }
     if let Some(freshness) = &response.freshness {
         let _ = writeln!(
             out,
@@ -501,6 +555,14 @@ pub fn response_json(response: &pb::CheckResponse) -> serde_json::Value {
             "source": source_name(f.source),
         })),
         "decision_id": response.decision_id,
+        "explanation": response.explanation.iter().map(|evaluation| serde_json::json!({
+            "policy_id": evaluation.policy_id,
+            "effect": effect_name(evaluation.effect),
+            "satisfied": evaluation.satisfied,
+            "error": evaluation.error,
+            "code": evaluation.code,
+            "message": evaluation.message,
+        })).collect::<Vec<_>>(),
     })
 }
 

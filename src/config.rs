@@ -137,10 +137,25 @@ pub struct FlagValues {
 /// Loads the configuration from `flags`, the process environment and the
 /// configuration file.
 pub fn load(flags: &FlagValues) -> Result<Config, ConfigErrors> {
-    let env: Vec<(String, String)> = std::env::vars()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
-        .collect();
-    load_from(flags, &env)
+    let mut env = Vec::new();
+    let mut unreadable = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with(ENV_PREFIX)) else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(value) => env.push((name.to_string(), value)),
+            Err(_) => unreadable.push(format!("environment variable {name} is not valid UTF-8")),
+        }
+    }
+    match load_from(flags, &env) {
+        Ok(config) if unreadable.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(unreadable)),
+        Err(ConfigErrors(mut problems)) => {
+            problems.extend(unreadable);
+            Err(ConfigErrors(problems))
+        }
+    }
 }
 
 /// Loads the configuration from explicit sources (testable without touching

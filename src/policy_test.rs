@@ -412,6 +412,7 @@ fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckR
         ),
         context,
         entities: Vec::new(),
+        explain: false,
     })
 }
 

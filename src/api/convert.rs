@@ -44,6 +44,7 @@ pub fn prepare_check(
         .map(|(index, entity)| entity_to_cedar(policies, &format!("entities[{index}]"), entity))
         .collect::<Result<Vec<_>, _>>()?;
     engine::prepare(policies, principal, action, resource, context, entities)
+        .map(|prepared| prepared.with_explain(request.explain))
 }
 
 fn entity_ref(
@@ -236,6 +237,18 @@ pub fn response(
             } as i32,
         }),
         decision_id,
+        explanation: decision
+            .explanation
+            .into_iter()
+            .map(|evaluation| pb::PolicyEvaluation {
+                policy_id: evaluation.policy.id.clone(),
+                effect: effect(evaluation.policy.effect) as i32,
+                satisfied: evaluation.satisfied,
+                error: evaluation.error.unwrap_or_default(),
+                code: evaluation.policy.code.clone(),
+                message: evaluation.policy.reason.clone(),
+            })
+            .collect(),
     }
 }
 

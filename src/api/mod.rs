@@ -44,6 +44,16 @@ pub enum ApiError {
         /// Configured limit.
         limit: usize,
     },
+    /// A request brings more request-scoped entities than allowed.
+    #[error("{field}: {size} request-scoped entities exceed the limit of {limit}")]
+    TooManyEntities {
+        /// `entities` or `checks[i].entities`.
+        field: String,
+        /// Entities in the request.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// No valid policy set has been loaded yet.
     #[error("no valid policy set is loaded")]
     PoliciesNotLoaded,
@@ -53,7 +63,9 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match &error {
             ApiError::InvalidArgument(_) => Status::invalid_argument(error.to_string()),
-            ApiError::BatchTooLarge { .. } => Status::resource_exhausted(error.to_string()),
+            ApiError::BatchTooLarge { .. } | ApiError::TooManyEntities { .. } => {
+                Status::resource_exhausted(error.to_string())
+            }
             ApiError::PoliciesNotLoaded => Status::unavailable(error.to_string()),
         }
     }
@@ -70,6 +82,22 @@ impl Default for Limits {
     fn default() -> Self {
         Self { max_batch: 100 }
     }
+}
+
+/// Most request-scoped entities one check may bring. Merging them costs a copy
+/// of the tenant's entities and a transitive closure, so it is bounded.
+pub const MAX_REQUEST_ENTITIES: usize = 64;
+
+fn check_entity_count(field: &str, request: &pb::CheckRequest) -> Result<(), ApiError> {
+    let size = request.entities.len();
+    if size > MAX_REQUEST_ENTITIES {
+        return Err(ApiError::TooManyEntities {
+            field: field.to_string(),
+            size,
+            limit: MAX_REQUEST_ENTITIES,
+        });
+    }
+    Ok(())
 }
 
 /// Unique decision ids: a random per-process prefix and a counter.
@@ -134,6 +162,7 @@ impl DecisionPoint {
 
     /// Decides one request.
     pub fn check(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
+        check_entity_count("entities", &request)?;
         let catalog = self.catalog()?;
         let tenant = catalog.tenants.get(&request.tenant).cloned();
         let prepared = convert::prepare_check(&catalog.policies, request)
@@ -154,6 +183,9 @@ impl DecisionPoint {
                 size,
                 limit: self.limits.max_batch,
             });
+        }
+        for (index, check) in request.checks.iter().enumerate() {
+            check_entity_count(&format!("checks[{index}].entities"), check)?;
         }
         let catalog = self.catalog()?;
         let in_check = |index: usize| {

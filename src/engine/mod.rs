@@ -110,6 +110,17 @@ pub struct EvaluationError {
     pub message: String,
 }
 
+/// How one policy whose scope matched the request evaluated (explain mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEvaluation {
+    /// The policy.
+    pub policy: Arc<PolicyMeta>,
+    /// Its condition held: a permit that grants, a forbid that blocks.
+    pub satisfied: bool,
+    /// Cedar's message when the policy failed to evaluate.
+    pub error: Option<String>,
+}
+
 /// The answer: allow or deny, why, and what failed along the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -119,6 +130,8 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
     /// Policies that failed to evaluate.
     pub errors: Vec<EvaluationError>,
+    /// With explain: every policy whose scope matched, in id order.
+    pub explanation: Vec<PolicyEvaluation>,
 }
 
 impl Decision {
@@ -128,6 +141,7 @@ impl Decision {
             allow: false,
             reasons: vec![Reason::Builtin(reason)],
             errors: Vec::new(),
+            explanation: Vec::new(),
         }
     }
 }
@@ -159,6 +173,15 @@ pub struct PreparedRequest {
     principal: EntityUid,
     action: EntityUid,
     entities: Vec<Entity>,
+    explain: bool,
+}
+
+impl PreparedRequest {
+    /// Asks for an explanation of every policy whose scope matches.
+    pub fn with_explain(mut self, explain: bool) -> Self {
+        self.explain = explain;
+        self
+    }
 }
 
 /// Looks up `type_name` among the schema's entity types and builds the uid.
@@ -242,6 +265,7 @@ pub fn prepare(
         principal,
         action,
         entities,
+        explain: false,
     })
 }
 
@@ -304,10 +328,32 @@ pub fn decide(
     request: &PreparedRequest,
     options: Options,
 ) -> Result<Decision, RequestError> {
+    // A principal must be in the snapshot itself: request-scoped entities may
+    // add context for a decision, never make up who is asking.
+    if options.strict_principals && tenant.entities.get(&request.principal).is_none() {
+        return Ok(Decision::deny(BuiltinReason::UnknownPrincipal));
+    }
     let merged;
     let entities: &Entities = if request.entities.is_empty() {
         &tenant.entities
     } else {
+        // Request-scoped entities must not slot into the snapshot's hierarchy
+        // as a parent it names but does not define: that would change what
+        // the snapshot's own entities are members of.
+        if let Some((index, entity)) = request
+            .entities
+            .iter()
+            .enumerate()
+            .find(|(_, entity)| tenant.undefined_ancestors.contains(&entity.uid()))
+        {
+            return Err(RequestError::new(
+                format!("entities[{index}].uid"),
+                format!(
+                    "`{}` is a parent named by the tenant snapshot; request-scoped entities cannot define it",
+                    entity.uid()
+                ),
+            ));
+        }
         // Only requests that bring their own entities pay for this copy; the
         // tenant snapshot's entities are reference counted inside.
         merged = tenant
@@ -317,16 +363,60 @@ pub fn decide(
             .map_err(|error| RequestError::new("entities", describe(&error)))?;
         &merged
     };
-    if options.strict_principals && entities.get(&request.principal).is_none() {
-        return Ok(Decision::deny(BuiltinReason::UnknownPrincipal));
+    let policy_set = policies.policy_set_for(&request.action);
+    let mut decision = evaluate(policies, policy_set, entities, &request.request, options);
+    if request.explain {
+        decision.explanation = explain(policies, policy_set, entities, &request.request);
     }
-    Ok(evaluate(
-        policies,
-        policies.policy_set_for(&request.action),
-        entities,
-        &request.request,
-        options,
-    ))
+    Ok(decision)
+}
+
+/// Evaluates every policy of `policy_set` on its own: first its scope alone
+/// (the policy with its conditions removed), then, where the scope matches,
+/// the whole policy. Only for explain requests: it runs Cedar twice per policy.
+pub fn explain(
+    policies: &PolicySnapshot,
+    policy_set: &cedar_policy::PolicySet,
+    entities: &Entities,
+    request: &Request,
+) -> Vec<PolicyEvaluation> {
+    let authorizer = Authorizer::new();
+    let mut evaluations = Vec::new();
+    for policy in policy_set.policies() {
+        let Some(meta) = policies.policy(policy.id()) else {
+            continue;
+        };
+        let holds = |policy: cedar_policy::Policy| {
+            let mut single = cedar_policy::PolicySet::new();
+            single.add(policy).ok()?;
+            let response = authorizer.is_authorized(request, &single, entities);
+            let error = response.diagnostics().errors().next().map(
+                |cedar_policy::AuthorizationError::PolicyEvaluationError(e)| e.inner().to_string(),
+            );
+            let held = response.diagnostics().reason().next().is_some();
+            Some((held, error))
+        };
+        let scope_only = policy.to_json().ok().and_then(|mut json| {
+            json.as_object_mut()?.insert(
+                "conditions".to_string(),
+                serde_json::Value::Array(Vec::new()),
+            );
+            cedar_policy::Policy::from_json(Some(policy.id().clone()), json).ok()
+        });
+        let scope_matches = scope_only.and_then(holds).is_some_and(|(held, _)| held);
+        if !scope_matches {
+            continue;
+        }
+        if let Some((satisfied, error)) = holds(policy.clone()) {
+            evaluations.push(PolicyEvaluation {
+                policy: Arc::clone(meta),
+                satisfied,
+                error,
+            });
+        }
+    }
+    evaluations.sort_by(|a, b| a.policy.id.cmp(&b.policy.id));
+    evaluations
 }
 
 /// Cedar's answer over `policy_set` (the whole set, or the slice of it for the
@@ -380,6 +470,7 @@ pub fn evaluate(
             allow: false,
             reasons,
             errors,
+            explanation: Vec::new(),
         };
     }
     let reasons = if determining.is_empty() && !cedar_allows {
@@ -391,5 +482,6 @@ pub fn evaluate(
         allow: cedar_allows,
         reasons,
         errors,
+        explanation: Vec::new(),
     }
 }

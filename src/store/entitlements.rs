@@ -1,17 +1,21 @@
 //! Tenant entitlement snapshots: parsing and validating `{tenant, version,
 //! entities}` documents, and the file source (a directory of `<tenant>.json`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cedar_policy::Entities;
+use cedar_policy::{Entities, EntityUid};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::diagnostics::{describe, FileProblem};
 use super::policies::{display_path, list_files, PolicySnapshot};
+
+/// Most levels of parents an entity may have in a snapshot. Cedar computes the
+/// transitive closure recursively; far deeper chains would exhaust the stack.
+pub const MAX_HIERARCHY_DEPTH: usize = 64;
 
 /// Longest tenant id accepted.
 pub const MAX_TENANT_LEN: usize = 128;
@@ -34,6 +38,9 @@ pub struct TenantSnapshot {
     pub entities: Entities,
     /// `PolicySnapshot::schema_version` these entities were validated against.
     pub schema_version: String,
+    /// Parents that the snapshot's entities name but the snapshot does not
+    /// define; request-scoped entities may not define them.
+    pub undefined_ancestors: HashSet<EntityUid>,
     /// SHA-256 of the document, to skip re-parsing unchanged files.
     pub content_hash: [u8; 32],
     /// When the source last confirmed this snapshot current.
@@ -81,6 +88,9 @@ pub enum SnapshotError {
     /// The entities do not conform to the schema.
     #[error("entities do not match the schema: {0}")]
     Entities(String),
+    /// A chain of parents is deeper than [`MAX_HIERARCHY_DEPTH`].
+    #[error("entity `{0}` has parents more than {MAX_HIERARCHY_DEPTH} levels deep")]
+    TooDeep(String),
 }
 
 /// Checks a tenant id: 1 to 128 characters from `[A-Za-z0-9._-]`.
@@ -125,18 +135,96 @@ impl TenantSnapshot {
                 });
             }
         }
+        if let Some(entity) = too_deep(&document.entities) {
+            return Err(SnapshotError::TooDeep(entity));
+        }
         let entities = Entities::from_json_value(document.entities, Some(&policies.schema))
             .map_err(|error| SnapshotError::Entities(describe(&error)))?;
+        let mut undefined_ancestors = HashSet::new();
+        for entity in entities.iter() {
+            for ancestor in entities.ancestors(&entity.uid()).into_iter().flatten() {
+                if entities.get(ancestor).is_none() {
+                    undefined_ancestors.insert(ancestor.clone());
+                }
+            }
+        }
         Ok(Self {
             tenant: document.tenant,
             version: document.version,
             entities,
+            undefined_ancestors,
             schema_version: policies.schema_version.clone(),
             content_hash: Sha256::digest(bytes).into(),
             confirmed_at: Instant::now(),
             source,
         })
     }
+}
+
+/// The first entity (as `Type::"id"`) whose chain of parents in the entity
+/// JSON is deeper than [`MAX_HIERARCHY_DEPTH`]. Iterative, so that it cannot
+/// itself run out of stack; cycles are not followed twice.
+fn too_deep(entities: &serde_json::Value) -> Option<String> {
+    type Key = (String, String);
+    let key = |value: &serde_json::Value| -> Option<Key> {
+        let value = value.get("__entity").unwrap_or(value);
+        Some((
+            value.get("type")?.as_str()?.to_string(),
+            value.get("id")?.as_str()?.to_string(),
+        ))
+    };
+    let mut parents: HashMap<Key, Vec<Key>> = HashMap::new();
+    for entity in entities.as_array()? {
+        let Some(uid) = entity.get("uid").and_then(key) else {
+            continue;
+        };
+        let list = entity
+            .get("parents")
+            .and_then(serde_json::Value::as_array)
+            .map(|list| list.iter().filter_map(key).collect())
+            .unwrap_or_default();
+        parents.insert(uid, list);
+    }
+    let keys: Vec<&Key> = parents.keys().collect();
+    let mut depth: HashMap<&Key, usize> = HashMap::new();
+    let mut on_path: HashSet<&Key> = HashSet::new();
+    for root in keys {
+        if depth.contains_key(root) {
+            continue;
+        }
+        let mut stack: Vec<(&Key, usize)> = vec![(root, 0)];
+        on_path.insert(root);
+        while let Some(top) = stack.len().checked_sub(1) {
+            let (node, next) = stack[top];
+            let children = parents.get(node).map_or(&[][..], Vec::as_slice);
+            if let Some(child) = children.get(next) {
+                stack[top].1 += 1;
+                if let Some((child, _)) = parents.get_key_value(child) {
+                    if !depth.contains_key(child) && on_path.insert(child) {
+                        stack.push((child, 0));
+                    }
+                }
+                continue;
+            }
+            let levels = children
+                .iter()
+                .map(|child| {
+                    parents
+                        .get_key_value(child)
+                        .and_then(|(child, _)| depth.get(child))
+                        .map_or(1, |d| d + 1)
+                })
+                .max()
+                .unwrap_or(0);
+            if levels > MAX_HIERARCHY_DEPTH {
+                return Some(format!("{}::{:?}", node.0, node.1));
+            }
+            depth.insert(node, levels);
+            on_path.remove(node);
+            stack.pop();
+        }
+    }
+    None
 }
 
 /// Loads every `<tenant>.json` in `dir` against `policies`.
@@ -294,6 +382,47 @@ mod tests {
         );
         let error = parse(r#"{"tenant":"a{b}","version":1,"entities":[]}"#, None);
         assert!(matches!(error, SnapshotError::TenantId(..)));
+    }
+
+    #[test]
+    fn refuses_parent_chains_deeper_than_the_limit_without_recursion() {
+        let policies =
+            PolicySnapshot::from_sources("schema.cedarschema", "entity Group in [Group];", &[])
+                .unwrap();
+        let chain = |length: usize| {
+            let entities: Vec<serde_json::Value> = (0..length)
+                .map(|i| {
+                    let parents = if i + 1 < length {
+                        serde_json::json!([{"type": "Group", "id": format!("g{}", i + 1)}])
+                    } else {
+                        serde_json::json!([])
+                    };
+                    serde_json::json!({"uid": {"type": "Group", "id": format!("g{i}")}, "attrs": {}, "parents": parents})
+                })
+                .collect();
+            serde_json::json!({"tenant": "t", "version": 1, "entities": entities}).to_string()
+        };
+        let ok = TenantSnapshot::parse(
+            chain(MAX_HIERARCHY_DEPTH + 1).as_bytes(),
+            None,
+            &policies,
+            SnapshotSource::File,
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let error = TenantSnapshot::parse(
+            chain(100_000).as_bytes(),
+            None,
+            &policies,
+            SnapshotSource::File,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(matches!(error, SnapshotError::TooDeep(_)), "{error}");
+        // A cycle is not followed forever.
+        let cycle = r#"{"tenant":"t","version":1,"entities":[
+            {"uid":{"type":"Group","id":"a"},"attrs":{},"parents":[{"type":"Group","id":"b"}]},
+            {"uid":{"type":"Group","id":"b"},"attrs":{},"parents":[{"type":"Group","id":"a"}]}]}"#;
+        let _ = TenantSnapshot::parse(cycle.as_bytes(), None, &policies, SnapshotSource::File);
     }
 
     #[test]

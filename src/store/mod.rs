@@ -179,7 +179,7 @@ impl Store {
                 &new_policies,
                 &previous_tenants,
             );
-            let (broken, other): (Vec<FileProblem>, Vec<FileProblem>) =
+            let (mut broken, other): (Vec<FileProblem>, Vec<FileProblem>) =
                 problems.into_iter().partition(|problem| {
                     Path::new(&problem.file)
                         .file_stem()
@@ -190,6 +190,29 @@ impl Store {
                             })
                         })
                 });
+            // Whatever the cause (a file that failed, a directory that could
+            // not be listed), no snapshot parsed under another schema may serve
+            // with the new policies.
+            let mut stale: Vec<&String> = tenants
+                .iter()
+                .filter(|(_, snapshot)| snapshot.schema_version != new_policies.schema_version)
+                .map(|(tenant, _)| tenant)
+                .collect();
+            stale.sort();
+            if !stale.is_empty() && broken.is_empty() {
+                broken.push(FileProblem::new(
+                    &self.entitlement_dir.display().to_string(),
+                    None,
+                    format!(
+                        "snapshots of {} could not be re-read against the new schema",
+                        stale
+                            .iter()
+                            .map(|tenant| format!("`{tenant}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
             if broken.is_empty() {
                 info!(
                     policy_version = %new_policies.version,
@@ -266,5 +289,50 @@ impl Store {
 fn log_snapshot_problems(problems: &[FileProblem]) {
     for problem in problems {
         warn!(file = %problem.file, line = problem.line, error = %problem.message, "snapshot rejected; keeping previous snapshot of this tenant");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_schema_is_refused_when_snapshots_cannot_be_reread() {
+        let root = tempfile::tempdir().unwrap();
+        let policies = root.path().join("policies");
+        let entitlements = root.path().join("entitlements");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::create_dir_all(&entitlements).unwrap();
+        std::fs::write(
+            policies.join("schema.cedarschema"),
+            "entity User; action use appliesTo { principal: User, resource: User };",
+        )
+        .unwrap();
+        std::fs::write(
+            entitlements.join("t.json"),
+            r#"{"tenant":"t","version":1,"entities":[{"uid":{"type":"User","id":"u"},"attrs":{},"parents":[]}]}"#,
+        )
+        .unwrap();
+        let store = Store::new(policies.clone(), entitlements.clone());
+        assert_eq!(store.reload_all(), ReloadOutcome::Applied);
+        let serving = store.catalog().unwrap().policies.version.clone();
+
+        // The entitlements directory is gone for a moment while the schema changes.
+        std::fs::rename(&entitlements, root.path().join("away")).unwrap();
+        std::fs::write(
+            policies.join("schema.cedarschema"),
+            "entity User; action gated; action use in [gated] appliesTo { principal: User, resource: User };",
+        )
+        .unwrap();
+        let ReloadOutcome::Rejected(problems) = store.reload_policies() else {
+            panic!("a new schema must not serve with snapshots parsed under the old one");
+        };
+        assert!(problems[0].message.contains("`t`"), "{problems:?}");
+        assert_eq!(store.catalog().unwrap().policies.version, serving);
+
+        // Once the snapshots can be re-read, the new schema applies.
+        std::fs::rename(root.path().join("away"), &entitlements).unwrap();
+        assert_eq!(store.reload_policies(), ReloadOutcome::Applied);
+        assert_ne!(store.catalog().unwrap().policies.version, serving);
     }
 }

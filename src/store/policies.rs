@@ -338,8 +338,9 @@ fn slice_by_action(schema: &Schema, policy_set: &PolicySet) -> HashMap<EntityUid
     slices
 }
 
-/// Lists the regular files (or symlinks to them) in `dir` with extension `ext`,
-/// sorted by name, skipping hidden entries.
+/// Lists the entries of `dir` with extension `ext` that are not directories
+/// (files, symlinks to them, dangling symlinks), sorted by name, skipping
+/// hidden entries.
 pub fn list_files(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -351,7 +352,10 @@ pub fn list_files(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
         if hidden || path.extension().and_then(|e| e.to_str()) != Some(ext) {
             continue;
         }
-        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        // Anything but a directory is listed, including a symlink whose target
+        // is missing: reading it then fails loudly instead of the file being
+        // silently left out of the set.
+        if !std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
             files.push(path);
         }
     }

@@ -37,14 +37,20 @@ pub fn watch_dir(dir: &Path) -> notify::Result<(DirWatcher, mpsc::Receiver<()>)>
 }
 
 /// Waits for the next change and then for `quiet` to pass with no further
-/// change, so that a burst of writes causes one reload. Returns `false` when
-/// the watcher is gone.
+/// change, so that a burst of writes causes one reload; a directory that never
+/// goes quiet still reloads every ten `quiet` periods (at least every second).
+/// Returns `false` when the watcher is gone.
 pub async fn next_settled_change(receiver: &mut mpsc::Receiver<()>, quiet: Duration) -> bool {
     if receiver.recv().await.is_none() {
         return false;
     }
+    let deadline = tokio::time::Instant::now() + (quiet * 10).max(Duration::from_secs(1));
     loop {
-        match tokio::time::timeout(quiet, receiver.recv()).await {
+        let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if wait.is_zero() {
+            return true;
+        }
+        match tokio::time::timeout(wait, receiver.recv()).await {
             Ok(Some(())) => continue,
             Ok(None) => return false,
             Err(_elapsed) => return true,

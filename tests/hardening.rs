@@ -1,0 +1,218 @@
+//! Regression tests for defects found in review: request-scoped entities that
+//! tried to stand in for the snapshot, inputs that could exhaust the stack,
+//! files silently left out, and command-line paths that hid problems.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{check, decide_expect, entity_ref, entity_value, send, DataDirs, InProcess};
+use tollgate::api::pb;
+
+fn entity(
+    type_name: &str,
+    id: &str,
+    attrs: &[(&str, pb::Value)],
+    parents: &[(&str, &str)],
+) -> pb::Entity {
+    pb::Entity {
+        uid: Some(entity_ref(type_name, id)),
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        parents: parents.iter().map(|(t, i)| entity_ref(t, i)).collect(),
+        tags: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_scoped_entities_cannot_make_up_the_principal_or_its_groups() {
+    let dirs = DataDirs::copy_examples();
+    // A user whose role is named but not defined by the snapshot.
+    let acme = dirs.entitlements.join("acme.json");
+    let mut snapshot: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&acme).unwrap()).unwrap();
+    snapshot["entities"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "uid": {"type": "User", "id": "temp"},
+            "attrs": {"account": {"__entity": {"type": "Account", "id": "acme"}}},
+            "parents": [{"type": "Role", "id": "team-x"}]
+        }));
+    std::fs::write(&acme, snapshot.to_string()).unwrap();
+    let server = InProcess::start(dirs.config()).await;
+    let mut client = common::connect(&server.url()).await;
+
+    // Unknown principal, brought along as an admin: still unknown.
+    let mut request = check("acme", "User:mallory", "use", "Feature:pdf-export");
+    request.entities.push(entity(
+        "User",
+        "mallory",
+        &[("account", entity_value("Account", "acme"))],
+        &[("Role", "admin")],
+    ));
+    decide_expect(
+        &mut client,
+        request,
+        pb::Decision::Deny,
+        &["unknown_principal"],
+    )
+    .await;
+
+    // The named-but-undefined role cannot be defined by the request.
+    decide_expect(
+        &mut client,
+        check("acme", "User:temp", "use", "Feature:dashboards"),
+        pb::Decision::Deny,
+        &["no_permit"],
+    )
+    .await;
+    let mut request = check("acme", "User:temp", "use", "Feature:dashboards");
+    request
+        .entities
+        .push(entity("Role", "team-x", &[], &[("Role", "member")]));
+    let status = send(&mut client, request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with(
+            "entities[0].uid: `Role::\"team-x\"` is a parent named by the tenant snapshot"
+        ),
+        "{}",
+        status.message()
+    );
+
+    // More request-scoped entities than the limit.
+    let mut request = check("acme", "User:bob", "use", "Feature:dashboards");
+    for i in 0..=tollgate::api::MAX_REQUEST_ENTITIES {
+        request
+            .entities
+            .push(entity("Role", &format!("r{i}"), &[], &[]));
+    }
+    let status = send(&mut client, request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        format!(
+            "entities: {} request-scoped entities exceed the limit of {}",
+            tollgate::api::MAX_REQUEST_ENTITIES + 1,
+            tollgate::api::MAX_REQUEST_ENTITIES
+        )
+    );
+    server.stop().await.unwrap();
+}
+
+fn tollgate(args: &[&str], dirs: &DataDirs) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .arg("--policies")
+        .arg(&dirs.policies)
+        .arg("--entitlements")
+        .arg(&dirs.entitlements)
+        .current_dir(dirs.root.path())
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tollgate")
+}
+
+#[test]
+fn a_policy_symlink_without_target_is_a_problem_not_a_missing_rule() {
+    let dirs = DataDirs::copy_examples();
+    let geo = dirs.policies.join("geo.cedar");
+    let moved = dirs.root.path().join("geo.cedar.moved");
+    std::fs::rename(&geo, &moved).unwrap();
+    std::os::unix::fs::symlink(dirs.root.path().join("gone.cedar"), &geo).unwrap();
+    let output = tollgate(&["validate"], &dirs);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("geo.cedar: cannot read policy file"), "{out}");
+}
+
+#[test]
+fn validate_lists_snapshot_problems_even_when_policies_fail() {
+    let dirs = DataDirs::copy_examples();
+    std::fs::write(
+        dirs.policies.join("broken.cedar"),
+        "permit(principal action, resource);",
+    )
+    .unwrap();
+    let acme = dirs.entitlements.join("acme.json");
+    let text = std::fs::read_to_string(&acme)
+        .unwrap()
+        .replace("\"tier\": 1", "\"tier\": \"one\"");
+    std::fs::write(&acme, text).unwrap();
+    let output = tollgate(&["validate"], &dirs);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("broken.cedar:1:18: unexpected token `action`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("acme.json: entities do not match the schema"),
+        "{out}"
+    );
+    assert!(out.contains("2 problem(s) found"), "{out}");
+}
+
+#[test]
+fn local_check_of_a_tenant_whose_snapshot_is_broken_exits_2() {
+    let dirs = DataDirs::copy_examples();
+    std::fs::write(dirs.entitlements.join("acme.json"), "{ not json").unwrap();
+    let context = format!(
+        r#"{{"country":"BR","now":{{"__extn":{{"fn":"datetime","arg":"{}"}}}}}}"#,
+        common::NOW
+    );
+    let args = [
+        "check",
+        "--tenant",
+        "acme",
+        "--principal",
+        "User:bob",
+        "--action",
+        "use",
+        "--resource",
+        "Feature:pdf-export",
+        "--context",
+        &context,
+    ];
+    let output = tollgate(&args, &dirs);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the tenant's snapshot does not load"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("acme.json:1"), "{stderr}");
+}
+
+#[test]
+fn an_environment_variable_that_is_not_utf8_is_a_configuration_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let dirs = DataDirs::copy_examples();
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("validate")
+        .arg("--policies")
+        .arg(&dirs.policies)
+        .arg("--entitlements")
+        .arg(&dirs.entitlements)
+        .env_clear()
+        .env(
+            "TOLLGATE_LOG_LEVEL",
+            std::ffi::OsStr::from_bytes(b"info\xff"),
+        )
+        .env("UNRELATED", std::ffi::OsStr::from_bytes(b"\xff"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tollgate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("environment variable TOLLGATE_LOG_LEVEL is not valid UTF-8"),
+        "{stderr}"
+    );
+}
