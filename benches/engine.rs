@@ -193,6 +193,7 @@ fn pb_request(principal: &str, case: Case) -> pb::CheckRequest {
         resource: entity_ref("Feature", case.feature()),
         context,
         entities: Vec::new(),
+        explain: false,
     }
 }
 

@@ -296,6 +296,7 @@ fn allow_request() -> pb::CheckRequest {
             ),
         ]),
         entities: Vec::new(),
+        explain: false,
     }
 }
 

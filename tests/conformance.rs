@@ -459,6 +459,7 @@ fn corpus_answers_match_cedar_through_grpc() {
                 resource: Some(reference(&request.resource)),
                 context,
                 entities: Vec::new(),
+                explain: false,
             };
             let response = match runtime.block_on(client.check(check)) {
                 Ok(response) => response.into_inner(),

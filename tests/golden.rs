@@ -122,6 +122,7 @@ fn run_case_set(path: &Path) -> Vec<String> {
                 .map(|(k, v)| (k.clone(), tollgate::api::convert::json_to_value(v).unwrap()))
                 .collect(),
             entities: Vec::new(),
+            explain: false,
         };
         let response = match point.check(request) {
             Ok(response) => response,

@@ -306,6 +306,7 @@ pub fn check(tenant: &str, principal: &str, action: &str, resource: &str) -> pb:
         resource: Some(parse_ref(resource)),
         context,
         entities: Vec::new(),
+        explain: false,
     }
 }
 
