@@ -126,6 +126,9 @@ pub struct Report {
     pub file_errors: Vec<(String, String)>,
     /// Policies that determined no case's decision.
     pub undetermined_policies: Vec<String>,
+    /// Policies never tested the other way: no case matched their scope
+    /// without them determining the decision.
+    pub never_passed_over: Vec<String>,
 }
 
 impl Report {
@@ -173,7 +176,7 @@ pub fn find_test_files(paths: &[PathBuf]) -> Vec<PathBuf> {
 /// Runs every case of every test file against `policies`.
 pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Settings) -> Report {
     let mut report = Report::default();
-    let mut determined: BTreeSet<String> = BTreeSet::new();
+    let mut coverage = Coverage::default();
     for path in files {
         let file = path.display().to_string();
         let test_file = match load(path) {
@@ -230,7 +233,7 @@ pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Setting
                                 .as_ref()
                                 .or(fixture.now.as_ref())
                                 .or(test_file.now.as_ref());
-                            run_case(point, tenant, case, now, &mut determined)
+                            run_case(point, tenant, case, now, &mut coverage)
                         }
                     }
                 }
@@ -242,18 +245,32 @@ pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Setting
             });
         }
     }
-    if settings.filter.is_some() {
+    if settings.filter.is_some() || report.cases.is_empty() {
         // Coverage of a subset says nothing about the catalog.
         return report;
     }
     let mut all: Vec<&str> = policies.policies().map(|p| p.id.as_str()).collect();
     all.sort_unstable();
     report.undetermined_policies = all
-        .into_iter()
-        .filter(|id| !determined.contains(*id))
-        .map(str::to_string)
+        .iter()
+        .filter(|id| !coverage.determined.contains(**id))
+        .map(|id| id.to_string())
+        .collect();
+    report.never_passed_over = all
+        .iter()
+        .filter(|id| !coverage.passed_over.contains(**id))
+        .map(|id| id.to_string())
         .collect();
     report
+}
+
+/// Which policies the cases exercised, each way.
+#[derive(Debug, Default)]
+struct Coverage {
+    /// Policies that determined a decision.
+    determined: BTreeSet<String>,
+    /// Policies whose scope matched a case without determining its decision.
+    passed_over: BTreeSet<String>,
 }
 
 fn load(path: &Path) -> Result<TestFile, String> {
@@ -303,7 +320,7 @@ fn run_case(
     tenant: &str,
     case: &Case,
     now: Option<&String>,
-    determined: &mut BTreeSet<String>,
+    coverage: &mut Coverage,
 ) -> Option<String> {
     let request = match request(tenant, case, now) {
         Ok(request) => request,
@@ -324,7 +341,14 @@ fn run_case(
         .filter(|r| !r.policy_id.is_empty())
         .map(|r| r.policy_id.clone())
         .collect();
-    determined.extend(policies.iter().cloned());
+    coverage.determined.extend(policies.iter().cloned());
+    coverage.passed_over.extend(
+        response
+            .explanation
+            .iter()
+            .filter(|evaluation| !policies.contains(&evaluation.policy_id))
+            .map(|evaluation| evaluation.policy_id.clone()),
+    );
 
     let mut diff = String::new();
     if decision != case.expect.decision {
@@ -412,7 +436,8 @@ fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckR
         ),
         context,
         entities: Vec::new(),
-        explain: false,
+        // The explanation tells which policies a case passed over (coverage).
+        explain: true,
     })
 }
 
@@ -464,6 +489,14 @@ pub fn human(report: &Report) -> String {
             "\npolicies that determined no case ({}): {}",
             report.undetermined_policies.len(),
             report.undetermined_policies.join(", ")
+        );
+    }
+    if !report.never_passed_over.is_empty() {
+        let _ = writeln!(
+            out,
+            "policies no case tested the other way (scope matched, did not decide) ({}): {}",
+            report.never_passed_over.len(),
+            report.never_passed_over.join(", ")
         );
     }
     let result = if report.failed() == 0 { "ok" } else { "FAILED" };

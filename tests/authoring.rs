@@ -85,6 +85,10 @@ fn passing_cases_report_like_cargo_test() {
     // Two cases cannot determine every policy: the rest are listed.
     assert!(out.contains("policies that determined no case"), "{out}");
     assert!(out.contains("outside-allowed-countries"), "{out}");
+    assert!(
+        out.contains("policies no case tested the other way"),
+        "{out}"
+    );
 }
 
 #[test]
