@@ -29,6 +29,23 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
+/// Policies and tenant snapshots the shipped catalog holds, counted from the
+/// files, so that tests follow the catalog as it grows.
+pub fn example_counts() -> (usize, usize) {
+    let policies = tollgate::store::PolicySnapshot::load_dir(&example_policies())
+        .expect("the shipped catalog loads")
+        .policy_count();
+    let tenants = std::fs::read_dir(example_entitlements())
+        .expect("entitlements directory")
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+        .count();
+    (policies, tenants)
+}
+
 /// How often bounded waits poll.
 pub const POLL: Duration = Duration::from_millis(20);
 /// Upper bound of every wait for something that should happen soon.
