@@ -15,7 +15,7 @@ Exit codes:
   serve:    0 stopped cleanly (SIGTERM/SIGINT), 1 failed while running, 2 bad configuration
   validate: 0 everything valid, 1 problems found, 2 bad configuration
   check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable
-  test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies or no test files";
+  test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies, missing test files or no case to run";
 
 /// tollgate: an entitlement decision point over Cedar policies, served over gRPC.
 #[derive(Debug, Parser)]
@@ -186,11 +186,17 @@ fn test(args: &TestArgs) -> ExitCode {
     } else {
         args.paths.clone()
     };
-    let files = crate::policy_test::find_test_files(&paths);
-    if files.is_empty() {
-        eprintln!("no test files (*.test.yaml) found");
-        return ExitCode::from(2);
-    }
+    let files = match crate::policy_test::find_test_files(&paths) {
+        Ok(files) if files.is_empty() => {
+            eprintln!("no test files (*.test.yaml) found");
+            return ExitCode::from(2);
+        }
+        Ok(files) => files,
+        Err(problem) => {
+            eprintln!("{problem}");
+            return ExitCode::from(2);
+        }
+    };
     let settings = crate::policy_test::Settings {
         filter: args.filter.clone(),
         format: if args.format == "junit" {
@@ -201,6 +207,16 @@ fn test(args: &TestArgs) -> ExitCode {
         options: config.options,
     };
     let report = crate::policy_test::run(&policies, &files, &settings);
+    if report.cases.is_empty() && report.file_errors.is_empty() {
+        eprintln!(
+            "no case to run{}",
+            args.filter
+                .as_ref()
+                .map(|filter| format!(": none matches the filter `{filter}`"))
+                .unwrap_or_default()
+        );
+        return ExitCode::from(2);
+    }
     match settings.format {
         crate::policy_test::Format::Human => print!("{}", crate::policy_test::human(&report)),
         crate::policy_test::Format::Junit => print!("{}", crate::policy_test::junit(&report)),

@@ -20,9 +20,42 @@ struct TestFile {
     /// Default `now` (a datetime string) passed as `context.now`.
     #[serde(default)]
     now: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     fixtures: BTreeMap<String, Fixture>,
     cases: Vec<Case>,
+}
+
+/// A map whose keys must be unique: YAML would otherwise let the last of two
+/// fixtures with the same name win silently.
+fn unique_keys<'de, D>(deserializer: D) -> Result<BTreeMap<String, Fixture>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, Fixture>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a mapping of fixture names to fixtures")
+        }
+
+        fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+        where
+            A: serde::de::MapAccess<'de>,
+        {
+            let mut fixtures = BTreeMap::new();
+            while let Some((name, fixture)) = map.next_entry::<String, Fixture>()? {
+                if fixtures.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format!(
+                        "duplicate fixture `{name}`"
+                    )));
+                }
+                fixtures.insert(name, fixture);
+            }
+            Ok(fixtures)
+        }
+    }
+    deserializer.deserialize_map(Unique)
 }
 
 /// Where a case's tenant snapshot comes from.
@@ -144,13 +177,20 @@ impl Report {
 }
 
 /// Finds the test files: the given files, and `*.test.yaml` / `*.test.yml`
-/// in the given directories and their `tests/` subdirectory.
-pub fn find_test_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+/// in the given directories and their `tests/` subdirectory. A path that does
+/// not exist is an error, not an empty set.
+pub fn find_test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_file() {
             files.push(path.clone());
             continue;
+        }
+        if !path.is_dir() {
+            return Err(format!(
+                "{}: no such test file or directory",
+                path.display()
+            ));
         }
         for dir in [path.clone(), path.join("tests")] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -168,9 +208,17 @@ pub fn find_test_files(paths: &[PathBuf]) -> Vec<PathBuf> {
             }
         }
     }
+    // The same file named two ways runs once.
+    let mut seen = BTreeSet::new();
+    files.retain(|file| seen.insert(std::fs::canonicalize(file).unwrap_or_else(|_| file.clone())));
     files.sort();
-    files.dedup();
-    files
+    Ok(files)
+}
+
+/// `path` as shown in output, without a leading `./`.
+fn shown(path: &Path) -> String {
+    let text = path.display().to_string();
+    text.strip_prefix("./").map(str::to_string).unwrap_or(text)
 }
 
 /// Runs every case of every test file against `policies`.
@@ -178,7 +226,7 @@ pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Setting
     let mut report = Report::default();
     let mut coverage = Coverage::default();
     for path in files {
-        let file = path.display().to_string();
+        let file = shown(path);
         let test_file = match load(path) {
             Ok(test_file) => test_file,
             Err(error) => {
@@ -510,6 +558,8 @@ pub fn human(report: &Report) -> String {
     out
 }
 
+/// Text escaped for XML 1.0; characters XML cannot carry at all (most control
+/// characters) become U+FFFD.
 fn xml_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -519,6 +569,8 @@ fn xml_escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if c < ' ' || matches!(c, '\u{FFFE}' | '\u{FFFF}') => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }

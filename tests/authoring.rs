@@ -259,3 +259,46 @@ fn the_shipped_catalog_passes_its_own_tests() {
         "every policy is tested:\n{out}"
     );
 }
+
+#[test]
+fn mistakes_in_how_the_runner_is_called_do_not_pass_silently() {
+    let dirs = DataDirs::copy_examples();
+    let file = write_test_file(&dirs, "plans.test.yaml", TEST_FILE);
+
+    let output = tollgate_test(&dirs, &[&file, "/nonexistent/typo.test.yaml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no such test file or directory"));
+
+    let output = tollgate_test(&dirs, &[&file, "--filter", "no such case"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("no case to run: none matches the filter `no such case`"));
+
+    let twice = TEST_FILE.replace(
+        "  hooli:\n    snapshot: ../entitlements/hooli.json\n",
+        "  hooli:\n    snapshot: ../entitlements/hooli.json\n  acme:\n    snapshot: ../entitlements/hooli.json\n",
+    );
+    let duplicate = write_test_file(&dirs, "twice.test.yaml", &twice);
+    let output = tollgate_test(&dirs, &[&duplicate]);
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("duplicate fixture `acme`"), "{out}");
+}
+
+#[test]
+fn junit_output_stays_well_formed_whatever_the_case_names() {
+    let dirs = DataDirs::copy_examples();
+    let odd = TEST_FILE.replace(
+        "name: pro member may export PDFs",
+        "name: \"a <b> & \\\"c\\\" \\x01 ]]>\"",
+    );
+    let file = write_test_file(&dirs, "odd.test.yaml", &odd);
+    let output = tollgate_test(&dirs, &[&file, "--format", "junit"]);
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("name=\"a &lt;b&gt; &amp; &quot;c&quot; \u{FFFD} ]]&gt;\""),
+        "{out}"
+    );
+    assert!(!out.chars().any(|c| c < ' ' && c != '\n'), "{out:?}");
+}
