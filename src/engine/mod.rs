@@ -6,11 +6,14 @@ mod context_check;
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId, EntityUid,
-    PolicyId, Request, RequestValidationError, RestrictedExpression,
+    Authorizer, Context, Effect, Entities, Entity, EntityId, EntityUid, Request,
+    RequestValidationError, RestrictedExpression,
 };
 
 use crate::store::diagnostics::describe;
+use cedar_policy_core::ast::{Literal, ValueKind};
+
+use crate::store::policies::PreparedPolicy;
 use crate::store::{PolicyMeta, PolicySnapshot, TenantSnapshot};
 
 /// How a policy that fails to evaluate is treated.
@@ -363,9 +366,14 @@ pub fn decide(
             .map_err(|error| RequestError::new("entities", describe(&error)))?;
         &merged
     };
-    let policy_set = policies.policy_set_for(&request.action);
-    let mut decision = evaluate(policies, policy_set, entities, &request.request, options);
+    let mut decision = evaluate(
+        policies.prepared_for(&request.action),
+        entities,
+        &request.request,
+        options,
+    );
     if request.explain {
+        let policy_set = policies.policy_set_for(&request.action);
         decision.explanation = explain(policies, policy_set, entities, &request.request);
     }
     Ok(decision)
@@ -419,64 +427,75 @@ pub fn explain(
     evaluations
 }
 
-/// Cedar's answer over `policy_set` (the whole set, or the slice of it for the
-/// request's action) turned into tollgate's decision, applying the policy-error
-/// mode.
+/// Cedar's answer over `prepared` (the policies that can apply to the
+/// request's action) turned into tollgate's decision, applying the
+/// policy-error mode.
+///
+/// This is Cedar's authorization rule, applied by hand to conditions built
+/// once per policy set: a request is allowed when some permit is satisfied and
+/// no forbid is; the determining policies are the satisfied forbids if any,
+/// else the satisfied permits; a policy that fails to evaluate is satisfied by
+/// nothing and reported as an error. Cedar's own `Authorizer` does the same
+/// but rebuilds every policy's condition on every request. The conformance
+/// corpus (`tests/conformance.rs`) checks that the answers are identical.
 pub fn evaluate(
-    policies: &PolicySnapshot,
-    policy_set: &cedar_policy::PolicySet,
+    prepared: &[PreparedPolicy],
     entities: &Entities,
     request: &Request,
     options: Options,
 ) -> Decision {
-    thread_local! {
-        static AUTHORIZER: Authorizer = Authorizer::new();
-    }
-    let response =
-        AUTHORIZER.with(|authorizer| authorizer.is_authorized(request, policy_set, entities));
-    let diagnostics = response.diagnostics();
-    let meta = |id: &PolicyId| policies.policy(id).cloned();
-
-    let mut errors = Vec::new();
+    let core_request: &cedar_policy_core::ast::Request = request.as_ref();
+    let evaluator = cedar_policy_core::evaluator::Evaluator::new(
+        core_request.clone(),
+        entities.as_ref(),
+        cedar_policy_core::extensions::Extensions::all_available(),
+    );
+    let mut permits = Vec::new();
+    let mut forbids = Vec::new();
     let mut failed_forbids = Vec::new();
-    for error in diagnostics.errors() {
-        let cedar_policy::AuthorizationError::PolicyEvaluationError(error) = error;
-        let id = error.policy_id();
-        let message = error.inner().to_string();
-        if let Some(policy) = meta(id) {
-            if policy.effect == Effect::Forbid {
-                failed_forbids.push(policy);
+    let mut errors = Vec::new();
+    for policy in prepared {
+        let satisfied = evaluator
+            .interpret(&policy.condition, policy.policy.env())
+            .map_err(|error| error.to_string())
+            .and_then(|value| match value.value_kind() {
+                ValueKind::Lit(Literal::Bool(satisfied)) => Ok(*satisfied),
+                // Strict validation makes every condition boolean.
+                _ => Err(format!(
+                    "the condition evaluated to `{value}`, not a boolean"
+                )),
+            });
+        match (satisfied, policy.meta.effect) {
+            (Ok(true), Effect::Permit) => permits.push(Reason::Policy(Arc::clone(&policy.meta))),
+            (Ok(true), Effect::Forbid) => forbids.push(Reason::Policy(Arc::clone(&policy.meta))),
+            (Ok(false), _) => {}
+            (Err(error), effect) => {
+                if effect == Effect::Forbid {
+                    failed_forbids.push(Reason::PolicyError(Arc::clone(&policy.meta)));
+                }
+                errors.push(EvaluationError {
+                    policy_id: policy.meta.id.clone(),
+                    message: error,
+                });
             }
         }
-        errors.push(EvaluationError {
-            policy_id: id.to_string(),
-            message,
-        });
     }
-
-    let determining: Vec<Reason> = diagnostics
-        .reason()
-        .filter_map(|id| meta(id).map(Reason::Policy))
-        .collect();
-    let cedar_allows = response.decision() == CedarDecision::Allow;
+    let cedar_allows = forbids.is_empty() && !permits.is_empty();
     if options.policy_errors == PolicyErrorMode::Deny && !failed_forbids.is_empty() {
-        let mut reasons = if cedar_allows {
-            Vec::new()
-        } else {
-            determining
-        };
-        reasons.extend(failed_forbids.into_iter().map(Reason::PolicyError));
+        forbids.extend(failed_forbids);
         return Decision {
             allow: false,
-            reasons,
+            reasons: forbids,
             errors,
             explanation: Vec::new(),
         };
     }
-    let reasons = if determining.is_empty() && !cedar_allows {
-        vec![Reason::Builtin(BuiltinReason::NoPermit)]
+    let reasons = if !forbids.is_empty() {
+        forbids
+    } else if cedar_allows {
+        permits
     } else {
-        determining
+        vec![Reason::Builtin(BuiltinReason::NoPermit)]
     };
     Decision {
         allow: cedar_allows,

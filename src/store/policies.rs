@@ -37,6 +37,19 @@ pub struct PolicyMeta {
     pub line: usize,
 }
 
+/// A policy with its condition built once. Cedar rebuilds a policy's whole
+/// condition (scope and body joined) every time it evaluates the policy; a
+/// decision evaluates these prebuilt conditions instead.
+#[derive(Debug, Clone)]
+pub struct PreparedPolicy {
+    /// Id, effect and annotations.
+    pub meta: Arc<PolicyMeta>,
+    /// The policy in Cedar's internal form (for its slot environment).
+    pub policy: cedar_policy_core::ast::Policy,
+    /// Its scope and conditions as one expression.
+    pub condition: cedar_policy_core::ast::Expr,
+}
+
 /// An immutable, validated policy set with its schema: what every decision
 /// reads. Built once per (re)load and shared behind an `Arc`.
 pub struct PolicySnapshot {
@@ -53,6 +66,10 @@ pub struct PolicySnapshot {
     policies: HashMap<PolicyId, Arc<PolicyMeta>>,
     /// The policies whose action scope can match each declared action.
     policy_sets_by_action: HashMap<EntityUid, PolicySet>,
+    /// The same slices, ready for evaluation (see [`PreparedPolicy`]).
+    prepared_by_action: HashMap<EntityUid, Arc<[PreparedPolicy]>>,
+    /// Every policy, ready for evaluation, for actions outside the slices.
+    prepared_all: Arc<[PreparedPolicy]>,
     entity_types: HashMap<String, EntityTypeName>,
     actions: HashMap<String, HashMap<String, EntityUid>>,
 }
@@ -80,6 +97,14 @@ impl PolicySnapshot {
         self.policy_sets_by_action
             .get(action)
             .unwrap_or(&self.policy_set)
+    }
+
+    /// The policies that can apply to `action`, ready for evaluation, in
+    /// policy id order. Unknown actions get every policy.
+    pub fn prepared_for(&self, action: &EntityUid) -> &[PreparedPolicy] {
+        self.prepared_by_action
+            .get(action)
+            .unwrap_or(&self.prepared_all)
     }
 
     /// Number of policies in the set.
@@ -236,6 +261,27 @@ impl PolicySnapshot {
         }
 
         let policy_sets_by_action = slice_by_action(&schema, &policy_set);
+        let prepare = |set: &PolicySet| -> Arc<[PreparedPolicy]> {
+            let mut prepared: Vec<PreparedPolicy> = set
+                .policies()
+                .filter_map(|policy| {
+                    let meta = policies.get(policy.id())?;
+                    let core: &cedar_policy_core::ast::Policy = policy.as_ref();
+                    Some(PreparedPolicy {
+                        meta: Arc::clone(meta),
+                        condition: core.condition(),
+                        policy: core.clone(),
+                    })
+                })
+                .collect();
+            prepared.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+            prepared.into()
+        };
+        let prepared_by_action = policy_sets_by_action
+            .iter()
+            .map(|(action, set)| (action.clone(), prepare(set)))
+            .collect();
+        let prepared_all = prepare(&policy_set);
 
         let mut digest = Sha256::new();
         digest.update(schema_text.as_bytes());
@@ -267,6 +313,8 @@ impl PolicySnapshot {
             policy_set,
             policies,
             policy_sets_by_action,
+            prepared_by_action,
+            prepared_all,
             entity_types,
             actions,
         })
