@@ -143,9 +143,20 @@ pub async fn serve_on(
     let draining = {
         let health = health.clone();
         let stop_tx = stop_tx.clone();
+        let delay = config.shutdown_delay;
         async move {
             shutdown.await;
             set_health(&health, ServingStatus::NotServing).await;
+            if !delay.is_zero() {
+                // Callers (an application draining beside this sidecar, a load
+                // balancer that has yet to see NOT_SERVING) keep being answered
+                // for a while before the listener closes.
+                info!(
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "not serving; still answering until the shutdown delay is over"
+                );
+                tokio::time::sleep(delay).await;
+            }
             let _ = stop_tx.send(true);
         }
     };

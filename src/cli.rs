@@ -33,7 +33,7 @@ enum Command {
     /// ./tollgate.yaml when present), overridden by TOLLGATE_<KEY> environment
     /// variables, overridden by flags. Keys: listen, policies, entitlements,
     /// strict_principals, policy_errors, max_batch, max_request_bytes, watch,
-    /// reload_debounce_ms, shutdown_grace_ms, log_format, log_level.
+    /// reload_debounce_ms, shutdown_delay_ms, shutdown_grace_ms, log_format, log_level.
     /// Policies and snapshots reload on file change and on SIGHUP.
     Serve {
         #[command(flatten)]

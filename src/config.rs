@@ -29,7 +29,8 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("max_request_bytes", "4194304", "largest request message in bytes"),
     ("watch", "true", "reload when files in the policy or entitlements directory change (SIGHUP always reloads)"),
     ("reload_debounce_ms", "200", "quiet time after a file change before reloading"),
-    ("shutdown_grace_ms", "10000", "how long in-flight requests may take to finish after SIGTERM/SIGINT"),
+    ("shutdown_delay_ms", "0", "after SIGTERM/SIGINT, how long to keep answering new requests (health already NOT_SERVING) before the listener closes"),
+    ("shutdown_grace_ms", "10000", "how long in-flight requests may take to finish once the listener has closed"),
     ("log_format", "human", "`human` or `json`"),
     ("log_level", "info", "tracing filter, e.g. `info` or `tollgate=debug`"),
 ];
@@ -62,6 +63,8 @@ pub struct Config {
     pub watch: bool,
     /// Quiet time after a file change before reloading.
     pub reload_debounce: Duration,
+    /// How long to keep answering after SIGTERM/SIGINT before closing the listener.
+    pub shutdown_delay: Duration,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
     /// Log output format.
@@ -82,6 +85,7 @@ impl Config {
             max_request_bytes: 4 * 1024 * 1024,
             watch: true,
             reload_debounce: Duration::from_millis(200),
+            shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_millis(10_000),
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
@@ -327,6 +331,9 @@ fn build(
     let reload_debounce = get(values, problems, "reload_debounce_ms", |text| {
         number(text).map(Duration::from_millis)
     });
+    let shutdown_delay = get(values, problems, "shutdown_delay_ms", |text| {
+        number(text).map(Duration::from_millis)
+    });
     let shutdown_grace = get(values, problems, "shutdown_grace_ms", |text| {
         number(text).map(Duration::from_millis)
     });
@@ -357,6 +364,7 @@ fn build(
         max_request_bytes: max_request_bytes?,
         watch: watch?,
         reload_debounce: reload_debounce?,
+        shutdown_delay: shutdown_delay?,
         shutdown_grace: shutdown_grace?,
         log_format: log_format?,
         log_level: log_level?,

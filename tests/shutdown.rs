@@ -312,3 +312,39 @@ async fn sigint_also_exits_zero() {
     assert_eq!(status.code(), Some(0), "exit status {status}");
     assert!(server.log().contains("SIGINT"), "{}", server.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_delay_keeps_answering_after_health_turns_not_serving() {
+    let mut server = Binary::spawn(
+        &example_policies(),
+        &example_entitlements(),
+        &[("TOLLGATE_SHUTDOWN_DELAY_MS", "5000")],
+    );
+    let channel = channel(&server.url()).await;
+    let mut client = tollgate::api::pb::entitlement_service_client::EntitlementServiceClient::new(
+        channel.clone(),
+    );
+    server.signal("TERM");
+    wait_until("health NOT_SERVING after SIGTERM", || {
+        let channel = channel.clone();
+        async move {
+            match health(&channel, "").await {
+                Ok(ServingStatus::NotServing) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    // Health says NOT_SERVING, and a new call on the open connection is
+    // still answered during the delay.
+    let response = client
+        .check(check("acme", "User:bob", "use", "Feature:pdf-export"))
+        .await
+        .expect("answered during the shutdown delay")
+        .into_inner();
+    assert_eq!(response.decision, pb::Decision::Allow as i32);
+    assert!(server
+        .log()
+        .contains("still answering until the shutdown delay is over"));
+    server.expect_clean_exit().await;
+}
