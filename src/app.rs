@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::api::{pb, DecisionPoint, EntitlementServiceServer, GrpcService};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{watch as dir_watch, ReloadOutcome, Store};
 
 /// Name under which health reports the entitlement service.
@@ -95,6 +96,7 @@ pub async fn serve_on(
         config.entitlements.clone(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
     let health = HealthReporter::new();
     set_health(&health, ServingStatus::NotServing).await;
     let health_service = crate::health::service(health.clone(), stop_rx.clone());
@@ -105,6 +107,13 @@ pub async fn serve_on(
             .await
             .unwrap_or_else(|_| ReloadOutcome::Rejected(Vec::new()))
     };
+    let reloader = Reloader {
+        store: Arc::clone(&store),
+        health: health.clone(),
+        stopping: stop_rx.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    reloader.finished(&initial, None);
     if store.catalog().is_some() {
         set_health(&health, ServingStatus::Serving).await;
     } else {
@@ -114,13 +123,23 @@ pub async fn serve_on(
         );
     }
 
-    let _watchers = start_reloaders(&config, &store, &health, &stop_rx, hangup)?;
+    let _watchers = start_reloaders(&config, &reloader, hangup)?;
 
-    let decision_point = Arc::new(DecisionPoint::new(
-        Arc::clone(&store),
-        config.options,
-        config.limits,
-    ));
+    let decision_point = Arc::new(
+        DecisionPoint::new(Arc::clone(&store), config.options, config.limits)
+            .with_metrics(Arc::clone(&metrics)),
+    );
+    if let Some(address) = config.metrics_listen {
+        let listener = crate::metrics::bind(address)
+            .await
+            .map_err(|source| ServeError::Bind { address, source })?;
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+        ));
+    }
     let entitlement_service = EntitlementServiceServer::new(GrpcService::new(decision_point))
         .max_decoding_message_size(config.max_request_bytes);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -191,11 +210,19 @@ pub async fn serve_on(
 }
 
 /// Starts the file watchers and the SIGHUP handler; returns the watch guards.
+/// What a reload needs: the store to reload, health to report readiness and
+/// metrics to count outcomes.
+#[derive(Clone)]
+struct Reloader {
+    store: Arc<Store>,
+    health: HealthReporter,
+    stopping: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+}
+
 fn start_reloaders(
     config: &Config,
-    store: &Arc<Store>,
-    health: &HealthReporter,
-    stop_rx: &watch::Receiver<bool>,
+    reloader: &Reloader,
     mut hangup: tokio::signal::unix::Signal,
 ) -> Result<Vec<dir_watch::DirWatcher>, ServeError> {
     let mut guards = Vec::new();
@@ -211,10 +238,9 @@ fn start_reloaders(
                 source,
             })?;
         guards.push(guard);
-        let store = Arc::clone(store);
-        let health = health.clone();
+        let reloader = reloader.clone();
         let debounce = config.reload_debounce;
-        let mut stop_rx = stop_rx.clone();
+        let mut stop_rx = reloader.stopping.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -223,31 +249,25 @@ fn start_reloaders(
                     }
                     _ = stop_rx.changed() => break,
                 }
-                reload(
-                    &store,
-                    &health,
-                    &stop_rx,
-                    if policies {
-                        Reload::Policies
-                    } else {
-                        Reload::Entitlements
-                    },
-                )
-                .await;
+                let what = if policies {
+                    Reload::Policies
+                } else {
+                    Reload::Entitlements
+                };
+                reloader.reload(what).await;
             }
         });
     }
 
-    let store = Arc::clone(store);
-    let health = health.clone();
-    let mut stop_rx = stop_rx.clone();
+    let reloader = reloader.clone();
+    let mut stop_rx = reloader.stopping.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 received = hangup.recv() => {
                     if received.is_none() { break; }
                     info!(signal = "SIGHUP", "reloading policies and entitlements");
-                    reload(&store, &health, &stop_rx, Reload::All).await;
+                    reloader.reload(Reload::All).await;
                 }
                 _ = stop_rx.changed() => break,
             }
@@ -263,35 +283,43 @@ enum Reload {
     All,
 }
 
-async fn reload(
-    store: &Arc<Store>,
-    health: &HealthReporter,
-    stopping: &watch::Receiver<bool>,
-    what: Reload,
-) {
-    let had_policies = store.catalog().is_some();
-    let worker = Arc::clone(store);
-    let outcome = tokio::task::spawn_blocking(move || match what {
-        Reload::Policies => worker.reload_policies(),
-        Reload::Entitlements => worker.reload_entitlements(),
-        Reload::All => worker.reload_all(),
-    })
-    .await;
-    match outcome {
-        Ok(outcome) => {
-            let catalog = store.catalog();
-            info!(
-                trigger = ?what,
-                outcome = outcome.name(),
-                policy_version = catalog.as_ref().map_or("", |c| c.policies.version.as_str()),
-                tenants = catalog.as_ref().map_or(0, |c| c.tenants.len()),
-                "reload finished"
-            );
+impl Reloader {
+    async fn reload(&self, what: Reload) {
+        let had_policies = self.store.catalog().is_some();
+        let worker = Arc::clone(&self.store);
+        let outcome = tokio::task::spawn_blocking(move || match what {
+            Reload::Policies => worker.reload_policies(),
+            Reload::Entitlements => worker.reload_entitlements(),
+            Reload::All => worker.reload_all(),
+        })
+        .await;
+        match outcome {
+            Ok(outcome) => self.finished(&outcome, Some(what)),
+            Err(error) => warn!(error = %error, "reload task failed"),
         }
-        Err(error) => warn!(error = %error, "reload task failed"),
+        // The first valid set makes the service ready, unless it is already draining.
+        if !had_policies && self.store.catalog().is_some() && !*self.stopping.borrow() {
+            set_health(&self.health, ServingStatus::Serving).await;
+        }
     }
-    // The first valid set makes the service ready, unless it is already draining.
-    if !had_policies && store.catalog().is_some() && !*stopping.borrow() {
-        set_health(health, ServingStatus::Serving).await;
+
+    /// Logs and counts a reload's outcome.
+    fn finished(&self, outcome: &ReloadOutcome, trigger: Option<Reload>) {
+        let catalog = self.store.catalog();
+        let version = catalog.as_ref().map(|c| c.policies.version.as_str());
+        let tenants = catalog.as_ref().map_or(0, |c| c.tenants.len());
+        info!(
+            trigger = ?trigger,
+            outcome = outcome.name(),
+            policy_version = version.unwrap_or_default(),
+            tenants,
+            "reload finished"
+        );
+        self.metrics.record_reload(
+            outcome.name(),
+            version,
+            catalog.as_ref().map_or(0, |c| c.policies.policy_count()),
+            tenants,
+        );
     }
 }

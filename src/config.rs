@@ -21,6 +21,7 @@ pub const ENV_PREFIX: &str = "TOLLGATE_";
 /// the README).
 pub const KEYS: &[(&str, &str, &str)] = &[
     ("listen", "127.0.0.1:50051", "gRPC listen address (host:port)"),
+    ("metrics_listen", "", "address of the Prometheus endpoint (GET /metrics), e.g. 127.0.0.1:9090; empty: off"),
     ("policies", "./policies", "policy directory: schema.cedarschema and *.cedar"),
     ("entitlements", "./entitlements", "directory of <tenant>.json snapshots"),
     ("strict_principals", "true", "deny with unknown_principal when the principal is not in the tenant snapshot"),
@@ -49,6 +50,8 @@ pub enum LogFormat {
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Address of the metrics endpoint, if enabled.
+    pub metrics_listen: Option<SocketAddr>,
     /// Policy directory.
     pub policies: PathBuf,
     /// Entitlement snapshot directory.
@@ -78,6 +81,7 @@ impl Config {
     pub fn with_dirs(policies: PathBuf, entitlements: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: None,
             policies,
             entitlements,
             options: Options::default(),
@@ -304,6 +308,15 @@ fn build(
         text.parse::<SocketAddr>()
             .map_err(|_| format!("`{text}` is not a socket address such as 127.0.0.1:50051"))
     });
+    let metrics_listen = get(values, problems, "metrics_listen", |text| {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.trim()
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| format!("`{text}` is not a socket address such as 127.0.0.1:9090"))
+    });
     let policies = get(values, problems, "policies", directory);
     let entitlements = get(values, problems, "entitlements", directory);
     let strict_principals = get(values, problems, "strict_principals", boolean);
@@ -352,6 +365,7 @@ fn build(
 
     Some(Config {
         listen: listen?,
+        metrics_listen: metrics_listen?,
         policies: policies?,
         entitlements: entitlements?,
         options: Options {

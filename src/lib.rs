@@ -10,5 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod health;
+pub mod metrics;
 pub mod policy_test;
 pub mod store;

@@ -138,6 +138,7 @@ pub struct DecisionPoint {
     options: Options,
     limits: Limits,
     ids: DecisionIds,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl DecisionPoint {
@@ -148,6 +149,27 @@ impl DecisionPoint {
             options,
             limits,
             ids: DecisionIds::new(),
+            metrics: None,
+        }
+    }
+
+    /// Counts decisions and their durations in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn record(&self, started: std::time::Instant, result: &Result<pb::CheckResponse, ApiError>) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        match result {
+            Ok(response) => metrics.record_decision(
+                response.decision == pb::Decision::Allow as i32,
+                response.reasons.first().map_or("", |r| r.code.as_str()),
+                started.elapsed(),
+            ),
+            Err(_) => metrics.record_invalid(),
         }
     }
 
@@ -162,6 +184,13 @@ impl DecisionPoint {
 
     /// Decides one request.
     pub fn check(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
+        let started = std::time::Instant::now();
+        let result = self.check_unrecorded(request);
+        self.record(started, &result);
+        result
+    }
+
+    fn check_unrecorded(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
         check_entity_count("entities", &request)?;
         let catalog = self.catalog()?;
         let tenant = catalog.tenants.get(&request.tenant).cloned();
@@ -174,6 +203,32 @@ impl DecisionPoint {
     /// Decides a batch against one catalog; a malformed check fails the call,
     /// naming it (`checks[3].principal.type`).
     pub fn check_batch(
+        &self,
+        request: pb::CheckBatchRequest,
+    ) -> Result<pb::CheckBatchResponse, ApiError> {
+        let started = std::time::Instant::now();
+        let result = self.check_batch_unrecorded(request);
+        if let Some(metrics) = &self.metrics {
+            match &result {
+                Ok(batch) => {
+                    // Each decision is counted with its share of the batch's time.
+                    let count = u32::try_from(batch.responses.len().max(1)).unwrap_or(u32::MAX);
+                    let share = started.elapsed() / count;
+                    for response in &batch.responses {
+                        metrics.record_decision(
+                            response.decision == pb::Decision::Allow as i32,
+                            response.reasons.first().map_or("", |r| r.code.as_str()),
+                            share,
+                        );
+                    }
+                }
+                Err(_) => metrics.record_invalid(),
+            }
+        }
+        result
+    }
+
+    fn check_batch_unrecorded(
         &self,
         request: pb::CheckBatchRequest,
     ) -> Result<pb::CheckBatchResponse, ApiError> {

@@ -1,0 +1,228 @@
+//! Prometheus metrics: what tollgate decided and how fast, and what its
+//! reloads did, served as OpenMetrics text on `GET /metrics` at its own
+//! listen address.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Labels of a decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The first reason's code (`member_role`, `tier_too_low`, `no_permit`, ...).
+    pub reason: String,
+}
+
+/// Labels of a reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied`, `unchanged` or `rejected`.
+    pub outcome: &'static str,
+}
+
+/// Labels of the policy version info metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The serving policy version.
+    pub policy_version: String,
+}
+
+/// Every metric tollgate exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    check_seconds: Histogram,
+    invalid_requests: Counter,
+    reloads: Family<ReloadLabels, Counter>,
+    policy_info: Family<PolicyLabels, Gauge>,
+    tenants: Gauge,
+    policies: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions made, by decision and first reason code",
+            decisions.clone(),
+        );
+        // 10 µs to about 2.6 s.
+        let check_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 19));
+        registry.register(
+            "check_duration_seconds",
+            "Time to decide one check, from the decoded request to the encoded-ready response",
+            check_seconds.clone(),
+        );
+        let invalid_requests = Counter::default();
+        registry.register(
+            "invalid_requests",
+            "Checks refused as malformed or not matching the schema",
+            invalid_requests.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Policy and snapshot reloads, by outcome",
+            reloads.clone(),
+        );
+        let policy_info = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "policy_info",
+            "The serving policy version (value 1)",
+            policy_info.clone(),
+        );
+        let tenants = Gauge::default();
+        registry.register(
+            "tenant_snapshots",
+            "Tenant snapshots serving",
+            tenants.clone(),
+        );
+        let policies = Gauge::default();
+        registry.register("policies", "Policies serving", policies.clone());
+        Self {
+            registry,
+            decisions,
+            check_seconds,
+            invalid_requests,
+            reloads,
+            policy_info,
+            tenants,
+            policies,
+        }
+    }
+
+    /// Counts one decision and its duration.
+    pub fn record_decision(&self, allow: bool, reason: &str, elapsed: Duration) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision: if allow { "allow" } else { "deny" },
+                reason: reason.to_string(),
+            })
+            .inc();
+        self.check_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a refused request.
+    pub fn record_invalid(&self) {
+        self.invalid_requests.inc();
+    }
+
+    /// Counts a reload and publishes what now serves.
+    pub fn record_reload(
+        &self,
+        outcome: &'static str,
+        policy_version: Option<&str>,
+        policies: usize,
+        tenants: usize,
+    ) {
+        self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+        if let Some(version) = policy_version {
+            self.policy_info.clear();
+            self.policy_info
+                .get_or_create(&PolicyLabels {
+                    policy_version: version.to_string(),
+                })
+                .set(1);
+        }
+        self.policies
+            .set(i64::try_from(policies).unwrap_or(i64::MAX));
+        self.tenants.set(i64::try_from(tenants).unwrap_or(i64::MAX));
+    }
+
+    /// The metrics in OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            warn!("cannot encode metrics");
+        }
+        text
+    }
+}
+
+/// Content type of the OpenMetrics text format.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(error = %error, "metrics listener accept failed");
+                continue;
+            }
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move { Ok::<_, std::convert::Infallible>(respond(&metrics, &request)) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(peer = %peer, error = %error, "metrics connection ended");
+            }
+        });
+    }
+}
+
+fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.encode()),
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; metrics are at /metrics\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// Binds the metrics address.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
