@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::api::{pb, DecisionPoint, EntitlementServiceServer, GrpcService};
 use crate::config::Config;
+use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::store::{watch as dir_watch, ReloadOutcome, Store};
 
@@ -46,6 +48,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The decision log could not be opened.
+    #[error("cannot open the decision log: {0}")]
+    DecisionLog(std::io::Error),
     /// A signal handler could not be installed.
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
@@ -125,10 +130,16 @@ pub async fn serve_on(
 
     let _watchers = start_reloaders(&config, &reloader, hangup)?;
 
-    let decision_point = Arc::new(
-        DecisionPoint::new(Arc::clone(&store), config.options, config.limits)
-            .with_metrics(Arc::clone(&metrics)),
-    );
+    let mut decision_point = DecisionPoint::new(Arc::clone(&store), config.options, config.limits)
+        .with_metrics(Arc::clone(&metrics));
+    let mut decision_log_writer = None;
+    if let Some(settings) = &config.decision_log {
+        let (log, writer) = DecisionLog::start(settings.clone(), Arc::clone(&metrics))
+            .map_err(ServeError::DecisionLog)?;
+        decision_point = decision_point.with_decision_log(log);
+        decision_log_writer = Some(writer);
+    }
+    let decision_point = Arc::new(decision_point);
     if let Some(address) = config.metrics_listen {
         let listener = crate::metrics::bind(address)
             .await
@@ -204,6 +215,17 @@ pub async fn serve_on(
         }
         () = grace_over => {
             warn!(grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), "grace period over; abandoning requests still in flight");
+        }
+    }
+    if let Some(writer) = decision_log_writer {
+        // The writer ends once the last decision path holding the log is gone,
+        // after writing everything queued.
+        let flushed = tokio::task::spawn_blocking(move || writer.finish());
+        if tokio::time::timeout(Duration::from_secs(5), flushed)
+            .await
+            .is_err()
+        {
+            warn!("decision log not flushed within 5 s");
         }
     }
     Ok(())

@@ -32,6 +32,13 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("reload_debounce_ms", "200", "quiet time after a file change before reloading"),
     ("shutdown_delay_ms", "0", "after SIGTERM/SIGINT, how long to keep answering new requests (health already NOT_SERVING) before the listener closes"),
     ("shutdown_grace_ms", "10000", "how long in-flight requests may take to finish once the listener has closed"),
+    ("decision_log", "", "decision log sink: empty (off), `stdout`, or a file path (rotated to <file>.1)"),
+    ("decision_log_queue", "10000", "records the decision log queues before it drops (never blocking a decision)"),
+    ("decision_log_sample_allow", "1", "share of ALLOW decisions logged, 0 to 1"),
+    ("decision_log_sample_deny", "1", "share of DENY decisions logged, 0 to 1"),
+    ("decision_log_context", "false", "include the request context in records"),
+    ("decision_log_mask", "", "comma-separated context attributes whose values are logged as \"***\""),
+    ("decision_log_max_bytes", "104857600", "size at which the decision log file rotates"),
     ("log_format", "human", "`human` or `json`"),
     ("log_level", "info", "tracing filter, e.g. `info` or `tollgate=debug`"),
 ];
@@ -70,6 +77,8 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_grace: Duration,
+    /// The decision log, if enabled.
+    pub decision_log: Option<crate::decision_log::Settings>,
     /// Log output format.
     pub log_format: LogFormat,
     /// Tracing filter directive.
@@ -91,6 +100,7 @@ impl Config {
             reload_debounce: Duration::from_millis(200),
             shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_millis(10_000),
+            decision_log: None,
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
         }
@@ -350,6 +360,47 @@ fn build(
     let shutdown_grace = get(values, problems, "shutdown_grace_ms", |text| {
         number(text).map(Duration::from_millis)
     });
+    let share = |text: &str| match text.trim().parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("`{text}` is not a number from 0 to 1")),
+    };
+    let decision_log_sink = get(values, problems, "decision_log", |text| {
+        Ok(match text.trim() {
+            "" => None,
+            "stdout" => Some(crate::decision_log::Sink::Stdout),
+            path => Some(crate::decision_log::Sink::File(PathBuf::from(path))),
+        })
+    });
+    let decision_log_queue = get(
+        values,
+        problems,
+        "decision_log_queue",
+        |text| match number(text)? {
+            0 => Err("must be at least 1".to_string()),
+            n => usize::try_from(n).map_err(|_| "too large".to_string()),
+        },
+    );
+    let sample_allow = get(values, problems, "decision_log_sample_allow", share);
+    let sample_deny = get(values, problems, "decision_log_sample_deny", share);
+    let log_context = get(values, problems, "decision_log_context", boolean);
+    let mask = get(values, problems, "decision_log_mask", |text| {
+        Ok::<_, String>(
+            text.split(',')
+                .map(str::trim)
+                .filter(|field| !field.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+        )
+    });
+    let max_bytes = get(
+        values,
+        problems,
+        "decision_log_max_bytes",
+        |text| match number(text)? {
+            n if n < 1024 => Err("must be at least 1024".to_string()),
+            n => Ok(n),
+        },
+    );
     let log_format = get(values, problems, "log_format", |text| {
         match text.trim().to_ascii_lowercase().as_str() {
             "human" => Ok(LogFormat::Human),
@@ -380,6 +431,15 @@ fn build(
         reload_debounce: reload_debounce?,
         shutdown_delay: shutdown_delay?,
         shutdown_grace: shutdown_grace?,
+        decision_log: decision_log_sink?.map(|sink| crate::decision_log::Settings {
+            sink,
+            queue: decision_log_queue.unwrap_or(10_000),
+            sample_allow: sample_allow.unwrap_or(1.0),
+            sample_deny: sample_deny.unwrap_or(1.0),
+            context: log_context.unwrap_or(false),
+            mask: mask.clone().unwrap_or_default(),
+            max_bytes: max_bytes.unwrap_or(104_857_600),
+        }),
         log_format: log_format?,
         log_level: log_level?,
     })

@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod decision_log;
 pub mod engine;
 pub mod health;
 pub mod metrics;

@@ -36,6 +36,13 @@ pub struct ReloadLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of decision-log records.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LogLabels {
+    /// `queued`, `dropped` (queue full) or `sampled_out`.
+    pub result: &'static str,
+}
+
 /// Labels of the policy version info metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -54,6 +61,7 @@ pub struct Metrics {
     policy_info: Family<PolicyLabels, Gauge>,
     tenants: Gauge,
     policies: Gauge,
+    decision_log: Family<LogLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -105,6 +113,12 @@ impl Metrics {
         );
         let policies = Gauge::default();
         registry.register("policies", "Policies serving", policies.clone());
+        let decision_log = Family::<LogLabels, Counter>::default();
+        registry.register(
+            "decision_log_records",
+            "Decision-log records, by what became of them",
+            decision_log.clone(),
+        );
         Self {
             registry,
             decisions,
@@ -114,7 +128,13 @@ impl Metrics {
             policy_info,
             tenants,
             policies,
+            decision_log,
         }
+    }
+
+    /// Counts a decision-log record: `queued`, `dropped` or `sampled_out`.
+    pub fn record_decision_log(&self, result: &'static str) {
+        self.decision_log.get_or_create(&LogLabels { result }).inc();
     }
 
     /// Counts one decision and its duration.

@@ -288,6 +288,36 @@ fn reason(reason: &Reason) -> pb::Reason {
     }
 }
 
+/// A typed value in Cedar's JSON form (the inverse of [`json_to_value`]).
+pub fn value_to_json(value: &pb::Value) -> serde_json::Value {
+    use pb::value::Kind;
+    match &value.kind {
+        None => serde_json::Value::Null,
+        Some(Kind::Bool(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::Long(n)) => serde_json::Value::from(*n),
+        Some(Kind::String(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::Set(set)) => set.values.iter().map(value_to_json).collect(),
+        Some(Kind::Record(record)) => record
+            .values
+            .iter()
+            .map(|(key, value)| (key.clone(), value_to_json(value)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Some(Kind::Entity(reference)) => serde_json::json!({
+            "__entity": {"type": reference.r#type, "id": reference.id}
+        }),
+        Some(Kind::Extension(extension)) if extension.args.is_empty() => serde_json::json!({
+            "__extn": {"fn": extension.r#fn, "arg": extension.arg}
+        }),
+        Some(Kind::Extension(extension)) => serde_json::json!({
+            "__extn": {
+                "fn": extension.r#fn,
+                "args": extension.args.iter().map(value_to_json).collect::<Vec<_>>()
+            }
+        }),
+    }
+}
+
 /// Converts Cedar's JSON value form (with `__entity` and `__extn` escapes) to
 /// a typed value. Numbers must be whole and fit in 64 bits, as Cedar's `Long`.
 pub fn json_to_value(json: &serde_json::Value) -> Result<pb::Value, String> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::decision_log::DecisionLog;
 use crate::engine::{self, BuiltinReason, Decision, Options, RequestError};
 use crate::store::{Catalog, Store, TenantSnapshot};
 use convert::FreshnessInfo;
@@ -139,6 +140,83 @@ pub struct DecisionPoint {
     limits: Limits,
     ids: DecisionIds,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    decision_log: Option<Arc<DecisionLog>>,
+}
+
+/// What the decision log keeps of a request, taken before the request is
+/// converted (only when the log is on).
+struct LoggedRequest {
+    tenant: String,
+    principal: Option<pb::EntityRef>,
+    action: Option<pb::EntityRef>,
+    resource: Option<pb::EntityRef>,
+    context: Option<serde_json::Value>,
+}
+
+impl LoggedRequest {
+    fn capture(log: &DecisionLog, request: &pb::CheckRequest) -> Self {
+        let context = log.logs_context().then(|| {
+            request
+                .context
+                .iter()
+                .map(|(key, value)| {
+                    let shown = if log.masks(key) {
+                        serde_json::Value::String("***".to_string())
+                    } else {
+                        convert::value_to_json(value)
+                    };
+                    (key.clone(), shown)
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        });
+        Self {
+            tenant: request.tenant.clone(),
+            principal: request.principal.clone(),
+            action: request.action.clone(),
+            resource: request.resource.clone(),
+            context,
+        }
+    }
+
+    fn submit(self, log: &DecisionLog, response: &pb::CheckResponse, latency: std::time::Duration) {
+        let allow = response.decision == pb::Decision::Allow as i32;
+        if !log.wants(allow) {
+            return;
+        }
+        let reference = |r: &Option<pb::EntityRef>| {
+            r.as_ref()
+                .map(|r| serde_json::json!({"type": r.r#type, "id": r.id}))
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let freshness = response.freshness.clone().unwrap_or_default();
+        let mut record = serde_json::json!({
+            "decision_id": response.decision_id,
+            "time_unix_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or_default(),
+            "tenant": self.tenant,
+            "principal": reference(&self.principal),
+            "action": reference(&self.action),
+            "resource": reference(&self.resource),
+            "decision": if allow { "ALLOW" } else { "DENY" },
+            "reasons": response.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),
+            "policies": response
+                .reasons
+                .iter()
+                .filter(|r| !r.policy_id.is_empty())
+                .map(|r| r.policy_id.as_str())
+                .collect::<Vec<_>>(),
+            "policy_version": freshness.policy_version,
+            "snapshot_version": freshness.snapshot_version,
+            "latency_us": u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+        });
+        if let (Some(context), Some(fields)) = (self.context, record.as_object_mut()) {
+            fields.insert("context".to_string(), context);
+        }
+        log.submit(&record);
+    }
 }
 
 impl DecisionPoint {
@@ -150,7 +228,14 @@ impl DecisionPoint {
             limits,
             ids: DecisionIds::new(),
             metrics: None,
+            decision_log: None,
         }
+    }
+
+    /// Writes a record of every (sampled) decision to `log`.
+    pub fn with_decision_log(mut self, log: Arc<DecisionLog>) -> Self {
+        self.decision_log = Some(log);
+        self
     }
 
     /// Counts decisions and their durations in `metrics`.
@@ -185,8 +270,15 @@ impl DecisionPoint {
     /// Decides one request.
     pub fn check(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
         let started = std::time::Instant::now();
+        let logged = self
+            .decision_log
+            .as_deref()
+            .map(|log| LoggedRequest::capture(log, &request));
         let result = self.check_unrecorded(request);
         self.record(started, &result);
+        if let (Some(log), Some(logged), Ok(response)) = (&self.decision_log, logged, &result) {
+            logged.submit(log, response, started.elapsed());
+        }
         result
     }
 
@@ -207,7 +299,20 @@ impl DecisionPoint {
         request: pb::CheckBatchRequest,
     ) -> Result<pb::CheckBatchResponse, ApiError> {
         let started = std::time::Instant::now();
+        let logged: Option<Vec<LoggedRequest>> = self.decision_log.as_deref().map(|log| {
+            request
+                .checks
+                .iter()
+                .map(|check| LoggedRequest::capture(log, check))
+                .collect()
+        });
         let result = self.check_batch_unrecorded(request);
+        if let (Some(log), Some(logged), Ok(batch)) = (&self.decision_log, logged, &result) {
+            let latency = started.elapsed();
+            for (logged, response) in logged.into_iter().zip(&batch.responses) {
+                logged.submit(log, response, latency);
+            }
+        }
         if let Some(metrics) = &self.metrics {
             match &result {
                 Ok(batch) => {

@@ -514,6 +514,17 @@ impl Binary {
     /// with extra `TOLLGATE_*` variables, and waits (bounded) for its
     /// `listening ... address=` log line.
     pub fn spawn(policies: &Path, entitlements: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with_stdout(policies, entitlements, env, Stdio::null())
+    }
+
+    /// Like [`Binary::spawn`], with the process's standard output as given
+    /// (e.g. piped, taken with [`Binary::take_stdout`]).
+    pub fn spawn_with_stdout(
+        policies: &Path,
+        entitlements: &Path,
+        env: &[(&str, &str)],
+        stdout: Stdio,
+    ) -> Self {
         let cwd = tempfile::tempdir().expect("create working directory");
         let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         command
@@ -526,7 +537,7 @@ impl Binary {
             .arg(entitlements)
             .current_dir(cwd.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         for name in tollgate_env_vars() {
             command.env_remove(name);
@@ -585,6 +596,11 @@ impl Binary {
     }
 
     /// The process id.
+    /// The process's piped standard output, once.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

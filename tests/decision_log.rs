@@ -1,0 +1,186 @@
+//! The decision log as an operator reads it: one JSON record per decision,
+//! masked where configured, and a full queue that drops and counts records
+//! without ever holding up a decision.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::Stdio;
+
+use common::*;
+use tollgate::api::pb;
+
+fn metrics_address(server: &Binary) -> String {
+    let log = server.log();
+    log.lines()
+        .find(|line| line.contains("metrics at /metrics"))
+        .and_then(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("address="))
+        })
+        .expect("metrics address in the log")
+        .to_string()
+}
+
+fn scrape(address: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn counter(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_match_the_decisions_and_masked_fields_never_appear() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("decisions.log");
+    let mut server = Binary::spawn(
+        &example_policies(),
+        &example_entitlements(),
+        &[
+            ("TOLLGATE_DECISION_LOG", file.to_str().unwrap()),
+            ("TOLLGATE_DECISION_LOG_CONTEXT", "true"),
+            ("TOLLGATE_DECISION_LOG_MASK", "country"),
+        ],
+    );
+    let mut client = connect(&server.url()).await;
+    let mut decided: HashMap<String, pb::CheckResponse> = HashMap::new();
+    for (tenant, principal, feature) in [
+        ("acme", "User:bob", "Feature:pdf-export"),
+        ("hooli", "User:gavin", "Feature:pdf-export"),
+        ("umbrella", "User:nobody", "Feature:pdf-export"),
+    ] {
+        let response = decide(&mut client, check(tenant, principal, "use", feature)).await;
+        decided.insert(response.decision_id.clone(), response);
+    }
+    let batch = client
+        .check_batch(pb::CheckBatchRequest {
+            checks: vec![
+                check("acme", "User:carol", "view", "Feature:dashboards"),
+                check("acme", "User:carol", "use", "Feature:dashboards"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for response in batch.responses {
+        decided.insert(response.decision_id.clone(), response);
+    }
+    server.signal("TERM");
+    server.expect_clean_exit().await;
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains("\"BR\""),
+        "a masked value was written:\n{text}"
+    );
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(records.len(), decided.len(), "{text}");
+    for record in &records {
+        let id = record["decision_id"].as_str().unwrap();
+        let response = decided
+            .get(id)
+            .unwrap_or_else(|| panic!("no decision {id}"));
+        let decision = if response.decision == pb::Decision::Allow as i32 {
+            "ALLOW"
+        } else {
+            "DENY"
+        };
+        assert_eq!(record["decision"], decision, "{record}");
+        let reasons: Vec<&str> = response.reasons.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(record["reasons"], serde_json::json!(reasons), "{record}");
+        assert_eq!(
+            record["policy_version"],
+            response.freshness.as_ref().unwrap().policy_version.as_str()
+        );
+        assert!(record["latency_us"].is_u64(), "{record}");
+        assert_eq!(record["action"]["type"], "Action", "{record}");
+        assert_eq!(
+            record["context"]["now"]["__extn"]["fn"], "datetime",
+            "{record}"
+        );
+        if record["action"]["id"] == "use" {
+            assert_eq!(record["context"]["country"], "***", "{record}");
+        }
+    }
+    let unknown = records.iter().find(|r| r["tenant"] == "umbrella").unwrap();
+    assert_eq!(unknown["reasons"], serde_json::json!(["unknown_tenant"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_and_counts_records_and_never_holds_up_a_decision() {
+    // Standard output is a pipe nobody reads during the load: once its buffer
+    // is full the writer blocks, the one-record queue fills, and records drop.
+    let mut server = Binary::spawn_with_stdout(
+        &example_policies(),
+        &example_entitlements(),
+        &[
+            ("TOLLGATE_DECISION_LOG", "stdout"),
+            ("TOLLGATE_DECISION_LOG_QUEUE", "1"),
+            ("TOLLGATE_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+        Stdio::piped(),
+    );
+    server.wait_for_log(0, &["metrics at /metrics"]).await;
+    let stdout = server.take_stdout().unwrap();
+    const TASKS: usize = 4;
+    const CHECKS: usize = 500;
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let url = server.url();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            for _ in 0..CHECKS {
+                let response = decide(
+                    &mut client,
+                    check("acme", "User:bob", "use", "Feature:pdf-export"),
+                )
+                .await;
+                assert_eq!(response.decision, pb::Decision::Allow as i32);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let address = metrics_address(&server);
+    let text = tokio::task::spawn_blocking(move || scrape(&address))
+        .await
+        .unwrap();
+    let queued = counter(
+        &text,
+        r#"tollgate_decision_log_records_total{result="queued"}"#,
+    );
+    let dropped = counter(
+        &text,
+        r#"tollgate_decision_log_records_total{result="dropped"}"#,
+    );
+    assert_eq!(queued + dropped, (TASKS * CHECKS) as u64, "{text}");
+    assert!(
+        dropped > 0,
+        "a blocked writer must make the queue drop:\n{text}"
+    );
+
+    // Reading the pipe lets the writer finish; every queued record arrives.
+    let reader =
+        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).count());
+    server.signal("TERM");
+    server.expect_clean_exit().await;
+    assert_eq!(reader.join().unwrap() as u64, queued);
+}
