@@ -31,9 +31,13 @@ enum Command {
     ///
     /// Configuration comes from the YAML file (--config, TOLLGATE_CONFIG, or
     /// ./tollgate.yaml when present), overridden by TOLLGATE_<KEY> environment
-    /// variables, overridden by flags. Keys: listen, policies, entitlements,
-    /// strict_principals, policy_errors, max_batch, max_request_bytes, watch,
-    /// reload_debounce_ms, shutdown_delay_ms, shutdown_grace_ms, log_format, log_level.
+    /// variables, overridden by flags. Keys: listen, metrics_listen, policies,
+    /// entitlements, strict_principals, policy_errors, max_batch,
+    /// max_request_bytes, watch, reload_debounce_ms, shutdown_delay_ms,
+    /// shutdown_grace_ms, decision_log, decision_log_queue,
+    /// decision_log_sample_allow, decision_log_sample_deny, decision_log_context,
+    /// decision_log_mask, decision_log_max_bytes, log_format, log_level
+    /// (README.md describes each).
     /// Policies and snapshots reload on file change and on SIGHUP.
     Serve {
         #[command(flatten)]
@@ -585,6 +589,24 @@ pub fn response_json(response: &pb::CheckResponse) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_help_and_readme_name_every_configuration_key() {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let serve = command
+            .find_subcommand_mut("serve")
+            .expect("serve subcommand");
+        let help = serve.render_long_help().to_string();
+        let readme = include_str!("../README.md");
+        for (key, _, _) in crate::config::KEYS {
+            assert!(help.contains(key), "`tollgate serve --help` does not name `{key}`");
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "the README's configuration table does not list `{key}`"
+            );
+        }
+    }
 
     #[test]
     fn parses_entity_references() {
