@@ -600,7 +600,10 @@ mod tests {
         let help = serve.render_long_help().to_string();
         let readme = include_str!("../README.md");
         for (key, _, _) in crate::config::KEYS {
-            assert!(help.contains(key), "`tollgate serve --help` does not name `{key}`");
+            assert!(
+                help.contains(key),
+                "`tollgate serve --help` does not name `{key}`"
+            );
             assert!(
                 readme.contains(&format!("| `{key}` |")),
                 "the README's configuration table does not list `{key}`"
