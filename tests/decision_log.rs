@@ -7,35 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
 use common::*;
 use tollgate::api::pb;
-
-fn metrics_address(server: &Binary) -> String {
-    let log = server.log();
-    log.lines()
-        .find(|line| line.contains("metrics at /metrics"))
-        .and_then(|line| {
-            line.split_whitespace()
-                .find_map(|field| field.strip_prefix("address="))
-        })
-        .expect("metrics address in the log")
-        .to_string()
-}
-
-fn scrape(address: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
 
 fn counter(text: &str, series: &str) -> u64 {
     text.lines()
@@ -137,7 +113,6 @@ async fn a_full_queue_drops_and_counts_records_and_never_holds_up_a_decision() {
         ],
         Stdio::piped(),
     );
-    server.wait_for_log(0, &["metrics at /metrics"]).await;
     let stdout = server.take_stdout().unwrap();
     const TASKS: usize = 4;
     const CHECKS: usize = 500;
@@ -159,8 +134,8 @@ async fn a_full_queue_drops_and_counts_records_and_never_holds_up_a_decision() {
     for task in tasks {
         task.await.unwrap();
     }
-    let address = metrics_address(&server);
-    let text = tokio::task::spawn_blocking(move || scrape(&address))
+    let address = server.metrics_address().await;
+    let (_, text) = tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
         .await
         .unwrap();
     let queued = counter(

@@ -5,29 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-
 use common::*;
-
-/// `GET path` over plain HTTP/1.1; returns the status line and the body.
-fn http_get(address: &str, path: &str) -> (String, String) {
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
-}
 
 /// The value of the sample `name_and_labels` (exactly as printed), if present.
 fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
@@ -46,16 +24,7 @@ async fn metrics_move_with_known_traffic() {
         &example_entitlements(),
         &[("TOLLGATE_METRICS_LISTEN", "127.0.0.1:0")],
     );
-    let log = server.wait_for_log(0, &["metrics at /metrics"]).await;
-    let line = log
-        .lines()
-        .find(|line| line.contains("metrics at /metrics"))
-        .unwrap();
-    let address = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("address="))
-        .expect("metrics address in the log")
-        .to_string();
+    let address = server.metrics_address().await;
 
     let mut client = connect(&server.url()).await;
     for _ in 0..3 {

@@ -46,6 +46,30 @@ pub fn example_counts() -> (usize, usize) {
     (policies, tenants)
 }
 
+/// `GET path` over plain HTTP/1.1 (blocking); returns the status line and
+/// the body.
+pub fn http_get(address: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect over HTTP");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set a read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
 /// How often bounded waits poll.
 pub const POLL: Duration = Duration::from_millis(20);
 /// Upper bound of every wait for something that should happen soon.
@@ -596,6 +620,20 @@ impl Binary {
     }
 
     /// The process id.
+    /// The address of the metrics endpoint, from its log line (the binary
+    /// must have been started with `TOLLGATE_METRICS_LISTEN`).
+    pub async fn metrics_address(&self) -> String {
+        let log = self.wait_for_log(0, &["metrics at /metrics"]).await;
+        log.lines()
+            .find(|line| line.contains("metrics at /metrics"))
+            .and_then(|line| {
+                line.split_whitespace()
+                    .find_map(|field| field.strip_prefix("address="))
+            })
+            .expect("metrics address in the log")
+            .to_string()
+    }
+
     /// The process's piped standard output, once.
     pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
         self.child.stdout.take()
