@@ -23,6 +23,8 @@
     reason = "benchmark harness: a broken fixture should abort loudly"
 )]
 
+mod common;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;
@@ -34,6 +36,7 @@ use cedar_policy::{Authorizer, Context, EntityUid, RestrictedExpression};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value as Json};
 
+use common::NOW;
 use tollgate::api::pb;
 use tollgate::api::{DecisionPoint, Limits};
 use tollgate::engine::Options;
@@ -43,8 +46,6 @@ use tollgate::store::{Catalog, PolicySnapshot, SnapshotSource, Store, TenantMap,
 const TENANT: &str = "bench";
 /// Tenant sizes (number of users).
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
-/// The `now` of every request: after no trial end, as no bench account has one.
-const NOW: &str = "2026-01-15T12:00:00Z";
 /// Country of every request.
 const COUNTRY: &str = "BR";
 
@@ -159,42 +160,8 @@ fn snapshot_json(users: usize) -> Vec<u8> {
         .expect("serialise snapshot")
 }
 
-fn entity_ref(kind: &str, id: &str) -> Option<pb::EntityRef> {
-    Some(pb::EntityRef {
-        r#type: kind.to_string(),
-        id: id.to_string(),
-    })
-}
-
 fn pb_request(principal: &str, case: Case) -> pb::CheckRequest {
-    use pb::value::Kind;
-    let context = HashMap::from([
-        (
-            "now".to_string(),
-            pb::Value {
-                kind: Some(Kind::Extension(pb::Extension {
-                    r#fn: "datetime".to_string(),
-                    arg: NOW.to_string(),
-                    args: Vec::new(),
-                })),
-            },
-        ),
-        (
-            "country".to_string(),
-            pb::Value {
-                kind: Some(Kind::String(COUNTRY.to_string())),
-            },
-        ),
-    ]);
-    pb::CheckRequest {
-        tenant: TENANT.to_string(),
-        principal: entity_ref("User", principal),
-        action: entity_ref("Action", "use"),
-        resource: entity_ref("Feature", case.feature()),
-        context,
-        entities: Vec::new(),
-        explain: false,
-    }
+    common::use_request(TENANT, principal, case.feature())
 }
 
 /// The same request built directly with Cedar's API, validated against the schema.

@@ -30,7 +30,8 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
-use std::collections::HashMap;
+mod common;
+
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -63,9 +64,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Thread name prefixes (Linux truncates names to 15 bytes).
 const SERVER_THREADS: &str = "tg-server";
 const CLIENT_THREADS: &str = "tg-client";
-
-/// The `now` of the requests: acme has no trial, so any time allows.
-const NOW: &str = "2026-01-15T12:00:00Z";
 
 /// gRPC load generator for tollgate: empty-RPC floor (health), Check and CheckBatch.
 #[derive(Debug, Parser)]
@@ -261,43 +259,10 @@ fn settings(args: &Args) -> Result<Settings, String> {
 // ---------------------------------------------------------------------------
 // Requests
 
-fn entity_ref(kind: &str, id: &str) -> Option<pb::EntityRef> {
-    Some(pb::EntityRef {
-        r#type: kind.to_string(),
-        id: id.to_string(),
-    })
-}
-
 /// The ALLOW request: acme's member `bob` uses `pdf-export` (acme is on pro,
 /// `pdf-export` needs pro) from BR.
 fn allow_request() -> pb::CheckRequest {
-    use pb::value::Kind;
-    pb::CheckRequest {
-        tenant: "acme".to_string(),
-        principal: entity_ref("User", "bob"),
-        action: entity_ref("Action", "use"),
-        resource: entity_ref("Feature", "pdf-export"),
-        context: HashMap::from([
-            (
-                "now".to_string(),
-                pb::Value {
-                    kind: Some(Kind::Extension(pb::Extension {
-                        r#fn: "datetime".to_string(),
-                        arg: NOW.to_string(),
-                        args: Vec::new(),
-                    })),
-                },
-            ),
-            (
-                "country".to_string(),
-                pb::Value {
-                    kind: Some(Kind::String("BR".to_string())),
-                },
-            ),
-        ]),
-        entities: Vec::new(),
-        explain: false,
-    }
+    common::use_request("acme", "bob", "pdf-export")
 }
 
 /// One client issuing one kind of call; checks every answer.

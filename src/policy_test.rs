@@ -407,29 +407,24 @@ fn run_case(
             decision.name()
         );
     }
-    let listed = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
-    if let Some(expected) = &case.expect.reasons {
+    let mut compare = |label: &str, expected: &Option<Vec<String>>, actual: &BTreeSet<String>| {
+        let Some(expected) = expected else {
+            return;
+        };
         let expected: BTreeSet<String> = expected.iter().cloned().collect();
-        if expected != reasons {
+        if &expected != actual {
+            let listed =
+                |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
             let _ = writeln!(
                 diff,
-                "  reasons:  expected [{}], got [{}]",
+                "  {label} expected [{}], got [{}]",
                 listed(&expected),
-                listed(&reasons)
+                listed(actual)
             );
         }
-    }
-    if let Some(expected) = &case.expect.policies {
-        let expected: BTreeSet<String> = expected.iter().cloned().collect();
-        if expected != policies {
-            let _ = writeln!(
-                diff,
-                "  policies: expected [{}], got [{}]",
-                listed(&expected),
-                listed(&policies)
-            );
-        }
-    }
+    };
+    compare("reasons: ", &case.expect.reasons, &reasons);
+    compare("policies:", &case.expect.policies, &policies);
     if diff.is_empty() {
         return None;
     }
