@@ -231,3 +231,40 @@ fn bad_configuration_lists_every_problem_and_exits_2_before_listening() {
     }
     assert!(!stderr.contains("listening"), "{stderr}");
 }
+
+#[test]
+fn check_explain_shows_every_policy_whose_scope_matched() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (policies, entitlements) = (example_policies(), example_entitlements());
+    let deny_context = context("CN");
+    let args = check_args(
+        &["--explain"],
+        ["acme", "User:bob", "use", "Feature:payments"],
+        &deny_context,
+    );
+    let output = tollgate_on(&args, &policies, &entitlements, cwd.path());
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("  policies whose scope matched:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "    forbid outside-allowed-countries: satisfied: blocks (geo_restricted: this feature is not available in your country)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    permit members-use: satisfied: grants (member_role)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    forbid tier-too-low: not satisfied"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("viewers-view"),
+        "other actions' rules are left out:\n{stdout}"
+    );
+}
