@@ -1,0 +1,460 @@
+{{/*
+Helpers of the tollgate chart.
+
+The public ones, for a parent chart that depends on this one:
+  tollgate.sidecar                          the tollgate container (one list item)
+  tollgate.volumes                          the pod volumes it needs (list items)
+  tollgate.socketVolumeMount                the socket volume mount for the app container
+  tollgate.terminationGracePeriodSeconds    the pod grace period tollgate needs
+Each takes the parent's context `.` (the dependency must be named "tollgate"),
+or (dict "context" . "subchart" "<alias>") for an aliased dependency, or this
+chart's own context. Whichever it is, they read this chart's values.
+*/}}
+
+{{/*
+tollgate.scope: resolves the argument of a public helper to the context of
+this chart. Called as (list <argument> <dict>); sets "ctx" in the dict.
+*/}}
+{{- define "tollgate.scope" -}}
+{{- $in := index . 0 -}}
+{{- $out := index . 1 -}}
+{{- $root := $in -}}
+{{- $subchart := "tollgate" -}}
+{{- if hasKey $in "context" -}}
+{{- $root = $in.context -}}
+{{- $subchart = default "tollgate" $in.subchart -}}
+{{- end -}}
+{{- $ctx := $root -}}
+{{- if and (hasKey $root "Subcharts") (hasKey (default dict $root.Subcharts) $subchart) -}}
+{{- $ctx = index $root.Subcharts $subchart -}}
+{{- end -}}
+{{- if not (hasKey $ctx.Values "sidecar") -}}
+{{- fail (printf "tollgate helpers: chart %q has no dependency named %q; for an aliased dependency call them with (dict \"context\" . \"subchart\" \"<alias>\")" $root.Chart.Name $subchart) -}}
+{{- end -}}
+{{- $_ := set $out "ctx" $ctx -}}
+{{- end -}}
+
+{{/* The chart name, "tollgate" unless nameOverride. Fixed (not .Chart.Name) so
+that a parent chart and an aliased dependency compute the same names. */}}
+{{- define "tollgate.name" -}}
+{{- default "tollgate" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tollgate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "tollgate.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tollgate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tollgate.labels" -}}
+helm.sh/chart: {{ include "tollgate.chart" . }}
+{{ include "tollgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ default .Chart.AppVersion .Values.image.tag | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tollgate
+{{- end -}}
+
+{{- define "tollgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tollgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Selector labels of the standalone pods. */}}
+{{- define "tollgate.standaloneSelectorLabels" -}}
+{{ include "tollgate.selectorLabels" . }}
+app.kubernetes.io/component: decision-point
+{{- end -}}
+
+{{/* Selector labels of the example pods. */}}
+{{- define "tollgate.exampleSelectorLabels" -}}
+{{ include "tollgate.selectorLabels" . }}
+app.kubernetes.io/component: example
+{{- end -}}
+
+{{/* Selector labels of the pods that this chart's own workload runs. */}}
+{{- define "tollgate.workloadSelectorLabels" -}}
+{{- if eq .Values.mode "standalone" -}}
+{{ include "tollgate.standaloneSelectorLabels" . }}
+{{- else -}}
+{{ include "tollgate.exampleSelectorLabels" . }}
+{{- end -}}
+{{- end -}}
+
+{{- define "tollgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "tollgate.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tollgate.policiesConfigMap" -}}
+{{- default (printf "%s-policies" (include "tollgate.fullname" .)) .Values.policies.existingConfigMap -}}
+{{- end -}}
+
+{{- define "tollgate.entitlementsConfigMap" -}}
+{{- default (printf "%s-entitlements" (include "tollgate.fullname" .)) .Values.entitlements.existingConfigMap -}}
+{{- end -}}
+
+{{/* The Secret the chart creates for values given inline. */}}
+{{- define "tollgate.secretName" -}}
+{{- include "tollgate.fullname" . -}}
+{{- end -}}
+
+{{/* True ("true") when some secret value is given inline, so the chart creates its Secret. */}}
+{{- define "tollgate.createSecret" -}}
+{{- $redis := and .Values.redis.enabled (or .Values.redis.url.value .Values.redis.password.value) -}}
+{{- $admin := and .Values.admin.enabled .Values.admin.token.value -}}
+{{- if or $redis $admin -}}true{{- end -}}
+{{- end -}}
+
+{{/* A value as text for an environment variable: whole numbers without an exponent. */}}
+{{- define "tollgate.scalar" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One env entry read from a Secret: (list <ctx> <env name> <secret value spec>). */}}
+{{- define "tollgate.secretEnv" -}}
+{{- $ctx := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- $spec := index . 2 -}}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "tollgate.secretName" $ctx) $spec.secretName }}
+      key: {{ $spec.secretKey }}
+{{- end -}}
+
+{{- define "tollgate.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag | toString -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The environment of the tollgate container: every setting is a TOLLGATE_<KEY>. */}}
+{{- define "tollgate.env" -}}
+{{- $v := .Values -}}
+- name: TOLLGATE_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int $v.grpc.port) | quote }}
+- name: TOLLGATE_POLICIES
+  value: {{ $v.policies.mountPath | quote }}
+{{- if not $v.redis.enabled }}
+- name: TOLLGATE_ENTITLEMENTS
+  value: {{ $v.entitlements.mountPath | quote }}
+{{- end }}
+- name: TOLLGATE_METRICS_LISTEN
+  value: {{ ternary (printf "0.0.0.0:%d" (int $v.metrics.port)) "" $v.metrics.enabled | quote }}
+- name: TOLLGATE_SHUTDOWN_DELAY_MS
+  value: {{ include "tollgate.scalar" $v.shutdown.delayMs | quote }}
+- name: TOLLGATE_SHUTDOWN_GRACE_MS
+  value: {{ include "tollgate.scalar" $v.shutdown.graceMs | quote }}
+{{- if $v.unixSocket.enabled }}
+- name: TOLLGATE_LISTEN_UNIX
+  value: {{ $v.unixSocket.path | quote }}
+{{- end }}
+{{- if $v.admin.enabled }}
+- name: TOLLGATE_ADMIN_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int $v.admin.port) | quote }}
+{{ include "tollgate.secretEnv" (list . "TOLLGATE_ADMIN_TOKEN" $v.admin.token) }}
+{{- end }}
+{{- if $v.redis.enabled }}
+{{ include "tollgate.secretEnv" (list . "TOLLGATE_REDIS_URL" $v.redis.url) }}
+{{- if $v.redis.username }}
+- name: TOLLGATE_REDIS_USERNAME
+  value: {{ $v.redis.username | quote }}
+{{- end }}
+{{- if or $v.redis.password.value $v.redis.password.secretName }}
+{{ include "tollgate.secretEnv" (list . "TOLLGATE_REDIS_PASSWORD" $v.redis.password) }}
+{{- end }}
+- name: TOLLGATE_REDIS_CLUSTER
+  value: {{ $v.redis.cluster | toString | quote }}
+{{- if not (kindIs "invalid" $v.redis.timeoutMs) }}
+- name: TOLLGATE_REDIS_TIMEOUT_MS
+  value: {{ include "tollgate.scalar" $v.redis.timeoutMs | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.redis.cacheMaxBytes) }}
+- name: TOLLGATE_CACHE_MAX_BYTES
+  value: {{ include "tollgate.scalar" $v.redis.cacheMaxBytes | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.redis.maxStaleMs) }}
+- name: TOLLGATE_MAX_STALE_MS
+  value: {{ include "tollgate.scalar" $v.redis.maxStaleMs | quote }}
+{{- end }}
+{{- end }}
+{{- range $key, $value := $v.config }}
+- name: {{ printf "TOLLGATE_%s" (upper $key) }}
+  value: {{ include "tollgate.scalar" $value | quote }}
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* A gRPC probe: (list <ctx> <probe values> <health service name>). */}}
+{{- define "tollgate.probe" -}}
+{{- $ctx := index . 0 -}}
+{{- $probe := index . 1 -}}
+grpc:
+  port: {{ $ctx.Values.grpc.port }}
+  {{- with index . 2 }}
+  service: {{ . }}
+  {{- end }}
+periodSeconds: {{ $probe.periodSeconds }}
+timeoutSeconds: {{ $probe.timeoutSeconds }}
+failureThreshold: {{ $probe.failureThreshold }}
+{{- end -}}
+
+{{/*
+tollgate.sidecar: the tollgate container, as one item of a containers list
+(or, with sidecar.native, of an initContainers list). Public.
+*/}}
+{{- define "tollgate.sidecar" -}}
+{{- $scope := dict -}}
+{{- include "tollgate.scope" (list . $scope) -}}
+{{- $ctx := $scope.ctx -}}
+{{- $v := $ctx.Values -}}
+- name: {{ $v.sidecar.containerName }}
+  image: {{ include "tollgate.image" $ctx | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  {{- if $v.sidecar.native }}
+  # A native sidecar (Kubernetes >= 1.29): started before, stopped after the app.
+  restartPolicy: Always
+  {{- end }}
+  ports:
+    - name: tg-grpc
+      containerPort: {{ $v.grpc.port }}
+      protocol: TCP
+    {{- if $v.metrics.enabled }}
+    - name: tg-metrics
+      containerPort: {{ $v.metrics.port }}
+      protocol: TCP
+    {{- end }}
+    {{- if $v.admin.enabled }}
+    - name: tg-admin
+      containerPort: {{ $v.admin.port }}
+      protocol: TCP
+    {{- end }}
+  env:
+    {{- include "tollgate.env" $ctx | nindent 4 }}
+  {{- if $v.probes.startup.enabled }}
+  startupProbe:
+    {{- include "tollgate.probe" (list $ctx $v.probes.startup "") | nindent 4 }}
+  {{- end }}
+  {{- if $v.probes.readiness.enabled }}
+  readinessProbe:
+    {{- include "tollgate.probe" (list $ctx $v.probes.readiness "tollgate.v1.EntitlementService") | nindent 4 }}
+  {{- end }}
+  {{- if $v.probes.liveness.enabled }}
+  livenessProbe:
+    {{- include "tollgate.probe" (list $ctx $v.probes.liveness "") | nindent 4 }}
+  {{- end }}
+  resources:
+    {{- toYaml $v.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $v.securityContext | nindent 4 }}
+  volumeMounts:
+    # A whole-directory mount, never subPath: the kubelet updates it in place
+    # (the ..data symlink swap) and tollgate hot-reloads.
+    - name: tollgate-policies
+      mountPath: {{ $v.policies.mountPath }}
+      readOnly: true
+    {{- if not $v.redis.enabled }}
+    - name: tollgate-entitlements
+      mountPath: {{ $v.entitlements.mountPath }}
+      readOnly: true
+    {{- end }}
+    {{- if $v.unixSocket.enabled }}
+    - name: tollgate-socket
+      mountPath: {{ dir $v.unixSocket.path }}
+    {{- end }}
+    {{- with $v.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  terminationMessagePolicy: FallbackToLogsOnError
+{{- end -}}
+
+{{/* tollgate.volumes: the pod volumes the sidecar mounts, as list items. Public. */}}
+{{- define "tollgate.volumes" -}}
+{{- $scope := dict -}}
+{{- include "tollgate.scope" (list . $scope) -}}
+{{- $ctx := $scope.ctx -}}
+{{- $v := $ctx.Values -}}
+- name: tollgate-policies
+  configMap:
+    name: {{ include "tollgate.policiesConfigMap" $ctx }}
+{{- if not $v.redis.enabled }}
+- name: tollgate-entitlements
+  configMap:
+    name: {{ include "tollgate.entitlementsConfigMap" $ctx }}
+{{- end }}
+{{- if $v.unixSocket.enabled }}
+- name: tollgate-socket
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end }}
+{{- end -}}
+
+{{/*
+tollgate.socketVolumeMount: the volume mount that gives an app container the
+Unix socket directory, as a list item; empty when unixSocket is off. Public.
+*/}}
+{{- define "tollgate.socketVolumeMount" -}}
+{{- $scope := dict -}}
+{{- include "tollgate.scope" (list . $scope) -}}
+{{- $v := $scope.ctx.Values -}}
+{{- if $v.unixSocket.enabled -}}
+- name: tollgate-socket
+  mountPath: {{ dir $v.unixSocket.path }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+tollgate.terminationGracePeriodSeconds: the pod grace period tollgate needs:
+terminationGracePeriodSeconds, or the drain (shutdown delay + grace) plus 5 s. Public.
+*/}}
+{{- define "tollgate.terminationGracePeriodSeconds" -}}
+{{- $scope := dict -}}
+{{- include "tollgate.scope" (list . $scope) -}}
+{{- $v := $scope.ctx.Values -}}
+{{- $drain := add (div (add $v.shutdown.delayMs $v.shutdown.graceMs 999) 1000) 5 -}}
+{{- if kindIs "invalid" $v.terminationGracePeriodSeconds -}}
+{{- $drain -}}
+{{- else -}}
+{{- int64 $v.terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
+{{/* topologySpreadConstraints with the pods' own labels filled in where no labelSelector is given. */}}
+{{- define "tollgate.topologySpreadConstraints" -}}
+{{- $ctx := index . 0 -}}
+{{- $selector := index . 1 | fromYaml -}}
+{{- range $ctx.Values.topologySpreadConstraints }}
+{{- $constraint := deepCopy . }}
+{{- if not (hasKey $constraint "labelSelector") }}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+- {{ toYaml $constraint | nindent 2 | trim }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod settings shared by the example and standalone workloads. */}}
+{{- define "tollgate.podSettings" -}}
+{{- $ctx := index . 0 -}}
+{{- $selector := index . 1 -}}
+{{- $v := $ctx.Values -}}
+serviceAccountName: {{ include "tollgate.serviceAccountName" $ctx }}
+automountServiceAccountToken: false
+# Kubernetes would otherwise set <SERVICE>_SERVICE_HOST variables, and a
+# Service whose name starts with "tollgate" yields TOLLGATE_* names that
+# tollgate refuses as unknown configuration keys.
+enableServiceLinks: false
+terminationGracePeriodSeconds: {{ include "tollgate.terminationGracePeriodSeconds" $ctx }}
+securityContext:
+  {{- toYaml $v.podSecurityContext | nindent 2 }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with $v.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- include "tollgate.topologySpreadConstraints" (list $ctx $selector) | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod annotations: the user's, plus a checksum of the chart's Secret (env
+from a Secret is read only at start). Deliberately no checksum of the policy
+or entitlement ConfigMaps: those reach running pods through the volume and hot
+reload, and a restart on every policy edit would defeat that. */}}
+{{- define "tollgate.podAnnotations" -}}
+{{- $annotations := deepCopy .Values.podAnnotations -}}
+{{- if include "tollgate.createSecret" . -}}
+{{- $_ := set $annotations "checksum/secret" (include (print .Template.BasePath "/secret.yaml") . | sha256sum) -}}
+{{- end -}}
+{{- with $annotations -}}
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks of value combinations that values.schema.json cannot express. */}}
+{{- define "tollgate.validate" -}}
+{{- $v := .Values -}}
+{{- if and $v.redis.enabled (not (or $v.redis.url.value $v.redis.url.secretName)) -}}
+{{- fail "redis.enabled: set redis.url.value or redis.url.secretName" -}}
+{{- end -}}
+{{- if and $v.redis.url.value $v.redis.url.secretName -}}
+{{- fail "redis.url: set either value or secretName, not both" -}}
+{{- end -}}
+{{- if and $v.redis.password.value $v.redis.password.secretName -}}
+{{- fail "redis.password: set either value or secretName, not both" -}}
+{{- end -}}
+{{- if and $v.admin.enabled (not (or $v.admin.token.value $v.admin.token.secretName)) -}}
+{{- fail "admin.enabled: set admin.token.value or admin.token.secretName (the AdminService always requires a token)" -}}
+{{- end -}}
+{{- if and $v.admin.token.value $v.admin.token.secretName -}}
+{{- fail "admin.token: set either value or secretName, not both" -}}
+{{- end -}}
+{{- $ports := list (int $v.grpc.port) -}}
+{{- if $v.metrics.enabled -}}
+{{- if has (int $v.metrics.port) $ports -}}{{- fail (printf "metrics.port: %d is already used by grpc.port" (int $v.metrics.port)) -}}{{- end -}}
+{{- $ports = append $ports (int $v.metrics.port) -}}
+{{- end -}}
+{{- if and $v.admin.enabled (has (int $v.admin.port) $ports) -}}
+{{- fail (printf "admin.port: %d is already used by another tollgate port" (int $v.admin.port)) -}}
+{{- end -}}
+{{- $drain := div (add $v.shutdown.delayMs $v.shutdown.graceMs 999) 1000 -}}
+{{- if and (not (kindIs "invalid" $v.terminationGracePeriodSeconds)) (lt (int64 $v.terminationGracePeriodSeconds) (int64 $drain)) -}}
+{{- fail (printf "terminationGracePeriodSeconds: %d is shorter than the drain it must cover (shutdown.delayMs + shutdown.graceMs = %d s)" (int64 $v.terminationGracePeriodSeconds) (int64 $drain)) -}}
+{{- end -}}
+{{- if and $v.networkPolicy.enabled (eq $v.mode "sidecar") -}}
+{{- fail "networkPolicy.enabled: only for mode example or standalone; in mode sidecar the pods are yours, so is their NetworkPolicy" -}}
+{{- end -}}
+{{- if and $v.metrics.serviceMonitor.enabled (ne $v.mode "standalone") -}}
+{{- fail "metrics.serviceMonitor.enabled: only for mode standalone (it scrapes the Service); use metrics.podMonitor for sidecars" -}}
+{{- end -}}
+{{- if and (or $v.metrics.serviceMonitor.enabled $v.metrics.podMonitor.enabled) (not $v.metrics.enabled) -}}
+{{- fail "metrics.enabled: must be true for metrics.serviceMonitor or metrics.podMonitor" -}}
+{{- end -}}
+{{- if and $v.metrics.podMonitor.enabled (eq $v.mode "sidecar") (not $v.metrics.podMonitor.selector) -}}
+{{- fail "metrics.podMonitor.selector: required in mode sidecar (the labels of your pods that run the sidecar)" -}}
+{{- end -}}
+{{- if and (eq $v.mode "standalone") $v.unixSocket.enabled -}}
+{{- fail "unixSocket.enabled: a Unix socket is shared within a pod; mode standalone has no app beside tollgate" -}}
+{{- end -}}
+{{- if and (eq $v.mode "standalone") $v.sidecar.native -}}
+{{- fail "sidecar.native: only for modes sidecar and example" -}}
+{{- end -}}
+{{- end -}}
