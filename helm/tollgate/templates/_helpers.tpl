@@ -190,6 +190,14 @@ app.kubernetes.io/component: example
 - name: TOLLGATE_REDIS_TIMEOUT_MS
   value: {{ include "tollgate.scalar" $v.redis.timeoutMs | quote }}
 {{- end }}
+{{- if $v.redis.tlsCa.secretName }}
+- name: TOLLGATE_REDIS_TLS_CA_FILE
+  value: {{ printf "/etc/tollgate/redis-ca/%s" $v.redis.tlsCa.secretKey | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.redis.cacheTtlMs) }}
+- name: TOLLGATE_CACHE_TTL_MS
+  value: {{ include "tollgate.scalar" $v.redis.cacheTtlMs | quote }}
+{{- end }}
 {{- if not (kindIs "invalid" $v.redis.cacheMaxBytes) }}
 - name: TOLLGATE_CACHE_MAX_BYTES
   value: {{ include "tollgate.scalar" $v.redis.cacheMaxBytes | quote }}
@@ -281,6 +289,11 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
       mountPath: {{ $v.entitlements.mountPath }}
       readOnly: true
     {{- end }}
+    {{- if and $v.redis.enabled $v.redis.tlsCa.secretName }}
+    - name: tollgate-redis-ca
+      mountPath: /etc/tollgate/redis-ca
+      readOnly: true
+    {{- end }}
     {{- if $v.unixSocket.enabled }}
     - name: tollgate-socket
       mountPath: {{ dir $v.unixSocket.path }}
@@ -304,6 +317,14 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
 - name: tollgate-entitlements
   configMap:
     name: {{ include "tollgate.entitlementsConfigMap" $ctx }}
+{{- end }}
+{{- if and $v.redis.enabled $v.redis.tlsCa.secretName }}
+- name: tollgate-redis-ca
+  secret:
+    secretName: {{ $v.redis.tlsCa.secretName }}
+    items:
+      - key: {{ $v.redis.tlsCa.secretKey }}
+        path: {{ $v.redis.tlsCa.secretKey }}
 {{- end }}
 {{- if $v.unixSocket.enabled }}
 - name: tollgate-socket
@@ -423,6 +444,12 @@ reload, and a restart on every policy edit would defeat that. */}}
 {{- end -}}
 {{- if and $v.admin.enabled (not (or $v.admin.token.value $v.admin.token.secretName)) -}}
 {{- fail "admin.enabled: set admin.token.value or admin.token.secretName (the AdminService always requires a token)" -}}
+{{- end -}}
+{{- if and $v.admin.enabled (not $v.redis.enabled) -}}
+{{- fail "admin.enabled: the AdminService writes snapshots to Redis; set redis.enabled too" -}}
+{{- end -}}
+{{- if and (contains "," $v.redis.url.value) (not $v.redis.cluster) -}}
+{{- fail "redis.url.value: several nodes need redis.cluster: true" -}}
 {{- end -}}
 {{- if and $v.admin.token.value $v.admin.token.secretName -}}
 {{- fail "admin.token: set either value or secretName, not both" -}}
