@@ -10,6 +10,7 @@
 #      and its README.md has a row for every value of values.yaml;
 #   2. lint and template with the default values, every ci/*-values.yaml, and the
 #      example parent chart (examples/my-app) with classic and native sidecars;
+#      the plain-YAML Deployment of docs/kubernetes.md is checked like a render;
 #   3. every rendered manifest parses and is valid for the oldest Kubernetes the
 #      chart supports (1.27; 1.29 with native sidecars) and the newest the
 #      validator knows; prometheus-operator objects (no schema here) are checked
@@ -417,6 +418,26 @@ try:
               f"{' and '.join(versions)}, {len(failures) - failures_before} problems")
 finally:
     shutil.rmtree(workdir, ignore_errors=True)
+
+# The plain-YAML Deployment of docs/kubernetes.md, for users without Helm.
+DOCS = "docs/kubernetes.md"
+docs_text = read(DOCS)
+docs_manifests = []
+for block in re.findall(r"```yaml\n(.*?)```", docs_text, re.S):
+    if "{{" in block or not re.search(r"(?m)^apiVersion:", block):
+        continue
+    try:
+        docs_manifests += [(DOCS, doc) for doc in yaml.safe_load_all(block) if doc]
+    except yaml.YAMLError as error:
+        fail(DOCS, f"a YAML example does not parse: {error}")
+if not any(doc.get("kind") == "Deployment" for _, doc in docs_manifests):
+    fail(DOCS, "no plain-YAML Deployment example found")
+failures_before = len(failures)
+valid = check_manifests(DOCS, docs_manifests, docs_text, [min_kubernetes, latest_kubernetes])
+manifest_count += valid
+status = "ok  " if len(failures) == failures_before else "FAIL"
+print(f"{status} {DOCS}: {valid}/{len(docs_manifests)} YAML examples valid for Kubernetes "
+      f"{min_kubernetes} and {latest_kubernetes}, {len(failures) - failures_before} problems")
 
 
 # Keys tollgate knows that the chart can set neither itself nor through `config`

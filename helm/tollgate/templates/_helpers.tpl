@@ -27,6 +27,11 @@ this chart. Called as (list <argument> <dict>); sets "ctx" in the dict.
 {{- $ctx := $root -}}
 {{- if and (hasKey $root "Subcharts") (hasKey (default dict $root.Subcharts) $subchart) -}}
 {{- $ctx = index $root.Subcharts $subchart -}}
+{{- else if and (not (hasKey $root.Values "sidecar")) (kindIs "map" (get $root.Values $subchart)) -}}
+{{- /* A Helm without .Subcharts: the dependency's values, merged with its defaults, are in the parent's values. */ -}}
+{{- $values := get $root.Values $subchart -}}
+{{- $tag := required (printf "%s.image.tag: set it (this Helm gives no access to the dependency's appVersion)" $subchart) $values.image.tag -}}
+{{- $ctx = dict "Values" $values "Release" $root.Release "Chart" (dict "Name" $subchart "AppVersion" $tag) -}}
 {{- end -}}
 {{- if not (hasKey $ctx.Values "sidecar") -}}
 {{- fail (printf "tollgate helpers: chart %q has no dependency named %q; for an aliased dependency call them with (dict \"context\" . \"subchart\" \"<alias>\")" $root.Chart.Name $subchart) -}}
