@@ -464,6 +464,7 @@ bad_values = [
     ({"admin": {"enabled": True}}, "admin.token"),
     ({"mode": "sidecar", "networkPolicy": {"enabled": True}}, "networkPolicy.enabled"),
     ({"admin": {"enabled": True, "token": {"value": "short"}}}, "/admin/token/value"),
+    ({"podDisruptionBudget": {"minAvailable": 1}}, "podDisruptionBudget"),
     ({"redis": {"enabled": True, "url": {"value": "http://redis:6379"}}}, "/redis/url/value"),
 ]
 refused = 0
