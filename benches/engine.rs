@@ -230,7 +230,14 @@ fn bench_size(c: &mut Criterion, users: usize) {
         assert_eq!(decision.allow, allow, "engine_decide/{}", case.name());
         assert_eq!(decision.reasons.len(), 1, "{decision:?}");
         assert_eq!(decision.reasons[0].code(), code, "{decision:?}");
-        let response = decision_point.check(request.clone()).expect("check");
+        // The file source never waits: a current-thread runtime only drives
+        // the future.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let response = runtime
+            .block_on(decision_point.check(request.clone()))
+            .expect("check");
         let expected = if allow {
             pb::Decision::Allow
         } else {
@@ -266,7 +273,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
         group.bench_function(BenchmarkId::new("full_check", case.name()), |b| {
             b.iter_batched(
                 || request.clone(),
-                |request| decision_point.check(black_box(request)),
+                |request| runtime.block_on(decision_point.check(black_box(request))),
                 BatchSize::SmallInput,
             );
         });

@@ -14,10 +14,12 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::admin::{AdminGrpc, AdminServiceServer, BearerAuth};
 use crate::api::{pb, DecisionPoint, EntitlementServiceServer, GrpcService};
 use crate::config::Config;
 use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
+use crate::store::remote::RemoteSnapshots;
 use crate::store::{watch as dir_watch, ReloadOutcome, Store};
 
 /// Name under which health reports the entitlement service.
@@ -96,10 +98,11 @@ pub async fn serve_on(
     // while the first load is still running.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ServeError::Signal)?;
-    let store = Arc::new(Store::new(
-        config.policies.clone(),
-        config.entitlements.clone(),
-    ));
+    let store = Arc::new(if config.redis.is_some() {
+        Store::policies_only(config.policies.clone())
+    } else {
+        Store::new(config.policies.clone(), config.entitlements.clone())
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let health = HealthReporter::new();
@@ -132,6 +135,20 @@ pub async fn serve_on(
 
     let mut decision_point = DecisionPoint::new(Arc::clone(&store), config.options, config.limits)
         .with_metrics(Arc::clone(&metrics));
+    let mut remote_link = None;
+    if let Some(settings) = &config.redis {
+        let remote =
+            RemoteSnapshots::new(settings.clone(), config.cache.clone(), Arc::clone(&store));
+        remote_link = Some(remote.start().await);
+        metrics.observe_remote(Arc::clone(&remote));
+        info!(
+            redis = ?settings.urls.iter().map(|url| crate::store::redis_client::redact_url(url)).collect::<Vec<_>>(),
+            cluster = settings.cluster,
+            connected = remote.connected(),
+            "tenant snapshots from redis"
+        );
+        decision_point = decision_point.with_remote(remote);
+    }
     let mut decision_log_writer = None;
     if let Some(settings) = &config.decision_log {
         let (log, writer) = DecisionLog::start(settings.clone(), Arc::clone(&metrics))
@@ -140,6 +157,36 @@ pub async fn serve_on(
         decision_log_writer = Some(writer);
     }
     let decision_point = Arc::new(decision_point);
+    if let (Some(address), Some(remote), Some(token)) = (
+        config.admin_listen,
+        decision_point.remote(),
+        config.admin_token.clone(),
+    ) {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ServeError::Bind { address, source })?;
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin service listening");
+        let admin = tonic::service::interceptor::InterceptedService::new(
+            AdminServiceServer::new(AdminGrpc::new(Arc::clone(&store), Arc::clone(remote)))
+                .max_decoding_message_size(config.max_request_bytes),
+            BearerAuth::new(token),
+        );
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let served = Server::builder()
+                .add_service(admin)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = stop.wait_for(|stopping| *stopping).await;
+                    },
+                )
+                .await;
+            if let Err(error) = served {
+                warn!(error = %error, "admin service failed");
+            }
+        });
+    }
     if let Some(address) = config.metrics_listen {
         let listener = crate::metrics::bind(address)
             .await
@@ -217,6 +264,9 @@ pub async fn serve_on(
             warn!(grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), "grace period over; abandoning requests still in flight");
         }
     }
+    if let Some(link) = remote_link {
+        link.abort();
+    }
     if let Some(writer) = decision_log_writer {
         // The writer ends once the last decision path holding the log is gone,
         // after writing everything queued.
@@ -248,10 +298,11 @@ fn start_reloaders(
     mut hangup: tokio::signal::unix::Signal,
 ) -> Result<Vec<dir_watch::DirWatcher>, ServeError> {
     let mut guards = Vec::new();
-    let watched: &[(&std::path::PathBuf, bool)] = if config.watch {
-        &[(&config.policies, true), (&config.entitlements, false)]
-    } else {
-        &[]
+    let watched: &[(&std::path::PathBuf, bool)] = match (config.watch, config.redis.is_some()) {
+        (false, _) => &[],
+        // Snapshots come from Redis: only the policies are files.
+        (true, true) => &[(&config.policies, true)],
+        (true, false) => &[(&config.policies, true), (&config.entitlements, false)],
     };
     for &(dir, policies) in watched {
         let (guard, mut changes) =

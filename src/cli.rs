@@ -15,7 +15,8 @@ Exit codes:
   serve:    0 stopped cleanly (SIGTERM/SIGINT), 1 failed while running, 2 bad configuration
   validate: 0 everything valid, 1 problems found, 2 bad configuration
   check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable
-  test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies, missing test files or no case to run";
+  test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies, missing test files or no case to run
+  snapshot: 0 done, 1 refused (invalid snapshot, version not newer, not found), 2 bad configuration or policies, 3 Redis unreachable";
 
 /// tollgate: an entitlement decision point over Cedar policies, served over gRPC.
 #[derive(Debug, Parser)]
@@ -36,9 +37,13 @@ enum Command {
     /// max_request_bytes, watch, reload_debounce_ms, shutdown_delay_ms,
     /// shutdown_grace_ms, decision_log, decision_log_queue,
     /// decision_log_sample_allow, decision_log_sample_deny, decision_log_context,
-    /// decision_log_mask, decision_log_max_bytes, log_format, log_level
-    /// (README.md describes each).
-    /// Policies and snapshots reload on file change and on SIGHUP.
+    /// decision_log_mask, decision_log_max_bytes, redis_url, redis_cluster,
+    /// redis_username, redis_password, redis_tls_ca_file, redis_timeout_ms,
+    /// cache_max_bytes, cache_ttl_ms, max_stale_ms, admin_listen, admin_token,
+    /// log_format, log_level (README.md describes each; a nested YAML mapping
+    /// such as `redis: {url: ...}` sets `redis_url`).
+    /// Policies and file snapshots reload on file change and on SIGHUP; with
+    /// redis_url, snapshots come from Redis and its invalidations.
     Serve {
         #[command(flatten)]
         files: FileArgs,
@@ -56,6 +61,13 @@ enum Command {
     },
     /// Decide one request, locally from the files or against a running server (--remote).
     Check(CheckArgs),
+    /// Write, read, delete and list tenant snapshots in Redis (provisioning).
+    ///
+    /// A write is validated against the schema in the policy directory,
+    /// refused unless its version is newer than the stored one, and published
+    /// to every sidecar in the same atomic step. Redis settings come from the
+    /// same configuration as serve (redis_url, redis_password, ...).
+    Snapshot(SnapshotArgs),
     /// Run the policy test files (*.test.yaml in the policy directory and its tests/ folder).
     ///
     /// Prints a line per case, a diff of expected against actual for every failure,
@@ -120,6 +132,46 @@ struct CheckArgs {
     /// Also show how every policy whose scope matches the request evaluated.
     #[arg(long)]
     explain: bool,
+    /// With --remote: the oldest snapshot accepted, in milliseconds since its
+    /// source confirmed it (0: no bound).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    max_staleness_ms: u64,
+}
+
+#[derive(Debug, Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Redis URL [default: the configuration's redis_url].
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    #[command(subcommand)]
+    command: SnapshotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Validate a snapshot file (`-` for stdin) against the schema and write it.
+    Put {
+        /// The snapshot document: {"tenant", "version", "entities"}.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print a tenant's stored snapshot.
+    Get {
+        /// Tenant id.
+        tenant: String,
+    },
+    /// Delete a tenant's snapshot (its version stays as the high-water mark).
+    Delete {
+        /// Tenant id.
+        tenant: String,
+        /// Delete only if this version is the stored one.
+        #[arg(long, value_name = "VERSION")]
+        expected_version: Option<u64>,
+    },
+    /// List the tenants that have a snapshot.
+    List,
 }
 
 impl FileArgs {
@@ -168,6 +220,109 @@ pub fn run() -> ExitCode {
         }
         Command::Check(args) => check(&args),
         Command::Test(args) => test(&args),
+        Command::Snapshot(args) => snapshot(&args),
+    }
+}
+
+fn snapshot(args: &SnapshotArgs) -> ExitCode {
+    use crate::admin::{self, AdminError};
+    let mut flags = args.files.flags();
+    if let Some(url) = &args.redis_url {
+        flags.values.push(("redis_url", url.clone()));
+    }
+    let Some(config) = load_config(&flags) else {
+        return ExitCode::from(2);
+    };
+    let Some(settings) = config.redis.clone() else {
+        eprintln!("no Redis configured: set redis_url (or --redis-url, TOLLGATE_REDIS_URL)");
+        return ExitCode::from(2);
+    };
+    let document = match &args.command {
+        SnapshotCommand::Put { file } => {
+            let read = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(file)
+            };
+            match read {
+                Ok(text) => Some(text),
+                Err(error) => {
+                    eprintln!("cannot read {}: {error}", file.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    let policies = match &args.command {
+        SnapshotCommand::Put { .. } => match PolicySnapshot::load_dir(&config.policies) {
+            Ok(policies) => Some(policies),
+            Err(problems) => {
+                for problem in &problems {
+                    eprintln!("{problem}");
+                }
+                eprintln!("the policies do not load: {} problem(s)", problems.len());
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start runtime: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    let result: Result<String, AdminError> = runtime.block_on(async {
+        let conn = crate::store::redis_client::RedisConn::connect(&settings).await?;
+        match (&args.command, document, policies) {
+            (SnapshotCommand::Put { .. }, Some(document), Some(policies)) => {
+                let written = admin::put(&conn, &policies, &document).await?;
+                Ok(format!(
+                    "wrote {} version {} (replacing {})",
+                    written.tenant,
+                    written.version,
+                    if written.previous == 0 {
+                        "nothing".to_string()
+                    } else {
+                        format!("version {}", written.previous)
+                    }
+                ))
+            }
+            (SnapshotCommand::Get { tenant }, _, _) => admin::get(&conn, tenant)
+                .await
+                .map(|(_, document)| document),
+            (
+                SnapshotCommand::Delete {
+                    tenant,
+                    expected_version,
+                },
+                _,
+                _,
+            ) => {
+                let version = admin::delete(&conn, tenant, *expected_version).await?;
+                Ok(format!("deleted {tenant} version {version}"))
+            }
+            (SnapshotCommand::List, _, _) => Ok(conn.list_tenants().await?.join("\n")),
+            _ => Err(AdminError::NoPolicies),
+        }
+    });
+    match result {
+        Ok(output) => {
+            if !output.is_empty() {
+                println!("{}", output.trim_end());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error @ (AdminError::Redis(_) | AdminError::NoPolicies)) => {
+            eprintln!("{error}");
+            ExitCode::from(3)
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -366,6 +521,7 @@ fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
         })
         .collect::<Result<_, _>>()?;
     Ok(pb::CheckRequest {
+        max_staleness_ms: args.max_staleness_ms,
         tenant: args.tenant.clone(),
         principal: Some(parse_ref(&args.principal, None).map_err(|p| format!("--principal: {p}"))?),
         action: Some(
@@ -439,8 +595,11 @@ fn check_local(
         ));
     }
     let decision_point = DecisionPoint::new(store, config.options, config.limits);
-    decision_point
-        .check(request)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|error| (3, error.to_string()))?;
+    runtime
+        .block_on(decision_point.check(request))
         .map_err(|error| (2, error.to_string()))
 }
 

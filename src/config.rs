@@ -39,6 +39,17 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("decision_log_context", "false", "include the request context in records"),
     ("decision_log_mask", "", "comma-separated context attributes whose values are logged as \"***\""),
     ("decision_log_max_bytes", "104857600", "size at which the decision log file rotates"),
+    ("redis_url", "", "read tenant snapshots from Redis instead of the entitlements directory: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS; with redis_cluster, a comma-separated list of seed nodes; empty: the file source"),
+    ("redis_cluster", "false", "use the Redis Cluster client"),
+    ("redis_username", "", "Redis ACL user name (overrides the URL's)"),
+    ("redis_password", "", "Redis password (overrides the URL's); prefer TOLLGATE_REDIS_PASSWORD"),
+    ("redis_tls_ca_file", "", "PEM file of the CA that signs the Redis server certificate (rediss:// with a private CA); empty: the web PKI roots"),
+    ("redis_timeout_ms", "250", "upper bound on every Redis call, connecting included"),
+    ("cache_max_bytes", "268435456", "upper bound on the cached snapshots' total weight (document size plus 1 KiB each)"),
+    ("cache_ttl_ms", "300000", "a cached snapshot read longer ago than this is read again on next use (safety net for a lost invalidation)"),
+    ("max_stale_ms", "300000", "while Redis is unreachable, how long after its last confirmation a cached snapshot still serves (marked STALE) before entitlements_unavailable"),
+    ("admin_listen", "", "address of the gRPC AdminService (snapshot writes; needs redis_url and admin_token), e.g. 127.0.0.1:50052; empty: off"),
+    ("admin_token", "", "bearer token the AdminService requires; prefer TOLLGATE_ADMIN_TOKEN"),
     ("log_format", "human", "`human` or `json`"),
     ("log_level", "info", "tracing filter, e.g. `info` or `tollgate=debug`"),
 ];
@@ -79,10 +90,28 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The decision log, if enabled.
     pub decision_log: Option<crate::decision_log::Settings>,
+    /// Redis source of tenant snapshots, when configured.
+    pub redis: Option<crate::store::redis_client::RedisSettings>,
+    /// Cache of the Redis source.
+    pub cache: crate::store::remote::CacheSettings,
+    /// Address of the AdminService, when enabled.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token of the AdminService.
+    pub admin_token: Option<Secret>,
     /// Log output format.
     pub log_format: LogFormat,
     /// Tracing filter directive.
     pub log_level: String,
+}
+
+/// A value that is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 impl Config {
@@ -101,6 +130,10 @@ impl Config {
             shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_millis(10_000),
             decision_log: None,
+            redis: None,
+            cache: crate::store::remote::CacheSettings::default(),
+            admin_listen: None,
+            admin_token: None,
             log_format: LogFormat::Human,
             log_level: "info".to_string(),
         }
@@ -251,11 +284,29 @@ fn read_file(
             return;
         }
     };
+    // A nested mapping names keys by prefix: `redis: {url: ...}` is `redis_url`.
+    let mut entries: Vec<(String, serde_norway::Value)> = Vec::new();
     for (key, value) in mapping {
         let Some(name) = key.as_str() else {
             problems.push(format!("{}: keys must be strings", path.display()));
             continue;
         };
+        match value {
+            serde_norway::Value::Mapping(inner) => {
+                for (inner_key, inner_value) in inner {
+                    match inner_key.as_str() {
+                        Some(inner_name) => {
+                            entries.push((format!("{name}_{inner_name}"), inner_value));
+                        }
+                        None => problems.push(format!("{}: keys must be strings", path.display())),
+                    }
+                }
+            }
+            value => entries.push((name.to_string(), value)),
+        }
+    }
+    for (name, value) in entries {
+        let name = name.as_str();
         let Some((key, _, _)) = KEYS.iter().find(|(k, _, _)| *k == name) else {
             problems.push(format!("{}: unknown key `{name}`", path.display()));
             continue;
@@ -328,7 +379,17 @@ fn build(
             .map_err(|_| format!("`{text}` is not a socket address such as 127.0.0.1:9090"))
     });
     let policies = get(values, problems, "policies", directory);
-    let entitlements = get(values, problems, "entitlements", directory);
+    // With the Redis source the entitlements directory is not read.
+    let redis_configured = values
+        .get("redis_url")
+        .is_some_and(|(url, _)| !url.trim().is_empty());
+    let entitlements = get(values, problems, "entitlements", |text| {
+        if redis_configured {
+            Ok(PathBuf::from(text))
+        } else {
+            directory(text)
+        }
+    });
     let strict_principals = get(values, problems, "strict_principals", boolean);
     let policy_errors = get(values, problems, "policy_errors", |text| {
         match text.trim().to_ascii_lowercase().as_str() {
@@ -401,6 +462,92 @@ fn build(
             n => Ok(n),
         },
     );
+    let text =
+        |text: &str| Ok::<_, String>(Some(text.trim().to_string()).filter(|t| !t.is_empty()));
+    let redis_url = get(values, problems, "redis_url", text);
+    let redis_cluster = get(values, problems, "redis_cluster", boolean);
+    let redis_username = get(values, problems, "redis_username", text);
+    let redis_password = get(values, problems, "redis_password", |t| {
+        Ok::<_, String>(Some(t.to_string()).filter(|t| !t.is_empty()))
+    });
+    let redis_tls_ca_file = get(values, problems, "redis_tls_ca_file", |t| match t.trim() {
+        "" => Ok(None),
+        path if Path::new(path).is_file() => Ok(Some(PathBuf::from(path))),
+        path => Err(format!("`{path}` is not a readable file")),
+    });
+    let millis = |text: &str| match number(text)? {
+        0 => Err("must be at least 1".to_string()),
+        n => Ok(Duration::from_millis(n)),
+    };
+    let redis_timeout = get(values, problems, "redis_timeout_ms", millis);
+    let cache_max_bytes = get(values, problems, "cache_max_bytes", |text| {
+        match number(text)? {
+            n if n < 1024 * 1024 => Err("must be at least 1048576 (1 MiB)".to_string()),
+            n => Ok(n),
+        }
+    });
+    let cache_ttl = get(values, problems, "cache_ttl_ms", millis);
+    let max_stale = get(values, problems, "max_stale_ms", |text| {
+        number(text).map(Duration::from_millis)
+    });
+    let admin_listen = get(values, problems, "admin_listen", |text| {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.trim()
+            .parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| format!("`{text}` is not a socket address such as 127.0.0.1:50052"))
+    });
+    let admin_token = get(values, problems, "admin_token", |t| {
+        Ok::<_, String>(Some(Secret(t.trim().to_string())).filter(|t| !t.0.is_empty()))
+    });
+    let redis = match (&redis_url, &redis_cluster) {
+        (Some(Some(urls)), Some(cluster)) => {
+            let urls: Vec<String> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(str::to_string)
+                .collect();
+            for url in &urls {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    problems.push(format!(
+                        "redis_url: `{}` must start with redis:// or rediss://",
+                        crate::store::redis_client::redact_url(url)
+                    ));
+                }
+            }
+            if urls.len() > 1 && !cluster {
+                problems.push("redis_url: several URLs need redis_cluster: true".to_string());
+            }
+            Some(crate::store::redis_client::RedisSettings {
+                urls,
+                cluster: *cluster,
+                username: redis_username.clone().flatten(),
+                password: redis_password.clone().flatten(),
+                tls_ca_file: redis_tls_ca_file.clone().flatten(),
+                timeout: redis_timeout.unwrap_or(Duration::from_millis(250)),
+            })
+        }
+        _ => None,
+    };
+    if let Some(Some(_)) = admin_listen {
+        if redis.is_none() {
+            problems
+                .push("admin_listen: the AdminService writes to Redis; set redis_url".to_string());
+        }
+        match &admin_token {
+            Some(None) => problems.push(
+                "admin_listen: the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN)"
+                    .to_string(),
+            ),
+            Some(Some(token)) if token.0.len() < 16 => {
+                problems.push("admin_token: must be at least 16 characters".to_string());
+            }
+            _ => {}
+        }
+    }
     let log_format = get(values, problems, "log_format", |text| {
         match text.trim().to_ascii_lowercase().as_str() {
             "human" => Ok(LogFormat::Human),
@@ -440,6 +587,15 @@ fn build(
             mask: mask.clone().unwrap_or_default(),
             max_bytes: max_bytes.unwrap_or(104_857_600),
         }),
+        redis,
+        cache: crate::store::remote::CacheSettings {
+            max_bytes: cache_max_bytes?,
+            ttl: cache_ttl?,
+            max_stale: max_stale?,
+            ..crate::store::remote::CacheSettings::default()
+        },
+        admin_listen: admin_listen?,
+        admin_token: admin_token?,
         log_format: log_format?,
         log_level: log_level?,
     })

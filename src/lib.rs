@@ -4,6 +4,7 @@
 //! decision) → [`store`] (policies and entitlement snapshots); [`app`] wires
 //! them into the sidecar, [`config`] and [`cli`] read what the user asked for.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod cli;

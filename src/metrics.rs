@@ -62,6 +62,122 @@ pub struct Metrics {
     tenants: Gauge,
     policies: Gauge,
     decision_log: Family<LogLabels, Counter>,
+    remote: Arc<std::sync::OnceLock<Arc<crate::store::remote::RemoteSnapshots>>>,
+}
+
+/// Reads the Redis source's counters and cache state at scrape time.
+#[derive(Debug)]
+struct RemoteCollector(Arc<std::sync::OnceLock<Arc<crate::store::remote::RemoteSnapshots>>>);
+
+impl prometheus_client::collector::Collector for RemoteCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(remote) = self.0.get() else {
+            return Ok(());
+        };
+        let stats = remote.stats();
+        let counters: [(&str, &str, u64); 10] = [
+            (
+                "cache_hits",
+                "Snapshot lookups answered from the cache",
+                stats.hits.load(Relaxed),
+            ),
+            (
+                "cache_misses",
+                "Snapshot lookups that found nothing cached",
+                stats.misses.load(Relaxed),
+            ),
+            (
+                "cache_revalidations",
+                "Snapshot lookups whose cached snapshot had to be confirmed with Redis",
+                stats.revalidations.load(Relaxed),
+            ),
+            (
+                "cache_evictions",
+                "Cached snapshots evicted for size or age",
+                stats.evictions.load(Relaxed),
+            ),
+            (
+                "redis_snapshot_reads",
+                "Snapshot reads sent to Redis",
+                stats.reads.load(Relaxed),
+            ),
+            (
+                "redis_errors",
+                "Failed Redis calls and lost connections",
+                stats.errors.load(Relaxed),
+            ),
+            (
+                "redis_reconnects",
+                "Times the Redis invalidation subscription was re-established",
+                stats.reconnects.load(Relaxed),
+            ),
+            (
+                "redis_invalidations",
+                "Invalidation messages received",
+                stats.invalidations.load(Relaxed),
+            ),
+            (
+                "snapshots_stale_served",
+                "Lookups answered with a stale snapshot while Redis could not confirm it",
+                stats.stale.load(Relaxed),
+            ),
+            (
+                "snapshots_rejected",
+                "Snapshots read from Redis that failed validation",
+                stats.rejected.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        let status = remote.status();
+        let age = status.oldest_age.map_or(0.0, |age| age.as_secs_f64());
+        let gauges: [(&str, &str, f64); 4] = [
+            (
+                "cache_entries",
+                "Tenants in the snapshot cache",
+                status.entries as f64,
+            ),
+            (
+                "cache_weight_bytes",
+                "Weight of the snapshot cache (document bytes plus 1 KiB per entry)",
+                status.weighted_bytes as f64,
+            ),
+            (
+                "redis_connected",
+                "1 while the Redis invalidation subscription is up",
+                if status.connected { 1.0 } else { 0.0 },
+            ),
+            (
+                "snapshot_oldest_age_seconds",
+                "Time since the least recently confirmed cached snapshot was confirmed",
+                age,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            ConstGauge::new(value).encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -119,7 +235,10 @@ impl Metrics {
             "Decision-log records, by what became of them",
             decision_log.clone(),
         );
+        let remote = Arc::new(std::sync::OnceLock::new());
+        registry.register_collector(Box::new(RemoteCollector(Arc::clone(&remote))));
         Self {
+            remote,
             registry,
             decisions,
             check_seconds,
@@ -130,6 +249,11 @@ impl Metrics {
             policies,
             decision_log,
         }
+    }
+
+    /// Exports the Redis source's counters and cache state.
+    pub fn observe_remote(&self, remote: Arc<crate::store::remote::RemoteSnapshots>) {
+        let _ = self.remote.set(remote);
     }
 
     /// Counts a decision-log record: `queued`, `dropped` or `sampled_out`.

@@ -224,6 +224,16 @@ fn shown(path: &Path) -> String {
 /// Runs every case of every test file against `policies`.
 pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Settings) -> Report {
     let mut report = Report::default();
+    // File-source decisions never wait; the runtime only drives the future.
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            report
+                .file_errors
+                .push((String::new(), format!("cannot start a runtime: {error}")));
+            return report;
+        }
+    };
     let mut coverage = Coverage::default();
     for path in files {
         let file = shown(path);
@@ -281,7 +291,7 @@ pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Setting
                                 .as_ref()
                                 .or(fixture.now.as_ref())
                                 .or(test_file.now.as_ref());
-                            run_case(point, tenant, case, now, &mut coverage)
+                            run_case(&runtime, point, tenant, case, now, &mut coverage)
                         }
                     }
                 }
@@ -364,6 +374,7 @@ fn fixture_point(
 }
 
 fn run_case(
+    runtime: &tokio::runtime::Runtime,
     point: &DecisionPoint,
     tenant: &str,
     case: &Case,
@@ -374,7 +385,7 @@ fn run_case(
         Ok(request) => request,
         Err(problem) => return Some(format!("bad case: {problem}")),
     };
-    let response = match point.check(request) {
+    let response = match runtime.block_on(point.check(request)) {
         Ok(response) => response,
         Err(error) => return Some(format!("request refused: {error}")),
     };
@@ -466,6 +477,7 @@ fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckR
         });
     }
     Ok(pb::CheckRequest {
+        max_staleness_ms: 0,
         tenant: tenant.to_string(),
         principal: Some(
             crate::cli::parse_ref(&case.principal, None).map_err(|p| format!("principal: {p}"))?,

@@ -101,6 +101,9 @@ fn run_case_set(path: &Path) -> Vec<String> {
         "{}: {outcome:?}",
         set.description
     );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut failures = Vec::new();
     let mut points: BTreeMap<(bool, bool), DecisionPoint> = BTreeMap::new();
     for case in &set.cases {
@@ -123,8 +126,9 @@ fn run_case_set(path: &Path) -> Vec<String> {
                 .collect(),
             entities: Vec::new(),
             explain: false,
+            max_staleness_ms: 0,
         };
-        let response = match point.check(request) {
+        let response = match runtime.block_on(point.check(request)) {
             Ok(response) => response,
             Err(error) => {
                 failures.push(format!(

@@ -36,5 +36,6 @@ pub fn use_request(tenant: &str, principal: &str, feature: &str) -> pb::CheckReq
         ]),
         entities: Vec::new(),
         explain: false,
+        max_staleness_ms: 0,
     }
 }

@@ -234,6 +234,9 @@ pub fn response(
             source: match freshness.source {
                 None => pb::SnapshotSource::Unspecified,
                 Some(SnapshotSource::File) => pb::SnapshotSource::File,
+                Some(SnapshotSource::Cache) => pb::SnapshotSource::Cache,
+                Some(SnapshotSource::Redis) => pb::SnapshotSource::Redis,
+                Some(SnapshotSource::Stale) => pb::SnapshotSource::Stale,
             } as i32,
         }),
         decision_id,

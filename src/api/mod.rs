@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status};
 
 use crate::decision_log::DecisionLog;
 use crate::engine::{self, BuiltinReason, Decision, Options, RequestError};
-use crate::store::{Catalog, Store, TenantSnapshot};
+use crate::store::remote::RemoteSnapshots;
+use crate::store::{Catalog, Lookup, Store};
 use convert::FreshnessInfo;
 
 /// Generated protobuf types and gRPC stubs of `tollgate.v1`.
@@ -141,6 +142,7 @@ pub struct DecisionPoint {
     ids: DecisionIds,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     decision_log: Option<Arc<DecisionLog>>,
+    remote: Option<Arc<RemoteSnapshots>>,
 }
 
 /// What the decision log keeps of a request, taken before the request is
@@ -229,6 +231,32 @@ impl DecisionPoint {
             ids: DecisionIds::new(),
             metrics: None,
             decision_log: None,
+            remote: None,
+        }
+    }
+
+    /// Reads tenant snapshots from Redis (through its cache) instead of the
+    /// entitlements directory.
+    pub fn with_remote(mut self, remote: Arc<RemoteSnapshots>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// The Redis source, when snapshots come from Redis.
+    pub fn remote(&self) -> Option<&Arc<RemoteSnapshots>> {
+        self.remote.as_ref()
+    }
+
+    async fn lookup(&self, catalog: &Catalog, tenant: &str, max_staleness_ms: u64) -> Lookup {
+        match &self.remote {
+            None => catalog.file_lookup(tenant),
+            Some(remote) => {
+                let max_staleness = (max_staleness_ms > 0)
+                    .then(|| std::time::Duration::from_millis(max_staleness_ms));
+                remote
+                    .lookup(tenant, &catalog.policies, max_staleness)
+                    .await
+            }
         }
     }
 
@@ -268,13 +296,13 @@ impl DecisionPoint {
     }
 
     /// Decides one request.
-    pub fn check(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
+    pub async fn check(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
         let started = std::time::Instant::now();
         let logged = self
             .decision_log
             .as_deref()
             .map(|log| LoggedRequest::capture(log, &request));
-        let result = self.check_unrecorded(request);
+        let result = self.check_unrecorded(request).await;
         self.record(started, &result);
         if let (Some(log), Some(logged), Ok(response)) = (&self.decision_log, logged, &result) {
             logged.submit(log, response, started.elapsed());
@@ -282,19 +310,25 @@ impl DecisionPoint {
         result
     }
 
-    fn check_unrecorded(&self, request: pb::CheckRequest) -> Result<pb::CheckResponse, ApiError> {
+    async fn check_unrecorded(
+        &self,
+        request: pb::CheckRequest,
+    ) -> Result<pb::CheckResponse, ApiError> {
         check_entity_count("entities", &request)?;
         let catalog = self.catalog()?;
-        let tenant = catalog.tenants.get(&request.tenant).cloned();
+        let tenant = request.tenant.clone();
+        let max_staleness_ms = request.max_staleness_ms;
+        // Validate before any Redis read: a malformed request costs nothing.
         let prepared = convert::prepare_check(&catalog.policies, request)
             .map_err(ApiError::InvalidArgument)?;
-        self.decide(&catalog, tenant.as_deref(), &prepared)
+        let lookup = self.lookup(&catalog, &tenant, max_staleness_ms).await;
+        self.decide(&catalog, &lookup, &prepared)
             .map_err(ApiError::InvalidArgument)
     }
 
     /// Decides a batch against one catalog; a malformed check fails the call,
     /// naming it (`checks[3].principal.type`).
-    pub fn check_batch(
+    pub async fn check_batch(
         &self,
         request: pb::CheckBatchRequest,
     ) -> Result<pb::CheckBatchResponse, ApiError> {
@@ -306,7 +340,7 @@ impl DecisionPoint {
                 .map(|check| LoggedRequest::capture(log, check))
                 .collect()
         });
-        let result = self.check_batch_unrecorded(request);
+        let result = self.check_batch_unrecorded(request).await;
         if let (Some(log), Some(logged), Ok(batch)) = (&self.decision_log, logged, &result) {
             let latency = started.elapsed();
             for (logged, response) in logged.into_iter().zip(&batch.responses) {
@@ -333,7 +367,7 @@ impl DecisionPoint {
         result
     }
 
-    fn check_batch_unrecorded(
+    async fn check_batch_unrecorded(
         &self,
         request: pb::CheckBatchRequest,
     ) -> Result<pb::CheckBatchResponse, ApiError> {
@@ -361,17 +395,29 @@ impl DecisionPoint {
             .into_iter()
             .enumerate()
             .map(|(index, check)| {
-                let tenant = catalog.tenants.get(&check.tenant).cloned();
+                let key = (check.tenant.clone(), check.max_staleness_ms);
                 convert::prepare_check(&catalog.policies, check)
-                    .map(|prepared| (tenant, prepared))
+                    .map(|prepared| (key, prepared))
                     .map_err(in_check(index))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Each tenant (with its staleness bound) is looked up once per batch.
+        let mut lookups: Vec<(&(String, u64), Lookup)> = Vec::new();
+        for (key, _) in &prepared {
+            if !lookups.iter().any(|(seen, _)| *seen == key) {
+                let lookup = self.lookup(&catalog, &key.0, key.1).await;
+                lookups.push((key, lookup));
+            }
+        }
         let responses = prepared
             .iter()
             .enumerate()
-            .map(|(index, (tenant, prepared))| {
-                self.decide(&catalog, tenant.as_deref(), prepared)
+            .map(|(index, (key, prepared))| {
+                let lookup = lookups
+                    .iter()
+                    .find(|(seen, _)| *seen == key)
+                    .map_or(&Lookup::Unavailable, |(_, lookup)| lookup);
+                self.decide(&catalog, lookup, prepared)
                     .map_err(in_check(index))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -381,30 +427,41 @@ impl DecisionPoint {
     fn decide(
         &self,
         catalog: &Catalog,
-        tenant: Option<&TenantSnapshot>,
+        lookup: &Lookup,
         prepared: &engine::PreparedRequest,
     ) -> Result<pb::CheckResponse, RequestError> {
         let policy_version = catalog.policies.version.as_str();
-        let Some(tenant) = tenant else {
-            let freshness = FreshnessInfo {
-                policy_version,
-                snapshot_version: 0,
-                snapshot_age_ms: 0,
-                source: None,
-            };
-            return Ok(convert::response(
-                Decision::deny(BuiltinReason::UnknownTenant),
-                &freshness,
-                self.ids.next(),
-            ));
+        let (snapshot, source, age) = match lookup {
+            Lookup::Found {
+                snapshot,
+                source,
+                age,
+            } => (snapshot, *source, *age),
+            Lookup::Unknown | Lookup::Unavailable => {
+                let reason = if matches!(lookup, Lookup::Unknown) {
+                    BuiltinReason::UnknownTenant
+                } else {
+                    BuiltinReason::EntitlementsUnavailable
+                };
+                let freshness = FreshnessInfo {
+                    policy_version,
+                    snapshot_version: 0,
+                    snapshot_age_ms: 0,
+                    source: None,
+                };
+                return Ok(convert::response(
+                    Decision::deny(reason),
+                    &freshness,
+                    self.ids.next(),
+                ));
+            }
         };
-        let decision = engine::decide(&catalog.policies, tenant, prepared, self.options)?;
+        let decision = engine::decide(&catalog.policies, snapshot, prepared, self.options)?;
         let freshness = FreshnessInfo {
             policy_version,
-            snapshot_version: tenant.version,
-            snapshot_age_ms: u64::try_from(tenant.confirmed_at.elapsed().as_millis())
-                .unwrap_or(u64::MAX),
-            source: Some(tenant.source),
+            snapshot_version: snapshot.version,
+            snapshot_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            source: Some(source),
         };
         Ok(convert::response(decision, &freshness, self.ids.next()))
     }
@@ -431,6 +488,7 @@ impl EntitlementService for GrpcService {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         self.decision_point
             .check(request.into_inner())
+            .await
             .map(Response::new)
             .map_err(Status::from)
     }
@@ -441,6 +499,7 @@ impl EntitlementService for GrpcService {
     ) -> Result<Response<pb::CheckBatchResponse>, Status> {
         self.decision_point
             .check_batch(request.into_inner())
+            .await
             .map(Response::new)
             .map_err(Status::from)
     }

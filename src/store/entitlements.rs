@@ -25,6 +25,12 @@ pub const MAX_TENANT_LEN: usize = 128;
 pub enum SnapshotSource {
     /// Read from a `<tenant>.json` file.
     File,
+    /// Served from the in-process cache of the Redis source.
+    Cache,
+    /// Read from Redis for this request.
+    Redis,
+    /// Served from the cache while Redis could not confirm it current.
+    Stale,
 }
 
 /// One tenant's entitlements: immutable, validated against the schema of the

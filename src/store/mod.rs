@@ -5,6 +5,8 @@
 pub mod diagnostics;
 pub mod entitlements;
 pub mod policies;
+pub mod redis_client;
+pub mod remote;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +27,38 @@ pub struct Catalog {
     pub policies: Arc<PolicySnapshot>,
     /// The serving tenant snapshots.
     pub tenants: Arc<TenantMap>,
+}
+
+/// Where a request's tenant snapshot was found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A snapshot to decide with.
+    Found {
+        /// The snapshot.
+        snapshot: Arc<TenantSnapshot>,
+        /// Where it came from for this request.
+        source: SnapshotSource,
+        /// Time since its source last confirmed it current.
+        age: std::time::Duration,
+    },
+    /// The source, reachable, has no snapshot for the tenant.
+    Unknown,
+    /// No snapshot could be had, nor one recent enough to serve as stale.
+    Unavailable,
+}
+
+impl Catalog {
+    /// The tenant's snapshot from the file source.
+    pub fn file_lookup(&self, tenant: &str) -> Lookup {
+        match self.tenants.get(tenant) {
+            Some(snapshot) => Lookup::Found {
+                snapshot: Arc::clone(snapshot),
+                source: SnapshotSource::File,
+                age: snapshot.confirmed_at.elapsed(),
+            },
+            None => Lookup::Unknown,
+        }
+    }
 }
 
 /// What a reload did.
@@ -53,7 +87,8 @@ impl ReloadOutcome {
 #[derive(Debug)]
 pub struct Store {
     policy_dir: PathBuf,
-    entitlement_dir: PathBuf,
+    /// `None` when tenant snapshots come from elsewhere (Redis).
+    entitlement_dir: Option<PathBuf>,
     current: ArcSwapOption<Catalog>,
     /// Serialises reloads so that policy and entitlement reloads never race.
     reload_lock: Mutex<ReloadLog>,
@@ -73,7 +108,7 @@ impl Store {
     pub fn new(policy_dir: PathBuf, entitlement_dir: PathBuf) -> Self {
         Self {
             policy_dir,
-            entitlement_dir,
+            entitlement_dir: Some(entitlement_dir),
             current: ArcSwapOption::empty(),
             reload_lock: Mutex::new(ReloadLog::default()),
         }
@@ -96,9 +131,28 @@ impl Store {
         &self.policy_dir
     }
 
-    /// The entitlements directory.
-    pub fn entitlement_dir(&self) -> &std::path::Path {
-        &self.entitlement_dir
+    /// A store of policies only: tenant snapshots come from another source.
+    pub fn policies_only(policy_dir: PathBuf) -> Self {
+        Self {
+            entitlement_dir: None,
+            ..Self::new(policy_dir, PathBuf::new())
+        }
+    }
+
+    /// The entitlements directory, when snapshots come from files.
+    pub fn entitlement_dir(&self) -> Option<&std::path::Path> {
+        self.entitlement_dir.as_deref()
+    }
+
+    fn load_tenants(
+        &self,
+        policies: &PolicySnapshot,
+        previous: &TenantMap,
+    ) -> (TenantMap, Vec<FileProblem>) {
+        match &self.entitlement_dir {
+            Some(dir) => entitlements::load_tenant_dir(dir, policies, previous),
+            None => (TenantMap::new(), Vec::new()),
+        }
     }
 
     /// Outcome of the last reloads.
@@ -174,11 +228,7 @@ impl Store {
         if let Some(new_policies) = candidate {
             // Snapshots are parsed against a schema: a new schema re-parses every
             // file, and must not reject a tenant that is serving now.
-            let (tenants, problems) = entitlements::load_tenant_dir(
-                &self.entitlement_dir,
-                &new_policies,
-                &previous_tenants,
-            );
+            let (tenants, problems) = self.load_tenants(&new_policies, &previous_tenants);
             let (mut broken, other): (Vec<FileProblem>, Vec<FileProblem>) =
                 problems.into_iter().partition(|problem| {
                     Path::new(&problem.file)
@@ -201,7 +251,11 @@ impl Store {
             stale.sort();
             if !stale.is_empty() && broken.is_empty() {
                 broken.push(FileProblem::new(
-                    &self.entitlement_dir.display().to_string(),
+                    &self
+                        .entitlement_dir
+                        .as_deref()
+                        .map(|dir| dir.display().to_string())
+                        .unwrap_or_default(),
                     None,
                     format!(
                         "snapshots of {} could not be re-read against the new schema",
@@ -239,11 +293,7 @@ impl Store {
                 return rejected.map_or(ReloadOutcome::Unchanged, ReloadOutcome::Rejected)
             }
             (None, Some(current)) if entitlements => {
-                let (tenants, problems) = entitlements::load_tenant_dir(
-                    &self.entitlement_dir,
-                    &current.policies,
-                    &previous_tenants,
-                );
+                let (tenants, problems) = self.load_tenants(&current.policies, &previous_tenants);
                 log_snapshot_problems(&problems);
                 log.last_entitlement_problems = problems;
                 (Arc::clone(&current.policies), tenants)

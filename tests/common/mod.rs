@@ -348,6 +348,7 @@ pub fn check(tenant: &str, principal: &str, action: &str, resource: &str) -> pb:
         context,
         entities: Vec::new(),
         explain: false,
+        max_staleness_ms: 0,
     }
 }
 

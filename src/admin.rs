@@ -1,0 +1,300 @@
+//! The write path of tenant snapshots: validate against the serving schema,
+//! refuse version regressions, write atomically with the invalidation. Shared
+//! by the gRPC `AdminService` and the `tollgate snapshot` command.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::api::pb;
+use crate::config::Secret;
+use crate::store::redis_client::{
+    DeleteOutcome, PutOutcome, Read, RedisConn, RedisFailure, MAX_VERSION,
+};
+use crate::store::remote::RemoteSnapshots;
+use crate::store::{
+    entitlements::check_tenant_id, PolicySnapshot, SnapshotSource, Store, TenantSnapshot,
+};
+
+pub use pb::admin_service_server::{AdminService, AdminServiceServer};
+
+/// Why a snapshot operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The snapshot does not validate (the Cedar or JSON error says why).
+    #[error("invalid snapshot: {0}")]
+    Invalid(String),
+    /// The version is not newer than the stored one.
+    #[error("version {version} of `{tenant}` is not newer than the stored version {stored}")]
+    NotNewer {
+        /// The tenant.
+        tenant: String,
+        /// The version offered.
+        version: u64,
+        /// The stored version.
+        stored: u64,
+    },
+    /// A delete expected another version.
+    #[error("`{tenant}` is at version {stored}, not the expected {expected}")]
+    VersionMismatch {
+        /// The tenant.
+        tenant: String,
+        /// The version expected.
+        expected: u64,
+        /// The stored version.
+        stored: u64,
+    },
+    /// No snapshot is stored for the tenant.
+    #[error("no snapshot stored for `{0}`")]
+    NotFound(String),
+    /// No valid policy set is loaded to validate against.
+    #[error("no valid policy set is loaded to validate against")]
+    NoPolicies,
+    /// Redis could not be reached or answered wrongly.
+    #[error("{0}")]
+    Redis(#[from] RedisFailure),
+}
+
+impl From<AdminError> for Status {
+    fn from(error: AdminError) -> Self {
+        let message = error.to_string();
+        match error {
+            AdminError::Invalid(_) => Status::invalid_argument(message),
+            AdminError::NotNewer { .. } | AdminError::VersionMismatch { .. } => {
+                Status::failed_precondition(message)
+            }
+            AdminError::NotFound(_) => Status::not_found(message),
+            AdminError::NoPolicies | AdminError::Redis(_) => Status::unavailable(message),
+        }
+    }
+}
+
+/// What a successful put did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The tenant.
+    pub tenant: String,
+    /// The version written.
+    pub version: u64,
+    /// The version it replaced (0 when none).
+    pub previous: u64,
+}
+
+/// Validates `document` against `policies` and writes it when its version is
+/// newer than the stored one, publishing the invalidation in the same step.
+pub async fn put(
+    conn: &RedisConn,
+    policies: &PolicySnapshot,
+    document: &str,
+) -> Result<Written, AdminError> {
+    let snapshot =
+        TenantSnapshot::parse(document.as_bytes(), None, policies, SnapshotSource::Redis)
+            .map_err(|error| AdminError::Invalid(error.to_string()))?;
+    if snapshot.version == 0 || snapshot.version > MAX_VERSION {
+        return Err(AdminError::Invalid(format!(
+            "version must be from 1 to {MAX_VERSION}, got {}",
+            snapshot.version
+        )));
+    }
+    match conn
+        .put_snapshot(&snapshot.tenant, snapshot.version, document)
+        .await?
+    {
+        PutOutcome::Written { previous } => Ok(Written {
+            tenant: snapshot.tenant,
+            version: snapshot.version,
+            previous,
+        }),
+        PutOutcome::NotNewer { stored } => Err(AdminError::NotNewer {
+            tenant: snapshot.tenant,
+            version: snapshot.version,
+            stored,
+        }),
+    }
+}
+
+/// The stored document of `tenant` and its version.
+pub async fn get(conn: &RedisConn, tenant: &str) -> Result<(u64, String), AdminError> {
+    check_tenant(tenant)?;
+    match conn.read_snapshot(tenant, None).await? {
+        Read::Document { version, bytes } => {
+            let text = String::from_utf8(bytes).map_err(|_| {
+                RedisFailure::Garbage(format!("the snapshot of `{tenant}` is not UTF-8"))
+            })?;
+            let version = version.or_else(|| document_version(&text)).unwrap_or(0);
+            Ok((version, text))
+        }
+        Read::Absent { .. } | Read::Unchanged { .. } => {
+            Err(AdminError::NotFound(tenant.to_string()))
+        }
+    }
+}
+
+fn document_version(text: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()?
+        .get("version")?
+        .as_u64()
+}
+
+/// Deletes `tenant`'s snapshot (when `expected` is given, only at that version).
+pub async fn delete(
+    conn: &RedisConn,
+    tenant: &str,
+    expected: Option<u64>,
+) -> Result<u64, AdminError> {
+    check_tenant(tenant)?;
+    match conn.delete_snapshot(tenant, expected).await? {
+        DeleteOutcome::Deleted { version } => Ok(version),
+        DeleteOutcome::Absent => Err(AdminError::NotFound(tenant.to_string())),
+        DeleteOutcome::VersionMismatch { stored } => Err(AdminError::VersionMismatch {
+            tenant: tenant.to_string(),
+            expected: expected.unwrap_or_default(),
+            stored,
+        }),
+    }
+}
+
+fn check_tenant(tenant: &str) -> Result<(), AdminError> {
+    check_tenant_id(tenant)
+        .map_err(|problem| AdminError::Invalid(format!("invalid tenant id `{tenant}`: {problem}")))
+}
+
+/// The gRPC `AdminService` over the Redis source.
+#[derive(Debug, Clone)]
+pub struct AdminGrpc {
+    store: Arc<Store>,
+    remote: Arc<RemoteSnapshots>,
+}
+
+impl AdminGrpc {
+    /// Serves writes to the Redis that `remote` reads, validated against
+    /// `store`'s serving schema.
+    pub fn new(store: Arc<Store>, remote: Arc<RemoteSnapshots>) -> Self {
+        Self { store, remote }
+    }
+
+    fn conn(&self) -> Result<&RedisConn, Status> {
+        self.remote
+            .connection()
+            .ok_or_else(|| Status::unavailable("not connected to redis yet"))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminGrpc {
+    async fn put_snapshot(
+        &self,
+        request: Request<pb::PutSnapshotRequest>,
+    ) -> Result<Response<pb::PutSnapshotResponse>, Status> {
+        let catalog = self.store.catalog().ok_or(AdminError::NoPolicies)?;
+        let written = put(
+            self.conn()?,
+            &catalog.policies,
+            &request.into_inner().snapshot_json,
+        )
+        .await?;
+        tracing::info!(tenant = %written.tenant, version = written.version, previous = written.previous, "snapshot written");
+        Ok(Response::new(pb::PutSnapshotResponse {
+            tenant: written.tenant,
+            version: written.version,
+            previous_version: written.previous,
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
+        let tenant = request.into_inner().tenant;
+        let (version, snapshot_json) = get(self.conn()?, &tenant).await?;
+        Ok(Response::new(pb::GetSnapshotResponse {
+            tenant,
+            version,
+            snapshot_json,
+        }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let request = request.into_inner();
+        let expected = (request.expected_version > 0).then_some(request.expected_version);
+        let deleted_version = delete(self.conn()?, &request.tenant, expected).await?;
+        tracing::info!(tenant = %request.tenant, version = deleted_version, "snapshot deleted");
+        Ok(Response::new(pb::DeleteSnapshotResponse {
+            tenant: request.tenant,
+            deleted_version,
+        }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let tenants = self
+            .conn()?
+            .list_tenants()
+            .await
+            .map_err(AdminError::from)?;
+        Ok(Response::new(pb::ListSnapshotsResponse { tenants }))
+    }
+}
+
+/// Checks `authorization: Bearer <token>` on every call.
+#[derive(Clone)]
+pub struct BearerAuth {
+    token: Arc<Secret>,
+}
+
+impl BearerAuth {
+    /// Requires `token`.
+    pub fn new(token: Secret) -> Self {
+        Self {
+            token: Arc::new(token),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        match presented {
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <token>` header",
+            )),
+            Some(token) if constant_time_eq(token.as_bytes(), self.token.0.as_bytes()) => {
+                Ok(request)
+            }
+            Some(_) => Err(Status::unauthenticated("invalid admin token")),
+        }
+    }
+}
+
+/// Compares without an early exit, so that timing does not reveal how much
+/// of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (index, byte) in a.iter().enumerate() {
+        difference |= usize::from(byte ^ b.get(index % b.len().max(1)).copied().unwrap_or(0));
+    }
+    difference == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdeX", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcde", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"", b"0123456789abcdef"));
+    }
+}
