@@ -483,9 +483,6 @@ reload, and a restart on every policy edit would defeat that. */}}
 {{- if and $v.metrics.podMonitor.enabled (eq $v.mode "sidecar") (not $v.metrics.podMonitor.selector) -}}
 {{- fail "metrics.podMonitor.selector: required in mode sidecar (the labels of your pods that run the sidecar)" -}}
 {{- end -}}
-{{- if and (not (kindIs "invalid" $v.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" $v.podDisruptionBudget.maxUnavailable)) -}}
-{{- fail "podDisruptionBudget: set either minAvailable or maxUnavailable (the other to null), not both" -}}
-{{- end -}}
 {{- if and (eq $v.mode "standalone") $v.unixSocket.enabled -}}
 {{- fail "unixSocket.enabled: a Unix socket is shared within a pod; mode standalone has no app beside tollgate" -}}
 {{- end -}}
