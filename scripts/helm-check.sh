@@ -27,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools=${TOLLGATE_TOOLS:-$HOME/.cache/tollgate-tools}
+tools=${TOLLGATE_TOOLS:-${HOME:-/tmp}/.cache/tollgate-tools}
 venv=$tools/venv
 requirements="helm-python-sdk==0.2.2 kubernetes-validate==1.37.0"
 stamp=$venv/.tollgate-helm-check
