@@ -365,6 +365,20 @@ impl RedisConn {
         })
     }
 
+    fn seed_host(&self) -> String {
+        let info = self
+            .settings
+            .urls
+            .first()
+            .and_then(|url| url.as_str().into_connection_info().ok());
+        match info.as_ref().map(redis::ConnectionInfo::addr) {
+            Some(
+                redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. },
+            ) => host.clone(),
+            _ => "127.0.0.1".to_string(),
+        }
+    }
+
     /// Tenants that have a snapshot, sorted, scanning every primary of a cluster.
     pub async fn list_tenants(&self) -> Result<Vec<String>, RedisFailure> {
         let mut keys = Vec::new();
@@ -396,6 +410,13 @@ impl RedisConn {
                         continue;
                     }
                     let host_port = address.split('@').next().unwrap_or(address);
+                    // A node that has never met another one does not know its
+                    // own address: it is the seed node's host.
+                    let host_port = if host_port.starts_with(':') {
+                        format!("{}{host_port}", self.seed_host())
+                    } else {
+                        host_port.to_string()
+                    };
                     let client = node_client(&self.settings, &format!("{scheme}://{host_port}"))?;
                     scan_node(&client, self.settings.timeout, &mut keys).await?;
                 }

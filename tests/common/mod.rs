@@ -7,6 +7,8 @@
     reason = "each test crate uses a different subset of the helpers"
 )]
 
+pub mod redis_server;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};

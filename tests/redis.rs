@@ -1,0 +1,652 @@
+//! The Redis source of tenant snapshots against a real `redis-server`:
+//! read-through and cache, invalidation by pub/sub, versions that never go
+//! backwards, validation at write and at read, one read for many waiting
+//! checks, outages served stale, the admin write path, AUTH and a single-node
+//! Redis Cluster.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis_server::{Options, RedisServer};
+use common::*;
+use tollgate::api::pb;
+use tollgate::api::pb::admin_service_client::AdminServiceClient;
+use tollgate::config::{Config, Secret};
+use tollgate::store::redis_client::{RedisConn, RedisSettings};
+use tollgate::store::PolicySnapshot;
+use tonic::Code;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+fn settings(urls: Vec<String>) -> RedisSettings {
+    RedisSettings {
+        urls,
+        cluster: false,
+        username: None,
+        password: None,
+        tls_ca_file: None,
+        timeout: Duration::from_millis(250),
+    }
+}
+
+fn redis_config(dirs: &DataDirs, redis: RedisSettings) -> Config {
+    let mut config = dirs.config();
+    config.redis = Some(redis);
+    config
+}
+
+fn policies() -> PolicySnapshot {
+    PolicySnapshot::load_dir(&example_policies()).expect("example policies load")
+}
+
+/// The example snapshot of `tenant` at `version`, edited by `edit`.
+fn document(tenant: &str, version: u64, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let text = read(&example_entitlements().join(format!("{tenant}.json")));
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["version"] = version.into();
+    edit(&mut value);
+    value.to_string()
+}
+
+/// Sets an attribute of the tenant's `Account` entity.
+fn set_account(value: &mut serde_json::Value, attribute: &str, to: serde_json::Value) {
+    let entities = value["entities"].as_array_mut().unwrap();
+    let account = entities
+        .iter_mut()
+        .find(|e| e["uid"]["type"] == "Account")
+        .unwrap();
+    account["attrs"][attribute] = to;
+}
+
+async fn put(conn: &RedisConn, document: &str) {
+    tollgate::admin::put(conn, &policies(), document)
+        .await
+        .unwrap_or_else(|error| panic!("put: {error}"));
+}
+
+async fn put_examples(conn: &RedisConn, tenants: &[&str]) {
+    for tenant in tenants {
+        put(conn, &document(tenant, 1, |_| {})).await;
+    }
+}
+
+fn source(response: &pb::CheckResponse) -> pb::SnapshotSource {
+    pb::SnapshotSource::try_from(response.freshness.as_ref().unwrap().source).unwrap()
+}
+
+fn version(response: &pb::CheckResponse) -> u64 {
+    response.freshness.as_ref().unwrap().snapshot_version
+}
+
+fn codes(response: &pb::CheckResponse) -> Vec<&str> {
+    response.reasons.iter().map(|r| r.code.as_str()).collect()
+}
+
+fn bob_pdf(tenant: &str) -> pb::CheckRequest {
+    check(tenant, "User:bob", "use", "Feature:pdf-export")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_through_caches_and_follows_invalidations() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put_examples(&conn, &["acme"]).await;
+    let dirs = DataDirs::copy_examples();
+    let server = InProcess::start(redis_config(&dirs, settings(vec![redis.url()]))).await;
+    let mut client = connect(&server.url()).await;
+
+    // Miss: read from Redis. Hit: from the cache.
+    let first = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    expect_decision(&first, pb::Decision::Allow, &["member_role"]);
+    assert_eq!(source(&first), pb::SnapshotSource::Redis);
+    assert_eq!(version(&first), 1);
+    let second = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    assert_eq!(source(&second), pb::SnapshotSource::Cache);
+    assert_eq!(version(&second), 1);
+    assert!(second.freshness.as_ref().unwrap().snapshot_age_ms < 2_000);
+
+    // A tenant Redis does not hold.
+    let unknown = client.check(bob_pdf("nobody")).await.unwrap().into_inner();
+    expect_decision(&unknown, pb::Decision::Deny, &["unknown_tenant"]);
+
+    // A downgrade written through the write path reaches the next decisions.
+    put(
+        &conn,
+        &document("acme", 2, |v| set_account(v, "tier", 0.into())),
+    )
+    .await;
+    let downgraded = wait_until("the downgrade to be decided", || {
+        let mut client = client.clone();
+        async move {
+            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+            if version(&response) == 2 {
+                Ok(response)
+            } else {
+                Err(format!("{:?}", response.freshness))
+            }
+        }
+    })
+    .await;
+    expect_decision(&downgraded, pb::Decision::Deny, &["tier_too_low"]);
+
+    // A late, older announcement changes nothing.
+    let _: i64 = redis.command(&["PUBLISH", "tollgate:invalidate", "acme 1"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    assert_eq!(version(&after), 2);
+    expect_decision(&after, pb::Decision::Deny, &["tier_too_low"]);
+
+    // A tenant deleted in Redis becomes unknown.
+    tollgate::admin::delete(&conn, "acme", None).await.unwrap();
+    let deleted = wait_until("the delete to be decided", || {
+        let mut client = client.clone();
+        async move {
+            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+            if codes(&response) == ["unknown_tenant"] {
+                Ok(response)
+            } else {
+                Err(format!("{:?}", codes(&response)))
+            }
+        }
+    })
+    .await;
+    assert_eq!(deleted.decision, pb::Decision::Deny as i32);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_never_go_backwards_and_writes_are_validated() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    let policies = policies();
+
+    put(&conn, &document("acme", 5, |_| {})).await;
+    let refused = tollgate::admin::put(&conn, &policies, &document("acme", 4, |_| {}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "version 4 of `acme` is not newer than the stored version 5"
+    );
+    let same = tollgate::admin::put(&conn, &policies, &document("acme", 5, |_| {}))
+        .await
+        .unwrap_err();
+    assert!(same.to_string().contains("not newer"), "{same}");
+    let (stored, _) = tollgate::admin::get(&conn, "acme").await.unwrap();
+    assert_eq!(stored, 5);
+
+    // A snapshot that does not fit the schema is refused and nothing changes.
+    let invalid = tollgate::admin::put(
+        &conn,
+        &policies,
+        &document("acme", 6, |v| set_account(v, "tier", "gold".into())),
+    )
+    .await
+    .unwrap_err();
+    let message = invalid.to_string();
+    assert!(message.starts_with("invalid snapshot:"), "{message}");
+    assert!(message.contains("tier"), "{message}");
+    assert_eq!(tollgate::admin::get(&conn, "acme").await.unwrap().0, 5);
+
+    // A delete keeps the version as the high-water mark.
+    assert_eq!(
+        tollgate::admin::delete(&conn, "acme", Some(4))
+            .await
+            .unwrap_err()
+            .to_string(),
+        "`acme` is at version 5, not the expected 4"
+    );
+    assert_eq!(
+        tollgate::admin::delete(&conn, "acme", Some(5))
+            .await
+            .unwrap(),
+        5
+    );
+    assert!(tollgate::admin::get(&conn, "acme").await.is_err());
+    let again = tollgate::admin::put(&conn, &policies, &document("acme", 5, |_| {}))
+        .await
+        .unwrap_err();
+    assert!(
+        again
+            .to_string()
+            .contains("not newer than the stored version 5"),
+        "{again}"
+    );
+    put(&conn, &document("acme", 6, |_| {})).await;
+    put(&conn, &document("globex", 1, |_| {})).await;
+    assert_eq!(conn.list_tenants().await.unwrap(), ["acme", "globex"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_snapshot_in_redis_is_refused_at_read() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put_examples(&conn, &["acme"]).await;
+    let dirs = DataDirs::copy_examples();
+    let server = InProcess::start(redis_config(&dirs, settings(vec![redis.url()]))).await;
+    let mut client = connect(&server.url()).await;
+    let warm = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    assert_eq!(version(&warm), 1);
+
+    // A writer bypasses validation: a snapshot that breaks the schema, and one
+    // that is not JSON.
+    let broken = document("acme", 2, |v| set_account(v, "tier", "gold".into()));
+    let _: () = redis.command(&["SET", "tollgate:{acme}:snapshot", &broken]);
+    let _: () = redis.command(&["SET", "tollgate:{acme}:version", "2"]);
+    let _: () = redis.command(&["SET", "tollgate:{hooli}:snapshot", "{not json"]);
+    let _: i64 = redis.command(&["PUBLISH", "tollgate:invalidate", "acme 2"]);
+
+    // The warm tenant keeps its last good snapshot, marked stale.
+    let stale = wait_until("the broken snapshot to be noticed", || {
+        let mut client = client.clone();
+        async move {
+            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+            if source(&response) == pb::SnapshotSource::Stale {
+                Ok(response)
+            } else {
+                Err(format!("{:?}", response.freshness))
+            }
+        }
+    })
+    .await;
+    expect_decision(&stale, pb::Decision::Allow, &["member_role"]);
+    assert_eq!(version(&stale), 1);
+    // A tenant whose only snapshot is broken has none to decide with.
+    let cold = client
+        .check(check("hooli", "User:gavin", "use", "Feature:pdf-export"))
+        .await
+        .unwrap()
+        .into_inner();
+    expect_decision(&cold, pb::Decision::Deny, &["entitlements_unavailable"]);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_checks_on_a_cold_tenant_cause_one_redis_read() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put_examples(&conn, &["acme", "globex"]).await;
+    let dirs = DataDirs::copy_examples();
+    let server = InProcess::start(redis_config(&dirs, settings(vec![redis.url()]))).await;
+    let mut client = connect(&server.url()).await;
+    // Warm up the script cache with another tenant, then count from zero.
+    client.check(bob_pdf("globex")).await.unwrap();
+    let _: () = redis.command(&["CONFIG", "RESETSTAT"]);
+
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(connect(&server.url()).await);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(500));
+    let mut tasks = Vec::new();
+    for index in 0..500 {
+        let mut client = clients[index % clients.len()].clone();
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            client.check(bob_pdf("acme")).await.map(|r| r.into_inner())
+        }));
+    }
+    let mut allowed = 0;
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        if response.decision == pb::Decision::Allow as i32 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 500);
+    let reads = redis.calls("evalsha") + redis.calls("eval");
+    assert_eq!(
+        reads, 1,
+        "500 concurrent checks on a cold tenant must read Redis once"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_serves_warm_tenants_stale_and_recovers_by_itself() {
+    let mut redis = RedisServer::start_with(Options {
+        aof: true,
+        ..Options::default()
+    });
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put_examples(&conn, &["acme", "hooli"]).await;
+    let dirs = DataDirs::copy_examples();
+    let server = InProcess::start(redis_config(&dirs, settings(vec![redis.url()]))).await;
+    let mut client = connect(&server.url()).await;
+    let warm = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    assert_eq!(source(&warm), pb::SnapshotSource::Redis);
+
+    // A client keeps checking the warm tenant while Redis dies.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let checker = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let (mut answered, mut stale, mut failed) = (0u32, 0u32, Vec::new());
+            for _ in 0..20_000 {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                match client.check(bob_pdf("acme")).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        answered += 1;
+                        if response.decision != pb::Decision::Allow as i32 {
+                            failed.push(format!("{:?}", response.reasons));
+                        }
+                        if source(&response) == pb::SnapshotSource::Stale {
+                            stale += 1;
+                        }
+                    }
+                    Err(status) => failed.push(status.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (answered, stale, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    let stale = wait_until("checks to be answered STALE", || {
+        let mut client = client.clone();
+        async move {
+            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+            if source(&response) == pb::SnapshotSource::Stale {
+                Ok(response)
+            } else {
+                Err(format!("{:?}", response.freshness))
+            }
+        }
+    })
+    .await;
+    expect_decision(&stale, pb::Decision::Allow, &["member_role"]);
+    // A tenant never cached cannot be decided.
+    let cold = client
+        .check(check("hooli", "User:gavin", "use", "Feature:pdf-export"))
+        .await
+        .unwrap()
+        .into_inner();
+    expect_decision(&cold, pb::Decision::Deny, &["entitlements_unavailable"]);
+    // A caller that accepts nothing older than 1 ms is not decided on stale data.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut strict = bob_pdf("acme");
+    strict.max_staleness_ms = 1;
+    let strict = client.check(strict).await.unwrap().into_inner();
+    expect_decision(&strict, pb::Decision::Deny, &["entitlements_unavailable"]);
+
+    // Redis comes back (its data from the append-only file): tollgate recovers
+    // with no restart, and invalidations flow again.
+    redis.restart();
+    let recovered = wait_until("checks to be answered current again", || {
+        let mut client = client.clone();
+        async move {
+            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+            if source(&response) != pb::SnapshotSource::Stale {
+                Ok(response)
+            } else {
+                Err(format!("{:?}", response.freshness))
+            }
+        }
+    })
+    .await;
+    expect_decision(&recovered, pb::Decision::Allow, &["member_role"]);
+    let _ = stop_tx.send(true);
+    let (answered, stale_count, failed) = checker.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed checks: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        answered > 0 && stale_count > 0,
+        "answered {answered}, stale {stale_count}"
+    );
+
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    let hooli = client
+        .check(check("hooli", "User:gavin", "use", "Feature:pdf-export"))
+        .await
+        .unwrap()
+        .into_inner();
+    expect_decision(&hooli, pb::Decision::Deny, &["tier_too_low"]);
+    put(
+        &conn,
+        &document("acme", 2, |v| set_account(v, "tier", 0.into())),
+    )
+    .await;
+    wait_until("the invalidation after the outage", || {
+        let mut client = client.clone();
+        async move {
+            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+            if version(&response) == 2 && codes(&response) == ["tier_too_low"] {
+                Ok(())
+            } else {
+                Err(format!("{:?}", response.freshness))
+            }
+        }
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
+fn free_address() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn authed<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_service_needs_its_token_and_validates_writes() {
+    let redis = RedisServer::start();
+    let dirs = DataDirs::copy_examples();
+    let mut config = redis_config(&dirs, settings(vec![redis.url()]));
+    let admin_address = free_address();
+    config.admin_listen = Some(admin_address);
+    config.admin_token = Some(Secret(TOKEN.to_string()));
+    let server = InProcess::start(config).await;
+    let mut client = connect(&server.url()).await;
+    let mut admin = AdminServiceClient::new(channel(&format!("http://{admin_address}")).await);
+    let acme = pb::PutSnapshotRequest {
+        snapshot_json: document("acme", 3, |_| {}),
+    };
+
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let status = admin
+            .put_snapshot(authed(acme.clone(), token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let status = admin
+            .list_snapshots(authed(pb::ListSnapshotsRequest {}, token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let nothing: Vec<String> = redis.command(&["KEYS", "tollgate:*"]);
+    assert!(nothing.is_empty(), "{nothing:?}");
+
+    let written = admin
+        .put_snapshot(authed(acme.clone(), Some(TOKEN)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            written.tenant.as_str(),
+            written.version,
+            written.previous_version
+        ),
+        ("acme", 3, 0)
+    );
+    let decided = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    assert_eq!(version(&decided), 3);
+
+    let invalid = admin
+        .put_snapshot(authed(
+            pb::PutSnapshotRequest {
+                snapshot_json: document("acme", 4, |v| set_account(v, "plan", 7.into())),
+            },
+            Some(TOKEN),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert!(invalid.message().contains("plan"), "{}", invalid.message());
+    let regression = admin
+        .put_snapshot(authed(
+            pb::PutSnapshotRequest {
+                snapshot_json: document("acme", 2, |_| {}),
+            },
+            Some(TOKEN),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(regression.code(), Code::FailedPrecondition);
+    assert_eq!(
+        regression.message(),
+        "version 2 of `acme` is not newer than the stored version 3"
+    );
+    let got = admin
+        .get_snapshot(authed(
+            pb::GetSnapshotRequest {
+                tenant: "acme".into(),
+            },
+            Some(TOKEN),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.version, 3);
+    let missing = admin
+        .get_snapshot(authed(
+            pb::GetSnapshotRequest {
+                tenant: "nobody".into(),
+            },
+            Some(TOKEN),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let listed = admin
+        .list_snapshots(authed(pb::ListSnapshotsRequest {}, Some(TOKEN)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.tenants, ["acme"]);
+    let deleted = admin
+        .delete_snapshot(authed(
+            pb::DeleteSnapshotRequest {
+                tenant: "acme".into(),
+                expected_version: 3,
+            },
+            Some(TOKEN),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted_version, 3);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_auth_is_used_and_a_wrong_password_serves_nothing() {
+    let redis = RedisServer::start_with(Options {
+        password: Some("s3cret-pass".to_string()),
+        ..Options::default()
+    });
+    let mut good = settings(vec![redis.url()]);
+    good.password = Some("s3cret-pass".to_string());
+    let conn = RedisConn::connect(&good).await.unwrap();
+    put_examples(&conn, &["acme"]).await;
+
+    let dirs = DataDirs::copy_examples();
+    let server = InProcess::start(redis_config(&dirs, good)).await;
+    let mut client = connect(&server.url()).await;
+    let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    expect_decision(&response, pb::Decision::Allow, &["member_role"]);
+    server.stop().await.unwrap();
+
+    let mut wrong = settings(vec![redis.url()]);
+    wrong.password = Some("not-it".to_string());
+    let error = RedisConn::connect(&wrong).await.unwrap_err();
+    assert!(error.to_string().to_lowercase().contains("pass"), "{error}");
+    let server = InProcess::start(redis_config(&dirs, wrong)).await;
+    let mut client = connect(&server.url()).await;
+    let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    expect_decision(&response, pb::Decision::Deny, &["entitlements_unavailable"]);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_redis_cluster_serves_and_invalidates() {
+    let redis = RedisServer::start_with(Options {
+        cluster: true,
+        ..Options::default()
+    });
+    // The keys of one tenant share a slot: the one its name hashes to.
+    let slot = |key: &str| -> i64 { redis.command(&["CLUSTER", "KEYSLOT", key]) };
+    for tenant in ["acme", "globex"] {
+        assert_eq!(
+            slot(&format!("tollgate:{{{tenant}}}:snapshot")),
+            slot(tenant)
+        );
+        assert_eq!(
+            slot(&format!("tollgate:{{{tenant}}}:version")),
+            slot(tenant)
+        );
+    }
+    let mut cluster = settings(vec![redis.url()]);
+    cluster.cluster = true;
+    let conn = RedisConn::connect(&cluster).await.unwrap();
+    put_examples(&conn, &["acme", "globex"]).await;
+    assert_eq!(conn.list_tenants().await.unwrap(), ["acme", "globex"]);
+
+    let dirs = DataDirs::copy_examples();
+    let server = InProcess::start(redis_config(&dirs, cluster)).await;
+    let mut client = connect(&server.url()).await;
+    let first = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    expect_decision(&first, pb::Decision::Allow, &["member_role"]);
+    assert_eq!(source(&first), pb::SnapshotSource::Redis);
+    put(
+        &conn,
+        &document("acme", 2, |v| set_account(v, "tier", 0.into())),
+    )
+    .await;
+    wait_until("the invalidation through the cluster", || {
+        let mut client = client.clone();
+        async move {
+            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+            if version(&response) == 2 && codes(&response) == ["tier_too_low"] {
+                Ok(())
+            } else {
+                Err(format!("{:?}", response.freshness))
+            }
+        }
+    })
+    .await;
+    server.stop().await.unwrap();
+}
