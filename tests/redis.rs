@@ -650,3 +650,130 @@ async fn a_single_node_redis_cluster_serves_and_invalidates() {
     .await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_connect_over_tls_with_a_private_ca() {
+    let redis = RedisServer::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let mut tls = settings(vec![redis.url()]);
+    // Without the CA the server's certificate is refused.
+    let error = RedisConn::connect(&tls).await.unwrap_err();
+    assert!(error.to_string().contains("certificate"), "{error}");
+    tls.tls_ca_file = Some(redis.ca_file());
+    let conn = RedisConn::connect(&tls).await.unwrap();
+    put_examples(&conn, &["acme"]).await;
+
+    let dirs = DataDirs::copy_examples();
+    let server = InProcess::start(redis_config(&dirs, tls)).await;
+    let mut client = connect(&server.url()).await;
+    let first = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    expect_decision(&first, pb::Decision::Allow, &["member_role"]);
+    assert_eq!(source(&first), pb::SnapshotSource::Redis);
+    put(&conn, &document("acme", 2, |_| {})).await;
+    wait_until("the invalidation over TLS", || {
+        let mut client = client.clone();
+        async move {
+            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+            if version(&response) == 2 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", response.freshness))
+            }
+        }
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
+/// Runs the `tollgate` binary with `args`; returns (exit code, stdout, stderr).
+fn tollgate(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env_remove("TOLLGATE_REDIS_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_snapshot_command_writes_reads_and_refuses() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let policies = example_policies().display().to_string();
+    let base = [
+        "snapshot",
+        "--policies",
+        policies.as_str(),
+        "--redis-url",
+        url.as_str(),
+    ];
+    let run = |extra: &[&str], stdin: Option<&str>| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        tollgate(&args, stdin)
+    };
+
+    let acme = example_entitlements()
+        .join("acme.json")
+        .display()
+        .to_string();
+    let (code, stdout, _) = run(&["put", &acme], None);
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "wrote acme version 1 (replacing nothing)")
+    );
+    let (code, _, stderr) = run(&["put", &acme], None);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr.trim(),
+        "version 1 of `acme` is not newer than the stored version 1"
+    );
+    let (code, _, stderr) = run(
+        &["put", "-"],
+        Some(&document("acme", 2, |v| set_account(v, "tier", "x".into()))),
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("invalid snapshot:"), "{stderr}");
+    let (code, stdout, _) = run(&["put", "-"], Some(&document("acme", 2, |_| {})));
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "wrote acme version 2 (replacing version 1)")
+    );
+    let (code, stdout, _) = run(&["list"], None);
+    assert_eq!((code, stdout.trim()), (0, "acme"));
+    let (code, stdout, _) = run(&["get", "acme"], None);
+    assert_eq!(code, 0);
+    let stored: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(stored["version"], 2);
+    let (code, _, stderr) = run(&["get", "nobody"], None);
+    assert_eq!(
+        (code, stderr.trim()),
+        (1, "no snapshot stored for `nobody`")
+    );
+    let (code, stdout, _) = run(&["delete", "acme", "--expected-version", "2"], None);
+    assert_eq!((code, stdout.trim()), (0, "deleted acme version 2"));
+
+    // Redis unreachable: exit 3, within the timeout.
+    drop(redis);
+    let (code, _, stderr) = run(&["list"], None);
+    assert_eq!(code, 3, "{stderr}");
+    // No Redis configured at all: exit 2.
+    let (code, _, stderr) = tollgate(&["snapshot", "--policies", &policies, "list"], None);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no Redis configured"), "{stderr}");
+}

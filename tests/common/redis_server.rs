@@ -17,6 +17,9 @@ pub struct Options {
     pub password: Option<String>,
     /// A single-node Redis Cluster owning every slot.
     pub cluster: bool,
+    /// TLS only, with a certificate for `localhost` signed by a CA made for
+    /// the test (`openssl`); see [`RedisServer::ca_file`].
+    pub tls: bool,
 }
 
 /// A running `redis-server`.
@@ -66,15 +69,103 @@ impl RedisServer {
             options,
             child: None,
         };
+        if server.options.tls {
+            server.make_certificates();
+        }
         server.spawn();
         server
     }
 
+    fn make_certificates(&self) {
+        let dir = self.dir.path();
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tollgate-test-ca",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
+        ];
+        for args in steps {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl (scripts/test.sh installs it)");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+
+    /// The CA that signed the server's certificate (with `tls`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
     fn spawn(&mut self) {
         let mut command = Command::new(binary());
+        if self.options.tls {
+            let dir = self.dir.path();
+            command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.arg("--port").arg(self.port.to_string());
+        }
         command
-            .arg("--port")
-            .arg(self.port.to_string())
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
@@ -138,8 +229,22 @@ impl RedisServer {
         }
     }
 
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        if self.options.tls {
+            redis::Client::build_with_tls(
+                self.url_with_password(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(self.ca_file()).expect("read test CA")),
+                },
+            )
+        } else {
+            redis::Client::open(self.url_with_password())
+        }
+    }
+
     fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url_with_password()) else {
+        let Ok(client) = self.client() else {
             return false;
         };
         let Ok(mut connection) = client.get_connection_with_timeout(Duration::from_millis(200))
@@ -149,21 +254,26 @@ impl RedisServer {
         redis::cmd("PING").query::<String>(&mut connection).is_ok()
     }
 
-    /// `redis://127.0.0.1:PORT` (no credentials).
+    /// `redis://127.0.0.1:PORT` (no credentials), or with `tls`
+    /// `rediss://localhost:PORT` (the name the certificate is for).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.options.tls {
+            format!("rediss://localhost:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
     }
 
     fn url_with_password(&self) -> String {
         match &self.options.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            Some(password) => self.url().replacen("://", &format!("://:{password}@"), 1),
             None => self.url(),
         }
     }
 
     /// Runs one command on a fresh connection (blocking).
     pub fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
-        let client = redis::Client::open(self.url_with_password()).expect("redis client");
+        let client = self.client().expect("redis client");
         let mut connection = client
             .get_connection_with_timeout(Duration::from_secs(2))
             .expect("connect to redis");
