@@ -4,6 +4,8 @@
 //! checks, outages served stale, the admin write path, AUTH and a single-node
 //! Redis Cluster.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
 mod common;
 
 use std::sync::Arc;
