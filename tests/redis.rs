@@ -779,3 +779,44 @@ fn the_snapshot_command_writes_reads_and_refuses() {
     assert_eq!(code, 2);
     assert!(stderr.contains("no Redis configured"), "{stderr}");
 }
+
+/// The value of the sample `name` (no labels) in Prometheus text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_source_reports_its_cache_and_connection_in_metrics() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&settings(vec![redis.url()])).await.unwrap();
+    put_examples(&conn, &["acme"]).await;
+    let dirs = DataDirs::copy_examples();
+    let mut config = redis_config(&dirs, settings(vec![redis.url()]));
+    let metrics_address = free_address();
+    config.metrics_listen = Some(metrics_address);
+    let server = InProcess::start(config).await;
+    let mut client = connect(&server.url()).await;
+    for _ in 0..3 {
+        client.check(bob_pdf("acme")).await.unwrap();
+    }
+    client.check(bob_pdf("nobody")).await.unwrap();
+    let address = metrics_address.to_string();
+    let (status, text) = tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
+        .await
+        .unwrap();
+    assert!(status.contains("200"), "{status}");
+    // acme: one miss, then two hits; nobody: one miss (cached as absent).
+    assert_eq!(sample(&text, "tollgate_cache_misses_total"), 2.0);
+    assert_eq!(sample(&text, "tollgate_cache_hits_total"), 2.0);
+    assert_eq!(sample(&text, "tollgate_redis_snapshot_reads_total"), 2.0);
+    assert_eq!(sample(&text, "tollgate_cache_entries"), 2.0);
+    assert_eq!(sample(&text, "tollgate_redis_connected"), 1.0);
+    assert!(sample(&text, "tollgate_cache_weight_bytes") > 1024.0);
+    assert_eq!(sample(&text, "tollgate_snapshots_stale_served_total"), 0.0);
+    server.stop().await.unwrap();
+}
