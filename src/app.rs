@@ -36,6 +36,14 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The Unix socket could not be bound.
+    #[error("cannot listen on unix socket {path}: {source}")]
+    BindUnix {
+        /// The socket path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A directory could not be watched.
     #[error("cannot watch {path}: {source}")]
     Watch {
@@ -67,6 +75,30 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             source,
         })?;
     serve_on(config, listener, shutdown_signal()?).await
+}
+
+/// Binds a Unix domain socket at `path`, replacing a stale socket left by a
+/// previous run (never another kind of file), and lets any local user that
+/// can reach the directory connect (mode 0666): access is the directory's.
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let failed = |source: std::io::Error| ServeError::BindUnix {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if metadata.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(failed)?;
+        } else {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(failed)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(failed)?;
+    Ok(listener)
 }
 
 /// Completes on the first SIGTERM or SIGINT.
@@ -237,16 +269,38 @@ pub async fn serve_on(
             let _ = stop_tx.send(true);
         }
     };
-    let server = Server::builder()
+    let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(entitlement_service)
-        .serve_with_incoming_shutdown(
-            // Decisions are small messages: send them at once (no Nagle delay).
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            draining,
-        );
+        .add_service(entitlement_service);
+    let unix = match &config.listen_unix {
+        Some(path) => {
+            let listener = bind_unix(path)?;
+            info!(path = %path.display(), "listening on unix socket");
+            let mut stop = stop_rx.clone();
+            let served = router.clone().serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                },
+            );
+            Some((path.clone(), served))
+        }
+        None => None,
+    };
+    let tcp = router.serve_with_incoming_shutdown(
+        // Decisions are small messages: send them at once (no Nagle delay).
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        draining,
+    );
+    let unix_path = unix.as_ref().map(|(path, _)| path.clone());
+    let server = async move {
+        match unix {
+            Some((_, unix)) => tokio::try_join!(tcp, unix).map(|_| ()),
+            None => tcp.await,
+        }
+    };
 
     let mut stop_rx_grace = stop_rx.clone();
     let grace = config.shutdown_grace;
@@ -263,6 +317,9 @@ pub async fn serve_on(
         () = grace_over => {
             warn!(grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX), "grace period over; abandoning requests still in flight");
         }
+    }
+    if let Some(path) = unix_path {
+        let _ = std::fs::remove_file(path);
     }
     if let Some(link) = remote_link {
         link.abort();

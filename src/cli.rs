@@ -32,7 +32,7 @@ enum Command {
     ///
     /// Configuration comes from the YAML file (--config, TOLLGATE_CONFIG, or
     /// ./tollgate.yaml when present), overridden by TOLLGATE_<KEY> environment
-    /// variables, overridden by flags. Keys: listen, metrics_listen, policies,
+    /// variables, overridden by flags. Keys: listen, listen_unix, metrics_listen, policies,
     /// entitlements, strict_principals, policy_errors, max_batch,
     /// max_request_bytes, watch, reload_debounce_ms, shutdown_delay_ms,
     /// shutdown_grace_ms, decision_log, decision_log_queue,
@@ -107,7 +107,8 @@ struct FileArgs {
 struct CheckArgs {
     #[command(flatten)]
     files: FileArgs,
-    /// Ask a running server at ADDR (host:port or http://host:port) instead of loading files.
+    /// Ask a running server at ADDR (host:port, http://host:port, or
+    /// unix:/path/to/socket) instead of loading files.
     #[arg(long, value_name = "ADDR")]
     remote: Option<String>,
     /// Tenant id.
@@ -607,17 +608,13 @@ fn check_remote(
     address: &str,
     request: pb::CheckRequest,
 ) -> Result<pb::CheckResponse, (u8, String)> {
-    let endpoint = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
     let runtime = runtime().map_err(|error| (3, error.to_string()))?;
+    let endpoint = address.to_string();
     runtime.block_on(async {
-        let mut client =
-            pb::entitlement_service_client::EntitlementServiceClient::connect(endpoint.clone())
-                .await
-                .map_err(|error| (3, format!("cannot connect to {endpoint}: {error}")))?;
+        let channel = crate::api::client::connect(&endpoint)
+            .await
+            .map_err(|error| (3, format!("cannot connect to {endpoint}: {error}")))?;
+        let mut client = pb::entitlement_service_client::EntitlementServiceClient::new(channel);
         client
             .check(request)
             .await

@@ -21,6 +21,7 @@ pub const ENV_PREFIX: &str = "TOLLGATE_";
 /// the README).
 pub const KEYS: &[(&str, &str, &str)] = &[
     ("listen", "127.0.0.1:50051", "gRPC listen address (host:port)"),
+    ("listen_unix", "", "also serve gRPC on this Unix domain socket path (created mode 0666; a stale socket file is replaced); empty: off"),
     ("metrics_listen", "", "address of the Prometheus endpoint (GET /metrics), e.g. 127.0.0.1:9090; empty: off"),
     ("policies", "./policies", "policy directory: schema.cedarschema and *.cedar"),
     ("entitlements", "./entitlements", "directory of <tenant>.json snapshots"),
@@ -68,6 +69,8 @@ pub enum LogFormat {
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Unix domain socket to serve gRPC on as well, if any.
+    pub listen_unix: Option<PathBuf>,
     /// Address of the metrics endpoint, if enabled.
     pub metrics_listen: Option<SocketAddr>,
     /// Policy directory.
@@ -119,6 +122,7 @@ impl Config {
     pub fn with_dirs(policies: PathBuf, entitlements: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            listen_unix: None,
             metrics_listen: None,
             policies,
             entitlements,
@@ -240,6 +244,7 @@ pub fn load_from(flags: &FlagValues, env: &[(String, String)]) -> Result<Config,
             Some((key, _, _)) => {
                 values.insert(key, (value.clone(), Origin::Env(name.clone())));
             }
+            None if is_service_link(&key, value) => {}
             None => problems.push(format!("unknown environment variable {name}")),
         }
     }
@@ -252,6 +257,39 @@ pub fn load_from(flags: &FlagValues, env: &[(String, String)]) -> Result<Config,
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigErrors(problems)),
     }
+}
+
+/// Whether `key` (a `TOLLGATE_` variable without the prefix, lower case) is
+/// one of the variables Kubernetes injects for a Service whose name starts
+/// with `tollgate`: `TOLLGATE[_X]_SERVICE_HOST`, `..._SERVICE_PORT[_NAME]`,
+/// `TOLLGATE[_X]_PORT` (whose value is a URL such as `tcp://10.0.0.1:50051`)
+/// and `..._PORT_<n>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]`. They are not
+/// configuration and are ignored.
+fn is_service_link(key: &str, value: &str) -> bool {
+    let parts: Vec<&str> = key.split('_').collect();
+    let service = parts
+        .iter()
+        .position(|part| *part == "service")
+        .is_some_and(|at| {
+            matches!(parts.get(at + 1), Some(&"host") if parts.len() == at + 2)
+                || parts.get(at + 1) == Some(&"port")
+        });
+    let port = parts
+        .iter()
+        .position(|part| *part == "port")
+        .is_some_and(|at| {
+            let rest = &parts[at + 1..];
+            match rest {
+                [] => value.contains("://"),
+                [number, protocol, tail @ ..] => {
+                    number.bytes().all(|b| b.is_ascii_digit())
+                        && matches!(*protocol, "tcp" | "udp" | "sctp")
+                        && matches!(tail, [] | ["proto" | "port" | "addr"])
+                }
+                _ => false,
+            }
+        });
+    service || port
 }
 
 fn read_file(
@@ -368,6 +406,17 @@ fn build(
     let listen = get(values, problems, "listen", |text| {
         text.parse::<SocketAddr>()
             .map_err(|_| format!("`{text}` is not a socket address such as 127.0.0.1:50051"))
+    });
+    let listen_unix = get(values, problems, "listen_unix", |text| {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(text);
+        match path.parent() {
+            Some(parent) if parent.as_os_str().is_empty() || parent.is_dir() => Ok(Some(path)),
+            _ => Err(format!("`{text}`: the directory does not exist")),
+        }
     });
     let metrics_listen = get(values, problems, "metrics_listen", |text| {
         if text.trim().is_empty() {
@@ -563,6 +612,7 @@ fn build(
 
     Some(Config {
         listen: listen?,
+        listen_unix: listen_unix?,
         metrics_listen: metrics_listen?,
         policies: policies?,
         entitlements: entitlements?,
@@ -664,6 +714,29 @@ mod tests {
         let loaded = load_from(&flags_with(dir.path()), &[]).unwrap();
         let built = Config::with_dirs(dir.path().to_path_buf(), dir.path().to_path_buf());
         assert_eq!(format!("{loaded:?}"), format!("{built:?}"));
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = [
+            "TOLLGATE_SERVICE_HOST",
+            "TOLLGATE_SERVICE_PORT",
+            "TOLLGATE_SERVICE_PORT_GRPC",
+            "TOLLGATE_PORT",
+            "TOLLGATE_PORT_50051_TCP",
+            "TOLLGATE_PORT_50051_TCP_PROTO",
+            "TOLLGATE_PORT_50051_TCP_ADDR",
+            "TOLLGATE_METRICS_SERVICE_HOST",
+            "TOLLGATE_METRICS_PORT_9090_TCP_PORT",
+        ];
+        let env: Vec<(String, String)> = links
+            .iter()
+            .map(|name| (name.to_string(), "tcp://10.0.0.1:50051".to_string()))
+            .collect();
+        assert!(load_from(&flags_with(dir.path()), &env).is_ok());
+        let typo = vec![("TOLLGATE_LISTEN_PORT".to_string(), "1".to_string())];
+        assert!(load_from(&flags_with(dir.path()), &typo).is_err());
     }
 
     #[test]

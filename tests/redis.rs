@@ -793,7 +793,9 @@ fn sample(text: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_source_reports_its_cache_and_connection_in_metrics() {
     let redis = RedisServer::start();
-    let conn = RedisConn::connect(&settings(vec![redis.url()])).await.unwrap();
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
     put_examples(&conn, &["acme"]).await;
     let dirs = DataDirs::copy_examples();
     let mut config = redis_config(&dirs, settings(vec![redis.url()]));

@@ -1,6 +1,7 @@
 //! The gRPC edge: protobuf ⇄ domain conversion, request validation, the
 //! `EntitlementService` implementation and the one error → status table.
 
+pub mod client;
 pub mod codec;
 pub mod convert;
 
