@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::decision_log::DecisionLog;
 use crate::engine::{self, BuiltinReason, Decision, Options, RequestError};
@@ -322,7 +323,11 @@ impl DecisionPoint {
         // Validate before any Redis read: a malformed request costs nothing.
         let prepared = convert::prepare_check(&catalog.policies, request)
             .map_err(ApiError::InvalidArgument)?;
-        let lookup = self.lookup(&catalog, &tenant, max_staleness_ms).await;
+        let lookup = self
+            .lookup(&catalog, &tenant, max_staleness_ms)
+            .instrument(tracing::info_span!("snapshot_lookup", tenant = %tenant))
+            .await;
+        let _evaluation = tracing::info_span!("evaluate").entered();
         self.decide(&catalog, &lookup, &prepared)
             .map_err(ApiError::InvalidArgument)
     }
@@ -406,10 +411,14 @@ impl DecisionPoint {
         let mut lookups: Vec<(&(String, u64), Lookup)> = Vec::new();
         for (key, _) in &prepared {
             if !lookups.iter().any(|(seen, _)| *seen == key) {
-                let lookup = self.lookup(&catalog, &key.0, key.1).await;
+                let lookup = self
+                    .lookup(&catalog, &key.0, key.1)
+                    .instrument(tracing::info_span!("snapshot_lookup", tenant = %key.0))
+                    .await;
                 lookups.push((key, lookup));
             }
         }
+        let _evaluation = tracing::info_span!("evaluate", checks = prepared.len()).entered();
         let responses = prepared
             .iter()
             .enumerate()
