@@ -74,8 +74,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             address: config.listen,
             source,
         })?;
-    serve_on(config, listener, shutdown_signal()?).await
+    let served = serve_on(config, listener, shutdown_signal()?).await;
+    // After the servers have stopped: the spans of the last requests are
+    // exported before the process exits.
+    crate::telemetry::shutdown(TRACE_FLUSH_LIMIT).await;
+    served
 }
+
+/// Longest wait at shutdown for the spans still queued to be exported.
+const TRACE_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// Binds a Unix domain socket at `path`, replacing a stale socket left by a
 /// previous run (never another kind of file), and lets any local user that
@@ -179,7 +186,9 @@ pub async fn serve_on(
             connected = remote.connected(),
             "tenant snapshots from redis"
         );
-        decision_point = decision_point.with_remote(remote);
+        decision_point = decision_point.with_remote(remote).with_metering(Arc::new(
+            crate::metering::Metering::new(config.metering.clone(), config.clock.clone()),
+        ));
     }
     let mut decision_log_writer = None;
     if let Some(settings) = &config.decision_log {
@@ -224,9 +233,19 @@ pub async fn serve_on(
             .await
             .map_err(|source| ServeError::Bind { address, source })?;
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics at /metrics");
+        let mut status = crate::status::StatusSource::new(Arc::clone(&store), Arc::clone(&metrics));
+        if let Some(settings) = &config.decision_log {
+            status = status.with_decision_log(
+                settings
+                    .redis_stream
+                    .as_ref()
+                    .map(|stream| stream.key.clone()),
+            );
+        }
         tokio::spawn(crate::metrics::serve(
             listener,
             Arc::clone(&metrics),
+            Arc::new(status),
             stop_rx.clone(),
         ));
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{self, pb, DecisionPoint};
-use crate::config::{self, Config, FlagValues, LogFormat};
+use crate::config::{self, Config, FlagValues};
 use crate::store::{entitlements, PolicySnapshot, ReloadOutcome, Store, TenantMap};
 
 const EXIT_CODES: &str = "\
@@ -16,7 +16,8 @@ Exit codes:
   validate: 0 everything valid, 1 problems found, 2 bad configuration
   check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable
   test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies, missing test files or no case to run
-  snapshot: 0 done, 1 refused (invalid snapshot, version not newer, not found), 2 bad configuration or policies, 3 Redis unreachable";
+  snapshot: 0 done, 1 refused (invalid snapshot, version not newer, not found), 2 bad configuration or policies, 3 Redis unreachable
+  status:   0 healthy, 1 degraded (no policy set loaded, last reload rejected, snapshot files refused, Redis disconnected), 2 bad arguments, 3 server unreachable or not answering /status";
 
 /// tollgate: an entitlement decision point over Cedar policies, served over gRPC.
 #[derive(Debug, Parser)]
@@ -37,13 +38,18 @@ enum Command {
     /// max_request_bytes, watch, reload_debounce_ms, shutdown_delay_ms,
     /// shutdown_grace_ms, decision_log, decision_log_queue,
     /// decision_log_sample_allow, decision_log_sample_deny, decision_log_context,
-    /// decision_log_mask, decision_log_max_bytes, redis_url, redis_cluster,
+    /// decision_log_mask, decision_log_max_bytes, decision_log_redis_stream,
+    /// decision_log_redis_maxlen, redis_url, redis_cluster,
     /// redis_username, redis_password, redis_tls_ca_file, redis_timeout_ms,
-    /// cache_max_bytes, cache_ttl_ms, max_stale_ms, admin_listen, admin_token,
+    /// cache_max_bytes, cache_ttl_ms, max_stale_ms, usage_idempotency_ttl_ms,
+    /// usage_stream_maxlen, admin_listen, admin_token,
     /// log_format, log_level (README.md describes each; a nested YAML mapping
     /// such as `redis: {url: ...}` sets `redis_url`).
     /// Policies and file snapshots reload on file change and on SIGHUP; with
     /// redis_url, snapshots come from Redis and its invalidations.
+    /// Traces are exported over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; OTEL_SERVICE_NAME,
+    /// OTEL_TRACES_SAMPLER(_ARG) and OTEL_BSP_* are honoured.
     Serve {
         #[command(flatten)]
         files: FileArgs,
@@ -68,11 +74,29 @@ enum Command {
     /// to every sidecar in the same atomic step. Redis settings come from the
     /// same configuration as serve (redis_url, redis_password, ...).
     Snapshot(SnapshotArgs),
+    /// Print the health detail of a running server: versions, snapshot counts
+    /// and ages, Redis state, the last reload error (GET /status on its
+    /// metrics address).
+    ///
+    /// Exit code 0 when healthy, 1 when degraded (no policy set loaded, the
+    /// last reload rejected, snapshot files refused, Redis disconnected), 3
+    /// when the server cannot be reached or does not answer /status.
+    Status(StatusArgs),
     /// Run the policy test files (*.test.yaml in the policy directory and its tests/ folder).
     ///
     /// Prints a line per case, a diff of expected against actual for every failure,
     /// the policies that determined no case, and `N passed, M failed`.
     Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The server's metrics address (its metrics_listen): host:port or http://host:port.
+    #[arg(long, value_name = "ADDR")]
+    metrics: String,
+    /// Print the report as JSON, as the server sends it.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,7 +246,95 @@ pub fn run() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Test(args) => test(&args),
         Command::Snapshot(args) => snapshot(&args),
+        Command::Status(args) => status(&args),
     }
+}
+
+/// Longest wait for the server to accept and to answer `GET /status`.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn status(args: &StatusArgs) -> ExitCode {
+    let address = args
+        .metrics
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let body = match http_get_status(address) {
+        Ok(body) => body,
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            return ExitCode::from(3);
+        }
+    };
+    let report: crate::status::Report = match serde_json::from_str(&body) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {address}/status did not answer a tollgate status report: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    if args.json {
+        println!("{}", body.trim_end());
+    } else {
+        print!(
+            "{}",
+            crate::status::text(&report, std::time::SystemTime::now())
+        );
+    }
+    match report.status {
+        crate::status::Health::Healthy => ExitCode::SUCCESS,
+        crate::status::Health::Degraded => ExitCode::from(1),
+    }
+}
+
+/// `GET /status` over HTTP/1.1; the body of a 200 answer.
+fn http_get_status(address: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let targets: Vec<std::net::SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|error| format!("`{address}` is not a reachable host:port: {error}"))?
+        .collect();
+    let mut last_error = format!("`{address}` resolves to no address");
+    let mut stream = None;
+    for target in targets {
+        match std::net::TcpStream::connect_timeout(&target, STATUS_TIMEOUT) {
+            Ok(connected) => {
+                stream = Some(connected);
+                break;
+            }
+            Err(error) => last_error = format!("cannot connect to {target}: {error}"),
+        }
+    }
+    let mut stream = stream.ok_or(last_error)?;
+    let failed = |error: std::io::Error| format!("{address}: {error}");
+    stream
+        .set_read_timeout(Some(STATUS_TIMEOUT))
+        .map_err(failed)?;
+    stream
+        .set_write_timeout(Some(STATUS_TIMEOUT))
+        .map_err(failed)?;
+    write!(
+        stream,
+        "GET /status HTTP/1.1\r\nHost: {address}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(failed)?;
+    let mut response = Vec::new();
+    stream
+        .take(16 * 1024 * 1024)
+        .read_to_end(&mut response)
+        .map_err(failed)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{address} did not answer over HTTP"))?;
+    let status_line = head.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        return Err(format!(
+            "{address}/status answered `{status_line}` (is it tollgate's metrics address?)"
+        ));
+    }
+    Ok(body.to_string())
 }
 
 fn snapshot(args: &SnapshotArgs) -> ExitCode {
@@ -398,16 +510,12 @@ fn load_config(flags: &FlagValues) -> Option<Config> {
     }
 }
 
+/// Installs logging (and, with an OTLP endpoint, trace export); a bad
+/// `OTEL_*` setting is bad configuration: exit code 2 before listening.
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Human => builder.init(),
+    if let Err(error) = crate::telemetry::init(config) {
+        eprintln!("invalid configuration (1 problem):\n  - {error}");
+        std::process::exit(2);
     }
 }
 
@@ -522,6 +630,7 @@ fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
         })
         .collect::<Result<_, _>>()?;
     Ok(pb::CheckRequest {
+        consume: None,
         max_staleness_ms: args.max_staleness_ms,
         tenant: args.tenant.clone(),
         principal: Some(parse_ref(&args.principal, None).map_err(|p| format!("--principal: {p}"))?),

@@ -40,6 +40,8 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("decision_log_context", "false", "include the request context in records"),
     ("decision_log_mask", "", "comma-separated context attributes whose values are logged as \"***\""),
     ("decision_log_max_bytes", "104857600", "size at which the decision log file rotates"),
+    ("decision_log_redis_stream", "", "also add every decision record to this Redis Stream (XADD <key> MAXLEN ~ <decision_log_redis_maxlen> * record <json>), e.g. tollgate:decisions; needs redis_url; empty: off"),
+    ("decision_log_redis_maxlen", "1000000", "approximate length the decision log's Redis Stream is trimmed to"),
     ("redis_url", "", "read tenant snapshots from Redis instead of the entitlements directory: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS; with redis_cluster, a comma-separated list of seed nodes; empty: the file source"),
     ("redis_cluster", "false", "use the Redis Cluster client"),
     ("redis_username", "", "Redis ACL user name (overrides the URL's)"),
@@ -49,6 +51,8 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("cache_max_bytes", "268435456", "upper bound on the cached snapshots' total weight (document size plus 1 KiB each)"),
     ("cache_ttl_ms", "300000", "a cached snapshot read longer ago than this is read again on next use (safety net for a lost invalidation)"),
     ("max_stale_ms", "300000", "while Redis is unreachable, how long after its last confirmation a cached snapshot still serves (marked STALE) before entitlements_unavailable"),
+    ("usage_idempotency_ttl_ms", "86400000", "how long the first answer to a consume's idempotency key (or a usage report's event key) is remembered"),
+    ("usage_stream_maxlen", "1000000", "approximate upper bound on each tenant's usage event stream (tollgate:{<tenant>}:usage)"),
     ("admin_listen", "", "address of the gRPC AdminService (snapshot writes; needs redis_url and admin_token), e.g. 127.0.0.1:50052; empty: off"),
     ("admin_token", "", "bearer token the AdminService requires; prefer TOLLGATE_ADMIN_TOKEN"),
     ("log_format", "human", "`human` or `json`"),
@@ -97,6 +101,11 @@ pub struct Config {
     pub redis: Option<crate::store::redis_client::RedisSettings>,
     /// Cache of the Redis source.
     pub cache: crate::store::remote::CacheSettings,
+    /// Metering settings (with the Redis source).
+    pub metering: crate::metering::MeteringSettings,
+    /// Time source of metering periods (the system clock; tests inject
+    /// another). Not a configuration key.
+    pub clock: crate::metering::Clock,
     /// Address of the AdminService, when enabled.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token of the AdminService.
@@ -136,6 +145,8 @@ impl Config {
             decision_log: None,
             redis: None,
             cache: crate::store::remote::CacheSettings::default(),
+            metering: crate::metering::MeteringSettings::default(),
+            clock: crate::metering::Clock::system(),
             admin_listen: None,
             admin_token: None,
             log_format: LogFormat::Human,
@@ -502,6 +513,19 @@ fn build(
                 .collect::<Vec<_>>(),
         )
     });
+    let redis_stream = get(values, problems, "decision_log_redis_stream", |text| {
+        Ok::<_, String>(Some(text.trim().to_string()).filter(|key| !key.is_empty()))
+    });
+    let redis_stream_maxlen =
+        get(
+            values,
+            problems,
+            "decision_log_redis_maxlen",
+            |text| match number(text)? {
+                0 => Err("must be at least 1".to_string()),
+                n => Ok(n),
+            },
+        );
     let max_bytes = get(
         values,
         problems,
@@ -539,6 +563,16 @@ fn build(
     let max_stale = get(values, problems, "max_stale_ms", |text| {
         number(text).map(Duration::from_millis)
     });
+    let idempotency_ttl = get(values, problems, "usage_idempotency_ttl_ms", millis);
+    let stream_maxlen = get(
+        values,
+        problems,
+        "usage_stream_maxlen",
+        |text| match number(text)? {
+            0 => Err("must be at least 1".to_string()),
+            n => Ok(n),
+        },
+    );
     let admin_listen = get(values, problems, "admin_listen", |text| {
         if text.trim().is_empty() {
             return Ok(None);
@@ -580,6 +614,22 @@ fn build(
             })
         }
         _ => None,
+    };
+    let redis_stream = match (redis_stream, &redis) {
+        (Some(Some(key)), Some(redis)) => Some(Some(crate::decision_log::StreamSettings {
+            key,
+            max_len: redis_stream_maxlen.unwrap_or(1_000_000),
+            redis: redis.clone(),
+        })),
+        (Some(Some(_)), None) => {
+            problems.push(
+                "decision_log_redis_stream: the stream is written to Redis; set redis_url"
+                    .to_string(),
+            );
+            None
+        }
+        (Some(None), _) => Some(None),
+        (None, _) => None,
     };
     if let Some(Some(_)) = admin_listen {
         if redis.is_none() {
@@ -628,15 +678,19 @@ fn build(
         reload_debounce: reload_debounce?,
         shutdown_delay: shutdown_delay?,
         shutdown_grace: shutdown_grace?,
-        decision_log: decision_log_sink?.map(|sink| crate::decision_log::Settings {
-            sink,
-            queue: decision_log_queue.unwrap_or(10_000),
-            sample_allow: sample_allow.unwrap_or(1.0),
-            sample_deny: sample_deny.unwrap_or(1.0),
-            context: log_context.unwrap_or(false),
-            mask: mask.clone().unwrap_or_default(),
-            max_bytes: max_bytes.unwrap_or(104_857_600),
-        }),
+        decision_log: match (decision_log_sink?, redis_stream?) {
+            (None, None) => None,
+            (sink, redis_stream) => Some(crate::decision_log::Settings {
+                sink,
+                redis_stream,
+                queue: decision_log_queue.unwrap_or(10_000),
+                sample_allow: sample_allow.unwrap_or(1.0),
+                sample_deny: sample_deny.unwrap_or(1.0),
+                context: log_context.unwrap_or(false),
+                mask: mask.clone().unwrap_or_default(),
+                max_bytes: max_bytes.unwrap_or(104_857_600),
+            }),
+        },
         redis,
         cache: crate::store::remote::CacheSettings {
             max_bytes: cache_max_bytes?,
@@ -644,6 +698,11 @@ fn build(
             max_stale: max_stale?,
             ..crate::store::remote::CacheSettings::default()
         },
+        metering: crate::metering::MeteringSettings {
+            idempotency_ttl: idempotency_ttl?,
+            stream_maxlen: stream_maxlen?,
+        },
+        clock: crate::metering::Clock::system(),
         admin_listen: admin_listen?,
         admin_token: admin_token?,
         log_format: log_format?,

@@ -1,6 +1,10 @@
 //! The decision log: one JSON record per decision, written by a background
 //! thread through a bounded queue. A full queue drops the record and counts
-//! it; a decision never waits for the log.
+//! it; a decision never waits for the log. The writer appends each record to
+//! standard output or a file (rotated), and hands it on to a Redis Stream
+//! when one is configured: a task adds the records in batches, one round trip
+//! each, with its own bounded queue, so that a slow or absent Redis costs
+//! stream records (counted) and never the file's.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -9,14 +13,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
 use crate::metrics::Metrics;
+use crate::store::redis_client::{RedisConn, RedisSettings};
 
 /// How often the writer thread looks for queued records.
 const WRITER_POLL: Duration = Duration::from_millis(20);
+
+/// Most records added to the Redis Stream in one round trip.
+const STREAM_BATCH: usize = 256;
+
+/// Wait before connecting again after Redis could not be reached; records
+/// for the stream meanwhile fail at once (and are counted).
+const STREAM_RECONNECT: Duration = Duration::from_secs(1);
+
+/// At most one warning per this interval about records the stream lost.
+const STREAM_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Adds every record (ARGV[2..]) to the stream KEYS[1] with
+/// `XADD <key> MAXLEN ~ <ARGV[1]> * record <json>`, in one round trip.
+const STREAM_SCRIPT: &str = "for i = 2, #ARGV do \
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'record', ARGV[i]) end \
+return #ARGV - 1";
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,11 +48,24 @@ pub enum Sink {
     File(PathBuf),
 }
 
+/// The Redis Stream the records are also added to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSettings {
+    /// The stream's key, e.g. `tollgate:decisions`.
+    pub key: String,
+    /// Approximate length the stream is trimmed to (`MAXLEN ~`).
+    pub max_len: u64,
+    /// How to reach Redis.
+    pub redis: RedisSettings,
+}
+
 /// Decision log settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// Where records go.
-    pub sink: Sink,
+    /// Where records are written; `None` when they only go to the stream.
+    pub sink: Option<Sink>,
+    /// The Redis Stream records are added to, if any.
+    pub redis_stream: Option<StreamSettings>,
     /// Records the queue holds before it drops.
     pub queue: usize,
     /// Share of ALLOW decisions logged, 0 to 1.
@@ -56,18 +90,24 @@ pub struct DecisionLog {
     metrics: Arc<Metrics>,
 }
 
-/// The writer thread; joining it flushes what was queued.
+/// The writer thread (and the stream task); joining them flushes what was queued.
 #[derive(Debug)]
 pub struct Writer {
     handle: JoinHandle<()>,
+    stream: Option<(tokio::runtime::Handle, tokio::task::JoinHandle<()>)>,
 }
 
 impl Writer {
     /// Waits until every queued record is written (after the last
-    /// [`DecisionLog`] is dropped).
+    /// [`DecisionLog`] is dropped). Blocks: call it off the runtime's threads.
     pub fn finish(self) {
         if self.handle.join().is_err() {
             warn!("decision log writer panicked");
+        }
+        if let Some((runtime, task)) = self.stream {
+            if runtime.block_on(task).is_err() {
+                warn!("decision log stream task failed");
+            }
         }
     }
 }
@@ -86,13 +126,33 @@ fn sampled(rate: f64, seen: &AtomicU64) -> bool {
 }
 
 impl DecisionLog {
-    /// Starts the writer thread.
+    /// Starts the writer thread, and with a Redis Stream the task that
+    /// writes to it (on the current tokio runtime, which must be running).
     pub fn start(
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Arc<Self>, Writer)> {
-        let mut output = Output::open(&settings.sink, settings.max_bytes)?;
+        let mut output = match &settings.sink {
+            Some(sink) => Some(Output::open(sink, settings.max_bytes)?),
+            None => None,
+        };
         let (sender, receiver) = mpsc::sync_channel::<String>(settings.queue.max(1));
+        let (stream_sender, stream) = match &settings.redis_stream {
+            Some(stream_settings) => {
+                let (stream_sender, stream_receiver) =
+                    tokio::sync::mpsc::channel::<String>(settings.queue.max(1));
+                let runtime = tokio::runtime::Handle::try_current()
+                    .map_err(|error| std::io::Error::other(error.to_string()))?;
+                let task = runtime.spawn(write_stream(
+                    stream_settings.clone(),
+                    stream_receiver,
+                    Arc::clone(&metrics),
+                ));
+                (Some(stream_sender), Some((runtime, task)))
+            }
+            None => (None, None),
+        };
+        let stream_metrics = Arc::clone(&metrics);
         let handle = std::thread::Builder::new()
             .name("decision-log".to_string())
             // The writer polls instead of blocking on the queue, so that
@@ -101,15 +161,30 @@ impl DecisionLog {
             .spawn(move || loop {
                 loop {
                     match receiver.try_recv() {
-                        Ok(line) => output.write_line(&line),
+                        Ok(line) => {
+                            if let Some(output) = &mut output {
+                                output.write_line(&line);
+                            }
+                            if let Some(stream) = &stream_sender {
+                                if stream.try_send(line).is_err() {
+                                    stream_metrics.record_decision_log_stream("dropped", 1);
+                                }
+                            }
+                        }
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
-                            output.flush();
+                            if let Some(output) = &mut output {
+                                output.flush();
+                            }
+                            // Dropping the stream's sender lets its task
+                            // write what it holds and end.
                             return;
                         }
                     }
                 }
-                output.flush();
+                if let Some(output) = &mut output {
+                    output.flush();
+                }
                 std::thread::sleep(WRITER_POLL);
             })?;
         Ok((
@@ -120,7 +195,7 @@ impl DecisionLog {
                 deny_seen: AtomicU64::new(0),
                 metrics,
             }),
-            Writer { handle },
+            Writer { handle, stream },
         ))
     }
 
@@ -154,6 +229,105 @@ impl DecisionLog {
             Err(TrySendError::Full(_)) => self.metrics.record_decision_log("dropped"),
             Err(TrySendError::Disconnected(_)) => self.metrics.record_decision_log("dropped"),
         }
+    }
+}
+
+/// Adds the records from `records` to the stream, in batches, until the
+/// writer thread drops its sender; counts what became of each record.
+async fn write_stream(
+    settings: StreamSettings,
+    mut records: tokio::sync::mpsc::Receiver<String>,
+    metrics: Arc<Metrics>,
+) {
+    let mut connection: Option<RedisConn> = None;
+    let mut next_attempt = Instant::now();
+    let mut warnings = RateLimited::new(STREAM_WARNING_INTERVAL);
+    let mut batch = Vec::with_capacity(STREAM_BATCH);
+    while records.recv_many(&mut batch, STREAM_BATCH).await > 0 {
+        let count = batch.len() as u64;
+        match add_to_stream(&settings, &mut connection, &mut next_attempt, &batch).await {
+            Ok(()) => metrics.record_decision_log_stream("written", count),
+            Err(error) => {
+                metrics.record_decision_log_stream("failed", count);
+                if let Some(failed) = warnings.add(count) {
+                    warn!(
+                        stream = %settings.key,
+                        error = %error,
+                        records = failed,
+                        "decision log records not added to the redis stream"
+                    );
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// One `EVAL` of [`STREAM_SCRIPT`] over the batch, connecting first if need be.
+async fn add_to_stream(
+    settings: &StreamSettings,
+    connection: &mut Option<RedisConn>,
+    next_attempt: &mut Instant,
+    batch: &[String],
+) -> Result<(), String> {
+    if connection.is_none() {
+        if Instant::now() < *next_attempt {
+            return Err("redis unreachable; retrying".to_string());
+        }
+        match RedisConn::connect(&settings.redis).await {
+            Ok(connected) => *connection = Some(connected),
+            Err(error) => {
+                *next_attempt = Instant::now() + STREAM_RECONNECT;
+                return Err(error.to_string());
+            }
+        }
+    }
+    let Some(conn) = connection.as_ref() else {
+        return Err("redis unreachable".to_string());
+    };
+    let mut command = redis::cmd("EVAL");
+    command
+        .arg(STREAM_SCRIPT)
+        .arg(1)
+        .arg(&settings.key)
+        .arg(settings.max_len);
+    for record in batch {
+        command.arg(record.as_str());
+    }
+    conn.query::<u64>(&command)
+        .await
+        .map(|_| ())
+        .map_err(|error| error.to_string())
+}
+
+/// Counts events and says when to report them: at most once per interval.
+struct RateLimited {
+    interval: Duration,
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl RateLimited {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            pending: 0,
+        }
+    }
+
+    /// Adds `count` events; returns how many to report now, if it is time.
+    fn add(&mut self, count: u64) -> Option<u64> {
+        self.pending += count;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
     }
 }
 
@@ -235,6 +409,16 @@ mod tests {
         let seen = AtomicU64::new(0);
         assert_eq!((0..10).filter(|_| sampled(0.0, &seen)).count(), 0);
         assert_eq!((0..10).filter(|_| sampled(1.0, &seen)).count(), 10);
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_and_count_what_they_skipped() {
+        let mut limited = RateLimited::new(Duration::from_secs(3600));
+        assert_eq!(limited.add(2), Some(2));
+        assert_eq!(limited.add(5), None);
+        assert_eq!(limited.add(1), None);
+        limited.last = Some(Instant::now() - Duration::from_secs(3601));
+        assert_eq!(limited.add(1), Some(7));
     }
 
     #[test]

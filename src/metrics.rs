@@ -1,10 +1,10 @@
 //! Prometheus metrics: what tollgate decided and how fast, and what its
 //! reloads did, served as OpenMetrics text on `GET /metrics` at its own
-//! listen address.
+//! listen address, beside the health detail (`GET /status`, JSON).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -43,6 +43,13 @@ pub struct LogLabels {
     pub result: &'static str,
 }
 
+/// Labels of the decision log's Redis Stream records.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// `written`, `failed` (Redis refused or unreachable) or `dropped` (queue full).
+    pub result: &'static str,
+}
+
 /// Labels of the policy version info metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
@@ -62,7 +69,35 @@ pub struct Metrics {
     tenants: Gauge,
     policies: Gauge,
     decision_log: Family<LogLabels, Counter>,
+    decision_log_stream: Family<StreamLabels, Counter>,
     remote: Arc<std::sync::OnceLock<Arc<crate::store::remote::RemoteSnapshots>>>,
+    reloads_seen: Mutex<ReloadHistory>,
+}
+
+/// When reloads happened, for the status report.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadHistory {
+    /// The last reload's outcome and time.
+    pub last: Option<(&'static str, SystemTime)>,
+    /// The serving policy version and since when it serves.
+    pub serving: Option<(String, SystemTime)>,
+}
+
+/// Decision-log record counts since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecisionLogCounts {
+    /// Queued for writing.
+    pub queued: u64,
+    /// Dropped: the queue was full.
+    pub dropped: u64,
+    /// Not logged because of sampling.
+    pub sampled_out: u64,
+    /// Added to the Redis Stream.
+    pub stream_written: u64,
+    /// Not added to the Redis Stream: Redis failed or was unreachable.
+    pub stream_failed: u64,
+    /// Dropped before the Redis Stream: its queue was full.
+    pub stream_dropped: u64,
 }
 
 /// Reads the Redis source's counters and cache state at scrape time.
@@ -235,6 +270,12 @@ impl Metrics {
             "Decision-log records, by what became of them",
             decision_log.clone(),
         );
+        let decision_log_stream = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "decision_log_redis_records",
+            "Decision-log records for the Redis Stream, by what became of them",
+            decision_log_stream.clone(),
+        );
         let remote = Arc::new(std::sync::OnceLock::new());
         registry.register_collector(Box::new(RemoteCollector(Arc::clone(&remote))));
         Self {
@@ -248,7 +289,48 @@ impl Metrics {
             tenants,
             policies,
             decision_log,
+            decision_log_stream,
+            reloads_seen: Mutex::new(ReloadHistory::default()),
         }
+    }
+
+    /// The Redis source, when snapshots come from Redis.
+    pub fn remote(&self) -> Option<&Arc<crate::store::remote::RemoteSnapshots>> {
+        self.remote.get()
+    }
+
+    /// Counts `records` decision-log records for the Redis Stream: `written`,
+    /// `failed` or `dropped`.
+    pub fn record_decision_log_stream(&self, result: &'static str, records: u64) {
+        self.decision_log_stream
+            .get_or_create(&StreamLabels { result })
+            .inc_by(records);
+    }
+
+    /// What became of decision-log records so far.
+    pub fn decision_log_counts(&self) -> DecisionLogCounts {
+        let log = |result| self.decision_log.get_or_create(&LogLabels { result }).get();
+        let stream = |result| {
+            self.decision_log_stream
+                .get_or_create(&StreamLabels { result })
+                .get()
+        };
+        DecisionLogCounts {
+            queued: log("queued"),
+            dropped: log("dropped"),
+            sampled_out: log("sampled_out"),
+            stream_written: stream("written"),
+            stream_failed: stream("failed"),
+            stream_dropped: stream("dropped"),
+        }
+    }
+
+    /// When the reloads happened.
+    pub fn reload_history(&self) -> ReloadHistory {
+        self.reloads_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Exports the Redis source's counters and cache state.
@@ -286,6 +368,23 @@ impl Metrics {
         tenants: usize,
     ) {
         self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
+        {
+            let now = SystemTime::now();
+            let mut seen = self
+                .reloads_seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            seen.last = Some((outcome, now));
+            if let Some(version) = policy_version {
+                if seen
+                    .serving
+                    .as_ref()
+                    .is_none_or(|(serving, _)| serving != version)
+                {
+                    seen.serving = Some((version.to_string(), now));
+                }
+            }
+        }
         if let Some(version) = policy_version {
             self.policy_info.clear();
             self.policy_info
@@ -312,8 +411,13 @@ impl Metrics {
 /// Content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `GET /metrics` on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+/// Serves `GET /metrics` and `GET /status` on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    status: Arc<crate::status::StatusSource>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -327,10 +431,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
             }
         };
         let metrics = Arc::clone(&metrics);
+        let status = Arc::clone(&status);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, std::convert::Infallible>(respond(&metrics, &request)) }
+                let status = Arc::clone(&status);
+                async move { Ok::<_, std::convert::Infallible>(respond(&metrics, &status, &request)) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -342,10 +448,22 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
     }
 }
 
-fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    metrics: &Metrics,
+    report: &crate::status::StatusSource,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.encode()),
-        (_, "/metrics") => (
+        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report.report()) {
+            Ok(json) => (StatusCode::OK, "application/json", json + "\n"),
+            Err(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("cannot encode the status: {error}\n"),
+            ),
+        },
+        (_, "/metrics" | "/status") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "use GET\n".to_string(),
@@ -353,7 +471,7 @@ fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Byte
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; metrics are at /metrics\n".to_string(),
+            "not found; metrics are at /metrics, the health detail at /status\n".to_string(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -477,6 +477,7 @@ fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckR
         });
     }
     Ok(pb::CheckRequest {
+        consume: None,
         max_staleness_ms: 0,
         tenant: tenant.to_string(),
         principal: Some(

@@ -461,6 +461,7 @@ fn corpus_answers_match_cedar_through_grpc() {
                 entities: Vec::new(),
                 explain: false,
                 max_staleness_ms: 0,
+                consume: None,
             };
             let response = match runtime.block_on(client.check(check)) {
                 Ok(response) => response.into_inner(),

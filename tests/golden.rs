@@ -127,6 +127,7 @@ fn run_case_set(path: &Path) -> Vec<String> {
             entities: Vec::new(),
             explain: false,
             max_staleness_ms: 0,
+            consume: None,
         };
         let response = match runtime.block_on(point.check(request)) {
             Ok(response) => response,

@@ -11,46 +11,15 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis_server::{Options, RedisServer};
+use common::redis_server::{document, policies, put, redis_config, settings, Options, RedisServer};
 use common::*;
 use tollgate::api::pb;
 use tollgate::api::pb::admin_service_client::AdminServiceClient;
-use tollgate::config::{Config, Secret};
-use tollgate::store::redis_client::{RedisConn, RedisSettings};
-use tollgate::store::PolicySnapshot;
+use tollgate::config::Secret;
+use tollgate::store::redis_client::RedisConn;
 use tonic::Code;
 
 const TOKEN: &str = "test-admin-token-0123456789";
-
-fn settings(urls: Vec<String>) -> RedisSettings {
-    RedisSettings {
-        urls,
-        cluster: false,
-        username: None,
-        password: None,
-        tls_ca_file: None,
-        timeout: Duration::from_millis(250),
-    }
-}
-
-fn redis_config(dirs: &DataDirs, redis: RedisSettings) -> Config {
-    let mut config = dirs.config();
-    config.redis = Some(redis);
-    config
-}
-
-fn policies() -> PolicySnapshot {
-    PolicySnapshot::load_dir(&example_policies()).expect("example policies load")
-}
-
-/// The example snapshot of `tenant` at `version`, edited by `edit`.
-fn document(tenant: &str, version: u64, edit: impl FnOnce(&mut serde_json::Value)) -> String {
-    let text = read(&example_entitlements().join(format!("{tenant}.json")));
-    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
-    value["version"] = version.into();
-    edit(&mut value);
-    value.to_string()
-}
 
 /// Sets an attribute of the tenant's `Account` entity.
 fn set_account(value: &mut serde_json::Value, attribute: &str, to: serde_json::Value) {
@@ -60,12 +29,6 @@ fn set_account(value: &mut serde_json::Value, attribute: &str, to: serde_json::V
         .find(|e| e["uid"]["type"] == "Account")
         .unwrap();
     account["attrs"][attribute] = to;
-}
-
-async fn put(conn: &RedisConn, document: &str) {
-    tollgate::admin::put(conn, &policies(), document)
-        .await
-        .unwrap_or_else(|error| panic!("put: {error}"));
 }
 
 async fn put_examples(conn: &RedisConn, tenants: &[&str]) {

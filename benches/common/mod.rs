@@ -34,8 +34,8 @@ pub fn use_request(tenant: &str, principal: &str, feature: &str) -> pb::CheckReq
             ),
             ("country".to_string(), value(Kind::String("BR".to_string()))),
         ]),
-        entities: Vec::new(),
-        explain: false,
-        max_staleness_ms: 0,
+        // No request-scoped entities, no explanation, no staleness bound, and
+        // whatever fields the proto gains later at their defaults.
+        ..Default::default()
     }
 }

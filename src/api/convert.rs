@@ -240,6 +240,7 @@ pub fn response(
             } as i32,
         }),
         decision_id,
+        usage: None,
         explanation: decision
             .explanation
             .into_iter()

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod codec;
 pub mod convert;
+mod metered;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -61,6 +62,15 @@ pub enum ApiError {
     /// No valid policy set has been loaded yet.
     #[error("no valid policy set is loaded")]
     PoliciesNotLoaded,
+    /// Metering needs the Redis source.
+    #[error("usage metering needs the Redis source (redis_url)")]
+    MeteringNotConfigured,
+    /// A usage report names a tenant without a snapshot.
+    #[error("tenant `{0}` has no entitlement snapshot")]
+    UnknownTenant(String),
+    /// A dependency cannot answer now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<ApiError> for Status {
@@ -70,7 +80,11 @@ impl From<ApiError> for Status {
             ApiError::BatchTooLarge { .. } | ApiError::TooManyEntities { .. } => {
                 Status::resource_exhausted(error.to_string())
             }
-            ApiError::PoliciesNotLoaded => Status::unavailable(error.to_string()),
+            ApiError::PoliciesNotLoaded | ApiError::Unavailable(_) => {
+                Status::unavailable(error.to_string())
+            }
+            ApiError::MeteringNotConfigured => Status::failed_precondition(error.to_string()),
+            ApiError::UnknownTenant(_) => Status::not_found(error.to_string()),
         }
     }
 }
@@ -145,6 +159,7 @@ pub struct DecisionPoint {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     decision_log: Option<Arc<DecisionLog>>,
     remote: Option<Arc<RemoteSnapshots>>,
+    metering: Option<Arc<crate::metering::Metering>>,
 }
 
 /// What the decision log keeps of a request, taken before the request is
@@ -155,6 +170,8 @@ struct LoggedRequest {
     action: Option<pb::EntityRef>,
     resource: Option<pb::EntityRef>,
     context: Option<serde_json::Value>,
+    /// The trace the request belongs to (its RPC span's, or the caller's).
+    trace_id: Option<String>,
 }
 
 impl LoggedRequest {
@@ -180,6 +197,7 @@ impl LoggedRequest {
             action: request.action.clone(),
             resource: request.resource.clone(),
             context,
+            trace_id: crate::telemetry::current_trace_id(),
         }
     }
 
@@ -216,8 +234,13 @@ impl LoggedRequest {
             "snapshot_version": freshness.snapshot_version,
             "latency_us": u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         });
-        if let (Some(context), Some(fields)) = (self.context, record.as_object_mut()) {
-            fields.insert("context".to_string(), context);
+        if let Some(fields) = record.as_object_mut() {
+            if let Some(context) = self.context {
+                fields.insert("context".to_string(), context);
+            }
+            if let Some(trace_id) = self.trace_id {
+                fields.insert("trace_id".to_string(), trace_id.into());
+            }
         }
         log.submit(&record);
     }
@@ -234,7 +257,20 @@ impl DecisionPoint {
             metrics: None,
             decision_log: None,
             remote: None,
+            metering: None,
         }
+    }
+
+    /// Counts consumptions and usage reports with `metering` (over the Redis
+    /// source's connection).
+    pub fn with_metering(mut self, metering: Arc<crate::metering::Metering>) -> Self {
+        self.metering = Some(metering);
+        self
+    }
+
+    /// The metering path, when configured.
+    pub fn metering_stats(&self) -> Option<&Arc<crate::metering::MeteringStats>> {
+        self.metering.as_ref().map(|m| m.stats())
     }
 
     /// Reads tenant snapshots from Redis (through its cache) instead of the
@@ -318,6 +354,9 @@ impl DecisionPoint {
     ) -> Result<pb::CheckResponse, ApiError> {
         check_entity_count("entities", &request)?;
         let catalog = self.catalog()?;
+        if request.consume.is_some() {
+            return self.check_consume(&catalog, request).await;
+        }
         let tenant = request.tenant.clone();
         let max_staleness_ms = request.max_staleness_ms;
         // Validate before any Redis read: a malformed request costs nothing.
@@ -386,6 +425,12 @@ impl DecisionPoint {
         }
         for (index, check) in request.checks.iter().enumerate() {
             check_entity_count(&format!("checks[{index}].entities"), check)?;
+            if check.consume.is_some() {
+                return Err(ApiError::InvalidArgument(RequestError::new(
+                    format!("checks[{index}].consume"),
+                    "a batch cannot consume; send consuming checks with Check".to_string(),
+                )));
+            }
         }
         let catalog = self.catalog()?;
         let in_check = |index: usize| {
@@ -496,21 +541,70 @@ impl EntitlementService for GrpcService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        self.decision_point
-            .check(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        let span = crate::rpc_span!("Check");
+        let (metadata, _, request) = request.into_parts();
+        let decision_point = &self.decision_point;
+        let answered = span.clone();
+        crate::telemetry::in_rpc(span, &metadata, async move {
+            let result = decision_point.check(request).await.map_err(Status::from);
+            match &result {
+                Ok(response) => tracing::debug!(
+                    decision = if response.decision == pb::Decision::Allow as i32 { "ALLOW" } else { "DENY" },
+                    decision_id = %response.decision_id,
+                    "check answered"
+                ),
+                Err(status) => {
+                    crate::telemetry::record_error(&answered, status);
+                    tracing::debug!(code = ?status.code(), message = status.message(), "check refused");
+                }
+            }
+            result.map(Response::new)
+        })
+        .await
     }
 
     async fn check_batch(
         &self,
         request: Request<pb::CheckBatchRequest>,
     ) -> Result<Response<pb::CheckBatchResponse>, Status> {
-        self.decision_point
-            .check_batch(request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        let span = crate::rpc_span!("CheckBatch");
+        let (metadata, _, request) = request.into_parts();
+        let decision_point = &self.decision_point;
+        let answered = span.clone();
+        crate::telemetry::in_rpc(span, &metadata, async move {
+            let result = decision_point
+                .check_batch(request)
+                .await
+                .map_err(Status::from);
+            match &result {
+                Ok(batch) => tracing::debug!(checks = batch.responses.len(), "batch answered"),
+                Err(status) => {
+                    crate::telemetry::record_error(&answered, status);
+                    tracing::debug!(code = ?status.code(), message = status.message(), "batch refused");
+                }
+            }
+            result.map(Response::new)
+        })
+        .await
+    }
+    async fn report_usage(
+        &self,
+        request: Request<pb::ReportUsageRequest>,
+    ) -> Result<Response<pb::ReportUsageResponse>, Status> {
+        let span = crate::rpc_span!("ReportUsage");
+        let (metadata, _, request) = request.into_parts();
+        let decision_point = &self.decision_point;
+        let answered = span.clone();
+        crate::telemetry::in_rpc(span, &metadata, async move {
+            let result = decision_point
+                .report_usage(request)
+                .await
+                .map_err(Status::from);
+            if let Err(status) = &result {
+                crate::telemetry::record_error(&answered, status);
+            }
+            result.map(Response::new)
+        })
+        .await
     }
 }

@@ -55,6 +55,12 @@ pub enum BuiltinReason {
     UnknownPrincipal,
     /// No snapshot could be had, nor one stale enough to serve.
     EntitlementsUnavailable,
+    /// Consuming would pass the meter's limit; nothing was counted.
+    CapExceeded,
+    /// The meter's count could not be read or updated (Redis unreachable).
+    MeteringUnavailable,
+    /// The tenant's snapshot defines no usable meter of that name.
+    UnknownMeter,
 }
 
 impl BuiltinReason {
@@ -65,6 +71,9 @@ impl BuiltinReason {
             Self::UnknownTenant => "unknown_tenant",
             Self::UnknownPrincipal => "unknown_principal",
             Self::EntitlementsUnavailable => "entitlements_unavailable",
+            Self::CapExceeded => "cap_exceeded",
+            Self::MeteringUnavailable => "metering_unavailable",
+            Self::UnknownMeter => "unknown_meter",
         }
     }
 
@@ -75,6 +84,11 @@ impl BuiltinReason {
             Self::UnknownTenant => "the tenant has no entitlements",
             Self::UnknownPrincipal => "the principal is not known to the tenant",
             Self::EntitlementsUnavailable => "the tenant's entitlements are unavailable",
+            Self::CapExceeded => {
+                "this would pass your plan's allowance for this period; nothing was counted"
+            }
+            Self::MeteringUnavailable => "usage cannot be counted right now, so it is not allowed",
+            Self::UnknownMeter => "the tenant's plan has no such meter",
         }
     }
 }

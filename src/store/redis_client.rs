@@ -263,7 +263,9 @@ impl RedisConn {
             .map_err(RedisFailure::from)
     }
 
-    async fn invoke(
+    /// Runs a Lua script (EVALSHA, loading it when Redis does not know it)
+    /// within the configured timeout.
+    pub async fn invoke(
         &self,
         script: &Script,
         keys: &[&str],

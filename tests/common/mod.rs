@@ -351,6 +351,7 @@ pub fn check(tenant: &str, principal: &str, action: &str, resource: &str) -> pb:
         entities: Vec::new(),
         explain: false,
         max_staleness_ms: 0,
+        consume: None,
     }
 }
 

@@ -317,3 +317,62 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Settings reaching `urls` with a 250 ms timeout.
+pub fn settings(urls: Vec<String>) -> tollgate::store::redis_client::RedisSettings {
+    tollgate::store::redis_client::RedisSettings {
+        urls,
+        cluster: false,
+        username: None,
+        password: None,
+        tls_ca_file: None,
+        timeout: Duration::from_millis(250),
+    }
+}
+
+/// A config serving `dirs`' policies with snapshots from Redis.
+pub fn redis_config(
+    dirs: &super::DataDirs,
+    redis: tollgate::store::redis_client::RedisSettings,
+) -> tollgate::config::Config {
+    let mut config = dirs.config();
+    config.redis = Some(redis);
+    config
+}
+
+/// The example policies.
+pub fn policies() -> tollgate::store::PolicySnapshot {
+    tollgate::store::PolicySnapshot::load_dir(&super::example_policies())
+        .expect("example policies load")
+}
+
+/// The example snapshot of `tenant` at `version`, edited by `edit`.
+pub fn document(tenant: &str, version: u64, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let text = super::read(&super::example_entitlements().join(format!("{tenant}.json")));
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).expect("example snapshot is JSON");
+    value["version"] = version.into();
+    edit(&mut value);
+    value.to_string()
+}
+
+/// The entity `Type::"id"` of a snapshot document.
+pub fn entity<'a>(
+    value: &'a mut serde_json::Value,
+    type_name: &str,
+    id: &str,
+) -> &'a mut serde_json::Value {
+    value["entities"]
+        .as_array_mut()
+        .expect("entities")
+        .iter_mut()
+        .find(|e| e["uid"]["type"] == type_name && e["uid"]["id"] == id)
+        .unwrap_or_else(|| panic!("no {type_name}::{id:?} in the snapshot"))
+}
+
+/// Writes a snapshot document through the validated write path.
+pub async fn put(conn: &tollgate::store::redis_client::RedisConn, document: &str) {
+    tollgate::admin::put(conn, &policies(), document)
+        .await
+        .unwrap_or_else(|error| panic!("put: {error}"));
+}

@@ -1,0 +1,396 @@
+//! Checks that consume a meter, and usage reports: the decision point's
+//! metering path.
+//!
+//! A consuming check reads the meter's count and the idempotency key's first
+//! answer (one Redis call), decides with the count in `context.usage`, and
+//! when the policies allow, checks and counts in one atomic step (a second
+//! call). A key answered before returns its first answer without counting.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{convert, pb, ApiError, DecisionPoint};
+use crate::engine::{BuiltinReason, Decision, RequestError};
+use crate::metering::{
+    Consumed, FirstAnswer, MeterKind, MeterSpec, Metering, Report, UsageView, MAX_KEY_BYTES,
+};
+use crate::store::redis_client::RedisConn;
+use crate::store::{Catalog, Lookup};
+
+fn invalid(field: &str, problem: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument(RequestError::new(field.to_string(), problem.into()))
+}
+
+fn check_key(field: &str, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(invalid(field, "required"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(invalid(field, format!("longer than {MAX_KEY_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+fn usage_pb(view: &UsageView) -> pb::Usage {
+    pb::Usage {
+        meter: view.meter.clone(),
+        used: view.used,
+        limit: view.limit,
+        remaining: view.remaining,
+        period_end_unix_ms: view.period_end_unix_ms,
+    }
+}
+
+fn long(value: i64) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::Long(value)),
+    }
+}
+
+/// `Type::"id"` of an entity reference, for the usage stream.
+fn principal_text(principal: Option<&pb::EntityRef>) -> String {
+    principal
+        .map(|p| format!("{}::{:?}", p.r#type, p.id))
+        .unwrap_or_default()
+}
+
+impl DecisionPoint {
+    fn metering(&self) -> Result<(&Arc<Metering>, &RedisConn), ApiError> {
+        let metering = self
+            .metering
+            .as_ref()
+            .ok_or(ApiError::MeteringNotConfigured)?;
+        let conn = self.remote.as_ref().and_then(|remote| remote.connection());
+        match conn {
+            Some(conn) => Ok((metering, conn)),
+            None => Err(ApiError::MeteringNotConfigured),
+        }
+    }
+
+    /// Decides a check that consumes `request.consume`.
+    pub(super) async fn check_consume(
+        &self,
+        catalog: &Catalog,
+        mut request: pb::CheckRequest,
+    ) -> Result<pb::CheckResponse, ApiError> {
+        let consume = request.consume.take().unwrap_or_default();
+        if consume.meter.is_empty() {
+            return Err(invalid("consume.meter", "required"));
+        }
+        if consume.amount < 1 {
+            return Err(invalid(
+                "consume.amount",
+                format!("must be at least 1, got {}", consume.amount),
+            ));
+        }
+        check_key("consume.idempotency_key", &consume.idempotency_key)?;
+        let metering = self
+            .metering
+            .as_ref()
+            .ok_or(ApiError::MeteringNotConfigured)?;
+        let tenant = request.tenant.clone();
+        // A malformed request is refused before any Redis call.
+        convert::prepare_check(&catalog.policies, request.clone())
+            .map_err(ApiError::InvalidArgument)?;
+
+        let lookup = self
+            .lookup(catalog, &tenant, request.max_staleness_ms)
+            .await;
+        let Lookup::Found { snapshot, .. } = &lookup else {
+            return self
+                .decide(catalog, &lookup, &prepare(catalog, request)?)
+                .map_err(ApiError::InvalidArgument);
+        };
+        let meter = match MeterSpec::from_snapshot(snapshot, &consume.meter) {
+            Ok(Some(meter)) => meter,
+            Ok(None) | Err(_) => {
+                return Ok(self.builtin_deny(catalog, &lookup, BuiltinReason::UnknownMeter, None));
+            }
+        };
+        let Ok((_, conn)) = self.metering() else {
+            metering.note_unavailable();
+            return Ok(self.builtin_deny(
+                catalog,
+                &lookup,
+                BuiltinReason::MeteringUnavailable,
+                None,
+            ));
+        };
+        let peek = match metering
+            .peek(conn, &tenant, &meter, &consume.idempotency_key)
+            .await
+        {
+            Ok(peek) => peek,
+            Err(error) => {
+                tracing::warn!(tenant, meter = meter.id, error = %error, "cannot read the meter");
+                metering.note_unavailable();
+                return Ok(self.builtin_deny(
+                    catalog,
+                    &lookup,
+                    BuiltinReason::MeteringUnavailable,
+                    None,
+                ));
+            }
+        };
+        if let Some(first) = peek.first {
+            return self.replay(catalog, &lookup, &meter, &consume, first, metering);
+        }
+
+        // The policies see the meter as it stands and what this asks.
+        request.context.insert(
+            "usage".to_string(),
+            pb::Value {
+                kind: Some(pb::value::Kind::Record(pb::ValueRecord {
+                    values: HashMap::from([
+                        ("used".to_string(), long(peek.used)),
+                        ("requested".to_string(), long(consume.amount)),
+                        ("limit".to_string(), long(meter.limit)),
+                        (
+                            "remaining".to_string(),
+                            long(meter.limit.saturating_sub(peek.used).max(0)),
+                        ),
+                    ]),
+                })),
+            },
+        );
+        let principal = principal_text(request.principal.as_ref());
+        let prepared = prepare(catalog, request)?;
+        let mut response = {
+            let _evaluation = tracing::info_span!("evaluate").entered();
+            self.decide(catalog, &lookup, &prepared)
+                .map_err(ApiError::InvalidArgument)?
+        };
+        if response.decision != pb::Decision::Allow as i32 {
+            response.usage = Some(usage_pb(&metering.view(&meter, peek.used)));
+            return Ok(response);
+        }
+        let first_reason = response
+            .reasons
+            .first()
+            .map(|r| (r.code.clone(), r.policy_id.clone()))
+            .unwrap_or_default();
+        let consumed = metering
+            .consume(
+                conn,
+                &tenant,
+                &meter,
+                consume.amount,
+                &consume.idempotency_key,
+                &principal,
+                &response.decision_id,
+                (&first_reason.0, &first_reason.1),
+            )
+            .instrument_metering()
+            .await;
+        match consumed {
+            Ok(Consumed::Allowed { used }) => {
+                response.usage = Some(usage_pb(&metering.view(&meter, used)));
+                Ok(response)
+            }
+            Ok(Consumed::CapExceeded { used }) => {
+                let mut denied = self.builtin_deny(
+                    catalog,
+                    &lookup,
+                    BuiltinReason::CapExceeded,
+                    Some(&response.decision_id),
+                );
+                denied.usage = Some(usage_pb(&metering.view(&meter, used)));
+                Ok(denied)
+            }
+            Ok(Consumed::Replay(first)) => {
+                self.replay(catalog, &lookup, &meter, &consume, first, metering)
+            }
+            Err(error) => {
+                tracing::warn!(tenant, meter = meter.id, error = %error, "cannot count the consumption");
+                metering.note_unavailable();
+                Ok(self.builtin_deny(
+                    catalog,
+                    &lookup,
+                    BuiltinReason::MeteringUnavailable,
+                    Some(&response.decision_id),
+                ))
+            }
+        }
+    }
+
+    /// The first answer to an idempotency key, given again.
+    fn replay(
+        &self,
+        catalog: &Catalog,
+        lookup: &Lookup,
+        meter: &MeterSpec,
+        consume: &pb::Consume,
+        first: FirstAnswer,
+        metering: &Metering,
+    ) -> Result<pb::CheckResponse, ApiError> {
+        if first.meter != consume.meter || first.amount != consume.amount {
+            return Err(invalid(
+                "consume.idempotency_key",
+                format!(
+                    "already used for {} unit(s) of meter `{}`; a retry must ask the same",
+                    first.amount, first.meter
+                ),
+            ));
+        }
+        let mut response = self.builtin_deny(
+            catalog,
+            lookup,
+            BuiltinReason::CapExceeded,
+            Some(&first.decision_id),
+        );
+        let policy = catalog
+            .policies
+            .policies()
+            .find(|p| p.id == first.policy_id);
+        response.decision = if first.allow {
+            pb::Decision::Allow as i32
+        } else {
+            pb::Decision::Deny as i32
+        };
+        response.reasons = vec![pb::Reason {
+            policy_id: first.policy_id.clone(),
+            effect: if policy.is_some() && first.allow {
+                pb::Effect::Permit as i32
+            } else {
+                pb::Effect::Unspecified as i32
+            },
+            code: first.code.clone(),
+            message: format!(
+                "the first answer to this idempotency key (decision {}), given again; counted once",
+                first.decision_id
+            ),
+            annotations: HashMap::new(),
+        }];
+        response.usage = Some(usage_pb(&metering.view(meter, first.used)));
+        Ok(response)
+    }
+
+    /// A DENY for a built-in reason with the lookup's freshness; with
+    /// `decision_id`, under that id.
+    fn builtin_deny(
+        &self,
+        catalog: &Catalog,
+        lookup: &Lookup,
+        reason: BuiltinReason,
+        decision_id: Option<&str>,
+    ) -> pb::CheckResponse {
+        let (snapshot_version, snapshot_age_ms, source) = match lookup {
+            Lookup::Found {
+                snapshot,
+                source,
+                age,
+            } => (
+                snapshot.version,
+                u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                Some(*source),
+            ),
+            Lookup::Unknown | Lookup::Unavailable => (0, 0, None),
+        };
+        convert::response(
+            Decision::deny(reason),
+            &convert::FreshnessInfo {
+                policy_version: &catalog.policies.version,
+                snapshot_version,
+                snapshot_age_ms,
+                source,
+            },
+            decision_id.map_or_else(|| self.ids.next(), str::to_string),
+        )
+    }
+
+    /// Applies usage measured after the fact.
+    pub async fn report_usage(
+        &self,
+        request: pb::ReportUsageRequest,
+    ) -> Result<pb::ReportUsageResponse, ApiError> {
+        let catalog = self.catalog()?;
+        crate::store::entitlements::check_tenant_id(&request.tenant)
+            .map_err(|problem| invalid("tenant", problem))?;
+        if request.reports.is_empty() {
+            return Err(invalid("reports", "at least one report is required"));
+        }
+        if request.reports.len() > self.limits.max_batch {
+            return Err(ApiError::BatchTooLarge {
+                size: request.reports.len(),
+                limit: self.limits.max_batch,
+            });
+        }
+        for (index, report) in request.reports.iter().enumerate() {
+            check_key(&format!("reports[{index}].event_key"), &report.event_key)?;
+            if report.meter.is_empty() {
+                return Err(invalid(&format!("reports[{index}].meter"), "required"));
+            }
+        }
+        let (metering, conn) = self.metering()?;
+        let snapshot = match self.lookup(&catalog, &request.tenant, 0).await {
+            Lookup::Found { snapshot, .. } => snapshot,
+            Lookup::Unknown => return Err(ApiError::UnknownTenant(request.tenant)),
+            Lookup::Unavailable => {
+                return Err(ApiError::Unavailable(
+                    "the tenant's entitlements are unavailable".to_string(),
+                ))
+            }
+        };
+        let mut reports = Vec::with_capacity(request.reports.len());
+        for (index, report) in request.reports.into_iter().enumerate() {
+            let meter = match MeterSpec::from_snapshot(&snapshot, &report.meter) {
+                Ok(Some(meter)) => meter,
+                Ok(None) => {
+                    return Err(invalid(
+                        &format!("reports[{index}].meter"),
+                        format!(
+                            "tenant `{}` has no meter `{}`",
+                            request.tenant, report.meter
+                        ),
+                    ))
+                }
+                Err(problem) => return Err(invalid(&format!("reports[{index}].meter"), problem)),
+            };
+            if report.amount < 0 && meter.kind == MeterKind::Gauge {
+                return Err(invalid(
+                    &format!("reports[{index}].amount"),
+                    "a gauge's value cannot be negative",
+                ));
+            }
+            if report.amount < 1 && meter.kind == MeterKind::Counter {
+                return Err(invalid(
+                    &format!("reports[{index}].amount"),
+                    format!("must be at least 1, got {}", report.amount),
+                ));
+            }
+            reports.push(Report {
+                meter,
+                amount: report.amount,
+                event_key: report.event_key,
+                principal: principal_text(report.principal.as_ref()),
+            });
+        }
+        let totals = metering
+            .report(conn, &request.tenant, &reports)
+            .await
+            .map_err(|error| ApiError::Unavailable(format!("usage cannot be recorded: {error}")))?;
+        Ok(pb::ReportUsageResponse {
+            totals: reports
+                .iter()
+                .zip(totals)
+                .map(|(report, used)| usage_pb(&metering.view(&report.meter, used)))
+                .collect(),
+        })
+    }
+}
+
+fn prepare(
+    catalog: &Catalog,
+    request: pb::CheckRequest,
+) -> Result<crate::engine::PreparedRequest, ApiError> {
+    convert::prepare_check(&catalog.policies, request).map_err(ApiError::InvalidArgument)
+}
+
+/// Wraps the atomic step in a `metering` span.
+trait InstrumentMetering: std::future::Future + Sized {
+    fn instrument_metering(self) -> tracing::instrument::Instrumented<Self> {
+        tracing::Instrument::instrument(self, tracing::info_span!("metering"))
+    }
+}
+
+impl<F: std::future::Future> InstrumentMetering for F {}

@@ -1,0 +1,702 @@
+//! Usage caps and metering: meters are entities of the tenant snapshot
+//! (`Meter::"<id>"` with `limit`, `period` and optional `kind`), their counts
+//! live in Redis, and a consumption is checked and counted in one atomic Lua
+//! step on the tenant's hash slot, idempotent per key, appended to the
+//! tenant's usage stream in the same step.
+//!
+//! Keys per tenant (hash tag `{<tenant>}`: one slot, so one script):
+//!
+//! - `tollgate:{t}:usage:<meter>:<window>`: a counter meter's count in one
+//!   period window (`2026-11`, `2026-11-27`, or `all`), expiring 35 days
+//!   after the window ends;
+//! - `tollgate:{t}:gauge:<meter>`: a gauge meter's current value;
+//! - `tollgate:{t}:idem:<key>`: the first answer to an idempotency key;
+//! - `tollgate:{t}:usage` (stream): one entry per accepted consumption or
+//!   report.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid, EvalResult};
+use redis::{Script, Value};
+
+use crate::store::redis_client::{RedisConn, RedisFailure};
+use crate::store::TenantSnapshot;
+
+/// Entity type of meters in tenant snapshots.
+pub const METER_TYPE: &str = "Meter";
+
+/// Longest idempotency or event key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// How long a counter window's key outlives the window (for billing reads).
+const WINDOW_RETENTION_SECONDS: i64 = 35 * 24 * 3600;
+
+/// When a counter starts again from zero (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// Each calendar day.
+    Day,
+    /// Each calendar month.
+    Month,
+    /// Never (`"never"` or `"none"`).
+    Never,
+}
+
+impl Period {
+    /// Parses `day`, `month`, `never` or `none`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "day" => Some(Self::Day),
+            "month" => Some(Self::Month),
+            "never" | "none" => Some(Self::Never),
+            _ => None,
+        }
+    }
+
+    /// The window holding `now_ms` (Unix milliseconds): its id, used in the
+    /// counter's key, and when it ends (`None` for a period that never ends).
+    pub fn window(self, now_ms: i64) -> (String, Option<i64>) {
+        let days = now_ms.div_euclid(86_400_000);
+        let (year, month, day) = civil_from_days(days);
+        match self {
+            Self::Day => (
+                format!("{year:04}-{month:02}-{day:02}"),
+                Some((days + 1) * 86_400_000),
+            ),
+            Self::Month => {
+                let (next_year, next_month) = if month == 12 {
+                    (year + 1, 1)
+                } else {
+                    (year, month + 1)
+                };
+                (
+                    format!("{year:04}-{month:02}"),
+                    Some(days_from_civil(next_year, next_month, 1) * 86_400_000),
+                )
+            }
+            Self::Never => ("all".to_string(), None),
+        }
+    }
+}
+
+/// Year, month (1-12), day (1-31) of a count of days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        u32::try_from(month).unwrap_or(1),
+        u32::try_from(day).unwrap_or(1),
+    )
+}
+
+/// Days since 1970-01-01 of a civil date (`days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let month = i64::from(month);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// How a meter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterKind {
+    /// Consumed by use, per period.
+    Counter,
+    /// Set to a current value (seats in use), no period.
+    Gauge,
+}
+
+/// A meter as the tenant's snapshot defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterSpec {
+    /// The meter's entity id.
+    pub id: String,
+    /// Units allowed per period (or in all for a gauge).
+    pub limit: i64,
+    /// When the count starts again.
+    pub period: Period,
+    /// Counter or gauge.
+    pub kind: MeterKind,
+}
+
+impl MeterSpec {
+    /// Reads `Meter::"<meter>"` from the snapshot: `None` when the tenant has
+    /// no such meter, an error when its attributes are unusable.
+    pub fn from_snapshot(snapshot: &TenantSnapshot, meter: &str) -> Result<Option<Self>, String> {
+        let type_name = EntityTypeName::from_str(METER_TYPE).map_err(|error| error.to_string())?;
+        let uid = EntityUid::from_type_name_and_id(type_name, EntityId::new(meter));
+        let Some(entity) = snapshot.entities.get(&uid) else {
+            return Ok(None);
+        };
+        let attr = |name: &str| entity.attr(name).and_then(Result::ok);
+        let limit = match attr("limit") {
+            Some(EvalResult::Long(limit)) if limit >= 0 => limit,
+            _ => return Err(format!("meter `{meter}` has no non-negative Long `limit`")),
+        };
+        let kind = match attr("kind") {
+            None => MeterKind::Counter,
+            Some(EvalResult::String(kind)) if kind == "counter" => MeterKind::Counter,
+            Some(EvalResult::String(kind)) if kind == "gauge" => MeterKind::Gauge,
+            Some(other) => {
+                return Err(format!(
+                    "meter `{meter}` has kind {other}; expected \"counter\" or \"gauge\""
+                ))
+            }
+        };
+        let period = match (attr("period"), kind) {
+            (_, MeterKind::Gauge) => Period::Never,
+            (Some(EvalResult::String(period)), MeterKind::Counter) => Period::parse(&period)
+                .ok_or_else(|| format!("meter `{meter}` has period \"{period}\"; expected \"day\", \"month\" or \"never\""))?,
+            (None, MeterKind::Counter) => Period::Never,
+            (Some(other), MeterKind::Counter) => return Err(format!("meter `{meter}` has period {other}; expected a String")),
+        };
+        Ok(Some(Self {
+            id: meter.to_string(),
+            limit,
+            period,
+            kind,
+        }))
+    }
+}
+
+/// The time source of period windows (injectable, so that tests can cross a
+/// period boundary).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or_default()
+        }))
+    }
+
+    /// A clock reading `now` (Unix milliseconds).
+    pub fn from_fn(now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    /// Now, in Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Metering settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteringSettings {
+    /// How long an idempotency key's first answer is remembered.
+    pub idempotency_ttl: Duration,
+    /// Approximate upper bound on each tenant's usage stream length.
+    pub stream_maxlen: u64,
+}
+
+impl Default for MeteringSettings {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            stream_maxlen: 1_000_000,
+        }
+    }
+}
+
+/// Counters of the metering path, for metrics.
+#[derive(Debug, Default)]
+pub struct MeteringStats {
+    /// Consumptions counted.
+    pub consumed: AtomicU64,
+    /// Consumptions denied because the cap would be passed.
+    pub cap_exceeded: AtomicU64,
+    /// Consumptions answered from an idempotency key's first answer.
+    pub replayed: AtomicU64,
+    /// Consumptions denied because Redis could not be reached.
+    pub unavailable: AtomicU64,
+    /// Usage reports applied (events, not calls).
+    pub reported: AtomicU64,
+}
+
+/// The first answer to an idempotency key, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FirstAnswer {
+    /// Meter consumed.
+    pub meter: String,
+    /// Units asked.
+    pub amount: i64,
+    /// Whether it was allowed.
+    pub allow: bool,
+    /// The count after it (allowed) or when it was refused.
+    pub used: i64,
+    /// Decision id of the first answer.
+    pub decision_id: String,
+    /// Reason code of the first answer.
+    pub code: String,
+    /// Determining policy of the first answer, if any.
+    #[serde(default)]
+    pub policy_id: String,
+}
+
+/// What a consume step found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// Counted; the count is now `used`.
+    Allowed {
+        /// The count after this consumption.
+        used: i64,
+    },
+    /// Refused: `used + amount` would pass the limit; nothing was counted.
+    CapExceeded {
+        /// The count.
+        used: i64,
+    },
+    /// The key was answered before: its first answer.
+    Replay(FirstAnswer),
+}
+
+/// What a peek found: the count in the current window, and the first answer
+/// of the idempotency key if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peek {
+    /// The current count.
+    pub used: i64,
+    /// The key's first answer.
+    pub first: Option<FirstAnswer>,
+}
+
+/// One usage report (no gating).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The meter.
+    pub meter: MeterSpec,
+    /// A counter's increment, or a gauge's new value.
+    pub amount: i64,
+    /// Idempotency key of the event.
+    pub event_key: String,
+    /// Who used it (`Type::"id"`), may be empty.
+    pub principal: String,
+}
+
+/// Usage metering over Redis.
+#[derive(Debug)]
+pub struct Metering {
+    settings: MeteringSettings,
+    clock: Clock,
+    stats: Arc<MeteringStats>,
+}
+
+fn counter_key(tenant: &str, meter: &MeterSpec, window: &str) -> String {
+    match meter.kind {
+        MeterKind::Counter => format!("tollgate:{{{tenant}}}:usage:{}:{window}", meter.id),
+        MeterKind::Gauge => format!("tollgate:{{{tenant}}}:gauge:{}", meter.id),
+    }
+}
+
+fn idempotency_key(tenant: &str, key: &str) -> String {
+    format!("tollgate:{{{tenant}}}:idem:{key}")
+}
+
+/// Key of a tenant's usage event stream.
+pub fn stream_key(tenant: &str) -> String {
+    format!("tollgate:{{{tenant}}}:usage")
+}
+
+/// The usage shown in a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageView {
+    /// The meter.
+    pub meter: String,
+    /// Units used in the current period.
+    pub used: i64,
+    /// The limit.
+    pub limit: i64,
+    /// `limit - used`, at least 0.
+    pub remaining: i64,
+    /// End of the current period, Unix milliseconds; 0 when it never ends.
+    pub period_end_unix_ms: i64,
+}
+
+impl Metering {
+    /// Metering with `settings`, reading time from `clock`.
+    pub fn new(settings: MeteringSettings, clock: Clock) -> Self {
+        Self {
+            settings,
+            clock,
+            stats: Arc::new(MeteringStats::default()),
+        }
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Arc<MeteringStats> {
+        &self.stats
+    }
+
+    /// The current window of `meter`: key suffix and end.
+    fn window(&self, meter: &MeterSpec) -> (String, Option<i64>) {
+        meter.period.window(self.clock.now_ms())
+    }
+
+    /// The usage view of `meter` at count `used`.
+    pub fn view(&self, meter: &MeterSpec, used: i64) -> UsageView {
+        let (_, end) = self.window(meter);
+        UsageView {
+            meter: meter.id.clone(),
+            used,
+            limit: meter.limit,
+            remaining: meter.limit.saturating_sub(used).max(0),
+            period_end_unix_ms: end.unwrap_or(0),
+        }
+    }
+
+    /// Reads the current count of `meter` and the first answer to `key`.
+    pub async fn peek(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+        key: &str,
+    ) -> Result<Peek, RedisFailure> {
+        let (window, _) = self.window(meter);
+        let reply = conn
+            .invoke(
+                &scripts().peek,
+                &[
+                    &counter_key(tenant, meter, &window),
+                    &idempotency_key(tenant, key),
+                ],
+                &[],
+            )
+            .await?;
+        let items = array(&reply)?;
+        Ok(Peek {
+            used: items.first().and_then(integer).unwrap_or(0),
+            first: items
+                .get(1)
+                .and_then(text)
+                .filter(|t| !t.is_empty())
+                .map(|t| parse_answer(&t))
+                .transpose()?,
+        })
+    }
+
+    /// Atomically: unless `key` was answered before, counts `amount` units of
+    /// `meter` if that keeps it within its limit, remembers the answer under
+    /// `key`, and appends the consumption to the tenant's usage stream.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one atomic step takes all of its inputs"
+    )]
+    pub async fn consume(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+        amount: i64,
+        key: &str,
+        principal: &str,
+        decision_id: &str,
+        allow_reason: (&str, &str),
+    ) -> Result<Consumed, RedisFailure> {
+        let now = self.clock.now_ms();
+        let (window, end) = meter.period.window(now);
+        let allowed = serde_json::json!({
+            "meter": meter.id, "amount": amount, "allow": true, "used": 0,
+            "decision_id": decision_id, "code": allow_reason.0, "policy_id": allow_reason.1,
+        });
+        let refused = serde_json::json!({
+            "meter": meter.id, "amount": amount, "allow": false, "used": 0,
+            "decision_id": decision_id, "code": crate::engine::BuiltinReason::CapExceeded.code(), "policy_id": "",
+        });
+        let reply = conn
+            .invoke(
+                &scripts().consume,
+                &[
+                    &counter_key(tenant, meter, &window),
+                    &idempotency_key(tenant, key),
+                    &stream_key(tenant),
+                ],
+                &[
+                    &amount.to_string(),
+                    &meter.limit.to_string(),
+                    &self.settings.idempotency_ttl.as_millis().to_string(),
+                    &meter.id,
+                    key,
+                    principal,
+                    decision_id,
+                    &now.to_string(),
+                    &self.settings.stream_maxlen.to_string(),
+                    &expire_at(end).to_string(),
+                    &allowed.to_string(),
+                    &refused.to_string(),
+                ],
+            )
+            .await?;
+        let items = array(&reply)?;
+        let status = items.first().and_then(text).unwrap_or_default();
+        let used = items.get(1).and_then(integer).unwrap_or(0);
+        let outcome = match status.as_str() {
+            "allow" => Consumed::Allowed { used },
+            "deny" => Consumed::CapExceeded { used },
+            "replay" => Consumed::Replay(parse_answer(
+                &items.get(2).and_then(text).unwrap_or_default(),
+            )?),
+            _ => return Err(RedisFailure::Garbage(format!("{reply:?}"))),
+        };
+        let counter = match &outcome {
+            Consumed::Allowed { .. } => &self.stats.consumed,
+            Consumed::CapExceeded { .. } => &self.stats.cap_exceeded,
+            Consumed::Replay(_) => &self.stats.replayed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(outcome)
+    }
+
+    /// Counts a consumption refused because Redis could not be reached.
+    pub fn note_unavailable(&self) {
+        self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Applies usage measured after the fact, in one atomic step: counter
+    /// increments and gauge values, each once per event key, each appended
+    /// to the usage stream. Returns each report's meter total afterwards.
+    pub async fn report(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        reports: &[Report],
+    ) -> Result<Vec<i64>, RedisFailure> {
+        let now = self.clock.now_ms();
+        let mut keys = vec![stream_key(tenant)];
+        let mut args = vec![
+            reports.len().to_string(),
+            self.settings.stream_maxlen.to_string(),
+            self.settings.idempotency_ttl.as_millis().to_string(),
+            now.to_string(),
+        ];
+        for report in reports {
+            let (window, end) = report.meter.period.window(now);
+            keys.push(counter_key(tenant, &report.meter, &window));
+            keys.push(idempotency_key(tenant, &report.event_key));
+            args.push(match report.meter.kind {
+                MeterKind::Counter => "counter".to_string(),
+                MeterKind::Gauge => "gauge".to_string(),
+            });
+            args.push(report.amount.to_string());
+            args.push(report.meter.id.clone());
+            args.push(report.event_key.clone());
+            args.push(report.principal.clone());
+            args.push(expire_at(end).to_string());
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = conn.invoke(&scripts().report, &keys, &args).await?;
+        let totals: Vec<i64> = array(&reply)?
+            .iter()
+            .map(|v| integer(v).unwrap_or(0))
+            .collect();
+        if totals.len() != reports.len() {
+            return Err(RedisFailure::Garbage(format!("{reply:?}")));
+        }
+        self.stats
+            .reported
+            .fetch_add(reports.len() as u64, Ordering::Relaxed);
+        Ok(totals)
+    }
+}
+
+/// When a window's counter expires (Unix seconds), 0 for never.
+fn expire_at(end: Option<i64>) -> i64 {
+    end.map_or(0, |end| end.div_euclid(1000) + WINDOW_RETENTION_SECONDS)
+}
+
+fn array(reply: &Value) -> Result<&[Value], RedisFailure> {
+    match reply {
+        Value::Array(items) => Ok(items),
+        other => Err(RedisFailure::Garbage(format!("{other:?}"))),
+    }
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_answer(text: &str) -> Result<FirstAnswer, RedisFailure> {
+    serde_json::from_str(text)
+        .map_err(|error| RedisFailure::Garbage(format!("idempotency record: {error}")))
+}
+
+struct Scripts {
+    peek: Script,
+    consume: Script,
+    report: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        // KEYS: counter, idempotency record.
+        peek: Script::new(
+            r"
+return {redis.call('GET', KEYS[1]) or '0', redis.call('GET', KEYS[2]) or ''}
+",
+        ),
+        // KEYS: counter, idempotency record, stream. ARGV: amount, limit,
+        // idempotency ttl ms, meter, key, principal, decision id, time ms,
+        // stream maxlen, counter expire-at (s, 0 = never), the allowed
+        // answer and the refused answer (JSON, `used` filled in here).
+        consume: Script::new(
+            r"
+local first = redis.call('GET', KEYS[2])
+if first then
+  return {'replay', 0, first}
+end
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+if used + amount > tonumber(ARGV[2]) then
+  local answer = cjson.decode(ARGV[12])
+  answer.used = used
+  redis.call('SET', KEYS[2], cjson.encode(answer), 'PX', ARGV[3])
+  return {'deny', used}
+end
+local after = redis.call('INCRBY', KEYS[1], amount)
+if ARGV[10] ~= '0' then
+  redis.call('EXPIREAT', KEYS[1], ARGV[10])
+end
+local answer = cjson.decode(ARGV[11])
+answer.used = after
+redis.call('SET', KEYS[2], cjson.encode(answer), 'PX', ARGV[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*',
+  'kind', 'consume', 'meter', ARGV[4], 'amount', ARGV[1], 'idempotency_key', ARGV[5],
+  'principal', ARGV[6], 'decision_id', ARGV[7], 'time_ms', ARGV[8], 'used', after)
+return {'allow', after}
+",
+        ),
+        // KEYS: stream, then per report its counter and idempotency record.
+        // ARGV: count, stream maxlen, idempotency ttl ms, time ms, then per
+        // report: kind, amount, meter, event key, principal, expire-at.
+        report: Script::new(
+            r"
+local totals = {}
+for i = 1, tonumber(ARGV[1]) do
+  local counter, record = KEYS[2 * i], KEYS[2 * i + 1]
+  local base = 4 + (i - 1) * 6
+  local kind, amount, meter, key, principal, expire = ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
+  if redis.call('EXISTS', record) == 0 then
+    local total
+    if kind == 'gauge' then
+      redis.call('SET', counter, amount)
+      total = tonumber(amount)
+    else
+      total = redis.call('INCRBY', counter, amount)
+      if expire ~= '0' then
+        redis.call('EXPIREAT', counter, expire)
+      end
+    end
+    redis.call('SET', record, cjson.encode({meter = meter, amount = tonumber(amount), allow = true, used = total, decision_id = '', code = 'reported', policy_id = ''}), 'PX', ARGV[3])
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+      'kind', 'report_' .. kind, 'meter', meter, 'amount', amount, 'idempotency_key', key,
+      'principal', principal, 'decision_id', '', 'time_ms', ARGV[4], 'used', total)
+  end
+end
+for i = 1, tonumber(ARGV[1]) do
+  totals[i] = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+end
+return totals
+",
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(date: &str) -> i64 {
+        // `YYYY-MM-DDTHH:MM:SSZ`
+        let year: i64 = date[0..4].parse().unwrap();
+        let month: u32 = date[5..7].parse().unwrap();
+        let day: u32 = date[8..10].parse().unwrap();
+        let seconds: i64 = date[11..13].parse::<i64>().unwrap() * 3600
+            + date[14..16].parse::<i64>().unwrap() * 60
+            + date[17..19].parse::<i64>().unwrap();
+        days_from_civil(year, month, day) * 86_400_000 + seconds * 1000
+    }
+
+    #[test]
+    fn windows_follow_the_utc_calendar() {
+        let last_second = ms("2026-11-30T23:59:59Z");
+        assert_eq!(
+            Period::Month.window(last_second),
+            ("2026-11".to_string(), Some(ms("2026-12-01T00:00:00Z")))
+        );
+        assert_eq!(Period::Month.window(last_second + 1000).0, "2026-12");
+        assert_eq!(
+            Period::Month.window(ms("2026-12-31T12:00:00Z")).1,
+            Some(ms("2027-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            Period::Day.window(ms("2028-02-28T23:00:00Z")),
+            ("2028-02-28".to_string(), Some(ms("2028-02-29T00:00:00Z")))
+        );
+        assert_eq!(
+            Period::Day.window(ms("2028-02-29T00:00:00Z")).0,
+            "2028-02-29"
+        );
+        assert_eq!(Period::Never.window(0), ("all".to_string(), None));
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        for days in [-800_000, -1, 0, 59, 365 * 400, 20_000_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn periods_parse() {
+        assert_eq!(Period::parse("none"), Some(Period::Never));
+        assert_eq!(Period::parse("week"), None);
+    }
+}

@@ -1,0 +1,468 @@
+//! The health detail: what is serving and what went wrong, served as JSON on
+//! `GET /status` at the metrics address and printed by `tollgate status`.
+//! Healthy means: a policy set serves, the last reloads applied cleanly, and
+//! Redis, when configured, is connected.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+use crate::store::{FileProblem, Store};
+
+/// `healthy` or `degraded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Everything configured works.
+    Healthy,
+    /// Serving, or trying to, with something wrong (see `problems`).
+    Degraded,
+}
+
+/// The whole report, as `GET /status` serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Overall health.
+    pub status: Health,
+    /// Why it is degraded, one sentence each.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// tollgate's version.
+    pub version: String,
+    /// Time since the process started serving, in milliseconds.
+    pub uptime_ms: u64,
+    /// The policy set.
+    pub policies: PolicyStatus,
+    /// The tenant snapshots.
+    pub snapshots: SnapshotStatus,
+    /// The Redis source, when configured.
+    #[serde(default)]
+    pub redis: Option<RedisStatus>,
+    /// The decision log, when configured.
+    #[serde(default)]
+    pub decision_log: Option<DecisionLogStatus>,
+    /// Span export.
+    pub tracing: TracingStatus,
+}
+
+/// The serving policy set and the last reloads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// A valid policy set serves.
+    pub loaded: bool,
+    /// Its version.
+    #[serde(default)]
+    pub policy_version: Option<String>,
+    /// Policies in it.
+    pub count: usize,
+    /// When this version started serving, Unix milliseconds.
+    #[serde(default)]
+    pub serving_since_unix_ms: Option<u64>,
+    /// The last reload: its outcome and when.
+    #[serde(default)]
+    pub last_reload: Option<ReloadStatus>,
+    /// Why the last policy reload was rejected (empty when it was not).
+    #[serde(default)]
+    pub last_error: Vec<Problem>,
+}
+
+/// One reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    /// `applied`, `unchanged` or `rejected`.
+    pub outcome: String,
+    /// When, Unix milliseconds.
+    pub unix_ms: u64,
+}
+
+/// A problem in a file, with its location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The file.
+    pub file: String,
+    /// 1-based line, when known.
+    #[serde(default)]
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    #[serde(default)]
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl From<&FileProblem> for Problem {
+    fn from(problem: &FileProblem) -> Self {
+        Self {
+            file: problem.file.clone(),
+            line: problem.line,
+            column: problem.column,
+            message: problem.message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "{}:{line}:{column}: ", self.file)?,
+            (Some(line), None) => write!(f, "{}:{line}: ", self.file)?,
+            (None, _) => write!(f, "{}: ", self.file)?,
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// The tenant snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotStatus {
+    /// `files` or `redis`.
+    pub source: String,
+    /// Snapshots serving from files (with Redis, see `redis.cache_entries`).
+    #[serde(default)]
+    pub tenants: usize,
+    /// Time since the least recently confirmed snapshot was confirmed, in ms.
+    #[serde(default)]
+    pub oldest_age_ms: Option<u64>,
+    /// Snapshot files refused by the last scan.
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+}
+
+/// The Redis source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisStatus {
+    /// The invalidation subscription is up.
+    pub connected: bool,
+    /// Cached tenant snapshots.
+    pub cache_entries: u64,
+    /// Weight of the cache in bytes.
+    pub cache_weight_bytes: u64,
+    /// Time since the least recently confirmed cached snapshot was confirmed, in ms.
+    #[serde(default)]
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// What became of decision-log records since the start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionLogStatus {
+    /// Records queued for writing.
+    pub queued: u64,
+    /// Records dropped because the queue was full.
+    pub dropped: u64,
+    /// Decisions not logged because of sampling.
+    pub sampled_out: u64,
+    /// The Redis Stream sink, when configured.
+    #[serde(default)]
+    pub redis_stream: Option<StreamStatus>,
+}
+
+/// The Redis Stream sink of the decision log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// The stream's key.
+    pub key: String,
+    /// Records added to the stream.
+    pub written: u64,
+    /// Records that could not be added (Redis failed or unreachable).
+    pub failed: u64,
+    /// Records dropped because the stream's queue was full.
+    pub dropped: u64,
+}
+
+/// Span export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracingStatus {
+    /// Spans are exported over OTLP.
+    pub exporting: bool,
+}
+
+/// Builds reports from the serving state.
+#[derive(Debug)]
+pub struct StatusSource {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    decision_log: bool,
+    redis_stream: Option<String>,
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl StatusSource {
+    /// Reports on `store`, with what `metrics` counted.
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            metrics,
+            started: Instant::now(),
+            decision_log: false,
+            redis_stream: None,
+        }
+    }
+
+    /// Reports on the decision log (and its Redis Stream, if `stream` names one).
+    pub fn with_decision_log(mut self, stream: Option<String>) -> Self {
+        self.decision_log = true;
+        self.redis_stream = stream;
+        self
+    }
+
+    /// The report now.
+    pub fn report(&self) -> Report {
+        let catalog = self.store.catalog();
+        let reload_log = self.store.reload_log();
+        let history = self.metrics.reload_history();
+        let remote = self.metrics.remote();
+        let mut problems = Vec::new();
+
+        let policies = PolicyStatus {
+            loaded: catalog.is_some(),
+            policy_version: catalog.as_ref().map(|c| c.policies.version.clone()),
+            count: catalog.as_ref().map_or(0, |c| c.policies.policy_count()),
+            serving_since_unix_ms: history.serving.map(|(_, since)| unix_ms(since)),
+            last_reload: history.last.map(|(outcome, at)| ReloadStatus {
+                outcome: outcome.to_string(),
+                unix_ms: unix_ms(at),
+            }),
+            last_error: reload_log
+                .last_policy_error
+                .iter()
+                .flatten()
+                .map(Problem::from)
+                .collect(),
+        };
+        match (&policies.policy_version, policies.last_error.is_empty()) {
+            (None, _) => problems
+                .push("no valid policy set is loaded: checks are answered UNAVAILABLE".to_string()),
+            (Some(version), false) => problems.push(format!(
+                "the last policy reload was rejected: policy_version {version} keeps serving"
+            )),
+            (Some(_), true) => {}
+        }
+
+        let snapshot_problems: Vec<Problem> = reload_log
+            .last_entitlement_problems
+            .iter()
+            .map(Problem::from)
+            .collect();
+        if !snapshot_problems.is_empty() {
+            problems.push(format!(
+                "{} snapshot file problem(s): those tenants keep their previous snapshot, or have none",
+                snapshot_problems.len()
+            ));
+        }
+        let redis = remote.map(|remote| {
+            let status = remote.status();
+            RedisStatus {
+                connected: status.connected,
+                cache_entries: status.entries,
+                cache_weight_bytes: status.weighted_bytes,
+                oldest_age_ms: status.oldest_age.map(millis),
+            }
+        });
+        if redis.as_ref().is_some_and(|redis| !redis.connected) {
+            problems.push(
+                "Redis is not connected: cached snapshots serve as STALE until max_stale_ms, uncached tenants are denied"
+                    .to_string(),
+            );
+        }
+        let snapshots = match &redis {
+            Some(redis) => SnapshotStatus {
+                source: "redis".to_string(),
+                tenants: usize::try_from(redis.cache_entries).unwrap_or(usize::MAX),
+                oldest_age_ms: redis.oldest_age_ms,
+                problems: snapshot_problems,
+            },
+            None => SnapshotStatus {
+                source: "files".to_string(),
+                tenants: catalog.as_ref().map_or(0, |c| c.tenants.len()),
+                oldest_age_ms: catalog.as_ref().and_then(|c| {
+                    c.tenants
+                        .values()
+                        .map(|snapshot| millis(snapshot.confirmed_at.elapsed()))
+                        .max()
+                }),
+                problems: snapshot_problems,
+            },
+        };
+        let decision_log = self.decision_log.then(|| {
+            let counts = self.metrics.decision_log_counts();
+            DecisionLogStatus {
+                queued: counts.queued,
+                dropped: counts.dropped,
+                sampled_out: counts.sampled_out,
+                redis_stream: self.redis_stream.as_ref().map(|key| StreamStatus {
+                    key: key.clone(),
+                    written: counts.stream_written,
+                    failed: counts.stream_failed,
+                    dropped: counts.stream_dropped,
+                }),
+            }
+        });
+        Report {
+            status: if problems.is_empty() {
+                Health::Healthy
+            } else {
+                Health::Degraded
+            },
+            problems,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: millis(self.started.elapsed()),
+            policies,
+            snapshots,
+            redis,
+            decision_log,
+            tracing: TracingStatus {
+                exporting: crate::telemetry::exporting(),
+            },
+        }
+    }
+}
+
+/// A duration in milliseconds for people: `850 ms`, `12.3 s`, `4 min`, `2.5 h`.
+fn ago(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..=7_199_999 => format!("{} min", ms / 60_000),
+        _ => format!("{:.1} h", ms as f64 / 3_600_000.0),
+    }
+}
+
+fn since(now_ms: u64, then_ms: u64) -> String {
+    ago(now_ms.saturating_sub(then_ms))
+}
+
+/// The report for people.
+pub fn text(report: &Report, now: SystemTime) -> String {
+    use std::fmt::Write;
+    let now_ms = unix_ms(now);
+    let mut out = String::new();
+    let health = match report.status {
+        Health::Healthy => "healthy",
+        Health::Degraded => "DEGRADED",
+    };
+    let _ = writeln!(
+        out,
+        "tollgate {}: {health} (up {})",
+        report.version,
+        ago(report.uptime_ms)
+    );
+    for problem in &report.problems {
+        let _ = writeln!(out, "  problem: {problem}");
+    }
+    let policies = &report.policies;
+    match &policies.policy_version {
+        Some(version) => {
+            let _ = write!(
+                out,
+                "policies: {} (policy_version {version})",
+                policies.count
+            );
+            if let Some(since_ms) = policies.serving_since_unix_ms {
+                let _ = write!(out, ", serving for {}", since(now_ms, since_ms));
+            }
+            let _ = writeln!(out);
+        }
+        None => {
+            let _ = writeln!(out, "policies: none loaded");
+        }
+    }
+    if let Some(reload) = &policies.last_reload {
+        let _ = writeln!(
+            out,
+            "  last reload: {}, {} ago",
+            reload.outcome,
+            since(now_ms, reload.unix_ms)
+        );
+    }
+    if !policies.last_error.is_empty() {
+        let _ = writeln!(out, "  last policy reload rejected:");
+        for problem in &policies.last_error {
+            let _ = writeln!(out, "    {problem}");
+        }
+    }
+    let snapshots = &report.snapshots;
+    let oldest = snapshots
+        .oldest_age_ms
+        .map(|age| format!(", oldest confirmed {} ago", ago(age)))
+        .unwrap_or_default();
+    match &report.redis {
+        Some(redis) => {
+            let _ = writeln!(
+                out,
+                "snapshots: from Redis ({}), {} cached ({} bytes){oldest}",
+                if redis.connected {
+                    "connected"
+                } else {
+                    "NOT CONNECTED"
+                },
+                redis.cache_entries,
+                redis.cache_weight_bytes,
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "snapshots: {} tenants from files{oldest}",
+                snapshots.tenants
+            );
+        }
+    }
+    for problem in &snapshots.problems {
+        let _ = writeln!(out, "  refused: {problem}");
+    }
+    match &report.decision_log {
+        Some(log) => {
+            let _ = writeln!(
+                out,
+                "decision log: {} queued, {} dropped, {} sampled out",
+                log.queued, log.dropped, log.sampled_out
+            );
+            if let Some(stream) = &log.redis_stream {
+                let _ = writeln!(
+                    out,
+                    "  redis stream {}: {} written, {} failed, {} dropped",
+                    stream.key, stream.written, stream.failed, stream.dropped
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(out, "decision log: off");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "tracing: {}",
+        if report.tracing.exporting {
+            "exporting over OTLP"
+        } else {
+            "not exported"
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(ago(850), "850 ms");
+        assert_eq!(ago(12_345), "12.3 s");
+        assert_eq!(ago(240_000), "4 min");
+        assert_eq!(ago(9_000_000), "2.5 h");
+    }
+}

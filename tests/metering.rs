@@ -1,0 +1,453 @@
+//! Usage caps against a real `redis-server`: a hard cap is never passed under
+//! concurrency across two servers, retries count once, periods reset at the
+//! UTC boundary, an upgrade applies at once, Redis outages deny consumption
+//! without losing or double counting, usage reports are idempotent, and the
+//! usage stream matches the counters.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use common::redis_server::{document, entity, put, redis_config, settings, Options, RedisServer};
+use common::*;
+use tollgate::api::pb;
+use tollgate::metering::Clock;
+use tollgate::store::redis_client::RedisConn;
+use tonic::Code;
+
+/// 2026-11-30T23:59:00Z: a minute before a month ends.
+const END_OF_NOVEMBER_MS: i64 = 1_796_083_140_000;
+
+/// acme at `version` with `Meter::"api-calls"` limited to `limit` a month
+/// and a gauge meter `seats` limited to 10.
+fn acme(version: u64, limit: i64) -> String {
+    document("acme", version, |value| {
+        entity(value, "Meter", "api-calls")["attrs"]["limit"] = limit.into();
+        value["entities"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "uid": {"type": "Meter", "id": "seats"},
+                "attrs": {"limit": 10, "period": "never", "kind": "gauge"},
+                "parents": []
+            }));
+    })
+}
+
+fn consume(key: &str, amount: i64) -> pb::CheckRequest {
+    let mut request = check("acme", "User:bob", "use", "Feature:api");
+    request.consume = Some(pb::Consume {
+        meter: "api-calls".to_string(),
+        amount,
+        idempotency_key: key.to_string(),
+    });
+    request
+}
+
+fn codes(response: &pb::CheckResponse) -> Vec<&str> {
+    response.reasons.iter().map(|r| r.code.as_str()).collect()
+}
+
+fn allowed(response: &pb::CheckResponse) -> bool {
+    response.decision == pb::Decision::Allow as i32
+}
+
+struct Setup {
+    redis: RedisServer,
+    conn: RedisConn,
+    dirs: DataDirs,
+    now: Arc<AtomicI64>,
+}
+
+async fn setup(options: Options, limit: i64) -> Setup {
+    let redis = RedisServer::start_with(options);
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put(&conn, &acme(1, limit)).await;
+    Setup {
+        redis,
+        conn,
+        dirs: DataDirs::copy_examples(),
+        now: Arc::new(AtomicI64::new(END_OF_NOVEMBER_MS)),
+    }
+}
+
+impl Setup {
+    async fn server(&self) -> InProcess {
+        let mut config = redis_config(&self.dirs, settings(vec![self.redis.url()]));
+        let now = Arc::clone(&self.now);
+        config.clock = Clock::from_fn(move || now.load(Ordering::Relaxed));
+        InProcess::start(config).await
+    }
+
+    fn counter(&self, window: &str) -> i64 {
+        let value: Option<i64> = self.redis.command(&[
+            "GET",
+            &format!("tollgate:{{acme}}:usage:api-calls:{window}"),
+        ]);
+        value.unwrap_or(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_cap_is_never_passed_by_concurrent_clients_of_two_servers() {
+    let setup = setup(Options::default(), 1_000).await;
+    let servers = [setup.server().await, setup.server().await];
+    let mut tasks = Vec::new();
+    // 64 clients, 32 per server, 1,300 consumptions of 1 unit in all.
+    for client_index in 0..64 {
+        let url = servers[client_index % 2].url();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            let mut answers = Vec::new();
+            let attempts = if client_index < 20 { 21 } else { 20 };
+            for attempt in 0..attempts {
+                let key = format!("client-{client_index}-{attempt}");
+                let response = client.check(consume(&key, 1)).await.unwrap().into_inner();
+                answers.push(response);
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.unwrap());
+    }
+    assert_eq!(answers.len(), 1_300);
+    let allowed_count = answers.iter().filter(|r| allowed(r)).count();
+    assert_eq!(allowed_count, 1_000, "exactly the cap is allowed");
+    for denied in answers.iter().filter(|r| !allowed(r)) {
+        assert_eq!(codes(denied), ["cap_exceeded"], "{denied:?}");
+        assert_eq!(denied.usage.as_ref().unwrap().remaining, 0);
+    }
+    assert_eq!(setup.counter("2026-11"), 1_000);
+
+    // The usage stream holds one event per allowed consumption, each key once.
+    let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
+    assert_eq!(length, 1_000);
+    let entries: Vec<(String, Vec<String>)> =
+        setup
+            .redis
+            .command(&["XRANGE", "tollgate:{acme}:usage", "-", "+"]);
+    let mut keys = HashSet::new();
+    let mut total = 0;
+    for (_, fields) in &entries {
+        let field = |name: &str| {
+            let at = fields.iter().position(|f| f == name).unwrap();
+            fields[at + 1].clone()
+        };
+        assert_eq!(field("meter"), "api-calls");
+        assert_eq!(field("principal"), "User::\"bob\"");
+        total += field("amount").parse::<i64>().unwrap();
+        assert!(keys.insert(field("idempotency_key")));
+        assert!(!field("decision_id").is_empty());
+    }
+    assert_eq!(total, 1_000);
+    let allowed_ids: HashSet<&str> = answers
+        .iter()
+        .filter(|r| allowed(r))
+        .map(|r| r.decision_id.as_str())
+        .collect();
+    assert_eq!(allowed_ids.len(), 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_key_returns_its_first_answer_and_counts_once() {
+    let setup = setup(Options::default(), 1_000).await;
+    let server = setup.server().await;
+    let client = connect(&server.url()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .check(consume("order-42", 5))
+                .await
+                .unwrap()
+                .into_inner()
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        let response = task.await.unwrap();
+        assert!(allowed(&response), "{response:?}");
+        assert_eq!(response.usage.as_ref().unwrap().used, 5);
+        ids.insert(response.decision_id);
+    }
+    assert_eq!(ids.len(), 1, "every retry gives the first answer: {ids:?}");
+    assert_eq!(setup.counter("2026-11"), 5);
+
+    let mut client = client.clone();
+    let status = client.check(consume("order-42", 6)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "consume.idempotency_key: already used for 5 unit(s) of meter `api-calls`; a retry must ask the same"
+    );
+    for (request, message) in [
+        (consume("", 1), "consume.idempotency_key: required"),
+        (consume("k", 0), "consume.amount: must be at least 1, got 0"),
+    ] {
+        let status = client.check(request).await.unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::InvalidArgument, message)
+        );
+    }
+    let mut unknown = consume("k2", 1);
+    unknown.consume.as_mut().unwrap().meter = "exports".to_string();
+    let response = client.check(unknown).await.unwrap().into_inner();
+    assert_eq!(codes(&response), ["unknown_meter"]);
+    assert_eq!(setup.counter("2026-11"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periods_reset_at_the_utc_boundary_and_an_upgrade_applies_at_once() {
+    let setup = setup(Options::default(), 3).await;
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    for n in 1..=3 {
+        let response = client
+            .check(consume(&format!("nov-{n}"), 1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(allowed(&response), "{response:?}");
+        let usage = response.usage.unwrap();
+        assert_eq!((usage.used, usage.limit, usage.remaining), (n, 3, 3 - n));
+        // 2026-12-01T00:00:00Z
+        assert_eq!(usage.period_end_unix_ms, 1_796_083_200_000);
+    }
+    let over = client
+        .check(consume("nov-4", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(codes(&over), ["cap_exceeded"]);
+    assert_eq!(over.usage.as_ref().unwrap().used, 3);
+
+    // A minute later it is December: a new window.
+    setup
+        .now
+        .store(END_OF_NOVEMBER_MS + 61_000, Ordering::Relaxed);
+    let december = client
+        .check(consume("dec-1", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed(&december), "{december:?}");
+    let usage = december.usage.unwrap();
+    assert_eq!(usage.used, 1);
+    assert_eq!(usage.period_end_unix_ms, 1_798_761_600_000); // 2027-01-01
+    assert_eq!(setup.counter("2026-11"), 3);
+    assert_eq!(setup.counter("2026-12"), 1);
+
+    // Use up December, then upgrade: the higher limit applies to the next check.
+    for n in 2..=3 {
+        assert!(allowed(
+            &client
+                .check(consume(&format!("dec-{n}"), 1))
+                .await
+                .unwrap()
+                .into_inner()
+        ));
+    }
+    assert!(!allowed(
+        &client
+            .check(consume("dec-4", 1))
+            .await
+            .unwrap()
+            .into_inner()
+    ));
+    put(&setup.conn, &acme(2, 10)).await;
+    let upgraded = wait_until("the upgrade to apply", || {
+        let mut client = client.clone();
+        async move {
+            let response = client
+                .check(consume("dec-5", 1))
+                .await
+                .unwrap()
+                .into_inner();
+            if allowed(&response) {
+                Ok(response)
+            } else {
+                Err(format!("{:?}", codes(&response)))
+            }
+        }
+    })
+    .await;
+    let usage = upgraded.usage.unwrap();
+    assert_eq!((usage.used, usage.limit, usage.remaining), (4, 10, 6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_denies_consumption_and_nothing_is_lost_or_counted_twice() {
+    let mut setup = setup(
+        Options {
+            aof: true,
+            ..Options::default()
+        },
+        1_000,
+    )
+    .await;
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    let mut counted = 0;
+    for n in 0..20 {
+        if allowed(
+            &client
+                .check(consume(&format!("before-{n}"), 2))
+                .await
+                .unwrap()
+                .into_inner(),
+        ) {
+            counted += 2;
+        }
+    }
+    assert_eq!(counted, 40);
+    setup.redis.kill();
+    for n in 0..20 {
+        let response = client
+            .check(consume(&format!("during-{n}"), 2))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!allowed(&response));
+        assert_eq!(codes(&response), ["metering_unavailable"], "{response:?}");
+    }
+    // A check without consume follows the snapshot outage rules.
+    let plain = client
+        .check(check("acme", "User:bob", "use", "Feature:api"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed(&plain));
+    assert_eq!(
+        plain.freshness.unwrap().source,
+        pb::SnapshotSource::Stale as i32
+    );
+
+    setup.redis.restart();
+    assert_eq!(
+        setup.counter("2026-11"),
+        40,
+        "the counter survived the crash (AOF)"
+    );
+    // A retry of a key counted before the crash counts nothing more.
+    let retried = wait_until("metering to resume", || {
+        let mut client = client.clone();
+        async move {
+            let response = client
+                .check(consume("before-3", 2))
+                .await
+                .unwrap()
+                .into_inner();
+            if allowed(&response) {
+                Ok(response)
+            } else {
+                Err(format!("{:?}", codes(&response)))
+            }
+        }
+    })
+    .await;
+    assert_eq!(retried.usage.unwrap().used, 8);
+    let fresh = client
+        .check(consume("after-1", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed(&fresh));
+    assert_eq!(setup.counter("2026-11"), 42);
+    let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
+    assert_eq!(length, 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_apply_once_per_event_key() {
+    let setup = setup(Options::default(), 1_000).await;
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    let report = |meter: &str, amount: i64, key: &str| pb::UsageReport {
+        meter: meter.to_string(),
+        amount,
+        event_key: key.to_string(),
+        principal: Some(parse_ref("User:bob")),
+    };
+    let request = pb::ReportUsageRequest {
+        tenant: "acme".to_string(),
+        reports: vec![
+            report("api-calls", 5, "e1"),
+            report("api-calls", 7, "e2"),
+            report("seats", 4, "e3"),
+        ],
+    };
+    let first = client
+        .report_usage(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let totals: Vec<(String, i64, i64)> = first
+        .totals
+        .iter()
+        .map(|u| (u.meter.clone(), u.used, u.remaining))
+        .collect();
+    assert_eq!(
+        totals,
+        [
+            ("api-calls".to_string(), 12, 988),
+            ("api-calls".to_string(), 12, 988),
+            ("seats".to_string(), 4, 6)
+        ]
+    );
+    // The same events again change nothing.
+    let again = client.report_usage(request).await.unwrap().into_inner();
+    assert_eq!(again.totals, first.totals);
+    assert_eq!(setup.counter("2026-11"), 12);
+    let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
+    assert_eq!(length, 3);
+    // Reports count toward the cap that consumes check.
+    let response = client.check(consume("c1", 1)).await.unwrap().into_inner();
+    assert_eq!(response.usage.unwrap().used, 13);
+
+    for (bad, message) in [
+        (
+            report("exports", 1, "e4"),
+            "reports[0].meter: tenant `acme` has no meter `exports`",
+        ),
+        (
+            report("api-calls", -3, "e5"),
+            "reports[0].amount: must be at least 1, got -3",
+        ),
+        (report("api-calls", 1, ""), "reports[0].event_key: required"),
+    ] {
+        let status = client
+            .report_usage(pb::ReportUsageRequest {
+                tenant: "acme".to_string(),
+                reports: vec![bad],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::InvalidArgument, message)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consuming_needs_the_redis_source() {
+    let dirs = DataDirs::copy_examples();
+    let server = InProcess::start(dirs.config()).await;
+    let mut client = connect(&server.url()).await;
+    let status = client.check(consume("k", 1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "usage metering needs the Redis source (redis_url)"
+    );
+}
