@@ -108,6 +108,27 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeEr
     Ok(listener)
 }
 
+/// Returns the unspent units of expired metering leases, until shutdown.
+async fn return_expired_leases(
+    metering: Arc<crate::metering::Metering>,
+    remote: Arc<RemoteSnapshots>,
+    lease_ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval((lease_ttl / 4).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        if let Some(conn) = remote.connection() {
+            if let Err(error) = metering.return_leases(conn, false).await {
+                tracing::debug!(error = %error, "cannot return expired lease units yet");
+            }
+        }
+    }
+}
+
 /// Completes on the first SIGTERM or SIGINT.
 fn shutdown_signal() -> Result<impl Future<Output = ()>, ServeError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -175,6 +196,7 @@ pub async fn serve_on(
     let mut decision_point = DecisionPoint::new(Arc::clone(&store), config.options, config.limits)
         .with_metrics(Arc::clone(&metrics));
     let mut remote_link = None;
+    let mut leases = None;
     if let Some(settings) = &config.redis {
         let remote =
             RemoteSnapshots::new(settings.clone(), config.cache.clone(), Arc::clone(&store));
@@ -186,9 +208,18 @@ pub async fn serve_on(
             connected = remote.connected(),
             "tenant snapshots from redis"
         );
-        decision_point = decision_point.with_remote(remote).with_metering(Arc::new(
-            crate::metering::Metering::new(config.metering.clone(), config.clock.clone()),
+        let metering = Arc::new(crate::metering::Metering::new(
+            config.metering.clone(),
+            config.clock.clone(),
         ));
+        tokio::spawn(return_expired_leases(
+            Arc::clone(&metering),
+            Arc::clone(&remote),
+            config.metering.lease_ttl,
+            stop_rx.clone(),
+        ));
+        leases = Some((Arc::clone(&metering), Arc::clone(&remote)));
+        decision_point = decision_point.with_remote(remote).with_metering(metering);
     }
     let mut decision_log_writer = None;
     if let Some(settings) = &config.decision_log {
@@ -339,6 +370,18 @@ pub async fn serve_on(
     }
     if let Some(path) = unix_path {
         let _ = std::fs::remove_file(path);
+    }
+    if let Some((metering, remote)) = leases {
+        // Unspent lease units go back, so that other sidecars can use them.
+        if let Some(conn) = remote.connection() {
+            match tokio::time::timeout(Duration::from_secs(2), metering.return_leases(conn, true))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => warn!(error = %error, "cannot return unspent lease units"),
+                Err(_) => warn!("unspent lease units not returned within 2 s"),
+            }
+        }
     }
     if let Some(link) = remote_link {
         link.abort();

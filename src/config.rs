@@ -52,6 +52,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("cache_ttl_ms", "300000", "a cached snapshot read longer ago than this is read again on next use (safety net for a lost invalidation)"),
     ("max_stale_ms", "300000", "while Redis is unreachable, how long after its last confirmation a cached snapshot still serves (marked STALE) before entitlements_unavailable"),
     ("usage_idempotency_ttl_ms", "86400000", "how long the first answer to a consume's idempotency key (or a usage report's event key) is remembered"),
+    ("usage_lease_ttl_ms", "10000", "lease-mode meters: how long unspent reserved units stay with this sidecar before they are returned"),
     ("usage_stream_maxlen", "1000000", "approximate upper bound on each tenant's usage event stream (tollgate:{<tenant>}:usage)"),
     ("admin_listen", "", "address of the gRPC AdminService (snapshot writes; needs redis_url and admin_token), e.g. 127.0.0.1:50052; empty: off"),
     ("admin_token", "", "bearer token the AdminService requires; prefer TOLLGATE_ADMIN_TOKEN"),
@@ -564,6 +565,7 @@ fn build(
         number(text).map(Duration::from_millis)
     });
     let idempotency_ttl = get(values, problems, "usage_idempotency_ttl_ms", millis);
+    let lease_ttl = get(values, problems, "usage_lease_ttl_ms", millis);
     let stream_maxlen = get(
         values,
         problems,
@@ -701,6 +703,7 @@ fn build(
         metering: crate::metering::MeteringSettings {
             idempotency_ttl: idempotency_ttl?,
             stream_maxlen: stream_maxlen?,
+            lease_ttl: lease_ttl?,
         },
         clock: crate::metering::Clock::system(),
         admin_listen: admin_listen?,

@@ -133,6 +133,10 @@ pub struct MeterSpec {
     pub period: Period,
     /// Counter or gauge.
     pub kind: MeterKind,
+    /// Lease mode: units each sidecar reserves from Redis at a time and
+    /// then grants locally (`lease` attribute); `None`: every consumption is
+    /// counted in Redis.
+    pub lease: Option<i64>,
 }
 
 impl MeterSpec {
@@ -166,11 +170,24 @@ impl MeterSpec {
             (None, MeterKind::Counter) => Period::Never,
             (Some(other), MeterKind::Counter) => return Err(format!("meter `{meter}` has period {other}; expected a String")),
         };
+        let lease = match (attr("lease"), kind) {
+            (None, _) => None,
+            (Some(EvalResult::Long(block)), MeterKind::Counter) if block >= 1 => Some(block),
+            (Some(_), MeterKind::Gauge) => {
+                return Err(format!("meter `{meter}` is a gauge; only counters lease"))
+            }
+            (Some(other), MeterKind::Counter) => {
+                return Err(format!(
+                    "meter `{meter}` has lease {other}; expected a Long of at least 1"
+                ))
+            }
+        };
         Ok(Some(Self {
             id: meter.to_string(),
             limit,
             period,
             kind,
+            lease,
         }))
     }
 }
@@ -221,6 +238,9 @@ pub struct MeteringSettings {
     pub idempotency_ttl: Duration,
     /// Approximate upper bound on each tenant's usage stream length.
     pub stream_maxlen: u64,
+    /// How long a lease's unspent units stay with a sidecar before they are
+    /// returned.
+    pub lease_ttl: Duration,
 }
 
 impl Default for MeteringSettings {
@@ -228,6 +248,7 @@ impl Default for MeteringSettings {
         Self {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             stream_maxlen: 1_000_000,
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -245,6 +266,12 @@ pub struct MeteringStats {
     pub unavailable: AtomicU64,
     /// Usage reports applied (events, not calls).
     pub reported: AtomicU64,
+    /// Units reserved from Redis by leases.
+    pub leased: AtomicU64,
+    /// Units of leases returned unspent.
+    pub returned: AtomicU64,
+    /// Units held by this sidecar's leases now.
+    pub lease_stock: AtomicU64,
 }
 
 /// The first answer to an idempotency key, as stored.
@@ -313,6 +340,60 @@ pub struct Metering {
     settings: MeteringSettings,
     clock: Clock,
     stats: Arc<MeteringStats>,
+    /// Leases by tenant and meter.
+    leases: std::sync::Mutex<LeaseTable>,
+    /// First answers of lease-mode consumptions, by tenant and key.
+    lease_answers: moka::sync::Cache<(String, String), Arc<FirstAnswer>>,
+}
+
+/// Leases by tenant and meter, each behind its own lock (a reservation holds
+/// it across the Redis call).
+type LeaseTable = std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<Lease>>>;
+
+/// Units a sidecar reserved from a meter's counter and grants locally.
+#[derive(Debug, Default)]
+struct Lease {
+    /// The counter window the units were reserved in.
+    window: String,
+    /// Tenant of the lease.
+    tenant: String,
+    /// The meter.
+    meter: Option<MeterSpec>,
+    /// Units reserved and not yet granted.
+    stock: i64,
+    /// The counter (all sidecars' reservations) after the last reservation.
+    counter: i64,
+    /// When unspent units go back.
+    expires: Option<std::time::Instant>,
+    /// Granted consumptions not yet in the usage stream.
+    events: Vec<LeaseEvent>,
+}
+
+#[derive(Debug, Clone)]
+struct LeaseEvent {
+    amount: i64,
+    key: String,
+    principal: String,
+    decision_id: String,
+    time_ms: i64,
+}
+
+/// What a lease-mode consumption found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseGrant {
+    /// Granted from the lease; `used` counts every unit reserved by any
+    /// sidecar, less this sidecar's unspent stock.
+    Allowed {
+        /// Units used as far as this sidecar knows.
+        used: i64,
+    },
+    /// Neither the stock nor a new reservation covers it.
+    CapExceeded {
+        /// Units used as far as this sidecar knows.
+        used: i64,
+    },
+    /// The key was answered before by this sidecar.
+    Replay(FirstAnswer),
 }
 
 fn counter_key(tenant: &str, meter: &MeterSpec, window: &str) -> String {
@@ -349,11 +430,256 @@ pub struct UsageView {
 impl Metering {
     /// Metering with `settings`, reading time from `clock`.
     pub fn new(settings: MeteringSettings, clock: Clock) -> Self {
+        let lease_answers = moka::sync::Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(settings.idempotency_ttl)
+            .build();
         Self {
             settings,
             clock,
             stats: Arc::new(MeteringStats::default()),
+            leases: std::sync::Mutex::new(std::collections::HashMap::new()),
+            lease_answers,
         }
+    }
+
+    fn lease(&self, tenant: &str, meter: &str) -> Arc<tokio::sync::Mutex<Lease>> {
+        let mut leases = self
+            .leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(
+            leases
+                .entry((tenant.to_string(), meter.to_string()))
+                .or_default(),
+        )
+    }
+
+    /// The first answer this sidecar gave to a lease-mode key, if any.
+    pub fn lease_answer(&self, tenant: &str, key: &str) -> Option<FirstAnswer> {
+        self.lease_answers
+            .get(&(tenant.to_string(), key.to_string()))
+            .map(|answer| FirstAnswer::clone(&answer))
+    }
+
+    /// Units used of a lease-mode meter as this sidecar knows them (no Redis
+    /// call once it holds a lease; one read before the first).
+    pub async fn lease_used(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+    ) -> Result<i64, RedisFailure> {
+        let (window, _) = self.window(meter);
+        {
+            let lease = self.lease(tenant, &meter.id);
+            let lease = lease.lock().await;
+            if lease.window == window && lease.meter.is_some() {
+                return Ok(lease.counter - lease.stock);
+            }
+        }
+        Ok(self.peek(conn, tenant, meter, "").await?.used)
+    }
+
+    /// Grants `amount` units of a lease-mode meter from this sidecar's stock,
+    /// reserving another block from Redis (atomically, never past the limit)
+    /// when the stock does not cover it. A sidecar never grants more than it
+    /// holds, so all sidecars together never pass the limit.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one grant takes all of its inputs"
+    )]
+    pub async fn lease_consume(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+        amount: i64,
+        key: &str,
+        principal: &str,
+        decision_id: &str,
+        allow_reason: (&str, &str),
+    ) -> Result<LeaseGrant, RedisFailure> {
+        let block = meter.lease.unwrap_or(1).max(amount);
+        let now = self.clock.now_ms();
+        let (window, end) = meter.period.window(now);
+        let lease = self.lease(tenant, &meter.id);
+        let mut lease = lease.lock().await;
+        if let Some(first) = self.lease_answer(tenant, key) {
+            self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            return Ok(LeaseGrant::Replay(first));
+        }
+        if lease.window != window || lease.meter.as_ref().is_some_and(|m| m.limit != meter.limit) {
+            // A new period or a new limit: what is held goes back first.
+            self.give_back(conn, &mut lease).await?;
+            lease.window = window.clone();
+        }
+        lease.tenant = tenant.to_string();
+        lease.meter = Some(meter.clone());
+        if lease.stock < amount {
+            let events = std::mem::take(&mut lease.events);
+            let reply = self
+                .reserve(conn, tenant, meter, &window, end, block, amount, &events)
+                .await;
+            let (granted, counter) = match reply {
+                Ok(reply) => reply,
+                Err(error) => {
+                    lease.events = events;
+                    return Err(error);
+                }
+            };
+            lease.counter = counter;
+            lease.stock += granted;
+            self.stats
+                .lease_stock
+                .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
+            self.stats
+                .leased
+                .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
+            lease.expires = Some(std::time::Instant::now() + self.settings.lease_ttl);
+        }
+        let used = lease.counter - lease.stock;
+        let answer = |allow: bool, used: i64| FirstAnswer {
+            meter: meter.id.clone(),
+            amount,
+            allow,
+            used,
+            decision_id: decision_id.to_string(),
+            code: if allow {
+                allow_reason.0
+            } else {
+                crate::engine::BuiltinReason::CapExceeded.code()
+            }
+            .to_string(),
+            policy_id: if allow { allow_reason.1 } else { "" }.to_string(),
+        };
+        if lease.stock < amount {
+            self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed);
+            self.lease_answers.insert(
+                (tenant.to_string(), key.to_string()),
+                Arc::new(answer(false, used)),
+            );
+            return Ok(LeaseGrant::CapExceeded { used });
+        }
+        lease.stock -= amount;
+        self.stats
+            .lease_stock
+            .fetch_sub(amount.unsigned_abs(), Ordering::Relaxed);
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        let used = used + amount;
+        lease.events.push(LeaseEvent {
+            amount,
+            key: key.to_string(),
+            principal: principal.to_string(),
+            decision_id: decision_id.to_string(),
+            time_ms: now,
+        });
+        self.lease_answers.insert(
+            (tenant.to_string(), key.to_string()),
+            Arc::new(answer(true, used)),
+        );
+        Ok(LeaseGrant::Allowed { used })
+    }
+
+    /// Reserves up to `block` units (at least `needed`, or none) and writes
+    /// the pending usage events, in one atomic step.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one atomic step takes all of its inputs"
+    )]
+    async fn reserve(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+        window: &str,
+        end: Option<i64>,
+        block: i64,
+        needed: i64,
+        events: &[LeaseEvent],
+    ) -> Result<(i64, i64), RedisFailure> {
+        let mut args = vec![
+            block.to_string(),
+            needed.to_string(),
+            meter.limit.to_string(),
+            expire_at(end).to_string(),
+            self.settings.stream_maxlen.to_string(),
+            meter.id.clone(),
+        ];
+        push_events(&mut args, events);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = conn
+            .invoke(
+                &scripts().reserve,
+                &[&counter_key(tenant, meter, window), &stream_key(tenant)],
+                &args,
+            )
+            .await?;
+        let items = array(&reply)?;
+        match (
+            items.first().and_then(integer),
+            items.get(1).and_then(integer),
+        ) {
+            (Some(granted), Some(counter)) => Ok((granted, counter)),
+            _ => Err(RedisFailure::Garbage(format!("{reply:?}"))),
+        }
+    }
+
+    /// Returns a lease's unspent units and writes its pending events.
+    async fn give_back(&self, conn: &RedisConn, lease: &mut Lease) -> Result<(), RedisFailure> {
+        let Some(meter) = lease.meter.clone() else {
+            return Ok(());
+        };
+        if lease.stock == 0 && lease.events.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![
+            lease.stock.to_string(),
+            self.settings.stream_maxlen.to_string(),
+            meter.id.clone(),
+        ];
+        push_events(&mut args, &lease.events);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        conn.invoke(
+            &scripts().give_back,
+            &[
+                &counter_key(&lease.tenant, &meter, &lease.window),
+                &stream_key(&lease.tenant),
+            ],
+            &args,
+        )
+        .await?;
+        self.stats
+            .returned
+            .fetch_add(lease.stock.unsigned_abs(), Ordering::Relaxed);
+        self.stats
+            .lease_stock
+            .fetch_sub(lease.stock.unsigned_abs(), Ordering::Relaxed);
+        lease.counter -= lease.stock;
+        lease.stock = 0;
+        lease.events.clear();
+        lease.expires = None;
+        Ok(())
+    }
+
+    /// Returns the unspent units of expired leases (all of them with
+    /// `all`, at shutdown) and writes their pending events.
+    pub async fn return_leases(&self, conn: &RedisConn, all: bool) -> Result<(), RedisFailure> {
+        let leases: Vec<Arc<tokio::sync::Mutex<Lease>>> = self
+            .leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let now = std::time::Instant::now();
+        for lease in leases {
+            let mut lease = lease.lock().await;
+            if all || lease.expires.is_some_and(|expires| expires <= now) {
+                self.give_back(conn, &mut lease).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Counters for metrics.
@@ -534,6 +860,18 @@ impl Metering {
     }
 }
 
+/// Appends lease events to script arguments: a count, then five fields each.
+fn push_events(args: &mut Vec<String>, events: &[LeaseEvent]) {
+    args.push(events.len().to_string());
+    for event in events {
+        args.push(event.amount.to_string());
+        args.push(event.key.clone());
+        args.push(event.principal.clone());
+        args.push(event.decision_id.clone());
+        args.push(event.time_ms.to_string());
+    }
+}
+
 /// When a window's counter expires (Unix seconds), 0 for never.
 fn expire_at(end: Option<i64>) -> i64 {
     end.map_or(0, |end| end.div_euclid(1000) + WINDOW_RETENTION_SECONDS)
@@ -573,11 +911,57 @@ struct Scripts {
     peek: Script,
     consume: Script,
     report: Script,
+    reserve: Script,
+    give_back: Script,
 }
+
+/// Lua that appends the lease events in ARGV (from index `first`: a count,
+/// then amount, key, principal, decision id, time for each) to KEYS[2].
+const LEASE_EVENTS_LUA: &str = r"
+local function write_events(first, maxlen, meter)
+  local count = tonumber(ARGV[first])
+  for i = 0, count - 1 do
+    local base = first + 1 + i * 5
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+      'kind', 'consume', 'meter', meter, 'amount', ARGV[base], 'idempotency_key', ARGV[base + 1],
+      'principal', ARGV[base + 2], 'decision_id', ARGV[base + 3], 'time_ms', ARGV[base + 4], 'used', '', 'lease', '1')
+  end
+end
+";
 
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
+        // KEYS: counter, stream. ARGV: block, needed, limit, expire-at,
+        // stream maxlen, meter, then the pending events. Reserves
+        // min(block, limit - counter) units if that covers `needed`.
+        reserve: Script::new(&format!(
+            r"{LEASE_EVENTS_LUA}
+write_events(7, ARGV[5], ARGV[6])
+local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
+local room = tonumber(ARGV[3]) - counter
+local grant = math.min(tonumber(ARGV[1]), room)
+if grant < tonumber(ARGV[2]) then
+  return {{0, counter}}
+end
+counter = redis.call('INCRBY', KEYS[1], grant)
+if ARGV[4] ~= '0' then
+  redis.call('EXPIREAT', KEYS[1], ARGV[4])
+end
+return {{grant, counter}}
+"
+        )),
+        // KEYS: counter, stream. ARGV: unspent units, stream maxlen, meter,
+        // then the pending events.
+        give_back: Script::new(&format!(
+            r"{LEASE_EVENTS_LUA}
+write_events(4, ARGV[2], ARGV[3])
+if tonumber(ARGV[1]) > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DECRBY', KEYS[1], ARGV[1])
+end
+return 1
+"
+        )),
         // KEYS: counter, idempotency record.
         peek: Script::new(
             r"

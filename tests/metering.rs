@@ -451,3 +451,52 @@ async fn consuming_needs_the_redis_source() {
         "usage metering needs the Redis source (redis_url)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_never_grant_past_the_cap_and_give_back_what_they_did_not_use() {
+    let setup = setup(Options::default(), 1_000).await;
+    let leased = document("acme", 2, |value| {
+        let meter = entity(value, "Meter", "api-calls");
+        meter["attrs"]["limit"] = 1_000.into();
+        meter["attrs"]["lease"] = 50.into();
+    });
+    put(&setup.conn, &leased).await;
+    let servers = [setup.server().await, setup.server().await];
+    let mut tasks = Vec::new();
+    for client_index in 0..64 {
+        let url = servers[client_index % 2].url();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            let mut allowed_count = 0;
+            for attempt in 0..20 {
+                let key = format!("lease-{client_index}-{attempt}");
+                let response = client.check(consume(&key, 1)).await.unwrap().into_inner();
+                if allowed(&response) {
+                    allowed_count += 1;
+                } else {
+                    assert_eq!(codes(&response), ["cap_exceeded"], "{response:?}");
+                }
+                // A retry is answered by the sidecar that granted it, once.
+                if attempt == 0 {
+                    let again = client.check(consume(&key, 1)).await.unwrap().into_inner();
+                    assert_eq!(again.decision_id, response.decision_id);
+                }
+            }
+            allowed_count
+        }));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        granted += task.await.unwrap();
+    }
+    assert!(granted <= 1_000, "{granted} granted past the cap of 1,000");
+    assert!(granted >= 900, "only {granted} granted");
+    // Reserved units that were not granted go back at shutdown; then the
+    // counter and the stream both say exactly what was granted.
+    let [first, second] = servers;
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+    assert_eq!(setup.counter("2026-11"), granted);
+    let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
+    assert_eq!(length, granted);
+}

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use super::{convert, pb, ApiError, DecisionPoint};
 use crate::engine::{BuiltinReason, Decision, RequestError};
 use crate::metering::{
-    Consumed, FirstAnswer, MeterKind, MeterSpec, Metering, Report, UsageView, MAX_KEY_BYTES,
+    Consumed, FirstAnswer, LeaseGrant, MeterKind, MeterSpec, Metering, Peek, Report, UsageView,
+    MAX_KEY_BYTES,
 };
 use crate::store::redis_client::RedisConn;
 use crate::store::{Catalog, Lookup};
@@ -116,10 +117,26 @@ impl DecisionPoint {
                 None,
             ));
         };
-        let peek = match metering
-            .peek(conn, &tenant, &meter, &consume.idempotency_key)
-            .await
-        {
+        // Exact mode reads the count and the key's first answer from Redis;
+        // lease mode knows both locally once it holds a lease.
+        let peek = match meter.lease {
+            None => {
+                metering
+                    .peek(conn, &tenant, &meter, &consume.idempotency_key)
+                    .await
+            }
+            Some(_) => match metering.lease_answer(&tenant, &consume.idempotency_key) {
+                Some(first) => Ok(Peek {
+                    used: first.used,
+                    first: Some(first),
+                }),
+                None => metering
+                    .lease_used(conn, &tenant, &meter)
+                    .await
+                    .map(|used| Peek { used, first: None }),
+            },
+        };
+        let peek = match peek {
             Ok(peek) => peek,
             Err(error) => {
                 tracing::warn!(tenant, meter = meter.id, error = %error, "cannot read the meter");
@@ -169,19 +186,41 @@ impl DecisionPoint {
             .first()
             .map(|r| (r.code.clone(), r.policy_id.clone()))
             .unwrap_or_default();
-        let consumed = metering
-            .consume(
-                conn,
-                &tenant,
-                &meter,
-                consume.amount,
-                &consume.idempotency_key,
-                &principal,
-                &response.decision_id,
-                (&first_reason.0, &first_reason.1),
-            )
-            .instrument_metering()
-            .await;
+        let consumed = match meter.lease {
+            None => {
+                metering
+                    .consume(
+                        conn,
+                        &tenant,
+                        &meter,
+                        consume.amount,
+                        &consume.idempotency_key,
+                        &principal,
+                        &response.decision_id,
+                        (&first_reason.0, &first_reason.1),
+                    )
+                    .instrument_metering()
+                    .await
+            }
+            Some(_) => metering
+                .lease_consume(
+                    conn,
+                    &tenant,
+                    &meter,
+                    consume.amount,
+                    &consume.idempotency_key,
+                    &principal,
+                    &response.decision_id,
+                    (&first_reason.0, &first_reason.1),
+                )
+                .instrument_metering()
+                .await
+                .map(|grant| match grant {
+                    LeaseGrant::Allowed { used } => Consumed::Allowed { used },
+                    LeaseGrant::CapExceeded { used } => Consumed::CapExceeded { used },
+                    LeaseGrant::Replay(first) => Consumed::Replay(first),
+                }),
+        };
         match consumed {
             Ok(Consumed::Allowed { used }) => {
                 response.usage = Some(usage_pb(&metering.view(&meter, used)));
