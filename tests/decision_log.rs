@@ -159,3 +159,217 @@ async fn a_full_queue_drops_and_counts_records_and_never_holds_up_a_decision() {
     server.expect_clean_exit().await;
     assert_eq!(reader.join().unwrap() as u64, queued);
 }
+
+/// The records in the stream `key`, oldest first (`XRANGE key - +`).
+fn stream_records(redis: &common::redis_server::RedisServer, key: &str) -> Vec<serde_json::Value> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis.command(&["XRANGE", key, "-", "+"]);
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            assert_eq!(fields.len(), 1, "{fields:?}");
+            let (name, record) = &fields[0];
+            assert_eq!(name, "record");
+            serde_json::from_str(record).expect("a JSON record")
+        })
+        .collect()
+}
+
+/// Puts the example snapshots of `tenants` into Redis.
+async fn put_tenants(redis: &common::redis_server::RedisServer, tenants: &[&str]) {
+    let conn =
+        tollgate::store::redis_client::RedisConn::connect(&common::redis_server::settings(vec![
+            redis.url(),
+        ]))
+        .await
+        .unwrap();
+    for tenant in tenants {
+        common::redis_server::put(&conn, &common::redis_server::document(tenant, 1, |_| {})).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_added_to_the_redis_stream_as_decided_and_masked() {
+    let redis = common::redis_server::RedisServer::start();
+    put_tenants(&redis, &["acme", "hooli"]).await;
+    let url = redis.url();
+    let mut server = Binary::spawn(
+        &example_policies(),
+        &example_entitlements(),
+        &[
+            ("TOLLGATE_REDIS_URL", url.as_str()),
+            ("TOLLGATE_DECISION_LOG_REDIS_STREAM", "tollgate:decisions"),
+            ("TOLLGATE_DECISION_LOG_REDIS_MAXLEN", "1000"),
+            ("TOLLGATE_DECISION_LOG_CONTEXT", "true"),
+            ("TOLLGATE_DECISION_LOG_MASK", "country"),
+            ("TOLLGATE_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let mut client = connect(&server.url()).await;
+    let mut decided: HashMap<String, pb::CheckResponse> = HashMap::new();
+    for (tenant, principal) in [
+        ("acme", "User:bob"),
+        ("hooli", "User:gavin"),
+        ("umbrella", "User:nobody"),
+    ] {
+        let response = decide(
+            &mut client,
+            check(tenant, principal, "use", "Feature:pdf-export"),
+        )
+        .await;
+        decided.insert(response.decision_id.clone(), response);
+    }
+    let records = wait_until("every decision in the stream", || async {
+        let records = stream_records(&redis, "tollgate:decisions");
+        if records.len() == decided.len() {
+            Ok(records)
+        } else {
+            Err(format!("{} records", records.len()))
+        }
+    })
+    .await;
+    for record in &records {
+        let text = record.to_string();
+        assert!(
+            !text.contains("\"BR\""),
+            "a masked value was written: {text}"
+        );
+        let response = decided
+            .get(record["decision_id"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("no decision for {record}"));
+        let decision = if response.decision == pb::Decision::Allow as i32 {
+            "ALLOW"
+        } else {
+            "DENY"
+        };
+        assert_eq!(record["decision"], decision, "{record}");
+        let reasons: Vec<&str> = response.reasons.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(record["reasons"], serde_json::json!(reasons), "{record}");
+        assert_eq!(record["context"]["country"], "***", "{record}");
+    }
+    let unknown = records.iter().find(|r| r["tenant"] == "umbrella").unwrap();
+    assert_eq!(unknown["reasons"], serde_json::json!(["unknown_tenant"]));
+
+    let address = server.metrics_address().await;
+    let (_, text) = tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        counter(
+            &text,
+            r#"tollgate_decision_log_redis_records_total{result="written"}"#
+        ),
+        3,
+        "{text}"
+    );
+    server.signal("TERM");
+    server.expect_clean_exit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_decisions_are_answered_and_stream_failures_counted() {
+    let mut redis = common::redis_server::RedisServer::start();
+    put_tenants(&redis, &["acme"]).await;
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("decisions.log");
+    let mut server = Binary::spawn(
+        &example_policies(),
+        &example_entitlements(),
+        &[
+            ("TOLLGATE_REDIS_URL", url.as_str()),
+            ("TOLLGATE_DECISION_LOG", file.to_str().unwrap()),
+            ("TOLLGATE_DECISION_LOG_REDIS_STREAM", "tollgate:decisions"),
+            ("TOLLGATE_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let mut client = connect(&server.url()).await;
+    // Cached while Redis is up, so that it serves (stale) afterwards.
+    let first = decide(
+        &mut client,
+        check("acme", "User:bob", "use", "Feature:pdf-export"),
+    )
+    .await;
+    assert_decision(&first, pb::Decision::Allow);
+    wait_until("the first record in the stream", || async {
+        match stream_records(&redis, "tollgate:decisions").len() {
+            1 => Ok(()),
+            n => Err(format!("{n} records")),
+        }
+    })
+    .await;
+    redis.kill();
+
+    const CHECKS: u64 = 50;
+    for _ in 0..CHECKS {
+        let response = decide(
+            &mut client,
+            check("acme", "User:bob", "use", "Feature:pdf-export"),
+        )
+        .await;
+        assert_decision(&response, pb::Decision::Allow);
+    }
+    let address = server.metrics_address().await;
+    let text = wait_until("every record counted as failed or dropped", || {
+        let address = address.clone();
+        async move {
+            let (_, text) = tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
+                .await
+                .unwrap();
+            let lost = counter(
+                &text,
+                r#"tollgate_decision_log_redis_records_total{result="failed"}"#,
+            ) + counter(
+                &text,
+                r#"tollgate_decision_log_redis_records_total{result="dropped"}"#,
+            );
+            if lost == CHECKS {
+                Ok(text)
+            } else {
+                Err(format!("{lost} of {CHECKS} lost so far:\n{text}"))
+            }
+        }
+    })
+    .await;
+    assert!(
+        counter(
+            &text,
+            r#"tollgate_decision_log_redis_records_total{result="failed"}"#
+        ) > 0,
+        "{text}"
+    );
+    assert_eq!(
+        counter(
+            &text,
+            r#"tollgate_decision_log_redis_records_total{result="written"}"#
+        ),
+        1,
+        "{text}"
+    );
+    server
+        .wait_for_log(0, &["decision log records not added to the redis stream"])
+        .await;
+    server.signal("TERM");
+    server.expect_clean_exit().await;
+    // The file sink lost nothing.
+    assert_eq!(read(&file).lines().count() as u64, CHECKS + 1);
+}
+
+#[test]
+fn a_redis_stream_without_redis_is_a_configuration_error() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+        .arg(example_policies())
+        .arg("--entitlements")
+        .arg(example_entitlements())
+        .env("TOLLGATE_DECISION_LOG_REDIS_STREAM", "tollgate:decisions")
+        .env_remove("TOLLGATE_REDIS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("decision_log_redis_stream: the stream is written to Redis; set redis_url"),
+        "{stderr}"
+    );
+}
