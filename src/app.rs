@@ -219,6 +219,7 @@ pub async fn serve_on(
             stop_rx.clone(),
         ));
         leases = Some((Arc::clone(&metering), Arc::clone(&remote)));
+        metrics.observe_metering(Arc::clone(metering.stats()));
         decision_point = decision_point.with_remote(remote).with_metering(metering);
     }
     let mut decision_log_writer = None;

@@ -506,7 +506,6 @@ impl Metering {
         let lease = self.lease(tenant, &meter.id);
         let mut lease = lease.lock().await;
         if let Some(first) = self.lease_answer(tenant, key) {
-            self.stats.replayed.fetch_add(1, Ordering::Relaxed);
             return Ok(LeaseGrant::Replay(first));
         }
         if lease.window != window || lease.meter.as_ref().is_some_and(|m| m.limit != meter.limit) {
@@ -798,13 +797,18 @@ impl Metering {
             )?),
             _ => return Err(RedisFailure::Garbage(format!("{reply:?}"))),
         };
-        let counter = match &outcome {
-            Consumed::Allowed { .. } => &self.stats.consumed,
-            Consumed::CapExceeded { .. } => &self.stats.cap_exceeded,
-            Consumed::Replay(_) => &self.stats.replayed,
+        match &outcome {
+            Consumed::Allowed { .. } => self.stats.consumed.fetch_add(1, Ordering::Relaxed),
+            Consumed::CapExceeded { .. } => self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed),
+            // Counted where the first answer is given again.
+            Consumed::Replay(_) => 0,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
         Ok(outcome)
+    }
+
+    /// Counts a consumption answered with its key's first answer.
+    pub fn note_replay(&self) {
+        self.stats.replayed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a consumption refused because Redis could not be reached.

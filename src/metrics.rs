@@ -71,6 +71,7 @@ pub struct Metrics {
     decision_log: Family<LogLabels, Counter>,
     decision_log_stream: Family<StreamLabels, Counter>,
     remote: Arc<std::sync::OnceLock<Arc<crate::store::remote::RemoteSnapshots>>>,
+    metering: Arc<std::sync::OnceLock<Arc<crate::metering::MeteringStats>>>,
     reloads_seen: Mutex<ReloadHistory>,
 }
 
@@ -103,6 +104,80 @@ pub struct DecisionLogCounts {
 /// Reads the Redis source's counters and cache state at scrape time.
 #[derive(Debug)]
 struct RemoteCollector(Arc<std::sync::OnceLock<Arc<crate::store::remote::RemoteSnapshots>>>);
+
+/// Reads the metering counters at scrape time.
+#[derive(Debug)]
+struct MeteringCollector(Arc<std::sync::OnceLock<Arc<crate::metering::MeteringStats>>>);
+
+impl prometheus_client::collector::Collector for MeteringCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(stats) = self.0.get() else {
+            return Ok(());
+        };
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "metering_consumes",
+                "Consumptions counted",
+                stats.consumed.load(Relaxed),
+            ),
+            (
+                "metering_cap_exceeded",
+                "Consumptions denied because they would pass the cap",
+                stats.cap_exceeded.load(Relaxed),
+            ),
+            (
+                "metering_replays",
+                "Consumptions answered with an idempotency key's first answer",
+                stats.replayed.load(Relaxed),
+            ),
+            (
+                "metering_unavailable",
+                "Consumptions denied because Redis could not count them",
+                stats.unavailable.load(Relaxed),
+            ),
+            (
+                "metering_reports",
+                "Usage report events applied",
+                stats.reported.load(Relaxed),
+            ),
+            (
+                "metering_leased_units",
+                "Units reserved from Redis by leases",
+                stats.leased.load(Relaxed),
+            ),
+            (
+                "metering_returned_units",
+                "Unspent lease units returned to Redis",
+                stats.returned.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "metering_lease_stock_units",
+            "Units this sidecar's leases hold and have not granted",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::try_from(stats.lease_stock.load(Relaxed)).unwrap_or(i64::MAX))
+            .encode(metric)?;
+        Ok(())
+    }
+}
 
 impl prometheus_client::collector::Collector for RemoteCollector {
     fn encode(
@@ -278,8 +353,11 @@ impl Metrics {
         );
         let remote = Arc::new(std::sync::OnceLock::new());
         registry.register_collector(Box::new(RemoteCollector(Arc::clone(&remote))));
+        let metering = Arc::new(std::sync::OnceLock::new());
+        registry.register_collector(Box::new(MeteringCollector(Arc::clone(&metering))));
         Self {
             remote,
+            metering,
             registry,
             decisions,
             check_seconds,
@@ -331,6 +409,11 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Exports the metering counters.
+    pub fn observe_metering(&self, stats: Arc<crate::metering::MeteringStats>) {
+        let _ = self.metering.set(stats);
     }
 
     /// Exports the Redis source's counters and cache state.

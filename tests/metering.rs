@@ -79,7 +79,12 @@ async fn setup(options: Options, limit: i64) -> Setup {
 
 impl Setup {
     async fn server(&self) -> InProcess {
+        self.server_with_metrics(None).await
+    }
+
+    async fn server_with_metrics(&self, metrics: Option<std::net::SocketAddr>) -> InProcess {
         let mut config = redis_config(&self.dirs, settings(vec![self.redis.url()]));
+        config.metrics_listen = metrics;
         let now = Arc::clone(&self.now);
         config.clock = Clock::from_fn(move || now.load(Ordering::Relaxed));
         InProcess::start(config).await
@@ -159,7 +164,11 @@ async fn a_hard_cap_is_never_passed_by_concurrent_clients_of_two_servers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_key_returns_its_first_answer_and_counts_once() {
     let setup = setup(Options::default(), 1_000).await;
-    let server = setup.server().await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = setup.server_with_metrics(Some(metrics)).await;
     let client = connect(&server.url()).await;
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -181,6 +190,21 @@ async fn a_retried_key_returns_its_first_answer_and_counts_once() {
     }
     assert_eq!(ids.len(), 1, "every retry gives the first answer: {ids:?}");
     assert_eq!(setup.counter("2026-11"), 5);
+    let address = metrics.to_string();
+    let (_, text) = tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
+        .await
+        .unwrap();
+    let sample = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(sample("tollgate_metering_consumes_total"), 1);
+    assert_eq!(sample("tollgate_metering_replays_total"), 9);
+    assert_eq!(sample("tollgate_metering_cap_exceeded_total"), 0);
 
     let mut client = client.clone();
     let status = client.check(consume("order-42", 6)).await.unwrap_err();

@@ -271,6 +271,7 @@ impl DecisionPoint {
                 ),
             ));
         }
+        metering.note_replay();
         let mut response = self.builtin_deny(
             catalog,
             lookup,
