@@ -13,7 +13,7 @@ use crate::store::{entitlements, PolicySnapshot, ReloadOutcome, Store, TenantMap
 const EXIT_CODES: &str = "\
 Exit codes:
   serve:    0 stopped cleanly (SIGTERM/SIGINT), 1 failed while running, 2 bad configuration
-  validate: 0 everything valid, 1 problems found, 2 bad configuration
+  validate: 0 everything valid, 1 problems found, 2 bad configuration, 3 Redis unreachable (with redis_url)
   check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable
   test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies, missing test files or no case to run
   snapshot: 0 done, 1 refused (invalid snapshot, version not newer, not found), 2 bad configuration or policies, 3 Redis unreachable
@@ -60,7 +60,9 @@ enum Command {
         #[arg(long, value_name = "FORMAT")]
         log_format: Option<String>,
     },
-    /// Check the policies, the schema and the entitlement snapshots; print every problem with file and line.
+    /// Check the policies, the schema and the entitlement snapshots (the files,
+    /// or with redis_url every snapshot stored in Redis); print every problem
+    /// with its place.
     Validate {
         #[command(flatten)]
         files: FileArgs,
@@ -259,6 +261,13 @@ fn status(args: &StatusArgs) -> ExitCode {
         .trim()
         .trim_start_matches("http://")
         .trim_end_matches('/');
+    let port = address
+        .rsplit_once(':')
+        .and_then(|(host, port)| (!host.is_empty()).then(|| port.parse::<u16>().ok())?);
+    if port.is_none() {
+        eprintln!("error: --metrics: `{address}` is not host:port, such as 127.0.0.1:9090");
+        return ExitCode::from(2);
+    }
     let body = match http_get_status(address) {
         Ok(body) => body,
         Err(problem) => {
@@ -542,6 +551,54 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
+/// Reads every snapshot stored in Redis and validates it against `policies`
+/// (before a schema change is rolled out, say): the number of valid
+/// snapshots and the problems of the others.
+fn validate_redis(
+    settings: &crate::store::redis_client::RedisSettings,
+    policies: &PolicySnapshot,
+) -> Result<(usize, Vec<crate::store::FileProblem>), String> {
+    use crate::store::redis_client::{snapshot_key, Read, RedisConn};
+    let runtime = runtime().map_err(|error| error.to_string())?;
+    runtime.block_on(async {
+        let conn = RedisConn::connect(settings)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut valid = 0;
+        let mut problems = Vec::new();
+        for tenant in conn
+            .list_tenants()
+            .await
+            .map_err(|error| error.to_string())?
+        {
+            let place = format!("redis {}", snapshot_key(&tenant));
+            match conn.read_snapshot(&tenant, None).await {
+                Ok(Read::Document { bytes, .. }) => {
+                    match crate::store::TenantSnapshot::parse(
+                        &bytes,
+                        Some(&tenant),
+                        policies,
+                        crate::store::SnapshotSource::Redis,
+                    ) {
+                        Ok(_) => valid += 1,
+                        Err(error) => {
+                            problems.push(crate::store::FileProblem::new(
+                                &place,
+                                None,
+                                error.to_string(),
+                            ));
+                        }
+                    }
+                }
+                // Deleted between the listing and the read.
+                Ok(Read::Absent { .. } | Read::Unchanged { .. }) => {}
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        Ok((valid, problems))
+    })
+}
+
 fn validate(config: &Config) -> ExitCode {
     let (policies, mut problems) = match PolicySnapshot::load_dir(&config.policies) {
         Ok(policies) => (Some(policies), Vec::new()),
@@ -551,11 +608,26 @@ fn validate(config: &Config) -> ExitCode {
     // so that one run lists every problem.
     let schema_only = policies.is_none().then(|| schema_only(config)).flatten();
     let mut tenants = 0;
+    let mut redis_unreachable = false;
     if let Some(against) = policies.as_ref().or(schema_only.as_ref()) {
-        let (loaded, snapshot_problems) =
-            entitlements::load_tenant_dir(&config.entitlements, against, &TenantMap::new());
-        tenants = loaded.len();
-        problems.extend(snapshot_problems);
+        match &config.redis {
+            None => {
+                let (loaded, snapshot_problems) =
+                    entitlements::load_tenant_dir(&config.entitlements, against, &TenantMap::new());
+                tenants = loaded.len();
+                problems.extend(snapshot_problems);
+            }
+            Some(settings) => match validate_redis(settings, against) {
+                Ok((count, redis_problems)) => {
+                    tenants = count;
+                    problems.extend(redis_problems);
+                }
+                Err(error) => {
+                    redis_unreachable = true;
+                    problems.push(crate::store::FileProblem::new("redis", None, error));
+                }
+            },
+        }
     }
     for problem in &problems {
         println!("{problem}");
@@ -568,6 +640,10 @@ fn validate(config: &Config) -> ExitCode {
                 policies.version,
             );
             ExitCode::SUCCESS
+        }
+        _ if redis_unreachable => {
+            println!("{} problem(s) found", problems.len());
+            ExitCode::from(3)
         }
         _ => {
             println!("{} problem(s) found", problems.len());

@@ -785,3 +785,54 @@ async fn the_redis_source_reports_its_cache_and_connection_in_metrics() {
     assert_eq!(sample(&text, "tollgate_snapshots_stale_served_total"), 0.0);
     server.stop().await.unwrap();
 }
+
+#[test]
+fn validate_checks_every_snapshot_in_redis_against_the_schema() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let policies = example_policies().display().to_string();
+    let acme = example_entitlements()
+        .join("acme.json")
+        .display()
+        .to_string();
+    let put = tollgate(
+        &[
+            "snapshot",
+            "--policies",
+            &policies,
+            "--redis-url",
+            &url,
+            "put",
+            &acme,
+        ],
+        None,
+    );
+    assert_eq!(put.0, 0, "{put:?}");
+    let _: () = redis.command(&[
+        "SET",
+        "tollgate:{bad}:snapshot",
+        r#"{"tenant":"bad","version":1,"entities":[{"uid":{"type":"User","id":"x"},"attrs":{},"parents":[]}]}"#,
+    ]);
+    let validate = |url: &str| {
+        let args = ["validate", "--policies", policies.as_str()];
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command.args(args).env("TOLLGATE_REDIS_URL", url);
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = validate(&url);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with("redis tollgate:{bad}:snapshot: entities do not match the schema:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("`account`"), "{stdout}");
+    assert!(!stdout.contains("acme"), "{stdout}");
+    drop(redis);
+    let (code, stdout) = validate(&url);
+    assert_eq!(code, Some(3), "{stdout}");
+    assert!(stdout.starts_with("redis: "), "{stdout}");
+}
