@@ -1,0 +1,660 @@
+//! What observability costs a `Check`: the release binary twice, side by side,
+//! driven over gRPC in interleaved rounds.
+//!
+//! * `off`: `tollgate serve` with no OTLP endpoint, no metrics endpoint and no
+//!   decision log (and no `OTEL_*` variable at all);
+//! * `on`: the same binary exporting every span over OTLP/gRPC to a collector
+//!   in this process (which counts and drops them), serving `/metrics`, and
+//!   writing a decision-log record of every decision, with its context, to a
+//!   file (sample 1).
+//!
+//! Both are separate processes (the binary cargo builds for benches), so the
+//! `off` server has no tracing layer, exporter or log writer at all. Each
+//! round drives one server and then the other for a slice of the measured
+//! time (the order alternates), so that the machine's drift hits both alike.
+//! Reported: calls/s, latency percentiles and the servers' CPU time per call
+//! (from `/proc/<pid>/stat`), and the on/off ratios per round (median, min,
+//! max) and pooled. `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` and
+//! `OTEL_BSP_*` in this process's environment are passed to the `on` server.
+//!
+//! Run: `cargo bench --bench observability -- [OPTIONS]` (see `--help` and
+//! `benches/README.md`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark harness: a broken setup should abort loudly"
+)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::runtime::Runtime;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use tollgate::api::pb;
+use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
+
+/// Deadline of one RPC.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a server to listen and report SERVING.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest run accepted for `--duration`, in seconds.
+const MAX_SECONDS: f64 = 3600.0;
+
+/// Check throughput and latency with tracing export, metrics and full
+/// decision logging on, against all of them off.
+#[derive(Debug, Parser)]
+#[command(name = "observability")]
+struct Args {
+    /// Measured seconds per configuration in total, split over the rounds
+    /// [default: 20; 0.6 in test mode].
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Rounds; each drives both servers once [default: 10; 2 in test mode].
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// Unmeasured seconds before each slice.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.3)]
+    settle: f64,
+    /// HTTP/2 connections per server.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Requests in flight (closed loop).
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Tokio worker threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Passed by `cargo bench`; without it this is a short smoke run.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// Filters passed by `cargo bench -- FILTER`: when any is given and none
+    /// is a part of "observability", nothing runs.
+    #[arg(hide = true)]
+    filters: Vec<String>,
+}
+
+/// The collector: counts the spans it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        self.spans.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// One `tollgate serve` process.
+struct Server {
+    name: &'static str,
+    child: Child,
+    address: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Spawns the binary over the repository's example data with `env` (and
+    /// nothing else of this process's `TOLLGATE_*`/`OTEL_*` environment).
+    fn spawn(name: &'static str, env: &[(String, String)]) -> Result<Self, String> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+            .arg(root.join("policies"))
+            .arg("--entitlements")
+            .arg(root.join("entitlements"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (variable, _) in std::env::vars() {
+            if variable.starts_with("TOLLGATE_")
+                || variable.starts_with("OTEL_")
+                || variable == "RUST_LOG"
+            {
+                command.env_remove(variable);
+            }
+        }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = command
+            .spawn()
+            .map_err(|error| format!("cannot start {name}: {error}"))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let address = log.lock().unwrap().iter().find_map(|line| {
+                let line = strip_ansi(line);
+                if !line.contains(" listening ") {
+                    return None;
+                }
+                let rest = &line[line.find("address=")? + "address=".len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            });
+            if let Some(address) = address {
+                return Ok(Self {
+                    name,
+                    child,
+                    address,
+                    log,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "{name} exited with {status}: {:?}",
+                    log.lock().unwrap()
+                ));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                return Err(format!("{name} did not listen within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// User plus system CPU time of the process so far, in microseconds.
+    fn cpu_us(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may hold spaces) start at
+        // `state`; utime and stime are the 12th and 13th of them.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks * 1_000_000.0 / 100.0)
+    }
+
+    fn stop(mut self) -> Result<(), String> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    let log = self.log.lock().unwrap();
+                    return Err(format!(
+                        "{} exited with {status}; last log lines: {:?}",
+                        self.name,
+                        &log[log.len().saturating_sub(5)..]
+                    ));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return Err(format!("{} did not stop within 30 s", self.name));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// acme's member `bob` uses `pdf-export` from BR: an ALLOW.
+fn allow_request() -> pb::CheckRequest {
+    use pb::value::Kind;
+    let value = |kind: Kind| pb::Value { kind: Some(kind) };
+    let reference = |kind: &str, id: &str| {
+        Some(pb::EntityRef {
+            r#type: kind.to_string(),
+            id: id.to_string(),
+        })
+    };
+    pb::CheckRequest {
+        tenant: "acme".to_string(),
+        principal: reference("User", "bob"),
+        action: reference("Action", "use"),
+        resource: reference("Feature", "pdf-export"),
+        context: HashMap::from([
+            (
+                "now".to_string(),
+                value(Kind::Extension(pb::Extension {
+                    r#fn: "datetime".to_string(),
+                    arg: "2026-01-15T12:00:00Z".to_string(),
+                    args: Vec::new(),
+                })),
+            ),
+            ("country".to_string(), value(Kind::String("BR".to_string()))),
+        ]),
+        ..Default::default()
+    }
+}
+
+async fn connect(address: SocketAddr) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|error| error.to_string())?
+        .tcp_nodelay(true)
+        .connect_timeout(RPC_TIMEOUT)
+        .timeout(RPC_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|error| format!("cannot connect to {address}: {error}"))
+}
+
+async fn wait_serving(channel: &Channel) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let answer = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        match answer {
+            Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                return Ok(())
+            }
+            _ if Instant::now() >= deadline => return Err("server not SERVING".to_string()),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// One measured slice: every call's latency (µs), errors and the window.
+#[derive(Debug, Default, Clone)]
+struct Slice {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    seconds: f64,
+    server_cpu_us: Option<f64>,
+}
+
+/// Drives `channels` closed-loop for `settle` (unmeasured) and then `slice`.
+async fn drive(channels: &[Channel], in_flight: usize, settle: Duration, slice: Duration) -> Slice {
+    let start = Instant::now() + settle;
+    let end = start + slice;
+    let mut workers = Vec::new();
+    for worker in 0..in_flight {
+        let mut client = EntitlementServiceClient::new(channels[worker % channels.len()].clone());
+        workers.push(tokio::spawn(async move {
+            let request = allow_request();
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            loop {
+                let began = Instant::now();
+                if began >= end {
+                    break;
+                }
+                let answer = client.check(request.clone()).await;
+                let finished = Instant::now();
+                let ok = matches!(&answer, Ok(response) if response.get_ref().decision == pb::Decision::Allow as i32);
+                if began >= start && finished <= end {
+                    if ok {
+                        latencies.push(u32::try_from(finished.duration_since(began).as_micros()).unwrap_or(u32::MAX));
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut result = Slice {
+        seconds: slice.as_secs_f64(),
+        ..Slice::default()
+    };
+    for worker in workers {
+        let (latencies, errors) = worker.await.expect("worker");
+        result.latencies_us.extend(latencies);
+        result.errors += errors;
+    }
+    result
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        })
+}
+
+/// Pooled figures of one configuration.
+struct Summary {
+    calls: usize,
+    errors: u64,
+    calls_per_sec: f64,
+    p50: u32,
+    p90: u32,
+    p99: u32,
+    p999: u32,
+    cpu_us_per_call: Option<f64>,
+}
+
+fn summarize(slices: &[Slice]) -> Summary {
+    let mut all: Vec<u32> = slices
+        .iter()
+        .flat_map(|s| s.latencies_us.iter().copied())
+        .collect();
+    all.sort_unstable();
+    let seconds: f64 = slices.iter().map(|s| s.seconds).sum();
+    let cpu: Option<f64> = slices.iter().map(|s| s.server_cpu_us).sum();
+    Summary {
+        calls: all.len(),
+        errors: slices.iter().map(|s| s.errors).sum(),
+        calls_per_sec: all.len() as f64 / seconds,
+        p50: percentile(&all, 50.0),
+        p90: percentile(&all, 90.0),
+        p99: percentile(&all, 99.0),
+        p999: percentile(&all, 99.9),
+        cpu_us_per_call: cpu.map(|cpu| cpu / all.len().max(1) as f64),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !args.filters.is_empty()
+        && !args
+            .filters
+            .iter()
+            .any(|f| "observability".contains(f.as_str()))
+    {
+        return ExitCode::SUCCESS;
+    }
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("observability: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool, String> {
+    let duration = args.duration.unwrap_or(if args.bench { 20.0 } else { 0.6 });
+    let rounds = args.rounds.unwrap_or(if args.bench { 10 } else { 2 });
+    if !(duration > 0.0 && duration <= MAX_SECONDS) {
+        return Err(format!("--duration must be in (0, {MAX_SECONDS}] seconds"));
+    }
+    if !(1..=1000).contains(&rounds) || duration / rounds as f64 <= 0.05 {
+        return Err("--rounds must be 1 to 1000, with at least 0.05 s per slice".to_string());
+    }
+    if !(0.0..=60.0).contains(&args.settle) {
+        return Err("--settle must be 0 to 60 seconds".to_string());
+    }
+    if args.connections == 0 || args.in_flight == 0 || args.client_threads == 0 {
+        return Err(
+            "--connections, --in-flight and --client-threads must be at least 1".to_string(),
+        );
+    }
+    let slice = Duration::from_secs_f64(duration / rounds as f64);
+    let settle = Duration::from_secs_f64(args.settle);
+    let runtime: Runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .thread_name("obs-client")
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())?;
+
+    let collector = Collector::default();
+    let collector_address = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Ok::<_, String>(address)
+    })?;
+    let log_dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+    let log_file = log_dir.path().join("decisions.jsonl");
+    let mut on_env: Vec<(String, String)> = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            format!("http://{collector_address}"),
+        ),
+        ("TOLLGATE_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
+        (
+            "TOLLGATE_DECISION_LOG".into(),
+            log_file.display().to_string(),
+        ),
+        ("TOLLGATE_DECISION_LOG_CONTEXT".into(), "true".into()),
+    ];
+    let passed: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| {
+            name.starts_with("OTEL_TRACES_SAMPLER") || name.starts_with("OTEL_BSP_")
+        })
+        .collect();
+    on_env.extend(passed.iter().cloned());
+    let off = Server::spawn("off", &[])?;
+    let on = Server::spawn("on", &on_env)?;
+    eprintln!(
+        "off: pid {} at {}; on: pid {} at {} (OTLP to {collector_address}, decision log {}{})",
+        off.child.id(),
+        off.address,
+        on.child.id(),
+        on.address,
+        log_file.display(),
+        passed
+            .iter()
+            .map(|(k, v)| format!(", {k}={v}"))
+            .collect::<String>()
+    );
+    let connect_all = |address: SocketAddr| {
+        runtime.block_on(async {
+            let mut channels = Vec::new();
+            for _ in 0..args.connections {
+                channels.push(connect(address).await?);
+            }
+            wait_serving(&channels[0]).await?;
+            Ok::<_, String>(channels)
+        })
+    };
+    let off_channels = connect_all(off.address)?;
+    let on_channels = connect_all(on.address)?;
+
+    let mut results: [Vec<Slice>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let (server, channels) = if which == 0 {
+                (&off, &off_channels)
+            } else {
+                (&on, &on_channels)
+            };
+            let warm = if round == 0 { settle * 3 } else { settle };
+            let before = Arc::new(Mutex::new(None));
+            let measured = {
+                let before = Arc::clone(&before);
+                let pid_cpu = || server.cpu_us();
+                runtime.block_on(async {
+                    let driving = drive(channels, args.in_flight, warm, slice);
+                    let sampler = async {
+                        tokio::time::sleep(warm).await;
+                        *before.lock().unwrap() = pid_cpu();
+                    };
+                    let (slice, ()) = tokio::join!(driving, sampler);
+                    slice
+                })
+            };
+            let after = server.cpu_us();
+            let mut measured = measured;
+            measured.server_cpu_us = before.lock().unwrap().zip(after).map(|(b, a)| a - b);
+            eprintln!(
+                "round {}/{rounds} {:>3}: {:>8.0} calls/s",
+                round + 1,
+                server.name,
+                measured.latencies_us.len() as f64 / measured.seconds
+            );
+            results[which].push(measured);
+        }
+    }
+    let spans = collector.spans.load(Ordering::Relaxed);
+    off.stop()?;
+    on.stop()?;
+    let records = std::fs::read_to_string(&log_file)
+        .map(|text| text.lines().count())
+        .unwrap_or(0);
+    let spans_after_flush = collector.spans.load(Ordering::Relaxed);
+
+    let off_summary = summarize(&results[0]);
+    let on_summary = summarize(&results[1]);
+    let throughput_ratios: Vec<f64> = (0..rounds)
+        .map(|r| {
+            let rate = |s: &Slice| s.latencies_us.len() as f64 / s.seconds;
+            rate(&results[1][r]) / rate(&results[0][r])
+        })
+        .collect();
+    let mut p99_ratios: Vec<f64> = (0..rounds)
+        .map(|r| {
+            let p99 = |s: &Slice| {
+                let mut sorted = s.latencies_us.clone();
+                sorted.sort_unstable();
+                f64::from(percentile(&sorted, 99.0))
+            };
+            p99(&results[1][r]) / p99(&results[0][r])
+        })
+        .collect();
+    let (throughput_min, throughput_max) = min_max(&throughput_ratios);
+    let (p99_min, p99_max) = min_max(&p99_ratios);
+    let throughput_median = median(&mut throughput_ratios.clone());
+    let p99_median = median(&mut p99_ratios);
+    let pooled_throughput = on_summary.calls_per_sec / off_summary.calls_per_sec;
+    let pooled_p99 = f64::from(on_summary.p99) / f64::from(off_summary.p99.max(1));
+    let total_calls = off_summary.calls + on_summary.calls;
+    let errors = off_summary.errors + on_summary.errors;
+
+    if args.json {
+        let summary = |s: &Summary| {
+            serde_json::json!({
+                "calls": s.calls, "errors": s.errors, "calls_per_sec": s.calls_per_sec,
+                "p50_us": s.p50, "p90_us": s.p90, "p99_us": s.p99, "p999_us": s.p999,
+                "server_cpu_us_per_call": s.cpu_us_per_call,
+            })
+        };
+        let output = serde_json::json!({
+            "rounds": rounds, "slice_seconds": slice.as_secs_f64(),
+            "connections": args.connections, "in_flight": args.in_flight,
+            "off": summary(&off_summary), "on": summary(&on_summary),
+            "throughput_on_over_off": {"per_round": throughput_ratios, "median": throughput_median, "min": throughput_min, "max": throughput_max, "pooled": pooled_throughput},
+            "p99_on_over_off": {"median": p99_median, "min": p99_min, "max": p99_max, "pooled": pooled_p99},
+            "spans_exported": spans_after_flush, "spans_before_shutdown": spans, "decision_log_records": records,
+        });
+        println!("{output:#}");
+    } else {
+        println!(
+            "observability: {rounds} rounds of {:.2} s per server, {} connections, {} in flight",
+            slice.as_secs_f64(),
+            args.connections,
+            args.in_flight
+        );
+        println!("| server | calls | calls/s | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU µs/call |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (name, s) in [("off", &off_summary), ("on", &on_summary)] {
+            println!(
+                "| {name} | {} | {:.0} | {} | {} | {} | {} | {} |",
+                s.calls,
+                s.calls_per_sec,
+                s.p50,
+                s.p90,
+                s.p99,
+                s.p999,
+                s.cpu_us_per_call
+                    .map_or("n/a".to_string(), |cpu| format!("{cpu:.1}"))
+            );
+        }
+        println!(
+            "on/off throughput: median {throughput_median:.3} (min {throughput_min:.3}, max {throughput_max:.3}), pooled {pooled_throughput:.3}  [goal ≥ 0.95]"
+        );
+        println!(
+            "on/off p99:        median {p99_median:.3} (min {p99_min:.3}, max {p99_max:.3}), pooled {pooled_p99:.3}  [goal ≤ 1.10]"
+        );
+        println!(
+            "work done by `on`: {spans_after_flush} spans exported ({:.2} per measured call; {spans} before shutdown), {records} decision-log records; errors: {errors}",
+            spans_after_flush as f64 / on_summary.calls.max(1) as f64
+        );
+    }
+    Ok(errors == 0 && total_calls > 0 && off_summary.calls > 0 && on_summary.calls > 0)
+}
