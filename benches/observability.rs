@@ -81,6 +81,15 @@ struct Args {
     /// Tokio worker threads of the load generator.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// What the `on` server turns on (to attribute the cost): any of
+    /// `tracing`, `metrics`, `decision-log`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tracing,metrics,decision-log",
+        value_parser = ["tracing", "metrics", "decision-log"]
+    )]
+    on: Vec<String>,
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -490,18 +499,24 @@ fn run(args: &Args) -> Result<bool, String> {
     })?;
     let log_dir = tempfile::tempdir().map_err(|error| error.to_string())?;
     let log_file = log_dir.path().join("decisions.jsonl");
-    let mut on_env: Vec<(String, String)> = vec![
-        (
+    let wants = |feature: &str| args.on.iter().any(|on| on == feature);
+    let mut on_env: Vec<(String, String)> = Vec::new();
+    if wants("tracing") {
+        on_env.push((
             "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
             format!("http://{collector_address}"),
-        ),
-        ("TOLLGATE_METRICS_LISTEN".into(), "127.0.0.1:0".into()),
-        (
+        ));
+    }
+    if wants("metrics") {
+        on_env.push(("TOLLGATE_METRICS_LISTEN".into(), "127.0.0.1:0".into()));
+    }
+    if wants("decision-log") {
+        on_env.push((
             "TOLLGATE_DECISION_LOG".into(),
             log_file.display().to_string(),
-        ),
-        ("TOLLGATE_DECISION_LOG_CONTEXT".into(), "true".into()),
-    ];
+        ));
+        on_env.push(("TOLLGATE_DECISION_LOG_CONTEXT".into(), "true".into()));
+    }
     let passed: Vec<(String, String)> = std::env::vars()
         .filter(|(name, _)| {
             name.starts_with("OTEL_TRACES_SAMPLER") || name.starts_with("OTEL_BSP_")
@@ -625,10 +640,11 @@ fn run(args: &Args) -> Result<bool, String> {
         println!("{output:#}");
     } else {
         println!(
-            "observability: {rounds} rounds of {:.2} s per server, {} connections, {} in flight",
+            "observability: {rounds} rounds of {:.2} s per server, {} connections, {} in flight; on: {}",
             slice.as_secs_f64(),
             args.connections,
-            args.in_flight
+            args.in_flight,
+            args.on.join(",")
         );
         println!("| server | calls | calls/s | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU µs/call |");
         println!("|---|---|---|---|---|---|---|---|");

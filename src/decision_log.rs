@@ -222,9 +222,17 @@ impl DecisionLog {
         self.settings.mask.iter().any(|masked| masked == key)
     }
 
-    /// Queues a record; drops and counts it when the queue is full.
-    pub fn submit(&self, record: &serde_json::Value) {
-        match self.sender.try_send(record.to_string()) {
+    /// Queues a record (serialized as one JSON line); drops and counts it
+    /// when the queue is full.
+    pub fn submit(&self, record: &impl serde::Serialize) {
+        let line = match serde_json::to_string(record) {
+            Ok(line) => line,
+            Err(error) => {
+                warn!(error = %error, "cannot encode a decision-log record");
+                return;
+            }
+        };
+        match self.sender.try_send(line) {
             Ok(()) => self.metrics.record_decision_log("queued"),
             Err(TrySendError::Full(_)) => self.metrics.record_decision_log("dropped"),
             Err(TrySendError::Disconnected(_)) => self.metrics.record_decision_log("dropped"),

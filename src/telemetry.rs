@@ -192,6 +192,9 @@ pub fn init(config: &Config) -> Result<(), TelemetryError> {
             .with_tracked_inactivity(false)
             .with_level(false)
             .with_target(false)
+            // Nothing here reads `opentelemetry::Context::current()`: the
+            // context need not be attached at every poll of a request.
+            .with_context_activation(false)
     });
     // Spans are exported whatever the log level: the export has its own filter.
     let otel = otel.map(|layer| {

@@ -206,43 +206,86 @@ impl LoggedRequest {
         if !log.wants(allow) {
             return;
         }
-        let reference = |r: &Option<pb::EntityRef>| {
-            r.as_ref()
-                .map(|r| serde_json::json!({"type": r.r#type, "id": r.id}))
-                .unwrap_or(serde_json::Value::Null)
-        };
-        let freshness = response.freshness.clone().unwrap_or_default();
-        let mut record = serde_json::json!({
-            "decision_id": response.decision_id,
-            "time_unix_ms": std::time::SystemTime::now()
+        fn reference(r: &Option<pb::EntityRef>) -> Option<LoggedRef<'_>> {
+            r.as_ref().map(|r| LoggedRef {
+                kind: r.r#type.as_str(),
+                id: r.id.as_str(),
+            })
+        }
+        let freshness = response.freshness.as_ref();
+        // Serialized straight from borrowed fields: no JSON tree is built
+        // on the request path, only the line.
+        log.submit(&LogRecord {
+            decision_id: &response.decision_id,
+            time_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or_default(),
-            "tenant": self.tenant,
-            "principal": reference(&self.principal),
-            "action": reference(&self.action),
-            "resource": reference(&self.resource),
-            "decision": if allow { "ALLOW" } else { "DENY" },
-            "reasons": response.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),
-            "policies": response
-                .reasons
-                .iter()
-                .filter(|r| !r.policy_id.is_empty())
-                .map(|r| r.policy_id.as_str())
-                .collect::<Vec<_>>(),
-            "policy_version": freshness.policy_version,
-            "snapshot_version": freshness.snapshot_version,
-            "latency_us": u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            tenant: &self.tenant,
+            principal: reference(&self.principal),
+            action: reference(&self.action),
+            resource: reference(&self.resource),
+            decision: if allow { "ALLOW" } else { "DENY" },
+            reasons: Codes(&response.reasons),
+            policies: PolicyIds(&response.reasons),
+            policy_version: freshness.map_or("", |f| f.policy_version.as_str()),
+            snapshot_version: freshness.map_or(0, |f| f.snapshot_version),
+            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            context: self.context.as_ref(),
+            trace_id: self.trace_id.as_deref(),
         });
-        if let Some(fields) = record.as_object_mut() {
-            if let Some(context) = self.context {
-                fields.insert("context".to_string(), context);
-            }
-            if let Some(trace_id) = self.trace_id {
-                fields.insert("trace_id".to_string(), trace_id.into());
-            }
-        }
-        log.submit(&record);
+    }
+}
+
+/// One decision-log record, as written.
+#[derive(serde::Serialize)]
+struct LogRecord<'a> {
+    decision_id: &'a str,
+    time_unix_ms: u64,
+    tenant: &'a str,
+    principal: Option<LoggedRef<'a>>,
+    action: Option<LoggedRef<'a>>,
+    resource: Option<LoggedRef<'a>>,
+    decision: &'static str,
+    reasons: Codes<'a>,
+    policies: PolicyIds<'a>,
+    policy_version: &'a str,
+    snapshot_version: u64,
+    latency_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+}
+
+/// `{"type": ..., "id": ...}`.
+#[derive(serde::Serialize)]
+struct LoggedRef<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    id: &'a str,
+}
+
+/// The reasons' codes, as a JSON list.
+struct Codes<'a>(&'a [pb::Reason]);
+
+impl serde::Serialize for Codes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|reason| reason.code.as_str()))
+    }
+}
+
+/// The determining policies' ids (built-in reasons have none), as a JSON list.
+struct PolicyIds<'a>(&'a [pb::Reason]);
+
+impl serde::Serialize for PolicyIds<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.0
+                .iter()
+                .filter(|reason| !reason.policy_id.is_empty())
+                .map(|reason| reason.policy_id.as_str()),
+        )
     }
 }
 
