@@ -380,8 +380,11 @@ pub fn decide(
             .map_err(|error| RequestError::new("entities", describe(&error)))?;
         &merged
     };
+    let core_request: &cedar_policy_core::ast::Request = request.request.as_ref();
     let mut decision = evaluate(
-        policies.prepared_for(&request.action),
+        policies
+            .prepared_for(&request.action)
+            .candidates(core_request.resource().uid()),
         entities,
         &request.request,
         options,
@@ -452,8 +455,8 @@ pub fn explain(
 /// nothing and reported as an error. Cedar's own `Authorizer` does the same
 /// but rebuilds every policy's condition on every request. The conformance
 /// corpus (`tests/conformance.rs`) checks that the answers are identical.
-pub fn evaluate(
-    prepared: &[PreparedPolicy],
+pub fn evaluate<'a>(
+    prepared: impl IntoIterator<Item = &'a PreparedPolicy>,
     entities: &Entities,
     request: &Request,
     options: Options,

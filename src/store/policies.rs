@@ -50,6 +50,99 @@ pub struct PreparedPolicy {
     pub condition: cedar_policy_core::ast::Expr,
 }
 
+/// The policies of one action, in policy id order, indexed by resource scope:
+/// a policy scoped to `resource == E` can only match requests on `E`, and one
+/// scoped to `resource is T` (or `is T in ...`) only requests on a `T`. Such a
+/// policy is neither satisfied nor evaluated (its scope is checked first and
+/// is false, which raises no error) for any other resource, so leaving it out
+/// changes no answer; with many per-resource policies the index keeps a
+/// decision from scanning them all.
+#[derive(Debug, Default)]
+pub struct PolicySlice {
+    policies: Vec<PreparedPolicy>,
+    /// Positions of policies whose resource scope is `any` or `in E`.
+    general: Vec<u32>,
+    /// Positions of policies scoped to `resource == E`, by `E`.
+    by_uid: HashMap<cedar_policy_core::ast::EntityUID, Vec<u32>>,
+    /// Positions of policies scoped to `resource is T [in E]`, by `T`.
+    by_type: HashMap<cedar_policy_core::ast::EntityType, Vec<u32>>,
+}
+
+impl PolicySlice {
+    fn new(mut policies: Vec<PreparedPolicy>) -> Self {
+        use cedar_policy_core::ast::{EntityReference, PrincipalOrResourceConstraint};
+        policies.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+        let mut slice = Self::default();
+        for (position, policy) in policies.iter().enumerate() {
+            let position = u32::try_from(position).unwrap_or(u32::MAX);
+            match policy.policy.resource_constraint().as_inner() {
+                PrincipalOrResourceConstraint::Eq(EntityReference::EUID(uid)) => {
+                    slice
+                        .by_uid
+                        .entry(cedar_policy_core::ast::EntityUID::clone(uid))
+                        .or_default()
+                        .push(position);
+                }
+                PrincipalOrResourceConstraint::Is(entity_type)
+                | PrincipalOrResourceConstraint::IsIn(entity_type, _) => {
+                    slice
+                        .by_type
+                        .entry(cedar_policy_core::ast::EntityType::clone(entity_type))
+                        .or_default()
+                        .push(position);
+                }
+                _ => slice.general.push(position),
+            }
+        }
+        slice.policies = policies;
+        slice
+    }
+
+    /// Every policy of the slice, in policy id order.
+    pub fn all(&self) -> &[PreparedPolicy] {
+        &self.policies
+    }
+
+    /// The policies whose resource scope can match `resource`, in policy id
+    /// order (all of them when the resource is unknown).
+    pub fn candidates<'a>(
+        &'a self,
+        resource: Option<&cedar_policy_core::ast::EntityUID>,
+    ) -> impl Iterator<Item = &'a PreparedPolicy> + 'a {
+        let empty: &[u32] = &[];
+        let (by_uid, by_type, general) = match resource {
+            Some(resource) => (
+                self.by_uid.get(resource).map_or(empty, Vec::as_slice),
+                self.by_type
+                    .get(resource.entity_type())
+                    .map_or(empty, Vec::as_slice),
+                self.general.as_slice(),
+            ),
+            None => (empty, empty, empty),
+        };
+        let everything = resource.is_none();
+        let mut lists = [general, by_uid, by_type];
+        let mut next_all = 0usize;
+        std::iter::from_fn(move || {
+            if everything {
+                let policy = self.policies.get(next_all)?;
+                next_all += 1;
+                return Some(policy);
+            }
+            // Merge the three sorted position lists.
+            let (list, _) = lists
+                .iter()
+                .enumerate()
+                .filter_map(|(index, list)| list.first().map(|first| (index, *first)))
+                .min_by_key(|(_, first)| *first)?;
+            let position = lists[list][0];
+            lists[list] = &lists[list][1..];
+            self.policies
+                .get(usize::try_from(position).unwrap_or(usize::MAX))
+        })
+    }
+}
+
 /// An immutable, validated policy set with its schema: what every decision
 /// reads. Built once per (re)load and shared behind an `Arc`.
 pub struct PolicySnapshot {
@@ -67,9 +160,9 @@ pub struct PolicySnapshot {
     /// The policies whose action scope can match each declared action.
     policy_sets_by_action: HashMap<EntityUid, PolicySet>,
     /// The same slices, ready for evaluation (see [`PreparedPolicy`]).
-    prepared_by_action: HashMap<EntityUid, Arc<[PreparedPolicy]>>,
+    prepared_by_action: HashMap<EntityUid, PolicySlice>,
     /// Every policy, ready for evaluation, for actions outside the slices.
-    prepared_all: Arc<[PreparedPolicy]>,
+    prepared_all: PolicySlice,
     entity_types: HashMap<String, EntityTypeName>,
     actions: HashMap<String, HashMap<String, EntityUid>>,
 }
@@ -99,9 +192,9 @@ impl PolicySnapshot {
             .unwrap_or(&self.policy_set)
     }
 
-    /// The policies that can apply to `action`, ready for evaluation, in
-    /// policy id order. Unknown actions get every policy.
-    pub fn prepared_for(&self, action: &EntityUid) -> &[PreparedPolicy] {
+    /// The policies that can apply to `action`, ready for evaluation and
+    /// indexed by their resource scope. Unknown actions get every policy.
+    pub fn prepared_for(&self, action: &EntityUid) -> &PolicySlice {
         self.prepared_by_action
             .get(action)
             .unwrap_or(&self.prepared_all)
@@ -261,8 +354,8 @@ impl PolicySnapshot {
         }
 
         let policy_sets_by_action = slice_by_action(&schema, &policy_set);
-        let prepare = |set: &PolicySet| -> Arc<[PreparedPolicy]> {
-            let mut prepared: Vec<PreparedPolicy> = set
+        let prepare = |set: &PolicySet| -> PolicySlice {
+            let prepared: Vec<PreparedPolicy> = set
                 .policies()
                 .filter_map(|policy| {
                     let meta = policies.get(policy.id())?;
@@ -274,8 +367,7 @@ impl PolicySnapshot {
                     })
                 })
                 .collect();
-            prepared.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-            prepared.into()
+            PolicySlice::new(prepared)
         };
         let prepared_by_action = policy_sets_by_action
             .iter()
@@ -561,6 +653,53 @@ mod tests {
         assert_eq!(ids("view"), ["any", "list", "reads", "view-only"]);
         assert_eq!(ids("edit"), ["any", "list"]);
         assert_eq!(ids("read"), ["any", "reads"]);
+    }
+
+    #[test]
+    fn a_decision_considers_only_policies_whose_resource_scope_can_match() {
+        let files = vec![(
+            "p.cedar".to_string(),
+            r#"
+            @id("a-any") permit(principal, action, resource);
+            @id("b-doc1") permit(principal, action, resource == Doc::"1");
+            @id("c-doc2") forbid(principal, action, resource == Doc::"2");
+            @id("d-docs") permit(principal, action, resource is Doc);
+            @id("e-folders") permit(principal, action, resource is Folder);
+            @id("f-in") permit(principal, action, resource in Folder::"f");
+            @id("g-doc-in") permit(principal, action, resource is Doc in Folder::"f");
+            "#
+            .to_string(),
+        )];
+        let schema = r#"
+            entity User;
+            entity Folder;
+            entity Doc in [Folder];
+            action read appliesTo { principal: User, resource: [Doc, Folder] };
+        "#;
+        let snapshot = PolicySnapshot::from_sources("schema.cedarschema", schema, &files).unwrap();
+        let read: EntityUid = r#"Action::"read""#.parse().unwrap();
+        let slice = snapshot.prepared_for(&read);
+        let ids = |resource: Option<&str>| {
+            let uid: Option<EntityUid> = resource.map(|r| r.parse().unwrap());
+            let core = uid
+                .as_ref()
+                .map(|u| -> &cedar_policy_core::ast::EntityUID { u.as_ref() });
+            slice
+                .candidates(core)
+                .map(|p| p.meta.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(Some(r#"Doc::"1""#)),
+            ["a-any", "b-doc1", "d-docs", "f-in", "g-doc-in"]
+        );
+        assert_eq!(
+            ids(Some(r#"Doc::"2""#)),
+            ["a-any", "c-doc2", "d-docs", "f-in", "g-doc-in"]
+        );
+        assert_eq!(ids(Some(r#"Folder::"f""#)), ["a-any", "e-folders", "f-in"]);
+        assert_eq!(ids(None).len(), 7);
+        assert_eq!(slice.all().len(), 7);
     }
 
     #[test]
