@@ -204,6 +204,36 @@ impl Server {
         }
     }
 
+    /// Decision-log records queued and dropped, from its `/metrics` (when it
+    /// serves them).
+    fn decision_log_counts(&self) -> Option<(u64, u64)> {
+        use std::io::{Read, Write};
+        let address = self.log.lock().unwrap().iter().find_map(|line| {
+            let line = strip_ansi(line);
+            if !line.contains("metrics at /metrics") {
+                return None;
+            }
+            let rest = &line[line.find("address=")? + "address=".len()..];
+            rest.split_whitespace().next().map(str::to_string)
+        })?;
+        let mut stream = std::net::TcpStream::connect(&address).ok()?;
+        stream.set_read_timeout(Some(RPC_TIMEOUT)).ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        let count = |result: &str| {
+            let series = format!("tollgate_decision_log_records_total{{result=\"{result}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(series.as_str())?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Some((count("queued"), count("dropped")))
+    }
+
     /// User plus system CPU time of the process so far, in microseconds.
     fn cpu_us(&self) -> Option<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
@@ -587,11 +617,16 @@ fn run(args: &Args) -> Result<bool, String> {
         }
     }
     let spans = collector.spans.load(Ordering::Relaxed);
+    let logged = on.decision_log_counts();
     off.stop()?;
     on.stop()?;
-    let records = std::fs::read_to_string(&log_file)
+    // The file rotates (to .1) past decision_log_max_bytes: count both.
+    let records: usize = [log_file.clone(), log_dir.path().join("decisions.jsonl.1")]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
         .map(|text| text.lines().count())
-        .unwrap_or(0);
+        .sum();
+    let (queued, dropped) = logged.unwrap_or((0, 0));
     let spans_after_flush = collector.spans.load(Ordering::Relaxed);
 
     let off_summary = summarize(&results[0]);
@@ -635,7 +670,8 @@ fn run(args: &Args) -> Result<bool, String> {
             "off": summary(&off_summary), "on": summary(&on_summary),
             "throughput_on_over_off": {"per_round": throughput_ratios, "median": throughput_median, "min": throughput_min, "max": throughput_max, "pooled": pooled_throughput},
             "p99_on_over_off": {"median": p99_median, "min": p99_min, "max": p99_max, "pooled": pooled_p99},
-            "spans_exported": spans_after_flush, "spans_before_shutdown": spans, "decision_log_records": records,
+            "spans_exported": spans_after_flush, "spans_before_shutdown": spans, "decision_log_records_in_files": records,
+            "decision_log_queued": queued, "decision_log_dropped": dropped,
         });
         println!("{output:#}");
     } else {
@@ -668,7 +704,7 @@ fn run(args: &Args) -> Result<bool, String> {
             "on/off p99:        median {p99_median:.3} (min {p99_min:.3}, max {p99_max:.3}), pooled {pooled_p99:.3}  [goal ≤ 1.10]"
         );
         println!(
-            "work done by `on`: {spans_after_flush} spans exported ({:.2} per measured call; {spans} before shutdown), {records} decision-log records; errors: {errors}",
+            "work done by `on`: {spans_after_flush} spans exported ({:.2} per measured call; {spans} before shutdown); decision-log records {queued} queued, {dropped} dropped ({records} in the last two files); errors: {errors}",
             spans_after_flush as f64 / on_summary.calls.max(1) as f64
         );
     }
