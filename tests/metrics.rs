@@ -126,3 +126,34 @@ async fn metrics_move_with_known_traffic() {
     server.signal("TERM");
     server.expect_clean_exit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_detail_is_served_beside_the_metrics() {
+    let mut server = Binary::spawn(
+        &example_policies(),
+        &example_entitlements(),
+        &[("TOLLGATE_METRICS_LISTEN", "127.0.0.1:0")],
+    );
+    let address = server.metrics_address().await;
+    let (status, body) = tokio::task::spawn_blocking({
+        let address = address.clone();
+        move || http_get(&address, "/status")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("a JSON report");
+    assert_eq!(report["status"], "healthy", "{body}");
+    let (policies, tenants) = example_counts();
+    assert_eq!(report["policies"]["count"], policies, "{body}");
+    assert_eq!(report["snapshots"]["tenants"], tenants, "{body}");
+    assert!(report["decision_log"].is_null(), "{body}");
+
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(&address, "/nothing"))
+        .await
+        .unwrap();
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    assert!(body.contains("/metrics") && body.contains("/status"), "{body}");
+    server.signal("TERM");
+    server.expect_clean_exit().await;
+}
