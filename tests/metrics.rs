@@ -153,7 +153,10 @@ async fn the_health_detail_is_served_beside_the_metrics() {
         .await
         .unwrap();
     assert_eq!(status, "HTTP/1.1 404 Not Found");
-    assert!(body.contains("/metrics") && body.contains("/status"), "{body}");
+    assert!(
+        body.contains("/metrics") && body.contains("/status"),
+        "{body}"
+    );
     server.signal("TERM");
     server.expect_clean_exit().await;
 }
