@@ -591,11 +591,14 @@ impl EntitlementService for GrpcService {
         crate::telemetry::in_rpc(span, &metadata, async move {
             let result = decision_point.check(request).await.map_err(Status::from);
             match &result {
-                Ok(response) => tracing::debug!(
-                    decision = if response.decision == pb::Decision::Allow as i32 { "ALLOW" } else { "DENY" },
-                    decision_id = %response.decision_id,
-                    "check answered"
-                ),
+                Ok(response) => {
+                    let allow = response.decision == pb::Decision::Allow as i32;
+                    tracing::debug!(
+                        decision = if allow { "ALLOW" } else { "DENY" },
+                        decision_id = %response.decision_id,
+                        "check answered"
+                    );
+                }
                 Err(status) => {
                     crate::telemetry::record_error(&answered, status);
                     tracing::debug!(code = ?status.code(), message = status.message(), "check refused");
