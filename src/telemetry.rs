@@ -87,12 +87,91 @@ pub enum TelemetryError {
 }
 
 /// The export settings read from the environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExportSettings {
     /// The collector, e.g. `http://127.0.0.1:4317`.
     pub endpoint: String,
     /// The variable that named it.
     pub endpoint_variable: &'static str,
+    /// Which requests are traced.
+    pub sampling: Sampling,
+}
+
+/// Head sampling, decided once per request where it arrives, from
+/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`. An unsampled request
+/// builds no span at all, so that tracing costs only the traced share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Follow the `sampled` flag of the caller's `traceparent` when present.
+    pub parent_based: bool,
+    /// Share of requests without a caller's trace that start a new one.
+    pub root_ratio: f64,
+}
+
+impl Sampling {
+    fn from_env(sampler: Option<&str>, argument: Option<&str>) -> Self {
+        let ratio = argument.and_then(|a| a.parse::<f64>().ok()).unwrap_or(1.0);
+        let (parent_based, root_ratio) = match sampler {
+            Some("always_on") => (false, 1.0),
+            Some("always_off") => (false, 0.0),
+            Some("traceidratio") => (false, ratio),
+            Some("parentbased_always_off") => (true, 0.0),
+            Some("parentbased_traceidratio") => (true, ratio),
+            _ => (true, 1.0),
+        };
+        Self {
+            parent_based,
+            root_ratio,
+        }
+    }
+}
+
+/// The sampling of the running export (as `f64` bits, with the
+/// parent-based flag in `SAMPLING_PARENT_BASED`).
+static SAMPLING_RATIO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SAMPLING_PARENT_BASED: AtomicBool = AtomicBool::new(true);
+
+/// Whether a request with `metadata` is traced: always false when nothing is
+/// exported.
+pub fn sampled(metadata: &tonic::metadata::MetadataMap) -> bool {
+    if !exporting() {
+        return false;
+    }
+    if SAMPLING_PARENT_BASED.load(Ordering::Relaxed) {
+        // traceparent: version-traceid-parentid-flags; bit 0 of flags is `sampled`.
+        if let Some(flags) = metadata
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit('-').next())
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+        {
+            return flags & 1 == 1;
+        }
+    }
+    let ratio = f64::from_bits(SAMPLING_RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || (ratio > 0.0 && random_unit() < ratio)
+}
+
+/// A uniform number in [0, 1) from a per-thread xorshift generator.
+fn random_unit() -> f64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(0x9e37_79b9_7f4a_7c15);
+            hasher.finish() | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        // 53 random bits as a fraction.
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// Reads the OTLP settings from `lookup` (the process environment in
@@ -166,6 +245,10 @@ pub fn export_settings(
         }
     }
     Ok(Some(ExportSettings {
+        sampling: Sampling::from_env(
+            set("OTEL_TRACES_SAMPLER").as_deref(),
+            set("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        ),
         endpoint,
         endpoint_variable,
     }))
@@ -278,9 +361,13 @@ fn start_export(
     if !named {
         resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
     }
-    // The sampler comes from OTEL_TRACES_SAMPLER (parent-based, always on by
-    // default) and the batching from OTEL_BSP_*: the SDK reads both.
+    // Sampling is decided where a request arrives (see `sampled`): a span
+    // that exists is one to export. The batching comes from OTEL_BSP_*,
+    // which the SDK reads.
+    SAMPLING_RATIO.store(settings.sampling.root_ratio.to_bits(), Ordering::Relaxed);
+    SAMPLING_PARENT_BASED.store(settings.sampling.parent_based, Ordering::Relaxed);
     let provider = SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
         .with_batch_exporter(exporter)
         .with_resource(resource.build())
         .build();
@@ -354,7 +441,7 @@ pub async fn in_rpc<F: std::future::Future>(
     work: F,
 ) -> F::Output {
     use tracing::Instrument as _;
-    if exporting() {
+    if exporting() && !span.is_none() {
         if metadata.contains_key("traceparent") {
             let parent = propagator().extract(&MetadataExtractor(metadata));
             // Fails only when the span is disabled by the log filter.
@@ -380,8 +467,8 @@ pub async fn in_rpc<F: std::future::Future>(
 #[macro_export]
 #[doc(hidden)]
 macro_rules! rpc_span {
-    ($method:literal) => {
-        if $crate::telemetry::exporting() {
+    ($method:literal, $sampled:expr) => {
+        if $sampled {
             tracing::info_span!(
                 $method,
                 otel.kind = "server",
@@ -391,8 +478,25 @@ macro_rules! rpc_span {
                 rpc.grpc.status_code = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
             )
+        } else if $crate::telemetry::exporting() {
+            // Not sampled: no span, no work for the exporter's layer.
+            tracing::Span::none()
         } else {
             tracing::info_span!($method)
+        }
+    };
+}
+
+/// A span for a stage of a request (snapshot lookup, evaluation, metering),
+/// only inside a request's span: an unsampled request builds none.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! stage_span {
+    ($($args:tt)*) => {
+        if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!($($args)*)
         }
     };
 }

@@ -510,3 +510,58 @@ fn unusable_otel_settings_stop_serve_with_exit_code_2() {
         assert!(!stderr.contains("listening"), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsampled_requests_build_no_spans() {
+    let (receiver, endpoint) = Receiver::start().await;
+    let mut env = exporting_env(&endpoint, "100");
+    // Follow the caller's flag; start no trace of our own.
+    env.retain(|(name, _)| *name != "OTEL_TRACES_SAMPLER");
+    env.extend([
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+    ]);
+    let mut server = Binary::spawn(&example_policies(), &example_entitlements(), &env);
+    let mut client = connect(&server.url()).await;
+    let with_flags = |flags: &str, trace: &str| {
+        let mut request =
+            tonic::Request::new(check("acme", "User:bob", "use", "Feature:pdf-export"));
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace}-{CALLER_SPAN_ID}-{flags}")
+                .parse()
+                .unwrap(),
+        );
+        request
+    };
+    let unsampled_trace = "11111111111111111111111111111111";
+    // The caller says "not sampled", and a call without a caller's trace.
+    client
+        .check(with_flags("00", unsampled_trace))
+        .await
+        .unwrap();
+    client
+        .check(tonic::Request::new(check(
+            "acme",
+            "User:bob",
+            "use",
+            "Feature:pdf-export",
+        )))
+        .await
+        .unwrap();
+    // The caller says "sampled".
+    client.check(with_flags("01", TRACE_ID)).await.unwrap();
+    for name in ["Check", "snapshot_lookup", "evaluate"] {
+        receiver.wait_for(name, TRACE_ID).await;
+    }
+    server.signal("TERM");
+    server.expect_clean_exit().await;
+    let spans = receiver.spans();
+    let traces: std::collections::BTreeSet<String> = spans.iter().map(Received::trace_id).collect();
+    assert_eq!(
+        traces.into_iter().collect::<Vec<_>>(),
+        [TRACE_ID],
+        "{spans:?}"
+    );
+    assert_eq!(spans.len(), 3, "{spans:?}");
+}

@@ -173,7 +173,7 @@ impl DecisionPoint {
         let principal = principal_text(request.principal.as_ref());
         let prepared = prepare(catalog, request)?;
         let mut response = {
-            let _evaluation = tracing::info_span!("evaluate").entered();
+            let _evaluation = crate::stage_span!("evaluate").entered();
             self.decide(catalog, &lookup, &prepared)
                 .map_err(ApiError::InvalidArgument)?
         };
@@ -429,7 +429,7 @@ fn prepare(
 /// Wraps the atomic step in a `metering` span.
 trait InstrumentMetering: std::future::Future + Sized {
     fn instrument_metering(self) -> tracing::instrument::Instrumented<Self> {
-        tracing::Instrument::instrument(self, tracing::info_span!("metering"))
+        tracing::Instrument::instrument(self, crate::stage_span!("metering"))
     }
 }
 

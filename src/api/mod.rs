@@ -407,9 +407,9 @@ impl DecisionPoint {
             .map_err(ApiError::InvalidArgument)?;
         let lookup = self
             .lookup(&catalog, &tenant, max_staleness_ms)
-            .instrument(tracing::info_span!("snapshot_lookup", tenant = %tenant))
+            .instrument(crate::stage_span!("snapshot_lookup", tenant = %tenant))
             .await;
-        let _evaluation = tracing::info_span!("evaluate").entered();
+        let _evaluation = crate::stage_span!("evaluate").entered();
         self.decide(&catalog, &lookup, &prepared)
             .map_err(ApiError::InvalidArgument)
     }
@@ -501,12 +501,12 @@ impl DecisionPoint {
             if !lookups.iter().any(|(seen, _)| *seen == key) {
                 let lookup = self
                     .lookup(&catalog, &key.0, key.1)
-                    .instrument(tracing::info_span!("snapshot_lookup", tenant = %key.0))
+                    .instrument(crate::stage_span!("snapshot_lookup", tenant = %key.0))
                     .await;
                 lookups.push((key, lookup));
             }
         }
-        let _evaluation = tracing::info_span!("evaluate", checks = prepared.len()).entered();
+        let _evaluation = crate::stage_span!("evaluate", checks = prepared.len()).entered();
         let responses = prepared
             .iter()
             .enumerate()
@@ -584,7 +584,8 @@ impl EntitlementService for GrpcService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let span = crate::rpc_span!("Check");
+        let sampled = crate::telemetry::sampled(request.metadata());
+        let span = crate::rpc_span!("Check", sampled);
         let (metadata, _, request) = request.into_parts();
         let decision_point = &self.decision_point;
         let answered = span.clone();
@@ -613,7 +614,8 @@ impl EntitlementService for GrpcService {
         &self,
         request: Request<pb::CheckBatchRequest>,
     ) -> Result<Response<pb::CheckBatchResponse>, Status> {
-        let span = crate::rpc_span!("CheckBatch");
+        let sampled = crate::telemetry::sampled(request.metadata());
+        let span = crate::rpc_span!("CheckBatch", sampled);
         let (metadata, _, request) = request.into_parts();
         let decision_point = &self.decision_point;
         let answered = span.clone();
@@ -637,7 +639,8 @@ impl EntitlementService for GrpcService {
         &self,
         request: Request<pb::ReportUsageRequest>,
     ) -> Result<Response<pb::ReportUsageResponse>, Status> {
-        let span = crate::rpc_span!("ReportUsage");
+        let sampled = crate::telemetry::sampled(request.metadata());
+        let span = crate::rpc_span!("ReportUsage", sampled);
         let (metadata, _, request) = request.into_parts();
         let decision_point = &self.decision_point;
         let answered = span.clone();

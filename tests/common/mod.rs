@@ -501,10 +501,13 @@ pub async fn decide(
 
 /// Environment variables `tollgate` reads; cleared for spawned servers so the
 /// caller's environment cannot change what a test sees.
+/// The variables of the environment running the tests that would configure
+/// the binary: tollgate's own and OpenTelemetry's (which could switch trace
+/// export on).
 fn tollgate_env_vars() -> Vec<String> {
     std::env::vars()
         .map(|(name, _)| name)
-        .filter(|name| name.starts_with("TOLLGATE_"))
+        .filter(|name| name.starts_with("TOLLGATE_") || name.starts_with("OTEL_"))
         .collect()
 }
 
