@@ -24,6 +24,8 @@
 )]
 
 mod common;
+#[path = "common/snapshots.rs"]
+mod snapshots;
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -34,9 +36,9 @@ use std::time::Duration;
 
 use cedar_policy::{Authorizer, Context, EntityUid, RestrictedExpression};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use serde_json::{json, Value as Json};
 
 use common::NOW;
+use snapshots::{role_of, user_id};
 use tollgate::api::pb;
 use tollgate::api::{DecisionPoint, Limits};
 use tollgate::engine::Options;
@@ -90,26 +92,6 @@ fn policies() -> PolicySnapshot {
         .unwrap_or_else(|problems| panic!("cannot load {}: {problems:?}", dir.display()))
 }
 
-fn entity(kind: &str, id: &str, attrs: Json, parents: &[(&str, &str)]) -> Json {
-    json!({
-        "uid": {"type": kind, "id": id},
-        "attrs": attrs,
-        "parents": parents
-            .iter()
-            .map(|(kind, id)| json!({"type": kind, "id": id}))
-            .collect::<Vec<_>>(),
-    })
-}
-
-/// Role of user `index`: admin, member, viewer, billing_admin in turn.
-fn role_of(index: usize) -> &'static str {
-    ["admin", "member", "viewer", "billing_admin"][index % 4]
-}
-
-fn user_id(index: usize) -> String {
-    format!("user-{index:05}")
-}
-
 /// The principal of the benchmarked requests: a member in the middle of the user list.
 fn principal_index(users: usize) -> usize {
     let index = ((users / 2) & !3) | 1;
@@ -117,47 +99,10 @@ fn principal_index(users: usize) -> usize {
     index
 }
 
-/// A snapshot document shaped like `entitlements/acme.json` with `users` users.
+/// A snapshot document shaped like `entitlements/acme.json` with `users` users
+/// (see `common/snapshots.rs`).
 fn snapshot_json(users: usize) -> Vec<u8> {
-    let mut entities = vec![
-        entity(
-            "Account",
-            TENANT,
-            json!({"plan": "pro", "tier": 1, "addons": ["sso"]}),
-            &[],
-        ),
-        entity("Role", "viewer", json!({}), &[]),
-        entity("Role", "member", json!({}), &[("Role", "viewer")]),
-        entity("Role", "admin", json!({}), &[("Role", "member")]),
-        entity("Role", "billing_admin", json!({}), &[]),
-    ];
-    for index in 0..users {
-        entities.push(entity(
-            "User",
-            &user_id(index),
-            json!({"account": {"__entity": {"type": "Account", "id": TENANT}}}),
-            &[("Role", role_of(index))],
-        ));
-    }
-    entities.extend([
-        entity("Feature", "dashboards", json!({"min_tier": 0}), &[]),
-        entity("Feature", "pdf-export", json!({"min_tier": 1}), &[]),
-        entity("Feature", "audit-log", json!({"min_tier": 2}), &[]),
-        entity(
-            "Feature",
-            "sso",
-            json!({"min_tier": 0, "addon": "sso"}),
-            &[],
-        ),
-        entity(
-            "Feature",
-            "payments",
-            json!({"min_tier": 1, "countries": ["US", "CA", "GB", "DE", "FR", "BR"]}),
-            &[],
-        ),
-    ]);
-    serde_json::to_vec(&json!({"tenant": TENANT, "version": 1, "entities": entities}))
-        .expect("serialise snapshot")
+    snapshots::snapshot_json(TENANT, 1, users)
 }
 
 fn pb_request(principal: &str, case: Case) -> pb::CheckRequest {

@@ -13,13 +13,18 @@
 //!   empty RPC through the same server stack;
 //! * `check`: `EntitlementService/Check`, an ALLOW (acme's member `bob` uses
 //!   `pdf-export` from BR);
-//! * `batch`: `EntitlementService/CheckBatch` of `--batch-size` (10) such checks.
+//! * `batch`: `EntitlementService/CheckBatch` of `--batch-size` (10) such checks;
+//! * `check_redis` (with `--redis`, or when listed in `--scenarios`): the same
+//!   ALLOW `Check` against a second in-process server whose tenant snapshots
+//!   come from Redis (a `redis-server` started on a free loopback port and
+//!   loaded with `entitlements/*.json` through `tollgate::admin::put`); every
+//!   measured answer must come from its in-process cache (`source: CACHE`).
 //!
 //! Prints, per scenario, throughput and latency percentiles pooled over all
 //! rounds and the calls/s of each round; then the ratios (`Check` / health
-//! throughput, `CheckBatch` / `Check` decisions per second) computed per round,
-//! as median, min and max over the rounds, and pooled. `--json` prints the same
-//! as JSON.
+//! throughput, `CheckBatch` / `Check` decisions per second, `check_redis` /
+//! `Check` throughput) computed per round, as median, min and max over the
+//! rounds, and pooled. `--json` prints the same as JSON.
 //!
 //! Run: `cargo bench --bench loadgen -- [OPTIONS]` (see `--help` and
 //! `benches/README.md`).
@@ -31,6 +36,8 @@
 )]
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -48,8 +55,11 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use redis_server::RedisServer;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
+use tollgate::store::redis_client::{RedisConn, RedisSettings};
+use tollgate::store::Store;
 
 /// Longest run accepted for `--duration`, `--warmup` and `--settle`, in seconds.
 const MAX_SECONDS: f64 = 3600.0;
@@ -61,6 +71,9 @@ const MIN_SLICE_SECONDS: f64 = 0.1;
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the server to report SERVING.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// `cache_ttl_ms` of the Redis-sourced server: long enough that no measured
+/// call is a TTL re-read (the default, 5 minutes, is shorter than a long run).
+const REDIS_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Thread name prefixes (Linux truncates names to 15 bytes).
 const SERVER_THREADS: &str = "tg-server";
 const CLIENT_THREADS: &str = "tg-client";
@@ -110,7 +123,8 @@ struct Args {
     /// Checks in one CheckBatch.
     #[arg(long, default_value_t = 10)]
     batch_size: usize,
-    /// Scenarios to run, in order.
+    /// Scenarios to run, in order. `check_redis` starts a redis-server and a
+    /// second, Redis-sourced in-process server.
     #[arg(
         long,
         value_enum,
@@ -118,6 +132,11 @@ struct Args {
         default_value = "health,check,batch"
     )]
     scenarios: Vec<Scenario>,
+    /// Also run `check_redis` (inserted after `check`): the ALLOW Check
+    /// against a server reading tenant snapshots from Redis, answered from
+    /// its in-process cache. Needs redis-server (or $REDIS_SERVER).
+    #[arg(long)]
+    redis: bool,
     /// Print the results as JSON on stdout (progress goes to stderr).
     #[arg(long)]
     json: bool,
@@ -141,6 +160,9 @@ enum Scenario {
     Check,
     /// EntitlementService/CheckBatch of --batch-size ALLOW checks.
     Batch,
+    /// EntitlementService/Check (ALLOW) on the Redis-sourced server, from its cache.
+    #[value(name = "check_redis")]
+    CheckRedis,
 }
 
 impl Scenario {
@@ -149,6 +171,7 @@ impl Scenario {
             Scenario::Health => "health",
             Scenario::Check => "check",
             Scenario::Batch => "batch",
+            Scenario::CheckRedis => "check_redis",
         }
     }
 
@@ -157,6 +180,7 @@ impl Scenario {
             Scenario::Health => "grpc.health.v1.Health/Check",
             Scenario::Check => "tollgate.v1.EntitlementService/Check",
             Scenario::Batch => "tollgate.v1.EntitlementService/CheckBatch",
+            Scenario::CheckRedis => "tollgate.v1.EntitlementService/Check (Redis source)",
         }
     }
 }
@@ -177,6 +201,9 @@ struct Settings {
     client_threads: usize,
     batch_size: usize,
     scenarios: Vec<Scenario>,
+    /// `check_redis` is among the scenarios: start redis-server and the
+    /// Redis-sourced server.
+    redis: bool,
 }
 
 fn settings(args: &Args) -> Result<Settings, String> {
@@ -241,6 +268,20 @@ fn settings(args: &Args) -> Result<Settings, String> {
             scenarios.push(*scenario);
         }
     }
+    if args.redis && !scenarios.contains(&Scenario::CheckRedis) {
+        let at = scenarios
+            .iter()
+            .position(|s| *s == Scenario::Check)
+            .map_or(scenarios.len(), |index| index + 1);
+        scenarios.insert(at, Scenario::CheckRedis);
+    }
+    let redis = scenarios.contains(&Scenario::CheckRedis);
+    if redis && args.target.is_some() {
+        return Err(
+            "check_redis (--redis) needs the in-process servers; it cannot run with --target"
+                .to_string(),
+        );
+    }
     Ok(Settings {
         connections: args.connections,
         in_flight: args.in_flight,
@@ -253,6 +294,7 @@ fn settings(args: &Args) -> Result<Settings, String> {
         client_threads: threads(args.client_threads, "--client-threads")?,
         batch_size: args.batch_size,
         scenarios,
+        redis,
     })
 }
 
@@ -270,6 +312,24 @@ enum Driver {
     Health(HealthClient<Channel>),
     Check(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
     Batch(EntitlementServiceClient<Channel>, pb::CheckBatchRequest),
+    /// A Check whose answer must also come from the Redis source's cache.
+    CheckRedis(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
+}
+
+/// The `freshness.source` of an answer, by name.
+fn source_name(response: &pb::CheckResponse) -> &'static str {
+    match response
+        .freshness
+        .as_ref()
+        .and_then(|f| pb::SnapshotSource::try_from(f.source).ok())
+    {
+        Some(pb::SnapshotSource::File) => "FILE",
+        Some(pb::SnapshotSource::Cache) => "CACHE",
+        Some(pb::SnapshotSource::Redis) => "REDIS",
+        Some(pb::SnapshotSource::Stale) => "STALE",
+        Some(pb::SnapshotSource::Unspecified) => "UNSPECIFIED",
+        None => "none",
+    }
 }
 
 impl Driver {
@@ -285,6 +345,10 @@ impl Driver {
                 pb::CheckBatchRequest {
                     checks: vec![allow_request(); batch_size],
                 },
+            ),
+            Scenario::CheckRedis => Driver::CheckRedis(
+                EntitlementServiceClient::new(channel),
+                Box::new(allow_request()),
             ),
         }
     }
@@ -333,6 +397,20 @@ impl Driver {
                 }
                 responses.iter().try_for_each(allowed)
             }
+            Driver::CheckRedis(client, request) => {
+                let response = client
+                    .check(pb::CheckRequest::clone(request))
+                    .await
+                    .map_err(status)?;
+                let response = response.get_ref();
+                allowed(response)?;
+                match source_name(response) {
+                    "CACHE" => Ok(()),
+                    other => Err(format!(
+                        "expected an answer from the cache (source CACHE), got source {other}: {response:?}"
+                    )),
+                }
+            }
         }
     }
 }
@@ -340,11 +418,26 @@ impl Driver {
 // ---------------------------------------------------------------------------
 // The in-process server
 
+type ServeTask = tokio::task::JoinHandle<Result<(), tollgate::app::ServeError>>;
+
+/// The in-process server(s), all on one tokio runtime: the file-sourced one
+/// and, for `check_redis`, a Redis-sourced one with its redis-server.
 struct InProcessServer {
     runtime: Runtime,
+    /// The file-sourced server.
     address: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), tollgate::app::ServeError>>,
+    /// The Redis-sourced server, with `check_redis`.
+    redis: Option<RedisSide>,
+    /// Stop signal and task of every server.
+    servers: Vec<(oneshot::Sender<()>, ServeTask)>,
+}
+
+/// The Redis-sourced server and the redis-server it reads.
+struct RedisSide {
+    address: SocketAddr,
+    redis: RedisServer,
+    /// Snapshots written into Redis.
+    tenants: Vec<String>,
 }
 
 /// Listens on 127.0.0.1:0 as `tokio::net::TcpListener::bind` does.
@@ -355,50 +448,121 @@ fn listen() -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// The configuration both in-process servers share: the repository's
+/// `policies/` and `entitlements/`, everything else at its default.
+fn base_config(address: SocketAddr) -> tollgate::config::Config {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut config =
+        tollgate::config::Config::with_dirs(root.join("policies"), root.join("entitlements"));
+    config.listen = address;
+    config.shutdown_grace = Duration::from_secs(1);
+    config
+}
+
+/// Writes every `entitlements/*.json` into Redis with `tollgate::admin::put`
+/// (validated against `policies/`, as `tollgate snapshot put` does).
+async fn load_redis(settings: &RedisSettings) -> Result<Vec<String>, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let store = Store::policies_only(root.join("policies"));
+    let outcome = store.reload_all();
+    let catalog = store
+        .catalog()
+        .ok_or_else(|| format!("cannot load policies/: {outcome:?}"))?;
+    let conn = RedisConn::connect(settings)
+        .await
+        .map_err(|error| format!("cannot connect to redis: {error}"))?;
+    let mut files: Vec<_> = std::fs::read_dir(root.join("entitlements"))
+        .map_err(|error| format!("cannot read entitlements/: {error}"))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    let mut tenants = Vec::new();
+    for file in files {
+        let document = std::fs::read_to_string(&file)
+            .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        let written = tollgate::admin::put(&conn, &catalog.policies, &document)
+            .await
+            .map_err(|error| format!("cannot put {} into redis: {error}", file.display()))?;
+        tenants.push(written.tenant);
+    }
+    if !tenants.iter().any(|tenant| tenant == "acme") {
+        return Err("entitlements/ has no acme.json".to_string());
+    }
+    Ok(tenants)
+}
+
 impl InProcessServer {
-    fn start(threads: usize) -> Result<Self, String> {
+    fn start(threads: usize, with_redis: bool) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name(SERVER_THREADS)
             .enable_all()
             .build()
             .map_err(|error| format!("cannot build the server runtime: {error}"))?;
-        let listener = runtime
+        let mut server = Self {
+            runtime,
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            redis: None,
+            servers: Vec::new(),
+        };
+        server.address = server.spawn(None)?;
+        if with_redis {
+            let redis = RedisServer::start()?;
+            let settings = redis.settings();
+            let tenants = server.runtime.block_on(load_redis(&settings))?;
+            let address = server.spawn(Some(settings))?;
+            server.redis = Some(RedisSide {
+                address,
+                redis,
+                tenants,
+            });
+        }
+        Ok(server)
+    }
+
+    /// Starts one server on the runtime: file-sourced, or with `redis`
+    /// Redis-sourced (cache TTL raised to [`REDIS_CACHE_TTL`]).
+    fn spawn(&mut self, redis: Option<RedisSettings>) -> Result<SocketAddr, String> {
+        let listener = self
+            .runtime
             .block_on(async { listen() })
             .map_err(|error| format!("cannot listen on 127.0.0.1:0: {error}"))?;
         let address = listener
             .local_addr()
             .map_err(|error| format!("no local address: {error}"))?;
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut config =
-            tollgate::config::Config::with_dirs(root.join("policies"), root.join("entitlements"));
-        config.listen = address;
-        config.shutdown_grace = Duration::from_secs(1);
+        let mut config = base_config(address);
+        if redis.is_some() {
+            config.redis = redis;
+            config.cache.ttl = REDIS_CACHE_TTL;
+        }
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = runtime.spawn(tollgate::app::serve_on(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            runtime,
-            address,
-            stop,
-            task,
-        })
+        let task = self
+            .runtime
+            .spawn(tollgate::app::serve_on(config, listener, async move {
+                let _ = stopped.await;
+            }));
+        self.servers.push((stop, task));
+        Ok(address)
     }
 
     fn shut_down(self) {
-        let _ = self.stop.send(());
-        let task = self.task;
-        let outcome = self
-            .runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
-        match outcome {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => eprintln!("loadgen: server stopped with an error: {error}"),
-            Ok(Err(error)) => eprintln!("loadgen: server task failed: {error}"),
-            Err(_) => eprintln!("loadgen: server did not stop within 5 s"),
+        for (stop, task) in self.servers {
+            let _ = stop.send(());
+            let outcome = self
+                .runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+            match outcome {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => eprintln!("loadgen: server stopped with an error: {error}"),
+                Ok(Err(error)) => eprintln!("loadgen: server task failed: {error}"),
+                Err(_) => eprintln!("loadgen: server did not stop within 5 s"),
+            }
         }
         self.runtime.shutdown_timeout(Duration::from_secs(1));
+        // The redis-server (if any) is stopped last, once nothing reads it.
+        drop(self.redis);
     }
 }
 
@@ -567,7 +731,7 @@ impl Outcome {
             seconds: measured.as_secs_f64(),
             decisions_per_call: match scenario {
                 Scenario::Health => 0,
-                Scenario::Check => 1,
+                Scenario::Check | Scenario::CheckRedis => 1,
                 Scenario::Batch => settings.batch_size,
             },
             latency: latency(&latencies),
@@ -616,13 +780,13 @@ async fn connect(address: SocketAddr) -> Result<Channel, String> {
         .map_err(|error| format!("cannot connect to {address}: {error}"))
 }
 
-/// Waits for the server to report SERVING, then checks one call of each scenario.
-async fn preflight(channel: &Channel, settings: &Settings) -> Result<(), String> {
+/// Waits for the server on `channel` to report SERVING.
+async fn wait_serving(channel: &Channel) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut health = Driver::new(Scenario::Health, channel.clone(), 1);
     loop {
         match health.call().await {
-            Ok(()) => break,
+            Ok(()) => return Ok(()),
             Err(error) if Instant::now() >= deadline => {
                 return Err(format!(
                     "server not SERVING after {} s: {error}",
@@ -632,11 +796,56 @@ async fn preflight(channel: &Channel, settings: &Settings) -> Result<(), String>
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// Waits for the server(s) to report SERVING, then checks one call of each
+/// scenario. For `check_redis`, the first Check (which reads acme from Redis)
+/// must be an ALLOW, and the next ones ALLOWs from the cache.
+async fn preflight(
+    channel: &Channel,
+    redis_channel: Option<&Channel>,
+    settings: &Settings,
+) -> Result<(), String> {
+    wait_serving(channel).await?;
     for scenario in &settings.scenarios {
-        Driver::new(*scenario, channel.clone(), settings.batch_size)
-            .call()
-            .await
-            .map_err(|error| format!("{}: {error}", scenario.rpc()))?;
+        let channel = match (scenario, redis_channel) {
+            (Scenario::CheckRedis, Some(redis)) => {
+                wait_serving(redis).await?;
+                let first = EntitlementServiceClient::new(redis.clone())
+                    .check(allow_request())
+                    .await
+                    .map_err(|status| {
+                        format!(
+                            "{}: first call: {:?}: {}",
+                            scenario.rpc(),
+                            status.code(),
+                            status.message()
+                        )
+                    })?
+                    .into_inner();
+                if first.decision != pb::Decision::Allow as i32
+                    || !matches!(source_name(&first), "REDIS" | "CACHE")
+                {
+                    return Err(format!(
+                        "{}: first call: expected ALLOW read from Redis, got {first:?}",
+                        scenario.rpc()
+                    ));
+                }
+                redis
+            }
+            (Scenario::CheckRedis, None) => {
+                return Err("check_redis without a Redis-sourced server".to_string())
+            }
+            _ => channel,
+        };
+        // Three calls: a check_redis answer not from the cache fails here.
+        let mut driver = Driver::new(*scenario, channel.clone(), settings.batch_size);
+        for _ in 0..3 {
+            driver
+                .call()
+                .await
+                .map_err(|error| format!("{}: {error}", scenario.rpc()))?;
+        }
     }
     Ok(())
 }
@@ -644,7 +853,7 @@ async fn preflight(channel: &Channel, settings: &Settings) -> Result<(), String>
 /// Runs `scenario` for `lead_in` (not measured) and then `measured`.
 async fn run_slice(
     scenario: Scenario,
-    channels: &[Channel],
+    channels: &Channels,
     settings: &Settings,
     in_process: bool,
     lead_in: Duration,
@@ -653,6 +862,10 @@ async fn run_slice(
     let start = Instant::now();
     let measure_from = start + lead_in;
     let end = measure_from + measured;
+    let channels = match scenario {
+        Scenario::CheckRedis => &channels.redis,
+        _ => &channels.main,
+    };
     let workers: Vec<_> = (0..settings.in_flight)
         .map(|index| {
             let channel = channels[index % channels.len()].clone();
@@ -727,16 +940,30 @@ fn round_order(round: usize, scenarios: usize) -> Vec<usize> {
     }
 }
 
+/// The client's connections: `--connections` to the (file-sourced or
+/// external) server, and as many to the Redis-sourced one for `check_redis`.
+struct Channels {
+    main: Vec<Channel>,
+    redis: Vec<Channel>,
+}
+
 async fn drive(
     address: SocketAddr,
+    redis_address: Option<SocketAddr>,
     settings: &Settings,
     in_process: bool,
 ) -> Result<Vec<Outcome>, String> {
-    let mut channels = Vec::with_capacity(settings.connections);
+    let mut channels = Channels {
+        main: Vec::with_capacity(settings.connections),
+        redis: Vec::new(),
+    };
     for _ in 0..settings.connections {
-        channels.push(connect(address).await?);
+        channels.main.push(connect(address).await?);
+        if let Some(redis_address) = redis_address {
+            channels.redis.push(connect(redis_address).await?);
+        }
     }
-    preflight(&channels[0], settings).await?;
+    preflight(&channels.main[0], channels.redis.first(), settings).await?;
     // slices[scenario index][round]
     let mut slices: Vec<Vec<Slice>> = settings
         .scenarios
@@ -752,9 +979,10 @@ async fn drive(
         for index in round_order(round, settings.scenarios.len()) {
             let scenario = settings.scenarios[index];
             eprintln!(
-                "loadgen: round {}/{}: {} for {:.2} s (+{:.1} s {lead_in_name})...",
+                "loadgen: round {}/{}: {} ({}) for {:.2} s (+{:.1} s {lead_in_name})...",
                 round + 1,
                 settings.rounds,
+                scenario.name(),
                 scenario.rpc(),
                 settings.slice.as_secs_f64(),
                 lead_in.as_secs_f64()
@@ -859,8 +1087,36 @@ fn batch_over_check(outcomes: &[Outcome]) -> Option<Ratio> {
     ratio(outcomes, Scenario::Batch, Scenario::Check, true)
 }
 
+/// check_redis / check calls per second: the Redis source's cache hit
+/// against the file source.
+fn redis_over_check(outcomes: &[Outcome]) -> Option<Ratio> {
+    ratio(outcomes, Scenario::CheckRedis, Scenario::Check, false)
+}
+
 const CHECK_OVER_HEALTH: &str = "Check / health throughput";
 const BATCH_OVER_CHECK: &str = "CheckBatch / Check decisions per second";
+const REDIS_OVER_CHECK: &str = "check_redis / check throughput";
+
+/// The ratios reported, with their labels.
+fn ratios(outcomes: &[Outcome]) -> [(&'static str, Option<Ratio>); 3] {
+    [
+        (CHECK_OVER_HEALTH, check_over_health(outcomes)),
+        (BATCH_OVER_CHECK, batch_over_check(outcomes)),
+        (REDIS_OVER_CHECK, redis_over_check(outcomes)),
+    ]
+}
+
+/// check_redis / check pooled latency at p50 and p99, when both ran.
+fn redis_over_check_latency(outcomes: &[Outcome]) -> Option<(f64, f64)> {
+    let find = |scenario| {
+        outcomes
+            .iter()
+            .find(|o| o.scenario == scenario)
+            .and_then(|o| o.latency.as_ref())
+    };
+    let (redis, file) = (find(Scenario::CheckRedis)?, find(Scenario::Check)?);
+    (file.p50 > 0.0 && file.p99 > 0.0).then(|| (redis.p50 / file.p50, redis.p99 / file.p99))
+}
 
 fn machine() -> (usize, String) {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -982,7 +1238,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<10} {:>9} {:>7} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "{:<12} {:>9} {:>7} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
         "scenario",
         "calls",
         "errors",
@@ -1005,7 +1261,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
         };
         let _ = write!(
             out,
-            "{:<10} {:>9} {:>7} {:>10.0} {:>12}",
+            "{:<12} {:>9} {:>7} {:>10.0} {:>12}",
             outcome.label(),
             outcome.calls,
             outcome.errors,
@@ -1036,10 +1292,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
         );
     }
 
-    let ratios = [
-        (CHECK_OVER_HEALTH, check_over_health(outcomes)),
-        (BATCH_OVER_CHECK, batch_over_check(outcomes)),
-    ];
+    let ratios = ratios(outcomes);
     let _ = writeln!(out);
     if settings.rounds == 1 {
         for (label, ratio) in &ratios {
@@ -1049,6 +1302,12 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
         }
     } else {
         per_round(&mut out, outcomes, settings, &ratios);
+    }
+    if let Some((p50, p99)) = redis_over_check_latency(outcomes) {
+        let _ = writeln!(
+            out,
+            "check_redis / check latency (all rounds pooled): p50 {p50:.3}, p99 {p99:.3}"
+        );
     }
     let _ = writeln!(out);
     for outcome in outcomes {
@@ -1156,6 +1415,9 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value
         "ratios": {
             "check_over_health_throughput": ratio_json(check_over_health(outcomes)),
             "batch_over_check_decisions": ratio_json(batch_over_check(outcomes)),
+            "check_redis_over_check_throughput": ratio_json(redis_over_check(outcomes)),
+            "check_redis_over_check_latency": redis_over_check_latency(outcomes)
+                .map(|(p50, p99)| json!({"p50": p50, "p99": p99})),
         },
     });
     serde_json::to_string_pretty(&report).unwrap_or_default()
@@ -1186,7 +1448,7 @@ fn main() -> ExitCode {
     }
     let server = match args.target {
         Some(_) => None,
-        None => match InProcessServer::start(settings.server_threads) {
+        None => match InProcessServer::start(settings.server_threads, settings.redis) {
             Ok(server) => Some(server),
             Err(problem) => {
                 eprintln!("loadgen: {problem}");
@@ -1199,8 +1461,12 @@ fn main() -> ExitCode {
         (None, Some(target)) => target,
         (None, None) => unreachable!("either a target or an in-process server"),
     };
-    let (server_text, server_json) = match &server {
-        Some(_) => (
+    let redis_address = server
+        .as_ref()
+        .and_then(|server| server.redis.as_ref())
+        .map(|redis| redis.address);
+    let (mut server_text, server_json) = match &server {
+        Some(server) => (
             format!(
                 "in-process at {address}, {} tokio worker threads, repository's policies/ and entitlements/",
                 settings.server_threads,
@@ -1209,6 +1475,13 @@ fn main() -> ExitCode {
                 "mode": "in-process",
                 "address": address.to_string(),
                 "threads": settings.server_threads,
+                "redis": server.redis.as_ref().map(|redis| json!({
+                    "address": redis.address.to_string(),
+                    "redis_server": redis.redis.url(),
+                    "redis_server_pid": redis.redis.pid(),
+                    "tenants": redis.tenants,
+                    "cache_ttl_seconds": REDIS_CACHE_TTL.as_secs(),
+                })),
             }),
         ),
         None => (
@@ -1217,6 +1490,18 @@ fn main() -> ExitCode {
         ),
     };
 
+    if let Some(redis) = server.as_ref().and_then(|server| server.redis.as_ref()) {
+        let _ = write!(
+            server_text,
+            "\n         check_redis: in-process at {} on the same runtime, tenant snapshots from \
+             redis-server {} (pid {}; {} snapshots put from entitlements/), cache TTL {} h",
+            redis.address,
+            redis.redis.url(),
+            redis.redis.pid(),
+            redis.tenants.len(),
+            REDIS_CACHE_TTL.as_secs() / 3600
+        );
+    }
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.client_threads)
         .thread_name(CLIENT_THREADS)
@@ -1224,7 +1509,8 @@ fn main() -> ExitCode {
         .build();
     let result = match client {
         Ok(client) => {
-            let result = client.block_on(drive(address, &settings, server.is_some()));
+            let result =
+                client.block_on(drive(address, redis_address, &settings, server.is_some()));
             client.shutdown_timeout(Duration::from_secs(1));
             result
         }
