@@ -263,7 +263,7 @@ impl prometheus_client::collector::Collector for RemoteCollector {
             ),
             (
                 "cache_weight_bytes",
-                "Weight of the snapshot cache (document bytes plus 1 KiB per entry)",
+                "Estimated memory of the cached snapshots (24 bytes per document byte plus 1 KiB per entry)",
                 status.weighted_bytes as f64,
             ),
             (
