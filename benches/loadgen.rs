@@ -163,6 +163,16 @@ enum Scenario {
     /// EntitlementService/Check (ALLOW) on the Redis-sourced server, from its cache.
     #[value(name = "check_redis")]
     CheckRedis,
+    /// EntitlementService/Check consuming 1 unit of a meter (exact mode: each
+    /// consumption counted in Redis), Redis-sourced server.
+    Consume,
+    /// The same with the meter in lease mode (blocks of 1,000 units).
+    #[value(name = "consume_lease")]
+    ConsumeLease,
+    /// EntitlementService/Check (ALLOW) over the file-sourced server's Unix
+    /// domain socket.
+    #[value(name = "check_unix")]
+    CheckUnix,
 }
 
 impl Scenario {
@@ -172,6 +182,9 @@ impl Scenario {
             Scenario::Check => "check",
             Scenario::Batch => "batch",
             Scenario::CheckRedis => "check_redis",
+            Scenario::Consume => "consume",
+            Scenario::ConsumeLease => "consume_lease",
+            Scenario::CheckUnix => "check_unix",
         }
     }
 
@@ -181,7 +194,18 @@ impl Scenario {
             Scenario::Check => "tollgate.v1.EntitlementService/Check",
             Scenario::Batch => "tollgate.v1.EntitlementService/CheckBatch",
             Scenario::CheckRedis => "tollgate.v1.EntitlementService/Check (Redis source)",
+            Scenario::Consume => "tollgate.v1.EntitlementService/Check + consume (exact)",
+            Scenario::ConsumeLease => "tollgate.v1.EntitlementService/Check + consume (lease)",
+            Scenario::CheckUnix => "tollgate.v1.EntitlementService/Check (Unix socket)",
         }
+    }
+
+    /// Runs against the Redis-sourced server.
+    fn on_redis(self) -> bool {
+        matches!(
+            self,
+            Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease
+        )
     }
 }
 
@@ -275,10 +299,10 @@ fn settings(args: &Args) -> Result<Settings, String> {
             .map_or(scenarios.len(), |index| index + 1);
         scenarios.insert(at, Scenario::CheckRedis);
     }
-    let redis = scenarios.contains(&Scenario::CheckRedis);
-    if redis && args.target.is_some() {
+    let redis = scenarios.iter().any(|s| s.on_redis());
+    if (redis || scenarios.contains(&Scenario::CheckUnix)) && args.target.is_some() {
         return Err(
-            "check_redis (--redis) needs the in-process servers; it cannot run with --target"
+            "check_redis, consume, consume_lease and check_unix need the in-process servers; they cannot run with --target"
                 .to_string(),
         );
     }
@@ -314,6 +338,27 @@ enum Driver {
     Batch(EntitlementServiceClient<Channel>, pb::CheckBatchRequest),
     /// A Check whose answer must also come from the Redis source's cache.
     CheckRedis(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
+    /// A consuming Check; every call has an idempotency key of its own.
+    Consume(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>, u64),
+}
+
+/// Tenants written for the consume scenarios: acme with `api-calls` limited
+/// to 10^15 a month, exact and in lease mode (blocks of 1,000).
+const METER_EXACT_TENANT: &str = "meter-exact";
+const METER_LEASE_TENANT: &str = "meter-lease";
+
+/// Distinguishes the idempotency keys of drivers (and of runs: a fresh
+/// redis-server per run).
+static DRIVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn consume_request(tenant: &str) -> pb::CheckRequest {
+    let mut request = common::use_request(tenant, "bob", "api");
+    request.consume = Some(pb::Consume {
+        meter: "api-calls".to_string(),
+        amount: 1,
+        idempotency_key: String::new(),
+    });
+    request
 }
 
 /// The `freshness.source` of an answer, by name.
@@ -349,6 +394,19 @@ impl Driver {
             Scenario::CheckRedis => Driver::CheckRedis(
                 EntitlementServiceClient::new(channel),
                 Box::new(allow_request()),
+            ),
+            Scenario::CheckUnix => Driver::Check(
+                EntitlementServiceClient::new(channel),
+                Box::new(allow_request()),
+            ),
+            Scenario::Consume | Scenario::ConsumeLease => Driver::Consume(
+                EntitlementServiceClient::new(channel),
+                Box::new(consume_request(if scenario == Scenario::Consume {
+                    METER_EXACT_TENANT
+                } else {
+                    METER_LEASE_TENANT
+                })),
+                DRIVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32,
             ),
         }
     }
@@ -397,6 +455,20 @@ impl Driver {
                 }
                 responses.iter().try_for_each(allowed)
             }
+            Driver::Consume(client, request, next) => {
+                let mut call = pb::CheckRequest::clone(request);
+                if let Some(consume) = call.consume.as_mut() {
+                    consume.idempotency_key = format!("{next:x}");
+                }
+                *next += 1;
+                let response = client.check(call).await.map_err(status)?;
+                let response = response.get_ref();
+                allowed(response)?;
+                match &response.usage {
+                    Some(usage) if usage.used > 0 => Ok(()),
+                    _ => Err(format!("a consumption without usage: {response:?}")),
+                }
+            }
             Driver::CheckRedis(client, request) => {
                 let response = client
                     .check(pb::CheckRequest::clone(request))
@@ -428,6 +500,8 @@ struct InProcessServer {
     address: SocketAddr,
     /// The Redis-sourced server, with `check_redis`.
     redis: Option<RedisSide>,
+    /// The file-sourced server's Unix socket, with `check_unix`, in its tempdir.
+    unix: Option<(tempfile::TempDir, std::path::PathBuf)>,
     /// Stop signal and task of every server.
     servers: Vec<(oneshot::Sender<()>, ServeTask)>,
 }
@@ -490,11 +564,31 @@ async fn load_redis(settings: &RedisSettings) -> Result<Vec<String>, String> {
     if !tenants.iter().any(|tenant| tenant == "acme") {
         return Err("entitlements/ has no acme.json".to_string());
     }
+    // The consume scenarios' tenants: acme with a limit no run reaches.
+    let acme = std::fs::read_to_string(root.join("entitlements/acme.json"))
+        .map_err(|error| format!("cannot read acme.json: {error}"))?;
+    for (tenant, lease) in [(METER_EXACT_TENANT, None), (METER_LEASE_TENANT, Some(1_000))] {
+        let mut document: serde_json::Value =
+            serde_json::from_str(&acme).map_err(|error| format!("acme.json: {error}"))?;
+        document["tenant"] = tenant.into();
+        for entity in document["entities"].as_array_mut().into_iter().flatten() {
+            if entity["uid"]["type"] == "Meter" && entity["uid"]["id"] == "api-calls" {
+                entity["attrs"]["limit"] = 1_000_000_000_000_000_i64.into();
+                if let Some(block) = lease {
+                    entity["attrs"]["lease"] = block.into();
+                }
+            }
+        }
+        let written = tollgate::admin::put(&conn, &catalog.policies, &document.to_string())
+            .await
+            .map_err(|error| format!("cannot put {tenant} into redis: {error}"))?;
+        tenants.push(written.tenant);
+    }
     Ok(tenants)
 }
 
 impl InProcessServer {
-    fn start(threads: usize, with_redis: bool) -> Result<Self, String> {
+    fn start(threads: usize, with_redis: bool, with_unix: bool) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name(SERVER_THREADS)
@@ -505,8 +599,14 @@ impl InProcessServer {
             runtime,
             address: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             redis: None,
+            unix: None,
             servers: Vec::new(),
         };
+        if with_unix {
+            let dir = tempfile::tempdir().map_err(|error| format!("cannot make a tempdir: {error}"))?;
+            let socket = dir.path().join("tollgate.sock");
+            server.unix = Some((dir, socket));
+        }
         server.address = server.spawn(None)?;
         if with_redis {
             let redis = RedisServer::start()?;
@@ -536,6 +636,8 @@ impl InProcessServer {
         if redis.is_some() {
             config.redis = redis;
             config.cache.ttl = REDIS_CACHE_TTL;
+        } else {
+            config.listen_unix = self.unix.as_ref().map(|(_, socket)| socket.clone());
         }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = self
@@ -731,7 +833,11 @@ impl Outcome {
             seconds: measured.as_secs_f64(),
             decisions_per_call: match scenario {
                 Scenario::Health => 0,
-                Scenario::Check | Scenario::CheckRedis => 1,
+                Scenario::Check
+                | Scenario::CheckRedis
+                | Scenario::Consume
+                | Scenario::ConsumeLease
+                | Scenario::CheckUnix => 1,
                 Scenario::Batch => settings.batch_size,
             },
             latency: latency(&latencies),
@@ -804,11 +910,14 @@ async fn wait_serving(channel: &Channel) -> Result<(), String> {
 async fn preflight(
     channel: &Channel,
     redis_channel: Option<&Channel>,
+    unix_channel: Option<&Channel>,
     settings: &Settings,
 ) -> Result<(), String> {
     wait_serving(channel).await?;
     for scenario in &settings.scenarios {
         let channel = match (scenario, redis_channel) {
+            (Scenario::Consume | Scenario::ConsumeLease, Some(redis)) => redis,
+            (Scenario::CheckUnix, _) => unix_channel.ok_or("check_unix without a Unix socket")?,
             (Scenario::CheckRedis, Some(redis)) => {
                 wait_serving(redis).await?;
                 let first = EntitlementServiceClient::new(redis.clone())
@@ -833,8 +942,8 @@ async fn preflight(
                 }
                 redis
             }
-            (Scenario::CheckRedis, None) => {
-                return Err("check_redis without a Redis-sourced server".to_string())
+            (Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease, None) => {
+                return Err(format!("{} without a Redis-sourced server", scenario.name()))
             }
             _ => channel,
         };
@@ -863,7 +972,8 @@ async fn run_slice(
     let measure_from = start + lead_in;
     let end = measure_from + measured;
     let channels = match scenario {
-        Scenario::CheckRedis => &channels.redis,
+        Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease => &channels.redis,
+        Scenario::CheckUnix => &channels.unix,
         _ => &channels.main,
     };
     let workers: Vec<_> = (0..settings.in_flight)
@@ -945,25 +1055,42 @@ fn round_order(round: usize, scenarios: usize) -> Vec<usize> {
 struct Channels {
     main: Vec<Channel>,
     redis: Vec<Channel>,
+    unix: Vec<Channel>,
 }
 
 async fn drive(
     address: SocketAddr,
     redis_address: Option<SocketAddr>,
+    unix_socket: Option<&Path>,
     settings: &Settings,
     in_process: bool,
 ) -> Result<Vec<Outcome>, String> {
     let mut channels = Channels {
         main: Vec::with_capacity(settings.connections),
         redis: Vec::new(),
+        unix: Vec::new(),
     };
     for _ in 0..settings.connections {
         channels.main.push(connect(address).await?);
         if let Some(redis_address) = redis_address {
             channels.redis.push(connect(redis_address).await?);
         }
+        if let Some(socket) = unix_socket {
+            let address = format!("unix:{}", socket.display());
+            channels.unix.push(
+                tollgate::api::client::connect(&address)
+                    .await
+                    .map_err(|error| format!("cannot connect to {address}: {error}"))?,
+            );
+        }
     }
-    preflight(&channels.main[0], channels.redis.first(), settings).await?;
+    preflight(
+        &channels.main[0],
+        channels.redis.first(),
+        channels.unix.first(),
+        settings,
+    )
+    .await?;
     // slices[scenario index][round]
     let mut slices: Vec<Vec<Slice>> = settings
         .scenarios
@@ -1093,16 +1220,32 @@ fn redis_over_check(outcomes: &[Outcome]) -> Option<Ratio> {
     ratio(outcomes, Scenario::CheckRedis, Scenario::Check, false)
 }
 
+/// consume / check_redis and consume_lease / check_redis calls per second.
+fn consume_over_check(outcomes: &[Outcome], scenario: Scenario) -> Option<Ratio> {
+    ratio(outcomes, scenario, Scenario::CheckRedis, false)
+}
+
+/// check_unix / check calls per second: the Unix socket against loopback TCP.
+fn unix_over_tcp(outcomes: &[Outcome]) -> Option<Ratio> {
+    ratio(outcomes, Scenario::CheckUnix, Scenario::Check, false)
+}
+
 const CHECK_OVER_HEALTH: &str = "Check / health throughput";
+const CONSUME_OVER_CHECK: &str = "consume / check_redis throughput";
+const LEASE_OVER_CHECK: &str = "consume_lease / check_redis throughput";
+const UNIX_OVER_TCP: &str = "check_unix / check throughput";
 const BATCH_OVER_CHECK: &str = "CheckBatch / Check decisions per second";
 const REDIS_OVER_CHECK: &str = "check_redis / check throughput";
 
 /// The ratios reported, with their labels.
-fn ratios(outcomes: &[Outcome]) -> [(&'static str, Option<Ratio>); 3] {
+fn ratios(outcomes: &[Outcome]) -> [(&'static str, Option<Ratio>); 6] {
     [
         (CHECK_OVER_HEALTH, check_over_health(outcomes)),
         (BATCH_OVER_CHECK, batch_over_check(outcomes)),
         (REDIS_OVER_CHECK, redis_over_check(outcomes)),
+        (CONSUME_OVER_CHECK, consume_over_check(outcomes, Scenario::Consume)),
+        (LEASE_OVER_CHECK, consume_over_check(outcomes, Scenario::ConsumeLease)),
+        (UNIX_OVER_TCP, unix_over_tcp(outcomes)),
     ]
 }
 
@@ -1448,7 +1591,11 @@ fn main() -> ExitCode {
     }
     let server = match args.target {
         Some(_) => None,
-        None => match InProcessServer::start(settings.server_threads, settings.redis) {
+        None => match InProcessServer::start(
+            settings.server_threads,
+            settings.redis,
+            settings.scenarios.contains(&Scenario::CheckUnix),
+        ) {
             Ok(server) => Some(server),
             Err(problem) => {
                 eprintln!("loadgen: {problem}");
@@ -1465,6 +1612,10 @@ fn main() -> ExitCode {
         .as_ref()
         .and_then(|server| server.redis.as_ref())
         .map(|redis| redis.address);
+    let unix_socket = server
+        .as_ref()
+        .and_then(|server| server.unix.as_ref())
+        .map(|(_, socket)| socket.clone());
     let (mut server_text, server_json) = match &server {
         Some(server) => (
             format!(
@@ -1510,7 +1661,13 @@ fn main() -> ExitCode {
     let result = match client {
         Ok(client) => {
             let result =
-                client.block_on(drive(address, redis_address, &settings, server.is_some()));
+                client.block_on(drive(
+                    address,
+                    redis_address,
+                    unix_socket.as_deref(),
+                    &settings,
+                    server.is_some(),
+                ));
             client.shutdown_timeout(Duration::from_secs(1));
             result
         }

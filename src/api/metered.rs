@@ -90,9 +90,11 @@ impl DecisionPoint {
             .as_ref()
             .ok_or(ApiError::MeteringNotConfigured)?;
         let tenant = request.tenant.clone();
-        // A malformed request is refused before any Redis call.
-        convert::prepare_check(&catalog.policies, request.clone())
-            .map_err(ApiError::InvalidArgument)?;
+        // The request is converted and validated once, with the meter's
+        // state in its context (below): a malformed one costs a read of the
+        // meter, never a count.
+        crate::store::entitlements::check_tenant_id(&tenant)
+            .map_err(|problem| invalid("tenant", problem))?;
 
         let lookup = self
             .lookup(catalog, &tenant, request.max_staleness_ms)
