@@ -339,7 +339,11 @@ enum Driver {
     /// A Check whose answer must also come from the Redis source's cache.
     CheckRedis(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
     /// A consuming Check; every call has an idempotency key of its own.
-    Consume(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>, u64),
+    Consume(
+        EntitlementServiceClient<Channel>,
+        Box<pb::CheckRequest>,
+        u64,
+    ),
 }
 
 /// Tenants written for the consume scenarios: acme with `api-calls` limited
@@ -567,7 +571,10 @@ async fn load_redis(settings: &RedisSettings) -> Result<Vec<String>, String> {
     // The consume scenarios' tenants: acme with a limit no run reaches.
     let acme = std::fs::read_to_string(root.join("entitlements/acme.json"))
         .map_err(|error| format!("cannot read acme.json: {error}"))?;
-    for (tenant, lease) in [(METER_EXACT_TENANT, None), (METER_LEASE_TENANT, Some(1_000))] {
+    for (tenant, lease) in [
+        (METER_EXACT_TENANT, None),
+        (METER_LEASE_TENANT, Some(1_000)),
+    ] {
         let mut document: serde_json::Value =
             serde_json::from_str(&acme).map_err(|error| format!("acme.json: {error}"))?;
         document["tenant"] = tenant.into();
@@ -603,7 +610,8 @@ impl InProcessServer {
             servers: Vec::new(),
         };
         if with_unix {
-            let dir = tempfile::tempdir().map_err(|error| format!("cannot make a tempdir: {error}"))?;
+            let dir =
+                tempfile::tempdir().map_err(|error| format!("cannot make a tempdir: {error}"))?;
             let socket = dir.path().join("tollgate.sock");
             server.unix = Some((dir, socket));
         }
@@ -943,7 +951,10 @@ async fn preflight(
                 redis
             }
             (Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease, None) => {
-                return Err(format!("{} without a Redis-sourced server", scenario.name()))
+                return Err(format!(
+                    "{} without a Redis-sourced server",
+                    scenario.name()
+                ))
             }
             _ => channel,
         };
@@ -1243,8 +1254,14 @@ fn ratios(outcomes: &[Outcome]) -> [(&'static str, Option<Ratio>); 6] {
         (CHECK_OVER_HEALTH, check_over_health(outcomes)),
         (BATCH_OVER_CHECK, batch_over_check(outcomes)),
         (REDIS_OVER_CHECK, redis_over_check(outcomes)),
-        (CONSUME_OVER_CHECK, consume_over_check(outcomes, Scenario::Consume)),
-        (LEASE_OVER_CHECK, consume_over_check(outcomes, Scenario::ConsumeLease)),
+        (
+            CONSUME_OVER_CHECK,
+            consume_over_check(outcomes, Scenario::Consume),
+        ),
+        (
+            LEASE_OVER_CHECK,
+            consume_over_check(outcomes, Scenario::ConsumeLease),
+        ),
         (UNIX_OVER_TCP, unix_over_tcp(outcomes)),
     ]
 }
@@ -1660,14 +1677,13 @@ fn main() -> ExitCode {
         .build();
     let result = match client {
         Ok(client) => {
-            let result =
-                client.block_on(drive(
-                    address,
-                    redis_address,
-                    unix_socket.as_deref(),
-                    &settings,
-                    server.is_some(),
-                ));
+            let result = client.block_on(drive(
+                address,
+                redis_address,
+                unix_socket.as_deref(),
+                &settings,
+                server.is_some(),
+            ));
             client.shutdown_timeout(Duration::from_secs(1));
             result
         }
