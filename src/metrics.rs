@@ -105,6 +105,42 @@ pub struct DecisionLogCounts {
 #[derive(Debug)]
 struct RemoteCollector(Arc<std::sync::OnceLock<Arc<crate::store::remote::RemoteSnapshots>>>);
 
+/// Writes constant counters read at scrape time: `(name, help, value)`.
+fn encode_counters(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    counters: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    for (name, help, value) in counters {
+        let metric = encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        prometheus_client::metrics::counter::ConstCounter::new(*value).encode(metric)?;
+    }
+    Ok(())
+}
+
+/// Writes constant gauges read at scrape time: `(name, help, value)`.
+fn encode_gauges(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    gauges: &[(&str, &str, f64)],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    for (name, help, value) in gauges {
+        let metric = encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(*value).encode(metric)?;
+    }
+    Ok(())
+}
+
 /// Reads the metering counters at scrape time.
 #[derive(Debug)]
 struct MeteringCollector(Arc<std::sync::OnceLock<Arc<crate::metering::MeteringStats>>>);
@@ -114,9 +150,6 @@ impl prometheus_client::collector::Collector for MeteringCollector {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::counter::ConstCounter;
-        use prometheus_client::metrics::gauge::ConstGauge;
         use std::sync::atomic::Ordering::Relaxed;
         let Some(stats) = self.0.get() else {
             return Ok(());
@@ -158,24 +191,15 @@ impl prometheus_client::collector::Collector for MeteringCollector {
                 stats.returned.load(Relaxed),
             ),
         ];
-        for (name, help, value) in counters {
-            let metric = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            ConstCounter::new(value).encode(metric)?;
-        }
-        let metric = encoder.encode_descriptor(
-            "metering_lease_stock_units",
-            "Units this sidecar's leases hold and have not granted",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        ConstGauge::new(i64::try_from(stats.lease_stock.load(Relaxed)).unwrap_or(i64::MAX))
-            .encode(metric)?;
-        Ok(())
+        encode_counters(&mut encoder, &counters)?;
+        encode_gauges(
+            &mut encoder,
+            &[(
+                "metering_lease_stock_units",
+                "Units this sidecar's leases hold and have not granted",
+                stats.lease_stock.load(Relaxed) as f64,
+            )],
+        )
     }
 }
 
@@ -184,9 +208,6 @@ impl prometheus_client::collector::Collector for RemoteCollector {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::counter::ConstCounter;
-        use prometheus_client::metrics::gauge::ConstGauge;
         use std::sync::atomic::Ordering::Relaxed;
         let Some(remote) = self.0.get() else {
             return Ok(());
@@ -244,15 +265,7 @@ impl prometheus_client::collector::Collector for RemoteCollector {
                 stats.rejected.load(Relaxed),
             ),
         ];
-        for (name, help, value) in counters {
-            let metric = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            ConstCounter::new(value).encode(metric)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         let status = remote.status();
         let age = status.oldest_age.map_or(0.0, |age| age.as_secs_f64());
         let gauges: [(&str, &str, f64); 4] = [
@@ -277,15 +290,7 @@ impl prometheus_client::collector::Collector for RemoteCollector {
                 age,
             ),
         ];
-        for (name, help, value) in gauges {
-            let metric = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            ConstGauge::new(value).encode(metric)?;
-        }
+        encode_gauges(&mut encoder, &gauges)?;
         Ok(())
     }
 }

@@ -289,21 +289,12 @@ async fn periods_reset_at_the_utc_boundary_and_an_upgrade_applies_at_once() {
             .into_inner()
     ));
     put(&setup.conn, &acme(2, 10)).await;
-    let upgraded = wait_until("the upgrade to apply", || {
-        let mut client = client.clone();
-        async move {
-            let response = client
-                .check(consume("dec-5", 1))
-                .await
-                .unwrap()
-                .into_inner();
-            if allowed(&response) {
-                Ok(response)
-            } else {
-                Err(format!("{:?}", codes(&response)))
-            }
-        }
-    })
+    let upgraded = answer_until(
+        &client,
+        consume("dec-5", 1),
+        "the upgrade to apply",
+        allowed,
+    )
     .await;
     let usage = upgraded.usage.unwrap();
     assert_eq!((usage.used, usage.limit, usage.remaining), (4, 10, 6));
@@ -363,21 +354,12 @@ async fn redis_down_denies_consumption_and_nothing_is_lost_or_counted_twice() {
         "the counter survived the crash (AOF)"
     );
     // A retry of a key counted before the crash counts nothing more.
-    let retried = wait_until("metering to resume", || {
-        let mut client = client.clone();
-        async move {
-            let response = client
-                .check(consume("before-3", 2))
-                .await
-                .unwrap()
-                .into_inner();
-            if allowed(&response) {
-                Ok(response)
-            } else {
-                Err(format!("{:?}", codes(&response)))
-            }
-        }
-    })
+    let retried = answer_until(
+        &client,
+        consume("before-3", 2),
+        "metering to resume",
+        allowed,
+    )
     .await;
     assert_eq!(retried.usage.unwrap().used, 8);
     let fresh = client

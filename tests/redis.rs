@@ -84,17 +84,12 @@ async fn reads_through_caches_and_follows_invalidations() {
         &document("acme", 2, |v| set_account(v, "tier", 0.into())),
     )
     .await;
-    let downgraded = wait_until("the downgrade to be decided", || {
-        let mut client = client.clone();
-        async move {
-            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
-            if version(&response) == 2 {
-                Ok(response)
-            } else {
-                Err(format!("{:?}", response.freshness))
-            }
-        }
-    })
+    let downgraded = answer_until(
+        &client,
+        bob_pdf("acme"),
+        "the downgrade to be decided",
+        |response| version(response) == 2,
+    )
     .await;
     expect_decision(&downgraded, pb::Decision::Deny, &["tier_too_low"]);
 
@@ -107,17 +102,12 @@ async fn reads_through_caches_and_follows_invalidations() {
 
     // A tenant deleted in Redis becomes unknown.
     tollgate::admin::delete(&conn, "acme", None).await.unwrap();
-    let deleted = wait_until("the delete to be decided", || {
-        let mut client = client.clone();
-        async move {
-            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
-            if codes(&response) == ["unknown_tenant"] {
-                Ok(response)
-            } else {
-                Err(format!("{:?}", codes(&response)))
-            }
-        }
-    })
+    let deleted = answer_until(
+        &client,
+        bob_pdf("acme"),
+        "the delete to be decided",
+        |response| codes(response) == ["unknown_tenant"],
+    )
     .await;
     assert_eq!(deleted.decision, pb::Decision::Deny as i32);
     server.stop().await.unwrap();
@@ -210,17 +200,12 @@ async fn a_bad_snapshot_in_redis_is_refused_at_read() {
     let _: i64 = redis.command(&["PUBLISH", "tollgate:invalidate", "acme 2"]);
 
     // The warm tenant keeps its last good snapshot, marked stale.
-    let stale = wait_until("the broken snapshot to be noticed", || {
-        let mut client = client.clone();
-        async move {
-            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
-            if source(&response) == pb::SnapshotSource::Stale {
-                Ok(response)
-            } else {
-                Err(format!("{:?}", response.freshness))
-            }
-        }
-    })
+    let stale = answer_until(
+        &client,
+        bob_pdf("acme"),
+        "the broken snapshot to be noticed",
+        |response| source(response) == pb::SnapshotSource::Stale,
+    )
     .await;
     expect_decision(&stale, pb::Decision::Allow, &["member_role"]);
     assert_eq!(version(&stale), 1);
@@ -324,17 +309,12 @@ async fn an_outage_serves_warm_tenants_stale_and_recovers_by_itself() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     redis.kill();
-    let stale = wait_until("checks to be answered STALE", || {
-        let mut client = client.clone();
-        async move {
-            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
-            if source(&response) == pb::SnapshotSource::Stale {
-                Ok(response)
-            } else {
-                Err(format!("{:?}", response.freshness))
-            }
-        }
-    })
+    let stale = answer_until(
+        &client,
+        bob_pdf("acme"),
+        "checks to be answered STALE",
+        |response| source(response) == pb::SnapshotSource::Stale,
+    )
     .await;
     expect_decision(&stale, pb::Decision::Allow, &["member_role"]);
     // A tenant never cached cannot be decided.
@@ -354,17 +334,12 @@ async fn an_outage_serves_warm_tenants_stale_and_recovers_by_itself() {
     // Redis comes back (its data from the append-only file): tollgate recovers
     // with no restart, and invalidations flow again.
     redis.restart();
-    let recovered = wait_until("checks to be answered current again", || {
-        let mut client = client.clone();
-        async move {
-            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
-            if source(&response) != pb::SnapshotSource::Stale {
-                Ok(response)
-            } else {
-                Err(format!("{:?}", response.freshness))
-            }
-        }
-    })
+    let recovered = answer_until(
+        &client,
+        bob_pdf("acme"),
+        "checks to be answered current again",
+        |response| source(response) != pb::SnapshotSource::Stale,
+    )
     .await;
     expect_decision(&recovered, pb::Decision::Allow, &["member_role"]);
     let _ = stop_tx.send(true);
@@ -394,17 +369,12 @@ async fn an_outage_serves_warm_tenants_stale_and_recovers_by_itself() {
         &document("acme", 2, |v| set_account(v, "tier", 0.into())),
     )
     .await;
-    wait_until("the invalidation after the outage", || {
-        let mut client = client.clone();
-        async move {
-            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
-            if version(&response) == 2 && codes(&response) == ["tier_too_low"] {
-                Ok(())
-            } else {
-                Err(format!("{:?}", response.freshness))
-            }
-        }
-    })
+    answer_until(
+        &client,
+        bob_pdf("acme"),
+        "the invalidation after the outage",
+        |response| version(response) == 2 && codes(response) == ["tier_too_low"],
+    )
     .await;
     server.stop().await.unwrap();
 }
@@ -601,17 +571,12 @@ async fn a_single_node_redis_cluster_serves_and_invalidates() {
         &document("acme", 2, |v| set_account(v, "tier", 0.into())),
     )
     .await;
-    wait_until("the invalidation through the cluster", || {
-        let mut client = client.clone();
-        async move {
-            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
-            if version(&response) == 2 && codes(&response) == ["tier_too_low"] {
-                Ok(())
-            } else {
-                Err(format!("{:?}", response.freshness))
-            }
-        }
-    })
+    answer_until(
+        &client,
+        bob_pdf("acme"),
+        "the invalidation through the cluster",
+        |response| version(response) == 2 && codes(response) == ["tier_too_low"],
+    )
     .await;
     server.stop().await.unwrap();
 }
@@ -637,17 +602,12 @@ async fn rediss_urls_connect_over_tls_with_a_private_ca() {
     expect_decision(&first, pb::Decision::Allow, &["member_role"]);
     assert_eq!(source(&first), pb::SnapshotSource::Redis);
     put(&conn, &document("acme", 2, |_| {})).await;
-    wait_until("the invalidation over TLS", || {
-        let mut client = client.clone();
-        async move {
-            let response = client.check(bob_pdf("acme")).await.unwrap().into_inner();
-            if version(&response) == 2 {
-                Ok(())
-            } else {
-                Err(format!("{:?}", response.freshness))
-            }
-        }
-    })
+    answer_until(
+        &client,
+        bob_pdf("acme"),
+        "the invalidation over TLS",
+        |response| version(response) == 2,
+    )
     .await;
     server.stop().await.unwrap();
 }

@@ -276,6 +276,31 @@ where
     }
 }
 
+/// Sends `request` until `done` accepts the answer (bounded by `wait_until`),
+/// and returns that answer.
+pub async fn answer_until(
+    client: &EntitlementServiceClient<Channel>,
+    request: pb::CheckRequest,
+    what: &str,
+    done: impl Fn(&pb::CheckResponse) -> bool,
+) -> pb::CheckResponse {
+    let done = &done;
+    wait_until(what, || {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move {
+            let response = client.check(request).await.expect("check").into_inner();
+            if done(&response) {
+                Ok(response)
+            } else {
+                let codes: Vec<&str> = response.reasons.iter().map(|r| r.code.as_str()).collect();
+                Err(format!("{codes:?} {:?}", response.freshness))
+            }
+        }
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------
 // Requests and responses.
 
