@@ -143,7 +143,13 @@ impl MeterSpec {
     /// Reads `Meter::"<meter>"` from the snapshot: `None` when the tenant has
     /// no such meter, an error when its attributes are unusable.
     pub fn from_snapshot(snapshot: &TenantSnapshot, meter: &str) -> Result<Option<Self>, String> {
-        let type_name = EntityTypeName::from_str(METER_TYPE).map_err(|error| error.to_string())?;
+        // Parsed once: Cedar's name parser is slow next to a decision.
+        static METER_TYPE_NAME: std::sync::OnceLock<Option<EntityTypeName>> =
+            std::sync::OnceLock::new();
+        let type_name = METER_TYPE_NAME
+            .get_or_init(|| EntityTypeName::from_str(METER_TYPE).ok())
+            .clone()
+            .ok_or_else(|| format!("`{METER_TYPE}` is not an entity type name"))?;
         let uid = EntityUid::from_type_name_and_id(type_name, EntityId::new(meter));
         let Some(entity) = snapshot.entities.get(&uid) else {
             return Ok(None);
