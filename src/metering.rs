@@ -340,6 +340,46 @@ pub struct Report {
     pub principal: String,
 }
 
+/// One consumption to count: what is consumed, by whom, under which key, and
+/// the first answer to remember when it is allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Consumption<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The meter.
+    pub meter: &'a MeterSpec,
+    /// Units.
+    pub amount: i64,
+    /// Idempotency key.
+    pub key: &'a str,
+    /// Who consumes (`Type::"id"`), for the usage stream.
+    pub principal: &'a str,
+    /// The decision's id.
+    pub decision_id: &'a str,
+    /// Reason code and policy id of the allowing decision.
+    pub allow_reason: (&'a str, &'a str),
+}
+
+impl Consumption<'_> {
+    /// The first answer to remember for this consumption.
+    fn answer(&self, allow: bool, used: i64) -> FirstAnswer {
+        FirstAnswer {
+            meter: self.meter.id.clone(),
+            amount: self.amount,
+            allow,
+            used,
+            decision_id: self.decision_id.to_string(),
+            code: if allow {
+                self.allow_reason.0
+            } else {
+                crate::engine::BuiltinReason::CapExceeded.code()
+            }
+            .to_string(),
+            policy_id: if allow { self.allow_reason.1 } else { "" }.to_string(),
+        }
+    }
+}
+
 /// Usage metering over Redis.
 #[derive(Debug)]
 pub struct Metering {
@@ -382,24 +422,6 @@ struct LeaseEvent {
     principal: String,
     decision_id: String,
     time_ms: i64,
-}
-
-/// What a lease-mode consumption found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseGrant {
-    /// Granted from the lease; `used` counts every unit reserved by any
-    /// sidecar, less this sidecar's unspent stock.
-    Allowed {
-        /// Units used as far as this sidecar knows.
-        used: i64,
-    },
-    /// Neither the stock nor a new reservation covers it.
-    CapExceeded {
-        /// Units used as far as this sidecar knows.
-        used: i64,
-    },
-    /// The key was answered before by this sidecar.
-    Replay(FirstAnswer),
 }
 
 fn counter_key(tenant: &str, meter: &MeterSpec, window: &str) -> String {
@@ -491,28 +513,27 @@ impl Metering {
     /// reserving another block from Redis (atomically, never past the limit)
     /// when the stock does not cover it. A sidecar never grants more than it
     /// holds, so all sidecars together never pass the limit.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one grant takes all of its inputs"
-    )]
-    pub async fn lease_consume(
+    async fn lease_consume(
         &self,
         conn: &RedisConn,
-        tenant: &str,
-        meter: &MeterSpec,
-        amount: i64,
-        key: &str,
-        principal: &str,
-        decision_id: &str,
-        allow_reason: (&str, &str),
-    ) -> Result<LeaseGrant, RedisFailure> {
+        consumption: &Consumption<'_>,
+    ) -> Result<Consumed, RedisFailure> {
+        let Consumption {
+            tenant,
+            meter,
+            amount,
+            key,
+            principal,
+            decision_id,
+            ..
+        } = *consumption;
         let block = meter.lease.unwrap_or(1).max(amount);
         let now = self.clock.now_ms();
         let (window, end) = meter.period.window(now);
         let lease = self.lease(tenant, &meter.id);
         let mut lease = lease.lock().await;
         if let Some(first) = self.lease_answer(tenant, key) {
-            return Ok(LeaseGrant::Replay(first));
+            return Ok(Consumed::Replay(first));
         }
         if lease.window != window || lease.meter.as_ref().is_some_and(|m| m.limit != meter.limit) {
             // A new period or a new limit: what is held goes back first.
@@ -544,27 +565,13 @@ impl Metering {
             lease.expires = Some(std::time::Instant::now() + self.settings.lease_ttl);
         }
         let used = lease.counter - lease.stock;
-        let answer = |allow: bool, used: i64| FirstAnswer {
-            meter: meter.id.clone(),
-            amount,
-            allow,
-            used,
-            decision_id: decision_id.to_string(),
-            code: if allow {
-                allow_reason.0
-            } else {
-                crate::engine::BuiltinReason::CapExceeded.code()
-            }
-            .to_string(),
-            policy_id: if allow { allow_reason.1 } else { "" }.to_string(),
-        };
         if lease.stock < amount {
             self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed);
             self.lease_answers.insert(
                 (tenant.to_string(), key.to_string()),
-                Arc::new(answer(false, used)),
+                Arc::new(consumption.answer(false, used)),
             );
-            return Ok(LeaseGrant::CapExceeded { used });
+            return Ok(Consumed::CapExceeded { used });
         }
         lease.stock -= amount;
         self.stats
@@ -581,9 +588,9 @@ impl Metering {
         });
         self.lease_answers.insert(
             (tenant.to_string(), key.to_string()),
-            Arc::new(answer(true, used)),
+            Arc::new(consumption.answer(true, used)),
         );
-        Ok(LeaseGrant::Allowed { used })
+        Ok(Consumed::Allowed { used })
     }
 
     /// Reserves up to `block` units (at least `needed`, or none) and writes
@@ -743,31 +750,29 @@ impl Metering {
     /// Atomically: unless `key` was answered before, counts `amount` units of
     /// `meter` if that keeps it within its limit, remembers the answer under
     /// `key`, and appends the consumption to the tenant's usage stream.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one atomic step takes all of its inputs"
-    )]
     pub async fn consume(
         &self,
         conn: &RedisConn,
-        tenant: &str,
-        meter: &MeterSpec,
-        amount: i64,
-        key: &str,
-        principal: &str,
-        decision_id: &str,
-        allow_reason: (&str, &str),
+        consumption: &Consumption<'_>,
     ) -> Result<Consumed, RedisFailure> {
+        if consumption.meter.lease.is_some() {
+            return self.lease_consume(conn, consumption).await;
+        }
+        let Consumption {
+            tenant,
+            meter,
+            amount,
+            key,
+            principal,
+            decision_id,
+            ..
+        } = *consumption;
         let now = self.clock.now_ms();
         let (window, end) = meter.period.window(now);
-        let allowed = serde_json::json!({
-            "meter": meter.id, "amount": amount, "allow": true, "used": 0,
-            "decision_id": decision_id, "code": allow_reason.0, "policy_id": allow_reason.1,
-        });
-        let refused = serde_json::json!({
-            "meter": meter.id, "amount": amount, "allow": false, "used": 0,
-            "decision_id": decision_id, "code": crate::engine::BuiltinReason::CapExceeded.code(), "policy_id": "",
-        });
+        // The script fills in `used`.
+        let json = |answer: FirstAnswer| serde_json::to_string(&answer).unwrap_or_default();
+        let allowed = json(consumption.answer(true, 0));
+        let refused = json(consumption.answer(false, 0));
         let reply = conn
             .invoke(
                 &scripts().consume,
@@ -787,8 +792,8 @@ impl Metering {
                     &now.to_string(),
                     &self.settings.stream_maxlen.to_string(),
                     &expire_at(end).to_string(),
-                    &allowed.to_string(),
-                    &refused.to_string(),
+                    &allowed,
+                    &refused,
                 ],
             )
             .await?;

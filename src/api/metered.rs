@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::{convert, pb, ApiError, DecisionPoint};
 use crate::engine::{BuiltinReason, Decision, RequestError};
 use crate::metering::{
-    Consumed, FirstAnswer, LeaseGrant, MeterKind, MeterSpec, Metering, Peek, Report, UsageView,
+    Consumed, Consumption, FirstAnswer, MeterKind, MeterSpec, Metering, Peek, Report, UsageView,
     MAX_KEY_BYTES,
 };
 use crate::store::redis_client::RedisConn;
@@ -188,41 +188,21 @@ impl DecisionPoint {
             .first()
             .map(|r| (r.code.clone(), r.policy_id.clone()))
             .unwrap_or_default();
-        let consumed = match meter.lease {
-            None => {
-                metering
-                    .consume(
-                        conn,
-                        &tenant,
-                        &meter,
-                        consume.amount,
-                        &consume.idempotency_key,
-                        &principal,
-                        &response.decision_id,
-                        (&first_reason.0, &first_reason.1),
-                    )
-                    .instrument_metering()
-                    .await
-            }
-            Some(_) => metering
-                .lease_consume(
-                    conn,
-                    &tenant,
-                    &meter,
-                    consume.amount,
-                    &consume.idempotency_key,
-                    &principal,
-                    &response.decision_id,
-                    (&first_reason.0, &first_reason.1),
-                )
-                .instrument_metering()
-                .await
-                .map(|grant| match grant {
-                    LeaseGrant::Allowed { used } => Consumed::Allowed { used },
-                    LeaseGrant::CapExceeded { used } => Consumed::CapExceeded { used },
-                    LeaseGrant::Replay(first) => Consumed::Replay(first),
-                }),
-        };
+        let consumed = metering
+            .consume(
+                conn,
+                &Consumption {
+                    tenant: &tenant,
+                    meter: &meter,
+                    amount: consume.amount,
+                    key: &consume.idempotency_key,
+                    principal: &principal,
+                    decision_id: &response.decision_id,
+                    allow_reason: (&first_reason.0, &first_reason.1),
+                },
+            )
+            .instrument_metering()
+            .await;
         match consumed {
             Ok(Consumed::Allowed { used }) => {
                 response.usage = Some(usage_pb(&metering.view(&meter, used)));
