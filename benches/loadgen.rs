@@ -39,6 +39,9 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
 
+#[path = "common/grpc.rs"]
+mod grpc;
+
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -50,7 +53,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -883,17 +886,6 @@ impl Outcome {
     }
 }
 
-async fn connect(address: SocketAddr) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|error| error.to_string())?
-        .tcp_nodelay(true)
-        .connect_timeout(RPC_TIMEOUT)
-        .timeout(RPC_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|error| format!("cannot connect to {address}: {error}"))
-}
-
 /// Waits for the server on `channel` to report SERVING.
 async fn wait_serving(channel: &Channel) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -1082,9 +1074,13 @@ async fn drive(
         unix: Vec::new(),
     };
     for _ in 0..settings.connections {
-        channels.main.push(connect(address).await?);
+        channels
+            .main
+            .push(grpc::connect(address, RPC_TIMEOUT).await?);
         if let Some(redis_address) = redis_address {
-            channels.redis.push(connect(redis_address).await?);
+            channels
+                .redis
+                .push(grpc::connect(redis_address, RPC_TIMEOUT).await?);
         }
         if let Some(socket) = unix_socket {
             let address = format!("unix:{}", socket.display());
@@ -1278,20 +1274,6 @@ fn redis_over_check_latency(outcomes: &[Outcome]) -> Option<(f64, f64)> {
     (file.p50 > 0.0 && file.p99 > 0.0).then(|| (redis.p50 / file.p50, redis.p99 / file.p99))
 }
 
-fn machine() -> (usize, String) {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string());
-    (cpus, model)
-}
-
 /// The per-round section of the table: each scenario's calls/s, then the
 /// ratios of the same round; median, min, max and every round's value.
 fn per_round(
@@ -1380,7 +1362,7 @@ fn schedule(settings: &Settings) -> String {
 }
 
 fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
-    let (cpus, model) = machine();
+    let (cpus, model) = grpc::machine();
     let mut out = String::new();
     let _ = writeln!(out, "machine: {cpus} CPUs, {model}");
     let _ = writeln!(out, "server:  {server}");
@@ -1508,7 +1490,7 @@ fn ratio_json(ratio: Option<Ratio>) -> serde_json::Value {
 }
 
 fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value) -> String {
-    let (cpus, model) = machine();
+    let (cpus, model) = grpc::machine();
     let scenarios: Vec<_> = outcomes
         .iter()
         .map(|o| {

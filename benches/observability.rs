@@ -26,6 +26,9 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
+#[path = "common/grpc.rs"]
+mod grpc;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -42,7 +45,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tokio::runtime::Runtime;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -330,17 +333,6 @@ fn allow_request() -> pb::CheckRequest {
     }
 }
 
-async fn connect(address: SocketAddr) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|error| error.to_string())?
-        .tcp_nodelay(true)
-        .connect_timeout(RPC_TIMEOUT)
-        .timeout(RPC_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|error| format!("cannot connect to {address}: {error}"))
-}
-
 async fn wait_serving(channel: &Channel) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
@@ -571,7 +563,7 @@ fn run(args: &Args) -> Result<bool, String> {
         runtime.block_on(async {
             let mut channels = Vec::new();
             for _ in 0..args.connections {
-                channels.push(connect(address).await?);
+                channels.push(grpc::connect(address, RPC_TIMEOUT).await?);
             }
             wait_serving(&channels[0]).await?;
             Ok::<_, String>(channels)

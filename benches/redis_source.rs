@@ -34,6 +34,9 @@ mod redis_server;
 #[path = "common/snapshots.rs"]
 mod snapshots;
 
+#[path = "common/grpc.rs"]
+mod grpc;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -45,7 +48,7 @@ use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use redis_server::RedisServer;
 use tollgate::api::pb;
@@ -704,17 +707,6 @@ impl Sidecar {
     }
 }
 
-async fn connect(address: std::net::SocketAddr) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|error| error.to_string())?
-        .tcp_nodelay(true)
-        .connect_timeout(RPC_TIMEOUT)
-        .timeout(RPC_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|error| format!("cannot connect to {address}: {error}"))
-}
-
 fn propagation_request() -> pb::CheckRequest {
     common::use_request(
         PROPAGATION_TENANT,
@@ -897,7 +889,7 @@ async fn propagate(
 
     let mut clients = Vec::new();
     for address in addresses {
-        let mut client = EntitlementServiceClient::new(connect(address).await?);
+        let mut client = EntitlementServiceClient::new(grpc::connect(address, RPC_TIMEOUT).await?);
         // Serving, with version 1 cached: then each put is an invalidation
         // of a cached snapshot.
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -1178,20 +1170,6 @@ struct Report {
     propagation: Option<PropagationResult>,
     memory: Option<MemoryResult>,
     seconds: Vec<(Part, f64)>,
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string());
-    format!("{cpus} CPUs, {model}")
 }
 
 fn mib(bytes: f64) -> String {
@@ -1551,4 +1529,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `N CPUs, model`.
+fn machine() -> String {
+    let (cpus, model) = grpc::machine();
+    format!("{cpus} CPUs, {model}")
 }
