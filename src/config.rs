@@ -779,6 +779,54 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_service_needs_redis_and_a_long_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let errors = load_from(
+            &flags_with(dir.path()),
+            &env(&[("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:50052")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors.0,
+            [
+                "admin_listen: the AdminService writes to Redis; set redis_url",
+                "admin_listen: the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN)",
+            ]
+        );
+        let errors = load_from(
+            &flags_with(dir.path()),
+            &env(&[
+                ("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:50052"),
+                ("TOLLGATE_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("TOLLGATE_ADMIN_TOKEN", "short"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(errors.0, ["admin_token: must be at least 16 characters"]);
+        let config = load_from(
+            &flags_with(dir.path()),
+            &env(&[
+                ("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:50052"),
+                ("TOLLGATE_REDIS_URL", "redis://u:pw@127.0.0.1:6379"),
+                ("TOLLGATE_ADMIN_TOKEN", "0123456789abcdef"),
+            ]),
+        )
+        .unwrap();
+        // Secrets never reach a Debug print.
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("0123456789abcdef") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn kubernetes_service_links_are_not_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let links = [

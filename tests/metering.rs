@@ -446,6 +446,28 @@ async fn usage_reports_apply_once_per_event_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cannot_consume() {
+    let setup = setup(Options::default(), 1_000).await;
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    let status = client
+        .check_batch(pb::CheckBatchRequest {
+            checks: vec![
+                check("acme", "User:bob", "use", "Feature:api"),
+                consume("b1", 1),
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "checks[1].consume: a batch cannot consume; send consuming checks with Check"
+    );
+    assert_eq!(setup.counter("2026-11"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consuming_needs_the_redis_source() {
     let dirs = DataDirs::copy_examples();
     let server = InProcess::start(dirs.config()).await;
