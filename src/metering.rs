@@ -289,8 +289,6 @@ pub struct FirstAnswer {
     pub amount: i64,
     /// Whether it was allowed.
     pub allow: bool,
-    /// The count after it (allowed) or when it was refused.
-    pub used: i64,
     /// Decision id of the first answer.
     pub decision_id: String,
     /// Reason code of the first answer.
@@ -298,6 +296,24 @@ pub struct FirstAnswer {
     /// Determining policy of the first answer, if any.
     #[serde(default)]
     pub policy_id: String,
+    /// The count after it (allowed) or when it was refused. Serialized last:
+    /// the consume script writes the record as a prefix, then the count it
+    /// found, then `}` (see [`record_prefix`]).
+    pub used: i64,
+}
+
+/// The stored JSON of `answer` up to its `used` value: the consume script
+/// appends the count and the closing brace, so that Redis stores a complete
+/// record without decoding and re-encoding JSON.
+fn record_prefix(answer: &FirstAnswer) -> String {
+    let mut json = serde_json::to_string(&FirstAnswer {
+        used: 0,
+        ..answer.clone()
+    })
+    .unwrap_or_default();
+    // `used` is the last field, so the document ends with `"used":0}`.
+    json.truncate(json.len().saturating_sub("0}".len()));
+    json
 }
 
 /// What a consume step found.
@@ -716,7 +732,8 @@ impl Metering {
         }
     }
 
-    /// Reads the current count of `meter` and the first answer to `key`.
+    /// Reads the current count of `meter` and the first answer to `key`
+    /// (one `MGET`: both keys are on the tenant's hash slot).
     pub async fn peek(
         &self,
         conn: &RedisConn,
@@ -725,25 +742,13 @@ impl Metering {
         key: &str,
     ) -> Result<Peek, RedisFailure> {
         let (window, _) = self.window(meter);
-        let reply = conn
-            .invoke(
-                &scripts().peek,
-                &[
-                    &counter_key(tenant, meter, &window),
-                    &idempotency_key(tenant, key),
-                ],
-                &[],
-            )
-            .await?;
-        let items = array(&reply)?;
+        let mut mget = redis::cmd("MGET");
+        mget.arg(counter_key(tenant, meter, &window))
+            .arg(idempotency_key(tenant, key));
+        let (used, first): (Option<i64>, Option<String>) = conn.query(&mget).await?;
         Ok(Peek {
-            used: items.first().and_then(integer).unwrap_or(0),
-            first: items
-                .get(1)
-                .and_then(text)
-                .filter(|t| !t.is_empty())
-                .map(|t| parse_answer(&t))
-                .transpose()?,
+            used: used.unwrap_or(0),
+            first: first.map(|t| parse_answer(&t)).transpose()?,
         })
     }
 
@@ -769,10 +774,9 @@ impl Metering {
         } = *consumption;
         let now = self.clock.now_ms();
         let (window, end) = meter.period.window(now);
-        // The script fills in `used`.
-        let json = |answer: FirstAnswer| serde_json::to_string(&answer).unwrap_or_default();
-        let allowed = json(consumption.answer(true, 0));
-        let refused = json(consumption.answer(false, 0));
+        // The script completes the records with the count it finds.
+        let allowed = record_prefix(&consumption.answer(true, 0));
+        let refused = record_prefix(&consumption.answer(false, 0));
         let reply = conn
             .invoke(
                 &scripts().consume,
@@ -923,7 +927,6 @@ fn parse_answer(text: &str) -> Result<FirstAnswer, RedisFailure> {
 }
 
 struct Scripts {
-    peek: Script,
     consume: Script,
     report: Script,
     reserve: Script,
@@ -977,16 +980,11 @@ end
 return 1
 "
         )),
-        // KEYS: counter, idempotency record.
-        peek: Script::new(
-            r"
-return {redis.call('GET', KEYS[1]) or '0', redis.call('GET', KEYS[2]) or ''}
-",
-        ),
         // KEYS: counter, idempotency record, stream. ARGV: amount, limit,
         // idempotency ttl ms, meter, key, principal, decision id, time ms,
-        // stream maxlen, counter expire-at (s, 0 = never), the allowed
-        // answer and the refused answer (JSON, `used` filled in here).
+        // stream maxlen, counter expire-at (s, 0 = never; set when the
+        // window's counter starts), the allowed and the refused answer's
+        // record up to its count (`record_prefix`).
         consume: Script::new(
             r"
 local first = redis.call('GET', KEYS[2])
@@ -996,18 +994,14 @@ end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local amount = tonumber(ARGV[1])
 if used + amount > tonumber(ARGV[2]) then
-  local answer = cjson.decode(ARGV[12])
-  answer.used = used
-  redis.call('SET', KEYS[2], cjson.encode(answer), 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], ARGV[12] .. used .. '}', 'PX', ARGV[3])
   return {'deny', used}
 end
 local after = redis.call('INCRBY', KEYS[1], amount)
-if ARGV[10] ~= '0' then
+if used == 0 and ARGV[10] ~= '0' then
   redis.call('EXPIREAT', KEYS[1], ARGV[10])
 end
-local answer = cjson.decode(ARGV[11])
-answer.used = after
-redis.call('SET', KEYS[2], cjson.encode(answer), 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[11] .. after .. '}', 'PX', ARGV[3])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[9], '*',
   'kind', 'consume', 'meter', ARGV[4], 'amount', ARGV[1], 'idempotency_key', ARGV[5],
   'principal', ARGV[6], 'decision_id', ARGV[7], 'time_ms', ARGV[8], 'used', after)
@@ -1097,5 +1091,29 @@ mod tests {
     fn periods_parse() {
         assert_eq!(Period::parse("none"), Some(Period::Never));
         assert_eq!(Period::parse("week"), None);
+    }
+
+    #[test]
+    fn a_record_prefix_completed_with_a_count_is_the_answer() {
+        let answer = FirstAnswer {
+            meter: "api \"calls\"}".to_string(),
+            amount: 3,
+            allow: true,
+            decision_id: "d-1".to_string(),
+            code: "members-use".to_string(),
+            policy_id: "p\\1".to_string(),
+            used: 0,
+        };
+        for used in [0, 7, 1_000_000_000_000_000] {
+            let record = format!("{}{used}}}", record_prefix(&answer));
+            let parsed = parse_answer(&record).expect("the completed record parses");
+            assert_eq!(
+                parsed,
+                FirstAnswer {
+                    used,
+                    ..answer.clone()
+                }
+            );
+        }
     }
 }
