@@ -396,6 +396,40 @@ impl Consumption<'_> {
     }
 }
 
+/// Whether a policy condition can read `context.<attribute>`: it names the
+/// attribute on `context` (`context.a`, `context has a`, `context["a"]`), or
+/// uses `context` other than to read a named attribute (`context == {...}`),
+/// which could reach any attribute. Conservative: `true` when unsure.
+pub fn reads_context_attribute(condition: &cedar_policy_core::ast::Expr, attribute: &str) -> bool {
+    use cedar_policy_core::ast::{ExprKind, Var};
+    let is_context = |expr: &cedar_policy_core::ast::Expr| {
+        matches!(expr.expr_kind(), ExprKind::Var(Var::Context))
+    };
+    let mut uses = 0usize;
+    let mut named_reads = 0usize;
+    for expr in condition.subexpressions() {
+        match expr.expr_kind() {
+            ExprKind::Var(Var::Context) => uses += 1,
+            ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
+                if is_context(expr) =>
+            {
+                if attr.as_str() == attribute {
+                    return true;
+                }
+                named_reads += 1;
+            }
+            ExprKind::ExtHasAttr { expr, attrs } if is_context(expr) => {
+                if attrs.first().as_str() == attribute {
+                    return true;
+                }
+                named_reads += 1;
+            }
+            _ => {}
+        }
+    }
+    uses > named_reads
+}
+
 /// Usage metering over Redis.
 #[derive(Debug)]
 pub struct Metering {
@@ -405,12 +439,26 @@ pub struct Metering {
     /// Leases by tenant and meter.
     leases: std::sync::Mutex<LeaseTable>,
     /// First answers of lease-mode consumptions, by tenant and key.
-    lease_answers: moka::sync::Cache<(String, String), Arc<FirstAnswer>>,
+    lease_answers: moka::sync::Cache<String, Arc<FirstAnswer>>,
 }
 
-/// Leases by tenant and meter, each behind its own lock (a reservation holds
-/// it across the Redis call).
-type LeaseTable = std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<Lease>>>;
+/// Leases by tenant, then meter, each behind its own lock (a reservation
+/// holds it across the Redis call). Nested so that a lookup borrows the
+/// request's strings instead of allocating a key.
+type LeaseTable = std::collections::HashMap<
+    String,
+    std::collections::HashMap<String, Arc<tokio::sync::Mutex<Lease>>>,
+>;
+
+/// Key of a lease-mode first answer: tenant and idempotency key (a tenant id
+/// never holds a newline).
+fn answer_key(tenant: &str, key: &str) -> String {
+    let mut joined = String::with_capacity(tenant.len() + 1 + key.len());
+    joined.push_str(tenant);
+    joined.push('\n');
+    joined.push_str(key);
+    joined
+}
 
 /// Units a sidecar reserved from a meter's counter and grants locally.
 #[derive(Debug, Default)]
@@ -492,9 +540,14 @@ impl Metering {
             .leases
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(lease) = leases.get(tenant).and_then(|meters| meters.get(meter)) {
+            return Arc::clone(lease);
+        }
         Arc::clone(
             leases
-                .entry((tenant.to_string(), meter.to_string()))
+                .entry(tenant.to_string())
+                .or_default()
+                .entry(meter.to_string())
                 .or_default(),
         )
     }
@@ -502,7 +555,7 @@ impl Metering {
     /// The first answer this sidecar gave to a lease-mode key, if any.
     pub fn lease_answer(&self, tenant: &str, key: &str) -> Option<FirstAnswer> {
         self.lease_answers
-            .get(&(tenant.to_string(), key.to_string()))
+            .get(&answer_key(tenant, key))
             .map(|answer| FirstAnswer::clone(&answer))
     }
 
@@ -556,8 +609,12 @@ impl Metering {
             self.give_back(conn, &mut lease).await?;
             lease.window = window.clone();
         }
-        lease.tenant = tenant.to_string();
-        lease.meter = Some(meter.clone());
+        if lease.tenant != tenant {
+            lease.tenant = tenant.to_string();
+        }
+        if lease.meter.as_ref() != Some(meter) {
+            lease.meter = Some(meter.clone());
+        }
         if lease.stock < amount {
             let events = std::mem::take(&mut lease.events);
             let reply = self
@@ -584,7 +641,7 @@ impl Metering {
         if lease.stock < amount {
             self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed);
             self.lease_answers.insert(
-                (tenant.to_string(), key.to_string()),
+                answer_key(tenant, key),
                 Arc::new(consumption.answer(false, used)),
             );
             return Ok(Consumed::CapExceeded { used });
@@ -603,7 +660,7 @@ impl Metering {
             time_ms: now,
         });
         self.lease_answers.insert(
-            (tenant.to_string(), key.to_string()),
+            answer_key(tenant, key),
             Arc::new(consumption.answer(true, used)),
         );
         Ok(Consumed::Allowed { used })
@@ -698,7 +755,7 @@ impl Metering {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .values()
-            .cloned()
+            .flat_map(|meters| meters.values().cloned())
             .collect();
         let now = std::time::Instant::now();
         for lease in leases {
@@ -1115,5 +1172,38 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_condition_reads_a_context_attribute_when_it_names_it_or_uses_the_whole_context() {
+        let schema = "entity User; type Usage = {used: Long}; \
+            action use appliesTo { principal: User, resource: User, context: {usage: Usage, country: String} };";
+        let reads = |policy: &str| {
+            let policies = crate::store::PolicySnapshot::from_sources(
+                "schema.cedarschema",
+                schema,
+                &[("p.cedar".to_string(), policy.to_string())],
+            )
+            .expect("policy loads");
+            let action = policies.action("Action", "use").expect("declared").clone();
+            policies
+                .prepared_for(&action)
+                .all()
+                .iter()
+                .any(|policy| reads_context_attribute(&policy.condition, "usage"))
+        };
+        assert!(reads(
+            "forbid(principal, action, resource) when { context has usage };"
+        ));
+        assert!(reads(
+            r#"forbid(principal, action, resource) when { context["usage"].used > 3 };"#
+        ));
+        assert!(reads(
+            r#"forbid(principal, action, resource) when { context == {usage: {used: 1}, country: "BR"} };"#
+        ));
+        assert!(!reads(
+            r#"permit(principal, action, resource) when { context.country == "BR" };"#
+        ));
+        assert!(!reads("permit(principal, action, resource);"));
     }
 }

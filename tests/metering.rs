@@ -528,3 +528,69 @@ async fn leases_never_grant_past_the_cap_and_give_back_what_they_did_not_use() {
     let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
     assert_eq!(length, granted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_reads_the_meter_first_only_when_a_policy_reads_the_count() {
+    let setup = setup(Options::default(), 4).await;
+    let reset = || {
+        let _: () = setup.redis.command(&["CONFIG", "RESETSTAT"]);
+    };
+    let trips = || (setup.redis.calls("mget"), setup.redis.calls("evalsha"));
+
+    // The shipped catalog's usage.cedar reads context.usage: the count is
+    // read first (MGET), then counted (the consume script).
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    // Warm: the snapshot is cached and Redis knows the scripts.
+    let warm = client.check(consume("k0", 1)).await.unwrap().into_inner();
+    assert!(allowed(&warm), "{warm:?}");
+    reset();
+    let first = client.check(consume("k1", 1)).await.unwrap().into_inner();
+    assert!(allowed(&first), "{first:?}");
+    assert_eq!(first.usage.as_ref().unwrap().used, 2);
+    assert_eq!(trips(), (1, 1));
+    server.stop().await.unwrap();
+
+    // Without a policy that reads it, an allowed consumption is one call.
+    std::fs::remove_file(setup.dirs.policies.join("usage.cedar")).unwrap();
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    let plain = client
+        .check(check("acme", "User:bob", "use", "Feature:api"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed(&plain), "{plain:?}");
+    reset();
+    let allowed_once = client.check(consume("k2", 1)).await.unwrap().into_inner();
+    assert!(allowed(&allowed_once), "{allowed_once:?}");
+    assert_eq!(allowed_once.usage.as_ref().unwrap().used, 3);
+    assert_eq!(trips(), (0, 1));
+
+    // A retry is answered by the script with the first answer, counted once.
+    let retried = client.check(consume("k2", 1)).await.unwrap().into_inner();
+    assert_eq!(retried.decision_id, allowed_once.decision_id);
+    assert_eq!(retried.usage.as_ref().unwrap().used, 3);
+    assert_eq!(trips(), (0, 2));
+    assert_eq!(setup.counter("2026-11"), 3);
+
+    // The cap is still the script's: 3 + 2 > 4.
+    let capped = client.check(consume("k3", 2)).await.unwrap().into_inner();
+    assert!(!allowed(&capped));
+    assert_eq!(codes(&capped), ["cap_exceeded"]);
+    assert_eq!(capped.usage.as_ref().unwrap().used, 3);
+    assert_eq!(trips(), (0, 3));
+
+    // A policy DENY counts nothing and reads the count for the response.
+    let mut embargoed = consume("k4", 1);
+    embargoed
+        .context
+        .insert("country".to_string(), common::string("KP"));
+    let denied = client.check(embargoed).await.unwrap().into_inner();
+    assert!(!allowed(&denied));
+    assert_eq!(codes(&denied), ["embargoed"]);
+    assert_eq!(denied.usage.as_ref().unwrap().used, 3);
+    assert_eq!(trips(), (1, 3));
+    assert_eq!(setup.counter("2026-11"), 3);
+    server.stop().await.unwrap();
+}

@@ -5,9 +5,14 @@
 //! answer (one Redis call), decides with the count in `context.usage`, and
 //! when the policies allow, checks and counts in one atomic step (a second
 //! call). A key answered before returns its first answer without counting.
+//!
+//! When no policy that can apply to the action reads `context.usage`, the
+//! read is left out: the policies decide first, and an ALLOW goes straight to
+//! the atomic step, which finds a key answered before itself (one Redis call
+//! per allowed consumption). A DENY then reads the count for the response.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use super::{convert, pb, ApiError, DecisionPoint};
 use crate::engine::{BuiltinReason, Decision, RequestError};
@@ -16,7 +21,51 @@ use crate::metering::{
     MAX_KEY_BYTES,
 };
 use crate::store::redis_client::RedisConn;
-use crate::store::{Catalog, Lookup};
+use crate::store::{Catalog, Lookup, PolicySnapshot};
+
+/// Which actions have a policy reading `context.usage`, computed once per
+/// policy set.
+#[derive(Debug, Default)]
+pub(super) struct UsageReaders(Mutex<UsageReadersOf>);
+
+#[derive(Debug, Default)]
+struct UsageReadersOf {
+    /// The policy set the answers are for (a `Weak` keeps its allocation, so
+    /// no later set can share its address while it is held here).
+    policies: Weak<PolicySnapshot>,
+    by_action: HashMap<cedar_policy::EntityUid, bool>,
+}
+
+impl UsageReaders {
+    /// Whether a policy that can apply to `action` may read `context.usage`
+    /// (`true` for an action the schema does not declare: the request fails
+    /// its validation later, on the path that reads the meter first).
+    fn read_usage(&self, policies: &Arc<PolicySnapshot>, action: Option<&pb::EntityRef>) -> bool {
+        let Some(action) = action.and_then(|a| policies.action(&a.r#type, &a.id)) else {
+            return true;
+        };
+        let mut cached = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !std::ptr::eq(cached.policies.as_ptr(), Arc::as_ptr(policies)) {
+            *cached = UsageReadersOf {
+                policies: Arc::downgrade(policies),
+                by_action: HashMap::new(),
+            };
+        }
+        if let Some(reads) = cached.by_action.get(action) {
+            return *reads;
+        }
+        let reads = policies
+            .prepared_for(action)
+            .all()
+            .iter()
+            .any(|policy| crate::metering::reads_context_attribute(&policy.condition, "usage"));
+        cached.by_action.insert(action.clone(), reads);
+        reads
+    }
+}
 
 fn invalid(field: &str, problem: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(RequestError::new(field.to_string(), problem.into()))
@@ -119,59 +168,67 @@ impl DecisionPoint {
                 None,
             ));
         };
-        // Exact mode reads the count and the key's first answer from Redis;
-        // lease mode knows both locally once it holds a lease.
+        // Exact mode reads the count and the key's first answer from Redis,
+        // unless no policy reads the count; lease mode knows both locally
+        // once it holds a lease.
         let peek = match meter.lease {
-            None => {
+            None if !self
+                .usage_readers
+                .read_usage(&catalog.policies, request.action.as_ref()) =>
+            {
+                // The count is not the policies' to see: theirs would be the
+                // caller's, never checked against the meter.
+                request.context.remove("usage");
+                None
+            }
+            None => Some(
                 metering
                     .peek(conn, &tenant, &meter, &consume.idempotency_key)
-                    .await
-            }
-            Some(_) => match metering.lease_answer(&tenant, &consume.idempotency_key) {
-                Some(first) => Ok(Peek {
-                    used: first.used,
-                    first: Some(first),
-                }),
-                None => metering
-                    .lease_used(conn, &tenant, &meter)
-                    .await
-                    .map(|used| Peek { used, first: None }),
-            },
+                    .await,
+            ),
+            Some(_) => Some(
+                match metering.lease_answer(&tenant, &consume.idempotency_key) {
+                    Some(first) => Ok(Peek {
+                        used: first.used,
+                        first: Some(first),
+                    }),
+                    None => metering
+                        .lease_used(conn, &tenant, &meter)
+                        .await
+                        .map(|used| Peek { used, first: None }),
+                },
+            ),
         };
-        let peek = match peek {
-            Ok(peek) => peek,
-            Err(error) => {
-                tracing::warn!(tenant, meter = meter.id, error = %error, "cannot read the meter");
-                metering.note_unavailable();
-                return Ok(self.builtin_deny(
-                    catalog,
-                    &lookup,
-                    BuiltinReason::MeteringUnavailable,
-                    None,
-                ));
+        let used = match peek {
+            None => None,
+            Some(Ok(Peek {
+                first: Some(first), ..
+            })) => return self.replay(catalog, &lookup, &meter, &consume, first, metering),
+            Some(Ok(Peek { used, first: None })) => Some(used),
+            Some(Err(error)) => {
+                return Ok(self.unavailable(catalog, &lookup, &tenant, &meter, &error, None));
             }
         };
-        if let Some(first) = peek.first {
-            return self.replay(catalog, &lookup, &meter, &consume, first, metering);
-        }
 
-        // The policies see the meter as it stands and what this asks.
-        request.context.insert(
-            "usage".to_string(),
-            pb::Value {
-                kind: Some(pb::value::Kind::Record(pb::ValueRecord {
-                    values: HashMap::from([
-                        ("used".to_string(), long(peek.used)),
-                        ("requested".to_string(), long(consume.amount)),
-                        ("limit".to_string(), long(meter.limit)),
-                        (
-                            "remaining".to_string(),
-                            long(meter.limit.saturating_sub(peek.used).max(0)),
-                        ),
-                    ]),
-                })),
-            },
-        );
+        if let Some(used) = used {
+            // The policies see the meter as it stands and what this asks.
+            request.context.insert(
+                "usage".to_string(),
+                pb::Value {
+                    kind: Some(pb::value::Kind::Record(pb::ValueRecord {
+                        values: HashMap::from([
+                            ("used".to_string(), long(used)),
+                            ("requested".to_string(), long(consume.amount)),
+                            ("limit".to_string(), long(meter.limit)),
+                            (
+                                "remaining".to_string(),
+                                long(meter.limit.saturating_sub(used).max(0)),
+                            ),
+                        ]),
+                    })),
+                },
+            );
+        }
         let principal = principal_text(request.principal.as_ref());
         let prepared = prepare(catalog, request)?;
         let mut response = {
@@ -180,7 +237,24 @@ impl DecisionPoint {
                 .map_err(ApiError::InvalidArgument)?
         };
         if response.decision != pb::Decision::Allow as i32 {
-            response.usage = Some(usage_pb(&metering.view(&meter, peek.used)));
+            let used = match used {
+                Some(used) => used,
+                // Decided without the count: read it for the response (and
+                // a key answered before answers as it did then).
+                None => match metering
+                    .peek(conn, &tenant, &meter, &consume.idempotency_key)
+                    .await
+                {
+                    Ok(Peek {
+                        first: Some(first), ..
+                    }) => return self.replay(catalog, &lookup, &meter, &consume, first, metering),
+                    Ok(Peek { used, first: None }) => used,
+                    Err(error) => {
+                        return Ok(self.unavailable(catalog, &lookup, &tenant, &meter, &error, None))
+                    }
+                },
+            };
+            response.usage = Some(usage_pb(&metering.view(&meter, used)));
             return Ok(response);
         }
         let first_reason = response
@@ -221,17 +295,37 @@ impl DecisionPoint {
             Ok(Consumed::Replay(first)) => {
                 self.replay(catalog, &lookup, &meter, &consume, first, metering)
             }
-            Err(error) => {
-                tracing::warn!(tenant, meter = meter.id, error = %error, "cannot count the consumption");
-                metering.note_unavailable();
-                Ok(self.builtin_deny(
-                    catalog,
-                    &lookup,
-                    BuiltinReason::MeteringUnavailable,
-                    Some(&response.decision_id),
-                ))
-            }
+            Err(error) => Ok(self.unavailable(
+                catalog,
+                &lookup,
+                &tenant,
+                &meter,
+                &error,
+                Some(&response.decision_id),
+            )),
         }
+    }
+
+    /// A consumption refused because Redis could not be reached.
+    fn unavailable(
+        &self,
+        catalog: &Catalog,
+        lookup: &Lookup,
+        tenant: &str,
+        meter: &MeterSpec,
+        error: &crate::store::redis_client::RedisFailure,
+        decision_id: Option<&str>,
+    ) -> pb::CheckResponse {
+        tracing::warn!(tenant, meter = meter.id, error = %error, "cannot reach the meter");
+        if let Some(metering) = &self.metering {
+            metering.note_unavailable();
+        }
+        self.builtin_deny(
+            catalog,
+            lookup,
+            BuiltinReason::MeteringUnavailable,
+            decision_id,
+        )
     }
 
     /// The first answer to an idempotency key, given again.

@@ -160,6 +160,9 @@ pub struct DecisionPoint {
     decision_log: Option<Arc<DecisionLog>>,
     remote: Option<Arc<RemoteSnapshots>>,
     metering: Option<Arc<crate::metering::Metering>>,
+    /// Which actions' policies read `context.usage`, for the serving policy
+    /// set (see `metered.rs`).
+    usage_readers: metered::UsageReaders,
 }
 
 /// What the decision log keeps of a request, taken before the request is
@@ -301,6 +304,7 @@ impl DecisionPoint {
             decision_log: None,
             remote: None,
             metering: None,
+            usage_readers: metered::UsageReaders::default(),
         }
     }
 
