@@ -1,30 +1,35 @@
-//! gRPC load generator for tollgate.
+//! gRPC load generator for tollgate: the whole performance suite in one
+//! command.
 //!
-//! Starts the real server in-process (`tollgate::app::serve_on` on
-//! 127.0.0.1:0, serving the repository's `policies/` and `entitlements/`, on
-//! its own tokio runtime) or connects to one already running (`--target`), then
-//! drives it closed-loop with tonic clients: `--connections` HTTP/2
+//! Starts the real server as processes of the binary cargo builds for
+//! benchmarks (`benches/common/process.rs`), each only when a chosen scenario
+//! needs it, or drives a server already running (`--target`):
+//!
+//! * `file`: tenant snapshots from the repository's `entitlements/`, policies
+//!   from a temporary copy of `policies/` (which `check_reload` rewrites), and
+//!   a Unix socket for `check_unix`;
+//! * `redis`: tenant snapshots from a `redis-server` started on a free
+//!   loopback port and loaded with `entitlements/*.json` (and the meter
+//!   tenants of the consume scenarios) through `tollgate::admin::put`;
+//! * `cold`: the same Redis, a cache of 1 MiB and a few thousand extra small
+//!   tenants, so that cycling through them makes every `Check` a miss.
+//!
+//! It drives them closed-loop with tonic clients: `--connections` HTTP/2
 //! connections carrying `--in-flight` concurrent requests in total. Each
 //! scenario is measured for `--duration` seconds in total, split evenly over
 //! `--rounds` rounds; every round runs each scenario once (a slice), so slow
-//! drift of the machine's throughput hits all scenarios alike:
-//!
-//! * `health`: `grpc.health.v1.Health/Check` on service `""`, the floor of an
-//!   empty RPC through the same server stack;
-//! * `check`: `EntitlementService/Check`, an ALLOW (acme's member `bob` uses
-//!   `pdf-export` from BR);
-//! * `batch`: `EntitlementService/CheckBatch` of `--batch-size` (10) such checks;
-//! * `check_redis` (with `--redis`, or when listed in `--scenarios`): the same
-//!   ALLOW `Check` against a second in-process server whose tenant snapshots
-//!   come from Redis (a `redis-server` started on a free loopback port and
-//!   loaded with `entitlements/*.json` through `tollgate::admin::put`); every
-//!   measured answer must come from its in-process cache (`source: CACHE`).
+//! drift of the machine's throughput hits all scenarios alike. Scenarios
+//! (`--scenarios`, or `--all`): the empty RPC (`health`), `Check` on a warm
+//! cache, `CheckBatch` of 10 and 100, `Check` on a cold tenant, with
+//! `consume` (exact and lease), while policies reload every 100 ms, at 1 and
+//! 64 requests in flight, and over the Unix socket.
 //!
 //! Prints, per scenario, throughput and latency percentiles pooled over all
-//! rounds and the calls/s of each round; then the ratios (`Check` / health
-//! throughput, `CheckBatch` / `Check` decisions per second, `check_redis` /
-//! `Check` throughput) computed per round, as median, min and max over the
-//! rounds, and pooled. `--json` prints the same as JSON.
+//! rounds, the CPU time per call of the server process, of redis-server and
+//! of the load generator, the server's resident memory, and the calls/s of
+//! each round; then ratios between scenarios computed per round (median,
+//! min and max over the rounds) and pooled. `--json` prints the same as JSON,
+//! `--json-out FILE` writes it to a file beside the table.
 //!
 //! Run: `cargo bench --bench loadgen -- [OPTIONS]` (see `--help` and
 //! `benches/README.md`).
@@ -36,28 +41,30 @@
 )]
 
 mod common;
+#[path = "common/grpc.rs"]
+mod grpc;
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/redis.rs"]
 mod redis_server;
 
-#[path = "common/grpc.rs"]
-mod grpc;
-
+use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::runtime::Runtime;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use process::{CpuSample, Memory, ServerProcess};
 use redis_server::RedisServer;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
@@ -72,32 +79,62 @@ const MAX_ROUNDS: usize = 1000;
 const MIN_SLICE_SECONDS: f64 = 0.1;
 /// Deadline of one RPC: bounds every call, so a stuck server cannot hang the run.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for the server to report SERVING.
+/// Longest wait for an external server (`--target`) to report SERVING.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// `cache_ttl_ms` of the Redis-sourced server: long enough that no measured
+/// `cache_ttl_ms` of the Redis-sourced servers: long enough that no measured
 /// call is a TTL re-read (the default, 5 minutes, is shorter than a long run).
-const REDIS_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Thread name prefixes (Linux truncates names to 15 bytes).
-const SERVER_THREADS: &str = "tg-server";
+const REDIS_CACHE_TTL_MS: u64 = 24 * 3600 * 1000;
+/// `cache_max_bytes` of the `cold` server: room for about 16 tenants of
+/// acme's size (the weigher counts 24 bytes per document byte plus 1 KiB).
+const COLD_CACHE_MAX_BYTES: u64 = 1024 * 1024;
+/// Fewest cold tenants accepted: the set must be much larger than what the
+/// cold cache holds and than the requests in flight.
+const MIN_COLD_TENANTS: usize = 100;
+/// How often `check_reload` rewrites a policy file and sends SIGHUP.
+const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+/// The file `check_reload` rewrites in the file server's policy directory:
+/// a comment only, which changes the catalog's version and nothing else.
+const RELOAD_FILE: &str = "reload.cedar";
+/// Longest wait for the first policy set `check_reload` wrote to be loaded.
+const FIRST_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The server's log message for a policy set it loaded.
+const POLICY_SET_LOADED: &str = "policy set loaded";
+/// Unloaded pause after a `check_reload` slice: the file watcher's reload of
+/// the last write (200 ms debounce) lands in it, not in the next slice.
+const AFTER_RELOAD: Duration = Duration::from_millis(500);
+/// Checks in one `batch100` CheckBatch (the server's default `max_batch`).
+const BATCH100: usize = 100;
+/// `shutdown_grace_ms` of the server processes.
+const SHUTDOWN_GRACE_MS: u64 = 1000;
+/// Thread name prefix of the client runtime (Linux truncates names to 15 bytes).
 const CLIENT_THREADS: &str = "tg-client";
 
-/// gRPC load generator for tollgate: empty-RPC floor (health), Check and CheckBatch.
+/// gRPC load generator for tollgate: the empty-RPC floor (health), Check,
+/// CheckBatch, the Redis source (cache hit, miss, consume), reloads, in-flight
+/// depth and the Unix socket, against the real server as processes.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen")]
 struct Args {
     /// Drive a server already running at ADDR (a loopback address such as
     /// 127.0.0.1:50051, serving this repository's example policies and
-    /// entitlements) instead of starting one in-process.
+    /// entitlements) instead of starting one. Only the scenarios of the
+    /// file-sourced server over TCP can run against it.
     #[arg(long, value_name = "ADDR")]
     target: Option<SocketAddr>,
-    /// HTTP/2 connections (each one a tonic Channel).
+    /// The process id of the --target server, to report its CPU time and
+    /// resident memory.
+    #[arg(long, value_name = "PID", requires = "target")]
+    target_pid: Option<u32>,
+    /// HTTP/2 connections to each server (each one a tonic Channel).
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Requests in flight in total, spread over the connections (closed loop).
-    #[arg(long, default_value_t = 16)]
-    in_flight: usize,
+    /// Requests in flight in total, spread over the connections (closed
+    /// loop); `check_if1` and `check_if64` use 1 and 64 instead [default: 16;
+    /// 4 in test mode].
+    #[arg(long, value_name = "N")]
+    in_flight: Option<usize>,
     /// Measured seconds per scenario in total, split evenly over the rounds
-    /// [default: 10; 0.5 in test mode].
+    /// [default: 10; 0.8 in test mode].
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
     /// Rounds: each runs every scenario once for --duration / --rounds
@@ -106,7 +143,7 @@ struct Args {
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
     /// Warm-up seconds before each scenario's slice in the first round, not
-    /// measured [default: 1; 0.2 in test mode].
+    /// measured [default: 1; 0.1 in test mode].
     #[arg(long, value_name = "SECONDS")]
     warmup: Option<f64>,
     /// Settle seconds before each scenario's slice in the later rounds, not
@@ -117,36 +154,45 @@ struct Args {
     /// unless --rounds says otherwise (overrides --duration and --warmup).
     #[arg(long)]
     quick: bool,
-    /// Tokio worker threads of the in-process server [default: number of CPUs].
+    /// Tokio worker threads of each server process (TOKIO_WORKER_THREADS in
+    /// its environment) [default: tokio's, the number of CPUs].
     #[arg(long, value_name = "N")]
     server_threads: Option<usize>,
     /// Tokio worker threads of the client [default: number of CPUs].
     #[arg(long, value_name = "N")]
     client_threads: Option<usize>,
-    /// Checks in one CheckBatch.
+    /// Checks in one `batch` CheckBatch (`batch100` always sends 100).
     #[arg(long, default_value_t = 10)]
     batch_size: usize,
-    /// Scenarios to run, in order. `check_redis` starts a redis-server and a
-    /// second, Redis-sourced in-process server.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "health,check,batch"
-    )]
-    scenarios: Vec<Scenario>,
+    /// Scenarios to run, in order [default: health,check,batch; every
+    /// scenario in test mode].
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "all")]
+    scenarios: Option<Vec<Scenario>>,
+    /// Run every scenario: health, check, batch, batch100, check_if1,
+    /// check_if64, check_unix, check_reload, check_redis, cold, consume,
+    /// consume_lease.
+    #[arg(long)]
+    all: bool,
     /// Also run `check_redis` (inserted after `check`): the ALLOW Check
     /// against a server reading tenant snapshots from Redis, answered from
     /// its in-process cache. Needs redis-server (or $REDIS_SERVER).
     #[arg(long)]
     redis: bool,
-    /// Print the results as JSON on stdout (progress goes to stderr).
+    /// Tenants of the `cold` set [default: 4000; 200 in test mode].
+    #[arg(long, value_name = "N")]
+    cold_tenants: Option<usize>,
+    /// Print the results as JSON on stdout instead of the table (progress
+    /// goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Also write the results as JSON to FILE (the table is printed as well).
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<PathBuf>,
     /// Passed by `cargo bench`. Without it (`cargo test --benches` or
     /// `--all-targets`, or the binary run by hand) the load generator runs in
-    /// test mode, as criterion does: a short smoke run unless --duration,
-    /// --warmup, --rounds or --quick say otherwise.
+    /// test mode, as criterion does: a short smoke run of every scenario
+    /// unless --duration, --warmup, --rounds, --scenarios or --quick say
+    /// otherwise.
     #[arg(long, hide = true)]
     bench: bool,
     /// Benchmark name filters passed by `cargo bench -- FILTER`: when any is
@@ -157,25 +203,68 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// grpc.health.v1.Health/Check on service "".
+    /// grpc.health.v1.Health/Check on service "": the empty-RPC floor.
     Health,
-    /// EntitlementService/Check (ALLOW).
+    /// EntitlementService/Check (ALLOW), file source.
     Check,
     /// EntitlementService/CheckBatch of --batch-size ALLOW checks.
     Batch,
-    /// EntitlementService/Check (ALLOW) on the Redis-sourced server, from its cache.
+    /// EntitlementService/CheckBatch of 100 ALLOW checks.
+    Batch100,
+    /// The `check` ALLOW with 1 request in flight.
+    #[value(name = "check_if1")]
+    CheckIf1,
+    /// The `check` ALLOW with 64 requests in flight.
+    #[value(name = "check_if64")]
+    CheckIf64,
+    /// The `check` ALLOW over the file server's Unix domain socket.
+    #[value(name = "check_unix")]
+    CheckUnix,
+    /// The `check` ALLOW while a policy file is rewritten and SIGHUP sent
+    /// every 100 ms.
+    #[value(name = "check_reload")]
+    CheckReload,
+    /// The ALLOW Check on the Redis-sourced server, from its cache.
     #[value(name = "check_redis")]
     CheckRedis,
+    /// The ALLOW Check on the next tenant of the cold set: a cache miss, read
+    /// from Redis and parsed.
+    Cold,
     /// EntitlementService/Check consuming 1 unit of a meter (exact mode: each
     /// consumption counted in Redis), Redis-sourced server.
     Consume,
     /// The same with the meter in lease mode (blocks of 1,000 units).
     #[value(name = "consume_lease")]
     ConsumeLease,
-    /// EntitlementService/Check (ALLOW) over the file-sourced server's Unix
-    /// domain socket.
-    #[value(name = "check_unix")]
-    CheckUnix,
+}
+
+/// Every scenario, in the order `--all` runs them.
+const ALL: [Scenario; 12] = [
+    Scenario::Health,
+    Scenario::Check,
+    Scenario::Batch,
+    Scenario::Batch100,
+    Scenario::CheckIf1,
+    Scenario::CheckIf64,
+    Scenario::CheckUnix,
+    Scenario::CheckReload,
+    Scenario::CheckRedis,
+    Scenario::Cold,
+    Scenario::Consume,
+    Scenario::ConsumeLease,
+];
+
+/// Which server (process) a scenario drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The file-sourced server (or `--target`) over TCP.
+    File,
+    /// The file-sourced server over its Unix socket.
+    Unix,
+    /// The Redis-sourced server.
+    Redis,
+    /// The Redis-sourced server with the tiny cache.
+    Cold,
 }
 
 impl Scenario {
@@ -184,10 +273,15 @@ impl Scenario {
             Scenario::Health => "health",
             Scenario::Check => "check",
             Scenario::Batch => "batch",
+            Scenario::Batch100 => "batch100",
+            Scenario::CheckIf1 => "check_if1",
+            Scenario::CheckIf64 => "check_if64",
+            Scenario::CheckUnix => "check_unix",
+            Scenario::CheckReload => "check_reload",
             Scenario::CheckRedis => "check_redis",
+            Scenario::Cold => "cold",
             Scenario::Consume => "consume",
             Scenario::ConsumeLease => "consume_lease",
-            Scenario::CheckUnix => "check_unix",
         }
     }
 
@@ -195,20 +289,46 @@ impl Scenario {
         match self {
             Scenario::Health => "grpc.health.v1.Health/Check",
             Scenario::Check => "tollgate.v1.EntitlementService/Check",
-            Scenario::Batch => "tollgate.v1.EntitlementService/CheckBatch",
-            Scenario::CheckRedis => "tollgate.v1.EntitlementService/Check (Redis source)",
+            Scenario::Batch | Scenario::Batch100 => "tollgate.v1.EntitlementService/CheckBatch",
+            Scenario::CheckIf1 => "tollgate.v1.EntitlementService/Check, 1 in flight",
+            Scenario::CheckIf64 => "tollgate.v1.EntitlementService/Check, 64 in flight",
+            Scenario::CheckUnix => "tollgate.v1.EntitlementService/Check (Unix socket)",
+            Scenario::CheckReload => {
+                "tollgate.v1.EntitlementService/Check (policies reloading every 100 ms)"
+            }
+            Scenario::CheckRedis => "tollgate.v1.EntitlementService/Check (Redis source, cached)",
+            Scenario::Cold => "tollgate.v1.EntitlementService/Check (Redis source, cache miss)",
             Scenario::Consume => "tollgate.v1.EntitlementService/Check + consume (exact)",
             Scenario::ConsumeLease => "tollgate.v1.EntitlementService/Check + consume (lease)",
-            Scenario::CheckUnix => "tollgate.v1.EntitlementService/Check (Unix socket)",
         }
     }
 
-    /// Runs against the Redis-sourced server.
-    fn on_redis(self) -> bool {
-        matches!(
-            self,
-            Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease
-        )
+    fn role(self) -> Role {
+        match self {
+            Scenario::CheckUnix => Role::Unix,
+            Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease => Role::Redis,
+            Scenario::Cold => Role::Cold,
+            _ => Role::File,
+        }
+    }
+
+    /// Requests in flight.
+    fn in_flight(self, settings: &Settings) -> usize {
+        match self {
+            Scenario::CheckIf1 => 1,
+            Scenario::CheckIf64 => 64,
+            _ => settings.in_flight,
+        }
+    }
+
+    /// Decisions per call (0 for health).
+    fn decisions_per_call(self, settings: &Settings) -> usize {
+        match self {
+            Scenario::Health => 0,
+            Scenario::Batch => settings.batch_size,
+            Scenario::Batch100 => BATCH100,
+            _ => 1,
+        }
     }
 }
 
@@ -224,13 +344,20 @@ struct Settings {
     rounds: usize,
     warmup: Duration,
     settle: Duration,
-    server_threads: usize,
+    /// `TOKIO_WORKER_THREADS` of the server processes, when given.
+    server_threads: Option<usize>,
     client_threads: usize,
     batch_size: usize,
     scenarios: Vec<Scenario>,
-    /// `check_redis` is among the scenarios: start redis-server and the
-    /// Redis-sourced server.
-    redis: bool,
+    cold_tenants: usize,
+    target: Option<SocketAddr>,
+    target_pid: Option<u32>,
+}
+
+impl Settings {
+    fn needs(&self, role: Role) -> bool {
+        self.scenarios.iter().any(|s| s.role() == role)
+    }
 }
 
 fn settings(args: &Args) -> Result<Settings, String> {
@@ -238,7 +365,7 @@ fn settings(args: &Args) -> Result<Settings, String> {
     let (duration, warmup) = match (args.quick, args.bench) {
         (true, _) => (2.0, 0.5),
         (false, true) => (args.duration.unwrap_or(10.0), args.warmup.unwrap_or(1.0)),
-        (false, false) => (args.duration.unwrap_or(0.5), args.warmup.unwrap_or(0.2)),
+        (false, false) => (args.duration.unwrap_or(0.8), args.warmup.unwrap_or(0.1)),
     };
     let full_run = args.bench && !args.quick;
     let rounds = args.rounds.unwrap_or(if full_run { 5 } else { 1 });
@@ -260,13 +387,18 @@ fn settings(args: &Args) -> Result<Settings, String> {
             "--duration / --rounds is {slice:.3} s: each round needs at least {MIN_SLICE_SECONDS} s per scenario"
         ));
     }
-    if args.connections == 0 || args.in_flight == 0 {
+    // The unoptimised server of test mode takes ~0.2 s of CPU for a
+    // CheckBatch of 100: fewer in flight, so that calls complete in a slice.
+    let in_flight = args
+        .in_flight
+        .unwrap_or(if args.bench || args.quick { 16 } else { 4 });
+    if args.connections == 0 || in_flight == 0 {
         return Err("--connections and --in-flight must be at least 1".to_string());
     }
-    if args.connections > args.in_flight {
+    if args.connections > in_flight {
         return Err(format!(
-            "--connections ({}) exceeds --in-flight ({}): some connections would carry nothing",
-            args.connections, args.in_flight
+            "--connections ({}) exceeds --in-flight ({in_flight}): some connections would carry nothing",
+            args.connections
         ));
     }
     if args.batch_size == 0 {
@@ -280,19 +412,41 @@ fn settings(args: &Args) -> Result<Settings, String> {
         }
         if args.server_threads.is_some() {
             return Err(
-                "--server-threads applies to the in-process server, not to --target".to_string(),
+                "--server-threads applies to the servers loadgen starts, not to --target"
+                    .to_string(),
             );
         }
     }
-    let threads = |value: Option<usize>, flag: &str| match value {
-        Some(0) => Err(format!("{flag} must be at least 1")),
-        Some(n) => Ok(n),
-        None => Ok(cpus),
+    let client_threads = match args.client_threads {
+        Some(0) => return Err("--client-threads must be at least 1".to_string()),
+        Some(n) => n,
+        None => cpus,
+    };
+    if args.server_threads == Some(0) {
+        return Err("--server-threads must be at least 1".to_string());
+    }
+    let cold_tenants = args
+        .cold_tenants
+        .unwrap_or(if args.bench { 4000 } else { 200 });
+    if !(MIN_COLD_TENANTS..=1_000_000).contains(&cold_tenants) {
+        return Err(format!(
+            "--cold-tenants must be in [{MIN_COLD_TENANTS}, 1000000]"
+        ));
+    }
+    // Test mode runs every scenario (that can run against --target).
+    let chosen: Vec<Scenario> = match (&args.scenarios, args.all || !(args.bench || args.quick)) {
+        (Some(scenarios), _) => scenarios.clone(),
+        (None, true) if args.target.is_some() && !args.all => ALL
+            .into_iter()
+            .filter(|s| s.role() == Role::File && *s != Scenario::CheckReload)
+            .collect(),
+        (None, true) => ALL.to_vec(),
+        (None, false) => vec![Scenario::Health, Scenario::Check, Scenario::Batch],
     };
     let mut scenarios = Vec::new();
-    for scenario in &args.scenarios {
-        if !scenarios.contains(scenario) {
-            scenarios.push(*scenario);
+    for scenario in chosen {
+        if !scenarios.contains(&scenario) {
+            scenarios.push(scenario);
         }
     }
     if args.redis && !scenarios.contains(&Scenario::CheckRedis) {
@@ -302,26 +456,33 @@ fn settings(args: &Args) -> Result<Settings, String> {
             .map_or(scenarios.len(), |index| index + 1);
         scenarios.insert(at, Scenario::CheckRedis);
     }
-    let redis = scenarios.iter().any(|s| s.on_redis());
-    if (redis || scenarios.contains(&Scenario::CheckUnix)) && args.target.is_some() {
-        return Err(
-            "check_redis, consume, consume_lease and check_unix need the in-process servers; they cannot run with --target"
-                .to_string(),
-        );
+    if args.target.is_some() {
+        if let Some(scenario) = scenarios
+            .iter()
+            .find(|s| s.role() != Role::File || **s == Scenario::CheckReload)
+        {
+            return Err(format!(
+                "{} needs the servers loadgen starts; it cannot run with --target \
+                 (only health, check, batch, batch100, check_if1 and check_if64 can)",
+                scenario.name()
+            ));
+        }
     }
     Ok(Settings {
         connections: args.connections,
-        in_flight: args.in_flight,
+        in_flight,
         duration: Duration::from_secs_f64(duration),
         slice: Duration::from_secs_f64(slice),
         rounds,
         warmup: Duration::from_secs_f64(warmup),
         settle: Duration::from_secs_f64(args.settle),
-        server_threads: threads(args.server_threads, "--server-threads")?,
-        client_threads: threads(args.client_threads, "--client-threads")?,
+        server_threads: args.server_threads,
+        client_threads,
         batch_size: args.batch_size,
         scenarios,
-        redis,
+        cold_tenants,
+        target: args.target,
+        target_pid: args.target_pid,
     })
 }
 
@@ -334,21 +495,6 @@ fn allow_request() -> pb::CheckRequest {
     common::use_request("acme", "bob", "pdf-export")
 }
 
-/// One client issuing one kind of call; checks every answer.
-enum Driver {
-    Health(HealthClient<Channel>),
-    Check(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
-    Batch(EntitlementServiceClient<Channel>, pb::CheckBatchRequest),
-    /// A Check whose answer must also come from the Redis source's cache.
-    CheckRedis(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
-    /// A consuming Check; every call has an idempotency key of its own.
-    Consume(
-        EntitlementServiceClient<Channel>,
-        Box<pb::CheckRequest>,
-        u64,
-    ),
-}
-
 /// Tenants written for the consume scenarios: acme with `api-calls` limited
 /// to 10^15 a month, exact and in lease mode (blocks of 1,000).
 const METER_EXACT_TENANT: &str = "meter-exact";
@@ -356,7 +502,7 @@ const METER_LEASE_TENANT: &str = "meter-lease";
 
 /// Distinguishes the idempotency keys of drivers (and of runs: a fresh
 /// redis-server per run).
-static DRIVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static DRIVERS: AtomicU64 = AtomicU64::new(0);
 
 fn consume_request(tenant: &str) -> pb::CheckRequest {
     let mut request = common::use_request(tenant, "bob", "api");
@@ -366,6 +512,20 @@ fn consume_request(tenant: &str) -> pb::CheckRequest {
         idempotency_key: String::new(),
     });
     request
+}
+
+/// The cold tenants, taken round robin by every worker of every slice
+/// through one counter.
+struct ColdSet {
+    tenants: Vec<String>,
+    next: AtomicUsize,
+}
+
+impl ColdSet {
+    fn next(&self) -> &str {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.tenants.len();
+        &self.tenants[index]
+    }
 }
 
 /// The `freshness.source` of an answer, by name.
@@ -384,48 +544,77 @@ fn source_name(response: &pb::CheckResponse) -> &'static str {
     }
 }
 
+/// One client issuing one kind of call; checks every answer.
+enum Driver {
+    Health(HealthClient<Channel>),
+    Check(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
+    Batch(EntitlementServiceClient<Channel>, pb::CheckBatchRequest),
+    /// A Check whose answer must come from the Redis source's cache.
+    CheckRedis(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
+    /// A Check of the next cold tenant, whose answer must have been read from
+    /// Redis for it.
+    Cold(
+        EntitlementServiceClient<Channel>,
+        Box<pb::CheckRequest>,
+        Arc<ColdSet>,
+    ),
+    /// A Check whose policy version is kept (`check_reload`).
+    CheckVersion(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
+    /// A consuming Check; every call has an idempotency key of its own.
+    Consume(
+        EntitlementServiceClient<Channel>,
+        Box<pb::CheckRequest>,
+        u64,
+    ),
+}
+
 impl Driver {
-    fn new(scenario: Scenario, channel: Channel, batch_size: usize) -> Self {
+    fn new(scenario: Scenario, channel: Channel, settings: &Settings, cold: &Arc<ColdSet>) -> Self {
+        let client = || EntitlementServiceClient::new(channel.clone());
+        let batch = |size: usize| pb::CheckBatchRequest {
+            checks: vec![allow_request(); size],
+        };
         match scenario {
             Scenario::Health => Driver::Health(HealthClient::new(channel)),
-            Scenario::Check => Driver::Check(
-                EntitlementServiceClient::new(channel),
-                Box::new(allow_request()),
-            ),
-            Scenario::Batch => Driver::Batch(
-                EntitlementServiceClient::new(channel),
-                pb::CheckBatchRequest {
-                    checks: vec![allow_request(); batch_size],
-                },
-            ),
-            Scenario::CheckRedis => Driver::CheckRedis(
-                EntitlementServiceClient::new(channel),
-                Box::new(allow_request()),
-            ),
-            Scenario::CheckUnix => Driver::Check(
-                EntitlementServiceClient::new(channel),
-                Box::new(allow_request()),
-            ),
+            Scenario::Check | Scenario::CheckIf1 | Scenario::CheckIf64 | Scenario::CheckUnix => {
+                Driver::Check(client(), Box::new(allow_request()))
+            }
+            Scenario::Batch => Driver::Batch(client(), batch(settings.batch_size)),
+            Scenario::Batch100 => Driver::Batch(client(), batch(BATCH100)),
+            Scenario::CheckReload => Driver::CheckVersion(client(), Box::new(allow_request())),
+            Scenario::CheckRedis => Driver::CheckRedis(client(), Box::new(allow_request())),
+            Scenario::Cold => Driver::Cold(client(), Box::new(allow_request()), Arc::clone(cold)),
             Scenario::Consume | Scenario::ConsumeLease => Driver::Consume(
-                EntitlementServiceClient::new(channel),
+                client(),
                 Box::new(consume_request(if scenario == Scenario::Consume {
                     METER_EXACT_TENANT
                 } else {
                     METER_LEASE_TENANT
                 })),
-                DRIVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 32,
+                DRIVERS.fetch_add(1, Ordering::Relaxed) << 32,
             ),
         }
     }
 
     /// Makes one call; `Err` describes a failed call or an unexpected answer.
-    async fn call(&mut self) -> Result<(), String> {
+    /// `Ok(Some(version))`: the policy version of a `check_reload` answer.
+    async fn call(&mut self) -> Result<Option<String>, String> {
         let status = |status: tonic::Status| format!("{:?}: {}", status.code(), status.message());
         let allowed = |response: &pb::CheckResponse| {
             if response.decision == pb::Decision::Allow as i32 {
                 Ok(())
             } else {
                 Err(format!("expected ALLOW, got {response:?}"))
+            }
+        };
+        // An ALLOW whose `freshness.source` is `source`.
+        let allowed_from = |response: &pb::CheckResponse, source: &str, what: &str| {
+            allowed(response)?;
+            match source_name(response) {
+                found if found == source => Ok(None),
+                other => Err(format!(
+                    "expected {what} (source {source}), got source {other}: {response:?}"
+                )),
             }
         };
         match self {
@@ -438,7 +627,7 @@ impl Driver {
                     .map_err(status)?
                     .into_inner();
                 if response.status == ServingStatus::Serving as i32 {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(format!("health status {}", response.status))
                 }
@@ -448,7 +637,16 @@ impl Driver {
                     .check(pb::CheckRequest::clone(request))
                     .await
                     .map_err(status)?;
-                allowed(response.get_ref())
+                allowed(response.get_ref()).map(|()| None)
+            }
+            Driver::CheckVersion(client, request) => {
+                let response = client
+                    .check(pb::CheckRequest::clone(request))
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                allowed(&response)?;
+                Ok(response.freshness.map(|f| f.policy_version))
             }
             Driver::Batch(client, request) => {
                 let response = client.check_batch(request.clone()).await.map_err(status)?;
@@ -460,7 +658,7 @@ impl Driver {
                         request.checks.len()
                     ));
                 }
-                responses.iter().try_for_each(allowed)
+                responses.iter().try_for_each(allowed).map(|()| None)
             }
             Driver::Consume(client, request, next) => {
                 let mut call = pb::CheckRequest::clone(request);
@@ -472,7 +670,7 @@ impl Driver {
                 let response = response.get_ref();
                 allowed(response)?;
                 match &response.usage {
-                    Some(usage) if usage.used > 0 => Ok(()),
+                    Some(usage) if usage.used > 0 => Ok(None),
                     _ => Err(format!("a consumption without usage: {response:?}")),
                 }
             }
@@ -481,74 +679,75 @@ impl Driver {
                     .check(pb::CheckRequest::clone(request))
                     .await
                     .map_err(status)?;
-                let response = response.get_ref();
-                allowed(response)?;
-                match source_name(response) {
-                    "CACHE" => Ok(()),
-                    other => Err(format!(
-                        "expected an answer from the cache (source CACHE), got source {other}: {response:?}"
-                    )),
-                }
+                allowed_from(response.get_ref(), "CACHE", "an answer from the cache")
+            }
+            Driver::Cold(client, request, cold) => {
+                let mut call = pb::CheckRequest::clone(request);
+                call.tenant = cold.next().to_string();
+                let response = client.check(call).await.map_err(status)?;
+                allowed_from(response.get_ref(), "REDIS", "a cache miss read from Redis")
             }
         }
     }
 }
 
 // ---------------------------------------------------------------------------
-// The in-process server
+// The servers
 
-type ServeTask = tokio::task::JoinHandle<Result<(), tollgate::app::ServeError>>;
-
-/// The in-process server(s), all on one tokio runtime: the file-sourced one
-/// and, for `check_redis`, a Redis-sourced one with its redis-server.
-struct InProcessServer {
-    runtime: Runtime,
-    /// The file-sourced server.
-    address: SocketAddr,
-    /// The Redis-sourced server, with `check_redis`.
-    redis: Option<RedisSide>,
-    /// The file-sourced server's Unix socket, with `check_unix`, in its tempdir.
-    unix: Option<(tempfile::TempDir, std::path::PathBuf)>,
-    /// Stop signal and task of every server.
-    servers: Vec<(oneshot::Sender<()>, ServeTask)>,
-}
-
-/// The Redis-sourced server and the redis-server it reads.
-struct RedisSide {
-    address: SocketAddr,
-    redis: RedisServer,
-    /// Snapshots written into Redis.
+/// The server processes and the redis-server, each started only when a
+/// chosen scenario needs it.
+struct Servers {
+    /// The file-sourced server (`health`, `check`, `batch*`, `check_if*`,
+    /// `check_unix`, `check_reload`).
+    file: Option<ServerProcess>,
+    /// Its policy directory, a copy of `policies/` that `check_reload` writes.
+    file_policies: PathBuf,
+    /// Its Unix socket, with `check_unix`.
+    unix_socket: Option<PathBuf>,
+    /// The Redis-sourced server (`check_redis`, `consume`, `consume_lease`).
+    redis: Option<ServerProcess>,
+    /// The Redis-sourced server with a cache of [`COLD_CACHE_MAX_BYTES`] (`cold`).
+    cold: Option<ServerProcess>,
+    /// The redis-server both Redis-sourced servers read; stopped after them.
+    redis_server: Option<RedisServer>,
+    /// Tenants put into Redis from `entitlements/` and for the meters.
     tenants: Vec<String>,
+    /// The cold set.
+    cold_tenants: Vec<String>,
+    /// Copies of `policies/`, the Unix socket. Removed last.
+    dir: tempfile::TempDir,
 }
 
-/// Listens on 127.0.0.1:0 as `tokio::net::TcpListener::bind` does.
-fn listen() -> std::io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-    socket.listen(1024)
+/// Copies the files (not the subdirectories) of `from` into a new directory `to`.
+fn copy_dir_files(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir(to).map_err(|error| format!("cannot create {}: {error}", to.display()))?;
+    let entries = std::fs::read_dir(from)
+        .map_err(|error| format!("cannot read {}: {error}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|error| format!("cannot read {}: {error}", from.display()))?;
+        if entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .map_err(|error| format!("cannot copy {}: {error}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
-/// The configuration both in-process servers share: the repository's
-/// `policies/` and `entitlements/`, everything else at its default.
-fn base_config(address: SocketAddr) -> tollgate::config::Config {
+/// Writes every `entitlements/*.json`, the two meter tenants and `cold`
+/// copies of acme (tenant ids `cold-00000`, ...) into Redis with
+/// `tollgate::admin::put` (validated against `policies`, as `tollgate
+/// snapshot put` does). Returns the tenants and the cold tenants.
+async fn load_redis(
+    settings: &RedisSettings,
+    policies: &Path,
+    cold: usize,
+) -> Result<(Vec<String>, Vec<String>), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut config =
-        tollgate::config::Config::with_dirs(root.join("policies"), root.join("entitlements"));
-    config.listen = address;
-    config.shutdown_grace = Duration::from_secs(1);
-    config
-}
-
-/// Writes every `entitlements/*.json` into Redis with `tollgate::admin::put`
-/// (validated against `policies/`, as `tollgate snapshot put` does).
-async fn load_redis(settings: &RedisSettings) -> Result<Vec<String>, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let store = Store::policies_only(root.join("policies"));
+    let store = Store::policies_only(policies.to_path_buf());
     let outcome = store.reload_all();
     let catalog = store
         .catalog()
-        .ok_or_else(|| format!("cannot load policies/: {outcome:?}"))?;
+        .ok_or_else(|| format!("cannot load {}: {outcome:?}", policies.display()))?;
     let conn = RedisConn::connect(settings)
         .await
         .map_err(|error| format!("cannot connect to redis: {error}"))?;
@@ -571,15 +770,16 @@ async fn load_redis(settings: &RedisSettings) -> Result<Vec<String>, String> {
     if !tenants.iter().any(|tenant| tenant == "acme") {
         return Err("entitlements/ has no acme.json".to_string());
     }
-    // The consume scenarios' tenants: acme with a limit no run reaches.
     let acme = std::fs::read_to_string(root.join("entitlements/acme.json"))
         .map_err(|error| format!("cannot read acme.json: {error}"))?;
+    let acme: serde_json::Value =
+        serde_json::from_str(&acme).map_err(|error| format!("acme.json: {error}"))?;
+    // The consume scenarios' tenants: acme with a limit no run reaches.
     for (tenant, lease) in [
         (METER_EXACT_TENANT, None),
         (METER_LEASE_TENANT, Some(1_000)),
     ] {
-        let mut document: serde_json::Value =
-            serde_json::from_str(&acme).map_err(|error| format!("acme.json: {error}"))?;
+        let mut document = acme.clone();
         document["tenant"] = tenant.into();
         for entity in document["entities"].as_array_mut().into_iter().flatten() {
             if entity["uid"]["type"] == "Meter" && entity["uid"]["id"] == "api-calls" {
@@ -594,125 +794,240 @@ async fn load_redis(settings: &RedisSettings) -> Result<Vec<String>, String> {
             .map_err(|error| format!("cannot put {tenant} into redis: {error}"))?;
         tenants.push(written.tenant);
     }
-    Ok(tenants)
+    // The cold set: acme's shape under another tenant id, written by a few
+    // tasks at a time (each put parses and validates its document first).
+    const WRITERS: usize = 8;
+    let cold_tenants: Vec<String> = (0..cold).map(|index| format!("cold-{index:05}")).collect();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let conn = conn.clone();
+        let policies = Arc::clone(&catalog.policies);
+        let mut document = acme.clone();
+        let mine: Vec<String> = cold_tenants
+            .iter()
+            .skip(writer)
+            .step_by(WRITERS)
+            .cloned()
+            .collect();
+        writers.spawn(async move {
+            for tenant in mine {
+                document["tenant"] = tenant.as_str().into();
+                tollgate::admin::put(&conn, &policies, &document.to_string())
+                    .await
+                    .map_err(|error| format!("cannot put {tenant} into redis: {error}"))?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(joined) = writers.join_next().await {
+        joined.map_err(|error| format!("cold writer failed: {error}"))??;
+    }
+    Ok((tenants, cold_tenants))
 }
 
-impl InProcessServer {
-    fn start(threads: usize, with_redis: bool, with_unix: bool) -> Result<Self, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name(SERVER_THREADS)
-            .enable_all()
-            .build()
-            .map_err(|error| format!("cannot build the server runtime: {error}"))?;
-        let mut server = Self {
-            runtime,
-            address: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+impl Servers {
+    /// Starts what `settings` needs (nothing with `--target`): the
+    /// redis-server and its data first, then the server processes, each
+    /// SERVING when this returns.
+    fn start(settings: &Settings) -> Result<Self, String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().map_err(|error| format!("cannot make a tempdir: {error}"))?;
+        // Two copies: the file server's, which check_reload rewrites, and
+        // the Redis-sourced servers', which nothing changes during the run.
+        let file_policies = dir.path().join("policies-file");
+        let redis_policies = dir.path().join("policies");
+        copy_dir_files(&root.join("policies"), &file_policies)?;
+        copy_dir_files(&root.join("policies"), &redis_policies)?;
+        let mut servers = Self {
+            file: None,
+            file_policies,
+            unix_socket: None,
             redis: None,
-            unix: None,
-            servers: Vec::new(),
+            cold: None,
+            redis_server: None,
+            tenants: Vec::new(),
+            cold_tenants: Vec::new(),
+            dir,
         };
-        if with_unix {
-            let dir =
-                tempfile::tempdir().map_err(|error| format!("cannot make a tempdir: {error}"))?;
-            let socket = dir.path().join("tollgate.sock");
-            server.unix = Some((dir, socket));
+        if settings.target.is_some() {
+            return Ok(servers);
         }
-        server.address = server.spawn(None)?;
-        if with_redis {
+        let mut base: Vec<(String, String)> = vec![(
+            "TOLLGATE_SHUTDOWN_GRACE_MS".into(),
+            SHUTDOWN_GRACE_MS.to_string(),
+        )];
+        if let Some(threads) = settings.server_threads {
+            base.push(("TOKIO_WORKER_THREADS".into(), threads.to_string()));
+        }
+        let entitlements = root.join("entitlements");
+
+        let (with_redis, with_cold) = (settings.needs(Role::Redis), settings.needs(Role::Cold));
+        let mut redis_env = base.clone();
+        if with_redis || with_cold {
             let redis = RedisServer::start()?;
-            let settings = redis.settings();
-            let tenants = server.runtime.block_on(load_redis(&settings))?;
-            let address = server.spawn(Some(settings))?;
-            server.redis = Some(RedisSide {
-                address,
-                redis,
-                tenants,
-            });
+            let setup = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("tg-setup")
+                .enable_all()
+                .build()
+                .map_err(|error| format!("cannot build a runtime: {error}"))?;
+            let started = Instant::now();
+            let cold = if with_cold { settings.cold_tenants } else { 0 };
+            let (tenants, cold_tenants) =
+                setup.block_on(load_redis(&redis.settings(), &redis_policies, cold))?;
+            setup.shutdown_timeout(Duration::from_secs(1));
+            eprintln!(
+                "loadgen: redis-server {} (pid {}): {} tenants and {} cold tenants put in {:.1} s",
+                redis.url(),
+                redis.pid(),
+                tenants.len(),
+                cold_tenants.len(),
+                started.elapsed().as_secs_f64()
+            );
+            servers.tenants = tenants;
+            servers.cold_tenants = cold_tenants;
+            redis_env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
+            redis_env.push((
+                "TOLLGATE_CACHE_TTL_MS".into(),
+                REDIS_CACHE_TTL_MS.to_string(),
+            ));
+            servers.redis_server = Some(redis);
         }
-        Ok(server)
+        if settings.needs(Role::File) || settings.needs(Role::Unix) {
+            let mut env = base.clone();
+            if settings.needs(Role::Unix) {
+                let socket = servers.dir.path().join("tollgate.sock");
+                env.push(("TOLLGATE_LISTEN_UNIX".into(), socket.display().to_string()));
+                servers.unix_socket = Some(socket);
+            }
+            servers.file = Some(ServerProcess::spawn(
+                "file",
+                &servers.file_policies,
+                &entitlements,
+                &env,
+            )?);
+        }
+        if with_redis {
+            servers.redis = Some(ServerProcess::spawn(
+                "redis",
+                &redis_policies,
+                &entitlements,
+                &redis_env,
+            )?);
+        }
+        if with_cold {
+            let mut env = redis_env.clone();
+            env.push((
+                "TOLLGATE_CACHE_MAX_BYTES".into(),
+                COLD_CACHE_MAX_BYTES.to_string(),
+            ));
+            servers.cold = Some(ServerProcess::spawn(
+                "cold",
+                &redis_policies,
+                &entitlements,
+                &env,
+            )?);
+        }
+        Ok(servers)
     }
 
-    /// Starts one server on the runtime: file-sourced, or with `redis`
-    /// Redis-sourced (cache TTL raised to [`REDIS_CACHE_TTL`]).
-    fn spawn(&mut self, redis: Option<RedisSettings>) -> Result<SocketAddr, String> {
-        let listener = self
-            .runtime
-            .block_on(async { listen() })
-            .map_err(|error| format!("cannot listen on 127.0.0.1:0: {error}"))?;
-        let address = listener
-            .local_addr()
-            .map_err(|error| format!("no local address: {error}"))?;
-        let mut config = base_config(address);
-        if redis.is_some() {
-            config.redis = redis;
-            config.cache.ttl = REDIS_CACHE_TTL;
-        } else {
-            config.listen_unix = self.unix.as_ref().map(|(_, socket)| socket.clone());
+    fn process(&self, role: Role) -> Option<&ServerProcess> {
+        match role {
+            Role::File | Role::Unix => self.file.as_ref(),
+            Role::Redis => self.redis.as_ref(),
+            Role::Cold => self.cold.as_ref(),
         }
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = self
-            .runtime
-            .spawn(tollgate::app::serve_on(config, listener, async move {
-                let _ = stopped.await;
-            }));
-        self.servers.push((stop, task));
-        Ok(address)
     }
 
-    fn shut_down(self) {
-        for (stop, task) in self.servers {
-            let _ = stop.send(());
-            let outcome = self
-                .runtime
-                .block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
-            match outcome {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => eprintln!("loadgen: server stopped with an error: {error}"),
-                Ok(Err(error)) => eprintln!("loadgen: server task failed: {error}"),
-                Err(_) => eprintln!("loadgen: server did not stop within 5 s"),
+    /// The pid of the server `role` drives: a process started here, or
+    /// `--target-pid`.
+    fn pid(&self, role: Role, settings: &Settings) -> Option<u32> {
+        match (self.process(role), role) {
+            (Some(process), _) => Some(process.pid()),
+            (None, Role::File) => settings.target_pid,
+            (None, _) => None,
+        }
+    }
+
+    /// The redis-server's pid, for the scenarios that read Redis.
+    fn redis_pid(&self, role: Role) -> Option<u32> {
+        matches!(role, Role::Redis | Role::Cold)
+            .then(|| self.redis_server.as_ref().map(RedisServer::pid))
+            .flatten()
+    }
+
+    /// Stops the server processes with SIGTERM (each must exit with status
+    /// 0), then the redis-server.
+    fn stop(self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for process in [self.file, self.redis, self.cold].into_iter().flatten() {
+            if let Err(problem) = process.stop() {
+                problems.push(problem);
             }
         }
-        self.runtime.shutdown_timeout(Duration::from_secs(1));
-        // The redis-server (if any) is stopped last, once nothing reads it.
-        drop(self.redis);
+        drop(self.redis_server);
+        problems
+    }
+}
+
+// ---------------------------------------------------------------------------
+// check_reload's writer
+
+/// Distinguishes every write of [`RELOAD_FILE`] in a run.
+static RELOADS: AtomicU64 = AtomicU64::new(0);
+
+/// A thread that rewrites [`RELOAD_FILE`] in `dir` and sends SIGHUP to `pid`
+/// every [`RELOAD_INTERVAL`] until stopped (or, at the latest, `until`).
+struct ReloadWriter {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u64, String>>,
+}
+
+impl ReloadWriter {
+    fn start(pid: u32, dir: PathBuf, until: Instant) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (file, temporary) = (dir.join(RELOAD_FILE), dir.join(".reload.tmp"));
+                let mut sent = 0;
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    let count = RELOADS.fetch_add(1, Ordering::Relaxed);
+                    // Written whole, then renamed: a reload never reads half a file.
+                    std::fs::write(&temporary, format!("// reload {count}\n"))
+                        .and_then(|()| std::fs::rename(&temporary, &file))
+                        .map_err(|error| format!("cannot write {}: {error}", file.display()))?;
+                    process::signal(pid, "HUP")?;
+                    sent += 1;
+                    next += RELOAD_INTERVAL;
+                    std::thread::sleep(next.min(until).saturating_duration_since(Instant::now()));
+                }
+                Ok(sent)
+            })
+        };
+        Self { stop, thread }
+    }
+
+    /// Stops it; the number of reloads it asked for.
+    fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| "the reload writer panicked".to_string())?
     }
 }
 
 // ---------------------------------------------------------------------------
 // Measurement
 
-/// CPU time (ns) consumed so far by the live threads whose name starts with
-/// each prefix, from `/proc/self/task/*/schedstat`. `None` where unavailable.
-fn thread_cpu_ns(prefixes: &[&str]) -> Option<Vec<u64>> {
-    let mut totals = vec![0u64; prefixes.len()];
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let Ok(task) = task else { continue };
-        let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else {
-            continue;
-        };
-        let Some(index) = prefixes.iter().position(|p| name.trim_end().starts_with(p)) else {
-            continue;
-        };
-        let Ok(schedstat) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        if let Some(ns) = schedstat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            totals[index] += ns;
-        }
-    }
-    Some(totals)
-}
-
 #[derive(Default)]
 struct WorkerResult {
     latencies_ns: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
+    /// Policy versions of the measured `check_reload` answers.
+    versions: HashSet<String>,
 }
 
 /// Calls back to back until `end`; records the calls that started at or after
@@ -730,9 +1045,16 @@ async fn worker(mut driver: Driver, measure_from: Instant, end: Instant) -> Work
             continue;
         }
         match outcome {
-            Ok(()) => result
-                .latencies_ns
-                .push(u64::try_from((finished - started).as_nanos()).unwrap_or(u64::MAX)),
+            Ok(version) => {
+                result
+                    .latencies_ns
+                    .push(u64::try_from((finished - started).as_nanos()).unwrap_or(u64::MAX));
+                if let Some(version) = version {
+                    if !result.versions.contains(&version) {
+                        result.versions.insert(version);
+                    }
+                }
+            }
             Err(error) => {
                 result.errors += 1;
                 result.first_error.get_or_insert(error);
@@ -777,9 +1099,19 @@ struct Slice {
     errors: u64,
     first_error: Option<String>,
     measured: Duration,
-    /// CPU seconds of the server's and of the client's threads while measuring.
+    /// CPU seconds while measuring: the server process's, the client
+    /// runtime's threads', the redis-server's (Redis scenarios).
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
+    redis_cpu: Option<f64>,
+    /// The server process's memory right after the slice.
+    server_memory: Option<Memory>,
+    /// `check_reload`: the policy versions of the measured answers, the
+    /// reloads requested (SIGHUPs sent during the slice and its lead-in) and
+    /// the policy sets the server logged as loaded while measuring.
+    versions: HashSet<String>,
+    reloads_sent: Option<u64>,
+    reloads_loaded: Option<usize>,
 }
 
 /// What one round measured of one scenario.
@@ -789,6 +1121,11 @@ struct Round {
     seconds: f64,
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
+    redis_cpu: Option<f64>,
+    server_memory: Option<Memory>,
+    versions: usize,
+    reloads_sent: Option<u64>,
+    reloads_loaded: Option<usize>,
 }
 
 impl Round {
@@ -801,6 +1138,8 @@ impl Round {
 /// each round's figures in `rounds` (in round order).
 struct Outcome {
     scenario: Scenario,
+    label: String,
+    in_flight: usize,
     calls: u64,
     errors: u64,
     first_error: Option<String>,
@@ -808,9 +1147,15 @@ struct Outcome {
     seconds: f64,
     decisions_per_call: usize,
     latency: Option<Latency>,
-    /// CPU seconds of the server's and of the client's threads while measuring.
+    /// CPU seconds of the server process, the client's threads and the
+    /// redis-server while measuring (`None` unless every round read them).
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
+    redis_cpu: Option<f64>,
+    /// The largest `VmRSS` of the server process read after a slice.
+    server_rss_bytes: Option<u64>,
+    /// `check_reload`: distinct policy versions over all measured answers.
+    versions: Option<usize>,
     rounds: Vec<Round>,
 }
 
@@ -824,37 +1169,47 @@ impl Outcome {
                 seconds: slice.measured.as_secs_f64(),
                 server_cpu: slice.server_cpu,
                 client_cpu: slice.client_cpu,
+                redis_cpu: slice.redis_cpu,
+                server_memory: slice.server_memory,
+                versions: slice.versions.len(),
+                reloads_sent: slice.reloads_sent,
+                reloads_loaded: slice.reloads_loaded,
             })
             .collect();
         let measured: Duration = slices.iter().map(|slice| slice.measured).sum();
         let mut latencies = Vec::with_capacity(rounds.iter().map(|r| r.calls as usize).sum());
         let mut first_error = None;
+        let mut versions = HashSet::new();
         for slice in slices {
             latencies.extend(slice.latencies_ns);
+            versions.extend(slice.versions);
             if first_error.is_none() {
                 first_error = slice.first_error;
             }
         }
         latencies.sort_unstable();
+        let decisions_per_call = scenario.decisions_per_call(settings);
         Outcome {
             scenario,
+            label: match scenario {
+                Scenario::Batch => format!("batch{decisions_per_call}"),
+                other => other.name().to_string(),
+            },
+            in_flight: scenario.in_flight(settings),
             calls: latencies.len() as u64,
             errors: rounds.iter().map(|r| r.errors).sum(),
             first_error,
             seconds: measured.as_secs_f64(),
-            decisions_per_call: match scenario {
-                Scenario::Health => 0,
-                Scenario::Check
-                | Scenario::CheckRedis
-                | Scenario::Consume
-                | Scenario::ConsumeLease
-                | Scenario::CheckUnix => 1,
-                Scenario::Batch => settings.batch_size,
-            },
+            decisions_per_call,
             latency: latency(&latencies),
-            // `None` unless every round could read the CPU times.
             server_cpu: rounds.iter().map(|r| r.server_cpu).sum(),
             client_cpu: rounds.iter().map(|r| r.client_cpu).sum(),
+            redis_cpu: rounds.iter().map(|r| r.redis_cpu).sum(),
+            server_rss_bytes: rounds
+                .iter()
+                .filter_map(|r| r.server_memory.map(|m| m.rss_bytes))
+                .max(),
+            versions: (scenario == Scenario::CheckReload).then_some(versions.len()),
             rounds,
         }
     }
@@ -877,81 +1232,64 @@ impl Outcome {
         self.rounds.iter().map(Round::calls_per_sec).collect()
     }
 
-    /// Table name: `batch` carries its batch size.
-    fn label(&self) -> String {
-        match self.scenario {
-            Scenario::Batch => format!("batch{}", self.decisions_per_call),
-            other => other.name().to_string(),
+    /// Why this outcome fails the run, beyond its errors: a round without a
+    /// call, or a `check_reload` that saw fewer than two policy versions.
+    fn failure(&self) -> Option<String> {
+        if self.rounds.iter().any(|r| r.calls == 0) {
+            return Some(format!("{}: a round without a completed call", self.label));
+        }
+        match self.versions {
+            Some(versions) if versions < 2 => Some(format!(
+                "{}: the measured answers saw {versions} policy version(s); reloads did not take effect",
+                self.label
+            )),
+            _ => None,
         }
     }
 }
 
-/// Waits for the server on `channel` to report SERVING.
-async fn wait_serving(channel: &Channel) -> Result<(), String> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut health = Driver::new(Scenario::Health, channel.clone(), 1);
-    loop {
-        match health.call().await {
-            Ok(()) => return Ok(()),
-            Err(error) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "server not SERVING after {} s: {error}",
-                    READY_TIMEOUT.as_secs()
-                ))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-/// Waits for the server(s) to report SERVING, then checks one call of each
-/// scenario. For `check_redis`, the first Check (which reads acme from Redis)
-/// must be an ALLOW, and the next ones ALLOWs from the cache.
+/// Checks three calls of each scenario (after waiting for an external server
+/// to report SERVING). For `check_redis`, the first Check (which reads acme
+/// from Redis) must be an ALLOW, and the next ones ALLOWs from the cache.
 async fn preflight(
-    channel: &Channel,
-    redis_channel: Option<&Channel>,
-    unix_channel: Option<&Channel>,
+    channels: &Channels,
     settings: &Settings,
+    cold: &Arc<ColdSet>,
 ) -> Result<(), String> {
-    wait_serving(channel).await?;
+    if settings.target.is_some() {
+        grpc::wait_serving(&channels.file[0], READY_TIMEOUT)
+            .await
+            .map_err(|error| format!("--target: {error}"))?;
+    }
     for scenario in &settings.scenarios {
-        let channel = match (scenario, redis_channel) {
-            (Scenario::Consume | Scenario::ConsumeLease, Some(redis)) => redis,
-            (Scenario::CheckUnix, _) => unix_channel.ok_or("check_unix without a Unix socket")?,
-            (Scenario::CheckRedis, Some(redis)) => {
-                wait_serving(redis).await?;
-                let first = EntitlementServiceClient::new(redis.clone())
-                    .check(allow_request())
-                    .await
-                    .map_err(|status| {
-                        format!(
-                            "{}: first call: {:?}: {}",
-                            scenario.rpc(),
-                            status.code(),
-                            status.message()
-                        )
-                    })?
-                    .into_inner();
-                if first.decision != pb::Decision::Allow as i32
-                    || !matches!(source_name(&first), "REDIS" | "CACHE")
-                {
-                    return Err(format!(
-                        "{}: first call: expected ALLOW read from Redis, got {first:?}",
-                        scenario.rpc()
-                    ));
-                }
-                redis
-            }
-            (Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease, None) => {
+        let channel = channels
+            .of(scenario.role())
+            .first()
+            .ok_or_else(|| format!("{}: no connection to its server", scenario.name()))?;
+        if *scenario == Scenario::CheckRedis {
+            let first = EntitlementServiceClient::new(channel.clone())
+                .check(allow_request())
+                .await
+                .map_err(|status| {
+                    format!(
+                        "{}: first call: {:?}: {}",
+                        scenario.rpc(),
+                        status.code(),
+                        status.message()
+                    )
+                })?
+                .into_inner();
+            if first.decision != pb::Decision::Allow as i32
+                || !matches!(source_name(&first), "REDIS" | "CACHE")
+            {
                 return Err(format!(
-                    "{} without a Redis-sourced server",
-                    scenario.name()
-                ))
+                    "{}: first call: expected ALLOW read from Redis, got {first:?}",
+                    scenario.rpc()
+                ));
             }
-            _ => channel,
-        };
+        }
         // Three calls: a check_redis answer not from the cache fails here.
-        let mut driver = Driver::new(*scenario, channel.clone(), settings.batch_size);
+        let mut driver = Driver::new(*scenario, channel.clone(), settings, cold);
         for _ in 0..3 {
             driver
                 .call()
@@ -965,81 +1303,116 @@ async fn preflight(
 /// Runs `scenario` for `lead_in` (not measured) and then `measured`.
 async fn run_slice(
     scenario: Scenario,
-    channels: &Channels,
-    settings: &Settings,
-    in_process: bool,
+    run: &Run<'_>,
     lead_in: Duration,
     measured: Duration,
 ) -> Slice {
+    let settings = run.settings;
+    let role = scenario.role();
+    let channels = run.channels.of(role);
+    let server = run.servers.process(role);
+    let server_pid = run.servers.pid(role, settings);
+    let redis_pid = run.servers.redis_pid(role);
+    // check_reload: the writer starts first, and the slice once the server
+    // has loaded the first policy set it wrote, so that reloads go on from
+    // the first measured call to the last.
+    let reload_writer = match (scenario, server) {
+        (Scenario::CheckReload, Some(server)) => {
+            let loaded = server.log_count(POLICY_SET_LOADED);
+            let deadline = Instant::now() + FIRST_RELOAD_TIMEOUT;
+            let writer = ReloadWriter::start(
+                server.pid(),
+                run.servers.file_policies.clone(),
+                deadline + lead_in + measured,
+            );
+            while server.log_count(POLICY_SET_LOADED) == loaded && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Some(writer)
+        }
+        _ => None,
+    };
     let start = Instant::now();
     let measure_from = start + lead_in;
     let end = measure_from + measured;
-    let channels = match scenario {
-        Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease => &channels.redis,
-        Scenario::CheckUnix => &channels.unix,
-        _ => &channels.main,
-    };
-    let workers: Vec<_> = (0..settings.in_flight)
+    let workers: Vec<_> = (0..scenario.in_flight(settings))
         .map(|index| {
             let channel = channels[index % channels.len()].clone();
-            let driver = Driver::new(scenario, channel, settings.batch_size);
+            let driver = Driver::new(scenario, channel, settings, &run.cold);
             tokio::spawn(worker(driver, measure_from, end))
         })
         .collect();
 
-    let prefixes: &[&str] = if in_process {
-        &[SERVER_THREADS, CLIENT_THREADS]
-    } else {
-        &[CLIENT_THREADS]
+    let sample = || {
+        (
+            server_pid.and_then(process::process_cpu),
+            process::own_threads_cpu(CLIENT_THREADS),
+            redis_pid.and_then(process::process_cpu),
+            server.map(|s| s.log_count(POLICY_SET_LOADED)),
+        )
     };
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu_before = thread_cpu_ns(prefixes);
+    let before = sample();
     tokio::time::sleep_until(end.into()).await;
-    let cpu_after = thread_cpu_ns(prefixes);
-    let cpu: Option<Vec<f64>> = cpu_before.zip(cpu_after).map(|(before, after)| {
+    let after = sample();
+    let server_memory = server_pid.and_then(process::memory);
+    let seconds = |before: &Option<CpuSample>, after: &Option<CpuSample>| {
         before
-            .iter()
-            .zip(&after)
-            .map(|(b, a)| a.saturating_sub(*b) as f64 / 1e9)
-            .collect()
-    });
+            .as_ref()
+            .zip(after.as_ref())
+            .map(|(before, after)| after.seconds_since(before))
+    };
 
-    let mut latencies_ns = Vec::new();
-    let mut errors = 0;
-    let mut first_error = None;
+    let mut slice = Slice {
+        latencies_ns: Vec::new(),
+        errors: 0,
+        first_error: None,
+        measured,
+        server_cpu: seconds(&before.0, &after.0),
+        client_cpu: seconds(&before.1, &after.1),
+        redis_cpu: seconds(&before.2, &after.2),
+        server_memory,
+        versions: HashSet::new(),
+        reloads_sent: None,
+        reloads_loaded: None,
+    };
     for handle in workers {
         // Calls carry a deadline, so workers end within RPC_TIMEOUT of `end`.
         match tokio::time::timeout(RPC_TIMEOUT * 2, handle).await {
             Ok(Ok(result)) => {
-                latencies_ns.extend(result.latencies_ns);
-                errors += result.errors;
-                if first_error.is_none() {
-                    first_error = result.first_error;
+                slice.latencies_ns.extend(result.latencies_ns);
+                slice.errors += result.errors;
+                slice.versions.extend(result.versions);
+                if slice.first_error.is_none() {
+                    slice.first_error = result.first_error;
                 }
             }
             Ok(Err(error)) => {
-                errors += 1;
-                first_error.get_or_insert(format!("worker failed: {error}"));
+                slice.errors += 1;
+                slice
+                    .first_error
+                    .get_or_insert(format!("worker failed: {error}"));
             }
             Err(_) => {
-                errors += 1;
-                first_error.get_or_insert("worker did not finish".to_string());
+                slice.errors += 1;
+                slice
+                    .first_error
+                    .get_or_insert("worker did not finish".to_string());
             }
         }
     }
-    let (server_cpu, client_cpu) = match (&cpu, in_process) {
-        (Some(cpu), true) => (Some(cpu[0]), Some(cpu[1])),
-        (Some(cpu), false) => (None, Some(cpu[0])),
-        (None, _) => (None, None),
-    };
-    Slice {
-        latencies_ns,
-        errors,
-        first_error,
-        measured,
-        server_cpu,
-        client_cpu,
+    if let Some(writer) = reload_writer {
+        match writer.finish() {
+            Ok(sent) => slice.reloads_sent = Some(sent),
+            Err(error) => {
+                slice.errors += 1;
+                slice.first_error.get_or_insert(error);
+            }
+        }
+        slice.reloads_loaded = before.3.zip(after.3).map(|(b, a)| a.saturating_sub(b));
+        tokio::time::sleep(AFTER_RELOAD).await;
     }
+    slice
 }
 
 /// The scenarios' indices in the order round `round` (from 0) runs them:
@@ -1053,36 +1426,44 @@ fn round_order(round: usize, scenarios: usize) -> Vec<usize> {
     }
 }
 
-/// The client's connections: `--connections` to the (file-sourced or
-/// external) server, and as many to the Redis-sourced one for `check_redis`.
+/// The client's connections: `--connections` to each server a scenario needs.
+#[derive(Default)]
 struct Channels {
-    main: Vec<Channel>,
-    redis: Vec<Channel>,
+    file: Vec<Channel>,
     unix: Vec<Channel>,
+    redis: Vec<Channel>,
+    cold: Vec<Channel>,
 }
 
-async fn drive(
-    address: SocketAddr,
-    redis_address: Option<SocketAddr>,
-    unix_socket: Option<&Path>,
-    settings: &Settings,
-    in_process: bool,
-) -> Result<Vec<Outcome>, String> {
-    let mut channels = Channels {
-        main: Vec::with_capacity(settings.connections),
-        redis: Vec::new(),
-        unix: Vec::new(),
-    };
-    for _ in 0..settings.connections {
-        channels
-            .main
-            .push(grpc::connect(address, RPC_TIMEOUT).await?);
-        if let Some(redis_address) = redis_address {
-            channels
-                .redis
-                .push(grpc::connect(redis_address, RPC_TIMEOUT).await?);
+impl Channels {
+    fn of(&self, role: Role) -> &[Channel] {
+        match role {
+            Role::File => &self.file,
+            Role::Unix => &self.unix,
+            Role::Redis => &self.redis,
+            Role::Cold => &self.cold,
         }
-        if let Some(socket) = unix_socket {
+    }
+}
+
+/// What a slice needs to know of the run.
+struct Run<'a> {
+    settings: &'a Settings,
+    servers: &'a Servers,
+    channels: Channels,
+    cold: Arc<ColdSet>,
+}
+
+async fn drive(settings: &Settings, servers: &Servers) -> Result<Vec<Outcome>, String> {
+    let mut channels = Channels::default();
+    for _ in 0..settings.connections {
+        let file = servers.file.as_ref().map(ServerProcess::address);
+        if let Some(address) = file.or(settings.target) {
+            channels
+                .file
+                .push(grpc::connect(address, RPC_TIMEOUT).await?);
+        }
+        if let Some(socket) = &servers.unix_socket {
             let address = format!("unix:{}", socket.display());
             channels.unix.push(
                 tollgate::api::client::connect(&address)
@@ -1090,14 +1471,29 @@ async fn drive(
                     .map_err(|error| format!("cannot connect to {address}: {error}"))?,
             );
         }
+        for (server, list) in [
+            (&servers.redis, &mut channels.redis),
+            (&servers.cold, &mut channels.cold),
+        ] {
+            if let Some(server) = server {
+                list.push(grpc::connect(server.address(), RPC_TIMEOUT).await?);
+            }
+        }
     }
-    preflight(
-        &channels.main[0],
-        channels.redis.first(),
-        channels.unix.first(),
+    let run = Run {
         settings,
-    )
-    .await?;
+        servers,
+        channels,
+        cold: Arc::new(ColdSet {
+            tenants: if servers.cold_tenants.is_empty() {
+                vec!["acme".to_string()]
+            } else {
+                servers.cold_tenants.clone()
+            },
+            next: AtomicUsize::new(0),
+        }),
+    };
+    preflight(&run.channels, settings, &run.cold).await?;
     // slices[scenario index][round]
     let mut slices: Vec<Vec<Slice>> = settings
         .scenarios
@@ -1121,15 +1517,7 @@ async fn drive(
                 settings.slice.as_secs_f64(),
                 lead_in.as_secs_f64()
             );
-            let slice = run_slice(
-                scenario,
-                &channels,
-                settings,
-                in_process,
-                lead_in,
-                settings.slice,
-            )
-            .await;
+            let slice = run_slice(scenario, &run, lead_in, settings.slice).await;
             slices[index].push(slice);
         }
     }
@@ -1177,6 +1565,10 @@ impl Ratio {
     }
 }
 
+fn find(outcomes: &[Outcome], scenario: Scenario) -> Option<&Outcome> {
+    outcomes.iter().find(|o| o.scenario == scenario)
+}
+
 /// `numerator` / `denominator` calls per second or, with `per_decision`,
 /// decisions per second.
 fn ratio(
@@ -1185,8 +1577,7 @@ fn ratio(
     denominator: Scenario,
     per_decision: bool,
 ) -> Option<Ratio> {
-    let find = |scenario| outcomes.iter().find(|o| o.scenario == scenario);
-    let (n, d) = (find(numerator)?, find(denominator)?);
+    let (n, d) = (find(outcomes, numerator)?, find(outcomes, denominator)?);
     let weight = |o: &Outcome| {
         if per_decision {
             o.decisions_per_call as f64
@@ -1211,67 +1602,110 @@ fn ratio(
     })
 }
 
-/// Check / health calls per second.
-fn check_over_health(outcomes: &[Outcome]) -> Option<Ratio> {
-    ratio(outcomes, Scenario::Check, Scenario::Health, false)
+/// A throughput ratio the report shows: JSON key, label, numerator,
+/// denominator, and whether it compares decisions (not calls) per second.
+type RatioDef = (&'static str, &'static str, Scenario, Scenario, bool);
+
+const RATIOS: [RatioDef; 9] = [
+    (
+        "check_over_health_throughput",
+        "Check / health throughput",
+        Scenario::Check,
+        Scenario::Health,
+        false,
+    ),
+    (
+        "batch_over_check_decisions",
+        "CheckBatch / Check decisions per second",
+        Scenario::Batch,
+        Scenario::Check,
+        true,
+    ),
+    (
+        "batch100_over_check_decisions",
+        "batch100 / check decisions per second",
+        Scenario::Batch100,
+        Scenario::Check,
+        true,
+    ),
+    (
+        "check_redis_over_check_throughput",
+        "check_redis / check throughput",
+        Scenario::CheckRedis,
+        Scenario::Check,
+        false,
+    ),
+    (
+        "cold_over_check_redis_throughput",
+        "cold / check_redis throughput",
+        Scenario::Cold,
+        Scenario::CheckRedis,
+        false,
+    ),
+    (
+        "consume_over_check_redis_throughput",
+        "consume / check_redis throughput",
+        Scenario::Consume,
+        Scenario::CheckRedis,
+        false,
+    ),
+    (
+        "consume_lease_over_check_redis_throughput",
+        "consume_lease / check_redis throughput",
+        Scenario::ConsumeLease,
+        Scenario::CheckRedis,
+        false,
+    ),
+    (
+        "check_unix_over_check_throughput",
+        "check_unix / check throughput",
+        Scenario::CheckUnix,
+        Scenario::Check,
+        false,
+    ),
+    (
+        "check_reload_over_check_throughput",
+        "check_reload / check throughput",
+        Scenario::CheckReload,
+        Scenario::Check,
+        false,
+    ),
+];
+
+/// The throughput ratios of the scenarios that ran: (key, label, ratio).
+fn ratios(outcomes: &[Outcome]) -> Vec<(&'static str, &'static str, Ratio)> {
+    RATIOS
+        .iter()
+        .filter_map(|&(key, label, n, d, per_decision)| {
+            Some((key, label, ratio(outcomes, n, d, per_decision)?))
+        })
+        .collect()
 }
 
-/// CheckBatch / Check decisions per second.
-fn batch_over_check(outcomes: &[Outcome]) -> Option<Ratio> {
-    ratio(outcomes, Scenario::Batch, Scenario::Check, true)
-}
+/// Latency ratios to `check` (pooled p50 and p99): JSON key, label, scenario.
+const LATENCY_RATIOS: [(&str, &str, Scenario); 3] = [
+    (
+        "check_redis_over_check_latency",
+        "check_redis / check",
+        Scenario::CheckRedis,
+    ),
+    (
+        "check_if1_over_check_latency",
+        "check_if1 / check",
+        Scenario::CheckIf1,
+    ),
+    (
+        "check_if64_over_check_latency",
+        "check_if64 / check",
+        Scenario::CheckIf64,
+    ),
+];
 
-/// check_redis / check calls per second: the Redis source's cache hit
-/// against the file source.
-fn redis_over_check(outcomes: &[Outcome]) -> Option<Ratio> {
-    ratio(outcomes, Scenario::CheckRedis, Scenario::Check, false)
-}
-
-/// consume / check_redis and consume_lease / check_redis calls per second.
-fn consume_over_check(outcomes: &[Outcome], scenario: Scenario) -> Option<Ratio> {
-    ratio(outcomes, scenario, Scenario::CheckRedis, false)
-}
-
-/// check_unix / check calls per second: the Unix socket against loopback TCP.
-fn unix_over_tcp(outcomes: &[Outcome]) -> Option<Ratio> {
-    ratio(outcomes, Scenario::CheckUnix, Scenario::Check, false)
-}
-
-const CHECK_OVER_HEALTH: &str = "Check / health throughput";
-const CONSUME_OVER_CHECK: &str = "consume / check_redis throughput";
-const LEASE_OVER_CHECK: &str = "consume_lease / check_redis throughput";
-const UNIX_OVER_TCP: &str = "check_unix / check throughput";
-const BATCH_OVER_CHECK: &str = "CheckBatch / Check decisions per second";
-const REDIS_OVER_CHECK: &str = "check_redis / check throughput";
-
-/// The ratios reported, with their labels.
-fn ratios(outcomes: &[Outcome]) -> [(&'static str, Option<Ratio>); 6] {
-    [
-        (CHECK_OVER_HEALTH, check_over_health(outcomes)),
-        (BATCH_OVER_CHECK, batch_over_check(outcomes)),
-        (REDIS_OVER_CHECK, redis_over_check(outcomes)),
-        (
-            CONSUME_OVER_CHECK,
-            consume_over_check(outcomes, Scenario::Consume),
-        ),
-        (
-            LEASE_OVER_CHECK,
-            consume_over_check(outcomes, Scenario::ConsumeLease),
-        ),
-        (UNIX_OVER_TCP, unix_over_tcp(outcomes)),
-    ]
-}
-
-/// check_redis / check pooled latency at p50 and p99, when both ran.
-fn redis_over_check_latency(outcomes: &[Outcome]) -> Option<(f64, f64)> {
-    let find = |scenario| {
-        outcomes
-            .iter()
-            .find(|o| o.scenario == scenario)
-            .and_then(|o| o.latency.as_ref())
-    };
-    let (redis, file) = (find(Scenario::CheckRedis)?, find(Scenario::Check)?);
-    (file.p50 > 0.0 && file.p99 > 0.0).then(|| (redis.p50 / file.p50, redis.p99 / file.p99))
+/// `scenario` / check pooled latency at p50 and p99, when both ran.
+fn latency_over_check(outcomes: &[Outcome], scenario: Scenario) -> Option<(f64, f64)> {
+    let latency = |scenario| find(outcomes, scenario)?.latency.as_ref();
+    let (n, check) = (latency(scenario)?, latency(Scenario::Check)?);
+    (check.p50 > 0.0 && check.p99 > 0.0).then(|| (n.p50 / check.p50, n.p99 / check.p99))
 }
 
 /// The per-round section of the table: each scenario's calls/s, then the
@@ -1280,7 +1714,7 @@ fn per_round(
     out: &mut String,
     outcomes: &[Outcome],
     settings: &Settings,
-    ratios: &[(&str, Option<Ratio>)],
+    ratios: &[(&str, &str, Ratio)],
 ) {
     let order: Vec<&str> = settings.scenarios.iter().map(|s| s.name()).collect();
     let _ = writeln!(
@@ -1322,19 +1756,14 @@ fn per_round(
             .into_iter()
             .map(Some)
             .collect();
-        row(out, &format!("{} calls/s", outcome.label()), &values, 0);
+        row(out, &format!("{} calls/s", outcome.label), &values, 0);
     }
-    for (label, ratio) in ratios {
-        if let Some(ratio) = ratio {
-            row(out, label, &ratio.per_round, 3);
-        }
+    for (_, label, ratio) in ratios {
+        row(out, label, &ratio.per_round, 3);
     }
     let pooled: Vec<String> = ratios
         .iter()
-        .filter_map(|(label, ratio)| {
-            let pooled = ratio.as_ref()?.pooled?;
-            Some(format!("{label} {pooled:.3}"))
-        })
+        .filter_map(|(_, label, ratio)| Some(format!("{label} {:.3}", ratio.pooled?)))
         .collect();
     if !pooled.is_empty() {
         let _ = writeln!(
@@ -1361,14 +1790,82 @@ fn schedule(settings: &Settings) -> String {
     }
 }
 
-fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
+/// The servers, for the table's header.
+fn servers_text(servers: &Servers, settings: &Settings) -> String {
+    let mut out = String::new();
+    let threads = settings.server_threads.map_or_else(
+        || "tokio's default worker threads (one per CPU)".to_string(),
+        |n| format!("TOKIO_WORKER_THREADS={n}"),
+    );
+    if let Some(target) = settings.target {
+        let _ = write!(
+            out,
+            "external at {target}{}",
+            settings
+                .target_pid
+                .map_or_else(String::new, |pid| format!(" (pid {pid})"))
+        );
+        return out;
+    }
+    let _ = write!(
+        out,
+        "processes of {} ({threads})",
+        env!("CARGO_BIN_EXE_tollgate")
+    );
+    if let Some(file) = &servers.file {
+        let _ = write!(
+            out,
+            "\n         file:  pid {} at {}{}; a copy of policies/, the repository's entitlements/",
+            file.pid(),
+            file.address(),
+            servers
+                .unix_socket
+                .as_ref()
+                .map_or_else(String::new, |s| format!(" and {}", s.display()))
+        );
+    }
+    if let Some(redis) = &servers.redis_server {
+        let _ = write!(
+            out,
+            "\n         redis-server {} (pid {}): {} tenants{}",
+            redis.url(),
+            redis.pid(),
+            servers.tenants.len(),
+            if servers.cold_tenants.is_empty() {
+                String::new()
+            } else {
+                format!(" and {} cold tenants", servers.cold_tenants.len())
+            }
+        );
+    }
+    if let Some(redis) = &servers.redis {
+        let _ = write!(
+            out,
+            "\n         redis: pid {} at {}; snapshots from Redis, cache TTL 24 h",
+            redis.pid(),
+            redis.address()
+        );
+    }
+    if let Some(cold) = &servers.cold {
+        let _ = write!(
+            out,
+            "\n         cold:  pid {} at {}; snapshots from Redis, cache_max_bytes {} KiB",
+            cold.pid(),
+            cold.address(),
+            COLD_CACHE_MAX_BYTES / 1024
+        );
+    }
+    out
+}
+
+fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
     let (cpus, model) = grpc::machine();
     let mut out = String::new();
     let _ = writeln!(out, "machine: {cpus} CPUs, {model}");
-    let _ = writeln!(out, "server:  {server}");
+    let _ = writeln!(out, "server:  {servers}");
     let _ = writeln!(
         out,
-        "client:  {} worker threads, {} connections, {} in flight; {}",
+        "client:  {} worker threads, {} connections per server, {} in flight (unless the scenario says otherwise); {}",
         settings.client_threads,
         settings.connections,
         settings.in_flight,
@@ -1380,7 +1877,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>7} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "{:<14} {:>9} {:>6} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "scenario",
         "calls",
         "errors",
@@ -1391,80 +1888,105 @@ fn table(outcomes: &[Outcome], settings: &Settings, server: &str) -> String {
         "p99 µs",
         "p99.9 µs",
         "max µs",
-        "srv µs/call",
-        "cli µs/call"
+        "srv µs",
+        "cli µs",
+        "redis µs",
+        "RSS MiB"
     );
-    let cpu = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+    let show = |value: Option<f64>, precision: usize| {
+        value.map_or_else(|| "-".to_string(), |v| format!("{v:.precision$}"))
+    };
     for outcome in outcomes {
-        let decisions = if outcome.decisions_per_call == 0 {
-            "-".to_string()
-        } else {
-            format!("{:.0}", outcome.decisions_per_sec())
-        };
+        let decisions = (outcome.decisions_per_call > 0).then(|| outcome.decisions_per_sec());
         let _ = write!(
             out,
-            "{:<12} {:>9} {:>7} {:>10.0} {:>12}",
-            outcome.label(),
+            "{:<14} {:>9} {:>6} {:>9.0} {:>11}",
+            outcome.label,
             outcome.calls,
             outcome.errors,
             outcome.calls_per_sec(),
-            decisions
+            show(decisions, 0)
         );
         match &outcome.latency {
             Some(l) => {
                 let _ = write!(
                     out,
-                    " {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                    " {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}",
                     l.p50, l.p90, l.p99, l.p999, l.max
                 );
             }
             None => {
                 let _ = write!(
                     out,
-                    " {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    " {:>8} {:>8} {:>8} {:>8} {:>8}",
                     "-", "-", "-", "-", "-"
                 );
             }
         }
         let _ = writeln!(
             out,
-            " {:>11} {:>11}",
-            cpu(outcome.cpu_us_per_call(outcome.server_cpu)),
-            cpu(outcome.cpu_us_per_call(outcome.client_cpu))
+            " {:>8} {:>8} {:>8} {:>7}",
+            show(outcome.cpu_us_per_call(outcome.server_cpu), 1),
+            show(outcome.cpu_us_per_call(outcome.client_cpu), 1),
+            show(outcome.cpu_us_per_call(outcome.redis_cpu), 1),
+            show(
+                outcome.server_rss_bytes.map(|b| b as f64 / 1024.0 / 1024.0),
+                1
+            ),
         );
     }
 
     let ratios = ratios(outcomes);
     let _ = writeln!(out);
     if settings.rounds == 1 {
-        for (label, ratio) in &ratios {
-            if let Some(pooled) = ratio.as_ref().and_then(|r| r.pooled) {
+        for (_, label, ratio) in &ratios {
+            if let Some(pooled) = ratio.pooled {
                 let _ = writeln!(out, "{:<41}{pooled:.3}", format!("{label}:"));
             }
         }
     } else {
         per_round(&mut out, outcomes, settings, &ratios);
     }
-    if let Some((p50, p99)) = redis_over_check_latency(outcomes) {
-        let _ = writeln!(
-            out,
-            "check_redis / check latency (all rounds pooled): p50 {p50:.3}, p99 {p99:.3}"
-        );
+    for (_, label, scenario) in LATENCY_RATIOS {
+        if let Some((p50, p99)) = latency_over_check(outcomes, scenario) {
+            let _ = writeln!(
+                out,
+                "{label} latency (all rounds pooled): p50 {p50:.3}, p99 {p99:.3}"
+            );
+        }
     }
     let _ = writeln!(out);
+    for outcome in outcomes {
+        if let Some(versions) = outcome.versions {
+            let sent: u64 = outcome.rounds.iter().filter_map(|r| r.reloads_sent).sum();
+            let loaded: usize = outcome.rounds.iter().filter_map(|r| r.reloads_loaded).sum();
+            let _ = writeln!(
+                out,
+                "{}: {versions} distinct policy versions in the measured answers; {sent} SIGHUPs sent, {loaded} policy sets loaded while measuring",
+                outcome.label
+            );
+        }
+        if outcome.scenario == Scenario::Cold {
+            let _ = writeln!(
+                out,
+                "{}: every measured answer was read from Redis (a cache hit is an error)",
+                outcome.label
+            );
+        }
+    }
     for outcome in outcomes {
         if let Some(error) = &outcome.first_error {
             let _ = writeln!(
                 out,
                 "{}: {} errors, first: {error}",
-                outcome.scenario.name(),
-                outcome.errors
+                outcome.label, outcome.errors
             );
         }
     }
     let _ = writeln!(
         out,
-        "srv/cli µs/call: CPU time of the server's / the load generator's tokio threads per call while measuring."
+        "srv / cli / redis µs: CPU time per call of the server process, of the load generator's \
+         client threads and of redis-server while measuring; RSS: the server's VmRSS after a slice (largest)."
     );
     out
 }
@@ -1476,20 +1998,67 @@ fn spread_json(spread: Option<Spread>) -> serde_json::Value {
     )
 }
 
-fn ratio_json(ratio: Option<Ratio>) -> serde_json::Value {
-    ratio.map_or(serde_json::Value::Null, |r| {
-        let spread = r.spread();
-        json!({
-            "per_round": r.per_round,
-            "median": spread.as_ref().map(|s| s.median),
-            "min": spread.as_ref().map(|s| s.min),
-            "max": spread.as_ref().map(|s| s.max),
-            "pooled": r.pooled,
-        })
+fn ratio_json(ratio: &Ratio) -> serde_json::Value {
+    let spread = ratio.spread();
+    json!({
+        "per_round": ratio.per_round,
+        "median": spread.as_ref().map(|s| s.median),
+        "min": spread.as_ref().map(|s| s.min),
+        "max": spread.as_ref().map(|s| s.max),
+        "pooled": ratio.pooled,
     })
 }
 
-fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value) -> String {
+fn servers_json(
+    servers: &Servers,
+    settings: &Settings,
+    memory_at_end: &[(Role, Memory)],
+) -> serde_json::Value {
+    if let Some(target) = settings.target {
+        return json!({
+            "mode": "external",
+            "address": target.to_string(),
+            "pid": settings.target_pid,
+        });
+    }
+    let process = |role: Role| {
+        let process = servers.process(role)?;
+        let memory = memory_at_end
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, m)| m);
+        Some(json!({
+            "pid": process.pid(),
+            "address": process.address().to_string(),
+            "vm_rss_bytes_at_end": memory.map(|m| m.rss_bytes),
+            "vm_hwm_bytes_at_end": memory.map(|m| m.hwm_bytes),
+        }))
+    };
+    let mut file = process(Role::File);
+    if let (Some(file), Some(socket)) = (file.as_mut(), &servers.unix_socket) {
+        file["unix_socket"] = socket.display().to_string().into();
+    }
+    json!({
+        "mode": "processes",
+        "binary": env!("CARGO_BIN_EXE_tollgate"),
+        "tokio_worker_threads": settings.server_threads,
+        "file": file,
+        "redis": process(Role::Redis),
+        "cold": process(Role::Cold).map(|mut cold| {
+            cold["cache_max_bytes"] = COLD_CACHE_MAX_BYTES.into();
+            cold["cold_tenants"] = servers.cold_tenants.len().into();
+            cold
+        }),
+        "redis_server": servers.redis_server.as_ref().map(|redis| json!({
+            "url": redis.url(),
+            "pid": redis.pid(),
+            "tenants": servers.tenants,
+        })),
+        "cache_ttl_ms": REDIS_CACHE_TTL_MS,
+    })
+}
+
+fn to_json(outcomes: &[Outcome], settings: &Settings, servers: serde_json::Value) -> String {
     let (cpus, model) = grpc::machine();
     let scenarios: Vec<_> = outcomes
         .iter()
@@ -1506,13 +2075,27 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value
                         "decisions_per_sec": r.calls_per_sec() * o.decisions_per_call as f64,
                         "server_cpu_seconds": r.server_cpu,
                         "client_cpu_seconds": r.client_cpu,
+                        "redis_cpu_seconds": r.redis_cpu,
+                        "server_vm_rss_bytes": r.server_memory.map(|m| m.rss_bytes),
+                        "server_vm_hwm_bytes": r.server_memory.map(|m| m.hwm_bytes),
+                        "policy_versions": (o.scenario == Scenario::CheckReload).then_some(r.versions),
+                        "reloads_sent": r.reloads_sent,
+                        "policy_sets_loaded": r.reloads_loaded,
                     })
                 })
                 .collect();
             let per_round = o.round_calls_per_sec();
             json!({
                 "scenario": o.scenario.name(),
+                "label": o.label,
                 "rpc": o.scenario.rpc(),
+                "server": match o.scenario.role() {
+                    _ if settings.target.is_some() => "external",
+                    Role::File | Role::Unix => "file",
+                    Role::Redis => "redis",
+                    Role::Cold => "cold",
+                },
+                "in_flight": o.in_flight,
                 "decisions_per_call": o.decisions_per_call,
                 "calls": o.calls,
                 "errors": o.errors,
@@ -1530,17 +2113,30 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value
                 })),
                 "server_cpu_seconds": o.server_cpu,
                 "client_cpu_seconds": o.client_cpu,
+                "redis_cpu_seconds": o.redis_cpu,
                 "server_cpu_us_per_call": o.cpu_us_per_call(o.server_cpu),
                 "client_cpu_us_per_call": o.cpu_us_per_call(o.client_cpu),
+                "redis_cpu_us_per_call": o.cpu_us_per_call(o.redis_cpu),
+                "server_vm_rss_mib": o.server_rss_bytes.map(|b| b as f64 / 1024.0 / 1024.0),
+                "policy_versions": o.versions,
                 "calls_per_sec_per_round": per_round,
                 "calls_per_sec_over_rounds": spread_json(spread(per_round.iter().copied())),
                 "rounds": rounds,
             })
         })
         .collect();
+    let mut ratios_json = serde_json::Map::new();
+    for (key, _, ratio) in ratios(outcomes) {
+        ratios_json.insert(key.to_string(), ratio_json(&ratio));
+    }
+    for (key, _, scenario) in LATENCY_RATIOS {
+        if let Some((p50, p99)) = latency_over_check(outcomes, scenario) {
+            ratios_json.insert(key.to_string(), json!({"p50": p50, "p99": p99}));
+        }
+    }
     let report = json!({
         "machine": {"cpus": cpus, "model": model},
-        "server": server,
+        "servers": servers,
         "client": {
             "threads": settings.client_threads,
             "connections": settings.connections,
@@ -1554,13 +2150,7 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, server: &serde_json::Value
             "batch_size": settings.batch_size,
         },
         "scenarios": scenarios,
-        "ratios": {
-            "check_over_health_throughput": ratio_json(check_over_health(outcomes)),
-            "batch_over_check_decisions": ratio_json(batch_over_check(outcomes)),
-            "check_redis_over_check_throughput": ratio_json(redis_over_check(outcomes)),
-            "check_redis_over_check_latency": redis_over_check_latency(outcomes)
-                .map(|(p50, p99)| json!({"p50": p50, "p99": p99})),
-        },
+        "ratios": ratios_json,
     });
     serde_json::to_string_pretty(&report).unwrap_or_default()
 }
@@ -1579,79 +2169,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-
     if !args.bench && !args.quick && args.duration.is_none() {
         eprintln!(
-            "loadgen: test mode (run without `cargo bench`): {:.1} s per scenario in {} round(s); \
+            "loadgen: test mode (run without `cargo bench`): {} scenario(s), {:.1} s each in {} round(s); \
              use `cargo bench --bench loadgen` or --duration for a measurement",
+            settings.scenarios.len(),
             settings.duration.as_secs_f64(),
             settings.rounds
         );
     }
-    let server = match args.target {
-        Some(_) => None,
-        None => match InProcessServer::start(
-            settings.server_threads,
-            settings.redis,
-            settings.scenarios.contains(&Scenario::CheckUnix),
-        ) {
-            Ok(server) => Some(server),
-            Err(problem) => {
-                eprintln!("loadgen: {problem}");
-                return ExitCode::FAILURE;
-            }
-        },
+    let servers = match Servers::start(&settings) {
+        Ok(servers) => servers,
+        Err(problem) => {
+            eprintln!("loadgen: {problem}");
+            return ExitCode::FAILURE;
+        }
     };
-    let address = match (&server, args.target) {
-        (Some(server), _) => server.address,
-        (None, Some(target)) => target,
-        (None, None) => unreachable!("either a target or an in-process server"),
-    };
-    let redis_address = server
-        .as_ref()
-        .and_then(|server| server.redis.as_ref())
-        .map(|redis| redis.address);
-    let unix_socket = server
-        .as_ref()
-        .and_then(|server| server.unix.as_ref())
-        .map(|(_, socket)| socket.clone());
-    let (mut server_text, server_json) = match &server {
-        Some(server) => (
-            format!(
-                "in-process at {address}, {} tokio worker threads, repository's policies/ and entitlements/",
-                settings.server_threads,
-            ),
-            json!({
-                "mode": "in-process",
-                "address": address.to_string(),
-                "threads": settings.server_threads,
-                "redis": server.redis.as_ref().map(|redis| json!({
-                    "address": redis.address.to_string(),
-                    "redis_server": redis.redis.url(),
-                    "redis_server_pid": redis.redis.pid(),
-                    "tenants": redis.tenants,
-                    "cache_ttl_seconds": REDIS_CACHE_TTL.as_secs(),
-                })),
-            }),
-        ),
-        None => (
-            format!("external at {address}"),
-            json!({"mode": "external", "address": address.to_string()}),
-        ),
-    };
-
-    if let Some(redis) = server.as_ref().and_then(|server| server.redis.as_ref()) {
-        let _ = write!(
-            server_text,
-            "\n         check_redis: in-process at {} on the same runtime, tenant snapshots from \
-             redis-server {} (pid {}; {} snapshots put from entitlements/), cache TTL {} h",
-            redis.address,
-            redis.redis.url(),
-            redis.redis.pid(),
-            redis.tenants.len(),
-            REDIS_CACHE_TTL.as_secs() / 3600
-        );
-    }
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.client_threads)
         .thread_name(CLIENT_THREADS)
@@ -1659,42 +2192,51 @@ fn main() -> ExitCode {
         .build();
     let result = match client {
         Ok(client) => {
-            let result = client.block_on(drive(
-                address,
-                redis_address,
-                unix_socket.as_deref(),
-                &settings,
-                server.is_some(),
-            ));
+            let result = client.block_on(drive(&settings, &servers));
+            // Drops the connections before the servers stop.
             client.shutdown_timeout(Duration::from_secs(1));
             result
         }
         Err(error) => Err(format!("cannot build the client runtime: {error}")),
     };
-    if let Some(server) = server {
-        server.shut_down();
+    let memory_at_end: Vec<(Role, Memory)> = [Role::File, Role::Redis, Role::Cold]
+        .into_iter()
+        .filter_map(|role| Some((role, servers.process(role)?.memory()?)))
+        .collect();
+    let servers_text = servers_text(&servers, &settings);
+    let servers_json = servers_json(&servers, &settings, &memory_at_end);
+    let stop_problems = servers.stop();
+    for problem in &stop_problems {
+        eprintln!("loadgen: {problem}");
     }
 
-    match result {
-        Ok(outcomes) => {
-            if args.json {
-                println!("{}", to_json(&outcomes, &settings, &server_json));
-            } else {
-                print!("{}", table(&outcomes, &settings, &server_text));
-            }
-            // A round without a call has no throughput to compare: a failure too.
-            if outcomes
-                .iter()
-                .any(|o| o.errors > 0 || o.rounds.iter().any(|r| r.calls == 0))
-            {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
+    let outcomes = match result {
+        Ok(outcomes) => outcomes,
         Err(problem) => {
             eprintln!("loadgen: {problem}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let json =
+        (args.json || args.json_out.is_some()).then(|| to_json(&outcomes, &settings, servers_json));
+    if let (Some(path), Some(json)) = (&args.json_out, &json) {
+        if let Err(error) = std::fs::write(path, format!("{json}\n")) {
+            eprintln!("loadgen: cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("loadgen: JSON written to {}", path.display());
+    }
+    match (&json, args.json) {
+        (Some(json), true) => println!("{json}"),
+        _ => print!("{}", table(&outcomes, &settings, &servers_text)),
+    }
+    let failures: Vec<String> = outcomes.iter().filter_map(Outcome::failure).collect();
+    for failure in &failures {
+        eprintln!("loadgen: {failure}");
+    }
+    if outcomes.iter().any(|o| o.errors > 0) || !failures.is_empty() || !stop_problems.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

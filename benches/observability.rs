@@ -13,8 +13,8 @@
 //! round drives one server and then the other for a slice of the measured
 //! time (the order alternates), so that the machine's drift hits both alike.
 //! Reported: calls/s, latency percentiles and the servers' CPU time per call
-//! (from `/proc/<pid>/stat`), and the on/off ratios per round (median, min,
-//! max) and pooled. `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` and
+//! (from `/proc/<pid>/task/*/schedstat`: `benches/common/process.rs`), and
+//! the on/off ratios per round (median, min, max) and pooled. `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` and
 //! `OTEL_BSP_*` in this process's environment are passed to the `on` server.
 //!
 //! Run: `cargo bench --bench observability -- [OPTIONS]` (see `--help` and
@@ -26,15 +26,16 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
+mod common;
 #[path = "common/grpc.rs"]
 mod grpc;
+#[path = "common/process.rs"]
+mod process;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -46,17 +47,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use tokio::runtime::Runtime;
 use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
+use process::ServerProcess;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
 
 /// Deadline of one RPC.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for a server to listen and report SERVING.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest run accepted for `--duration`, in seconds.
 const MAX_SECONDS: f64 = 3600.0;
 
@@ -131,224 +128,27 @@ impl TraceService for Collector {
     }
 }
 
-/// One `tollgate serve` process.
-struct Server {
-    name: &'static str,
-    child: Child,
-    address: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Spawns the binary over the repository's example data with `env` (and
-    /// nothing else of this process's `TOLLGATE_*`/`OTEL_*` environment).
-    fn spawn(name: &'static str, env: &[(String, String)]) -> Result<Self, String> {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
-            .arg(root.join("policies"))
-            .arg("--entitlements")
-            .arg(root.join("entitlements"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (variable, _) in std::env::vars() {
-            if variable.starts_with("TOLLGATE_")
-                || variable.starts_with("OTEL_")
-                || variable == "RUST_LOG"
-            {
-                command.env_remove(variable);
-            }
-        }
-        command.envs(env.iter().map(|(k, v)| (k, v)));
-        let mut child = command
-            .spawn()
-            .map_err(|error| format!("cannot start {name}: {error}"))?;
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let address = log.lock().unwrap().iter().find_map(|line| {
-                let line = strip_ansi(line);
-                if !line.contains(" listening ") {
-                    return None;
-                }
-                let rest = &line[line.find("address=")? + "address=".len()..];
-                rest.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(address) = address {
-                return Ok(Self {
-                    name,
-                    child,
-                    address,
-                    log,
-                });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "{name} exited with {status}: {:?}",
-                    log.lock().unwrap()
-                ));
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                return Err(format!("{name} did not listen within 30 s"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Decision-log records queued and dropped, from its `/metrics` (when it
-    /// serves them).
-    fn decision_log_counts(&self) -> Option<(u64, u64)> {
-        use std::io::{Read, Write};
-        let address = self.log.lock().unwrap().iter().find_map(|line| {
-            let line = strip_ansi(line);
-            if !line.contains("metrics at /metrics") {
-                return None;
-            }
-            let rest = &line[line.find("address=")? + "address=".len()..];
-            rest.split_whitespace().next().map(str::to_string)
-        })?;
-        let mut stream = std::net::TcpStream::connect(&address).ok()?;
-        stream.set_read_timeout(Some(RPC_TIMEOUT)).ok()?;
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        let count = |result: &str| {
-            let series = format!("tollgate_decision_log_records_total{{result=\"{result}\"}} ");
-            text.lines()
-                .find_map(|line| line.strip_prefix(series.as_str())?.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        Some((count("queued"), count("dropped")))
-    }
-
-    /// User plus system CPU time of the process so far, in microseconds.
-    fn cpu_us(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces) start at
-        // `state`; utime and stime are the 12th and 13th of them.
-        let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(ticks * 1_000_000.0 / 100.0)
-    }
-
-    fn stop(mut self) -> Result<(), String> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => {
-                    let log = self.log.lock().unwrap();
-                    return Err(format!(
-                        "{} exited with {status}; last log lines: {:?}",
-                        self.name,
-                        &log[log.len().saturating_sub(5)..]
-                    ));
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    return Err(format!("{} did not stop within 30 s", self.name));
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// acme's member `bob` uses `pdf-export` from BR: an ALLOW.
-fn allow_request() -> pb::CheckRequest {
-    use pb::value::Kind;
-    let value = |kind: Kind| pb::Value { kind: Some(kind) };
-    let reference = |kind: &str, id: &str| {
-        Some(pb::EntityRef {
-            r#type: kind.to_string(),
-            id: id.to_string(),
-        })
+/// `/metrics` of a server that serves them: decision-log records queued and
+/// dropped.
+fn decision_log_counts(server: &ServerProcess) -> Option<(u64, u64)> {
+    use std::io::{Read, Write};
+    let address = server.log_field("metrics at /metrics", "address")?;
+    let mut stream = std::net::TcpStream::connect(&address).ok()?;
+    stream.set_read_timeout(Some(RPC_TIMEOUT)).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let count = |result: &str| {
+        let series = format!("tollgate_decision_log_records_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str())?.trim().parse().ok())
+            .unwrap_or(0)
     };
-    pb::CheckRequest {
-        tenant: "acme".to_string(),
-        principal: reference("User", "bob"),
-        action: reference("Action", "use"),
-        resource: reference("Feature", "pdf-export"),
-        context: HashMap::from([
-            (
-                "now".to_string(),
-                value(Kind::Extension(pb::Extension {
-                    r#fn: "datetime".to_string(),
-                    arg: "2026-01-15T12:00:00Z".to_string(),
-                    args: Vec::new(),
-                })),
-            ),
-            ("country".to_string(), value(Kind::String("BR".to_string()))),
-        ]),
-        ..Default::default()
-    }
-}
-
-async fn wait_serving(channel: &Channel) -> Result<(), String> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let answer = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await;
-        match answer {
-            Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
-                return Ok(())
-            }
-            _ if Instant::now() >= deadline => return Err("server not SERVING".to_string()),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    Some((count("queued"), count("dropped")))
 }
 
 /// One measured slice: every call's latency (µs), errors and the window.
@@ -368,7 +168,8 @@ async fn drive(channels: &[Channel], in_flight: usize, settle: Duration, slice: 
     for worker in 0..in_flight {
         let mut client = EntitlementServiceClient::new(channels[worker % channels.len()].clone());
         workers.push(tokio::spawn(async move {
-            let request = allow_request();
+            // acme's member `bob` uses `pdf-export` from BR: an ALLOW.
+            let request = common::use_request("acme", "bob", "pdf-export");
             let mut latencies = Vec::new();
             let mut errors = 0;
             loop {
@@ -545,14 +346,23 @@ fn run(args: &Args) -> Result<bool, String> {
         })
         .collect();
     on_env.extend(passed.iter().cloned());
-    let off = Server::spawn("off", &[])?;
-    let on = Server::spawn("on", &on_env)?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spawn = |name: &str, env: &[(String, String)]| {
+        ServerProcess::spawn(
+            name,
+            &root.join("policies"),
+            &root.join("entitlements"),
+            env,
+        )
+    };
+    let off = spawn("off", &[])?;
+    let on = spawn("on", &on_env)?;
     eprintln!(
         "off: pid {} at {}; on: pid {} at {} (OTLP to {collector_address}, decision log {}{})",
-        off.child.id(),
-        off.address,
-        on.child.id(),
-        on.address,
+        off.pid(),
+        off.address(),
+        on.pid(),
+        on.address(),
         log_file.display(),
         passed
             .iter()
@@ -565,12 +375,11 @@ fn run(args: &Args) -> Result<bool, String> {
             for _ in 0..args.connections {
                 channels.push(grpc::connect(address, RPC_TIMEOUT).await?);
             }
-            wait_serving(&channels[0]).await?;
             Ok::<_, String>(channels)
         })
     };
-    let off_channels = connect_all(off.address)?;
-    let on_channels = connect_all(on.address)?;
+    let off_channels = connect_all(off.address())?;
+    let on_channels = connect_all(on.address())?;
 
     let mut results: [Vec<Slice>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds {
@@ -582,34 +391,30 @@ fn run(args: &Args) -> Result<bool, String> {
                 (&on, &on_channels)
             };
             let warm = if round == 0 { settle * 3 } else { settle };
-            let before = Arc::new(Mutex::new(None));
-            let measured = {
-                let before = Arc::clone(&before);
-                let pid_cpu = || server.cpu_us();
-                runtime.block_on(async {
-                    let driving = drive(channels, args.in_flight, warm, slice);
-                    let sampler = async {
-                        tokio::time::sleep(warm).await;
-                        *before.lock().unwrap() = pid_cpu();
-                    };
-                    let (slice, ()) = tokio::join!(driving, sampler);
-                    slice
-                })
-            };
-            let after = server.cpu_us();
-            let mut measured = measured;
-            measured.server_cpu_us = before.lock().unwrap().zip(after).map(|(b, a)| a - b);
+            let (mut measured, cpu) = runtime.block_on(async {
+                let driving = drive(channels, args.in_flight, warm, slice);
+                // The server's CPU time at the start and at the end of the
+                // measured window.
+                let sampler = async {
+                    tokio::time::sleep(warm).await;
+                    let before = server.cpu();
+                    tokio::time::sleep(slice).await;
+                    before.zip(server.cpu())
+                };
+                tokio::join!(driving, sampler)
+            });
+            measured.server_cpu_us = cpu.map(|(before, after)| after.seconds_since(&before) * 1e6);
             eprintln!(
                 "round {}/{rounds} {:>3}: {:>8.0} calls/s",
                 round + 1,
-                server.name,
+                server.name(),
                 measured.latencies_us.len() as f64 / measured.seconds
             );
             results[which].push(measured);
         }
     }
     let spans = collector.spans.load(Ordering::Relaxed);
-    let logged = on.decision_log_counts();
+    let logged = decision_log_counts(&on);
     off.stop()?;
     on.stop()?;
     // The file rotates (to .1) past decision_log_max_bytes: count both.

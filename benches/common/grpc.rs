@@ -1,5 +1,6 @@
 //! What the gRPC-driving benchmarks share: a client channel to a server on
-//! loopback, and a description of the machine they ran on.
+//! loopback, waiting for it to report SERVING, and a description of the
+//! machine they ran on.
 //!
 //! Included with `#[path = "common/grpc.rs"]` by the benchmarks that drive a
 //! server (not from `common/mod.rs`, which every benchmark compiles).
@@ -37,4 +38,35 @@ pub fn machine() -> (usize, String) {
         })
         .unwrap_or_else(|| "unknown".to_string());
     (cpus, model)
+}
+
+/// Polls grpc.health.v1 `Check` (service `""`) on `channel` until it answers
+/// SERVING, for at most `timeout`.
+pub async fn wait_serving(channel: &Channel, timeout: Duration) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let answer = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        let last = match answer {
+            Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                return Ok(())
+            }
+            Ok(response) => format!("status {}", response.get_ref().status),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "not SERVING after {:.1} s: {last}",
+                timeout.as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
