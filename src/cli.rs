@@ -42,7 +42,8 @@ enum Command {
     /// decision_log_redis_maxlen, redis_url, redis_cluster,
     /// redis_username, redis_password, redis_tls_ca_file, redis_timeout_ms,
     /// cache_max_bytes, cache_ttl_ms, max_stale_ms, usage_idempotency_ttl_ms,
-    /// usage_lease_ttl_ms, usage_stream_maxlen, admin_listen, admin_token,
+    /// usage_lease_ttl_ms, usage_lease_answers_max_bytes,
+    /// usage_stream_maxlen, admin_listen, admin_token,
     /// log_format, log_level (README.md describes each; a nested YAML mapping
     /// such as `redis: {url: ...}` sets `redis_url`).
     /// Policies and file snapshots reload on file change and on SIGHUP; with

@@ -53,6 +53,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("max_stale_ms", "300000", "while Redis is unreachable, how long after its last confirmation a cached snapshot still serves (marked STALE) before entitlements_unavailable"),
     ("usage_idempotency_ttl_ms", "86400000", "how long the first answer to a consume's idempotency key (or a usage report's event key) is remembered"),
     ("usage_lease_ttl_ms", "10000", "lease-mode meters: how long unspent reserved units stay with this sidecar before they are returned"),
+    ("usage_lease_answers_max_bytes", "33554432", "lease-mode meters: memory for the first answers this sidecar remembers for idempotency keys (about 650 bytes each); past it the oldest are forgotten before usage_idempotency_ttl_ms"),
     ("usage_stream_maxlen", "1000000", "approximate upper bound on each tenant's usage event stream (tollgate:{<tenant>}:usage)"),
     ("admin_listen", "", "address of the gRPC AdminService (snapshot writes; needs redis_url and admin_token), e.g. 127.0.0.1:50052; empty: off"),
     ("admin_token", "", "bearer token the AdminService requires; prefer TOLLGATE_ADMIN_TOKEN"),
@@ -566,6 +567,16 @@ fn build(
     });
     let idempotency_ttl = get(values, problems, "usage_idempotency_ttl_ms", millis);
     let lease_ttl = get(values, problems, "usage_lease_ttl_ms", millis);
+    let lease_answers_max_bytes =
+        get(
+            values,
+            problems,
+            "usage_lease_answers_max_bytes",
+            |text| match number(text)? {
+                0 => Err("must be at least 1".to_string()),
+                n => Ok(n),
+            },
+        );
     let stream_maxlen = get(
         values,
         problems,
@@ -704,6 +715,7 @@ fn build(
             idempotency_ttl: idempotency_ttl?,
             stream_maxlen: stream_maxlen?,
             lease_ttl: lease_ttl?,
+            lease_answers_max_bytes: lease_answers_max_bytes?,
         },
         clock: crate::metering::Clock::system(),
         admin_listen: admin_listen?,
