@@ -12,7 +12,7 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
-use super::diagnostics::{line_col, FileProblem};
+use super::diagnostics::FileProblem;
 
 /// File name of the Cedar schema inside a policy directory.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -243,8 +243,11 @@ impl PolicySnapshot {
         let mut policy_set = PolicySet::new();
         let mut policies: HashMap<PolicyId, Arc<PolicyMeta>> = HashMap::new();
         let mut file_of_id: HashMap<String, (String, usize)> = HashMap::new();
-        let mut text_of_file: HashMap<PolicyId, (String, String)> = HashMap::new();
-        for (file, text) in policy_files {
+        // The file each policy came from, as an index into `policy_files`: a
+        // file's text is not copied per policy (a file of n policies would
+        // take n copies of itself, quadratic in its size).
+        let mut file_of_policy: HashMap<PolicyId, usize> = HashMap::new();
+        for (file_index, (file, text)) in policy_files.iter().enumerate() {
             let stem = Path::new(file)
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -270,7 +273,7 @@ impl PolicySnapshot {
             }
             let mut ordered: Vec<&Policy> = parsed.policies().collect();
             ordered.sort_by_key(|p| statement_index(p.id()));
-            let mut cursor = 0;
+            let mut cursor = Cursor::default();
             for policy in ordered {
                 let index = statement_index(policy.id());
                 let line = policy_line(policy, text, &mut cursor);
@@ -315,7 +318,7 @@ impl PolicySnapshot {
                     problems.push(FileProblem::new(file, Some(line), error.to_string()));
                     continue;
                 }
-                text_of_file.insert(policy_id.clone(), (file.clone(), text.clone()));
+                file_of_policy.insert(policy_id.clone(), file_index);
                 policies.insert(policy_id, Arc::new(meta));
             }
         }
@@ -330,8 +333,9 @@ impl PolicySnapshot {
                 Validator::new(schema.clone()).validate(&policy_set, ValidationMode::Strict);
             for error in result.validation_errors() {
                 let policy_id = error.policy_id();
-                let (file, text) = text_of_file
+                let (file, text) = file_of_policy
                     .get(policy_id)
+                    .and_then(|index| policy_files.get(*index))
                     .map(|(f, t)| (f.as_str(), t.as_str()))
                     .unwrap_or(("", ""));
                 problems.push(FileProblem::from_diagnostic(file, text, error));
@@ -520,20 +524,47 @@ fn statement_index(id: &PolicyId) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// Where the search for the next statement of a file starts: the end of the
+/// previous one, and the 1-based line of that point.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    offset: usize,
+    line: usize,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Self { offset: 0, line: 1 }
+    }
+}
+
 /// 1-based line where `policy` starts in `text`, searching from `cursor` (the
 /// end of the previous statement) so that identical statements map in order.
-fn policy_line(policy: &Policy, text: &str, cursor: &mut usize) -> usize {
+/// Lines are counted from the cursor on, so that a file's statements cost one
+/// pass over it in all (counting from the start of the file for each
+/// statement made loading a file of n policies quadratic in n).
+fn policy_line(policy: &Policy, text: &str, cursor: &mut Cursor) -> usize {
     // A parsed policy displays as its verbatim source text.
     let own = policy.to_string();
     let own = own.trim();
-    match text.get(*cursor..).and_then(|rest| rest.find(own)) {
+    let Some(rest) = text.get(cursor.offset..) else {
+        return 1;
+    };
+    match rest.find(own) {
         Some(found) => {
-            let offset = *cursor + found;
-            *cursor = offset + own.len();
-            line_col(text, offset).0
+            let line = cursor.line + newlines(&rest[..found]);
+            *cursor = Cursor {
+                offset: cursor.offset + found + own.len(),
+                line: line + newlines(own),
+            };
+            line
         }
         None => 1,
     }
+}
+
+fn newlines(text: &str) -> usize {
+    text.bytes().filter(|byte| *byte == b'\n').count()
 }
 
 #[cfg(test)]
@@ -567,6 +598,18 @@ mod tests {
         let named = snapshot.policy(&PolicyId::new("named")).unwrap();
         assert_eq!(named.line, 2);
         assert_eq!(named.effect, Effect::Forbid);
+    }
+
+    #[test]
+    fn lines_of_identical_and_multi_line_statements() {
+        let text = "// header\npermit(principal, action, resource);\n\n@id(\"two\")\npermit (\n  principal,\n  action,\n  resource\n);\npermit(principal, action, resource);\n\n\npermit(principal, action, resource); permit(principal, action, resource);\n";
+        let snapshot = load(&[("p.cedar", text)]).unwrap();
+        let line = |id: &str| snapshot.policy(&PolicyId::new(id)).unwrap().line;
+        assert_eq!(line("p.0"), 2);
+        assert_eq!(line("two"), 4);
+        assert_eq!(line("p.2"), 10);
+        assert_eq!(line("p.3"), 13);
+        assert_eq!(line("p.4"), 13);
     }
 
     #[test]
