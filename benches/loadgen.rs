@@ -48,7 +48,7 @@ mod process;
 #[path = "common/redis.rs"]
 mod redis_server;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -106,6 +106,8 @@ const AFTER_RELOAD: Duration = Duration::from_millis(500);
 const BATCH100: usize = 100;
 /// `shutdown_grace_ms` of the server processes.
 const SHUTDOWN_GRACE_MS: u64 = 1000;
+/// Calls of each redis-server command.
+type Commands = BTreeMap<String, u64>;
 /// Thread name prefix of the client runtime (Linux truncates names to 15 bytes).
 const CLIENT_THREADS: &str = "tg-client";
 
@@ -949,10 +951,10 @@ impl Servers {
         }
     }
 
-    /// The redis-server's pid, for the scenarios that read Redis.
-    fn redis_pid(&self, role: Role) -> Option<u32> {
+    /// The redis-server, for the scenarios that read Redis.
+    fn redis_of(&self, role: Role) -> Option<&RedisServer> {
         matches!(role, Role::Redis | Role::Cold)
-            .then(|| self.redis_server.as_ref().map(RedisServer::pid))
+            .then_some(self.redis_server.as_ref())
             .flatten()
     }
 
@@ -1104,6 +1106,10 @@ struct Slice {
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
     redis_cpu: Option<f64>,
+    /// Calls of each command redis-server processed while measuring (Redis
+    /// scenarios; the commands scripts run and the servers' heartbeats
+    /// included).
+    redis_commands: Option<Commands>,
     /// The server process's memory right after the slice.
     server_memory: Option<Memory>,
     /// `check_reload`: the policy versions of the measured answers, the
@@ -1122,6 +1128,7 @@ struct Round {
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
     redis_cpu: Option<f64>,
+    redis_commands: Option<Commands>,
     server_memory: Option<Memory>,
     versions: usize,
     reloads_sent: Option<u64>,
@@ -1152,6 +1159,8 @@ struct Outcome {
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
     redis_cpu: Option<f64>,
+    /// Calls of each command redis-server processed while measuring.
+    redis_commands: Option<Commands>,
     /// The largest `VmRSS` of the server process read after a slice.
     server_rss_bytes: Option<u64>,
     /// `check_reload`: distinct policy versions over all measured answers.
@@ -1170,6 +1179,7 @@ impl Outcome {
                 server_cpu: slice.server_cpu,
                 client_cpu: slice.client_cpu,
                 redis_cpu: slice.redis_cpu,
+                redis_commands: slice.redis_commands.clone(),
                 server_memory: slice.server_memory,
                 versions: slice.versions.len(),
                 reloads_sent: slice.reloads_sent,
@@ -1205,6 +1215,13 @@ impl Outcome {
             server_cpu: rounds.iter().map(|r| r.server_cpu).sum(),
             client_cpu: rounds.iter().map(|r| r.client_cpu).sum(),
             redis_cpu: rounds.iter().map(|r| r.redis_cpu).sum(),
+            // `None` unless every round could read them.
+            redis_commands: rounds.iter().try_fold(Commands::new(), |mut total, r| {
+                for (command, calls) in r.redis_commands.as_ref()? {
+                    *total.entry(command.clone()).or_insert(0) += calls;
+                }
+                Some(total)
+            }),
             server_rss_bytes: rounds
                 .iter()
                 .filter_map(|r| r.server_memory.map(|m| m.rss_bytes))
@@ -1226,6 +1243,19 @@ impl Outcome {
     fn cpu_us_per_call(&self, cpu: Option<f64>) -> Option<f64> {
         cpu.filter(|_| self.calls > 0)
             .map(|seconds| seconds * 1e6 / self.calls as f64)
+    }
+
+    /// redis-server commands (all, and each) per successful call.
+    fn redis_commands_per_call(&self) -> Option<(f64, BTreeMap<String, f64>)> {
+        let commands = self.redis_commands.as_ref().filter(|_| self.calls > 0)?;
+        let per_call = |calls: u64| calls as f64 / self.calls as f64;
+        Some((
+            per_call(commands.values().sum()),
+            commands
+                .iter()
+                .map(|(command, calls)| (command.clone(), per_call(*calls)))
+                .collect(),
+        ))
     }
 
     fn round_calls_per_sec(&self) -> Vec<f64> {
@@ -1312,7 +1342,8 @@ async fn run_slice(
     let channels = run.channels.of(role);
     let server = run.servers.process(role);
     let server_pid = run.servers.pid(role, settings);
-    let redis_pid = run.servers.redis_pid(role);
+    let redis = run.servers.redis_of(role);
+    let redis_pid = redis.map(RedisServer::pid);
     // check_reload: the writer starts first, and the slice once the server
     // has loaded the first policy set it wrote, so that reloads go on from
     // the first measured call to the last.
@@ -1349,6 +1380,7 @@ async fn run_slice(
             process::own_threads_cpu(CLIENT_THREADS),
             redis_pid.and_then(process::process_cpu),
             server.map(|s| s.log_count(POLICY_SET_LOADED)),
+            redis.and_then(RedisServer::command_calls),
         )
     };
     tokio::time::sleep_until(measure_from.into()).await;
@@ -1371,6 +1403,16 @@ async fn run_slice(
         server_cpu: seconds(&before.0, &after.0),
         client_cpu: seconds(&before.1, &after.1),
         redis_cpu: seconds(&before.2, &after.2),
+        redis_commands: before.4.zip(after.4).map(|(before, after)| {
+            after
+                .into_iter()
+                .map(|(command, calls)| {
+                    let earlier = before.get(&command).copied().unwrap_or(0);
+                    (command, calls.saturating_sub(earlier))
+                })
+                .filter(|(_, calls)| *calls > 0)
+                .collect()
+        }),
         server_memory,
         versions: HashSet::new(),
         reloads_sent: None,
@@ -1877,7 +1919,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<14} {:>9} {:>6} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "{:<14} {:>9} {:>6} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
         "scenario",
         "calls",
         "errors",
@@ -1891,6 +1933,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
         "srv µs",
         "cli µs",
         "redis µs",
+        "redis cmd",
         "RSS MiB"
     );
     let show = |value: Option<f64>, precision: usize| {
@@ -1925,10 +1968,11 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
         }
         let _ = writeln!(
             out,
-            " {:>8} {:>8} {:>8} {:>7}",
+            " {:>8} {:>8} {:>8} {:>9} {:>7}",
             show(outcome.cpu_us_per_call(outcome.server_cpu), 1),
             show(outcome.cpu_us_per_call(outcome.client_cpu), 1),
             show(outcome.cpu_us_per_call(outcome.redis_cpu), 1),
+            show(outcome.redis_commands_per_call().map(|(all, _)| all), 2),
             show(
                 outcome.server_rss_bytes.map(|b| b as f64 / 1024.0 / 1024.0),
                 1
@@ -1986,7 +2030,8 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
     let _ = writeln!(
         out,
         "srv / cli / redis µs: CPU time per call of the server process, of the load generator's \
-         client threads and of redis-server while measuring; RSS: the server's VmRSS after a slice (largest)."
+         client threads and of redis-server while measuring; redis cmd: commands redis-server \
+         processed per call (those scripts run included; JSON: per command); RSS: the server's VmRSS after a slice (largest)."
     );
     out
 }
@@ -2076,6 +2121,7 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, servers: serde_json::Value
                         "server_cpu_seconds": r.server_cpu,
                         "client_cpu_seconds": r.client_cpu,
                         "redis_cpu_seconds": r.redis_cpu,
+                        "redis_commands": r.redis_commands,
                         "server_vm_rss_bytes": r.server_memory.map(|m| m.rss_bytes),
                         "server_vm_hwm_bytes": r.server_memory.map(|m| m.hwm_bytes),
                         "policy_versions": (o.scenario == Scenario::CheckReload).then_some(r.versions),
@@ -2117,6 +2163,11 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, servers: serde_json::Value
                 "server_cpu_us_per_call": o.cpu_us_per_call(o.server_cpu),
                 "client_cpu_us_per_call": o.cpu_us_per_call(o.client_cpu),
                 "redis_cpu_us_per_call": o.cpu_us_per_call(o.redis_cpu),
+                "redis_commands": o.redis_commands,
+                "redis_commands_per_call": o.redis_commands_per_call().map(|(all, each)| json!({
+                    "all": all,
+                    "each": each,
+                })),
                 "server_vm_rss_mib": o.server_rss_bytes.map(|b| b as f64 / 1024.0 / 1024.0),
                 "policy_versions": o.versions,
                 "calls_per_sec_per_round": per_round,

@@ -99,6 +99,33 @@ impl RedisServer {
         redis::cmd("PING").query::<String>(&mut connection).is_ok()
     }
 
+    /// Calls of each command the server has processed so far, from `INFO
+    /// commandstats` (commands that scripts run count too; `INFO` itself,
+    /// which this sends, does not), read over a connection of its own;
+    /// `None` when it does not answer within 200 ms.
+    #[allow(dead_code, reason = "not every benchmark that starts a server counts")]
+    pub fn command_calls(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut connection = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut connection)
+            .ok()?;
+        // Lines such as `cmdstat_evalsha:calls=12,usec=345,...`.
+        Some(
+            info.lines()
+                .filter_map(|line| {
+                    let (command, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                    let calls = stats.strip_prefix("calls=")?.split(',').next()?;
+                    Some((command.to_string(), calls.parse().ok()?))
+                })
+                .filter(|(command, _)| command != "info")
+                .collect(),
+        )
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
