@@ -128,6 +128,11 @@ struct Args {
     /// --quick; 200 in test mode].
     #[arg(long, value_name = "N")]
     decisions: Option<usize>,
+    /// Timing runs per point, each in a fresh child process, in rounds over
+    /// the sweep's points; each statistic is the median over the runs
+    /// [default: 3; 1 with --quick and in test mode].
+    #[arg(long, value_name = "N")]
+    repeat: Option<usize>,
     /// Passed by `cargo bench`. Without it (`cargo test --benches`) this is a
     /// smoke run of a few seconds that writes into a temporary directory.
     #[arg(long, hide = true)]
@@ -235,6 +240,8 @@ impl Point {
 /// What a run does.
 struct Plan {
     points: Vec<Point>,
+    /// Timing runs per point.
+    repeat: usize,
     out: PathBuf,
     /// Kept alive until the run ends (test mode's output directory).
     _temp: Option<tempfile::TempDir>,
@@ -321,8 +328,15 @@ fn plan(args: &Args) -> Result<Plan, String> {
         (None, false, true) => (root.join("target").join("scaling-quick"), None),
         (None, false, false) => (root.join("benches").join("scaling"), None),
     };
+    let repeat = args
+        .repeat
+        .unwrap_or(if test_mode || args.quick { 1 } else { 3 });
+    if repeat == 0 {
+        return Err("--repeat must be at least 1".to_string());
+    }
     Ok(Plan {
         points,
+        repeat,
         out,
         _temp: temp,
     })
@@ -812,6 +826,9 @@ struct Measured {
     policy_load_s: f64,
     tenant_parse_s: f64,
     timing_s: f64,
+    /// Timing child processes whose statistics were combined.
+    #[serde(default)]
+    timing_runs: usize,
     load_average: f64,
     decide_allow: Summary,
     decide_deny: Summary,
@@ -1104,6 +1121,7 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
         policy_load_s,
         tenant_parse_s,
         timing_s: 0.0,
+        timing_runs: 1,
         load_average: load_average(),
         decide_allow: Summary::default(),
         decide_deny: Summary::default(),
@@ -1205,17 +1223,51 @@ fn coprime_step(len: usize) -> usize {
 // ---------------------------------------------------------------------------
 // Parent: run the points, write CSV, print tables
 
-/// Measures `point`: its memory in one child process, its decisions in another.
-fn run_point(point: Point) -> Result<Measured, String> {
-    let memory = run_child(point, Part::Memory)?;
-    let mut measured = run_child(point, Part::Timing)?;
+/// A point's measurement: the memory child's readings and build times, and
+/// the timing runs' statistics, each the median over the runs (the load
+/// average: the highest seen).
+fn combine(memory: &Measured, timings: &[Measured]) -> Option<Measured> {
+    let mut measured = timings.first()?.clone();
     measured.at_start = memory.at_start;
     measured.at_tenants = memory.at_tenants;
     measured.at_policies = memory.at_policies;
     measured.at_served = memory.at_served;
     measured.policy_load_s = memory.policy_load_s;
     measured.tenant_parse_s = memory.tenant_parse_s;
-    Ok(measured)
+    measured.timing_runs = timings.len();
+    measured.timing_s = timings.iter().map(|m| m.timing_s).sum();
+    measured.load_average = timings
+        .iter()
+        .map(|m| m.load_average)
+        .fold(f64::NAN, f64::max);
+    let median = |values: Vec<f64>| -> f64 {
+        let mut values = values;
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        }
+    };
+    let series = |pick: fn(&Measured) -> &Summary| -> Summary {
+        let runs: Vec<&Summary> = timings.iter().map(pick).collect();
+        let stat = |field: fn(&Summary) -> f64| median(runs.iter().map(|s| field(s)).collect());
+        Summary {
+            count: runs.iter().map(|s| s.count).sum(),
+            mean: stat(|s| s.mean),
+            p50: stat(|s| s.p50),
+            p90: stat(|s| s.p90),
+            p99: stat(|s| s.p99),
+            p999: stat(|s| s.p999),
+            max: stat(|s| s.max),
+        }
+    };
+    measured.decide_allow = series(|m| &m.decide_allow);
+    measured.decide_deny = series(|m| &m.decide_deny);
+    measured.check_allow = series(|m| &m.check_allow);
+    measured.check_deny = series(|m| &m.check_deny);
+    Some(measured)
 }
 
 /// Runs one part of a point in a child process and returns its measurement.
@@ -1275,7 +1327,7 @@ check_allow_p50_us,check_allow_p99_us,check_allow_mean_us,\
 check_deny_p50_us,check_deny_p99_us,check_deny_mean_us,\
 rss_start_bytes,rss_tenants_bytes,rss_policies_bytes,rss_served_bytes,\
 rss_growth_bytes,rss_anon_growth_bytes,vmrss_growth_bytes,served_growth_bytes,bytes_per_unit,marginal_bytes_per_unit,\
-policy_load_s,tenant_parse_s,timing_s,load_average_1m";
+policy_load_s,tenant_parse_s,timing_runs,timing_s,load_average_1m";
 
 fn csv_header(sweep: Sweep) -> String {
     let own = match sweep {
@@ -1306,7 +1358,7 @@ fn csv_row(m: &Measured, previous: Option<&Measured>) -> String {
     let s =
         |summary: &Summary| format!("{:.3},{:.3},{:.3}", summary.p50, summary.p99, summary.mean);
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{},{:.3},{:.3},{:.3},{:.2}\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{},{:.3},{:.3},{},{:.3},{:.2}\n",
         own[0],
         own[1],
         own[2],
@@ -1332,6 +1384,7 @@ fn csv_row(m: &Measured, previous: Option<&Measured>) -> String {
         marginal(m, previous).map_or(String::new(), |bytes| format!("{bytes:.1}")),
         m.policy_load_s,
         m.tenant_parse_s,
+        m.timing_runs,
         m.timing_s,
         m.load_average,
     )
@@ -1418,36 +1471,41 @@ fn run(plan: &Plan, sweeps: &[Sweep]) -> Result<bool, String> {
     // The target point as each sweep that contains it measured it.
     let mut target: Vec<(Sweep, f64, f64)> = Vec::new();
     for sweep in sweeps {
-        let mut rows: Vec<Measured> = Vec::new();
-        for point in plan.points.iter().filter(|p| p.sweep == *sweep) {
+        let points: Vec<Point> = plan
+            .points
+            .iter()
+            .filter(|p| p.sweep == *sweep)
+            .copied()
+            .collect();
+        // Memory first, one child per point; then the timing runs, in rounds
+        // over the points, so that a disturbance of the machine for a while
+        // falls on one run of several points rather than on every run of one.
+        let mut memory: Vec<Option<Measured>> = Vec::new();
+        for point in &points {
             eprintln!(
-                "scaling: {} = {} ({} generated policies, {} users, {} tenants), {} decisions per series...",
+                "scaling: {} = {} ({} generated policies, {} users, {} tenants{}): memory...",
                 sweep.name(),
                 point.value(),
                 point.generated,
                 point.users,
                 point.tenants,
-                point.decisions
+                if point.copies > 1 {
+                    format!(", {} copies", point.copies)
+                } else {
+                    String::new()
+                },
             );
             let started = Instant::now();
-            match run_point(*point) {
+            match run_child(*point, Part::Memory) {
                 Ok(measured) => {
                     eprintln!(
-                        "scaling:   decide allow p50 {:.1} µs p99 {:.1} µs, RSS growth {:.1} MiB ({:.0} B per {}), {:.0} s",
-                        measured.decide_allow.p50,
-                        measured.decide_allow.p99,
+                        "scaling:   RSS growth {:.1} MiB ({:.0} B per {}), {:.0} s",
                         mib(measured.growth()),
                         measured.bytes_per_unit(),
                         sweep.unit(),
                         started.elapsed().as_secs_f64()
                     );
-                    if point.generated == BASE_POLICIES
-                        && point.users == BASE_USERS
-                        && point.tenants == 1
-                    {
-                        target.push((*sweep, measured.decide_allow.p99, measured.decide_deny.p99));
-                    }
-                    rows.push(measured);
+                    memory.push(Some(measured));
                 }
                 Err(problem) => {
                     all_ok = false;
@@ -1457,8 +1515,59 @@ fn run(plan: &Plan, sweeps: &[Sweep]) -> Result<bool, String> {
                         point.value(),
                         started.elapsed().as_secs_f64()
                     );
+                    memory.push(None);
                 }
             }
+        }
+        let mut timings: Vec<Vec<Measured>> = vec![Vec::new(); points.len()];
+        for round in 1..=plan.repeat {
+            for (index, point) in points.iter().enumerate() {
+                if memory[index].is_none() {
+                    continue;
+                }
+                eprintln!(
+                    "scaling: {} = {}: timing run {round} of {}, {} decisions per series...",
+                    sweep.name(),
+                    point.value(),
+                    plan.repeat,
+                    point.decisions
+                );
+                let started = Instant::now();
+                match run_child(*point, Part::Timing) {
+                    Ok(measured) => {
+                        eprintln!(
+                            "scaling:   decide allow p50 {:.1} µs p99 {:.1} µs (load average {:.2}), {:.0} s",
+                            measured.decide_allow.p50,
+                            measured.decide_allow.p99,
+                            measured.load_average,
+                            started.elapsed().as_secs_f64()
+                        );
+                        timings[index].push(measured);
+                    }
+                    Err(problem) => {
+                        all_ok = false;
+                        eprintln!(
+                            "scaling: {} = {}: timing run {round}: {problem} (after {:.0} s)",
+                            sweep.name(),
+                            point.value(),
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            }
+        }
+        let mut rows: Vec<Measured> = Vec::new();
+        for (index, point) in points.iter().enumerate() {
+            let Some(memory) = &memory[index] else {
+                continue;
+            };
+            let Some(measured) = combine(memory, &timings[index]) else {
+                continue;
+            };
+            if point.generated == BASE_POLICIES && point.users == BASE_USERS && point.tenants == 1 {
+                target.push((*sweep, measured.decide_allow.p99, measured.decide_deny.p99));
+            }
+            rows.push(measured);
         }
         let path = plan.out.join(format!("{}.csv", sweep.name()));
         let mut csv = csv_header(*sweep);
