@@ -14,8 +14,12 @@
 //!   before the put to the first `Check` answer carrying the new
 //!   `snapshot_version`.
 //! * `memory`: in a child process of its own, RSS before and after caching
-//!   10,000 acme-sized tenants (20 entities) through one `RemoteSnapshots`,
-//!   per tenant, beside the cache's own weight (`status().weighted_bytes`).
+//!   10,000 acme-sized tenants (20 entities, `common/snapshots.rs`) through
+//!   one `RemoteSnapshots`, per tenant, beside the cache's own weight
+//!   (`status().weighted_bytes`). With `--memory-users N` the tenants are
+//!   `entitlements/acme.json` itself with N users (`common/acme_tenant.rs`;
+//!   `--memory-users 5` is the small tenant of `benches/memory.md`). The
+//!   cache is made large enough to keep every tenant.
 //!
 //! The allocator is mimalloc, as in the `tollgate` binary.
 //!
@@ -28,6 +32,8 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
+#[path = "common/acme_tenant.rs"]
+mod acme_tenant;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
@@ -99,6 +105,10 @@ const MEMORY_CONCURRENCY: usize = 8;
 /// Tenants looked up (and cached) by the memory child before its first RSS
 /// reading, so that connection buffers and code pages are already counted.
 const MEMORY_WARMUP_TENANTS: usize = 32;
+/// `cache_max_bytes` of the memory child: every tenant stays cached.
+const MEMORY_CACHE_MAX_BYTES: u64 = 1 << 40;
+/// `cache_max_bytes` by default, for the report.
+const DEFAULT_CACHE_MAX_BYTES: u64 = 256 << 20;
 /// Most tenants accepted for `--tenants`.
 const MAX_TENANTS: usize = 200_000;
 /// Most iterations accepted for `--iterations`.
@@ -126,6 +136,11 @@ struct Args {
     /// Tenants cached by the memory part [default: 10000; 1000 with --quick].
     #[arg(long, value_name = "N")]
     tenants: Option<usize>,
+    /// Tenants of the memory part shaped exactly like entitlements/acme.json
+    /// with N users (5: the small tenant, 21 entities) instead of the
+    /// 20-entity tenants of common/snapshots.rs.
+    #[arg(long, value_name = "N")]
+    memory_users: Option<usize>,
     /// Entities of the tenant written in the propagation part (at least 12;
     /// 20 is the size of entitlements/acme.json).
     #[arg(long, value_name = "N", default_value_t = 20)]
@@ -186,6 +201,7 @@ struct Settings {
     iterations: usize,
     propagation_entities: usize,
     tenants: usize,
+    memory_users: Option<usize>,
     sidecar_threads: usize,
 }
 
@@ -204,6 +220,12 @@ fn settings(args: &Args) -> Result<Settings, String> {
             "--propagation-entities must be in [{}, 1000000]",
             FIXED_ENTITIES + 2
         ));
+    }
+    if args
+        .memory_users
+        .is_some_and(|users| !(1..=100_000).contains(&users))
+    {
+        return Err("--memory-users must be in [1, 100000]".to_string());
     }
     if !(1..=64).contains(&args.sidecar_threads) {
         return Err("--sidecar-threads must be in [1, 64]".to_string());
@@ -229,6 +251,7 @@ fn settings(args: &Args) -> Result<Settings, String> {
         iterations,
         propagation_entities: args.propagation_entities,
         tenants,
+        memory_users: args.memory_users,
         sidecar_threads: args.sidecar_threads,
     })
 }
@@ -1007,6 +1030,8 @@ fn memory_warm_tenant(index: usize) -> String {
 
 struct MemoryResult {
     tenants: usize,
+    /// What the tenants look like, e.g. "20 entities (common/snapshots.rs)".
+    shape: String,
     document_bytes: f64,
     rss_before: u64,
     rss_after: u64,
@@ -1026,6 +1051,24 @@ impl MemoryResult {
 /// The memory part, in the parent: writes the tenants into Redis, runs the
 /// child that caches them, reads its report.
 fn run_memory(redis: &RedisServer, settings: &Settings) -> Result<MemoryResult, String> {
+    let acme = match settings.memory_users {
+        Some(_) => Some(acme_tenant::AcmeShape::load(repository())?),
+        None => None,
+    };
+    let shape = match (&acme, settings.memory_users) {
+        (Some(acme), Some(users)) => format!(
+            "{} entities (entitlements/acme.json with {users} users)",
+            acme.entity_count(users)
+        ),
+        _ => format!(
+            "{} entities (common/snapshots.rs)",
+            SMALL_USERS + FIXED_ENTITIES
+        ),
+    };
+    let document = |tenant: &str| match (&acme, settings.memory_users) {
+        (Some(acme), Some(users)) => acme.snapshot_json(tenant, 1, users),
+        _ => snapshots::snapshot_json(tenant, 1, SMALL_USERS),
+    };
     let runtime = runtime("tg-memory", 2)?;
     let document_bytes = runtime.block_on(async {
         let mut raw = raw_connection(&redis.url()).await?;
@@ -1038,10 +1081,7 @@ fn run_memory(redis: &RedisServer, settings: &Settings) -> Result<MemoryResult, 
         for chunk in names.chunks(500) {
             let documents: Vec<(String, u64, Vec<u8>)> = chunk
                 .iter()
-                .map(|tenant| {
-                    let document = snapshots::snapshot_json(tenant, 1, SMALL_USERS);
-                    (tenant.clone(), 1, document)
-                })
+                .map(|tenant| (tenant.clone(), 1, document(tenant)))
                 .collect();
             total += documents
                 .iter()
@@ -1072,6 +1112,7 @@ fn run_memory(redis: &RedisServer, settings: &Settings) -> Result<MemoryResult, 
     };
     Ok(MemoryResult {
         tenants: settings.tenants,
+        shape,
         document_bytes,
         rss_before: number("rss_before")?,
         rss_after: number("rss_after")?,
@@ -1089,9 +1130,14 @@ fn memory_child(url: String, tenants: usize) -> Result<Json, String> {
     let runtime = runtime("tg-memory", 2)?;
     let report = runtime.block_on(async move {
         let (store, policies) = load_policies()?;
+        // Large enough to keep every tenant: the part measures what they
+        // take, and reports the weight the cache gives them.
         let remote = RemoteSnapshots::new(
             redis_settings(url, DEFAULT_REDIS_TIMEOUT),
-            CacheSettings::default(),
+            CacheSettings {
+                max_bytes: MEMORY_CACHE_MAX_BYTES,
+                ..CacheSettings::default()
+            },
             store,
         );
         let link = remote.start().await;
@@ -1321,8 +1367,8 @@ fn table(report: &Report, settings: &Settings) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "memory: {} tenants of 20 entities cached through one RemoteSnapshots, in a child process (filled in {:.1} s, {} in flight)",
-            m.tenants, m.fill_seconds, MEMORY_CONCURRENCY
+            "memory: {} tenants of {} cached through one RemoteSnapshots, in a child process (filled in {:.1} s, {} in flight)",
+            m.tenants, m.shape, m.fill_seconds, MEMORY_CONCURRENCY
         );
         let _ = writeln!(
             out,
@@ -1338,13 +1384,21 @@ fn table(report: &Report, settings: &Settings) -> String {
             mib(m.anon_after as f64),
             m.per_tenant(m.anon_before, m.anon_after)
         );
+        let per_entry = m.weighted_bytes as f64 / m.entries.max(1) as f64;
         let _ = writeln!(
             out,
-            "  cache: {} entries, weighted {} = {:.0} bytes per entry (document + 1 KiB); document {:.0} bytes",
+            "  cache: {} entries, weighted {} = {:.0} bytes per entry ({:.2} × the RSS per tenant); document {:.0} bytes",
             m.entries,
             mib(m.weighted_bytes as f64),
-            m.weighted_bytes as f64 / m.entries.max(1) as f64,
+            per_entry,
+            per_entry / m.per_tenant(m.rss_before, m.rss_after),
             m.document_bytes
+        );
+        let _ = writeln!(
+            out,
+            "  the default cache_max_bytes ({}) holds {:.0} such tenants",
+            mib(DEFAULT_CACHE_MAX_BYTES as f64),
+            DEFAULT_CACHE_MAX_BYTES as f64 / per_entry
         );
     }
     let _ = writeln!(out);
@@ -1402,6 +1456,7 @@ fn to_json(report: &Report, settings: &Settings) -> String {
     let memory = report.memory.as_ref().map(|m| {
         json!({
             "tenants": m.tenants,
+            "shape": m.shape,
             "document_bytes_mean": m.document_bytes,
             "rss_before": m.rss_before,
             "rss_after": m.rss_after,

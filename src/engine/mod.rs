@@ -11,7 +11,8 @@ use cedar_policy::{
 };
 
 use crate::store::diagnostics::describe;
-use cedar_policy_core::ast::{Literal, ValueKind};
+use arc_swap::ArcSwapOption;
+use cedar_policy_core::ast::{BinaryOp, Expr, ExprKind, Literal, PartialValue, SlotEnv, ValueKind};
 
 use crate::store::policies::PreparedPolicy;
 use crate::store::{PolicyMeta, PolicySnapshot, TenantSnapshot};
@@ -345,15 +346,41 @@ pub fn decide(
     request: &PreparedRequest,
     options: Options,
 ) -> Result<Decision, RequestError> {
+    let core_request: &cedar_policy_core::ast::Request = request.request.as_ref();
+    // The decision reads only the entities it can reach: the request's, the
+    // context's and the ones the policies name where their data is read,
+    // with everything their attributes name in turn (see `EntitySlice`).
+    let mut slice = tenant.entities.slice();
     // A principal must be in the snapshot itself: request-scoped entities may
     // add context for a decision, never make up who is asking.
-    if options.strict_principals && tenant.entities.get(&request.principal).is_none() {
+    if !slice.add(request.principal.as_ref()) && options.strict_principals {
         return Ok(Decision::deny(BuiltinReason::UnknownPrincipal));
     }
-    let merged;
-    let entities: &Entities = if request.entities.is_empty() {
-        &tenant.entities
-    } else {
+    slice.add(request.action.as_ref());
+    if let Some(resource) = core_request.resource().uid() {
+        slice.add(resource);
+    }
+    match core_request.context() {
+        Some(cedar_policy_core::ast::Context::Value(values)) => {
+            for value in values.values() {
+                slice.add_value(value);
+            }
+        }
+        Some(cedar_policy_core::ast::Context::RestrictedResidual(values)) => {
+            for value in values.values() {
+                for uid in entity_literals(value) {
+                    slice.add(uid);
+                }
+            }
+        }
+        None => {}
+    }
+    with_policy_roots(policies, |roots| {
+        for uid in roots {
+            slice.add(uid);
+        }
+    });
+    if !request.entities.is_empty() {
         // Request-scoped entities must not slot into the snapshot's hierarchy
         // as a parent it names but does not define: that would change what
         // the snapshot's own entities are members of.
@@ -371,16 +398,31 @@ pub fn decide(
                 ),
             ));
         }
-        // Only requests that bring their own entities pay for this copy; the
-        // tenant snapshot's entities are reference counted inside.
-        merged = tenant
-            .entities
-            .clone()
+        // Merging reads the snapshot's entity of the same uid (a clash) and
+        // the parents' ancestors; the entities' data names more.
+        for entity in &request.entities {
+            let entity: &cedar_policy_core::ast::Entity = entity.as_ref();
+            slice.add(entity.uid());
+            for ancestor in entity.ancestors() {
+                slice.add(ancestor);
+            }
+            for (_, value) in entity.attrs().chain(entity.tags()) {
+                if let PartialValue::Value(value) = value {
+                    slice.add_value(value);
+                }
+            }
+        }
+    }
+    let reachable = slice.build();
+    let merged;
+    let entities: &Entities = if request.entities.is_empty() {
+        &reachable
+    } else {
+        merged = Entities::clone(&reachable)
             .add_entities(request.entities.iter().cloned(), Some(&policies.schema))
             .map_err(|error| RequestError::new("entities", describe(&error)))?;
         &merged
     };
-    let core_request: &cedar_policy_core::ast::Request = request.request.as_ref();
     let mut decision = evaluate(
         policies
             .prepared_for(&request.action)
@@ -394,6 +436,149 @@ pub fn decide(
         decision.explanation = explain(policies, policy_set, entities, &request.request);
     }
     Ok(decision)
+}
+
+/// Entity uids that a policy set names where Cedar may read the entity's
+/// data, for one policy version.
+struct PolicyRoots {
+    version: String,
+    uids: Vec<cedar_policy_core::ast::EntityUID>,
+}
+
+/// Policy versions whose roots are kept.
+const POLICY_ROOTS_KEPT: usize = 4;
+
+/// Calls `with` with the entity uids that `policies` name where Cedar may
+/// read the entity's data (usually none): found once per policy version.
+fn with_policy_roots(
+    policies: &PolicySnapshot,
+    with: impl FnOnce(&[cedar_policy_core::ast::EntityUID]),
+) {
+    static KNOWN: ArcSwapOption<Vec<Arc<PolicyRoots>>> = ArcSwapOption::const_empty();
+    {
+        let known = KNOWN.load();
+        if let Some(roots) = known
+            .as_ref()
+            .and_then(|known| known.iter().find(|roots| roots.version == policies.version))
+        {
+            with(&roots.uids);
+            return;
+        }
+    }
+    let mut uids = Vec::new();
+    let policy_set: &cedar_policy_core::ast::PolicySet = policies.policy_set.as_ref();
+    for policy in policy_set.policies() {
+        read_entities(&policy.condition(), policy.env(), &mut uids);
+    }
+    uids.sort();
+    uids.dedup();
+    let roots = Arc::new(PolicyRoots {
+        version: policies.version.clone(),
+        uids,
+    });
+    KNOWN.rcu(|known| {
+        let mut next = vec![Arc::clone(&roots)];
+        next.extend(
+            known
+                .iter()
+                .flat_map(|known| known.iter())
+                .filter(|other| other.version != roots.version)
+                .take(POLICY_ROOTS_KEPT - 1)
+                .cloned(),
+        );
+        Some(Arc::new(next))
+    });
+    with(&roots.uids);
+}
+
+/// Collects the entity literals and slots of `expr` whose entity's data Cedar
+/// may read when evaluating it. Left out are those that can only be compared:
+/// operands of `==`, `contains`, `containsAll`, `containsAny` and `is`, and
+/// the right side of `in` (Cedar reads the ancestors of the left side only).
+fn read_entities(expr: &Expr, env: &SlotEnv, found: &mut Vec<cedar_policy_core::ast::EntityUID>) {
+    let compared = |operand: &Expr, found: &mut Vec<_>| compared_entities(operand, env, found);
+    match expr.expr_kind() {
+        ExprKind::Lit(Literal::EntityUID(uid)) => {
+            found.push(cedar_policy_core::ast::EntityUID::clone(uid))
+        }
+        ExprKind::Lit(_) | ExprKind::Var(_) | ExprKind::Unknown(_) => {}
+        ExprKind::Slot(slot) => found.extend(env.get(slot).cloned()),
+        ExprKind::If {
+            test_expr,
+            then_expr,
+            else_expr,
+        } => {
+            read_entities(test_expr, env, found);
+            read_entities(then_expr, env, found);
+            read_entities(else_expr, env, found);
+        }
+        ExprKind::And { left, right } | ExprKind::Or { left, right } => {
+            read_entities(left, env, found);
+            read_entities(right, env, found);
+        }
+        ExprKind::UnaryApp { arg, .. } => read_entities(arg, env, found),
+        ExprKind::BinaryApp { op, arg1, arg2 } => match op {
+            BinaryOp::In => {
+                read_entities(arg1, env, found);
+                compared(arg2, found);
+            }
+            BinaryOp::Eq | BinaryOp::Contains | BinaryOp::ContainsAll | BinaryOp::ContainsAny => {
+                compared(arg1, found);
+                compared(arg2, found);
+            }
+            _ => {
+                read_entities(arg1, env, found);
+                read_entities(arg2, env, found);
+            }
+        },
+        ExprKind::ExtensionFunctionApp { args, .. } => {
+            for arg in args.iter() {
+                read_entities(arg, env, found);
+            }
+        }
+        ExprKind::GetAttr { expr, .. }
+        | ExprKind::HasAttr { expr, .. }
+        | ExprKind::ExtHasAttr { expr, .. }
+        | ExprKind::Like { expr, .. } => read_entities(expr, env, found),
+        ExprKind::Is { expr, .. } => compared(expr, found),
+        ExprKind::Set(elements) => {
+            for element in elements.iter() {
+                read_entities(element, env, found);
+            }
+        }
+        ExprKind::Record(fields) => {
+            for value in fields.values() {
+                read_entities(value, env, found);
+            }
+        }
+    }
+}
+
+/// [`read_entities`] of an operand that is only compared: an entity literal
+/// or slot there, alone or in a set literal, is not read.
+fn compared_entities(
+    expr: &Expr,
+    env: &SlotEnv,
+    found: &mut Vec<cedar_policy_core::ast::EntityUID>,
+) {
+    match expr.expr_kind() {
+        ExprKind::Lit(Literal::EntityUID(_)) | ExprKind::Slot(_) => {}
+        ExprKind::Set(elements) => {
+            for element in elements.iter() {
+                compared_entities(element, env, found);
+            }
+        }
+        _ => read_entities(expr, env, found),
+    }
+}
+
+/// Every entity literal in `expr`.
+fn entity_literals(expr: &Expr) -> impl Iterator<Item = &cedar_policy_core::ast::EntityUID> {
+    expr.subexpressions()
+        .filter_map(|expr| match expr.expr_kind() {
+            ExprKind::Lit(Literal::EntityUID(uid)) => Some(uid.as_ref()),
+            _ => None,
+        })
 }
 
 /// Evaluates every policy of `policy_set` on its own: first its scope alone

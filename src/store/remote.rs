@@ -30,13 +30,12 @@ use super::{Lookup, PolicySnapshot, Store};
 /// requests.
 const PARSE_INLINE_MAX_BYTES: usize = 4 * 1024;
 
-/// Fixed cost of a cache entry besides its snapshot, in bytes (weigher).
+/// Memory of a cache entry besides what [`TenantSnapshot::memory_bytes`]
+/// counts, in bytes (weigher): the key, the `Entry`, moka's bookkeeping and
+/// the allocator's rounding. Measured as the resident memory per cached
+/// tenant less the snapshot's estimate: 750 to 1,170 bytes for tenants of
+/// 20 entities (`benches/memory.md`).
 const ENTRY_OVERHEAD_BYTES: u64 = 1024;
-
-/// Memory a parsed snapshot takes per byte of its JSON document (weigher):
-/// measured by `benches/redis_source.rs` at 21 to 24 for tenants of 20 to
-/// 10,000 entities.
-const MEMORY_PER_DOCUMENT_BYTE: u64 = 24;
 
 /// Longest wait for the parse of a tenant's first snapshot once Redis has
 /// answered (there is nothing else to decide with).
@@ -553,18 +552,26 @@ impl RemoteSnapshots {
         };
         let read_at = Instant::now();
         let schema_version = policies.schema_version.clone();
-        // The weight estimates the parsed snapshot's memory from its document.
-        let entry = |content: Content, version: u64, document_bytes: u64| Entry {
-            content,
-            version,
-            schema_version: schema_version.clone(),
-            read_at,
-            epoch,
-            invalidated: AtomicBool::new(false),
-            weight: u32::try_from(
-                document_bytes.saturating_mul(MEMORY_PER_DOCUMENT_BYTE) + ENTRY_OVERHEAD_BYTES,
-            )
-            .unwrap_or(u32::MAX),
+        // The weight is the memory the entry holds: its snapshot (the one
+        // serving, for a broken one), the error, the entry itself.
+        let entry = |content: Content, version: u64| {
+            let held = match &content {
+                Content::Present(snapshot) => snapshot.memory_bytes(),
+                Content::Broken { error, previous } => {
+                    error.len() + previous.as_ref().map_or(0, |p| p.memory_bytes())
+                }
+                Content::Absent => 0,
+            };
+            Entry {
+                content,
+                version,
+                schema_version: schema_version.clone(),
+                read_at,
+                epoch,
+                invalidated: AtomicBool::new(false),
+                weight: u32::try_from((held as u64).saturating_add(ENTRY_OVERHEAD_BYTES))
+                    .unwrap_or(u32::MAX),
+            }
         };
         match read {
             Read::Unchanged { version } => {
@@ -579,7 +586,7 @@ impl RemoteSnapshots {
                     weight: previous.weight,
                 })
             }
-            Read::Absent { version } => Some(entry(Content::Absent, version.unwrap_or(0), 0)),
+            Read::Absent { version } => Some(entry(Content::Absent, version.unwrap_or(0))),
             Read::Document { version, bytes } => {
                 progress.send_replace(FlightState::Parsing);
                 let size = bytes.len() as u64;
@@ -603,7 +610,7 @@ impl RemoteSnapshots {
                     Ok(snapshot) => {
                         let version = version.unwrap_or(0).max(snapshot.version);
                         debug!(tenant, version, bytes = size, "snapshot read from redis");
-                        Some(entry(Content::Present(Arc::new(snapshot)), version, size))
+                        Some(entry(Content::Present(Arc::new(snapshot)), version))
                     }
                     Err(error) => {
                         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -615,7 +622,6 @@ impl RemoteSnapshots {
                                 previous,
                             },
                             version.unwrap_or(0),
-                            size,
                         ))
                     }
                 }
