@@ -48,7 +48,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("redis_password", "", "Redis password (overrides the URL's); prefer TOLLGATE_REDIS_PASSWORD"),
     ("redis_tls_ca_file", "", "PEM file of the CA that signs the Redis server certificate (rediss:// with a private CA); empty: the web PKI roots"),
     ("redis_timeout_ms", "250", "upper bound on every Redis call, connecting included"),
-    ("cache_max_bytes", "268435456", "upper bound on the cached snapshots' estimated memory (24 bytes per byte of snapshot document, as measured, plus 1 KiB each)"),
+    ("cache_max_bytes", "268435456", "upper bound on the cached snapshots' estimated memory (each snapshot's compact form, about 2.6 KB for 20 entities, plus 1 KiB each)"),
     ("cache_ttl_ms", "300000", "a cached snapshot read longer ago than this is read again on next use (safety net for a lost invalidation)"),
     ("max_stale_ms", "300000", "while Redis is unreachable, how long after its last confirmation a cached snapshot still serves (marked STALE) before entitlements_unavailable"),
     ("usage_idempotency_ttl_ms", "86400000", "how long the first answer to a consume's idempotency key (or a usage report's event key) is remembered"),
