@@ -84,12 +84,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// `cache_ttl_ms` of the Redis-sourced servers: long enough that no measured
 /// call is a TTL re-read (the default, 5 minutes, is shorter than a long run).
 const REDIS_CACHE_TTL_MS: u64 = 24 * 3600 * 1000;
-/// `cache_max_bytes` of the `cold` server: room for about 16 tenants of
-/// acme's size (the weigher counts 24 bytes per document byte plus 1 KiB).
+/// `cache_max_bytes` of the `cold` server, the least the server accepts:
+/// room for about 290 tenants of acme's size (a compact snapshot of about
+/// 2.6 KB plus 1 KiB each).
 const COLD_CACHE_MAX_BYTES: u64 = 1024 * 1024;
 /// Fewest cold tenants accepted: the set must be much larger than what the
-/// cold cache holds and than the requests in flight.
-const MIN_COLD_TENANTS: usize = 100;
+/// cold cache holds (over three times) and than the requests in flight.
+const MIN_COLD_TENANTS: usize = 1000;
 /// How often `check_reload` rewrites a policy file and sends SIGHUP.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 /// The file `check_reload` rewrites in the file server's policy directory:
@@ -180,7 +181,7 @@ struct Args {
     /// its in-process cache. Needs redis-server (or $REDIS_SERVER).
     #[arg(long)]
     redis: bool,
-    /// Tenants of the `cold` set [default: 4000; 200 in test mode].
+    /// Tenants of the `cold` set [default: 4000; 1000 in test mode].
     #[arg(long, value_name = "N")]
     cold_tenants: Option<usize>,
     /// Print the results as JSON on stdout instead of the table (progress
@@ -429,7 +430,7 @@ fn settings(args: &Args) -> Result<Settings, String> {
     }
     let cold_tenants = args
         .cold_tenants
-        .unwrap_or(if args.bench { 4000 } else { 200 });
+        .unwrap_or(if args.bench { 4000 } else { MIN_COLD_TENANTS });
     if !(MIN_COLD_TENANTS..=1_000_000).contains(&cold_tenants) {
         return Err(format!(
             "--cold-tenants must be in [{MIN_COLD_TENANTS}, 1000000]"
