@@ -428,9 +428,9 @@ fn settings(args: &Args) -> Result<Settings, String> {
     if args.server_threads == Some(0) {
         return Err("--server-threads must be at least 1".to_string());
     }
-    let cold_tenants = args
-        .cold_tenants
-        .unwrap_or(if args.bench { 4000 } else { MIN_COLD_TENANTS });
+    let cold_tenants =
+        args.cold_tenants
+            .unwrap_or(if args.bench { 4000 } else { MIN_COLD_TENANTS });
     if !(MIN_COLD_TENANTS..=1_000_000).contains(&cold_tenants) {
         return Err(format!(
             "--cold-tenants must be in [{MIN_COLD_TENANTS}, 1000000]"
