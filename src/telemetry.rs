@@ -488,12 +488,14 @@ macro_rules! rpc_span {
 }
 
 /// A span for a stage of a request (snapshot lookup, evaluation, metering),
-/// only inside a request's span: an unsampled request builds none.
+/// only inside an exported request span: an unsampled request builds none,
+/// and neither does any request while no spans are exported (the stages are
+/// for traces; a log line names the request's span).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! stage_span {
     ($($args:tt)*) => {
-        if tracing::Span::current().is_none() {
+        if !$crate::telemetry::exporting() || tracing::Span::current().is_none() {
             tracing::Span::none()
         } else {
             tracing::info_span!($($args)*)

@@ -1,12 +1,16 @@
 //! Conversions between the protobuf messages and Cedar/engine types. Every
 //! conversion error names the field it found wrong.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 
 use cedar_policy::{Effect, Entity, EntityUid, RestrictedExpression};
+use cedar_policy_core::ast::{ExtensionFunction, PartialValue, Value};
+use smol_str::SmolStr;
 
 use super::pb;
 use crate::engine::{self, Decision, PreparedRequest, Reason, RequestError};
+use crate::store::diagnostics::describe;
 use crate::store::{entitlements::check_tenant_id, PolicySnapshot, SnapshotSource};
 
 /// Deepest nesting of sets and records accepted in a value.
@@ -33,10 +37,10 @@ pub fn prepare_check(
         .context
         .into_iter()
         .map(|(key, value)| {
-            let path = format!("context.{key}");
-            value_to_cedar(policies, &path, value, 0).map(|value| (key, value))
+            let value = value_to_core(policies, &At::Context(&key), value, 0)?;
+            Ok((SmolStr::from(key), value))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
     let entities = request
         .entities
         .into_iter()
@@ -54,6 +58,122 @@ fn entity_ref(
 ) -> Result<EntityUid, RequestError> {
     let reference = reference.ok_or_else(|| RequestError::new(field, "required"))?;
     engine::entity_uid(policies, field, &reference.r#type, &reference.id)
+}
+
+/// Where a context value sits, as the field path an error names
+/// (`context.tags[2]`); written out only when there is an error.
+enum At<'a> {
+    Context(&'a str),
+    Key(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, &'static str, usize),
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Context(key) => write!(f, "context.{key}"),
+            At::Key(parent, key) => write!(f, "{parent}.{key}"),
+            At::Index(parent, "", index) => write!(f, "{parent}[{index}]"),
+            At::Index(parent, list, index) => write!(f, "{parent}.{list}[{index}]"),
+        }
+    }
+}
+
+/// Converts a typed context value straight to the Cedar value it denotes.
+///
+/// The same values as [`value_to_cedar`] followed by Cedar's evaluation of
+/// the restricted expression, without building the expression: extension
+/// constructors are called directly. Paths are only formatted for errors.
+fn value_to_core(
+    policies: &PolicySnapshot,
+    at: &At<'_>,
+    value: pb::Value,
+    depth: usize,
+) -> Result<Value, RequestError> {
+    use pb::value::Kind;
+    if depth > MAX_VALUE_DEPTH {
+        return Err(RequestError::new(
+            at.to_string(),
+            format!("nested deeper than {MAX_VALUE_DEPTH} levels"),
+        ));
+    }
+    match value.kind {
+        None => Err(RequestError::new(at.to_string(), "value has no kind set")),
+        Some(Kind::Bool(b)) => Ok(Value::from(b)),
+        Some(Kind::Long(n)) => Ok(Value::from(n)),
+        Some(Kind::String(s)) => Ok(Value::from(SmolStr::from(s))),
+        Some(Kind::Set(set)) => {
+            let values = set
+                .values
+                .into_iter()
+                .enumerate()
+                .map(|(index, value)| {
+                    value_to_core(policies, &At::Index(at, "", index), value, depth + 1)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Value::set(values, None))
+        }
+        Some(Kind::Record(record)) => {
+            let fields = record
+                .values
+                .into_iter()
+                .map(|(key, value)| {
+                    let value = value_to_core(policies, &At::Key(at, &key), value, depth + 1)?;
+                    Ok((SmolStr::from(key), value))
+                })
+                .collect::<Result<BTreeMap<_, _>, _>>()?;
+            Ok(Value::record_arc(std::sync::Arc::new(fields), None))
+        }
+        Some(Kind::Entity(reference)) => {
+            let uid =
+                engine::entity_uid(policies, &at.to_string(), &reference.r#type, &reference.id)?;
+            Ok(Value::from(cedar_policy_core::ast::EntityUID::from(uid)))
+        }
+        Some(Kind::Extension(extension)) => {
+            let Some((_, function)) = extension_function(&extension.r#fn) else {
+                return Err(unknown_extension(&format!("{at}.fn"), &extension.r#fn));
+            };
+            let args = if extension.args.is_empty() {
+                vec![Value::from(SmolStr::from(extension.arg))]
+            } else if extension.arg.is_empty() {
+                extension
+                    .args
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, arg)| {
+                        value_to_core(policies, &At::Index(at, "args", index), arg, depth + 1)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                return Err(both_arg_and_args(&at.to_string()));
+            };
+            match function.call(&args) {
+                Ok(PartialValue::Value(value)) => Ok(value),
+                Ok(PartialValue::Residual(_)) => Err(RequestError::new(
+                    at.to_string(),
+                    format!("`{}` did not produce a value", extension.r#fn),
+                )),
+                Err(error) => Err(RequestError::new(at.to_string(), describe(&error))),
+            }
+        }
+    }
+}
+
+fn unknown_extension(field: &str, function: &str) -> RequestError {
+    RequestError::new(
+        field,
+        format!(
+            "unknown extension function `{function}`; expected one of {}",
+            EXTENSION_FUNCTIONS.join(", ")
+        ),
+    )
+}
+
+fn both_arg_and_args(field: &str) -> RequestError {
+    RequestError::new(
+        field,
+        "an extension value takes either `arg` or `args`, not both",
+    )
 }
 
 /// Converts a typed value to a Cedar restricted expression.
@@ -102,15 +222,8 @@ pub fn value_to_cedar(
             engine::entity_uid(policies, path, &reference.r#type, &reference.id)?,
         )),
         Some(Kind::Extension(extension)) => {
-            let Some(function) = extension_function(&extension.r#fn) else {
-                return Err(RequestError::new(
-                    format!("{path}.fn"),
-                    format!(
-                        "unknown extension function `{}`; expected one of {}",
-                        extension.r#fn,
-                        EXTENSION_FUNCTIONS.join(", ")
-                    ),
-                ));
+            let Some((function, _)) = extension_function(&extension.r#fn) else {
+                return Err(unknown_extension(&format!("{path}.fn"), &extension.r#fn));
             };
             let args = if extension.args.is_empty() {
                 vec![cedar_policy_core::ast::RestrictedExpr::val(
@@ -127,10 +240,7 @@ pub fn value_to_cedar(
                     })
                     .collect::<Result<Vec<_>, _>>()?
             } else {
-                return Err(RequestError::new(
-                    path,
-                    "an extension value takes either `arg` or `args`, not both",
-                ));
+                return Err(both_arg_and_args(path));
             };
             Ok(RestrictedExpression::from(
                 cedar_policy_core::ast::RestrictedExpr::call_extension_fn(function.clone(), args),
@@ -142,22 +252,31 @@ pub fn value_to_cedar(
 /// Extension functions a value may be written with.
 const EXTENSION_FUNCTIONS: [&str; 5] = ["ip", "decimal", "datetime", "duration", "offset"];
 
-/// The Cedar name of an extension function, parsed once. Cedar's own
-/// `RestrictedExpression::new_datetime` and friends parse the name on every
-/// call, which cost more than the rest of a request's conversion.
-fn extension_function(function: &str) -> Option<&'static cedar_policy_core::ast::Name> {
+/// The Cedar name of an extension function and the function itself, looked
+/// up once. Cedar's own `RestrictedExpression::new_datetime` and friends
+/// parse the name on every call, which cost more than the rest of a
+/// request's conversion.
+fn extension_function(
+    function: &str,
+) -> Option<&'static (cedar_policy_core::ast::Name, &'static ExtensionFunction)> {
     use cedar_policy_core::ast::Name;
+    use cedar_policy_core::extensions::Extensions;
     use std::sync::LazyLock;
-    static FUNCTIONS: LazyLock<Vec<(&'static str, Name)>> = LazyLock::new(|| {
+    type Known = Vec<(&'static str, (Name, &'static ExtensionFunction))>;
+    static FUNCTIONS: LazyLock<Known> = LazyLock::new(|| {
         EXTENSION_FUNCTIONS
             .into_iter()
-            .filter_map(|name| Some((name, Name::parse_unqualified_name(name).ok()?)))
+            .filter_map(|name| {
+                let parsed = Name::parse_unqualified_name(name).ok()?;
+                let function = Extensions::all_available().func(&parsed).ok()?;
+                Some((name, (parsed, function)))
+            })
             .collect()
     });
     FUNCTIONS
         .iter()
         .find(|(name, _)| *name == function)
-        .map(|(_, constructor)| constructor)
+        .map(|(_, known)| known)
 }
 
 fn entity_to_cedar(
@@ -438,5 +557,96 @@ mod tests {
         };
         let error = value_to_cedar(&policies, "context.x", unknown, 0).unwrap_err();
         assert_eq!(error.field, "context.x.fn");
+    }
+
+    /// The value Cedar evaluates `value_to_cedar`'s expression to.
+    fn evaluated(policies: &PolicySnapshot, value: pb::Value) -> Value {
+        let expression = value_to_cedar(policies, "context.x", value, 0).unwrap();
+        let context = cedar_policy::Context::from_pairs([("x".to_string(), expression)]).unwrap();
+        let core: &cedar_policy_core::ast::Context = context.as_ref();
+        match core {
+            cedar_policy_core::ast::Context::Value(values) => values["x"].clone(),
+            other => panic!("not a value: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn context_values_are_the_values_cedar_evaluates_the_expressions_to() {
+        let policies =
+            PolicySnapshot::from_sources("schema.cedarschema", "entity User; entity Team;", &[])
+                .expect("schema loads");
+        for json in [
+            serde_json::json!(true),
+            serde_json::json!(-9223372036854775808i64),
+            serde_json::json!("ünïcode"),
+            serde_json::json!([]),
+            serde_json::json!([3, 1, 2, 1]),
+            serde_json::json!({}),
+            serde_json::json!({"b": [{"c": "d"}], "a": {"__entity": {"type": "Team", "id": "t"}}}),
+            serde_json::json!({"__entity": {"type": "User", "id": "alice"}}),
+            serde_json::json!({"__extn": {"fn": "ip", "arg": "10.0.0.1/8"}}),
+            serde_json::json!({"__extn": {"fn": "decimal", "arg": "-1.2500"}}),
+            serde_json::json!({"__extn": {"fn": "datetime", "arg": "2026-11-27T12:00:00.500+0100"}}),
+            serde_json::json!({"__extn": {"fn": "duration", "arg": "-1d2h3m4s5ms"}}),
+            serde_json::json!([{"__extn": {"fn": "offset", "args": [
+                {"__extn": {"fn": "datetime", "arg": "1970-01-01"}},
+                {"__extn": {"fn": "duration", "arg": "-8101986847143815834ms"}}
+            ]}}]),
+        ] {
+            let value = json_to_value(&json).unwrap();
+            let ours = value_to_core(&policies, &At::Context("x"), value.clone(), 0).unwrap();
+            let theirs = evaluated(&policies, value);
+            assert_eq!(ours, theirs, "{json}");
+            assert_eq!(ours.to_string(), theirs.to_string(), "{json}");
+        }
+    }
+
+    #[test]
+    fn context_value_errors_name_the_field() {
+        let policies = PolicySnapshot::from_sources("schema.cedarschema", "entity User;", &[])
+            .expect("schema loads");
+        for (json, field, says) in [
+            (
+                serde_json::json!({"a": [1, {"__extn": {"fn": "datetime", "arg": "garbage"}}]}),
+                "context.x.a[1]",
+                "datetime",
+            ),
+            (
+                serde_json::json!([{"__extn": {"fn": "offset", "args": [
+                    {"__extn": {"fn": "datetime", "arg": "1970-01-01"}},
+                    {"__entity": {"type": "Group", "id": "g"}}
+                ]}}]),
+                "context.x[0].args[1].type",
+                "`Group` is not declared",
+            ),
+            (
+                serde_json::json!({"__extn": {"fn": "offset", "args": [
+                    {"__extn": {"fn": "duration", "arg": "1h"}},
+                    {"__extn": {"fn": "duration", "arg": "1h"}}
+                ]}}),
+                "context.x",
+                "expected datetime, got duration",
+            ),
+            (
+                serde_json::json!({"k": {"__extn": {"fn": "moment", "arg": "x"}}}),
+                "context.x.k.fn",
+                "unknown extension function `moment`",
+            ),
+        ] {
+            let value = json_to_value(&json).unwrap();
+            let error = value_to_core(&policies, &At::Context("x"), value, 0).unwrap_err();
+            assert_eq!(error.field, field, "{json}");
+            assert!(error.problem.contains(says), "{json}: {}", error.problem);
+        }
+        let mut deep = pb::Value {
+            kind: Some(pb::value::Kind::Long(1)),
+        };
+        for _ in 0..=MAX_VALUE_DEPTH + 1 {
+            deep = pb::Value {
+                kind: Some(pb::value::Kind::Set(pb::ValueSet { values: vec![deep] })),
+            };
+        }
+        let error = value_to_core(&policies, &At::Context("x"), deep, 0).unwrap_err();
+        assert!(error.problem.contains("nested deeper"), "{}", error.problem);
     }
 }

@@ -3,11 +3,14 @@
 
 mod context_check;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use smol_str::SmolStr;
 
 use cedar_policy::{
     Authorizer, Context, Effect, Entities, Entity, EntityId, EntityUid, Request,
-    RequestValidationError, RestrictedExpression,
+    RequestValidationError,
 };
 
 use crate::store::diagnostics::describe;
@@ -256,50 +259,33 @@ pub fn action_uid(
 
 /// Builds and validates a request against the policy snapshot's schema.
 ///
-/// `context` holds `(attribute, value)` pairs; `entities` are request-scoped
-/// entities added to the tenant snapshot for this request only.
+/// `context` holds the context's attributes, already Cedar values;
+/// `entities` are request-scoped entities added to the tenant snapshot for
+/// this request only.
 pub fn prepare(
     policies: &PolicySnapshot,
     principal: EntityUid,
     action: EntityUid,
     resource: EntityUid,
-    context: Vec<(String, RestrictedExpression)>,
+    context: BTreeMap<SmolStr, cedar_policy_core::ast::Value>,
     entities: Vec<Entity>,
 ) -> Result<PreparedRequest, RequestError> {
-    let context = match Context::from_pairs(context.iter().cloned()) {
-        Ok(context) => context,
-        Err(error) => return Err(context_error(&context, &describe(&error))),
-    };
-    let request = Request::new(
-        principal.clone(),
-        action.clone(),
-        resource,
-        context,
-        Some(&policies.schema),
+    let request = cedar_policy_core::ast::Request::new(
+        (principal.clone().into(), None),
+        (action.clone().into(), None),
+        (resource.into(), None),
+        cedar_policy_core::ast::Context::Value(Arc::new(context)),
+        Some(policies.schema.as_ref()),
+        cedar_policy_core::extensions::Extensions::all_available(),
     )
-    .map_err(|error| request_validation_error(policies, error))?;
+    .map_err(|error| request_validation_error(policies, error.into()))?;
     Ok(PreparedRequest {
-        request,
+        request: Request::from(request),
         principal,
         action,
         entities,
         explain: false,
     })
-}
-
-/// Names the context attribute that made `Context::from_pairs` fail. Only runs
-/// on the error path, so it may re-evaluate each attribute on its own.
-fn context_error(pairs: &[(String, RestrictedExpression)], message: &str) -> RequestError {
-    let mut seen = std::collections::HashSet::new();
-    for (key, value) in pairs {
-        if !seen.insert(key.as_str()) {
-            return RequestError::new(format!("context.{key}"), "duplicate attribute");
-        }
-        if let Err(error) = Context::from_pairs([(key.clone(), value.clone())]) {
-            return RequestError::new(format!("context.{key}"), describe(&error));
-        }
-    }
-    RequestError::new("context", message.to_string())
 }
 
 /// Explains why `context` does not fit `action`'s context type, naming the
