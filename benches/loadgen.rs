@@ -172,7 +172,7 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "all")]
     scenarios: Option<Vec<Scenario>>,
     /// Run every scenario: health, check, batch, batch100, check_if1,
-    /// check_if64, check_unix, check_reload, check_redis, cold, consume,
+    /// check_if64, check_unix, check_reload, check_redis, cold, check_metered, consume,
     /// consume_lease.
     #[arg(long)]
     all: bool,
@@ -233,6 +233,10 @@ enum Scenario {
     /// The ALLOW Check on the next tenant of the cold set: a cache miss, read
     /// from Redis and parsed.
     Cold,
+    /// The consume scenarios' Check (bob uses `api` of the lease-mode tenant)
+    /// without `consume`: the plain Check that metering adds to.
+    #[value(name = "check_metered")]
+    CheckMetered,
     /// EntitlementService/Check consuming 1 unit of a meter (exact mode: each
     /// consumption counted in Redis), Redis-sourced server.
     Consume,
@@ -242,7 +246,7 @@ enum Scenario {
 }
 
 /// Every scenario, in the order `--all` runs them.
-const ALL: [Scenario; 12] = [
+const ALL: [Scenario; 13] = [
     Scenario::Health,
     Scenario::Check,
     Scenario::Batch,
@@ -253,6 +257,7 @@ const ALL: [Scenario; 12] = [
     Scenario::CheckReload,
     Scenario::CheckRedis,
     Scenario::Cold,
+    Scenario::CheckMetered,
     Scenario::Consume,
     Scenario::ConsumeLease,
 ];
@@ -283,6 +288,7 @@ impl Scenario {
             Scenario::CheckReload => "check_reload",
             Scenario::CheckRedis => "check_redis",
             Scenario::Cold => "cold",
+            Scenario::CheckMetered => "check_metered",
             Scenario::Consume => "consume",
             Scenario::ConsumeLease => "consume_lease",
         }
@@ -301,6 +307,9 @@ impl Scenario {
             }
             Scenario::CheckRedis => "tollgate.v1.EntitlementService/Check (Redis source, cached)",
             Scenario::Cold => "tollgate.v1.EntitlementService/Check (Redis source, cache miss)",
+            Scenario::CheckMetered => {
+                "tollgate.v1.EntitlementService/Check of the consume request, no consume"
+            }
             Scenario::Consume => "tollgate.v1.EntitlementService/Check + consume (exact)",
             Scenario::ConsumeLease => "tollgate.v1.EntitlementService/Check + consume (lease)",
         }
@@ -309,7 +318,10 @@ impl Scenario {
     fn role(self) -> Role {
         match self {
             Scenario::CheckUnix => Role::Unix,
-            Scenario::CheckRedis | Scenario::Consume | Scenario::ConsumeLease => Role::Redis,
+            Scenario::CheckRedis
+            | Scenario::CheckMetered
+            | Scenario::Consume
+            | Scenario::ConsumeLease => Role::Redis,
             Scenario::Cold => Role::Cold,
             _ => Role::File,
         }
@@ -517,6 +529,13 @@ fn consume_request(tenant: &str) -> pb::CheckRequest {
     request
 }
 
+/// The consume scenarios' request without `consume` (`check_metered`).
+fn metered_request() -> pb::CheckRequest {
+    let mut request = consume_request(METER_LEASE_TENANT);
+    request.consume = None;
+    request
+}
+
 /// The cold tenants, taken round robin by every worker of every slice
 /// through one counter.
 struct ColdSet {
@@ -586,6 +605,7 @@ impl Driver {
             Scenario::Batch100 => Driver::Batch(client(), batch(BATCH100)),
             Scenario::CheckReload => Driver::CheckVersion(client(), Box::new(allow_request())),
             Scenario::CheckRedis => Driver::CheckRedis(client(), Box::new(allow_request())),
+            Scenario::CheckMetered => Driver::CheckRedis(client(), Box::new(metered_request())),
             Scenario::Cold => Driver::Cold(client(), Box::new(allow_request()), Arc::clone(cold)),
             Scenario::Consume | Scenario::ConsumeLease => Driver::Consume(
                 client(),
@@ -1297,9 +1317,15 @@ async fn preflight(
             .of(scenario.role())
             .first()
             .ok_or_else(|| format!("{}: no connection to its server", scenario.name()))?;
-        if *scenario == Scenario::CheckRedis {
+        // The first call of a cached scenario reads the tenant from Redis.
+        let first = match scenario {
+            Scenario::CheckRedis => Some(allow_request()),
+            Scenario::CheckMetered => Some(metered_request()),
+            _ => None,
+        };
+        if let Some(first) = first {
             let first = EntitlementServiceClient::new(channel.clone())
-                .check(allow_request())
+                .check(first)
                 .await
                 .map_err(|status| {
                     format!(
@@ -1649,7 +1675,7 @@ fn ratio(
 /// denominator, and whether it compares decisions (not calls) per second.
 type RatioDef = (&'static str, &'static str, Scenario, Scenario, bool);
 
-const RATIOS: [RatioDef; 9] = [
+const RATIOS: [RatioDef; 11] = [
     (
         "check_over_health_throughput",
         "Check / health throughput",
@@ -1697,6 +1723,20 @@ const RATIOS: [RatioDef; 9] = [
         "consume_lease / check_redis throughput",
         Scenario::ConsumeLease,
         Scenario::CheckRedis,
+        false,
+    ),
+    (
+        "consume_over_check_metered_throughput",
+        "consume / check_metered throughput",
+        Scenario::Consume,
+        Scenario::CheckMetered,
+        false,
+    ),
+    (
+        "consume_lease_over_check_metered_throughput",
+        "consume_lease / check_metered throughput",
+        Scenario::ConsumeLease,
+        Scenario::CheckMetered,
         false,
     ),
     (
