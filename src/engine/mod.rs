@@ -2,6 +2,9 @@
 //! request, a policy snapshot and a tenant snapshot. No I/O, no gRPC, no Redis.
 
 mod context_check;
+mod guard;
+
+pub use guard::Guard;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -642,7 +645,11 @@ pub fn evaluate<'a>(
     let mut forbids = Vec::new();
     let mut failed_forbids = Vec::new();
     let mut errors = Vec::new();
+    let entities_core: &cedar_policy_core::entities::Entities = entities.as_ref();
     for policy in prepared {
+        if policy.guard.rules_out(core_request, entities_core) {
+            continue;
+        }
         let satisfied = evaluator
             .interpret(&policy.condition, policy.policy.env())
             .map_err(|error| error.to_string())

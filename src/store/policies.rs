@@ -48,6 +48,9 @@ pub struct PreparedPolicy {
     pub policy: cedar_policy_core::ast::Policy,
     /// Its scope and conditions as one expression.
     pub condition: cedar_policy_core::ast::Expr,
+    /// The first tests of `condition` a decision settles without evaluating
+    /// it.
+    pub guard: crate::engine::Guard,
 }
 
 /// The policies of one action, in policy id order, indexed by resource scope:
@@ -364,9 +367,11 @@ impl PolicySnapshot {
                 .filter_map(|policy| {
                     let meta = policies.get(policy.id())?;
                     let core: &cedar_policy_core::ast::Policy = policy.as_ref();
+                    let condition = core.condition();
                     Some(PreparedPolicy {
                         meta: Arc::clone(meta),
-                        condition: core.condition(),
+                        guard: crate::engine::Guard::of(&condition),
+                        condition,
                         policy: core.clone(),
                     })
                 })
