@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
-use cedar_policy::{Effect, Entity, EntityUid, RestrictedExpression};
+use cedar_policy::{Effect, Entity, EntityUid};
 use cedar_policy_core::ast::{ExtensionFunction, PartialValue, Value};
 use smol_str::SmolStr;
 
@@ -63,6 +63,8 @@ fn entity_ref(
 /// Where a context value sits, as the field path an error names
 /// (`context.tags[2]`); written out only when there is an error.
 enum At<'a> {
+    /// A path given whole (`entities[0].attrs`).
+    Root(&'a str),
     Context(&'a str),
     Key(&'a At<'a>, &'a str),
     Index(&'a At<'a>, &'static str, usize),
@@ -71,6 +73,7 @@ enum At<'a> {
 impl fmt::Display for At<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            At::Root(path) => f.write_str(path),
             At::Context(key) => write!(f, "context.{key}"),
             At::Key(parent, key) => write!(f, "{parent}.{key}"),
             At::Index(parent, "", index) => write!(f, "{parent}[{index}]"),
@@ -79,11 +82,10 @@ impl fmt::Display for At<'_> {
     }
 }
 
-/// Converts a typed context value straight to the Cedar value it denotes.
-///
-/// The same values as [`value_to_cedar`] followed by Cedar's evaluation of
-/// the restricted expression, without building the expression: extension
-/// constructors are called directly. Paths are only formatted for errors.
+/// Converts a typed value (of the context or of a request-scoped entity)
+/// straight to the Cedar value it denotes: the value Cedar would evaluate the
+/// same restricted expression to, without building the expression (extension
+/// constructors are called directly). Paths are only formatted for errors.
 fn value_to_core(
     policies: &PolicySnapshot,
     at: &At<'_>,
@@ -130,7 +132,7 @@ fn value_to_core(
             Ok(Value::from(cedar_policy_core::ast::EntityUID::from(uid)))
         }
         Some(Kind::Extension(extension)) => {
-            let Some((_, function)) = extension_function(&extension.r#fn) else {
+            let Some(function) = extension_function(&extension.r#fn) else {
                 return Err(unknown_extension(&format!("{at}.fn"), &extension.r#fn));
             };
             let args = if extension.args.is_empty() {
@@ -176,107 +178,30 @@ fn both_arg_and_args(field: &str) -> RequestError {
     )
 }
 
-/// Converts a typed value to a Cedar restricted expression.
-pub fn value_to_cedar(
-    policies: &PolicySnapshot,
-    path: &str,
-    value: pb::Value,
-    depth: usize,
-) -> Result<RestrictedExpression, RequestError> {
-    use pb::value::Kind;
-    if depth > MAX_VALUE_DEPTH {
-        return Err(RequestError::new(
-            path,
-            format!("nested deeper than {MAX_VALUE_DEPTH} levels"),
-        ));
-    }
-    match value.kind {
-        None => Err(RequestError::new(path, "value has no kind set")),
-        Some(Kind::Bool(b)) => Ok(RestrictedExpression::new_bool(b)),
-        Some(Kind::Long(n)) => Ok(RestrictedExpression::new_long(n)),
-        Some(Kind::String(s)) => Ok(RestrictedExpression::new_string(s)),
-        Some(Kind::Set(set)) => {
-            let values = set
-                .values
-                .into_iter()
-                .enumerate()
-                .map(|(index, value)| {
-                    value_to_cedar(policies, &format!("{path}[{index}]"), value, depth + 1)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(RestrictedExpression::new_set(values))
-        }
-        Some(Kind::Record(record)) => {
-            let fields = record
-                .values
-                .into_iter()
-                .map(|(key, value)| {
-                    value_to_cedar(policies, &format!("{path}.{key}"), value, depth + 1)
-                        .map(|value| (key, value))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            RestrictedExpression::new_record(fields)
-                .map_err(|error| RequestError::new(path, error.to_string()))
-        }
-        Some(Kind::Entity(reference)) => Ok(RestrictedExpression::new_entity_uid(
-            engine::entity_uid(policies, path, &reference.r#type, &reference.id)?,
-        )),
-        Some(Kind::Extension(extension)) => {
-            let Some((function, _)) = extension_function(&extension.r#fn) else {
-                return Err(unknown_extension(&format!("{path}.fn"), &extension.r#fn));
-            };
-            let args = if extension.args.is_empty() {
-                vec![cedar_policy_core::ast::RestrictedExpr::val(
-                    extension.arg.as_str(),
-                )]
-            } else if extension.arg.is_empty() {
-                extension
-                    .args
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, arg)| {
-                        value_to_cedar(policies, &format!("{path}.args[{index}]"), arg, depth + 1)
-                            .map(|arg| arg.as_ref().clone())
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            } else {
-                return Err(both_arg_and_args(path));
-            };
-            Ok(RestrictedExpression::from(
-                cedar_policy_core::ast::RestrictedExpr::call_extension_fn(function.clone(), args),
-            ))
-        }
-    }
-}
-
 /// Extension functions a value may be written with.
 const EXTENSION_FUNCTIONS: [&str; 5] = ["ip", "decimal", "datetime", "duration", "offset"];
 
-/// The Cedar name of an extension function and the function itself, looked
-/// up once. Cedar's own `RestrictedExpression::new_datetime` and friends
-/// parse the name on every call, which cost more than the rest of a
-/// request's conversion.
-fn extension_function(
-    function: &str,
-) -> Option<&'static (cedar_policy_core::ast::Name, &'static ExtensionFunction)> {
+/// An extension function, looked up once by its name. (Cedar's own
+/// `RestrictedExpression::new_datetime` and friends parse the name on every
+/// call, which cost more than the rest of a request's conversion.)
+fn extension_function(function: &str) -> Option<&'static ExtensionFunction> {
     use cedar_policy_core::ast::Name;
     use cedar_policy_core::extensions::Extensions;
     use std::sync::LazyLock;
-    type Known = Vec<(&'static str, (Name, &'static ExtensionFunction))>;
-    static FUNCTIONS: LazyLock<Known> = LazyLock::new(|| {
-        EXTENSION_FUNCTIONS
-            .into_iter()
-            .filter_map(|name| {
-                let parsed = Name::parse_unqualified_name(name).ok()?;
-                let function = Extensions::all_available().func(&parsed).ok()?;
-                Some((name, (parsed, function)))
-            })
-            .collect()
-    });
+    static FUNCTIONS: LazyLock<Vec<(&'static str, &'static ExtensionFunction)>> =
+        LazyLock::new(|| {
+            EXTENSION_FUNCTIONS
+                .into_iter()
+                .filter_map(|name| {
+                    let parsed = Name::parse_unqualified_name(name).ok()?;
+                    Some((name, Extensions::all_available().func(&parsed).ok()?))
+                })
+                .collect()
+        });
     FUNCTIONS
         .iter()
         .find(|(name, _)| *name == function)
-        .map(|(_, known)| known)
+        .map(|(_, known)| *known)
 }
 
 fn entity_to_cedar(
@@ -286,12 +211,13 @@ fn entity_to_cedar(
 ) -> Result<Entity, RequestError> {
     let uid = entity_ref(policies, &format!("{path}.uid"), entity.uid.as_ref())?;
     let convert_map = |name: &str, map: HashMap<String, pb::Value>| {
+        let root = format!("{path}.{name}");
         map.into_iter()
             .map(|(key, value)| {
-                value_to_cedar(policies, &format!("{path}.{name}.{key}"), value, 0)
-                    .map(|value| (key, value))
+                let value = value_to_core(policies, &At::Key(&At::Root(&root), &key), value, 0)?;
+                Ok((SmolStr::from(key), PartialValue::Value(value)))
             })
-            .collect::<Result<HashMap<_, _>, _>>()
+            .collect::<Result<Vec<_>, RequestError>>()
     };
     let attrs = convert_map("attrs", entity.attrs)?;
     let tags = convert_map("tags", entity.tags)?;
@@ -306,10 +232,18 @@ fn entity_to_cedar(
                 &parent.r#type,
                 &parent.id,
             )
+            .map(cedar_policy_core::ast::EntityUID::from)
         })
         .collect::<Result<HashSet<_>, _>>()?;
-    Entity::new_with_tags(uid, attrs, parents, tags)
-        .map_err(|error| RequestError::new(path, error.to_string()))
+    Ok(Entity::from(
+        cedar_policy_core::ast::Entity::new_with_attr_partial_value(
+            uid.into(),
+            attrs,
+            HashSet::new(),
+            parents,
+            tags,
+        ),
+    ))
 }
 
 /// Freshness of the data behind a decision.
@@ -505,10 +439,28 @@ pub fn json_to_value(json: &serde_json::Value) -> Result<pb::Value, String> {
 mod tests {
     use super::*;
 
+    /// A context attribute's value as Cedar builds it.
+    fn cedar_context_value(context: cedar_policy::Context) -> Value {
+        let core: &cedar_policy_core::ast::Context = context.as_ref();
+        match core {
+            cedar_policy_core::ast::Context::Value(values) => values["x"].clone(),
+            other => panic!("not a value: {other:?}"),
+        }
+    }
+
+    /// The value Cedar evaluates the restricted expression `text` to.
+    fn cedar_value(text: &str) -> Value {
+        let expression: cedar_policy::RestrictedExpression = text.parse().unwrap();
+        cedar_context_value(
+            cedar_policy::Context::from_pairs([("x".to_string(), expression)]).unwrap(),
+        )
+    }
+
     #[test]
     fn every_extension_constructor_builds_the_cedar_value() {
         let policies = PolicySnapshot::from_sources("schema.cedarschema", "entity User;", &[])
             .expect("schema loads");
+        let x = At::Context("x");
         for (function, arg, cedar) in [
             ("ip", "10.0.0.1/8", r#"ip("10.0.0.1/8")"#),
             ("decimal", "1.25", r#"decimal("1.25")"#),
@@ -526,11 +478,8 @@ mod tests {
                     args: Vec::new(),
                 })),
             };
-            let ours = value_to_cedar(&policies, "context.x", value, 0).unwrap();
-            let theirs: RestrictedExpression = cedar.parse().unwrap();
-            let ours = cedar_policy::Context::from_pairs([("x".to_string(), ours)]).unwrap();
-            let theirs = cedar_policy::Context::from_pairs([("x".to_string(), theirs)]).unwrap();
-            assert_eq!(ours, theirs, "{function}");
+            let ours = value_to_core(&policies, &x, value, 0).unwrap();
+            assert_eq!(ours, cedar_value(cedar), "{function}");
         }
         // A datetime no single string can write: 256 million years before 1970.
         let offset = json_to_value(&serde_json::json!({"__extn": {"fn": "offset", "args": [
@@ -538,14 +487,10 @@ mod tests {
             {"__extn": {"fn": "duration", "arg": "-8101986847143815834ms"}}
         ]}}))
         .unwrap();
-        let ours = value_to_cedar(&policies, "context.x", offset, 0).unwrap();
-        let theirs: RestrictedExpression =
-            r#"datetime("1970-01-01").offset(duration("-8101986847143815834ms"))"#
-                .parse()
-                .unwrap();
+        let ours = value_to_core(&policies, &x, offset, 0).unwrap();
         assert_eq!(
-            cedar_policy::Context::from_pairs([("x".to_string(), ours)]).unwrap(),
-            cedar_policy::Context::from_pairs([("x".to_string(), theirs)]).unwrap()
+            ours,
+            cedar_value(r#"datetime("1970-01-01").offset(duration("-8101986847143815834ms"))"#)
         );
 
         let unknown = pb::Value {
@@ -555,23 +500,12 @@ mod tests {
                 args: Vec::new(),
             })),
         };
-        let error = value_to_cedar(&policies, "context.x", unknown, 0).unwrap_err();
+        let error = value_to_core(&policies, &x, unknown, 0).unwrap_err();
         assert_eq!(error.field, "context.x.fn");
     }
 
-    /// The value Cedar evaluates `value_to_cedar`'s expression to.
-    fn evaluated(policies: &PolicySnapshot, value: pb::Value) -> Value {
-        let expression = value_to_cedar(policies, "context.x", value, 0).unwrap();
-        let context = cedar_policy::Context::from_pairs([("x".to_string(), expression)]).unwrap();
-        let core: &cedar_policy_core::ast::Context = context.as_ref();
-        match core {
-            cedar_policy_core::ast::Context::Value(values) => values["x"].clone(),
-            other => panic!("not a value: {other:?}"),
-        }
-    }
-
     #[test]
-    fn context_values_are_the_values_cedar_evaluates_the_expressions_to() {
+    fn context_values_are_the_values_cedar_parses_from_the_same_json() {
         let policies =
             PolicySnapshot::from_sources("schema.cedarschema", "entity User; entity Team;", &[])
                 .expect("schema loads");
@@ -588,14 +522,14 @@ mod tests {
             serde_json::json!({"__extn": {"fn": "decimal", "arg": "-1.2500"}}),
             serde_json::json!({"__extn": {"fn": "datetime", "arg": "2026-11-27T12:00:00.500+0100"}}),
             serde_json::json!({"__extn": {"fn": "duration", "arg": "-1d2h3m4s5ms"}}),
-            serde_json::json!([{"__extn": {"fn": "offset", "args": [
-                {"__extn": {"fn": "datetime", "arg": "1970-01-01"}},
-                {"__extn": {"fn": "duration", "arg": "-8101986847143815834ms"}}
-            ]}}]),
         ] {
             let value = json_to_value(&json).unwrap();
-            let ours = value_to_core(&policies, &At::Context("x"), value.clone(), 0).unwrap();
-            let theirs = evaluated(&policies, value);
+            let ours = value_to_core(&policies, &At::Context("x"), value, 0).unwrap();
+            // Cedar's own JSON form of a context uses the same escapes.
+            let theirs = cedar_context_value(
+                cedar_policy::Context::from_json_value(serde_json::json!({ "x": json }), None)
+                    .unwrap(),
+            );
             assert_eq!(ours, theirs, "{json}");
             assert_eq!(ours.to_string(), theirs.to_string(), "{json}");
         }
