@@ -40,6 +40,8 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
+#[path = "common/child.rs"]
+mod child;
 mod common;
 #[path = "common/grpc.rs"]
 mod grpc;
@@ -2251,7 +2253,7 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, servers: serde_json::Value
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !args.filters.is_empty() && !args.filters.iter().any(|f| "loadgen".contains(f.as_str())) {
+    if !child::selected(&args.filters, "loadgen") {
         return ExitCode::SUCCESS;
     }
     let settings = match settings(&args) {

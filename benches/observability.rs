@@ -26,6 +26,8 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
+#[path = "common/child.rs"]
+mod child;
 mod common;
 #[path = "common/grpc.rs"]
 mod grpc;
@@ -262,12 +264,7 @@ fn summarize(slices: &[Slice]) -> Summary {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !args.filters.is_empty()
-        && !args
-            .filters
-            .iter()
-            .any(|f| "observability".contains(f.as_str()))
-    {
+    if !child::selected(&args.filters, "observability") {
         return ExitCode::SUCCESS;
     }
     match run(&args) {

@@ -34,6 +34,8 @@
 
 #[path = "common/acme_tenant.rs"]
 mod acme_tenant;
+#[path = "common/child.rs"]
+mod child;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
@@ -388,50 +390,6 @@ async fn flush(connection: &mut redis::aio::MultiplexedConnection) -> Result<(),
 // ---------------------------------------------------------------------------
 // Child processes
 
-/// Runs this benchmark binary with `args` (a `--child` mode) and returns the
-/// JSON document it prints, killing it (by its pid) after `timeout`.
-fn run_child(args: &[String], timeout: Duration) -> Result<Json, String> {
-    let exe = std::env::current_exe().map_err(|error| format!("current_exe: {error}"))?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|error| format!("cannot start the child process: {error}"))?;
-    let stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut output = String::new();
-        if let Some(mut stdout) = stdout {
-            use std::io::Read as _;
-            let _ = stdout.read_to_string(&mut output);
-        }
-        output
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "child {args:?} did not finish within {} s",
-                    timeout.as_secs()
-                ));
-            }
-            Err(error) => return Err(format!("child {args:?}: {error}")),
-        }
-    };
-    let output = reader.join().unwrap_or_default();
-    if !status.success() {
-        return Err(format!("child {args:?} failed ({status})"));
-    }
-    serde_json::from_str(output.trim())
-        .map_err(|error| format!("child {args:?} printed `{output}`: {error}"))
-}
-
 /// Minor page faults of this process so far (field 10 of /proc/self/stat).
 fn minor_faults() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -442,18 +400,10 @@ fn minor_faults() -> Option<u64> {
 /// Resident set size and its anonymous part, in bytes, from /proc/self/status.
 fn rss() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        status.lines().find_map(|line| {
-            line.strip_prefix(name)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .map(|kb| kb * 1024)
-        })
-    };
-    Some((field("VmRSS:")?, field("RssAnon:")?))
+    Some((
+        child::kb_field(&status, "VmRSS:")?,
+        child::kb_field(&status, "RssAnon:")?,
+    ))
 }
 
 fn summary_from_json(value: &Json) -> Option<Summary> {
@@ -520,7 +470,7 @@ fn run_miss(redis: &RedisServer, settings: &Settings) -> Result<Vec<MissResult>,
             }
             Ok::<_, String>(document_bytes)
         })?;
-        let report = run_child(
+        let report = child::run_child(
             &[
                 "--child".to_string(),
                 "miss".to_string(),
@@ -531,6 +481,7 @@ fn run_miss(redis: &RedisServer, settings: &Settings) -> Result<Vec<MissResult>,
                 "--samples".to_string(),
                 samples.to_string(),
             ],
+            &[],
             CHILD_TIMEOUT,
         )?;
         let field = |key: &str| {
@@ -1094,7 +1045,7 @@ fn run_memory(redis: &RedisServer, settings: &Settings) -> Result<MemoryResult, 
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));
 
-    let report = run_child(
+    let report = child::run_child(
         &[
             "--child".to_string(),
             "memory".to_string(),
@@ -1103,6 +1054,7 @@ fn run_memory(redis: &RedisServer, settings: &Settings) -> Result<MemoryResult, 
             "--tenants".to_string(),
             settings.tenants.to_string(),
         ],
+        &[],
         CHILD_TIMEOUT,
     )?;
     let number = |key: &str| {
@@ -1549,12 +1501,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if !args.filters.is_empty()
-        && !args
-            .filters
-            .iter()
-            .any(|f| "redis_source".contains(f.as_str()))
-    {
+    if !child::selected(&args.filters, "redis_source") {
         return ExitCode::SUCCESS;
     }
     let settings = match settings(&args) {

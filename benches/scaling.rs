@@ -45,13 +45,15 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
+#[path = "common/child.rs"]
+mod child;
 mod common;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -670,16 +672,7 @@ fn tenant_id(index: usize) -> String {
 /// page-table count is the one reported.
 fn rss() -> Memory {
     fn field(text: &str, name: &str) -> u64 {
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(name)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kb| kb * 1024)
+        child::kb_field(text, name).unwrap_or(0)
     }
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -1272,51 +1265,22 @@ fn combine(memory: &Measured, timings: &[Measured]) -> Option<Measured> {
 
 /// Runs one part of a point in a child process and returns its measurement.
 fn run_child(point: Point, part: Part) -> Result<Measured, String> {
-    let exe = std::env::current_exe().map_err(|error| format!("current_exe: {error}"))?;
     let spec = serde_json::to_string(&point).expect("serialise point");
-    let mut command = Command::new(exe);
-    command.args(["--child", part.name(), "--point", &spec]);
-    if part == Part::Memory {
-        command.env("MIMALLOC_PURGE_DELAY", "0");
-    }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|error| format!("cannot start the child process: {error}"))?;
-    let stdout = child.stdout.take();
-    let reader = std::thread::spawn(move || {
-        let mut output = String::new();
-        if let Some(mut stdout) = stdout {
-            use std::io::Read as _;
-            let _ = stdout.read_to_string(&mut output);
-        }
-        output
-    });
-    let deadline = Instant::now() + POINT_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{} did not finish within {} s",
-                    part.name(),
-                    POINT_TIMEOUT.as_secs()
-                ));
-            }
-            Err(error) => return Err(format!("child: {error}")),
-        }
+    let args = [
+        "--child".to_string(),
+        part.name().to_string(),
+        "--point".to_string(),
+        spec,
+    ];
+    // The memory child returns freed memory to the system at once.
+    let envs: &[(&str, &str)] = if part == Part::Memory {
+        &[("MIMALLOC_PURGE_DELAY", "0")]
+    } else {
+        &[]
     };
-    let output = reader.join().unwrap_or_default();
-    if !status.success() {
-        return Err(format!("{} child failed ({status})", part.name()));
-    }
-    serde_json::from_str(output.trim())
-        .map_err(|error| format!("child printed `{}`: {error}", output.trim()))
+    let output = child::run_child(&args, envs, POINT_TIMEOUT)
+        .map_err(|problem| format!("{}: {problem}", part.name()))?;
+    serde_json::from_value(output).map_err(|error| format!("{} child: {error}", part.name()))
 }
 
 /// The CSV columns after the sweep's own (see benches/scaling/README.md).
@@ -1618,7 +1582,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if !args.filters.is_empty() && !args.filters.iter().any(|f| "scaling".contains(f.as_str())) {
+    if !child::selected(&args.filters, "scaling") {
         return ExitCode::SUCCESS;
     }
     let plan = match plan(&args) {

@@ -30,6 +30,8 @@
 
 #[path = "common/acme_tenant.rs"]
 mod acme_tenant;
+#[path = "common/child.rs"]
+mod child;
 mod common;
 
 use std::path::Path;
@@ -93,19 +95,7 @@ struct Args {
 /// `(VmRSS, RssAnon)` of this process, in bytes.
 fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(name)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kb| kb * 1024)
-    };
+    let field = |name: &str| child::kb_field(&status, name).unwrap_or(0);
     (field("VmRSS:"), field("RssAnon:"))
 }
 
@@ -117,12 +107,7 @@ enum Kept {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !args.filters.is_empty()
-        && !args
-            .filters
-            .iter()
-            .any(|f| "tenant_memory".contains(f.as_str()))
-    {
+    if !child::selected(&args.filters, "tenant_memory") {
         return ExitCode::SUCCESS;
     }
     let tenants = if args.bench || args.tenants != 10_000 {

@@ -1,0 +1,81 @@
+//! What the benchmarks run as `harness = false` binaries share: whether
+//! `cargo bench -- FILTER` selected them, this binary re-run as a child
+//! process (a point measured on a heap of its own), and a `/proc` field in
+//! bytes.
+//!
+//! Included with `#[path = "common/child.rs"] mod child;`.
+
+#![allow(dead_code, reason = "each benchmark uses a part of it")]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether the name filters `cargo bench -- FILTER` passed select `bench`
+/// (no filter selects every benchmark).
+pub fn selected(filters: &[String], bench: &str) -> bool {
+    filters.is_empty() || filters.iter().any(|filter| bench.contains(filter.as_str()))
+}
+
+/// A `Name:   123 kB` line of a `/proc` file such as `/proc/self/status`, in
+/// bytes.
+pub fn kb_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    })
+}
+
+/// Runs this benchmark binary again with `args` (a `--child` mode) and `envs`,
+/// and returns the JSON document it prints on stdout; kills it (by its pid)
+/// after `timeout`.
+pub fn run_child(
+    args: &[String],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let exe = std::env::current_exe().map_err(|error| format!("current_exe: {error}"))?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|error| format!("cannot start the child process: {error}"))?;
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut output = String::new();
+        if let Some(mut stdout) = stdout {
+            use std::io::Read as _;
+            let _ = stdout.read_to_string(&mut output);
+        }
+        output
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "child {args:?} did not finish within {} s",
+                    timeout.as_secs()
+                ));
+            }
+            Err(error) => return Err(format!("child {args:?}: {error}")),
+        }
+    };
+    let output = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(format!("child {args:?} failed ({status})"));
+    }
+    serde_json::from_str(output.trim())
+        .map_err(|error| format!("child {args:?} printed `{}`: {error}", output.trim()))
+}
