@@ -529,6 +529,27 @@ enum Resolved<'a> {
     Action(&'a Arc<CoreEntity>),
 }
 
+/// The values of an entity's attributes (or tags), noting in `named` the
+/// entities they name; an error names a value that is not known.
+fn known_values<'v>(
+    kind: &str,
+    owner: &EntityUID,
+    pairs: impl Iterator<Item = (&'v SmolStr, &'v PartialValue)>,
+    named: &mut Vec<&'v EntityUID>,
+) -> Result<Vec<(SmolStr, Value)>, SnapshotError> {
+    pairs
+        .map(|(name, value)| match value {
+            PartialValue::Value(value) => {
+                entity_uids(value, &mut |uid| named.push(uid));
+                Ok((name.clone(), value.clone()))
+            }
+            PartialValue::Residual(_) => Err(SnapshotError::Entities(format!(
+                "{kind} `{name}` of `{owner}` has no value"
+            ))),
+        })
+        .collect()
+}
+
 /// Calls `found` with every entity uid inside `value`.
 fn entity_uids<'v>(value: &'v Value, found: &mut impl FnMut(&'v EntityUID)) {
     match value.value_kind() {
@@ -617,28 +638,8 @@ impl TenantEntities {
                 .collect::<Result<Vec<_>, _>>()?;
             indirect.sort_unstable();
             let mut named: Vec<&EntityUID> = Vec::new();
-            let mut attrs = Vec::with_capacity(entity.attrs_len());
-            for (name, value) in entity.attrs() {
-                let PartialValue::Value(value) = value else {
-                    return Err(SnapshotError::Entities(format!(
-                        "attribute `{name}` of `{}` has no value",
-                        entity.uid()
-                    )));
-                };
-                entity_uids(value, &mut |uid| named.push(uid));
-                attrs.push((name.clone(), value.clone()));
-            }
-            let mut tags = Vec::with_capacity(entity.tags_len());
-            for (name, value) in entity.tags() {
-                let PartialValue::Value(value) = value else {
-                    return Err(SnapshotError::Entities(format!(
-                        "tag `{name}` of `{}` has no value",
-                        entity.uid()
-                    )));
-                };
-                entity_uids(value, &mut |uid| named.push(uid));
-                tags.push((name.clone(), value.clone()));
-            }
+            let attrs = known_values("attribute", entity.uid(), entity.attrs(), &mut named)?;
+            let tags = known_values("tag", entity.uid(), entity.tags(), &mut named)?;
             // Only entities a decision could reach are linked: the snapshot's
             // own and the schema's actions.
             let mut references = Vec::with_capacity(named.len());
