@@ -547,6 +547,58 @@ async fn leases_never_grant_past_the_cap_and_give_back_what_they_did_not_use() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_reserves_its_next_block_early_and_returns_an_old_period() {
+    let setup = setup(Options::default(), 1_000).await;
+    let leased = document("acme", 2, |value| {
+        let meter = entity(value, "Meter", "api-calls");
+        meter["attrs"]["limit"] = 1_000.into();
+        meter["attrs"]["lease"] = 100.into();
+    });
+    put(&setup.conn, &leased).await;
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    let stream_length = || -> i64 { setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]) };
+    for n in 1..=76 {
+        let response = client
+            .check(consume(&format!("nov-{n}"), 1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(allowed(&response), "{response:?}");
+        assert_eq!(response.usage.unwrap().used, n);
+        if n == 75 {
+            // One block of 100 reserved; 25 left, none written yet.
+            assert_eq!(setup.counter("2026-11"), 100);
+            assert_eq!(stream_length(), 0);
+        }
+    }
+    // The 76th grant left 24, under a quarter of the block: the next block
+    // was reserved with the events so far, before the stock ran out.
+    assert_eq!(setup.counter("2026-11"), 200);
+    assert_eq!(stream_length(), 76);
+
+    // December: November's 124 unspent units go back, a December block is
+    // reserved, and the count starts again.
+    setup
+        .now
+        .store(END_OF_NOVEMBER_MS + 61_000, Ordering::Relaxed);
+    let december = client
+        .check(consume("dec-1", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(allowed(&december), "{december:?}");
+    assert_eq!(december.usage.unwrap().used, 1);
+    assert_eq!(setup.counter("2026-11"), 76);
+    assert_eq!(setup.counter("2026-12"), 100);
+
+    // At shutdown the rest goes back and the last event is written.
+    server.stop().await.unwrap();
+    assert_eq!(setup.counter("2026-12"), 1);
+    assert_eq!(stream_length(), 77);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_reads_the_meter_first_only_when_a_policy_reads_the_count() {
     let setup = setup(Options::default(), 4).await;
     let reset = || {

@@ -22,6 +22,8 @@ use std::time::Duration;
 use cedar_policy::{EntityId, EntityTypeName, EntityUid, EvalResult};
 use redis::{Script, Value};
 
+mod answers;
+
 use crate::store::redis_client::{RedisConn, RedisFailure};
 use crate::store::TenantSnapshot;
 
@@ -59,25 +61,36 @@ impl Period {
     /// The window holding `now_ms` (Unix milliseconds): its id, used in the
     /// counter's key, and when it ends (`None` for a period that never ends).
     pub fn window(self, now_ms: i64) -> (String, Option<i64>) {
+        let (start, end) = self.bounds(now_ms);
+        let (year, month, day) = civil_from_days(start.div_euclid(86_400_000));
+        let id = match self {
+            Self::Day => format!("{year:04}-{month:02}-{day:02}"),
+            Self::Month => format!("{year:04}-{month:02}"),
+            Self::Never => "all".to_string(),
+        };
+        (id, end)
+    }
+
+    /// Start and end (Unix milliseconds) of the window holding `now_ms`:
+    /// what [`Period::window`] says without building its id (a period that
+    /// never ends starts at 0).
+    pub fn bounds(self, now_ms: i64) -> (i64, Option<i64>) {
         let days = now_ms.div_euclid(86_400_000);
-        let (year, month, day) = civil_from_days(days);
         match self {
-            Self::Day => (
-                format!("{year:04}-{month:02}-{day:02}"),
-                Some((days + 1) * 86_400_000),
-            ),
+            Self::Day => (days * 86_400_000, Some((days + 1) * 86_400_000)),
             Self::Month => {
+                let (year, month, _) = civil_from_days(days);
                 let (next_year, next_month) = if month == 12 {
                     (year + 1, 1)
                 } else {
                     (year, month + 1)
                 };
                 (
-                    format!("{year:04}-{month:02}"),
+                    days_from_civil(year, month, 1) * 86_400_000,
                     Some(days_from_civil(next_year, next_month, 1) * 86_400_000),
                 )
             }
-            Self::Never => ("all".to_string(), None),
+            Self::Never => (0, None),
         }
     }
 }
@@ -433,10 +446,6 @@ pub fn reads_context_attribute(condition: &cedar_policy_core::ast::Expr, attribu
     uses > named_reads
 }
 
-/// Bytes a remembered lease-mode answer takes besides its strings: the
-/// `FirstAnswer` in its `Arc`, the strings' allocations and moka's entry.
-const LEASE_ANSWER_OVERHEAD: usize = 560;
-
 /// Usage metering over Redis.
 #[derive(Debug)]
 pub struct Metering {
@@ -446,16 +455,13 @@ pub struct Metering {
     /// Leases by tenant and meter.
     leases: std::sync::Mutex<LeaseTable>,
     /// First answers of lease-mode consumptions, by tenant and key.
-    lease_answers: moka::sync::Cache<String, Arc<FirstAnswer>>,
+    lease_answers: answers::Answers,
 }
 
-/// Leases by tenant, then meter, each behind its own lock (a reservation
-/// holds it across the Redis call). Nested so that a lookup borrows the
+/// Leases by tenant, then meter. Nested so that a lookup borrows the
 /// request's strings instead of allocating a key.
-type LeaseTable = std::collections::HashMap<
-    String,
-    std::collections::HashMap<String, Arc<tokio::sync::Mutex<Lease>>>,
->;
+type LeaseTable =
+    std::collections::HashMap<String, std::collections::HashMap<String, Arc<LeaseSlot>>>;
 
 /// Key of a lease-mode first answer: tenant and idempotency key (a tenant id
 /// never holds a newline).
@@ -467,10 +473,34 @@ fn answer_key(tenant: &str, key: &str) -> String {
     joined
 }
 
+/// One meter's lease: its state, and the lock of its Redis calls.
+#[derive(Debug, Default)]
+struct LeaseSlot {
+    /// Stock, counter and pending events. Held only for bookkeeping, never
+    /// across a Redis call, so grants from stock go on while a reservation is
+    /// under way.
+    state: std::sync::Mutex<Lease>,
+    /// Held across a reservation or a return: one Redis call at a time per
+    /// lease.
+    calls: tokio::sync::Mutex<()>,
+}
+
+impl LeaseSlot {
+    fn state(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Units a sidecar reserved from a meter's counter and grants locally.
 #[derive(Debug, Default)]
 struct Lease {
-    /// The counter window the units were reserved in.
+    /// Start (Unix ms) of the counter window the units were reserved in;
+    /// `None` before the first reservation and while what was held in an
+    /// earlier window or under an earlier limit goes back.
+    window_start: Option<i64>,
+    /// That window's id (in the counter's key).
     window: String,
     /// Tenant of the lease.
     tenant: String,
@@ -480,9 +510,38 @@ struct Lease {
     stock: i64,
     /// The counter (all sidecars' reservations) after the last reservation.
     counter: i64,
+    /// The last reservation found no room: the stock is not topped up early
+    /// (a request the stock cannot cover still asks Redis).
+    exhausted: bool,
     /// When unspent units go back.
     expires: Option<std::time::Instant>,
     /// Granted consumptions not yet in the usage stream.
+    events: Vec<LeaseEvent>,
+}
+
+impl Lease {
+    /// Whether the lease holds units of `meter`'s window starting at `start`
+    /// under its current limit.
+    fn current(&self, meter: &MeterSpec, start: i64) -> bool {
+        self.window_start == Some(start)
+            && self
+                .meter
+                .as_ref()
+                .is_some_and(|held| held.limit == meter.limit && held.lease == meter.lease)
+    }
+}
+
+/// What is taken out of a lease to go back to Redis (restored if the call
+/// fails).
+#[derive(Debug)]
+struct Returning {
+    window_start: Option<i64>,
+    window: String,
+    tenant: String,
+    meter: MeterSpec,
+    stock: i64,
+    counter: i64,
+    expires: Option<std::time::Instant>,
     events: Vec<LeaseEvent>,
 }
 
@@ -493,6 +552,12 @@ struct LeaseEvent {
     principal: String,
     decision_id: String,
     time_ms: i64,
+}
+
+/// The stock below which a lease of `block` units reserves the next block
+/// while it still grants (a quarter of a block).
+fn low_water(block: i64) -> i64 {
+    block / 4
 }
 
 fn counter_key(tenant: &str, meter: &MeterSpec, window: &str) -> String {
@@ -529,21 +594,8 @@ pub struct UsageView {
 impl Metering {
     /// Metering with `settings`, reading time from `clock`.
     pub fn new(settings: MeteringSettings, clock: Clock) -> Self {
-        // Weighed by their strings plus the rest of an entry (measured: 200,000
-        // answers shaped like the load generator's took 646 bytes each, 83 of
-        // them the strings).
-        let lease_answers = moka::sync::Cache::builder()
-            .weigher(|key: &String, answer: &Arc<FirstAnswer>| {
-                let heap = key.len()
-                    + answer.meter.len()
-                    + answer.decision_id.len()
-                    + answer.code.len()
-                    + answer.policy_id.len();
-                u32::try_from(heap + LEASE_ANSWER_OVERHEAD).unwrap_or(u32::MAX)
-            })
-            .max_capacity(settings.lease_answers_max_bytes)
-            .time_to_live(settings.idempotency_ttl)
-            .build();
+        let lease_answers =
+            answers::Answers::new(settings.lease_answers_max_bytes, settings.idempotency_ttl);
         Self {
             settings,
             clock,
@@ -553,7 +605,7 @@ impl Metering {
         }
     }
 
-    fn lease(&self, tenant: &str, meter: &str) -> Arc<tokio::sync::Mutex<Lease>> {
+    fn lease(&self, tenant: &str, meter: &str) -> Arc<LeaseSlot> {
         let mut leases = self
             .leases
             .lock()
@@ -572,9 +624,7 @@ impl Metering {
 
     /// The first answer this sidecar gave to a lease-mode key, if any.
     pub fn lease_answer(&self, tenant: &str, key: &str) -> Option<FirstAnswer> {
-        self.lease_answers
-            .get(&answer_key(tenant, key))
-            .map(|answer| FirstAnswer::clone(&answer))
+        self.lease_answers.get(&answer_key(tenant, key))
     }
 
     /// Units used of a lease-mode meter as this sidecar knows them (no Redis
@@ -585,11 +635,11 @@ impl Metering {
         tenant: &str,
         meter: &MeterSpec,
     ) -> Result<i64, RedisFailure> {
-        let (window, _) = self.window(meter);
+        let (start, _) = meter.period.bounds(self.clock.now_ms());
         {
-            let lease = self.lease(tenant, &meter.id);
-            let lease = lease.lock().await;
-            if lease.window == window && lease.meter.is_some() {
+            let slot = self.lease(tenant, &meter.id);
+            let lease = slot.state();
+            if lease.current(meter, start) {
                 return Ok(lease.counter - lease.stock);
             }
         }
@@ -599,54 +649,168 @@ impl Metering {
     /// Grants `amount` units of a lease-mode meter from this sidecar's stock,
     /// reserving another block from Redis (atomically, never past the limit)
     /// when the stock does not cover it. A sidecar never grants more than it
-    /// holds, so all sidecars together never pass the limit.
+    /// holds, so all sidecars together never pass the limit. A grant that
+    /// leaves the stock under a quarter of a block reserves the next block
+    /// itself, while other requests go on granting from what is left.
     async fn lease_consume(
         &self,
         conn: &RedisConn,
         consumption: &Consumption<'_>,
     ) -> Result<Consumed, RedisFailure> {
+        let meter = consumption.meter;
+        let block = meter.lease.unwrap_or(1).max(consumption.amount);
+        let now = self.clock.now_ms();
+        let (start, _) = meter.period.bounds(now);
+        let slot = self.lease(consumption.tenant, &meter.id);
+        let granted = {
+            let mut lease = slot.state();
+            if lease.current(meter, start) {
+                self.grant(&mut lease, consumption, now)
+                    .map(|consumed| (consumed, !lease.exhausted && lease.stock < low_water(block)))
+            } else {
+                None
+            }
+        };
+        if let Some((consumed, low)) = granted {
+            if low {
+                if let Ok(_calls) = slot.calls.try_lock() {
+                    // Best effort: on failure the next request that the
+                    // stock cannot cover tries again.
+                    if let Err(error) = self.refill(conn, &slot, meter, now, 0, None).await {
+                        tracing::debug!(error = %error, "cannot top up a lease yet");
+                    }
+                }
+            }
+            return Ok(consumed);
+        }
+        let _calls = slot.calls.lock().await;
+        // What this request waited for may have refilled the stock.
+        {
+            let mut lease = slot.state();
+            if lease.current(meter, start) {
+                if let Some(consumed) = self.grant(&mut lease, consumption, now) {
+                    return Ok(consumed);
+                }
+            }
+        }
+        self.refill(conn, &slot, meter, now, block, Some(consumption))
+            .await
+            .map(|consumed| consumed.unwrap_or(Consumed::CapExceeded { used: 0 }))
+    }
+
+    /// Under the lease's lock: the key's first answer, or a grant from stock
+    /// (`None` when the stock does not cover the amount).
+    fn grant(
+        &self,
+        lease: &mut Lease,
+        consumption: &Consumption<'_>,
+        now: i64,
+    ) -> Option<Consumed> {
         let Consumption {
             tenant,
-            meter,
             amount,
             key,
             principal,
             decision_id,
             ..
         } = *consumption;
-        let block = meter.lease.unwrap_or(1).max(amount);
-        let now = self.clock.now_ms();
-        let (window, end) = meter.period.window(now);
-        let lease = self.lease(tenant, &meter.id);
-        let mut lease = lease.lock().await;
         if let Some(first) = self.lease_answer(tenant, key) {
-            return Ok(Consumed::Replay(first));
-        }
-        if lease.window != window || lease.meter.as_ref().is_some_and(|m| m.limit != meter.limit) {
-            // A new period or a new limit: what is held goes back first.
-            self.give_back(conn, &mut lease).await?;
-            lease.window = window.clone();
-        }
-        if lease.tenant != tenant {
-            lease.tenant = tenant.to_string();
-        }
-        if lease.meter.as_ref() != Some(meter) {
-            lease.meter = Some(meter.clone());
+            return Some(Consumed::Replay(first));
         }
         if lease.stock < amount {
-            let events = std::mem::take(&mut lease.events);
-            let reply = self
-                .reserve(conn, tenant, meter, &window, end, block, amount, &events)
-                .await;
-            let (granted, counter) = match reply {
-                Ok(reply) => reply,
-                Err(error) => {
-                    lease.events = events;
-                    return Err(error);
-                }
-            };
-            lease.counter = counter;
-            lease.stock += granted;
+            return None;
+        }
+        lease.stock -= amount;
+        self.stats
+            .lease_stock
+            .fetch_sub(amount.unsigned_abs(), Ordering::Relaxed);
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        let used = lease.counter - lease.stock;
+        lease.events.push(LeaseEvent {
+            amount,
+            key: key.to_string(),
+            principal: principal.to_string(),
+            decision_id: decision_id.to_string(),
+            time_ms: now,
+        });
+        self.lease_answers
+            .insert(answer_key(tenant, key), consumption.answer(true, used));
+        Some(Consumed::Allowed { used })
+    }
+
+    /// With the lease's call lock held: returns what the lease holds from an
+    /// earlier window or limit, reserves up to `block` units of the current
+    /// window (at least what `consumption` asks, or none; `0`: the next block
+    /// ahead of need) with the pending usage events, and then decides
+    /// `consumption` under the state lock: a grant, its key's first answer,
+    /// or `cap_exceeded` when the meter has no room left for it.
+    async fn refill(
+        &self,
+        conn: &RedisConn,
+        slot: &LeaseSlot,
+        meter: &MeterSpec,
+        now: i64,
+        block: i64,
+        consumption: Option<&Consumption<'_>>,
+    ) -> Result<Option<Consumed>, RedisFailure> {
+        let (start, end) = meter.period.bounds(now);
+        let tenant = consumption.map_or_else(
+            || slot.state().tenant.clone(),
+            |consumption| consumption.tenant.to_string(),
+        );
+        let stale = {
+            let mut lease = slot.state();
+            if lease.current(meter, start) {
+                None
+            } else {
+                Self::take(&mut lease, true)
+            }
+        };
+        if let Some(stale) = stale {
+            if let Err(error) = self.give_back(conn, &stale).await {
+                Self::restore(&mut slot.state(), stale);
+                return Err(error);
+            }
+            self.note_returned(&stale);
+        }
+        let (window, events) = {
+            let mut lease = slot.state();
+            if lease.window_start != Some(start) {
+                // Not current (a first reservation, or a new window or
+                // limit): start over, counting from the reply.
+                lease.window_start = None;
+                lease.window = meter.period.window(now).0;
+                lease.stock = 0;
+                lease.counter = 0;
+                lease.exhausted = false;
+            }
+            if lease.tenant != tenant {
+                lease.tenant.clone_from(&tenant);
+            }
+            if lease.meter.as_ref() != Some(meter) {
+                lease.meter = Some(meter.clone());
+            }
+            (lease.window.clone(), std::mem::take(&mut lease.events))
+        };
+        let needed = consumption.map_or(1, |consumption| consumption.amount);
+        let block = block.max(meter.lease.unwrap_or(1)).max(needed);
+        let reply = self
+            .reserve(conn, &tenant, meter, &window, end, block, needed, &events)
+            .await;
+        let mut lease = slot.state();
+        let (granted, counter) = match reply {
+            Ok(reply) => reply,
+            Err(error) => {
+                let newer = std::mem::replace(&mut lease.events, events);
+                lease.events.extend(newer);
+                return Err(error);
+            }
+        };
+        lease.window_start = Some(start);
+        lease.counter = counter;
+        lease.stock += granted;
+        lease.exhausted = granted == 0;
+        if granted > 0 {
             self.stats
                 .lease_stock
                 .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
@@ -655,33 +819,71 @@ impl Metering {
                 .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
             lease.expires = Some(std::time::Instant::now() + self.settings.lease_ttl);
         }
-        let used = lease.counter - lease.stock;
-        if lease.stock < amount {
-            self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed);
-            self.lease_answers.insert(
-                answer_key(tenant, key),
-                Arc::new(consumption.answer(false, used)),
-            );
-            return Ok(Consumed::CapExceeded { used });
+        let Some(consumption) = consumption else {
+            return Ok(None);
+        };
+        if let Some(consumed) = self.grant(&mut lease, consumption, now) {
+            return Ok(Some(consumed));
         }
-        lease.stock -= amount;
+        let used = lease.counter - lease.stock;
+        self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed);
+        self.lease_answers.insert(
+            answer_key(consumption.tenant, consumption.key),
+            consumption.answer(false, used),
+        );
+        Ok(Some(Consumed::CapExceeded { used }))
+    }
+
+    /// Takes a lease's unspent units and pending events out to go back
+    /// (`None` when there is nothing to return). With `retire`, the lease is
+    /// no longer current, so that nothing is granted until it is renewed.
+    fn take(lease: &mut Lease, retire: bool) -> Option<Returning> {
+        let meter = lease.meter.clone()?;
+        if lease.stock == 0 && lease.events.is_empty() {
+            if retire {
+                lease.window_start = None;
+            }
+            return None;
+        }
+        let returning = Returning {
+            window_start: lease.window_start,
+            window: lease.window.clone(),
+            tenant: lease.tenant.clone(),
+            meter,
+            stock: lease.stock,
+            counter: lease.counter,
+            expires: lease.expires,
+            events: std::mem::take(&mut lease.events),
+        };
+        lease.counter -= lease.stock;
+        lease.stock = 0;
+        lease.expires = None;
+        if retire {
+            lease.window_start = None;
+        }
+        Some(returning)
+    }
+
+    /// Puts back what [`Metering::take`] took when it could not go back.
+    fn restore(lease: &mut Lease, returning: Returning) {
+        lease.window_start = returning.window_start;
+        lease.window = returning.window;
+        lease.tenant = returning.tenant;
+        lease.meter = Some(returning.meter);
+        lease.stock += returning.stock;
+        lease.counter = returning.counter;
+        lease.expires = returning.expires;
+        let newer = std::mem::replace(&mut lease.events, returning.events);
+        lease.events.extend(newer);
+    }
+
+    fn note_returned(&self, returned: &Returning) {
+        self.stats
+            .returned
+            .fetch_add(returned.stock.unsigned_abs(), Ordering::Relaxed);
         self.stats
             .lease_stock
-            .fetch_sub(amount.unsigned_abs(), Ordering::Relaxed);
-        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
-        let used = used + amount;
-        lease.events.push(LeaseEvent {
-            amount,
-            key: key.to_string(),
-            principal: principal.to_string(),
-            decision_id: decision_id.to_string(),
-            time_ms: now,
-        });
-        self.lease_answers.insert(
-            answer_key(tenant, key),
-            Arc::new(consumption.answer(true, used)),
-        );
-        Ok(Consumed::Allowed { used })
+            .fetch_sub(returned.stock.unsigned_abs(), Ordering::Relaxed);
     }
 
     /// Reserves up to `block` units (at least `needed`, or none) and writes
@@ -728,47 +930,31 @@ impl Metering {
         }
     }
 
-    /// Returns a lease's unspent units and writes its pending events.
-    async fn give_back(&self, conn: &RedisConn, lease: &mut Lease) -> Result<(), RedisFailure> {
-        let Some(meter) = lease.meter.clone() else {
-            return Ok(());
-        };
-        if lease.stock == 0 && lease.events.is_empty() {
-            return Ok(());
-        }
+    /// Returns unspent units and writes pending events, in one atomic step.
+    async fn give_back(&self, conn: &RedisConn, returning: &Returning) -> Result<(), RedisFailure> {
         let mut args = vec![
-            lease.stock.to_string(),
+            returning.stock.to_string(),
             self.settings.stream_maxlen.to_string(),
-            meter.id.clone(),
+            returning.meter.id.clone(),
         ];
-        push_events(&mut args, &lease.events);
+        push_events(&mut args, &returning.events);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         conn.invoke(
             &scripts().give_back,
             &[
-                &counter_key(&lease.tenant, &meter, &lease.window),
-                &stream_key(&lease.tenant),
+                &counter_key(&returning.tenant, &returning.meter, &returning.window),
+                &stream_key(&returning.tenant),
             ],
             &args,
         )
         .await?;
-        self.stats
-            .returned
-            .fetch_add(lease.stock.unsigned_abs(), Ordering::Relaxed);
-        self.stats
-            .lease_stock
-            .fetch_sub(lease.stock.unsigned_abs(), Ordering::Relaxed);
-        lease.counter -= lease.stock;
-        lease.stock = 0;
-        lease.events.clear();
-        lease.expires = None;
         Ok(())
     }
 
     /// Returns the unspent units of expired leases (all of them with
     /// `all`, at shutdown) and writes their pending events.
     pub async fn return_leases(&self, conn: &RedisConn, all: bool) -> Result<(), RedisFailure> {
-        let leases: Vec<Arc<tokio::sync::Mutex<Lease>>> = self
+        let leases: Vec<Arc<LeaseSlot>> = self
             .leases
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -776,11 +962,24 @@ impl Metering {
             .flat_map(|meters| meters.values().cloned())
             .collect();
         let now = std::time::Instant::now();
-        for lease in leases {
-            let mut lease = lease.lock().await;
-            if all || lease.expires.is_some_and(|expires| expires <= now) {
-                self.give_back(conn, &mut lease).await?;
+        for slot in leases {
+            let _calls = slot.calls.lock().await;
+            let returning = {
+                let mut lease = slot.state();
+                if all || lease.expires.is_some_and(|expires| expires <= now) {
+                    Self::take(&mut lease, false)
+                } else {
+                    None
+                }
+            };
+            let Some(returning) = returning else {
+                continue;
+            };
+            if let Err(error) = self.give_back(conn, &returning).await {
+                Self::restore(&mut slot.state(), returning);
+                return Err(error);
             }
+            self.note_returned(&returning);
         }
         Ok(())
     }
@@ -790,14 +989,9 @@ impl Metering {
         &self.stats
     }
 
-    /// The current window of `meter`: key suffix and end.
-    fn window(&self, meter: &MeterSpec) -> (String, Option<i64>) {
-        meter.period.window(self.clock.now_ms())
-    }
-
     /// The usage view of `meter` at count `used`.
     pub fn view(&self, meter: &MeterSpec, used: i64) -> UsageView {
-        let (_, end) = self.window(meter);
+        let (_, end) = meter.period.bounds(self.clock.now_ms());
         UsageView {
             meter: meter.id.clone(),
             used,
@@ -816,7 +1010,7 @@ impl Metering {
         meter: &MeterSpec,
         key: &str,
     ) -> Result<Peek, RedisFailure> {
-        let (window, _) = self.window(meter);
+        let (window, _) = meter.period.window(self.clock.now_ms());
         let mut mget = redis::cmd("MGET");
         mget.arg(counter_key(tenant, meter, &window))
             .arg(idempotency_key(tenant, key));
