@@ -2,6 +2,7 @@
 //! request, a policy snapshot and a tenant snapshot. No I/O, no gRPC, no Redis.
 
 mod context_check;
+mod context_fit;
 mod guard;
 
 pub use guard::Guard;
@@ -273,15 +274,46 @@ pub fn prepare(
     context: BTreeMap<SmolStr, cedar_policy_core::ast::Value>,
     entities: Vec<Entity>,
 ) -> Result<PreparedRequest, RequestError> {
-    let request = cedar_policy_core::ast::Request::new(
-        (principal.clone().into(), None),
-        (action.clone().into(), None),
-        (resource.into(), None),
-        cedar_policy_core::ast::Context::Value(Arc::new(context)),
-        Some(policies.schema.as_ref()),
-        cedar_policy_core::extensions::Extensions::all_available(),
-    )
-    .map_err(|error| request_validation_error(policies, error.into()))?;
+    let schema: &cedar_policy_core::validator::ValidatorSchema = policies.schema.as_ref();
+    let principal_core: cedar_policy_core::ast::EntityUID = principal.clone().into();
+    let action_core: cedar_policy_core::ast::EntityUID = action.clone().into();
+    let resource_core: cedar_policy_core::ast::EntityUID = resource.into();
+    let extensions = cedar_policy_core::extensions::Extensions::all_available();
+    let context_fits = schema
+        .get_action_id(&action_core)
+        .and_then(|declared| declared.context_type())
+        .is_some_and(|expected| context_fit::context_fits(expected, &context));
+    let context = cedar_policy_core::ast::Context::Value(Arc::new(context));
+    let request = if context_fits {
+        // The context is known to fit: only the scope's entities are left
+        // for the schema to check.
+        cedar_policy_core::ast::RequestSchema::validate_scope_variables(
+            schema,
+            Some(&principal_core),
+            Some(&action_core),
+            Some(&resource_core),
+        )
+        .map_err(|error| request_validation_error(policies, error.into()))?;
+        cedar_policy_core::ast::Request::new(
+            (principal_core, None),
+            (action_core, None),
+            (resource_core, None),
+            context,
+            None::<&cedar_policy_core::ast::RequestSchemaAllPass>,
+            extensions,
+        )
+        .map_err(|never| match never {})?
+    } else {
+        cedar_policy_core::ast::Request::new(
+            (principal_core, None),
+            (action_core, None),
+            (resource_core, None),
+            context,
+            Some(schema),
+            extensions,
+        )
+        .map_err(|error| request_validation_error(policies, error.into()))?
+    };
     Ok(PreparedRequest {
         request: Request::from(request),
         principal,
