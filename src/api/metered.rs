@@ -153,7 +153,7 @@ impl DecisionPoint {
                 .decide(catalog, &lookup, &prepare(catalog, request)?)
                 .map_err(ApiError::InvalidArgument);
         };
-        let meter = match MeterSpec::from_snapshot(snapshot, &consume.meter) {
+        let meter = match metering.meter(snapshot, &consume.meter) {
             Ok(Some(meter)) => meter,
             Ok(None) | Err(_) => {
                 return Ok(self.builtin_deny(catalog, &lookup, BuiltinReason::UnknownMeter, None));
@@ -449,7 +449,7 @@ impl DecisionPoint {
         };
         let mut reports = Vec::with_capacity(request.reports.len());
         for (index, report) in request.reports.into_iter().enumerate() {
-            let meter = match MeterSpec::from_snapshot(&snapshot, &report.meter) {
+            let meter = match metering.meter(&snapshot, &report.meter) {
                 Ok(Some(meter)) => meter,
                 Ok(None) => {
                     return Err(invalid(

@@ -456,7 +456,23 @@ pub struct Metering {
     leases: std::sync::Mutex<LeaseTable>,
     /// First answers of lease-mode consumptions, by tenant and key.
     lease_answers: answers::Answers,
+    /// Meters read from tenants' snapshots.
+    meters: std::sync::Mutex<std::collections::HashMap<String, SnapshotMeters>>,
 }
+
+/// The meters read from one tenant snapshot (reading one from the snapshot
+/// builds its entity).
+#[derive(Debug)]
+struct SnapshotMeters {
+    /// The snapshot (a `Weak` keeps its allocation, so no later snapshot can
+    /// share its address while it is held here).
+    snapshot: std::sync::Weak<TenantSnapshot>,
+    specs: std::collections::HashMap<String, MeterSpec>,
+}
+
+/// Most tenants whose meters are remembered; past it they are all forgotten
+/// and read again.
+const MAX_METER_TENANTS: usize = 10_000;
 
 /// Leases by tenant, then meter. Nested so that a lookup borrows the
 /// request's strings instead of allocating a key.
@@ -602,7 +618,54 @@ impl Metering {
             stats: Arc::new(MeteringStats::default()),
             leases: std::sync::Mutex::new(std::collections::HashMap::new()),
             lease_answers,
+            meters: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// `Meter::"<meter>"` of the tenant's snapshot, as
+    /// [`MeterSpec::from_snapshot`] reads it, remembered per snapshot.
+    pub fn meter(
+        &self,
+        snapshot: &Arc<TenantSnapshot>,
+        meter: &str,
+    ) -> Result<Option<MeterSpec>, String> {
+        {
+            let meters = self
+                .meters
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(known) = meters.get(&snapshot.tenant) {
+                if std::ptr::eq(known.snapshot.as_ptr(), Arc::as_ptr(snapshot)) {
+                    if let Some(spec) = known.specs.get(meter) {
+                        return Ok(Some(spec.clone()));
+                    }
+                }
+            }
+        }
+        let spec = MeterSpec::from_snapshot(snapshot, meter)?;
+        if let Some(spec) = &spec {
+            let mut meters = self
+                .meters
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if meters.len() >= MAX_METER_TENANTS && !meters.contains_key(&snapshot.tenant) {
+                meters.clear();
+            }
+            let known = meters
+                .entry(snapshot.tenant.clone())
+                .or_insert_with(|| SnapshotMeters {
+                    snapshot: Arc::downgrade(snapshot),
+                    specs: std::collections::HashMap::new(),
+                });
+            if !std::ptr::eq(known.snapshot.as_ptr(), Arc::as_ptr(snapshot)) {
+                *known = SnapshotMeters {
+                    snapshot: Arc::downgrade(snapshot),
+                    specs: std::collections::HashMap::new(),
+                };
+            }
+            known.specs.insert(meter.to_string(), spec.clone());
+        }
+        Ok(spec)
     }
 
     fn lease(&self, tenant: &str, meter: &str) -> Arc<LeaseSlot> {
