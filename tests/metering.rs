@@ -599,6 +599,52 @@ async fn a_lease_reserves_its_next_block_early_and_returns_an_old_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_lease_writes_its_usage_events_a_thousand_at_a_time() {
+    let setup = setup(Options::default(), 1_000_000).await;
+    let leased = document("acme", 2, |value| {
+        let meter = entity(value, "Meter", "api-calls");
+        meter["attrs"]["limit"] = 1_000_000.into();
+        meter["attrs"]["lease"] = 1_000_000.into();
+    });
+    put(&setup.conn, &leased).await;
+    let server = setup.server().await;
+    let stream_length = || -> i64 { setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]) };
+    let mut tasks = Vec::new();
+    for client_index in 0..8 {
+        let url = server.url();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            for attempt in 0..125 {
+                let key = format!("big-{client_index}-{attempt}");
+                let response = client.check(consume(&key, 1)).await.unwrap().into_inner();
+                assert!(allowed(&response), "{response:?}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // The whole meter was reserved at once; the 1,000th grant wrote the
+    // events so far.
+    assert_eq!(setup.counter("2026-11"), 1_000_000);
+    assert_eq!(stream_length(), 1_000);
+    let mut client = connect(&server.url()).await;
+    for n in 0..500 {
+        let response = client
+            .check(consume(&format!("more-{n}"), 1))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(allowed(&response), "{response:?}");
+    }
+    assert_eq!(stream_length(), 1_000);
+    // At shutdown the rest go back.
+    server.stop().await.unwrap();
+    assert_eq!(setup.counter("2026-11"), 1_500);
+    assert_eq!(stream_length(), 1_500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_reads_the_meter_first_only_when_a_policy_reads_the_count() {
     let setup = setup(Options::default(), 4).await;
     let reset = || {

@@ -570,6 +570,11 @@ struct LeaseEvent {
     time_ms: i64,
 }
 
+/// Most usage events one script writes: a script runs alone in Redis, so a
+/// long one would hold up every other client. A lease with more pending
+/// writes them in several calls.
+const MAX_EVENTS_PER_CALL: usize = 1_000;
+
 /// The stock below which a lease of `block` units reserves the next block
 /// while it still grants (a quarter of a block).
 fn low_water(block: i64) -> i64 {
@@ -728,19 +733,28 @@ impl Metering {
         let granted = {
             let mut lease = slot.state();
             if lease.current(meter, start) {
-                self.grant(&mut lease, consumption, now)
-                    .map(|consumed| (consumed, !lease.exhausted && lease.stock < low_water(block)))
+                self.grant(&mut lease, consumption, now).map(|consumed| {
+                    let low = !lease.exhausted && lease.stock < low_water(block);
+                    (consumed, low, lease.events.len() >= MAX_EVENTS_PER_CALL)
+                })
             } else {
                 None
             }
         };
-        if let Some((consumed, low)) = granted {
-            if low {
+        if let Some((consumed, low, many_events)) = granted {
+            if low || many_events {
                 if let Ok(_calls) = slot.calls.try_lock() {
                     // Best effort: on failure the next request that the
-                    // stock cannot cover tries again.
-                    if let Err(error) = self.refill(conn, &slot, meter, now, 0, None).await {
-                        tracing::debug!(error = %error, "cannot top up a lease yet");
+                    // stock cannot cover, or the next write, tries again.
+                    let written = if low {
+                        self.refill(conn, &slot, meter, now, 0, None)
+                            .await
+                            .map(drop)
+                    } else {
+                        self.write_events(conn, &slot).await
+                    };
+                    if let Err(error) = written {
+                        tracing::debug!(error = %error, "cannot top up a lease or write its events yet");
                     }
                 }
             }
@@ -829,12 +843,11 @@ impl Metering {
                 Self::take(&mut lease, true)
             }
         };
-        if let Some(stale) = stale {
-            if let Err(error) = self.give_back(conn, &stale).await {
+        if let Some(mut stale) = stale {
+            if let Err(error) = self.give_back(conn, &mut stale).await {
                 Self::restore(&mut slot.state(), stale);
                 return Err(error);
             }
-            self.note_returned(&stale);
         }
         let (window, events) = {
             let mut lease = slot.state();
@@ -853,7 +866,11 @@ impl Metering {
             if lease.meter.as_ref() != Some(meter) {
                 lease.meter = Some(meter.clone());
             }
-            (lease.window.clone(), std::mem::take(&mut lease.events))
+            let count = lease.events.len().min(MAX_EVENTS_PER_CALL);
+            (
+                lease.window.clone(),
+                lease.events.drain(..count).collect::<Vec<_>>(),
+            )
         };
         let needed = consumption.map_or(1, |consumption| consumption.amount);
         let block = block.max(meter.lease.unwrap_or(1)).max(needed);
@@ -864,8 +881,7 @@ impl Metering {
         let (granted, counter) = match reply {
             Ok(reply) => reply,
             Err(error) => {
-                let newer = std::mem::replace(&mut lease.events, events);
-                lease.events.extend(newer);
+                lease.events.splice(..0, events);
                 return Err(error);
             }
         };
@@ -936,17 +952,28 @@ impl Metering {
         lease.stock += returning.stock;
         lease.counter = returning.counter;
         lease.expires = returning.expires;
-        let newer = std::mem::replace(&mut lease.events, returning.events);
-        lease.events.extend(newer);
+        lease.events.splice(..0, returning.events);
     }
 
-    fn note_returned(&self, returned: &Returning) {
-        self.stats
-            .returned
-            .fetch_add(returned.stock.unsigned_abs(), Ordering::Relaxed);
-        self.stats
-            .lease_stock
-            .fetch_sub(returned.stock.unsigned_abs(), Ordering::Relaxed);
+    /// With the lease's call lock held: writes up to [`MAX_EVENTS_PER_CALL`]
+    /// of its pending usage events.
+    async fn write_events(&self, conn: &RedisConn, slot: &LeaseSlot) -> Result<(), RedisFailure> {
+        let (tenant, meter, window, events) = {
+            let mut lease = slot.state();
+            let Some(meter) = lease.meter.clone() else {
+                return Ok(());
+            };
+            let count = lease.events.len().min(MAX_EVENTS_PER_CALL);
+            let events: Vec<LeaseEvent> = lease.events.drain(..count).collect();
+            (lease.tenant.clone(), meter, lease.window.clone(), events)
+        };
+        let written = self
+            .give_back_call(conn, &tenant, &meter, &window, 0, &events)
+            .await;
+        if written.is_err() {
+            slot.state().events.splice(..0, events);
+        }
+        written
     }
 
     /// Reserves up to `block` units (at least `needed`, or none) and writes
@@ -993,21 +1020,63 @@ impl Metering {
         }
     }
 
-    /// Returns unspent units and writes pending events, in one atomic step.
-    async fn give_back(&self, conn: &RedisConn, returning: &Returning) -> Result<(), RedisFailure> {
+    /// Returns unspent units and writes the pending events: the units with
+    /// the first events in one atomic step, the other events in further
+    /// steps of at most [`MAX_EVENTS_PER_CALL`]. What is written leaves
+    /// `returning`, so that on an error it holds what is left.
+    async fn give_back(
+        &self,
+        conn: &RedisConn,
+        returning: &mut Returning,
+    ) -> Result<(), RedisFailure> {
+        loop {
+            let count = returning.events.len().min(MAX_EVENTS_PER_CALL);
+            self.give_back_call(
+                conn,
+                &returning.tenant,
+                &returning.meter,
+                &returning.window,
+                returning.stock,
+                &returning.events[..count],
+            )
+            .await?;
+            returning.events.drain(..count);
+            if returning.stock != 0 {
+                self.stats
+                    .returned
+                    .fetch_add(returning.stock.unsigned_abs(), Ordering::Relaxed);
+                self.stats
+                    .lease_stock
+                    .fetch_sub(returning.stock.unsigned_abs(), Ordering::Relaxed);
+                returning.counter -= returning.stock;
+                returning.stock = 0;
+            }
+            if returning.events.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One give-back step: returns `stock` units and writes `events`.
+    async fn give_back_call(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+        window: &str,
+        stock: i64,
+        events: &[LeaseEvent],
+    ) -> Result<(), RedisFailure> {
         let mut args = vec![
-            returning.stock.to_string(),
+            stock.to_string(),
             self.settings.stream_maxlen.to_string(),
-            returning.meter.id.clone(),
+            meter.id.clone(),
         ];
-        push_events(&mut args, &returning.events);
+        push_events(&mut args, events);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         conn.invoke(
             &scripts().give_back,
-            &[
-                &counter_key(&returning.tenant, &returning.meter, &returning.window),
-                &stream_key(&returning.tenant),
-            ],
+            &[&counter_key(tenant, meter, window), &stream_key(tenant)],
             &args,
         )
         .await?;
@@ -1035,14 +1104,13 @@ impl Metering {
                     None
                 }
             };
-            let Some(returning) = returning else {
+            let Some(mut returning) = returning else {
                 continue;
             };
-            if let Err(error) = self.give_back(conn, &returning).await {
+            if let Err(error) = self.give_back(conn, &mut returning).await {
                 Self::restore(&mut slot.state(), returning);
                 return Err(error);
             }
-            self.note_returned(&returning);
         }
         Ok(())
     }
