@@ -1,8 +1,10 @@
 //! Usage caps against a real `redis-server`: a hard cap is never passed under
 //! concurrency across two servers, retries count once, periods reset at the
 //! UTC boundary, an upgrade applies at once, Redis outages deny consumption
-//! without losing or double counting, usage reports are idempotent, and the
-//! usage stream matches the counters.
+//! without losing or double counting, usage reports are idempotent, the
+//! usage stream matches the counters, and leases reserve their next block
+//! early, return an old period's units and write their events in bounded
+//! steps.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use common::redis_server::{document, entity, put, redis_config, settings, Options, RedisServer};
 use common::*;
 use tollgate::api::pb;
+use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
 use tollgate::metering::Clock;
 use tollgate::store::redis_client::RedisConn;
 use tonic::Code;
@@ -46,6 +49,19 @@ fn consume(key: &str, amount: i64) -> pb::CheckRequest {
         idempotency_key: key.to_string(),
     });
     request
+}
+
+/// What `client` answers to [`consume`] of `amount` units under `key`.
+async fn consume_on(
+    client: &mut EntitlementServiceClient<tonic::transport::Channel>,
+    key: &str,
+    amount: i64,
+) -> pb::CheckResponse {
+    client
+        .check(consume(key, amount))
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn codes(response: &pb::CheckResponse) -> Vec<&str> {
@@ -86,9 +102,10 @@ impl Setup {
         self.start(settings(vec![self.redis.url()]), metrics).await
     }
 
-    /// A server whose Redis calls may take 2 s: the concurrency tests count
-    /// answers exactly, so a call slowed past the usual 250 ms bound by a busy
-    /// machine (`metering_unavailable`) must not change the count.
+    /// A server whose Redis calls may take 2 s: the concurrency and lease
+    /// tests count answers and events exactly, so a call slowed past the usual
+    /// 250 ms bound by a busy machine (`metering_unavailable`, or a lease
+    /// topped up late) must not change the count.
     async fn patient_server(&self) -> InProcess {
         let mut redis = settings(vec![self.redis.url()]);
         redis.timeout = std::time::Duration::from_secs(2);
@@ -105,6 +122,22 @@ impl Setup {
         let now = Arc::clone(&self.now);
         config.clock = Clock::from_fn(move || now.load(Ordering::Relaxed));
         InProcess::start(config).await
+    }
+
+    /// Puts acme (version 2) with `Meter::"api-calls"` limited to `limit` a
+    /// month and leased in blocks of `block`.
+    async fn lease(&self, limit: i64, block: i64) {
+        let leased = document("acme", 2, |value| {
+            let meter = entity(value, "Meter", "api-calls");
+            meter["attrs"]["limit"] = limit.into();
+            meter["attrs"]["lease"] = block.into();
+        });
+        put(&self.conn, &leased).await;
+    }
+
+    /// Events in acme's usage stream.
+    fn stream_length(&self) -> i64 {
+        self.redis.command(&["XLEN", "tollgate:{acme}:usage"])
     }
 
     fn counter(&self, window: &str) -> i64 {
@@ -130,7 +163,7 @@ async fn a_hard_cap_is_never_passed_by_concurrent_clients_of_two_servers() {
             let attempts = if client_index < 20 { 21 } else { 20 };
             for attempt in 0..attempts {
                 let key = format!("client-{client_index}-{attempt}");
-                let response = client.check(consume(&key, 1)).await.unwrap().into_inner();
+                let response = consume_on(&mut client, &key, 1).await;
                 answers.push(response);
             }
             answers
@@ -150,8 +183,7 @@ async fn a_hard_cap_is_never_passed_by_concurrent_clients_of_two_servers() {
     assert_eq!(setup.counter("2026-11"), 1_000);
 
     // The usage stream holds one event per allowed consumption, each key once.
-    let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
-    assert_eq!(length, 1_000);
+    assert_eq!(setup.stream_length(), 1_000);
     let entries: Vec<(String, Vec<String>)> =
         setup
             .redis
@@ -191,11 +223,7 @@ async fn a_retried_key_returns_its_first_answer_and_counts_once() {
     for _ in 0..10 {
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
-            client
-                .check(consume("order-42", 5))
-                .await
-                .unwrap()
-                .into_inner()
+            consume_on(&mut client, "order-42", 5).await
         }));
     }
     let mut ids = HashSet::new();
@@ -253,22 +281,14 @@ async fn periods_reset_at_the_utc_boundary_and_an_upgrade_applies_at_once() {
     let server = setup.server().await;
     let mut client = connect(&server.url()).await;
     for n in 1..=3 {
-        let response = client
-            .check(consume(&format!("nov-{n}"), 1))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = consume_on(&mut client, &format!("nov-{n}"), 1).await;
         assert!(allowed(&response), "{response:?}");
         let usage = response.usage.unwrap();
         assert_eq!((usage.used, usage.limit, usage.remaining), (n, 3, 3 - n));
         // 2026-12-01T00:00:00Z
         assert_eq!(usage.period_end_unix_ms, 1_796_083_200_000);
     }
-    let over = client
-        .check(consume("nov-4", 1))
-        .await
-        .unwrap()
-        .into_inner();
+    let over = consume_on(&mut client, "nov-4", 1).await;
     assert_eq!(codes(&over), ["cap_exceeded"]);
     assert_eq!(over.usage.as_ref().unwrap().used, 3);
 
@@ -276,11 +296,7 @@ async fn periods_reset_at_the_utc_boundary_and_an_upgrade_applies_at_once() {
     setup
         .now
         .store(END_OF_NOVEMBER_MS + 61_000, Ordering::Relaxed);
-    let december = client
-        .check(consume("dec-1", 1))
-        .await
-        .unwrap()
-        .into_inner();
+    let december = consume_on(&mut client, "dec-1", 1).await;
     assert!(allowed(&december), "{december:?}");
     let usage = december.usage.unwrap();
     assert_eq!(usage.used, 1);
@@ -291,20 +307,10 @@ async fn periods_reset_at_the_utc_boundary_and_an_upgrade_applies_at_once() {
     // Use up December, then upgrade: the higher limit applies to the next check.
     for n in 2..=3 {
         assert!(allowed(
-            &client
-                .check(consume(&format!("dec-{n}"), 1))
-                .await
-                .unwrap()
-                .into_inner()
+            &consume_on(&mut client, &format!("dec-{n}"), 1).await
         ));
     }
-    assert!(!allowed(
-        &client
-            .check(consume("dec-4", 1))
-            .await
-            .unwrap()
-            .into_inner()
-    ));
+    assert!(!allowed(&consume_on(&mut client, "dec-4", 1).await));
     put(&setup.conn, &acme(2, 10)).await;
     let upgraded = answer_until(
         &client,
@@ -331,24 +337,14 @@ async fn redis_down_denies_consumption_and_nothing_is_lost_or_counted_twice() {
     let mut client = connect(&server.url()).await;
     let mut counted = 0;
     for n in 0..20 {
-        if allowed(
-            &client
-                .check(consume(&format!("before-{n}"), 2))
-                .await
-                .unwrap()
-                .into_inner(),
-        ) {
+        if allowed(&consume_on(&mut client, &format!("before-{n}"), 2).await) {
             counted += 2;
         }
     }
     assert_eq!(counted, 40);
     setup.redis.kill();
     for n in 0..20 {
-        let response = client
-            .check(consume(&format!("during-{n}"), 2))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = consume_on(&mut client, &format!("during-{n}"), 2).await;
         assert!(!allowed(&response));
         assert_eq!(codes(&response), ["metering_unavailable"], "{response:?}");
     }
@@ -379,15 +375,10 @@ async fn redis_down_denies_consumption_and_nothing_is_lost_or_counted_twice() {
     )
     .await;
     assert_eq!(retried.usage.unwrap().used, 8);
-    let fresh = client
-        .check(consume("after-1", 2))
-        .await
-        .unwrap()
-        .into_inner();
+    let fresh = consume_on(&mut client, "after-1", 2).await;
     assert!(allowed(&fresh));
     assert_eq!(setup.counter("2026-11"), 42);
-    let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
-    assert_eq!(length, 21);
+    assert_eq!(setup.stream_length(), 21);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,10 +422,9 @@ async fn usage_reports_apply_once_per_event_key() {
     let again = client.report_usage(request).await.unwrap().into_inner();
     assert_eq!(again.totals, first.totals);
     assert_eq!(setup.counter("2026-11"), 12);
-    let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
-    assert_eq!(length, 3);
+    assert_eq!(setup.stream_length(), 3);
     // Reports count toward the cap that consumes check.
-    let response = client.check(consume("c1", 1)).await.unwrap().into_inner();
+    let response = consume_on(&mut client, "c1", 1).await;
     assert_eq!(response.usage.unwrap().used, 13);
 
     for (bad, message) in [
@@ -500,12 +490,7 @@ async fn consuming_needs_the_redis_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_never_grant_past_the_cap_and_give_back_what_they_did_not_use() {
     let setup = setup(Options::default(), 1_000).await;
-    let leased = document("acme", 2, |value| {
-        let meter = entity(value, "Meter", "api-calls");
-        meter["attrs"]["limit"] = 1_000.into();
-        meter["attrs"]["lease"] = 50.into();
-    });
-    put(&setup.conn, &leased).await;
+    setup.lease(1_000, 50).await;
     let servers = [setup.patient_server().await, setup.patient_server().await];
     let mut tasks = Vec::new();
     for client_index in 0..64 {
@@ -515,7 +500,7 @@ async fn leases_never_grant_past_the_cap_and_give_back_what_they_did_not_use() {
             let mut allowed_count = 0;
             for attempt in 0..20 {
                 let key = format!("lease-{client_index}-{attempt}");
-                let response = client.check(consume(&key, 1)).await.unwrap().into_inner();
+                let response = consume_on(&mut client, &key, 1).await;
                 if allowed(&response) {
                     allowed_count += 1;
                 } else {
@@ -523,7 +508,7 @@ async fn leases_never_grant_past_the_cap_and_give_back_what_they_did_not_use() {
                 }
                 // A retry is answered by the sidecar that granted it, once.
                 if attempt == 0 {
-                    let again = client.check(consume(&key, 1)).await.unwrap().into_inner();
+                    let again = consume_on(&mut client, &key, 1).await;
                     assert_eq!(again.decision_id, response.decision_id);
                 }
             }
@@ -542,51 +527,36 @@ async fn leases_never_grant_past_the_cap_and_give_back_what_they_did_not_use() {
     first.stop().await.unwrap();
     second.stop().await.unwrap();
     assert_eq!(setup.counter("2026-11"), granted);
-    let length: i64 = setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]);
-    assert_eq!(length, granted);
+    assert_eq!(setup.stream_length(), granted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_reserves_its_next_block_early_and_returns_an_old_period() {
     let setup = setup(Options::default(), 1_000).await;
-    let leased = document("acme", 2, |value| {
-        let meter = entity(value, "Meter", "api-calls");
-        meter["attrs"]["limit"] = 1_000.into();
-        meter["attrs"]["lease"] = 100.into();
-    });
-    put(&setup.conn, &leased).await;
-    let server = setup.server().await;
+    setup.lease(1_000, 100).await;
+    let server = setup.patient_server().await;
     let mut client = connect(&server.url()).await;
-    let stream_length = || -> i64 { setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]) };
     for n in 1..=76 {
-        let response = client
-            .check(consume(&format!("nov-{n}"), 1))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = consume_on(&mut client, &format!("nov-{n}"), 1).await;
         assert!(allowed(&response), "{response:?}");
         assert_eq!(response.usage.unwrap().used, n);
         if n == 75 {
             // One block of 100 reserved; 25 left, none written yet.
             assert_eq!(setup.counter("2026-11"), 100);
-            assert_eq!(stream_length(), 0);
+            assert_eq!(setup.stream_length(), 0);
         }
     }
     // The 76th grant left 24, under a quarter of the block: the next block
     // was reserved with the events so far, before the stock ran out.
     assert_eq!(setup.counter("2026-11"), 200);
-    assert_eq!(stream_length(), 76);
+    assert_eq!(setup.stream_length(), 76);
 
     // December: November's 124 unspent units go back, a December block is
     // reserved, and the count starts again.
     setup
         .now
         .store(END_OF_NOVEMBER_MS + 61_000, Ordering::Relaxed);
-    let december = client
-        .check(consume("dec-1", 1))
-        .await
-        .unwrap()
-        .into_inner();
+    let december = consume_on(&mut client, "dec-1", 1).await;
     assert!(allowed(&december), "{december:?}");
     assert_eq!(december.usage.unwrap().used, 1);
     assert_eq!(setup.counter("2026-11"), 76);
@@ -595,20 +565,14 @@ async fn a_lease_reserves_its_next_block_early_and_returns_an_old_period() {
     // At shutdown the rest goes back and the last event is written.
     server.stop().await.unwrap();
     assert_eq!(setup.counter("2026-12"), 1);
-    assert_eq!(stream_length(), 77);
+    assert_eq!(setup.stream_length(), 77);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_lease_writes_its_usage_events_a_thousand_at_a_time() {
     let setup = setup(Options::default(), 1_000_000).await;
-    let leased = document("acme", 2, |value| {
-        let meter = entity(value, "Meter", "api-calls");
-        meter["attrs"]["limit"] = 1_000_000.into();
-        meter["attrs"]["lease"] = 1_000_000.into();
-    });
-    put(&setup.conn, &leased).await;
-    let server = setup.server().await;
-    let stream_length = || -> i64 { setup.redis.command(&["XLEN", "tollgate:{acme}:usage"]) };
+    setup.lease(1_000_000, 1_000_000).await;
+    let server = setup.patient_server().await;
     let mut tasks = Vec::new();
     for client_index in 0..8 {
         let url = server.url();
@@ -616,7 +580,7 @@ async fn a_large_lease_writes_its_usage_events_a_thousand_at_a_time() {
             let mut client = connect(&url).await;
             for attempt in 0..125 {
                 let key = format!("big-{client_index}-{attempt}");
-                let response = client.check(consume(&key, 1)).await.unwrap().into_inner();
+                let response = consume_on(&mut client, &key, 1).await;
                 assert!(allowed(&response), "{response:?}");
             }
         }));
@@ -627,21 +591,17 @@ async fn a_large_lease_writes_its_usage_events_a_thousand_at_a_time() {
     // The whole meter was reserved at once; the 1,000th grant wrote the
     // events so far.
     assert_eq!(setup.counter("2026-11"), 1_000_000);
-    assert_eq!(stream_length(), 1_000);
+    assert_eq!(setup.stream_length(), 1_000);
     let mut client = connect(&server.url()).await;
     for n in 0..500 {
-        let response = client
-            .check(consume(&format!("more-{n}"), 1))
-            .await
-            .unwrap()
-            .into_inner();
+        let response = consume_on(&mut client, &format!("more-{n}"), 1).await;
         assert!(allowed(&response), "{response:?}");
     }
-    assert_eq!(stream_length(), 1_000);
+    assert_eq!(setup.stream_length(), 1_000);
     // At shutdown the rest go back.
     server.stop().await.unwrap();
     assert_eq!(setup.counter("2026-11"), 1_500);
-    assert_eq!(stream_length(), 1_500);
+    assert_eq!(setup.stream_length(), 1_500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,10 +617,10 @@ async fn a_consume_reads_the_meter_first_only_when_a_policy_reads_the_count() {
     let server = setup.server().await;
     let mut client = connect(&server.url()).await;
     // Warm: the snapshot is cached and Redis knows the scripts.
-    let warm = client.check(consume("k0", 1)).await.unwrap().into_inner();
+    let warm = consume_on(&mut client, "k0", 1).await;
     assert!(allowed(&warm), "{warm:?}");
     reset();
-    let first = client.check(consume("k1", 1)).await.unwrap().into_inner();
+    let first = consume_on(&mut client, "k1", 1).await;
     assert!(allowed(&first), "{first:?}");
     assert_eq!(first.usage.as_ref().unwrap().used, 2);
     assert_eq!(trips(), (1, 1));
@@ -677,20 +637,20 @@ async fn a_consume_reads_the_meter_first_only_when_a_policy_reads_the_count() {
         .into_inner();
     assert!(allowed(&plain), "{plain:?}");
     reset();
-    let allowed_once = client.check(consume("k2", 1)).await.unwrap().into_inner();
+    let allowed_once = consume_on(&mut client, "k2", 1).await;
     assert!(allowed(&allowed_once), "{allowed_once:?}");
     assert_eq!(allowed_once.usage.as_ref().unwrap().used, 3);
     assert_eq!(trips(), (0, 1));
 
     // A retry is answered by the script with the first answer, counted once.
-    let retried = client.check(consume("k2", 1)).await.unwrap().into_inner();
+    let retried = consume_on(&mut client, "k2", 1).await;
     assert_eq!(retried.decision_id, allowed_once.decision_id);
     assert_eq!(retried.usage.as_ref().unwrap().used, 3);
     assert_eq!(trips(), (0, 2));
     assert_eq!(setup.counter("2026-11"), 3);
 
     // The cap is still the script's: 3 + 2 > 4.
-    let capped = client.check(consume("k3", 2)).await.unwrap().into_inner();
+    let capped = consume_on(&mut client, "k3", 2).await;
     assert!(!allowed(&capped));
     assert_eq!(codes(&capped), ["cap_exceeded"]);
     assert_eq!(capped.usage.as_ref().unwrap().used, 3);
