@@ -747,7 +747,7 @@ impl Metering {
                     // Best effort: on failure the next request that the
                     // stock cannot cover, or the next write, tries again.
                     let written = if low {
-                        self.refill(conn, &slot, meter, now, 0, None)
+                        self.top_up(conn, &slot, meter, consumption.tenant, now, 1)
                             .await
                             .map(drop)
                     } else {
@@ -770,9 +770,17 @@ impl Metering {
                 }
             }
         }
-        self.refill(conn, &slot, meter, now, block, Some(consumption))
-            .await
-            .map(|consumed| consumed.unwrap_or(Consumed::CapExceeded { used: 0 }))
+        let mut lease = self
+            .top_up(
+                conn,
+                &slot,
+                meter,
+                consumption.tenant,
+                now,
+                consumption.amount,
+            )
+            .await?;
+        Ok(self.grant_or_refuse(&mut lease, consumption, now))
     }
 
     /// Under the lease's lock: the key's first answer, or a grant from stock
@@ -816,25 +824,21 @@ impl Metering {
     }
 
     /// With the lease's call lock held: returns what the lease holds from an
-    /// earlier window or limit, reserves up to `block` units of the current
-    /// window (at least what `consumption` asks, or none; `0`: the next block
-    /// ahead of need) with the pending usage events, and then decides
-    /// `consumption` under the state lock: a grant, its key's first answer,
-    /// or `cap_exceeded` when the meter has no room left for it.
-    async fn refill(
+    /// earlier window or limit, then reserves a block of the current window
+    /// (the meter's `lease`, at least `needed` units, or none when the meter
+    /// has no room for `needed`) with up to [`MAX_EVENTS_PER_CALL`] pending
+    /// usage events. Returns the lease's state lock, taken as the reply is
+    /// applied, so that the caller decides with the units it reserved.
+    async fn top_up<'s>(
         &self,
         conn: &RedisConn,
-        slot: &LeaseSlot,
+        slot: &'s LeaseSlot,
         meter: &MeterSpec,
+        tenant: &str,
         now: i64,
-        block: i64,
-        consumption: Option<&Consumption<'_>>,
-    ) -> Result<Option<Consumed>, RedisFailure> {
+        needed: i64,
+    ) -> Result<std::sync::MutexGuard<'s, Lease>, RedisFailure> {
         let (start, end) = meter.period.bounds(now);
-        let tenant = consumption.map_or_else(
-            || slot.state().tenant.clone(),
-            |consumption| consumption.tenant.to_string(),
-        );
         let stale = {
             let mut lease = slot.state();
             if lease.current(meter, start) {
@@ -861,7 +865,7 @@ impl Metering {
                 lease.exhausted = false;
             }
             if lease.tenant != tenant {
-                lease.tenant.clone_from(&tenant);
+                tenant.clone_into(&mut lease.tenant);
             }
             if lease.meter.as_ref() != Some(meter) {
                 lease.meter = Some(meter.clone());
@@ -872,10 +876,9 @@ impl Metering {
                 lease.events.drain(..count).collect::<Vec<_>>(),
             )
         };
-        let needed = consumption.map_or(1, |consumption| consumption.amount);
-        let block = block.max(meter.lease.unwrap_or(1)).max(needed);
+        let block = meter.lease.unwrap_or(1).max(needed);
         let reply = self
-            .reserve(conn, &tenant, meter, &window, end, block, needed, &events)
+            .reserve(conn, tenant, meter, &window, end, block, needed, &events)
             .await;
         let mut lease = slot.state();
         let (granted, counter) = match reply {
@@ -898,11 +901,20 @@ impl Metering {
                 .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
             lease.expires = Some(std::time::Instant::now() + self.settings.lease_ttl);
         }
-        let Some(consumption) = consumption else {
-            return Ok(None);
-        };
-        if let Some(consumed) = self.grant(&mut lease, consumption, now) {
-            return Ok(Some(consumed));
+        Ok(lease)
+    }
+
+    /// Under the lease's lock, after a reservation: `consumption`'s key's
+    /// first answer, a grant from stock, or `cap_exceeded` when the meter had
+    /// no room left for it.
+    fn grant_or_refuse(
+        &self,
+        lease: &mut Lease,
+        consumption: &Consumption<'_>,
+        now: i64,
+    ) -> Consumed {
+        if let Some(consumed) = self.grant(lease, consumption, now) {
+            return consumed;
         }
         let used = lease.counter - lease.stock;
         self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed);
@@ -910,7 +922,7 @@ impl Metering {
             answer_key(consumption.tenant, consumption.key),
             consumption.answer(false, used),
         );
-        Ok(Some(Consumed::CapExceeded { used }))
+        Consumed::CapExceeded { used }
     }
 
     /// Takes a lease's unspent units and pending events out to go back
