@@ -19,7 +19,9 @@ use cedar_policy::{
 
 use crate::store::diagnostics::describe;
 use arc_swap::ArcSwapOption;
-use cedar_policy_core::ast::{BinaryOp, Expr, ExprKind, Literal, PartialValue, SlotEnv, ValueKind};
+use cedar_policy_core::ast::{
+    BinaryOp, Expr, ExprKind, Literal, PartialValue, RequestSchema, SlotEnv, ValueKind,
+};
 
 use crate::store::policies::PreparedPolicy;
 use crate::store::{PolicyMeta, PolicySnapshot, TenantSnapshot};
@@ -283,37 +285,28 @@ pub fn prepare(
         .get_action_id(&action_core)
         .and_then(|declared| declared.context_type())
         .is_some_and(|expected| context_fit::context_fits(expected, &context));
-    let context = cedar_policy_core::ast::Context::Value(Arc::new(context));
-    let request = if context_fits {
-        // The context is known to fit: only the scope's entities are left
-        // for the schema to check.
-        cedar_policy_core::ast::RequestSchema::validate_scope_variables(
+    let request = cedar_policy_core::ast::Request::new(
+        (principal_core, None),
+        (action_core, None),
+        (resource_core, None),
+        cedar_policy_core::ast::Context::Value(Arc::new(context)),
+        None::<&cedar_policy_core::ast::RequestSchemaAllPass>,
+        extensions,
+    )
+    .map_err(|never| match never {})?;
+    // A context known to fit leaves only the scope's entities for the schema
+    // to check; any other goes through Cedar's whole validation.
+    let validated = if context_fits {
+        RequestSchema::validate_scope_variables(
             schema,
-            Some(&principal_core),
-            Some(&action_core),
-            Some(&resource_core),
+            request.principal().uid(),
+            request.action().uid(),
+            request.resource().uid(),
         )
-        .map_err(|error| request_validation_error(policies, error.into()))?;
-        cedar_policy_core::ast::Request::new(
-            (principal_core, None),
-            (action_core, None),
-            (resource_core, None),
-            context,
-            None::<&cedar_policy_core::ast::RequestSchemaAllPass>,
-            extensions,
-        )
-        .map_err(|never| match never {})?
     } else {
-        cedar_policy_core::ast::Request::new(
-            (principal_core, None),
-            (action_core, None),
-            (resource_core, None),
-            context,
-            Some(schema),
-            extensions,
-        )
-        .map_err(|error| request_validation_error(policies, error.into()))?
+        RequestSchema::validate_request(schema, &request, extensions)
     };
+    validated.map_err(|error| request_validation_error(policies, error.into()))?;
     Ok(PreparedRequest {
         request: Request::from(request),
         principal,

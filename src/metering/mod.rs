@@ -929,15 +929,17 @@ impl Metering {
     /// (`None` when there is nothing to return). With `retire`, the lease is
     /// no longer current, so that nothing is granted until it is renewed.
     fn take(lease: &mut Lease, retire: bool) -> Option<Returning> {
+        let window_start = if retire {
+            lease.window_start.take()
+        } else {
+            lease.window_start
+        };
         let meter = lease.meter.clone()?;
         if lease.stock == 0 && lease.events.is_empty() {
-            if retire {
-                lease.window_start = None;
-            }
             return None;
         }
         let returning = Returning {
-            window_start: lease.window_start,
+            window_start,
             window: lease.window.clone(),
             tenant: lease.tenant.clone(),
             meter,
@@ -949,9 +951,6 @@ impl Metering {
         lease.counter -= lease.stock;
         lease.stock = 0;
         lease.expires = None;
-        if retire {
-            lease.window_start = None;
-        }
         Some(returning)
     }
 
