@@ -327,10 +327,9 @@ struct Tally {
     failures: Vec<String>,
 }
 
-#[test]
-fn corpus_answers_match_cedar_through_grpc() {
-    let scratch = tempfile::tempdir().unwrap();
-    let root = corpus_dir(scratch.path());
+/// The corpus tests to run: all of them with `CONFORMANCE_TESTS=all`, else
+/// the seeded sample.
+fn chosen_tests(root: &Path) -> Vec<PathBuf> {
     let mut tests: Vec<PathBuf> = std::fs::read_dir(root.join("corpus-tests"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -356,6 +355,54 @@ fn corpus_answers_match_cedar_through_grpc() {
         tests.truncate(count);
         tests.sort();
     }
+    tests
+}
+
+/// One corpus test's schema and policies (empty ids renamed), its schema as
+/// Cedar parses it, and its entities normalised and renamed.
+struct Loaded {
+    test: CorpusTest,
+    schema_text: String,
+    policy_text: String,
+    schema: Option<Schema>,
+    entities: Json,
+}
+
+fn load(root: &Path, path: &Path) -> Loaded {
+    let test: CorpusTest = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let schema_text = rename_schema(&std::fs::read_to_string(root.join(&test.schema)).unwrap());
+    let policy_text = std::fs::read_to_string(root.join(&test.policies))
+        .unwrap()
+        .replace("::\"\"", &format!("::\"{EMPTY_ID}\""));
+    let schema = Schema::from_cedarschema_str(&schema_text)
+        .ok()
+        .map(|(s, _)| s);
+    let raw_entities: Json =
+        serde_json::from_str(&std::fs::read_to_string(root.join(&test.entities)).unwrap()).unwrap();
+    // Normalise implicit entity references to explicit escapes before renaming.
+    let mut entities = schema
+        .as_ref()
+        .and_then(|schema| {
+            Entities::from_json_value(raw_entities.clone(), Some(schema))
+                .ok()
+                .and_then(|e| e.to_json_value().ok())
+        })
+        .unwrap_or(raw_entities);
+    rename_json(&mut entities);
+    Loaded {
+        test,
+        schema_text,
+        policy_text,
+        schema,
+        entities,
+    }
+}
+
+#[test]
+fn corpus_answers_match_cedar_through_grpc() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root = corpus_dir(scratch.path());
+    let tests = chosen_tests(&root);
 
     let work = tempfile::tempdir().unwrap();
     let policies = work.path().join("policies");
@@ -383,29 +430,14 @@ fn corpus_answers_match_cedar_through_grpc() {
     let mut previous_tenant: Option<PathBuf> = None;
     for (index, path) in tests.iter().enumerate() {
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        let test: CorpusTest =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let Loaded {
+            test,
+            schema_text,
+            policy_text,
+            schema,
+            entities,
+        } = load(&root, path);
         tally.tests += 1;
-        let schema_text = rename_schema(&std::fs::read_to_string(root.join(&test.schema)).unwrap());
-        let policy_text = std::fs::read_to_string(root.join(&test.policies))
-            .unwrap()
-            .replace("::\"\"", &format!("::\"{EMPTY_ID}\""));
-        let schema = Schema::from_cedarschema_str(&schema_text)
-            .ok()
-            .map(|(s, _)| s);
-        let raw_entities: Json =
-            serde_json::from_str(&std::fs::read_to_string(root.join(&test.entities)).unwrap())
-                .unwrap();
-        // Normalise implicit entity references to explicit escapes before renaming.
-        let mut entities = schema
-            .as_ref()
-            .and_then(|schema| {
-                Entities::from_json_value(raw_entities.clone(), Some(schema))
-                    .ok()
-                    .and_then(|e| e.to_json_value().ok())
-            })
-            .unwrap_or(raw_entities);
-        rename_json(&mut entities);
 
         let tenant = format!("t{index}");
         if let Some(previous) = previous_tenant.take() {
@@ -538,4 +570,130 @@ fn corpus_answers_match_cedar_through_grpc() {
             .join("\n")
     );
     assert!(tally.requests > 0, "no request was compared");
+}
+
+/// The compiled conditions (`tollgate::engine::Compiled`) against Cedar's
+/// evaluator, policy by policy, in-process: for every request of the chosen
+/// corpus tests and every policy that can apply to its action, a compiled
+/// condition that answers must give the boolean Cedar's evaluator gives, and
+/// must not answer where Cedar's evaluator reports an error. The corpus is
+/// generated to reach errors (missing entities and attributes, type errors,
+/// overflow), which is what a compiled condition must leave to Cedar.
+#[test]
+fn compiled_conditions_answer_as_cedar_does_on_the_corpus() {
+    use tollgate::engine::Bindings;
+    use tollgate::store::{PolicySnapshot, SnapshotSource, TenantSnapshot};
+
+    let scratch = tempfile::tempdir().unwrap();
+    let root = corpus_dir(scratch.path());
+    let (mut compiled_answers, mut left_to_cedar, mut cedar_errors) = (0usize, 0usize, 0usize);
+    let mut failures = Vec::new();
+    for path in chosen_tests(&root) {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let loaded = load(&root, &path);
+        let Ok(policies) = PolicySnapshot::from_sources(
+            "schema.cedarschema",
+            &loaded.schema_text,
+            &[("policies.cedar".to_string(), loaded.policy_text.clone())],
+        ) else {
+            continue;
+        };
+        let document =
+            serde_json::json!({"tenant": "t", "version": 1, "entities": loaded.entities});
+        let Ok(tenant) = TenantSnapshot::parse(
+            document.to_string().as_bytes(),
+            Some("t"),
+            &policies,
+            SnapshotSource::File,
+        ) else {
+            continue;
+        };
+        let entities: &Entities = &tenant.entities;
+        let entities: &cedar_policy_core::entities::Entities = entities.as_ref();
+        for request in &loaded.test.requests {
+            let uid = |uid: &CorpusUid| {
+                EntityUid::from_type_name_and_id(
+                    uid.r#type.parse().unwrap(),
+                    EntityId::new(rename(&uid.id)),
+                )
+            };
+            let action = uid(&request.action);
+            let mut context = loaded
+                .schema
+                .as_ref()
+                .and_then(|schema| {
+                    Context::from_json_value(request.context.clone(), Some((schema, &action)))
+                        .ok()
+                        .and_then(|c| c.to_json_value().ok())
+                })
+                .unwrap_or_else(|| request.context.clone());
+            rename_json(&mut context);
+            let Ok(context) = Context::from_json_value(context, None) else {
+                continue;
+            };
+            let Ok(cedar_request) = cedar_policy::Request::new(
+                uid(&request.principal),
+                action.clone(),
+                uid(&request.resource),
+                context,
+                None,
+            ) else {
+                continue;
+            };
+            let core_request: &cedar_policy_core::ast::Request = cedar_request.as_ref();
+            let bindings = Bindings::new(core_request, entities);
+            let evaluator = cedar_policy_core::evaluator::Evaluator::new(
+                core_request.clone(),
+                entities,
+                cedar_policy_core::extensions::Extensions::all_available(),
+            );
+            for policy in policies.prepared_for(&action).all() {
+                let cedar = evaluator
+                    .interpret(&policy.condition, policy.policy.env())
+                    .map_err(|error| error.to_string());
+                let cedar = match &cedar {
+                    Ok(value) => match value.value_kind() {
+                        cedar_policy_core::ast::ValueKind::Lit(
+                            cedar_policy_core::ast::Literal::Bool(holds),
+                        ) => Ok(*holds),
+                        other => Err(format!("not a boolean: {other:?}")),
+                    },
+                    Err(error) => Err(error.clone()),
+                };
+                if cedar.is_err() {
+                    cedar_errors += 1;
+                }
+                let ours = policy
+                    .compiled
+                    .as_ref()
+                    .and_then(|compiled| compiled.satisfied(&bindings).ok());
+                match (ours, &cedar) {
+                    (None, _) => left_to_cedar += 1,
+                    (Some(ours), Ok(theirs)) if ours == *theirs => compiled_answers += 1,
+                    (Some(ours), theirs) => failures.push(format!(
+                        "{name} / {} / {}: compiled {ours}, Cedar {theirs:?}",
+                        request.description, policy.meta.id
+                    )),
+                }
+            }
+        }
+    }
+    println!(
+        "compiled conditions: {compiled_answers} answered as Cedar, {left_to_cedar} left to Cedar \
+         (Cedar reported an error for {cedar_errors}), {} differ",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "compiled conditions differ from Cedar:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        compiled_answers > 1_000,
+        "only {compiled_answers} conditions were answered by the compiled evaluator"
+    );
+    assert!(
+        cedar_errors > 10 && left_to_cedar >= cedar_errors,
+        "{cedar_errors} Cedar errors, {left_to_cedar} left to Cedar"
+    );
 }

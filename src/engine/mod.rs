@@ -1,10 +1,12 @@
 //! Where the decision is made: a pure, synchronous function of a prepared
 //! request, a policy snapshot and a tenant snapshot. No I/O, no gRPC, no Redis.
 
+mod compiled;
 mod context_check;
 mod context_fit;
 mod guard;
 
+pub use compiled::{Bindings, Compiled};
 pub use guard::Guard;
 
 use std::collections::BTreeMap;
@@ -661,30 +663,42 @@ pub fn evaluate<'a>(
     options: Options,
 ) -> Decision {
     let core_request: &cedar_policy_core::ast::Request = request.as_ref();
-    let evaluator = cedar_policy_core::evaluator::Evaluator::new(
-        core_request.clone(),
-        entities.as_ref(),
-        cedar_policy_core::extensions::Extensions::all_available(),
-    );
+    let entities_core: &cedar_policy_core::entities::Entities = entities.as_ref();
+    let bindings = compiled::Bindings::new(core_request, entities_core);
+    // Cedar's evaluator, for the policies a compiled condition cannot settle.
+    let mut evaluator = None;
     let mut permits = Vec::new();
     let mut forbids = Vec::new();
     let mut failed_forbids = Vec::new();
     let mut errors = Vec::new();
-    let entities_core: &cedar_policy_core::entities::Entities = entities.as_ref();
     for policy in prepared {
         if policy.guard.rules_out(core_request, entities_core) {
             continue;
         }
-        let satisfied = evaluator
-            .interpret(&policy.condition, policy.policy.env())
-            .map_err(|error| error.to_string())
-            .and_then(|value| match value.value_kind() {
-                ValueKind::Lit(Literal::Bool(satisfied)) => Ok(*satisfied),
-                // Strict validation makes every condition boolean.
-                _ => Err(format!(
-                    "the condition evaluated to `{value}`, not a boolean"
-                )),
-            });
+        let compiled = policy
+            .compiled
+            .as_ref()
+            .and_then(|compiled| compiled.satisfied(&bindings).ok());
+        let satisfied = match compiled {
+            Some(satisfied) => Ok(satisfied),
+            None => evaluator
+                .get_or_insert_with(|| {
+                    cedar_policy_core::evaluator::Evaluator::new(
+                        core_request.clone(),
+                        entities_core,
+                        cedar_policy_core::extensions::Extensions::all_available(),
+                    )
+                })
+                .interpret(&policy.condition, policy.policy.env())
+                .map_err(|error| error.to_string())
+                .and_then(|value| match value.value_kind() {
+                    ValueKind::Lit(Literal::Bool(satisfied)) => Ok(*satisfied),
+                    // Strict validation makes every condition boolean.
+                    _ => Err(format!(
+                        "the condition evaluated to `{value}`, not a boolean"
+                    )),
+                }),
+        };
         match (satisfied, policy.meta.effect) {
             (Ok(true), Effect::Permit) => permits.push(Reason::Policy(Arc::clone(&policy.meta))),
             (Ok(true), Effect::Forbid) => forbids.push(Reason::Policy(Arc::clone(&policy.meta))),

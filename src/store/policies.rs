@@ -51,6 +51,9 @@ pub struct PreparedPolicy {
     /// The first tests of `condition` a decision settles without evaluating
     /// it.
     pub guard: crate::engine::Guard,
+    /// `condition` compiled without its action scope test, in the slices of
+    /// one action, when every part of it compiles.
+    pub compiled: Option<crate::engine::Compiled>,
 }
 
 /// The policies of one action, in policy id order, indexed by resource scope:
@@ -361,28 +364,45 @@ impl PolicySnapshot {
         }
 
         let policy_sets_by_action = slice_by_action(&schema, &policy_set);
-        let prepare = |set: &PolicySet| -> PolicySlice {
+        // `action_known`: the slice is of one action, which every policy in
+        // it has an action scope that matches.
+        // A policy is prepared once for the slices of one action and once for
+        // the whole set; the slices share it (its parts are reference counted).
+        let mut prepared_once: HashMap<(PolicyId, bool), PreparedPolicy> = HashMap::new();
+        let mut prepare = |set: &PolicySet, action_known: bool| -> PolicySlice {
             let prepared: Vec<PreparedPolicy> = set
                 .policies()
                 .filter_map(|policy| {
                     let meta = policies.get(policy.id())?;
-                    let core: &cedar_policy_core::ast::Policy = policy.as_ref();
-                    let condition = core.condition();
-                    Some(PreparedPolicy {
-                        meta: Arc::clone(meta),
-                        guard: crate::engine::Guard::of(&condition),
-                        condition,
-                        policy: core.clone(),
-                    })
+                    let prepared = prepared_once
+                        .entry((policy.id().clone(), action_known))
+                        .or_insert_with(|| {
+                            let core: &cedar_policy_core::ast::Policy = policy.as_ref();
+                            let condition = core.condition();
+                            PreparedPolicy {
+                                meta: Arc::clone(meta),
+                                guard: crate::engine::Guard::of(&condition),
+                                // Only the slices of one action are decided
+                                // on (the schema refuses other actions).
+                                compiled: if action_known {
+                                    crate::engine::Compiled::for_one_action(&condition)
+                                } else {
+                                    None
+                                },
+                                condition,
+                                policy: core.clone(),
+                            }
+                        });
+                    Some(prepared.clone())
                 })
                 .collect();
             PolicySlice::new(prepared)
         };
         let prepared_by_action = policy_sets_by_action
             .iter()
-            .map(|(action, set)| (action.clone(), prepare(set)))
+            .map(|(action, set)| (action.clone(), prepare(set, true)))
             .collect();
-        let prepared_all = prepare(&policy_set);
+        let prepared_all = prepare(&policy_set, false);
 
         let mut digest = Sha256::new();
         digest.update(schema_text.as_bytes());

@@ -1,0 +1,642 @@
+//! Compiled conditions: a policy's condition turned once, at load time, into
+//! a tree that a decision evaluates without Cedar's general evaluator.
+//!
+//! Cedar's evaluator rebuilds every set literal each time it meets one (a
+//! sorted set of values), clones every value it reads (an attribute, the
+//! principal), checks the stack at every step and wraps each value for
+//! partial evaluation. A compiled condition builds its constant parts
+//! (literals, set literals of literals, extension calls on literals such as
+//! `duration("14d")`) once, and reads the request, the context and the
+//! entities' attributes by reference.
+//!
+//! It answers only when it is sure: the condition evaluated to a boolean
+//! without an error, by the same rules as Cedar, using Cedar's own functions
+//! for comparisons, arithmetic, set tests, patterns and extension calls. Any
+//! error, any value of an unexpected type, an entity or attribute that is
+//! missing, or an expression it does not compile (template slots, unknowns)
+//! gives [`Unsure`], and the policy is then evaluated by Cedar, which gives
+//! the answer or the error with its message. So a compiled condition never
+//! changes a decision; it only spares the general evaluator when nothing goes
+//! wrong, which is almost always.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cedar_policy_core::ast::{
+    BinaryOp, Context, EntityType, EntityUID, EntityUIDEntry, Expr, ExprKind, Literal, Name,
+    PartialValue, Pattern, Request, UnaryOp, Value, ValueKind, Var,
+};
+use cedar_policy_core::entities::{Dereference, Entities};
+use cedar_policy_core::evaluator::{binary_arith, binary_relation, unary_app};
+use cedar_policy_core::extensions::Extensions;
+use smol_str::SmolStr;
+
+/// Deepest expression compiled; deeper ones are left to Cedar, whose
+/// evaluator guards its own stack.
+const MAX_DEPTH: usize = 48;
+
+/// The compiled evaluator cannot tell; Cedar must evaluate the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsure;
+
+type Result<T> = std::result::Result<T, Unsure>;
+
+/// One compiled expression.
+#[derive(Debug, Clone)]
+enum Node {
+    /// A value known at load time.
+    Const(Value),
+    Var(Var),
+    /// `context.A`: read from the context's map by reference.
+    ContextAttr(SmolStr),
+    /// `context has A`.
+    ContextHas(SmolStr),
+    If(Box<[Node; 3]>),
+    And(Box<[Node; 2]>),
+    Or(Box<[Node; 2]>),
+    Unary(UnaryOp, Box<Node>),
+    Binary(BinaryOp, Box<[Node; 2]>),
+    /// An extension function call with an argument known only at decision
+    /// time (`.offset(...)`, `.lessThan(...)`).
+    Call(Name, Box<[Node]>),
+    GetAttr(Box<Node>, SmolStr),
+    HasAttr(Box<Node>, SmolStr),
+    Like(Box<Node>, Pattern),
+    Is(Box<Node>, EntityType),
+    /// A set literal with some element known only at decision time.
+    Set(Box<[Node]>),
+    /// A record literal with some value known only at decision time.
+    Record(Box<[(SmolStr, Node)]>),
+}
+
+/// A policy condition, compiled.
+#[derive(Debug, Clone)]
+pub struct Compiled(Arc<Node>);
+
+impl Compiled {
+    /// Compiles `condition` (a policy's scope and body joined, as
+    /// `Policy::condition` builds it) for the slice of one action: the action
+    /// scope test is left out, since the policy is evaluated only for an
+    /// action its scope matches (a scope test never raises an error, so
+    /// leaving a true one out changes nothing). `None` when some part cannot
+    /// be compiled; Cedar then evaluates the policy every time.
+    pub fn for_one_action(condition: &Expr) -> Option<Self> {
+        let extensions = Extensions::all_available();
+        // `principal-test && (action-test && rest)`.
+        if let ExprKind::And { left, right } = condition.expr_kind() {
+            if let ExprKind::And {
+                left: action,
+                right: rest,
+            } = right.expr_kind()
+            {
+                if is_action_scope(action) {
+                    let principal = compile(left, extensions, 0)?;
+                    let rest = compile(rest, extensions, 0)?;
+                    return Some(Self(Arc::new(Node::And(Box::new([principal, rest])))));
+                }
+            }
+        }
+        compile(condition, extensions, 0).map(|node| Self(Arc::new(node)))
+    }
+
+    /// Evaluates the condition for `request` over `entities`: whether it is
+    /// satisfied, or [`Unsure`] when Cedar must decide.
+    pub fn satisfied(&self, bindings: &Bindings<'_>) -> Result<bool> {
+        as_bool(&*bindings.eval(&self.0)?)
+    }
+}
+
+/// Whether `expr` is an action scope test: `action == A` or `action in
+/// [A, ...]` (or `action in A`), with entity literals.
+fn is_action_scope(expr: &Expr) -> bool {
+    let ExprKind::BinaryApp {
+        op: BinaryOp::Eq | BinaryOp::In,
+        arg1,
+        arg2,
+    } = expr.expr_kind()
+    else {
+        return matches!(expr.expr_kind(), ExprKind::Lit(Literal::Bool(true)));
+    };
+    let entity = |expr: &Expr| matches!(expr.expr_kind(), ExprKind::Lit(Literal::EntityUID(_)));
+    matches!(arg1.expr_kind(), ExprKind::Var(Var::Action))
+        && match arg2.expr_kind() {
+            ExprKind::Set(items) => items.iter().all(entity),
+            _ => entity(arg2),
+        }
+}
+
+fn compile(expr: &Expr, extensions: &Extensions<'_>, depth: usize) -> Option<Node> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let sub = |expr: &Expr| compile(expr, extensions, depth + 1);
+    let node = match expr.expr_kind() {
+        ExprKind::Lit(literal) => Node::Const(Value::new(literal.clone(), None)),
+        ExprKind::Var(var) => Node::Var(*var),
+        ExprKind::Slot(_) | ExprKind::Unknown(_) => return None,
+        ExprKind::If {
+            test_expr,
+            then_expr,
+            else_expr,
+        } => Node::If(Box::new([
+            sub(test_expr)?,
+            sub(then_expr)?,
+            sub(else_expr)?,
+        ])),
+        ExprKind::And { left, right } => Node::And(Box::new([sub(left)?, sub(right)?])),
+        ExprKind::Or { left, right } => Node::Or(Box::new([sub(left)?, sub(right)?])),
+        ExprKind::UnaryApp { op, arg } => {
+            let arg = sub(arg)?;
+            match arg {
+                Node::Const(value) => match unary_app(*op, value, None) {
+                    Ok(value) => Node::Const(value),
+                    Err(_) => return None,
+                },
+                arg => Node::Unary(*op, Box::new(arg)),
+            }
+        }
+        ExprKind::BinaryApp { op, arg1, arg2 } => {
+            Node::Binary(*op, Box::new([sub(arg1)?, sub(arg2)?]))
+        }
+        ExprKind::ExtensionFunctionApp { fn_name, args } => {
+            let function = extensions.func(fn_name).ok()?;
+            let args: Vec<Node> = args.iter().map(sub).collect::<Option<_>>()?;
+            let constants: Option<Vec<Value>> = args
+                .iter()
+                .map(|arg| match arg {
+                    Node::Const(value) => Some(value.clone()),
+                    _ => None,
+                })
+                .collect();
+            match constants {
+                Some(values) => match function.call(&values) {
+                    Ok(PartialValue::Value(value)) => Node::Const(value),
+                    _ => return None,
+                },
+                None => Node::Call(fn_name.clone(), args.into_boxed_slice()),
+            }
+        }
+        ExprKind::GetAttr { expr, attr } => match expr.expr_kind() {
+            ExprKind::Var(Var::Context) => Node::ContextAttr(attr.clone()),
+            _ => Node::GetAttr(Box::new(sub(expr)?), attr.clone()),
+        },
+        ExprKind::HasAttr { expr, attr } => match expr.expr_kind() {
+            ExprKind::Var(Var::Context) => Node::ContextHas(attr.clone()),
+            _ => Node::HasAttr(Box::new(sub(expr)?), attr.clone()),
+        },
+        ExprKind::Like { expr, pattern } => Node::Like(Box::new(sub(expr)?), pattern.clone()),
+        ExprKind::Is { expr, entity_type } => Node::Is(Box::new(sub(expr)?), entity_type.clone()),
+        ExprKind::Set(items) => {
+            let items: Vec<Node> = items.iter().map(sub).collect::<Option<_>>()?;
+            let constants: Option<Vec<Value>> = items
+                .iter()
+                .map(|item| match item {
+                    Node::Const(value) => Some(value.clone()),
+                    _ => None,
+                })
+                .collect();
+            match constants {
+                Some(values) => Node::Const(Value::set(values, None)),
+                None => Node::Set(items.into_boxed_slice()),
+            }
+        }
+        ExprKind::Record(fields) => {
+            let fields: Vec<(SmolStr, Node)> = fields
+                .iter()
+                .map(|(name, value)| Some((name.clone(), sub(value)?)))
+                .collect::<Option<_>>()?;
+            Node::Record(fields.into_boxed_slice())
+        }
+        // `e has a.b.c` and anything newer: Cedar's evaluator.
+        _ => return None,
+    };
+    Some(node)
+}
+
+/// What one decision evaluates conditions against: the request's variables
+/// as values (built once per decision) and the entities.
+pub struct Bindings<'a> {
+    entities: &'a Entities,
+    principal: Option<Value>,
+    action: Option<Value>,
+    resource: Option<Value>,
+    context: Option<&'a Arc<BTreeMap<SmolStr, Value>>>,
+    extensions: &'static Extensions<'static>,
+}
+
+impl<'a> Bindings<'a> {
+    /// The bindings of `request` over `entities`.
+    pub fn new(request: &'a Request, entities: &'a Entities) -> Self {
+        let uid = |entry: &EntityUIDEntry| match entry {
+            EntityUIDEntry::Known { euid, .. } => Some(Value::new(
+                ValueKind::Lit(Literal::EntityUID(Arc::clone(euid))),
+                None,
+            )),
+            EntityUIDEntry::Unknown { .. } => None,
+        };
+        Self {
+            entities,
+            principal: uid(request.principal()),
+            action: uid(request.action()),
+            resource: uid(request.resource()),
+            context: match request.context() {
+                Some(Context::Value(values)) => Some(values),
+                _ => None,
+            },
+            extensions: Extensions::all_available(),
+        }
+    }
+
+    fn eval<'s>(&'s self, node: &'s Node) -> Result<Cow<'s, Value>> {
+        Ok(match node {
+            Node::Const(value) => Cow::Borrowed(value),
+            Node::Var(var) => match var {
+                Var::Principal => Cow::Borrowed(self.principal.as_ref().ok_or(Unsure)?),
+                Var::Action => Cow::Borrowed(self.action.as_ref().ok_or(Unsure)?),
+                Var::Resource => Cow::Borrowed(self.resource.as_ref().ok_or(Unsure)?),
+                Var::Context => Cow::Owned(Value::record_arc(
+                    Arc::clone(self.context.ok_or(Unsure)?),
+                    None,
+                )),
+            },
+            Node::ContextAttr(attr) => {
+                Cow::Borrowed(self.context.ok_or(Unsure)?.get(attr).ok_or(Unsure)?)
+            }
+            Node::ContextHas(attr) => {
+                Cow::Owned(self.context.ok_or(Unsure)?.contains_key(attr).into())
+            }
+            Node::If(parts) => {
+                let [test, then, otherwise] = parts.as_ref();
+                if as_bool(&*self.eval(test)?)? {
+                    self.eval(then)?
+                } else {
+                    self.eval(otherwise)?
+                }
+            }
+            Node::And(parts) => {
+                let [left, right] = parts.as_ref();
+                let holds = as_bool(&*self.eval(left)?)? && as_bool(&*self.eval(right)?)?;
+                Cow::Owned(holds.into())
+            }
+            Node::Or(parts) => {
+                let [left, right] = parts.as_ref();
+                let holds = as_bool(&*self.eval(left)?)? || as_bool(&*self.eval(right)?)?;
+                Cow::Owned(holds.into())
+            }
+            Node::Unary(op, arg) => {
+                let arg = self.eval(arg)?.into_owned();
+                Cow::Owned(unary_app(*op, arg, None).map_err(|_| Unsure)?)
+            }
+            Node::Binary(op, args) => {
+                let [left, right] = args.as_ref();
+                let left = self.eval(left)?;
+                let right = self.eval(right)?;
+                Cow::Owned(self.binary(*op, left, right)?)
+            }
+            Node::Call(name, args) => {
+                let args: Vec<Value> = args
+                    .iter()
+                    .map(|arg| self.eval(arg).map(Cow::into_owned))
+                    .collect::<Result<_>>()?;
+                let function = self.extensions.func(name).map_err(|_| Unsure)?;
+                match function.call(&args) {
+                    Ok(PartialValue::Value(value)) => Cow::Owned(value),
+                    _ => return Err(Unsure),
+                }
+            }
+            Node::GetAttr(expr, attr) => match self.eval(expr)? {
+                Cow::Borrowed(value) => Cow::Borrowed(self.attr(value, attr)?),
+                Cow::Owned(value) => Cow::Owned(self.attr(&value, attr)?.clone()),
+            },
+            Node::HasAttr(expr, attr) => {
+                let has = match self.eval(expr)?.value_kind() {
+                    ValueKind::Record(record) => record.contains_key(attr),
+                    ValueKind::Lit(Literal::EntityUID(uid)) => match self.entities.entity(uid) {
+                        Dereference::Data(entity) => entity.get(attr).is_some(),
+                        Dereference::NoSuchEntity => false,
+                        Dereference::Residual(_) => return Err(Unsure),
+                    },
+                    _ => return Err(Unsure),
+                };
+                Cow::Owned(has.into())
+            }
+            Node::Like(expr, pattern) => match self.eval(expr)?.value_kind() {
+                ValueKind::Lit(Literal::String(text)) => {
+                    Cow::Owned(pattern.wildcard_match(text).into())
+                }
+                _ => return Err(Unsure),
+            },
+            Node::Is(expr, entity_type) => match self.eval(expr)?.value_kind() {
+                ValueKind::Lit(Literal::EntityUID(uid)) => {
+                    Cow::Owned((uid.entity_type() == entity_type).into())
+                }
+                _ => return Err(Unsure),
+            },
+            Node::Set(items) => {
+                let values: Vec<Value> = items
+                    .iter()
+                    .map(|item| self.eval(item).map(Cow::into_owned))
+                    .collect::<Result<_>>()?;
+                Cow::Owned(Value::set(values, None))
+            }
+            Node::Record(fields) => {
+                let mut values = BTreeMap::new();
+                for (name, value) in fields.iter() {
+                    values.insert(name.clone(), self.eval(value)?.into_owned());
+                }
+                Cow::Owned(Value::record_arc(Arc::new(values), None))
+            }
+        })
+    }
+
+    /// `value.attr` of a record or an entity.
+    fn attr<'s>(&'s self, value: &'s Value, attr: &str) -> Result<&'s Value> {
+        let found = match value.value_kind() {
+            ValueKind::Record(record) => record.get(attr),
+            ValueKind::Lit(Literal::EntityUID(uid)) => match self.entities.entity(uid) {
+                Dereference::Data(entity) => match entity.get(attr) {
+                    Some(PartialValue::Value(value)) => Some(value),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        };
+        found.ok_or(Unsure)
+    }
+
+    fn binary(&self, op: BinaryOp, left: Cow<'_, Value>, right: Cow<'_, Value>) -> Result<Value> {
+        let boolean = |holds: bool| Ok(Value::from(holds));
+        match op {
+            BinaryOp::Eq | BinaryOp::Less | BinaryOp::LessEq => {
+                binary_relation(op, &left, &right, self.extensions).map_err(|_| Unsure)
+            }
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => {
+                binary_arith(op, left.into_owned(), right.into_owned(), None).map_err(|_| Unsure)
+            }
+            BinaryOp::In => {
+                let ValueKind::Lit(Literal::EntityUID(uid)) = left.value_kind() else {
+                    return Err(Unsure);
+                };
+                let entity = match self.entities.entity(uid) {
+                    Dereference::Data(entity) => Some(entity),
+                    Dereference::NoSuchEntity => None,
+                    Dereference::Residual(_) => return Err(Unsure),
+                };
+                let within = |other: &EntityUID| {
+                    **uid == *other || entity.is_some_and(|entity| entity.is_descendant_of(other))
+                };
+                match right.value_kind() {
+                    ValueKind::Lit(Literal::EntityUID(other)) => boolean(within(other)),
+                    ValueKind::Set(set) => {
+                        // Cedar refuses a set with anything but entities in
+                        // it, even after a match.
+                        let mut found = false;
+                        for item in set.iter() {
+                            let ValueKind::Lit(Literal::EntityUID(other)) = item.value_kind()
+                            else {
+                                return Err(Unsure);
+                            };
+                            found = found || within(other);
+                        }
+                        boolean(found)
+                    }
+                    _ => Err(Unsure),
+                }
+            }
+            BinaryOp::Contains => match left.value_kind() {
+                ValueKind::Set(set) => boolean(set.contains(&right)),
+                _ => Err(Unsure),
+            },
+            BinaryOp::ContainsAll | BinaryOp::ContainsAny => {
+                match (left.value_kind(), right.value_kind()) {
+                    (ValueKind::Set(left), ValueKind::Set(right)) => {
+                        boolean(if op == BinaryOp::ContainsAll {
+                            right.is_subset(left)
+                        } else {
+                            !left.is_disjoint(right)
+                        })
+                    }
+                    _ => Err(Unsure),
+                }
+            }
+            BinaryOp::GetTag | BinaryOp::HasTag => {
+                let (ValueKind::Lit(Literal::EntityUID(uid)), ValueKind::Lit(Literal::String(tag))) =
+                    (left.value_kind(), right.value_kind())
+                else {
+                    return Err(Unsure);
+                };
+                let entity = match self.entities.entity(uid) {
+                    Dereference::Data(entity) => Some(entity),
+                    Dereference::NoSuchEntity => None,
+                    Dereference::Residual(_) => return Err(Unsure),
+                };
+                let tag = entity.and_then(|entity| entity.get_tag(tag));
+                if op == BinaryOp::HasTag {
+                    return boolean(tag.is_some());
+                }
+                match tag {
+                    Some(PartialValue::Value(value)) => Ok(value.clone()),
+                    _ => Err(Unsure),
+                }
+            }
+        }
+    }
+}
+
+fn as_bool(value: &Value) -> Result<bool> {
+    match value.value_kind() {
+        ValueKind::Lit(Literal::Bool(holds)) => Ok(*holds),
+        _ => Err(Unsure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+
+    /// The compiled answer and Cedar's (its boolean or its error) for a
+    /// policy of action `use` by `User::"alice"` on `Doc::"d"`.
+    fn both(
+        policy: &str,
+        context: serde_json::Value,
+    ) -> (Option<bool>, std::result::Result<bool, String>) {
+        let entities = cedar_policy::Entities::from_json_value(
+            serde_json::json!([
+                {"uid": {"type": "User", "id": "alice"}, "attrs": {
+                    "age": 40, "team": {"__entity": {"type": "Team", "id": "a"}},
+                    "tags": ["x", "y"], "since": {"__extn": {"fn": "datetime", "arg": "2026-01-01"}}
+                }, "parents": [{"type": "Team", "id": "a"}]},
+                {"uid": {"type": "Team", "id": "a"}, "attrs": {}, "parents": []},
+                {"uid": {"type": "Doc", "id": "d"}, "attrs": {"owner": {"__entity": {"type": "User", "id": "alice"}}}, "parents": []}
+            ]),
+            None,
+        )
+        .unwrap();
+        let request = cedar_policy::Request::new(
+            r#"User::"alice""#.parse().unwrap(),
+            r#"Action::"use""#.parse().unwrap(),
+            r#"Doc::"d""#.parse().unwrap(),
+            cedar_policy::Context::from_json_value(context, None).unwrap(),
+            None,
+        )
+        .unwrap();
+        let policy: cedar_policy::Policy = policy.parse().unwrap();
+        let core: &cedar_policy_core::ast::Policy = policy.as_ref();
+        let condition = core.condition();
+        let core_request: &Request = request.as_ref();
+        let core_entities: &Entities = entities.as_ref();
+        let ours = Compiled::for_one_action(&condition).and_then(|compiled| {
+            compiled
+                .satisfied(&Bindings::new(core_request, core_entities))
+                .ok()
+        });
+        let theirs = cedar_policy_core::evaluator::Evaluator::new(
+            core_request.clone(),
+            core_entities,
+            Extensions::all_available(),
+        )
+        .interpret(&condition, core.env())
+        .map_err(|error| error.to_string())
+        .map(|value| as_bool(&value).expect("a boolean"));
+        (ours, theirs)
+    }
+
+    #[track_caller]
+    fn answers(policy: &str, context: serde_json::Value, expected: bool) {
+        let (ours, theirs) = both(policy, context);
+        assert_eq!(theirs, Ok(expected), "Cedar: {policy}");
+        assert_eq!(ours, Some(expected), "compiled: {policy}");
+    }
+
+    #[track_caller]
+    fn leaves_to_cedar(policy: &str, context: serde_json::Value) {
+        let (ours, theirs) = both(policy, context);
+        assert!(
+            theirs.is_err(),
+            "Cedar should report an error for {policy}: {theirs:?}"
+        );
+        assert_eq!(ours, None, "compiled answered where Cedar errs: {policy}");
+    }
+
+    #[test]
+    fn answers_what_cedar_answers() {
+        let context = serde_json::json!({"country": "BR", "n": 3, "now": {"__extn": {"fn": "datetime", "arg": "2026-06-01"}}});
+        answers(
+            r#"permit(principal, action == Action::"use", resource);"#,
+            context.clone(),
+            true,
+        );
+        answers(
+            r#"permit(principal in Team::"a", action, resource) when { principal.age >= 18 };"#,
+            context.clone(),
+            true,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { resource.owner == principal && !(principal.team has nothing) };"#,
+            context.clone(),
+            true,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { ["US", "CN"].contains(context.country) };"#,
+            context.clone(),
+            false,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { principal.tags.containsAny([context.country, "y"]) };"#,
+            context.clone(),
+            true,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { context.now >= principal.since.offset(duration("30d")) };"#,
+            context.clone(),
+            true,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { context has missing || context.n + 1 == 4 };"#,
+            context.clone(),
+            true,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { if context.n > 2 then principal is User else false };"#,
+            context.clone(),
+            true,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { principal in [Team::"a", Team::"b"] && "pdf-export" like "pdf-*" };"#,
+            context.clone(),
+            true,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { User::"nobody" has age };"#,
+            context.clone(),
+            false,
+        );
+        answers(
+            r#"permit(principal, action, resource) unless { principal.age < 18 };"#,
+            context,
+            true,
+        );
+    }
+
+    #[test]
+    fn leaves_every_error_to_cedar() {
+        let context = serde_json::json!({"country": "BR", "n": 9223372036854775807_i64});
+        // A missing attribute, of the context and of an entity.
+        leaves_to_cedar(
+            r#"permit(principal, action, resource) when { context.missing == 1 };"#,
+            context.clone(),
+        );
+        leaves_to_cedar(
+            r#"permit(principal, action, resource) when { principal.missing == 1 };"#,
+            context.clone(),
+        );
+        // An entity that does not exist.
+        leaves_to_cedar(
+            r#"permit(principal, action, resource) when { User::"nobody".age > 1 };"#,
+            context.clone(),
+        );
+        // Overflow.
+        leaves_to_cedar(
+            r#"permit(principal, action, resource) when { context.n + 1 > 0 };"#,
+            context.clone(),
+        );
+        // Type errors: a non-boolean operand, a set with a non-entity in
+        // `in` (even after a match), `contains` on a string.
+        leaves_to_cedar(
+            r#"permit(principal, action, resource) when { true && context.n };"#,
+            context.clone(),
+        );
+        leaves_to_cedar(
+            r#"permit(principal, action, resource) when { principal in [Team::"a", [1]] };"#,
+            context.clone(),
+        );
+        leaves_to_cedar(
+            r#"permit(principal, action, resource) when { context.country.contains("B") };"#,
+            context.clone(),
+        );
+        // An extension call that fails at decision time.
+        leaves_to_cedar(
+            r#"permit(principal, action, resource) when { principal.since.offset(duration("9223372036854775807ms")) > principal.since };"#,
+            context,
+        );
+    }
+
+    #[test]
+    fn short_circuits_as_cedar_does() {
+        // The error on the right is never reached.
+        answers(
+            r#"permit(principal, action, resource) when { false && principal.missing };"#,
+            serde_json::json!({}),
+            false,
+        );
+        answers(
+            r#"permit(principal, action, resource) when { true || principal.missing };"#,
+            serde_json::json!({}),
+            true,
+        );
+    }
+}
