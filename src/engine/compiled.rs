@@ -20,12 +20,13 @@
 //! wrong, which is almost always.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cedar_policy_core::ast::{
-    BinaryOp, Context, EntityType, EntityUID, EntityUIDEntry, Expr, ExprKind, Literal, Name,
-    PartialValue, Pattern, Request, UnaryOp, Value, ValueKind, Var,
+    BinaryOp, Context, Entity, EntityType, EntityUID, EntityUIDEntry, Expr, ExprKind, Literal,
+    Name, PartialValue, Pattern, Request, UnaryOp, Value, ValueKind, Var,
 };
 use cedar_policy_core::entities::{Dereference, Entities};
 use cedar_policy_core::evaluator::{binary_arith, binary_relation, unary_app};
@@ -223,7 +224,14 @@ pub struct Bindings<'a> {
     resource: Option<Value>,
     context: Option<&'a Arc<BTreeMap<SmolStr, Value>>>,
     extensions: &'static Extensions<'static>,
+    /// The entities looked up so far (a decision reads the same few, the
+    /// principal and its account, again and again): comparing uids is
+    /// cheaper than hashing one for the entities' map.
+    seen: RefCell<Vec<&'a Entity>>,
 }
+
+/// Entities a decision's bindings remember.
+const SEEN_MAX: usize = 8;
 
 impl<'a> Bindings<'a> {
     /// The bindings of `request` over `entities`.
@@ -245,7 +253,42 @@ impl<'a> Bindings<'a> {
                 _ => None,
             },
             extensions: Extensions::all_available(),
+            seen: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The context's attributes, when the context is known.
+    pub fn context(&self) -> Option<&'a BTreeMap<SmolStr, Value>> {
+        self.context.map(|values| &**values)
+    }
+
+    /// The uid of the principal, action or resource, when known.
+    pub fn uid(&self, var: Var) -> Option<&EntityUID> {
+        let value = match var {
+            Var::Principal => self.principal.as_ref(),
+            Var::Action => self.action.as_ref(),
+            Var::Resource => self.resource.as_ref(),
+            Var::Context => None,
+        }?;
+        match value.value_kind() {
+            ValueKind::Lit(Literal::EntityUID(uid)) => Some(uid),
+            _ => None,
+        }
+    }
+
+    /// The entity `uid`, as `Entities::entity` finds it.
+    pub fn entity(&self, uid: &EntityUID) -> Dereference<'a, Entity> {
+        if let Some(entity) = self.seen.borrow().iter().find(|entity| entity.uid() == uid) {
+            return Dereference::Data(entity);
+        }
+        let found = self.entities.entity(uid);
+        if let Dereference::Data(entity) = found {
+            let mut seen = self.seen.borrow_mut();
+            if seen.len() < SEEN_MAX {
+                seen.push(entity);
+            }
+        }
+        found
     }
 
     fn eval<'s>(&'s self, node: &'s Node) -> Result<Cow<'s, Value>> {
@@ -312,7 +355,7 @@ impl<'a> Bindings<'a> {
             Node::HasAttr(expr, attr) => {
                 let has = match self.eval(expr)?.value_kind() {
                     ValueKind::Record(record) => record.contains_key(attr),
-                    ValueKind::Lit(Literal::EntityUID(uid)) => match self.entities.entity(uid) {
+                    ValueKind::Lit(Literal::EntityUID(uid)) => match self.entity(uid) {
                         Dereference::Data(entity) => entity.get(attr).is_some(),
                         Dereference::NoSuchEntity => false,
                         Dereference::Residual(_) => return Err(Unsure),
@@ -354,7 +397,7 @@ impl<'a> Bindings<'a> {
     fn attr<'s>(&'s self, value: &'s Value, attr: &str) -> Result<&'s Value> {
         let found = match value.value_kind() {
             ValueKind::Record(record) => record.get(attr),
-            ValueKind::Lit(Literal::EntityUID(uid)) => match self.entities.entity(uid) {
+            ValueKind::Lit(Literal::EntityUID(uid)) => match self.entity(uid) {
                 Dereference::Data(entity) => match entity.get(attr) {
                     Some(PartialValue::Value(value)) => Some(value),
                     _ => None,
@@ -379,7 +422,7 @@ impl<'a> Bindings<'a> {
                 let ValueKind::Lit(Literal::EntityUID(uid)) = left.value_kind() else {
                     return Err(Unsure);
                 };
-                let entity = match self.entities.entity(uid) {
+                let entity = match self.entity(uid) {
                     Dereference::Data(entity) => Some(entity),
                     Dereference::NoSuchEntity => None,
                     Dereference::Residual(_) => return Err(Unsure),
@@ -427,7 +470,7 @@ impl<'a> Bindings<'a> {
                 else {
                     return Err(Unsure);
                 };
-                let entity = match self.entities.entity(uid) {
+                let entity = match self.entity(uid) {
                     Dereference::Data(entity) => Some(entity),
                     Dereference::NoSuchEntity => None,
                     Dereference::Residual(_) => return Err(Unsure),

@@ -16,13 +16,11 @@
 //! out by such a test (a country fence, an add-on), at the cost of a map
 //! lookup and a comparison each.
 
-use std::collections::BTreeMap;
-
-use cedar_policy_core::ast::{
-    BinaryOp, Context, Expr, ExprKind, Literal, Request, Value, ValueKind, Var,
-};
+use cedar_policy_core::ast::{BinaryOp, Expr, ExprKind, Literal, Request, Value, ValueKind, Var};
 use cedar_policy_core::entities::{Dereference, Entities};
 use smol_str::SmolStr;
+
+use super::compiled::Bindings;
 
 /// One test of the request.
 #[derive(Debug, Clone)]
@@ -62,13 +60,16 @@ impl Guard {
     /// Whether the guard shows the condition false for `request` over
     /// `entities`, without error. `false` when it cannot tell.
     pub fn rules_out(&self, request: &Request, entities: &Entities) -> bool {
+        self.rules_out_in(&Bindings::new(request, entities))
+    }
+
+    /// [`Guard::rules_out`] with a decision's bindings (which remember the
+    /// entities looked up).
+    pub fn rules_out_in(&self, bindings: &Bindings<'_>) -> bool {
         if self.0.is_empty() {
             return false;
         }
-        let context: Option<&BTreeMap<SmolStr, Value>> = match request.context() {
-            Some(Context::Value(values)) => Some(values),
-            _ => None,
-        };
+        let context = bindings.context();
         for test in self.0.iter() {
             let holds = match test {
                 Test::ContextHas(attr) => match context {
@@ -88,15 +89,10 @@ impl Guard {
                     }
                 }
                 Test::EntityHas(var, attr) => {
-                    let uid = match var {
-                        Var::Principal => request.principal().uid(),
-                        Var::Resource => request.resource().uid(),
-                        _ => None,
-                    };
-                    let Some(uid) = uid else {
+                    let Some(uid) = bindings.uid(*var) else {
                         return false;
                     };
-                    match entities.entity(uid) {
+                    match bindings.entity(uid) {
                         Dereference::NoSuchEntity => false,
                         Dereference::Data(entity) => entity.get(attr).is_some(),
                         Dereference::Residual(_) => return false,
@@ -228,7 +224,7 @@ mod tests {
             EntityUIDEntry::known(uid(r#"User::"alice""#), None),
             EntityUIDEntry::known(uid(r#"Action::"use""#), None),
             EntityUIDEntry::known(uid(r#"Feature::"pdf""#), None),
-            Some(Context::Value(std::sync::Arc::new(
+            Some(cedar_policy_core::ast::Context::Value(std::sync::Arc::new(
                 context
                     .iter()
                     .map(|(key, value)| (SmolStr::from(*key), value.clone()))

@@ -672,7 +672,7 @@ pub fn evaluate<'a>(
     let mut failed_forbids = Vec::new();
     let mut errors = Vec::new();
     for policy in prepared {
-        if policy.guard.rules_out(core_request, entities_core) {
+        if policy.guard.rules_out_in(&bindings) {
             continue;
         }
         let compiled = policy
