@@ -24,9 +24,10 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cedar_policy_core::ast::ExtensionFunction;
 use cedar_policy_core::ast::{
     BinaryOp, Context, Entity, EntityType, EntityUID, EntityUIDEntry, Expr, ExprKind, Literal,
-    Name, PartialValue, Pattern, Request, UnaryOp, Value, ValueKind, Var,
+    PartialValue, Pattern, Request, UnaryOp, Value, ValueKind, Var,
 };
 use cedar_policy_core::entities::{Dereference, Entities};
 use cedar_policy_core::evaluator::{binary_arith, binary_relation, unary_app};
@@ -60,7 +61,7 @@ enum Node {
     Binary(BinaryOp, Box<[Node; 2]>),
     /// An extension function call with an argument known only at decision
     /// time (`.offset(...)`, `.lessThan(...)`).
-    Call(Name, Box<[Node]>),
+    Call(&'static ExtensionFunction, Box<[Node]>),
     GetAttr(Box<Node>, SmolStr),
     HasAttr(Box<Node>, SmolStr),
     Like(Box<Node>, Pattern),
@@ -127,7 +128,7 @@ fn is_action_scope(expr: &Expr) -> bool {
         }
 }
 
-fn compile(expr: &Expr, extensions: &Extensions<'_>, depth: usize) -> Option<Node> {
+fn compile(expr: &Expr, extensions: &'static Extensions<'static>, depth: usize) -> Option<Node> {
     if depth > MAX_DEPTH {
         return None;
     }
@@ -163,19 +164,12 @@ fn compile(expr: &Expr, extensions: &Extensions<'_>, depth: usize) -> Option<Nod
         ExprKind::ExtensionFunctionApp { fn_name, args } => {
             let function = extensions.func(fn_name).ok()?;
             let args: Vec<Node> = args.iter().map(sub).collect::<Option<_>>()?;
-            let constants: Option<Vec<Value>> = args
-                .iter()
-                .map(|arg| match arg {
-                    Node::Const(value) => Some(value.clone()),
-                    _ => None,
-                })
-                .collect();
-            match constants {
+            match constants(&args) {
                 Some(values) => match function.call(&values) {
                     Ok(PartialValue::Value(value)) => Node::Const(value),
                     _ => return None,
                 },
-                None => Node::Call(fn_name.clone(), args.into_boxed_slice()),
+                None => Node::Call(function, args.into_boxed_slice()),
             }
         }
         ExprKind::GetAttr { expr, attr } => match expr.expr_kind() {
@@ -190,14 +184,7 @@ fn compile(expr: &Expr, extensions: &Extensions<'_>, depth: usize) -> Option<Nod
         ExprKind::Is { expr, entity_type } => Node::Is(Box::new(sub(expr)?), entity_type.clone()),
         ExprKind::Set(items) => {
             let items: Vec<Node> = items.iter().map(sub).collect::<Option<_>>()?;
-            let constants: Option<Vec<Value>> = items
-                .iter()
-                .map(|item| match item {
-                    Node::Const(value) => Some(value.clone()),
-                    _ => None,
-                })
-                .collect();
-            match constants {
+            match constants(&items) {
                 Some(values) => Node::Const(Value::set(values, None)),
                 None => Node::Set(items.into_boxed_slice()),
             }
@@ -213,6 +200,17 @@ fn compile(expr: &Expr, extensions: &Extensions<'_>, depth: usize) -> Option<Nod
         _ => return None,
     };
     Some(node)
+}
+
+/// The values of `nodes`, when every one is known at load time.
+fn constants(nodes: &[Node]) -> Option<Vec<Value>> {
+    nodes
+        .iter()
+        .map(|node| match node {
+            Node::Const(value) => Some(value.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What one decision evaluates conditions against: the request's variables
@@ -337,12 +335,11 @@ impl<'a> Bindings<'a> {
                 let right = self.eval(right)?;
                 Cow::Owned(self.binary(*op, left, right)?)
             }
-            Node::Call(name, args) => {
+            Node::Call(function, args) => {
                 let args: Vec<Value> = args
                     .iter()
                     .map(|arg| self.eval(arg).map(Cow::into_owned))
                     .collect::<Result<_>>()?;
-                let function = self.extensions.func(name).map_err(|_| Unsure)?;
                 match function.call(&args) {
                     Ok(PartialValue::Value(value)) => Cow::Owned(value),
                     _ => return Err(Unsure),
