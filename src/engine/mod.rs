@@ -654,8 +654,11 @@ pub fn explain(
 /// no forbid is; the determining policies are the satisfied forbids if any,
 /// else the satisfied permits; a policy that fails to evaluate is satisfied by
 /// nothing and reported as an error. Cedar's own `Authorizer` does the same
-/// but rebuilds every policy's condition on every request. The conformance
-/// corpus (`tests/conformance.rs`) checks that the answers are identical.
+/// but rebuilds every policy's condition on every request. A policy that a
+/// guard rules out is not satisfied; a compiled condition (see
+/// [`Compiled`]) answers when it is sure, and Cedar's evaluator decides the
+/// rest. The conformance corpus (`tests/conformance.rs`) checks that the
+/// answers are identical.
 pub fn evaluate<'a>(
     prepared: impl IntoIterator<Item = &'a PreparedPolicy>,
     entities: &Entities,
