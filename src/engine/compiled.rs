@@ -102,15 +102,16 @@ impl Compiled {
         compile(condition, extensions, 0).map(|node| Self(Arc::new(node)))
     }
 
-    /// Evaluates the condition for `request` over `entities`: whether it is
+    /// Evaluates the condition with a decision's `bindings`: whether it is
     /// satisfied, or [`Unsure`] when Cedar must decide.
     pub fn satisfied(&self, bindings: &Bindings<'_>) -> Result<bool> {
         as_bool(&*bindings.eval(&self.0)?)
     }
 }
 
-/// Whether `expr` is an action scope test: `action == A` or `action in
-/// [A, ...]` (or `action in A`), with entity literals.
+/// Whether `expr` is an action scope test: `true` (no constraint),
+/// `action == A`, `action in A` or `action in [A, ...]`, with entity
+/// literals.
 fn is_action_scope(expr: &Expr) -> bool {
     let ExprKind::BinaryApp {
         op: BinaryOp::Eq | BinaryOp::In,

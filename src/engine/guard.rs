@@ -16,8 +16,8 @@
 //! out by such a test (a country fence, an add-on), at the cost of a map
 //! lookup and a comparison each.
 
-use cedar_policy_core::ast::{BinaryOp, Expr, ExprKind, Literal, Request, Value, ValueKind, Var};
-use cedar_policy_core::entities::{Dereference, Entities};
+use cedar_policy_core::ast::{BinaryOp, Expr, ExprKind, Literal, Value, ValueKind, Var};
+use cedar_policy_core::entities::Dereference;
 use smol_str::SmolStr;
 
 use super::compiled::Bindings;
@@ -58,8 +58,14 @@ impl Guard {
     }
 
     /// Whether the guard shows the condition false for `request` over
-    /// `entities`, without error. `false` when it cannot tell.
-    pub fn rules_out(&self, request: &Request, entities: &Entities) -> bool {
+    /// `entities`, without error. `false` when it cannot tell. (Decisions
+    /// call [`Guard::rules_out_in`] with bindings they keep.)
+    #[cfg(test)]
+    pub fn rules_out(
+        &self,
+        request: &cedar_policy_core::ast::Request,
+        entities: &cedar_policy_core::entities::Entities,
+    ) -> bool {
         self.rules_out_in(&Bindings::new(request, entities))
     }
 
@@ -207,8 +213,8 @@ fn test(expr: &Expr) -> Option<Test> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cedar_policy_core::ast::{EntityUID, EntityUIDEntry, PolicyID};
-    use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
+    use cedar_policy_core::ast::{EntityUID, EntityUIDEntry, PolicyID, Request};
+    use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
     use cedar_policy_core::extensions::Extensions;
 
     fn guard(policy: &str) -> Guard {

@@ -364,10 +364,10 @@ impl PolicySnapshot {
         }
 
         let policy_sets_by_action = slice_by_action(&schema, &policy_set);
-        // `action_known`: the slice is of one action, which every policy in
-        // it has an action scope that matches.
-        // A policy is prepared once for the slices of one action and once for
-        // the whole set; the slices share it (its parts are reference counted).
+        // `action_known`: the slice is of one action, which the action scope
+        // of every policy in it matches. A policy is prepared once for the
+        // slices of one action and once for the whole set; the slices hold
+        // copies that share its condition and compiled form.
         let mut prepared_once: HashMap<(PolicyId, bool), PreparedPolicy> = HashMap::new();
         let mut prepare = |set: &PolicySet, action_known: bool| -> PolicySlice {
             let prepared: Vec<PreparedPolicy> = set
