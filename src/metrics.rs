@@ -154,7 +154,7 @@ impl prometheus_client::collector::Collector for MeteringCollector {
         let Some(stats) = self.0.get() else {
             return Ok(());
         };
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "metering_consumes",
                 "Consumptions counted",
@@ -169,6 +169,11 @@ impl prometheus_client::collector::Collector for MeteringCollector {
                 "metering_replays",
                 "Consumptions answered with an idempotency key's first answer",
                 stats.replayed.load(Relaxed),
+            ),
+            (
+                "metering_redecisions",
+                "Consumptions decided again because the count had moved out of the range the decision held for",
+                stats.redecided.load(Relaxed),
             ),
             (
                 "metering_unavailable",

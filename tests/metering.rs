@@ -102,14 +102,16 @@ impl Setup {
         self.start(settings(vec![self.redis.url()]), metrics).await
     }
 
-    /// A server whose Redis calls may take 2 s: the concurrency and lease
-    /// tests count answers and events exactly, so a call slowed past the usual
-    /// 250 ms bound by a busy machine (`metering_unavailable`, or a lease
-    /// topped up late) must not change the count.
+    /// A server whose Redis calls may take 2 s and whose leases last 10
+    /// minutes: the concurrency and lease tests count answers and events
+    /// exactly, so a call slowed past the usual 250 ms bound by a busy
+    /// machine (`metering_unavailable`, or a lease topped up late), or a
+    /// lease expiring during a slow run, must not change the count.
     async fn patient_server(&self) -> InProcess {
         let mut redis = settings(vec![self.redis.url()]);
         redis.timeout = std::time::Duration::from_secs(2);
-        self.start(redis, None).await
+        self.start_with(redis, None, Some(std::time::Duration::from_secs(600)))
+            .await
     }
 
     async fn start(
@@ -117,8 +119,20 @@ impl Setup {
         redis: tollgate::store::redis_client::RedisSettings,
         metrics: Option<std::net::SocketAddr>,
     ) -> InProcess {
+        self.start_with(redis, metrics, None).await
+    }
+
+    async fn start_with(
+        &self,
+        redis: tollgate::store::redis_client::RedisSettings,
+        metrics: Option<std::net::SocketAddr>,
+        lease_ttl: Option<std::time::Duration>,
+    ) -> InProcess {
         let mut config = redis_config(&self.dirs, redis);
         config.metrics_listen = metrics;
+        if let Some(lease_ttl) = lease_ttl {
+            config.metering.lease_ttl = lease_ttl;
+        }
         let now = Arc::clone(&self.now);
         config.clock = Clock::from_fn(move || now.load(Ordering::Relaxed));
         InProcess::start(config).await
@@ -605,28 +619,70 @@ async fn a_large_lease_writes_its_usage_events_a_thousand_at_a_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consume_reads_the_meter_first_only_when_a_policy_reads_the_count() {
-    let setup = setup(Options::default(), 4).await;
+async fn a_consume_is_one_redis_call_and_is_decided_again_when_the_count_has_moved() {
+    let setup = setup(Options::default(), 10).await;
+    // A soft limit: from 4 units on, the policies deny before the cap.
+    std::fs::write(
+        setup.dirs.policies.join("soft.cedar"),
+        r#"@id("soft-limit")
+@code("soft_limit")
+forbid (principal, action == Action::"use", resource)
+when { context has usage && context.usage.used >= 4 };
+"#,
+    )
+    .unwrap();
     let reset = || {
         let _: () = setup.redis.command(&["CONFIG", "RESETSTAT"]);
     };
     let trips = || (setup.redis.calls("mget"), setup.redis.calls("evalsha"));
-
-    // The shipped catalog's usage.cedar reads context.usage: the count is
-    // read first (MGET), then counted (the consume script).
-    let server = setup.server().await;
-    let mut client = connect(&server.url()).await;
-    // Warm: the snapshot is cached and Redis knows the scripts.
-    let warm = consume_on(&mut client, "k0", 1).await;
-    assert!(allowed(&warm), "{warm:?}");
+    let first = setup.server().await;
+    let second = setup.server().await;
+    let mut a = connect(&first.url()).await;
+    let mut b = connect(&second.url()).await;
+    // Warm: the snapshots are cached and Redis knows the scripts.
+    assert!(allowed(&consume_on(&mut a, "k0", 1).await));
+    assert!(allowed(&consume_on(&mut b, "k0b", 1).await));
     reset();
-    let first = consume_on(&mut client, "k1", 1).await;
-    assert!(allowed(&first), "{first:?}");
-    assert_eq!(first.usage.as_ref().unwrap().used, 2);
-    assert_eq!(trips(), (1, 1));
-    server.stop().await.unwrap();
 
-    // Without a policy that reads it, an allowed consumption is one call.
+    // `a` last saw 1, the count is 2: both leave the decision as it was
+    // (0 to 3 units used), so one call decides and counts.
+    let counted = consume_on(&mut a, "k1", 1).await;
+    assert!(allowed(&counted), "{counted:?}");
+    assert_eq!(counted.usage.as_ref().unwrap().used, 3);
+    assert_eq!(trips(), (0, 1));
+    let counted = consume_on(&mut b, "k2", 1).await;
+    assert!(allowed(&counted), "{counted:?}");
+    assert_eq!(counted.usage.as_ref().unwrap().used, 4);
+    assert_eq!(trips(), (0, 2));
+
+    // `a` last saw 3 and would allow; at the count of 4 that `b` left, the
+    // soft limit denies. Nothing is counted, and the decision is made again
+    // at 4 without another call.
+    let denied = consume_on(&mut a, "k3", 1).await;
+    assert!(!allowed(&denied), "{denied:?}");
+    assert_eq!(codes(&denied), ["soft_limit"]);
+    assert_eq!(denied.usage.as_ref().unwrap().used, 4);
+    assert_eq!(trips(), (0, 3));
+    assert_eq!(setup.counter("2026-11"), 4);
+
+    // Decided DENY at the last count seen: the count is read for the
+    // response, and the decision stands at it.
+    let denied = consume_on(&mut a, "k4", 1).await;
+    assert_eq!(codes(&denied), ["soft_limit"]);
+    assert_eq!(denied.usage.as_ref().unwrap().used, 4);
+    assert_eq!(trips(), (1, 3));
+
+    // A retry is given its first answer, even where the count now denies.
+    let retried = consume_on(&mut b, "k2", 1).await;
+    assert!(allowed(&retried), "{retried:?}");
+    assert_eq!(retried.usage.as_ref().unwrap().used, 4);
+    assert_eq!(trips(), (2, 3));
+    assert_eq!(setup.counter("2026-11"), 4);
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+
+    // Without a policy that reads the count, the cap is the script's alone.
+    std::fs::remove_file(setup.dirs.policies.join("soft.cedar")).unwrap();
     std::fs::remove_file(setup.dirs.policies.join("usage.cedar")).unwrap();
     let server = setup.server().await;
     let mut client = connect(&server.url()).await;
@@ -637,35 +693,15 @@ async fn a_consume_reads_the_meter_first_only_when_a_policy_reads_the_count() {
         .into_inner();
     assert!(allowed(&plain), "{plain:?}");
     reset();
-    let allowed_once = consume_on(&mut client, "k2", 1).await;
-    assert!(allowed(&allowed_once), "{allowed_once:?}");
-    assert_eq!(allowed_once.usage.as_ref().unwrap().used, 3);
+    let counted = consume_on(&mut client, "k5", 5).await;
+    assert!(allowed(&counted), "{counted:?}");
+    assert_eq!(counted.usage.as_ref().unwrap().used, 9);
     assert_eq!(trips(), (0, 1));
-
-    // A retry is answered by the script with the first answer, counted once.
-    let retried = consume_on(&mut client, "k2", 1).await;
-    assert_eq!(retried.decision_id, allowed_once.decision_id);
-    assert_eq!(retried.usage.as_ref().unwrap().used, 3);
-    assert_eq!(trips(), (0, 2));
-    assert_eq!(setup.counter("2026-11"), 3);
-
-    // The cap is still the script's: 3 + 2 > 4.
-    let capped = consume_on(&mut client, "k3", 2).await;
+    let capped = consume_on(&mut client, "k6", 2).await;
     assert!(!allowed(&capped));
     assert_eq!(codes(&capped), ["cap_exceeded"]);
-    assert_eq!(capped.usage.as_ref().unwrap().used, 3);
-    assert_eq!(trips(), (0, 3));
-
-    // A policy DENY counts nothing and reads the count for the response.
-    let mut embargoed = consume("k4", 1);
-    embargoed
-        .context
-        .insert("country".to_string(), common::string("KP"));
-    let denied = client.check(embargoed).await.unwrap().into_inner();
-    assert!(!allowed(&denied));
-    assert_eq!(codes(&denied), ["embargoed"]);
-    assert_eq!(denied.usage.as_ref().unwrap().used, 3);
-    assert_eq!(trips(), (1, 3));
-    assert_eq!(setup.counter("2026-11"), 3);
+    assert_eq!(capped.usage.as_ref().unwrap().used, 9);
+    assert_eq!(trips(), (0, 2));
+    assert_eq!(setup.counter("2026-11"), 9);
     server.stop().await.unwrap();
 }

@@ -1,71 +1,37 @@
 //! Checks that consume a meter, and usage reports: the decision point's
 //! metering path.
 //!
-//! A consuming check reads the meter's count and the idempotency key's first
-//! answer (one Redis call), decides with the count in `context.usage`, and
-//! when the policies allow, checks and counts in one atomic step (a second
-//! call). A key answered before returns its first answer without counting.
+//! In exact mode a consuming check is decided first, at the last count this
+//! sidecar saw of the meter, and the decision reports the range of counts
+//! it holds for (with the shipped policies, every count that leaves room
+//! for the amount). One atomic step then finds the count and, when it lies
+//! in that range and leaves room, counts; a key answered before returns its
+//! first answer. So an allowed consumption costs one Redis call. When
+//! another sidecar has moved the count out of the range, nothing is counted
+//! and the check is decided again at the count found; after
+//! [`MAX_DECISIONS`] decisions, the last one counts with the cap alone, at
+//! a count read one call before. A DENY reads the count for the response
+//! and stands when the count is in its range.
 //!
-//! When no policy that can apply to the action reads `context.usage`, the
-//! read is left out: the policies decide first, and an ALLOW goes straight to
-//! the atomic step, which finds a key answered before itself (one Redis call
-//! per allowed consumption). A DENY then reads the count for the response.
+//! Lease mode decides at the count its lease holds and counts locally.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use super::{convert, pb, ApiError, DecisionPoint};
-use crate::engine::{BuiltinReason, Decision, RequestError};
+use crate::engine::{BuiltinReason, CountRange, Decision, RequestError};
 use crate::metering::{
     Consumed, Consumption, FirstAnswer, MeterKind, MeterSpec, Metering, Peek, Report, UsageView,
     MAX_KEY_BYTES,
 };
 use crate::store::redis_client::RedisConn;
-use crate::store::{Catalog, Lookup, PolicySnapshot};
+use crate::store::{Catalog, Lookup};
 
-/// Which actions have a policy reading `context.usage`, computed once per
-/// policy set.
-#[derive(Debug, Default)]
-pub(super) struct UsageReaders(Mutex<UsageReadersOf>);
+/// Decisions a consuming check makes at most (see the module's doc).
+const MAX_DECISIONS: usize = 4;
 
-#[derive(Debug, Default)]
-struct UsageReadersOf {
-    /// The policy set the answers are for (a `Weak` keeps its allocation, so
-    /// no later set can share its address while it is held here).
-    policies: Weak<PolicySnapshot>,
-    by_action: HashMap<cedar_policy::EntityUid, bool>,
-}
-
-impl UsageReaders {
-    /// Whether a policy that can apply to `action` may read `context.usage`
-    /// (`true` for an action the schema does not declare: the request fails
-    /// its validation later, on the path that reads the meter first).
-    fn read_usage(&self, policies: &Arc<PolicySnapshot>, action: Option<&pb::EntityRef>) -> bool {
-        let Some(action) = action.and_then(|a| policies.action(&a.r#type, &a.id)) else {
-            return true;
-        };
-        let mut cached = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !std::ptr::eq(cached.policies.as_ptr(), Arc::as_ptr(policies)) {
-            *cached = UsageReadersOf {
-                policies: Arc::downgrade(policies),
-                by_action: HashMap::new(),
-            };
-        }
-        if let Some(reads) = cached.by_action.get(action) {
-            return *reads;
-        }
-        let reads = policies
-            .prepared_for(action)
-            .all()
-            .iter()
-            .any(|policy| crate::metering::reads_context_attribute(&policy.condition, "usage"));
-        cached.by_action.insert(action.clone(), reads);
-        reads
-    }
-}
+/// The context record the policies read the meter's state from.
+const USAGE: &str = "usage";
 
 fn invalid(field: &str, problem: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(RequestError::new(field.to_string(), problem.into()))
@@ -168,141 +134,150 @@ impl DecisionPoint {
                 None,
             ));
         };
-        // Exact mode reads the count and the key's first answer from Redis,
-        // unless no policy reads the count; lease mode knows both locally
-        // once it holds a lease.
-        let peek = match meter.lease {
-            None if !self
-                .usage_readers
-                .read_usage(&catalog.policies, request.action.as_ref()) =>
-            {
-                // The count is not the policies' to see: theirs would be the
-                // caller's, never checked against the meter.
-                request.context.remove("usage");
-                None
+        // Exact mode starts at the last count seen; lease mode knows the
+        // count and the key's first answer once it holds a lease.
+        let exact = meter.lease.is_none();
+        let (mut used, mut known) = if exact {
+            (metering.last_count(&tenant, &meter), false)
+        } else {
+            if let Some(first) = metering.lease_answer(&tenant, &consume.idempotency_key) {
+                return self.replay(catalog, &lookup, &meter, &consume, first, metering);
             }
-            None => Some(
-                metering
-                    .peek(conn, &tenant, &meter, &consume.idempotency_key)
-                    .await,
-            ),
-            Some(_) => Some(
-                match metering.lease_answer(&tenant, &consume.idempotency_key) {
-                    Some(first) => Ok(Peek {
-                        used: first.used,
-                        first: Some(first),
-                    }),
-                    None => metering
-                        .lease_used(conn, &tenant, &meter)
-                        .await
-                        .map(|used| Peek { used, first: None }),
-                },
-            ),
-        };
-        let used = match peek {
-            None => None,
-            Some(Ok(Peek {
-                first: Some(first), ..
-            })) => return self.replay(catalog, &lookup, &meter, &consume, first, metering),
-            Some(Ok(Peek { used, first: None })) => Some(used),
-            Some(Err(error)) => {
-                return Ok(self.unavailable(catalog, &lookup, &tenant, &meter, &error, None));
+            match metering.lease_used(conn, &tenant, &meter).await {
+                Ok(used) => (used, true),
+                Err(error) => {
+                    return Ok(self.unavailable(catalog, &lookup, &tenant, &meter, &error, None))
+                }
             }
         };
 
-        if let Some(used) = used {
-            // The policies see the meter as it stands and what this asks.
-            request.context.insert(
-                "usage".to_string(),
-                pb::Value {
-                    kind: Some(pb::value::Kind::Record(pb::ValueRecord {
-                        values: HashMap::from([
-                            ("used".to_string(), long(used)),
-                            ("requested".to_string(), long(consume.amount)),
-                            ("limit".to_string(), long(meter.limit)),
-                            (
-                                "remaining".to_string(),
-                                long(meter.limit.saturating_sub(used).max(0)),
-                            ),
-                        ]),
-                    })),
-                },
-            );
-        }
+        // The policies see the meter as it stands and what this asks (the
+        // server's record replaces any the caller sent).
+        request.context.insert(
+            USAGE.to_string(),
+            pb::Value {
+                kind: Some(pb::value::Kind::Record(pb::ValueRecord {
+                    values: HashMap::from([
+                        ("used".to_string(), long(used)),
+                        ("requested".to_string(), long(consume.amount)),
+                        ("limit".to_string(), long(meter.limit)),
+                        (
+                            "remaining".to_string(),
+                            long(meter.limit.saturating_sub(used).max(0)),
+                        ),
+                    ]),
+                })),
+            },
+        );
         let principal = principal_text(request.principal.as_ref());
-        let prepared = prepare(catalog, request)?;
-        let mut response = {
-            let _evaluation = crate::stage_span!("evaluate").entered();
-            self.decide(catalog, &lookup, &prepared)
-                .map_err(ApiError::InvalidArgument)?
-        };
-        if response.decision != pb::Decision::Allow as i32 {
-            let used = match used {
-                Some(used) => used,
-                // Decided without the count: read it for the response (and
-                // a key answered before answers as it did then).
-                None => match metering
-                    .peek(conn, &tenant, &meter, &consume.idempotency_key)
-                    .await
-                {
-                    Ok(Peek {
-                        first: Some(first), ..
-                    }) => return self.replay(catalog, &lookup, &meter, &consume, first, metering),
-                    Ok(Peek { used, first: None }) => used,
-                    Err(error) => {
-                        return Ok(self.unavailable(catalog, &lookup, &tenant, &meter, &error, None))
-                    }
-                },
+        let mut prepared = prepare(catalog, request)?.probing_count(USAGE);
+        let mut decisions = 0;
+        loop {
+            decisions += 1;
+            let (mut response, range) = {
+                let _evaluation = crate::stage_span!("evaluate").entered();
+                self.decide_counted(catalog, &lookup, &prepared)
+                    .map_err(ApiError::InvalidArgument)?
             };
-            response.usage = Some(usage_pb(&metering.view(&meter, used)));
-            return Ok(response);
-        }
-        let first_reason = response
-            .reasons
-            .first()
-            .map(|r| (r.code.clone(), r.policy_id.clone()))
-            .unwrap_or_default();
-        let consumed = metering
-            .consume(
-                conn,
-                &Consumption {
-                    tenant: &tenant,
-                    meter: &meter,
-                    amount: consume.amount,
-                    key: &consume.idempotency_key,
-                    principal: &principal,
-                    decision_id: &response.decision_id,
-                    allow_reason: (&first_reason.0, &first_reason.1),
-                },
-            )
-            .instrument_metering()
-            .await;
-        match consumed {
-            Ok(Consumed::Allowed { used }) => {
+            // A decision the probe could not follow holds for its count.
+            let range = range.unwrap_or(CountRange {
+                min: used,
+                max: used,
+            });
+            if response.decision != pb::Decision::Allow as i32 {
+                if !known {
+                    // Decided at the last count seen: read the count (and a
+                    // key answered before answers as it did then).
+                    match metering
+                        .peek(conn, &tenant, &meter, &consume.idempotency_key)
+                        .await
+                    {
+                        Ok(Peek {
+                            first: Some(first), ..
+                        }) => {
+                            return self.replay(catalog, &lookup, &meter, &consume, first, metering)
+                        }
+                        Ok(Peek {
+                            used: now,
+                            first: None,
+                        }) => {
+                            known = true;
+                            if !range.contains(now) {
+                                used = now;
+                                prepared = prepared.with_count(USAGE, used);
+                                continue;
+                            }
+                            used = now;
+                        }
+                        Err(error) => {
+                            return Ok(
+                                self.unavailable(catalog, &lookup, &tenant, &meter, &error, None)
+                            )
+                        }
+                    }
+                }
                 response.usage = Some(usage_pb(&metering.view(&meter, used)));
-                Ok(response)
+                return Ok(response);
             }
-            Ok(Consumed::CapExceeded { used }) => {
-                let mut denied = self.builtin_deny(
+            let first_reason = response
+                .reasons
+                .first()
+                .map(|r| (r.code.clone(), r.policy_id.clone()))
+                .unwrap_or_default();
+            let consumed = metering
+                .consume(
+                    conn,
+                    &Consumption {
+                        tenant: &tenant,
+                        meter: &meter,
+                        amount: consume.amount,
+                        key: &consume.idempotency_key,
+                        principal: &principal,
+                        decision_id: &response.decision_id,
+                        allow_reason: (&first_reason.0, &first_reason.1),
+                        // The last decision counts with the cap alone.
+                        decided_for: if decisions < MAX_DECISIONS {
+                            range
+                        } else {
+                            CountRange::ALL
+                        },
+                    },
+                )
+                .instrument_metering()
+                .await;
+            return match consumed {
+                Ok(Consumed::Allowed { used }) => {
+                    response.usage = Some(usage_pb(&metering.view(&meter, used)));
+                    Ok(response)
+                }
+                Ok(Consumed::CapExceeded { used }) => {
+                    let mut denied = self.builtin_deny(
+                        catalog,
+                        &lookup,
+                        BuiltinReason::CapExceeded,
+                        Some(&response.decision_id),
+                    );
+                    denied.usage = Some(usage_pb(&metering.view(&meter, used)));
+                    Ok(denied)
+                }
+                Ok(Consumed::Replay(first)) => {
+                    self.replay(catalog, &lookup, &meter, &consume, first, metering)
+                }
+                Ok(Consumed::Redecide { used: now }) => {
+                    used = now;
+                    known = true;
+                    prepared = prepared.with_count(USAGE, used);
+                    continue;
+                }
+                Err(error) => Ok(self.unavailable(
                     catalog,
                     &lookup,
-                    BuiltinReason::CapExceeded,
+                    &tenant,
+                    &meter,
+                    &error,
                     Some(&response.decision_id),
-                );
-                denied.usage = Some(usage_pb(&metering.view(&meter, used)));
-                Ok(denied)
-            }
-            Ok(Consumed::Replay(first)) => {
-                self.replay(catalog, &lookup, &meter, &consume, first, metering)
-            }
-            Err(error) => Ok(self.unavailable(
-                catalog,
-                &lookup,
-                &tenant,
-                &meter,
-                &error,
-                Some(&response.decision_id),
-            )),
+                )),
+            };
         }
     }
 

@@ -160,9 +160,6 @@ pub struct DecisionPoint {
     decision_log: Option<Arc<DecisionLog>>,
     remote: Option<Arc<RemoteSnapshots>>,
     metering: Option<Arc<crate::metering::Metering>>,
-    /// Which actions' policies read `context.usage`, for the serving policy
-    /// set (see `metered.rs`).
-    usage_readers: metered::UsageReaders,
 }
 
 /// What the decision log keeps of a request, taken before the request is
@@ -304,7 +301,6 @@ impl DecisionPoint {
             decision_log: None,
             remote: None,
             metering: None,
-            usage_readers: metered::UsageReaders::default(),
         }
     }
 
@@ -532,6 +528,18 @@ impl DecisionPoint {
         lookup: &Lookup,
         prepared: &engine::PreparedRequest,
     ) -> Result<pb::CheckResponse, RequestError> {
+        self.decide_counted(catalog, lookup, prepared)
+            .map(|(response, _)| response)
+    }
+
+    /// [`Self::decide`], with the range of counts the decision holds for
+    /// when `prepared` probes a count ([`engine::Decision::count_range`]).
+    fn decide_counted(
+        &self,
+        catalog: &Catalog,
+        lookup: &Lookup,
+        prepared: &engine::PreparedRequest,
+    ) -> Result<(pb::CheckResponse, Option<engine::CountRange>), RequestError> {
         let policy_version = catalog.policies.version.as_str();
         let (snapshot, source, age) = match lookup {
             Lookup::Found {
@@ -551,21 +559,24 @@ impl DecisionPoint {
                     snapshot_age_ms: 0,
                     source: None,
                 };
-                return Ok(convert::response(
-                    Decision::deny(reason),
-                    &freshness,
-                    self.ids.next(),
+                return Ok((
+                    convert::response(Decision::deny(reason), &freshness, self.ids.next()),
+                    None,
                 ));
             }
         };
         let decision = engine::decide(&catalog.policies, snapshot, prepared, self.options)?;
+        let count_range = decision.count_range;
         let freshness = FreshnessInfo {
             policy_version,
             snapshot_version: snapshot.version,
             snapshot_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
             source: Some(source),
         };
-        Ok(convert::response(decision, &freshness, self.ids.next()))
+        Ok((
+            convert::response(decision, &freshness, self.ids.next()),
+            count_range,
+        ))
     }
 }
 

@@ -20,7 +20,7 @@
 //! wrong, which is almost always.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -105,7 +105,12 @@ impl Compiled {
     /// Evaluates the condition with a decision's `bindings`: whether it is
     /// satisfied, or [`Unsure`] when Cedar must decide.
     pub fn satisfied(&self, bindings: &Bindings<'_>) -> Result<bool> {
-        as_bool(&*bindings.eval(&self.0)?)
+        let satisfied = bindings.eval(&self.0).and_then(|value| as_bool(&value));
+        if satisfied.is_err() {
+            // Cedar's evaluator decides the policy: the count is not followed.
+            bindings.lose_track();
+        }
+        satisfied
     }
 }
 
@@ -227,6 +232,8 @@ pub struct Bindings<'a> {
     /// principal and its account, again and again): comparing uids is
     /// cheaper than hashing one for the entities' map.
     seen: RefCell<Vec<&'a Entity>>,
+    /// Follows how the decision depends on a count in the context.
+    probe: Option<CountProbe>,
 }
 
 /// Entities a decision's bindings remember.
@@ -253,7 +260,37 @@ impl<'a> Bindings<'a> {
             },
             extensions: Extensions::all_available(),
             seen: RefCell::new(Vec::new()),
+            probe: None,
         }
+    }
+
+    /// Follows how the conditions evaluated with these bindings depend on
+    /// the count `context.<attr>.used` (see [`CountProbe`]).
+    pub fn probing_count(mut self, attr: &str) -> Self {
+        self.probe = Some(CountProbe::new(self.context(), attr));
+        self
+    }
+
+    /// Notes that the decision was reached in a way the probe cannot follow
+    /// (Cedar's evaluator decided a policy, or a whole-context read).
+    pub fn lose_track(&self) {
+        if let Some(probe) = &self.probe {
+            probe.lose_track();
+        }
+    }
+
+    /// The counts over which every condition evaluated so far gives the
+    /// same answer, when the bindings probe a count and could follow it.
+    pub fn count_range(&self) -> Option<CountRange> {
+        self.probe.as_ref().and_then(CountProbe::range)
+    }
+
+    /// The context attribute `attr`, read whole (a guard's test).
+    pub fn context_attr(&self, attr: &str) -> Option<&'a Value> {
+        if self.probe.as_ref().is_some_and(|probe| probe.attr == attr) {
+            self.lose_track();
+        }
+        self.context()?.get(attr)
     }
 
     /// The context's attributes, when the context is known.
@@ -297,12 +334,18 @@ impl<'a> Bindings<'a> {
                 Var::Principal => Cow::Borrowed(self.principal.as_ref().ok_or(Unsure)?),
                 Var::Action => Cow::Borrowed(self.action.as_ref().ok_or(Unsure)?),
                 Var::Resource => Cow::Borrowed(self.resource.as_ref().ok_or(Unsure)?),
-                Var::Context => Cow::Owned(Value::record_arc(
-                    Arc::clone(self.context.ok_or(Unsure)?),
-                    None,
-                )),
+                Var::Context => {
+                    self.lose_track();
+                    Cow::Owned(Value::record_arc(
+                        Arc::clone(self.context.ok_or(Unsure)?),
+                        None,
+                    ))
+                }
             },
             Node::ContextAttr(attr) => {
+                if self.probe.as_ref().is_some_and(|probe| probe.attr == *attr) {
+                    self.lose_track();
+                }
                 Cow::Borrowed(self.context.ok_or(Unsure)?.get(attr).ok_or(Unsure)?)
             }
             Node::ContextHas(attr) => {
@@ -332,6 +375,11 @@ impl<'a> Bindings<'a> {
             }
             Node::Binary(op, args) => {
                 let [left, right] = args.as_ref();
+                if let Some(probe) = &self.probe {
+                    if let Some(holds) = self.probed_comparison(probe, *op, left, right)? {
+                        return Ok(Cow::Owned(holds.into()));
+                    }
+                }
                 let left = self.eval(left)?;
                 let right = self.eval(right)?;
                 Cow::Owned(self.binary(*op, left, right)?)
@@ -345,6 +393,20 @@ impl<'a> Bindings<'a> {
                     Ok(PartialValue::Value(value)) => Cow::Owned(value),
                     _ => return Err(Unsure),
                 }
+            }
+            Node::GetAttr(expr, attr) if self.probed_record(expr).is_some() => {
+                if CountProbe::varies(attr) {
+                    self.lose_track();
+                }
+                let record = self.probed_record(expr).ok_or(Unsure)?;
+                Cow::Borrowed(self.attr(record, attr)?)
+            }
+            Node::HasAttr(expr, attr) if self.probed_record(expr).is_some() => {
+                let record = self.probed_record(expr).ok_or(Unsure)?;
+                let ValueKind::Record(record) = record.value_kind() else {
+                    return Err(Unsure);
+                };
+                Cow::Owned(record.contains_key(attr).into())
             }
             Node::GetAttr(expr, attr) => match self.eval(expr)? {
                 Cow::Borrowed(value) => Cow::Borrowed(self.attr(value, attr)?),
@@ -389,6 +451,140 @@ impl<'a> Bindings<'a> {
                 Cow::Owned(Value::record_arc(Arc::new(values), None))
             }
         })
+    }
+
+    /// The probed record (`context.<attr>`) when `node` reads it.
+    fn probed_record(&self, node: &Node) -> Option<&'a Value> {
+        let probe = self.probe.as_ref()?;
+        match node {
+            Node::ContextAttr(attr) if *attr == probe.attr => self.context()?.get(attr),
+            _ => None,
+        }
+    }
+
+    /// `node` as `±count + offset`, when it is the count, `remaining`, or
+    /// one of them plus or minus a number, negated. `None` for any other
+    /// expression, which is then evaluated as usual (and loses track of
+    /// the count if it reads it).
+    fn affine(&self, probe: &CountProbe, node: &Node) -> Result<Option<Affine>> {
+        let affine = match node {
+            Node::GetAttr(record, attr) if self.probed_record(record).is_some() => {
+                match attr.as_str() {
+                    "used" => Affine { coef: 1, offset: 0 },
+                    "remaining" => match probe.limit {
+                        // `remaining` is `max(limit - used, 0)`.
+                        Some(limit) if probe.used <= limit => {
+                            probe.keep_down(i128::from(limit), true);
+                            Affine {
+                                coef: -1,
+                                offset: i128::from(limit),
+                            }
+                        }
+                        Some(limit) => {
+                            probe.keep_up(i128::from(limit), true);
+                            Affine { coef: 0, offset: 0 }
+                        }
+                        None => return Ok(None),
+                    },
+                    _ => return Ok(None),
+                }
+            }
+            Node::Unary(UnaryOp::Neg, arg) => match self.affine(probe, arg)? {
+                Some(arg) => Affine {
+                    coef: -arg.coef,
+                    offset: -arg.offset,
+                },
+                None => return Ok(None),
+            },
+            Node::Binary(op @ (BinaryOp::Add | BinaryOp::Sub), args) => {
+                let [left, right] = args.as_ref();
+                let sign = if *op == BinaryOp::Add { 1 } else { -1 };
+                match (self.affine(probe, left)?, self.affine(probe, right)?) {
+                    (None, None) => return Ok(None),
+                    (Some(_), Some(_)) => {
+                        // `count + count`: not followed.
+                        self.lose_track();
+                        return Ok(None);
+                    }
+                    (Some(left), None) => Affine {
+                        coef: left.coef,
+                        offset: left.offset + sign * i128::from(self.long(right)?),
+                    },
+                    (None, Some(right)) => Affine {
+                        coef: sign * right.coef,
+                        offset: i128::from(self.long(left)?) + sign * right.offset,
+                    },
+                }
+            }
+            _ => return Ok(None),
+        };
+        // Cedar's arithmetic fails on overflow: at the probed count the
+        // value must fit, and the range keeps it fitting.
+        probe.keep_fitting(affine)?;
+        Ok(Some(affine))
+    }
+
+    /// The number `node` evaluates to.
+    fn long(&self, node: &Node) -> Result<i64> {
+        match self.eval(node)?.value_kind() {
+            ValueKind::Lit(Literal::Long(value)) => Ok(*value),
+            _ => Err(Unsure),
+        }
+    }
+
+    /// A comparison with the count on one side (`used + requested > limit`):
+    /// its answer at the probed count, narrowing the range to the counts
+    /// where the answer is the same. `None` when the count is on neither
+    /// side.
+    fn probed_comparison(
+        &self,
+        probe: &CountProbe,
+        op: BinaryOp,
+        left: &Node,
+        right: &Node,
+    ) -> Result<Option<bool>> {
+        if !matches!(op, BinaryOp::Less | BinaryOp::LessEq | BinaryOp::Eq) {
+            return Ok(None);
+        }
+        let (counted, other, counted_on_left) =
+            match (self.affine(probe, left)?, self.affine(probe, right)?) {
+                (None, None) => return Ok(None),
+                (Some(_), Some(_)) => {
+                    self.lose_track();
+                    return Ok(None);
+                }
+                (Some(affine), None) => (affine, right, true),
+                (None, Some(affine)) => (affine, left, false),
+            };
+        let other = match self.eval(other)?.value_kind() {
+            ValueKind::Lit(Literal::Long(value)) => i128::from(*value),
+            // A number is never equal to a value of another type; Cedar
+            // refuses to order them.
+            _ if op == BinaryOp::Eq => return Ok(Some(false)),
+            _ => return Err(Unsure),
+        };
+        // `left - right` as `sign * count + rest`.
+        let (sign, rest) = if counted_on_left {
+            (counted.coef, counted.offset - other)
+        } else {
+            (-counted.coef, other - counted.offset)
+        };
+        let difference = sign * i128::from(probe.used) + rest;
+        let holds = match op {
+            BinaryOp::Less => difference < 0,
+            BinaryOp::LessEq => difference <= 0,
+            _ => difference == 0,
+        };
+        // The counts where the comparison holds: `count <= t`, `count >= t`
+        // or `count == t`.
+        let highest = if op == BinaryOp::Less { -1 } else { 0 };
+        match (op, sign) {
+            (_, 0) => {}
+            (BinaryOp::Eq, _) => probe.keep_point(-sign * rest, holds),
+            (_, 1) => probe.keep_down(highest - rest, holds),
+            _ => probe.keep_up(rest - highest, holds),
+        }
+        Ok(Some(holds))
     }
 
     /// `value.attr` of a record or an entity.
@@ -486,6 +682,156 @@ impl<'a> Bindings<'a> {
     }
 }
 
+/// Counts (inclusive) over which a decision gives the same answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountRange {
+    /// The lowest count, `i64::MIN` when unbounded.
+    pub min: i64,
+    /// The highest count, `i64::MAX` when unbounded.
+    pub max: i64,
+}
+
+impl CountRange {
+    /// Every count.
+    pub const ALL: Self = Self {
+        min: i64::MIN,
+        max: i64::MAX,
+    };
+
+    /// Whether `count` lies in the range.
+    pub fn contains(self, count: i64) -> bool {
+        self.min <= count && count <= self.max
+    }
+}
+
+/// Follows how a decision depends on one count: `context.<attr>.used`, with
+/// `context.<attr>.remaining` as `max(limit - used, 0)` for the record's
+/// `limit`.
+///
+/// The conditions are evaluated at the count in the context. Where the
+/// count meets a number in a comparison (`used + requested > limit`,
+/// `remaining < 10`), the comparison's answer holds for a range of counts
+/// (`used <= limit - requested`), and the probe narrows its range to it.
+/// When every comparison that read the count keeps its answer, every
+/// condition evaluates the same way, so the decision is the same for every
+/// count in the range. Any other use of the count (a set holding it, a
+/// product, the whole context, a policy Cedar's evaluator decides) loses
+/// track: there is then no range.
+#[derive(Debug)]
+struct CountProbe {
+    attr: SmolStr,
+    /// The count the conditions are evaluated at.
+    used: i64,
+    limit: Option<i64>,
+    min: Cell<i128>,
+    max: Cell<i128>,
+    lost: Cell<bool>,
+}
+
+/// `coef * count + offset`.
+#[derive(Debug, Clone, Copy)]
+struct Affine {
+    coef: i128,
+    offset: i128,
+}
+
+impl CountProbe {
+    fn new(context: Option<&BTreeMap<SmolStr, Value>>, attr: &str) -> Self {
+        let long = |name: &str| match context?.get(attr)?.value_kind() {
+            ValueKind::Record(record) => match record.get(name)?.value_kind() {
+                ValueKind::Lit(Literal::Long(value)) => Some(*value),
+                _ => None,
+            },
+            _ => None,
+        };
+        let used = long("used");
+        Self {
+            attr: attr.into(),
+            used: used.unwrap_or(0),
+            limit: long("limit"),
+            min: Cell::new(i128::from(i64::MIN)),
+            max: Cell::new(i128::from(i64::MAX)),
+            lost: Cell::new(used.is_none()),
+        }
+    }
+
+    /// Whether the record's attribute `attr` varies with the count.
+    fn varies(attr: &str) -> bool {
+        matches!(attr, "used" | "remaining")
+    }
+
+    fn lose_track(&self) {
+        self.lost.set(true);
+    }
+
+    /// Keeps the counts where `count <= t` holds (`holds`) or fails.
+    fn keep_down(&self, t: i128, holds: bool) {
+        if holds {
+            self.max.set(self.max.get().min(t));
+        } else {
+            self.min.set(self.min.get().max(t + 1));
+        }
+    }
+
+    /// Keeps the counts where `count >= t` holds (`holds`) or fails.
+    fn keep_up(&self, t: i128, holds: bool) {
+        if holds {
+            self.min.set(self.min.get().max(t));
+        } else {
+            self.max.set(self.max.get().min(t - 1));
+        }
+    }
+
+    /// Keeps the counts where `count == t` holds (`holds`) or fails (on the
+    /// side of `t` the probed count is on).
+    fn keep_point(&self, t: i128, holds: bool) {
+        if holds {
+            self.keep_up(t, true);
+            self.keep_down(t, true);
+        } else if i128::from(self.used) < t {
+            self.keep_down(t - 1, true);
+        } else {
+            self.keep_up(t + 1, true);
+        }
+    }
+
+    /// Keeps the counts where `affine` fits a 64-bit number; [`Unsure`]
+    /// when it does not at the probed count (Cedar reports the overflow).
+    fn keep_fitting(&self, affine: Affine) -> Result<()> {
+        let (low, high) = (i128::from(i64::MIN), i128::from(i64::MAX));
+        let value = affine.coef * i128::from(self.used) + affine.offset;
+        if value < low || value > high {
+            return Err(Unsure);
+        }
+        match affine.coef {
+            1 => {
+                self.keep_up(low - affine.offset, true);
+                self.keep_down(high - affine.offset, true);
+            }
+            -1 => {
+                self.keep_up(affine.offset - high, true);
+                self.keep_down(affine.offset - low, true);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn range(&self) -> Option<CountRange> {
+        if self.lost.get() {
+            return None;
+        }
+        let clamp = |value: i128| {
+            i64::try_from(value.clamp(i128::from(i64::MIN), i128::from(i64::MAX)))
+                .unwrap_or_default()
+        };
+        Some(CountRange {
+            min: clamp(self.min.get()),
+            max: clamp(self.max.get()),
+        })
+    }
+}
+
 fn as_bool(value: &Value) -> Result<bool> {
     match value.value_kind() {
         ValueKind::Lit(Literal::Bool(holds)) => Ok(*holds),
@@ -499,12 +845,16 @@ mod tests {
 
     use super::*;
 
-    /// The compiled answer and Cedar's (its boolean or its error) for a
-    /// policy of action `use` by `User::"alice"` on `Doc::"d"`.
-    fn both(
+    /// The test entities, a request of `User::"alice"` for `Action::"use"`
+    /// on `Doc::"d"` with `context`, and `policy` parsed.
+    fn parts(
         policy: &str,
         context: serde_json::Value,
-    ) -> (Option<bool>, std::result::Result<bool, String>) {
+    ) -> (
+        cedar_policy::Entities,
+        cedar_policy::Request,
+        cedar_policy::Policy,
+    ) {
         let entities = cedar_policy::Entities::from_json_value(
             serde_json::json!([
                 {"uid": {"type": "User", "id": "alice"}, "attrs": {
@@ -525,7 +875,16 @@ mod tests {
             None,
         )
         .unwrap();
-        let policy: cedar_policy::Policy = policy.parse().unwrap();
+        (entities, request, policy.parse().unwrap())
+    }
+
+    /// The compiled answer and Cedar's (its boolean or its error) for a
+    /// policy of action `use` by `User::"alice"` on `Doc::"d"`.
+    fn both(
+        policy: &str,
+        context: serde_json::Value,
+    ) -> (Option<bool>, std::result::Result<bool, String>) {
+        let (entities, request, policy) = parts(policy, context);
         let core: &cedar_policy_core::ast::Policy = policy.as_ref();
         let condition = core.condition();
         let core_request: &Request = request.as_ref();
@@ -678,6 +1037,128 @@ mod tests {
             r#"permit(principal, action, resource) when { true || principal.missing };"#,
             serde_json::json!({}),
             true,
+        );
+    }
+
+    /// The usage record of a context at count `used` (limit 100, 5 asked).
+    fn usage_context(used: i64) -> serde_json::Value {
+        serde_json::json!({"usage": {
+            "used": used, "requested": 5, "limit": 100, "remaining": 100_i64.saturating_sub(used).max(0)
+        }})
+    }
+
+    /// The compiled answer at `used` and the range it reports.
+    fn probed(policy: &str, used: i64) -> (Option<bool>, Option<CountRange>) {
+        let (entities, request, policy) = parts(policy, usage_context(used));
+        let core: &cedar_policy_core::ast::Policy = policy.as_ref();
+        let compiled = Compiled::for_one_action(&core.condition()).expect("compiles");
+        let bindings = Bindings::new(request.as_ref(), entities.as_ref()).probing_count("usage");
+        let answer = compiled.satisfied(&bindings).ok();
+        (answer, bindings.count_range())
+    }
+
+    /// Cedar's answer at `used`.
+    fn cedar_at(policy: &str, used: i64) -> std::result::Result<bool, String> {
+        both(policy, usage_context(used)).1
+    }
+
+    #[test]
+    fn a_count_range_holds_the_answer_and_ends_where_it_changes() {
+        let policies = [
+            "context.usage.used + context.usage.requested > context.usage.limit",
+            "context.usage.used < 0 || context.usage.requested < 0",
+            "context.usage.remaining < 10",
+            "context.usage.remaining == 0",
+            "context.usage.used == 42",
+            "context.usage.used != 42",
+            "100 - context.usage.used >= context.usage.requested",
+            "-context.usage.used < -5",
+            "context.usage.used + 9223372036854775800 > 0",
+            "context.usage.requested <= 5 && 80 <= context.usage.used",
+            "context.usage.used == \"many\"",
+        ];
+        for condition in policies {
+            let policy = format!("permit(principal, action, resource) when {{ {condition} }};");
+            for used in [0, 5, 41, 42, 43, 80, 90, 95, 96, 100, 150] {
+                let (answer, range) = probed(&policy, used);
+                let expected = cedar_at(&policy, used);
+                assert_eq!(
+                    answer.ok_or(()),
+                    expected.clone().map_err(|_| ()),
+                    "{condition} at {used}"
+                );
+                if expected.is_err() {
+                    // Cedar decides a policy that fails: nothing is followed.
+                    assert_eq!(range, None, "{condition} at {used}");
+                    continue;
+                }
+                let range = range.unwrap_or_else(|| panic!("no range: {condition} at {used}"));
+                assert!(range.contains(used), "{condition} at {used}: {range:?}");
+                // Inside, Cedar answers the same; just outside, it does not.
+                let inside = [
+                    range.min,
+                    range.max,
+                    used - 1,
+                    used + 1,
+                    range.min.saturating_add(1),
+                    range.max.saturating_sub(1),
+                ];
+                for count in inside.into_iter().filter(|count| range.contains(*count)) {
+                    {
+                        assert_eq!(
+                            cedar_at(&policy, count),
+                            expected,
+                            "{condition}: {used} -> {count} in {range:?}"
+                        );
+                    }
+                }
+                // Far out, where the test context's `remaining` saturates,
+                // the range is cautious.
+                let ends = [range.min.checked_sub(1), range.max.checked_add(1)];
+                // A range through `remaining` ends at the limit, where
+                // `remaining` stops falling, even when the answer goes on.
+                let cautious =
+                    condition.contains("remaining") && (range.max == 100 || range.min == 100);
+                for outside in ends
+                    .into_iter()
+                    .flatten()
+                    .filter(|count| count.unsigned_abs() < 1 << 62 && !cautious)
+                {
+                    assert_ne!(
+                        cedar_at(&policy, outside),
+                        expected,
+                        "{condition}: {used} -> {outside} outside {range:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_uses_of_the_count_give_no_range() {
+        for condition in [
+            "[context.usage.used].contains(5)",
+            "context.usage.used * 2 > 10",
+            "context.usage.used + context.usage.used > 10",
+            "context.usage == {used: 1, requested: 5, limit: 100, remaining: 99}",
+            "context has usage && context.usage.missing > 1",
+        ] {
+            let policy = format!("permit(principal, action, resource) when {{ {condition} }};");
+            let (_, range) = probed(&policy, 1);
+            assert_eq!(range, None, "{condition}");
+        }
+        // Reading the rest of the record keeps track.
+        let (answer, range) = probed(
+            "permit(principal, action, resource) when { context.usage has used && context.usage.limit == 100 };",
+            1,
+        );
+        assert_eq!(answer, Some(true));
+        assert_eq!(
+            range,
+            Some(CountRange {
+                min: i64::MIN,
+                max: i64::MAX
+            })
         );
     }
 }

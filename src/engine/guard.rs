@@ -82,18 +82,14 @@ impl Guard {
                     Some(values) => values.contains_key(attr),
                     None => return false,
                 },
-                Test::ContextEquals(attr, literal) => {
-                    match context.and_then(|values| values.get(attr)) {
-                        Some(value) => value == literal,
-                        None => return false,
-                    }
-                }
-                Test::ContextOneOf(attr, literals) => {
-                    match context.and_then(|values| values.get(attr)) {
-                        Some(value) => literals.contains(value),
-                        None => return false,
-                    }
-                }
+                Test::ContextEquals(attr, literal) => match bindings.context_attr(attr) {
+                    Some(value) => value == literal,
+                    None => return false,
+                },
+                Test::ContextOneOf(attr, literals) => match bindings.context_attr(attr) {
+                    Some(value) => literals.contains(value),
+                    None => return false,
+                },
                 Test::EntityHas(var, attr) => {
                     let Some(uid) = bindings.uid(*var) else {
                         return false;

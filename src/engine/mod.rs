@@ -6,7 +6,7 @@ mod context_check;
 mod context_fit;
 mod guard;
 
-pub use compiled::{Bindings, Compiled};
+pub use compiled::{Bindings, Compiled, CountRange};
 pub use guard::Guard;
 
 use std::collections::BTreeMap;
@@ -161,6 +161,10 @@ pub struct Decision {
     pub errors: Vec<EvaluationError>,
     /// With explain: every policy whose scope matched, in id order.
     pub explanation: Vec<PolicyEvaluation>,
+    /// For a request that probes a count (see
+    /// [`PreparedRequest::probing_count`]): the counts for which the
+    /// decision is the same, when the evaluation could follow the count.
+    pub count_range: Option<CountRange>,
 }
 
 impl Decision {
@@ -171,6 +175,7 @@ impl Decision {
             reasons: vec![Reason::Builtin(reason)],
             errors: Vec::new(),
             explanation: Vec::new(),
+            count_range: None,
         }
     }
 }
@@ -203,6 +208,7 @@ pub struct PreparedRequest {
     action: EntityUid,
     entities: Vec<Entity>,
     explain: bool,
+    count_probe: Option<SmolStr>,
 }
 
 impl PreparedRequest {
@@ -210,6 +216,54 @@ impl PreparedRequest {
     pub fn with_explain(mut self, explain: bool) -> Self {
         self.explain = explain;
         self
+    }
+
+    /// Asks for the range of counts over which the decision holds, for the
+    /// count in the context record `attr` (`used`, with `remaining` as
+    /// `max(limit - used, 0)`): see [`Decision::count_range`].
+    pub fn probing_count(mut self, attr: &str) -> Self {
+        self.count_probe = Some(attr.into());
+        self
+    }
+
+    /// The same request with the context record `attr`'s count set to
+    /// `used` (and its `remaining` to `max(limit - used, 0)`). The record's
+    /// types are unchanged, so the request needs no new validation.
+    pub fn with_count(&self, attr: &str, used: i64) -> Self {
+        use cedar_policy_core::ast::{
+            Context as CoreContext, Literal, Value as CoreValue, ValueKind,
+        };
+        let core: &cedar_policy_core::ast::Request = self.request.as_ref();
+        let mut request = self.clone();
+        let Some(CoreContext::Value(values)) = core.context() else {
+            return request;
+        };
+        let mut values = BTreeMap::clone(values);
+        if let Some(record) = values.get_mut(attr) {
+            if let ValueKind::Record(fields) = record.value_kind() {
+                let mut fields = BTreeMap::clone(fields);
+                let limit = match fields.get("limit").map(CoreValue::value_kind) {
+                    Some(ValueKind::Lit(Literal::Long(limit))) => Some(*limit),
+                    _ => None,
+                };
+                fields.insert("used".into(), CoreValue::from(used));
+                if let (Some(limit), true) = (limit, fields.contains_key("remaining")) {
+                    fields.insert(
+                        "remaining".into(),
+                        CoreValue::from(limit.saturating_sub(used).max(0)),
+                    );
+                }
+                *record = CoreValue::record_arc(Arc::new(fields), None);
+            }
+        }
+        let rebuilt = cedar_policy_core::ast::Request::new_unchecked(
+            core.principal().clone(),
+            core.action().clone(),
+            core.resource().clone(),
+            Some(CoreContext::Value(Arc::new(values))),
+        );
+        request.request = Request::from(rebuilt);
+        request
     }
 }
 
@@ -315,6 +369,7 @@ pub fn prepare(
         action,
         entities,
         explain: false,
+        count_probe: None,
     })
 }
 
@@ -439,13 +494,15 @@ pub fn decide(
             .map_err(|error| RequestError::new("entities", describe(&error)))?;
         &merged
     };
-    let mut decision = evaluate(
+    let mut decision = evaluate_probing(
         policies
             .prepared_for(&request.action)
             .candidates(core_request.resource().uid()),
         entities,
         &request.request,
         options,
+        // An explanation reads every policy with Cedar's evaluator.
+        request.count_probe.as_deref().filter(|_| !request.explain),
     );
     if request.explain {
         let policy_set = policies.policy_set_for(&request.action);
@@ -665,9 +722,24 @@ pub fn evaluate<'a>(
     request: &Request,
     options: Options,
 ) -> Decision {
+    evaluate_probing(prepared, entities, request, options, None)
+}
+
+/// [`evaluate`], following how the decision depends on the count in the
+/// context record `count_probe` (see [`Decision::count_range`]).
+pub fn evaluate_probing<'a>(
+    prepared: impl IntoIterator<Item = &'a PreparedPolicy>,
+    entities: &Entities,
+    request: &Request,
+    options: Options,
+    count_probe: Option<&str>,
+) -> Decision {
     let core_request: &cedar_policy_core::ast::Request = request.as_ref();
     let entities_core: &cedar_policy_core::entities::Entities = entities.as_ref();
-    let bindings = compiled::Bindings::new(core_request, entities_core);
+    let mut bindings = compiled::Bindings::new(core_request, entities_core);
+    if let Some(attr) = count_probe {
+        bindings = bindings.probing_count(attr);
+    }
     // Cedar's evaluator, for the policies a compiled condition cannot settle.
     let mut evaluator = None;
     let mut permits = Vec::new();
@@ -684,23 +756,26 @@ pub fn evaluate<'a>(
             .and_then(|compiled| compiled.satisfied(&bindings).ok());
         let satisfied = match compiled {
             Some(satisfied) => Ok(satisfied),
-            None => evaluator
-                .get_or_insert_with(|| {
-                    cedar_policy_core::evaluator::Evaluator::new(
-                        core_request.clone(),
-                        entities_core,
-                        cedar_policy_core::extensions::Extensions::all_available(),
-                    )
-                })
-                .interpret(&policy.condition, policy.policy.env())
-                .map_err(|error| error.to_string())
-                .and_then(|value| match value.value_kind() {
-                    ValueKind::Lit(Literal::Bool(satisfied)) => Ok(*satisfied),
-                    // Strict validation makes every condition boolean.
-                    _ => Err(format!(
-                        "the condition evaluated to `{value}`, not a boolean"
-                    )),
-                }),
+            None => {
+                bindings.lose_track();
+                evaluator
+                    .get_or_insert_with(|| {
+                        cedar_policy_core::evaluator::Evaluator::new(
+                            core_request.clone(),
+                            entities_core,
+                            cedar_policy_core::extensions::Extensions::all_available(),
+                        )
+                    })
+                    .interpret(&policy.condition, policy.policy.env())
+                    .map_err(|error| error.to_string())
+                    .and_then(|value| match value.value_kind() {
+                        ValueKind::Lit(Literal::Bool(satisfied)) => Ok(*satisfied),
+                        // Strict validation makes every condition boolean.
+                        _ => Err(format!(
+                            "the condition evaluated to `{value}`, not a boolean"
+                        )),
+                    })
+            }
         };
         match (satisfied, policy.meta.effect) {
             (Ok(true), Effect::Permit) => permits.push(Reason::Policy(Arc::clone(&policy.meta))),
@@ -725,6 +800,7 @@ pub fn evaluate<'a>(
             reasons: forbids,
             errors,
             explanation: Vec::new(),
+            count_range: bindings.count_range(),
         };
     }
     let reasons = if !forbids.is_empty() {
@@ -739,5 +815,6 @@ pub fn evaluate<'a>(
         reasons,
         errors,
         explanation: Vec::new(),
+        count_range: bindings.count_range(),
     }
 }

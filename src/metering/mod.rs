@@ -24,6 +24,7 @@ use redis::{Script, Value};
 
 mod answers;
 
+use crate::engine::CountRange;
 use crate::store::redis_client::{RedisConn, RedisFailure};
 use crate::store::TenantSnapshot;
 
@@ -284,6 +285,9 @@ pub struct MeteringStats {
     pub cap_exceeded: AtomicU64,
     /// Consumptions answered from an idempotency key's first answer.
     pub replayed: AtomicU64,
+    /// Consumptions decided again: the count had moved out of the range
+    /// their decision held for.
+    pub redecided: AtomicU64,
     /// Consumptions denied because Redis could not be reached.
     pub unavailable: AtomicU64,
     /// Usage reports applied (events, not calls).
@@ -347,6 +351,13 @@ pub enum Consumed {
     },
     /// The key was answered before: its first answer.
     Replay(FirstAnswer),
+    /// Nothing was counted: the count, `used`, lies outside the range the
+    /// decision was made for ([`Consumption::decided_for`]), so the decision
+    /// must be made again at `used`.
+    Redecide {
+        /// The count.
+        used: i64,
+    },
 }
 
 /// What a peek found: the count in the current window, and the first answer
@@ -390,6 +401,10 @@ pub struct Consumption<'a> {
     pub decision_id: &'a str,
     /// Reason code and policy id of the allowing decision.
     pub allow_reason: (&'a str, &'a str),
+    /// The counts the allowing decision holds for: in exact mode, a count
+    /// outside them counts nothing and asks for a new decision
+    /// ([`Consumed::Redecide`]). Lease mode decides at the count it holds.
+    pub decided_for: CountRange,
 }
 
 impl Consumption<'_> {
@@ -412,40 +427,6 @@ impl Consumption<'_> {
     }
 }
 
-/// Whether a policy condition can read `context.<attribute>`: it names the
-/// attribute on `context` (`context.a`, `context has a`, `context["a"]`), or
-/// uses `context` other than to read a named attribute (`context == {...}`),
-/// which could reach any attribute. Conservative: `true` when unsure.
-pub fn reads_context_attribute(condition: &cedar_policy_core::ast::Expr, attribute: &str) -> bool {
-    use cedar_policy_core::ast::{ExprKind, Var};
-    let is_context = |expr: &cedar_policy_core::ast::Expr| {
-        matches!(expr.expr_kind(), ExprKind::Var(Var::Context))
-    };
-    let mut uses = 0usize;
-    let mut named_reads = 0usize;
-    for expr in condition.subexpressions() {
-        match expr.expr_kind() {
-            ExprKind::Var(Var::Context) => uses += 1,
-            ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
-                if is_context(expr) =>
-            {
-                if attr.as_str() == attribute {
-                    return true;
-                }
-                named_reads += 1;
-            }
-            ExprKind::ExtHasAttr { expr, attrs } if is_context(expr) => {
-                if attrs.first().as_str() == attribute {
-                    return true;
-                }
-                named_reads += 1;
-            }
-            _ => {}
-        }
-    }
-    uses > named_reads
-}
-
 /// Usage metering over Redis.
 #[derive(Debug)]
 pub struct Metering {
@@ -458,7 +439,13 @@ pub struct Metering {
     lease_answers: answers::Answers,
     /// Meters read from tenants' snapshots.
     meters: std::sync::Mutex<std::collections::HashMap<String, SnapshotMeters>>,
+    /// The last count seen of each exact-mode meter, by tenant and meter:
+    /// the count a consuming check is first decided at.
+    last_counts: std::sync::Mutex<LastCounts>,
 }
+
+/// Counts by tenant, then meter: the period's start and the count.
+type LastCounts = std::collections::HashMap<String, std::collections::HashMap<String, (i64, i64)>>;
 
 /// The meters read from one tenant snapshot (reading one from the snapshot
 /// builds its entity).
@@ -624,7 +611,47 @@ impl Metering {
             leases: std::sync::Mutex::new(std::collections::HashMap::new()),
             lease_answers,
             meters: std::sync::Mutex::new(std::collections::HashMap::new()),
+            last_counts: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The last count seen of `meter` in its current period, 0 when none
+    /// was: where a consuming check's first decision is made.
+    pub fn last_count(&self, tenant: &str, meter: &MeterSpec) -> i64 {
+        let (start, _) = meter.period.bounds(self.clock.now_ms());
+        let counts = self
+            .last_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match counts.get(tenant).and_then(|meters| meters.get(&meter.id)) {
+            Some((seen_start, used)) if *seen_start == start => *used,
+            _ => 0,
+        }
+    }
+
+    /// Remembers `used` as the last count of `meter`, seen at `now_ms`.
+    fn note_count(&self, tenant: &str, meter: &MeterSpec, now_ms: i64, used: i64) {
+        let (start, _) = meter.period.bounds(now_ms);
+        let mut counts = self
+            .last_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(meters) = counts.get_mut(tenant) {
+            match meters.get_mut(&meter.id) {
+                Some(seen) => *seen = (start, used),
+                None => {
+                    meters.insert(meter.id.clone(), (start, used));
+                }
+            }
+            return;
+        }
+        if counts.len() >= MAX_METER_TENANTS {
+            counts.clear();
+        }
+        counts.insert(
+            tenant.to_string(),
+            std::collections::HashMap::from([(meter.id.clone(), (start, used))]),
+        );
     }
 
     /// `Meter::"<meter>"` of the tenant's snapshot, as
@@ -1152,13 +1179,16 @@ impl Metering {
         meter: &MeterSpec,
         key: &str,
     ) -> Result<Peek, RedisFailure> {
-        let (window, _) = meter.period.window(self.clock.now_ms());
+        let now = self.clock.now_ms();
+        let (window, _) = meter.period.window(now);
         let mut mget = redis::cmd("MGET");
         mget.arg(counter_key(tenant, meter, &window))
             .arg(idempotency_key(tenant, key));
         let (used, first): (Option<i64>, Option<String>) = conn.query(&mget).await?;
+        let used = used.unwrap_or(0);
+        self.note_count(tenant, meter, now, used);
         Ok(Peek {
-            used: used.unwrap_or(0),
+            used,
             first: first.map(|t| parse_answer(&t)).transpose()?,
         })
     }
@@ -1209,6 +1239,8 @@ impl Metering {
                     &expire_at(end).to_string(),
                     &allowed,
                     &refused,
+                    &bound(consumption.decided_for.min, i64::MIN),
+                    &bound(consumption.decided_for.max, i64::MAX),
                 ],
             )
             .await?;
@@ -1221,11 +1253,19 @@ impl Metering {
             "replay" => Consumed::Replay(parse_answer(
                 &items.get(2).and_then(text).unwrap_or_default(),
             )?),
+            "redecide" => Consumed::Redecide { used },
             _ => return Err(RedisFailure::Garbage(format!("{reply:?}"))),
         };
         match &outcome {
+            Consumed::Allowed { used }
+            | Consumed::CapExceeded { used }
+            | Consumed::Redecide { used } => self.note_count(tenant, meter, now, *used),
+            Consumed::Replay(_) => {}
+        }
+        match &outcome {
             Consumed::Allowed { .. } => self.stats.consumed.fetch_add(1, Ordering::Relaxed),
             Consumed::CapExceeded { .. } => self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed),
+            Consumed::Redecide { .. } => self.stats.redecided.fetch_add(1, Ordering::Relaxed),
             // Counted where the first answer is given again.
             Consumed::Replay(_) => 0,
         };
@@ -1303,6 +1343,16 @@ fn push_events(args: &mut Vec<String>, events: &[LeaseEvent]) {
 }
 
 /// When a window's counter expires (Unix seconds), 0 for never.
+/// A bound of a decision's count range as the consume script reads it:
+/// empty when `unbounded`.
+fn bound(value: i64, unbounded: i64) -> String {
+    if value == unbounded {
+        String::new()
+    } else {
+        value.to_string()
+    }
+}
+
 fn expire_at(end: Option<i64>) -> i64 {
     end.map_or(0, |end| end.div_euclid(1000) + WINDOW_RETENTION_SECONDS)
 }
@@ -1395,7 +1445,8 @@ return 1
         // idempotency ttl ms, meter, key, principal, decision id, time ms,
         // stream maxlen, counter expire-at (s, 0 = never; set when the
         // window's counter starts), the allowed and the refused answer's
-        // record up to its count (`record_prefix`).
+        // record up to its count (`record_prefix`), the lowest and highest
+        // count the decision holds for (empty: unbounded).
         consume: Script::new(
             r"
 local first = redis.call('GET', KEYS[2])
@@ -1403,6 +1454,9 @@ if first then
   return {'replay', 0, first}
 end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if (ARGV[13] ~= '' and used < tonumber(ARGV[13])) or (ARGV[14] ~= '' and used > tonumber(ARGV[14])) then
+  return {'redecide', used}
+end
 local amount = tonumber(ARGV[1])
 if used + amount > tonumber(ARGV[2]) then
   redis.call('SET', KEYS[2], ARGV[12] .. used .. '}', 'PX', ARGV[3])
@@ -1526,38 +1580,5 @@ mod tests {
                 }
             );
         }
-    }
-
-    #[test]
-    fn a_condition_reads_a_context_attribute_when_it_names_it_or_uses_the_whole_context() {
-        let schema = "entity User; type Usage = {used: Long}; \
-            action use appliesTo { principal: User, resource: User, context: {usage: Usage, country: String} };";
-        let reads = |policy: &str| {
-            let policies = crate::store::PolicySnapshot::from_sources(
-                "schema.cedarschema",
-                schema,
-                &[("p.cedar".to_string(), policy.to_string())],
-            )
-            .expect("policy loads");
-            let action = policies.action("Action", "use").expect("declared").clone();
-            policies
-                .prepared_for(&action)
-                .all()
-                .iter()
-                .any(|policy| reads_context_attribute(&policy.condition, "usage"))
-        };
-        assert!(reads(
-            "forbid(principal, action, resource) when { context has usage };"
-        ));
-        assert!(reads(
-            r#"forbid(principal, action, resource) when { context["usage"].used > 3 };"#
-        ));
-        assert!(reads(
-            r#"forbid(principal, action, resource) when { context == {usage: {used: 1}, country: "BR"} };"#
-        ));
-        assert!(!reads(
-            r#"permit(principal, action, resource) when { context.country == "BR" };"#
-        ));
-        assert!(!reads("permit(principal, action, resource);"));
     }
 }
