@@ -106,8 +106,8 @@ impl DecisionPoint {
             .ok_or(ApiError::MeteringNotConfigured)?;
         let tenant = request.tenant.clone();
         // The request is converted and validated once, with the meter's
-        // state in its context (below): a malformed one costs a read of the
-        // meter, never a count.
+        // state in its context (below): a malformed one is refused before
+        // anything is counted.
         crate::store::entitlements::check_tenant_id(&tenant)
             .map_err(|problem| invalid("tenant", problem))?;
 
