@@ -149,6 +149,22 @@ impl Setup {
         put(&self.conn, &leased).await;
     }
 
+    /// Adds a policy that denies with `soft_limit` once `at` units are used
+    /// (servers started after it load it).
+    fn soft_limit(&self, at: i64) {
+        std::fs::write(
+            self.dirs.policies.join("soft.cedar"),
+            format!(
+                r#"@id("soft-limit")
+@code("soft_limit")
+forbid (principal, action == Action::"use", resource)
+when {{ context has usage && context.usage.used >= {at} }};
+"#
+            ),
+        )
+        .unwrap();
+    }
+
     /// Events in acme's usage stream.
     fn stream_length(&self) -> i64 {
         self.redis.command(&["XLEN", "tollgate:{acme}:usage"])
@@ -222,6 +238,42 @@ async fn a_hard_cap_is_never_passed_by_concurrent_clients_of_two_servers() {
         .map(|r| r.decision_id.as_str())
         .collect();
     assert_eq!(allowed_ids.len(), 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_limit_in_a_policy_holds_exactly_for_concurrent_clients_of_two_servers() {
+    // Each decision holds for the count it is counted at: a policy's limit
+    // on `context.usage.used` is as exact as the cap.
+    let setup = setup(Options::default(), 1_000).await;
+    setup.soft_limit(300);
+    let servers = [setup.patient_server().await, setup.patient_server().await];
+    let mut tasks = Vec::new();
+    // 64 clients, 32 per server, 512 consumptions of 1 unit in all.
+    for client_index in 0..64 {
+        let url = servers[client_index % 2].url();
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            let mut answers = Vec::new();
+            for attempt in 0..8 {
+                let key = format!("soft-{client_index}-{attempt}");
+                answers.push(consume_on(&mut client, &key, 1).await);
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.unwrap());
+    }
+    assert_eq!(answers.len(), 512);
+    let allowed_count = answers.iter().filter(|r| allowed(r)).count();
+    assert_eq!(allowed_count, 300, "exactly the soft limit is allowed");
+    for denied in answers.iter().filter(|r| !allowed(r)) {
+        assert_eq!(codes(denied), ["soft_limit"], "{denied:?}");
+        assert!(denied.usage.as_ref().unwrap().used >= 300, "{denied:?}");
+    }
+    assert_eq!(setup.counter("2026-11"), 300);
+    assert_eq!(setup.stream_length(), 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,15 +674,7 @@ async fn a_large_lease_writes_its_usage_events_a_thousand_at_a_time() {
 async fn a_consume_is_one_redis_call_and_is_decided_again_when_the_count_has_moved() {
     let setup = setup(Options::default(), 10).await;
     // A soft limit: from 4 units on, the policies deny before the cap.
-    std::fs::write(
-        setup.dirs.policies.join("soft.cedar"),
-        r#"@id("soft-limit")
-@code("soft_limit")
-forbid (principal, action == Action::"use", resource)
-when { context has usage && context.usage.used >= 4 };
-"#,
-    )
-    .unwrap();
+    setup.soft_limit(4);
     let reset = || {
         let _: () = setup.redis.command(&["CONFIG", "RESETSTAT"]);
     };

@@ -170,7 +170,11 @@ impl DecisionPoint {
             },
         );
         let principal = principal_text(request.principal.as_ref());
-        let mut prepared = prepare(catalog, request)?.probing_count(USAGE);
+        let mut prepared = prepare(catalog, request)?;
+        if exact {
+            // Lease mode decides at the count it holds: no range is needed.
+            prepared = prepared.probing_count(USAGE);
+        }
         let mut decisions = 0;
         loop {
             decisions += 1;
