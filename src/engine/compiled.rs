@@ -1161,4 +1161,122 @@ mod tests {
             })
         );
     }
+
+    /// A small deterministic generator (xorshift) for the random conditions.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+
+        fn number(&mut self, depth: u32) -> String {
+            let leaf = depth == 0 || self.below(3) == 0;
+            if leaf {
+                return match self.below(8) {
+                    0 | 1 => "context.usage.used".to_string(),
+                    2 => "context.usage.remaining".to_string(),
+                    3 => "context.usage.requested".to_string(),
+                    4 => "context.usage.limit".to_string(),
+                    5 => [
+                        "9223372036854775800",
+                        "-9223372036854775800",
+                        "4611686018427387904",
+                    ][self.below(3) as usize]
+                        .to_string(),
+                    _ => (self.below(140) as i64 - 20).to_string(),
+                };
+            }
+            match self.below(8) {
+                0..=2 => format!("({} + {})", self.number(depth - 1), self.number(depth - 1)),
+                3..=5 => format!("({} - {})", self.number(depth - 1), self.number(depth - 1)),
+                6 => format!("(-{})", self.number(depth - 1)),
+                _ => format!("({} * 2)", self.number(depth - 1)),
+            }
+        }
+
+        fn condition(&mut self, depth: u32) -> String {
+            if depth == 0 || self.below(3) == 0 {
+                let op = ["<", "<=", ">", ">=", "==", "!="][self.below(6) as usize];
+                return format!("{} {op} {}", self.number(2), self.number(2));
+            }
+            match self.below(4) {
+                0 => format!(
+                    "({} && {})",
+                    self.condition(depth - 1),
+                    self.condition(depth - 1)
+                ),
+                1 => format!(
+                    "({} || {})",
+                    self.condition(depth - 1),
+                    self.condition(depth - 1)
+                ),
+                2 => format!("!({})", self.condition(depth - 1)),
+                _ => format!(
+                    "(if {} then {} else {})",
+                    self.condition(depth - 1),
+                    self.condition(depth - 1),
+                    self.condition(depth - 1)
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn random_conditions_answer_as_cedar_does_at_every_count_of_their_range() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut ranges, mut counts_checked) = (0, 0);
+        for _ in 0..200 {
+            let condition = rng.condition(3);
+            let policy = format!("permit(principal, action, resource) when {{ {condition} }};");
+            for used in [0, 3, 50, 94, 95, 96, 99, 100, 101, 150] {
+                let (answer, range) = probed(&policy, used);
+                let expected = cedar_at(&policy, used);
+                match (&expected, answer) {
+                    (Ok(expected), Some(answer)) => {
+                        assert_eq!(*expected, answer, "{condition} at {used}")
+                    }
+                    (Err(_), None) => {
+                        assert_eq!(range, None, "{condition} at {used}");
+                        continue;
+                    }
+                    (Ok(_), None) => continue,
+                    (Err(error), Some(answer)) => {
+                        panic!("{condition} at {used}: compiled {answer}, Cedar {error}")
+                    }
+                }
+                let Some(range) = range else { continue };
+                ranges += 1;
+                assert!(range.contains(used), "{condition} at {used}: {range:?}");
+                let near = |count: i64| count.clamp(range.min, range.max);
+                let mut counts = vec![
+                    range.min,
+                    range.max,
+                    near(used - 1),
+                    near(used + 1),
+                    near(used - 7),
+                    near(used + 7),
+                ];
+                let low = range.min.max(-1_000);
+                let high = range.max.min(1_000);
+                if low <= high {
+                    counts.push(low + rng.below((high - low) as u64 + 1) as i64);
+                }
+                for count in counts {
+                    counts_checked += 1;
+                    assert_eq!(
+                        cedar_at(&policy, count),
+                        expected,
+                        "{condition}: decided at {used}, {count} in {range:?}"
+                    );
+                }
+            }
+        }
+        // The generator must reach the interesting cases.
+        assert!(ranges > 500, "only {ranges} ranges");
+        assert!(counts_checked > 3_500, "only {counts_checked} counts");
+    }
 }
