@@ -398,7 +398,11 @@ impl DecisionPoint {
         check_entity_count("entities", &request)?;
         let catalog = self.catalog()?;
         if request.consume.is_some() {
-            return self.check_consume(&catalog, request).await;
+            // Boxed: a future is as large as its largest state, and the
+            // metering path's (Redis calls, the request, the decisions)
+            // would otherwise double the size of every `Check` future,
+            // which is moved and allocated on every call.
+            return Box::pin(self.check_consume(&catalog, request)).await;
         }
         let tenant = request.tenant.clone();
         let max_staleness_ms = request.max_staleness_ms;

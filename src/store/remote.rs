@@ -347,7 +347,10 @@ impl RemoteSnapshots {
             let fallback = cached
                 .as_ref()
                 .is_some_and(|entry| entry.serving().is_some());
-            if let Some(entry) = self.fetch(tenant, policies, max_staleness, fallback).await {
+            // Boxed: the read's state would otherwise be carried by every
+            // `Check` future, cache hits included (see `DecisionPoint::check`).
+            let fetched = Box::pin(self.fetch(tenant, policies, max_staleness, fallback)).await;
+            if let Some(entry) = fetched {
                 let source = if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, &entry)) {
                     SnapshotSource::Cache
                 } else {
