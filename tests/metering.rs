@@ -72,6 +72,23 @@ fn allowed(response: &pb::CheckResponse) -> bool {
     response.decision == pb::Decision::Allow as i32
 }
 
+/// The counters a server's metrics endpoint at `address` shows now, by
+/// name.
+async fn samples(address: std::net::SocketAddr) -> impl Fn(&str) -> u64 {
+    let address = address.to_string();
+    let (_, text) = tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
+        .await
+        .unwrap();
+    move |name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
 struct Setup {
     redis: RedisServer,
     conn: RedisConn,
@@ -301,21 +318,11 @@ async fn a_retried_key_returns_its_first_answer_and_counts_once() {
     }
     assert_eq!(ids.len(), 1, "every retry gives the first answer: {ids:?}");
     assert_eq!(setup.counter("2026-11"), 5);
-    let address = metrics.to_string();
-    let (_, text) = tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
-        .await
-        .unwrap();
-    let sample = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let sample = samples(metrics).await;
     assert_eq!(sample("tollgate_metering_consumes_total"), 1);
     assert_eq!(sample("tollgate_metering_replays_total"), 9);
     assert_eq!(sample("tollgate_metering_cap_exceeded_total"), 0);
+    assert_eq!(sample("tollgate_metering_redecisions_total"), 0);
 
     let mut client = client.clone();
     let status = client.check(consume("order-42", 6)).await.unwrap_err();
@@ -679,7 +686,11 @@ async fn a_consume_is_one_redis_call_and_is_decided_again_when_the_count_has_mov
         let _: () = setup.redis.command(&["CONFIG", "RESETSTAT"]);
     };
     let trips = || (setup.redis.calls("mget"), setup.redis.calls("evalsha"));
-    let first = setup.server().await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let first = setup.server_with_metrics(Some(metrics)).await;
     let second = setup.server().await;
     let mut a = connect(&first.url()).await;
     let mut b = connect(&second.url()).await;
@@ -708,6 +719,9 @@ async fn a_consume_is_one_redis_call_and_is_decided_again_when_the_count_has_mov
     assert_eq!(denied.usage.as_ref().unwrap().used, 4);
     assert_eq!(trips(), (0, 3));
     assert_eq!(setup.counter("2026-11"), 4);
+    let sample = samples(metrics).await;
+    assert_eq!(sample("tollgate_metering_redecisions_total"), 1);
+    assert_eq!(sample("tollgate_metering_consumes_total"), 2);
 
     // Decided DENY at the last count seen: the count is read for the
     // response, and the decision stands at it.

@@ -731,12 +731,22 @@ impl Metering {
         meter: &MeterSpec,
     ) -> Result<i64, RedisFailure> {
         let (start, _) = meter.period.bounds(self.clock.now_ms());
-        {
-            let slot = self.lease(tenant, &meter.id);
+        let slot = self.lease(tenant, &meter.id);
+        let held = |slot: &LeaseSlot| {
             let lease = slot.state();
-            if lease.current(meter, start) {
-                return Ok(lease.counter - lease.stock);
-            }
+            lease
+                .current(meter, start)
+                .then(|| lease.counter - lease.stock)
+        };
+        if let Some(used) = held(&slot) {
+            return Ok(used);
+        }
+        // A reservation under way has counted its block in Redis before the
+        // lease holds it: the counter read now would take the block as
+        // used. Wait for it, then read what the lease holds.
+        let _calls = slot.calls.lock().await;
+        if let Some(used) = held(&slot) {
+            return Ok(used);
         }
         Ok(self.peek(conn, tenant, meter, "").await?.used)
     }
