@@ -72,6 +72,34 @@ fn allowed(response: &pb::CheckResponse) -> bool {
     response.decision == pb::Decision::Allow as i32
 }
 
+/// The answers of 64 clients, alternately of the two servers, each
+/// consuming 1 unit `attempts(client)` times under its own keys.
+async fn consume_concurrently(
+    servers: &[InProcess; 2],
+    prefix: &str,
+    attempts: impl Fn(usize) -> usize,
+) -> Vec<pb::CheckResponse> {
+    let mut tasks = Vec::new();
+    for client_index in 0..64 {
+        let url = servers[client_index % 2].url();
+        let (prefix, attempts) = (prefix.to_string(), attempts(client_index));
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(&url).await;
+            let mut answers = Vec::new();
+            for attempt in 0..attempts {
+                let key = format!("{prefix}-{client_index}-{attempt}");
+                answers.push(consume_on(&mut client, &key, 1).await);
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.unwrap());
+    }
+    answers
+}
+
 /// The counters a server's metrics endpoint at `address` shows now, by
 /// name.
 async fn samples(address: std::net::SocketAddr) -> impl Fn(&str) -> u64 {
@@ -200,26 +228,13 @@ when {{ context has usage && context.usage.used >= {at} }};
 async fn a_hard_cap_is_never_passed_by_concurrent_clients_of_two_servers() {
     let setup = setup(Options::default(), 1_000).await;
     let servers = [setup.patient_server().await, setup.patient_server().await];
-    let mut tasks = Vec::new();
     // 64 clients, 32 per server, 1,300 consumptions of 1 unit in all.
-    for client_index in 0..64 {
-        let url = servers[client_index % 2].url();
-        tasks.push(tokio::spawn(async move {
-            let mut client = connect(&url).await;
-            let mut answers = Vec::new();
-            let attempts = if client_index < 20 { 21 } else { 20 };
-            for attempt in 0..attempts {
-                let key = format!("client-{client_index}-{attempt}");
-                let response = consume_on(&mut client, &key, 1).await;
-                answers.push(response);
-            }
-            answers
-        }));
-    }
-    let mut answers = Vec::new();
-    for task in tasks {
-        answers.extend(task.await.unwrap());
-    }
+    let answers = consume_concurrently(
+        &servers,
+        "client",
+        |client| if client < 20 { 21 } else { 20 },
+    )
+    .await;
     assert_eq!(answers.len(), 1_300);
     let allowed_count = answers.iter().filter(|r| allowed(r)).count();
     assert_eq!(allowed_count, 1_000, "exactly the cap is allowed");
@@ -264,24 +279,8 @@ async fn a_soft_limit_in_a_policy_holds_exactly_for_concurrent_clients_of_two_se
     let setup = setup(Options::default(), 1_000).await;
     setup.soft_limit(300);
     let servers = [setup.patient_server().await, setup.patient_server().await];
-    let mut tasks = Vec::new();
     // 64 clients, 32 per server, 512 consumptions of 1 unit in all.
-    for client_index in 0..64 {
-        let url = servers[client_index % 2].url();
-        tasks.push(tokio::spawn(async move {
-            let mut client = connect(&url).await;
-            let mut answers = Vec::new();
-            for attempt in 0..8 {
-                let key = format!("soft-{client_index}-{attempt}");
-                answers.push(consume_on(&mut client, &key, 1).await);
-            }
-            answers
-        }));
-    }
-    let mut answers = Vec::new();
-    for task in tasks {
-        answers.extend(task.await.unwrap());
-    }
+    let answers = consume_concurrently(&servers, "soft", |_| 8).await;
     assert_eq!(answers.len(), 512);
     let allowed_count = answers.iter().filter(|r| allowed(r)).count();
     assert_eq!(allowed_count, 300, "exactly the soft limit is allowed");
