@@ -677,6 +677,50 @@ async fn a_large_lease_writes_its_usage_events_a_thousand_at_a_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_that_uses_the_count_otherwise_holds_for_its_one_count() {
+    let setup = setup(Options::default(), 10).await;
+    // A product of the count is not followed: the decision holds for the
+    // count it was made at, and only there is it counted.
+    std::fs::write(
+        setup.dirs.policies.join("product.cedar"),
+        r#"forbid (principal, action == Action::"use", resource)
+when { context has usage && context.usage.used * 2 > 100 };
+"#,
+    )
+    .unwrap();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let first = setup.server_with_metrics(Some(metrics)).await;
+    let second = setup.server().await;
+    let mut a = connect(&first.url()).await;
+    let mut b = connect(&second.url()).await;
+    assert!(allowed(&consume_on(&mut a, "k0", 1).await));
+    assert!(allowed(&consume_on(&mut b, "k1", 1).await));
+    let _: () = setup.redis.command(&["CONFIG", "RESETSTAT"]);
+
+    // `a` decides at 1, the last count it saw; the script finds 2, counts
+    // nothing, and `a` decides again at 2 and counts.
+    let counted = consume_on(&mut a, "k2", 1).await;
+    assert!(allowed(&counted), "{counted:?}");
+    assert_eq!(counted.usage.as_ref().unwrap().used, 3);
+    assert_eq!(setup.redis.calls("evalsha"), 2);
+    assert_eq!(
+        samples(metrics).await("tollgate_metering_redecisions_total"),
+        1
+    );
+    // Now `a` knows the count: one call.
+    let counted = consume_on(&mut a, "k3", 1).await;
+    assert_eq!(counted.usage.as_ref().unwrap().used, 4);
+    assert_eq!(setup.redis.calls("evalsha"), 3);
+    assert_eq!(setup.counter("2026-11"), 4);
+    assert_eq!(setup.stream_length(), 4);
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_is_one_redis_call_and_is_decided_again_when_the_count_has_moved() {
     let setup = setup(Options::default(), 10).await;
     // A soft limit: from 4 units on, the policies deny before the cap.
