@@ -103,7 +103,7 @@ impl Compiled {
     }
 
     /// Evaluates the condition with a decision's `bindings`: whether it is
-    /// satisfied, or [`Unsure`] when Cedar must decide.
+    /// satisfied, or `Unsure` when Cedar must decide.
     pub fn satisfied(&self, bindings: &Bindings<'_>) -> Result<bool> {
         let satisfied = bindings.eval(&self.0).and_then(|value| as_bool(&value));
         if satisfied.is_err() {
@@ -265,7 +265,7 @@ impl<'a> Bindings<'a> {
     }
 
     /// Follows how the conditions evaluated with these bindings depend on
-    /// the count `context.<attr>.used` (see [`CountProbe`]).
+    /// the count `context.<attr>.used` (see `CountProbe`).
     pub fn probing_count(mut self, attr: &str) -> Self {
         self.probe = Some(CountProbe::new(self.context(), attr));
         self

@@ -69,7 +69,7 @@ impl Guard {
         self.rules_out_in(&Bindings::new(request, entities))
     }
 
-    /// [`Guard::rules_out`] with a decision's bindings (which remember the
+    /// `Guard::rules_out` with a decision's bindings (which remember the
     /// entities looked up).
     pub fn rules_out_in(&self, bindings: &Bindings<'_>) -> bool {
         if self.0.is_empty() {

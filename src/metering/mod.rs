@@ -318,7 +318,7 @@ pub struct FirstAnswer {
     pub policy_id: String,
     /// The count after it (allowed) or when it was refused. Serialized last:
     /// the consume script writes the record as a prefix, then the count it
-    /// found, then `}` (see [`record_prefix`]).
+    /// found, then `}` (see `record_prefix`).
     pub used: i64,
 }
 

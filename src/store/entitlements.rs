@@ -996,7 +996,7 @@ impl<'a> EntitySlice<'a> {
 
     /// Cedar's entities of the slice. A small slice this thread built
     /// recently for the same snapshot and entities is reused. A slice of more
-    /// than [`WIDE_REACH`] entities of a wide snapshot is its whole view
+    /// than `WIDE_REACH` entities of a wide snapshot is its whole view
     /// (built once, kept, and counted in its memory).
     pub fn build(self) -> SliceEntities<'a> {
         let size = self.nodes.len() + self.actions.len();
