@@ -111,6 +111,9 @@ const BATCH100: usize = 100;
 const SHUTDOWN_GRACE_MS: u64 = 1000;
 /// Calls of each redis-server command.
 type Commands = BTreeMap<String, u64>;
+/// The redis-server commands tollgate sends itself on a `Check`'s path (as
+/// `INFO commandstats` names them): each call is one round trip.
+const ROUND_TRIP_COMMANDS: [&str; 4] = ["evalsha", "eval", "mget", "script|load"];
 /// Thread name prefix of the client runtime (Linux truncates names to 15 bytes).
 const CLIENT_THREADS: &str = "tg-client";
 
@@ -1281,6 +1284,18 @@ impl Outcome {
         ))
     }
 
+    /// Redis round trips per successful call: the commands tollgate sends
+    /// itself (its scripts, `MGET`, `SCRIPT LOAD`), not those its scripts
+    /// run inside Redis, nor the heartbeat `PING`s.
+    fn redis_round_trips_per_call(&self) -> Option<f64> {
+        let (_, each) = self.redis_commands_per_call()?;
+        Some(
+            each.iter()
+                .filter(|(command, _)| ROUND_TRIP_COMMANDS.contains(&command.as_str()))
+                .fold(0.0, |sum, (_, per_call)| sum + per_call),
+        )
+    }
+
     fn round_calls_per_sec(&self) -> Vec<f64> {
         self.rounds.iter().map(Round::calls_per_sec).collect()
     }
@@ -1962,7 +1977,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<14} {:>9} {:>6} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7}",
+        "{:<14} {:>9} {:>6} {:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>5} {:>7}",
         "scenario",
         "calls",
         "errors",
@@ -1977,6 +1992,7 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
         "cli µs",
         "redis µs",
         "redis cmd",
+        "trips",
         "RSS MiB"
     );
     let show = |value: Option<f64>, precision: usize| {
@@ -2011,11 +2027,12 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
         }
         let _ = writeln!(
             out,
-            " {:>8} {:>8} {:>8} {:>9} {:>7}",
+            " {:>8} {:>8} {:>8} {:>9} {:>5} {:>7}",
             show(outcome.cpu_us_per_call(outcome.server_cpu), 1),
             show(outcome.cpu_us_per_call(outcome.client_cpu), 1),
             show(outcome.cpu_us_per_call(outcome.redis_cpu), 1),
             show(outcome.redis_commands_per_call().map(|(all, _)| all), 2),
+            show(outcome.redis_round_trips_per_call(), 3),
             show(
                 outcome.server_rss_bytes.map(|b| b as f64 / 1024.0 / 1024.0),
                 1
@@ -2074,7 +2091,8 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
         out,
         "srv / cli / redis µs: CPU time per call of the server process, of the load generator's \
          client threads and of redis-server while measuring; redis cmd: commands redis-server \
-         processed per call (those scripts run included; JSON: per command); RSS: the server's VmRSS after a slice (largest)."
+         processed per call (those scripts run included; JSON: per command); trips: Redis round trips \
+         per call (the scripts and MGETs tollgate sends); RSS: the server's VmRSS after a slice (largest)."
     );
     out
 }
@@ -2211,6 +2229,7 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, servers: serde_json::Value
                     "all": all,
                     "each": each,
                 })),
+                "redis_round_trips_per_call": o.redis_round_trips_per_call(),
                 "server_vm_rss_mib": o.server_rss_bytes.map(|b| b as f64 / 1024.0 / 1024.0),
                 "policy_versions": o.versions,
                 "calls_per_sec_per_round": per_round,
