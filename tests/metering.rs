@@ -117,6 +117,24 @@ async fn samples(address: std::net::SocketAddr) -> impl Fn(&str) -> u64 {
     }
 }
 
+/// Two servers over the same Redis, the first with its metrics on
+/// `metrics`, each warmed by one consumption (their snapshots cached, the
+/// scripts known to Redis, the count at 2), and a client of each.
+struct TwoServers {
+    first: InProcess,
+    second: InProcess,
+    a: EntitlementServiceClient<tonic::transport::Channel>,
+    b: EntitlementServiceClient<tonic::transport::Channel>,
+    metrics: std::net::SocketAddr,
+}
+
+impl TwoServers {
+    async fn stop(self) {
+        self.first.stop().await.unwrap();
+        self.second.stop().await.unwrap();
+    }
+}
+
 struct Setup {
     redis: RedisServer,
     conn: RedisConn,
@@ -197,17 +215,44 @@ impl Setup {
     /// Adds a policy that denies with `soft_limit` once `at` units are used
     /// (servers started after it load it).
     fn soft_limit(&self, at: i64) {
-        std::fs::write(
-            self.dirs.policies.join("soft.cedar"),
-            format!(
+        self.add_policy(
+            "soft.cedar",
+            &format!(
                 r#"@id("soft-limit")
 @code("soft_limit")
 forbid (principal, action == Action::"use", resource)
 when {{ context has usage && context.usage.used >= {at} }};
 "#
             ),
-        )
-        .unwrap();
+        );
+    }
+
+    /// Writes `text` as the policy file `name` (servers started after it
+    /// load it).
+    fn add_policy(&self, name: &str, text: &str) {
+        std::fs::write(self.dirs.policies.join(name), text).unwrap();
+    }
+
+    /// [`TwoServers`], warmed, with Redis's command counts reset after.
+    async fn two_servers(&self) -> TwoServers {
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let first = self.server_with_metrics(Some(metrics)).await;
+        let second = self.server().await;
+        let mut a = connect(&first.url()).await;
+        let mut b = connect(&second.url()).await;
+        assert!(allowed(&consume_on(&mut a, "warm-a", 1).await));
+        assert!(allowed(&consume_on(&mut b, "warm-b", 1).await));
+        let _: () = self.redis.command(&["CONFIG", "RESETSTAT"]);
+        TwoServers {
+            first,
+            second,
+            a,
+            b,
+            metrics,
+        }
     }
 
     /// Events in acme's usage stream.
@@ -681,28 +726,18 @@ async fn a_decision_that_uses_the_count_otherwise_holds_for_its_one_count() {
     let setup = setup(Options::default(), 10).await;
     // A product of the count is not followed: the decision holds for the
     // count it was made at, and only there is it counted.
-    std::fs::write(
-        setup.dirs.policies.join("product.cedar"),
+    setup.add_policy(
+        "product.cedar",
         r#"forbid (principal, action == Action::"use", resource)
 when { context has usage && context.usage.used * 2 > 100 };
 "#,
-    )
-    .unwrap();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let first = setup.server_with_metrics(Some(metrics)).await;
-    let second = setup.server().await;
-    let mut a = connect(&first.url()).await;
-    let mut b = connect(&second.url()).await;
-    assert!(allowed(&consume_on(&mut a, "k0", 1).await));
-    assert!(allowed(&consume_on(&mut b, "k1", 1).await));
-    let _: () = setup.redis.command(&["CONFIG", "RESETSTAT"]);
+    );
+    let mut servers = setup.two_servers().await;
+    let (a, metrics) = (&mut servers.a, servers.metrics);
 
     // `a` decides at 1, the last count it saw; the script finds 2, counts
     // nothing, and `a` decides again at 2 and counts.
-    let counted = consume_on(&mut a, "k2", 1).await;
+    let counted = consume_on(a, "k2", 1).await;
     assert!(allowed(&counted), "{counted:?}");
     assert_eq!(counted.usage.as_ref().unwrap().used, 3);
     assert_eq!(setup.redis.calls("evalsha"), 2);
@@ -711,13 +746,12 @@ when { context has usage && context.usage.used * 2 > 100 };
         1
     );
     // Now `a` knows the count: one call.
-    let counted = consume_on(&mut a, "k3", 1).await;
+    let counted = consume_on(a, "k3", 1).await;
     assert_eq!(counted.usage.as_ref().unwrap().used, 4);
     assert_eq!(setup.redis.calls("evalsha"), 3);
     assert_eq!(setup.counter("2026-11"), 4);
     assert_eq!(setup.stream_length(), 4);
-    first.stop().await.unwrap();
-    second.stop().await.unwrap();
+    servers.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,18 +763,8 @@ async fn a_consume_is_one_redis_call_and_is_decided_again_when_the_count_has_mov
         let _: () = setup.redis.command(&["CONFIG", "RESETSTAT"]);
     };
     let trips = || (setup.redis.calls("mget"), setup.redis.calls("evalsha"));
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let first = setup.server_with_metrics(Some(metrics)).await;
-    let second = setup.server().await;
-    let mut a = connect(&first.url()).await;
-    let mut b = connect(&second.url()).await;
-    // Warm: the snapshots are cached and Redis knows the scripts.
-    assert!(allowed(&consume_on(&mut a, "k0", 1).await));
-    assert!(allowed(&consume_on(&mut b, "k0b", 1).await));
-    reset();
+    let servers = setup.two_servers().await;
+    let (mut a, mut b, metrics) = (servers.a.clone(), servers.b.clone(), servers.metrics);
 
     // `a` last saw 1, the count is 2: both leave the decision as it was
     // (0 to 3 units used), so one call decides and counts.
@@ -779,8 +803,7 @@ async fn a_consume_is_one_redis_call_and_is_decided_again_when_the_count_has_mov
     assert_eq!(retried.usage.as_ref().unwrap().used, 4);
     assert_eq!(trips(), (2, 3));
     assert_eq!(setup.counter("2026-11"), 4);
-    first.stop().await.unwrap();
-    second.stop().await.unwrap();
+    servers.stop().await;
 
     // Without a policy that reads the count, the cap is the script's alone.
     std::fs::remove_file(setup.dirs.policies.join("soft.cedar")).unwrap();

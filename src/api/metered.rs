@@ -161,10 +161,7 @@ impl DecisionPoint {
                         ("used".to_string(), long(used)),
                         ("requested".to_string(), long(consume.amount)),
                         ("limit".to_string(), long(meter.limit)),
-                        (
-                            "remaining".to_string(),
-                            long(meter.limit.saturating_sub(used).max(0)),
-                        ),
+                        ("remaining".to_string(), long(meter.remaining(used))),
                     ]),
                 })),
             },
@@ -205,13 +202,11 @@ impl DecisionPoint {
                             used: now,
                             first: None,
                         }) => {
-                            known = true;
-                            if !range.contains(now) {
-                                used = now;
+                            (used, known) = (now, true);
+                            if !range.contains(used) {
                                 prepared = prepared.with_count(USAGE, used);
                                 continue;
                             }
-                            used = now;
                         }
                         Err(error) => {
                             return Ok(
@@ -268,8 +263,7 @@ impl DecisionPoint {
                     self.replay(catalog, &lookup, &meter, &consume, first, metering)
                 }
                 Ok(Consumed::Redecide { used: now }) => {
-                    used = now;
-                    known = true;
+                    (used, known) = (now, true);
                     prepared = prepared.with_count(USAGE, used);
                     continue;
                 }

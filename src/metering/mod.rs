@@ -154,6 +154,12 @@ pub struct MeterSpec {
 }
 
 impl MeterSpec {
+    /// Units left at count `used`: `max(limit - used, 0)`, as
+    /// `context.usage.remaining` and `CheckResponse.usage` give it.
+    pub fn remaining(&self, used: i64) -> i64 {
+        self.limit.saturating_sub(used).max(0)
+    }
+
     /// Reads `Meter::"<meter>"` from the snapshot: `None` when the tenant has
     /// no such meter, an error when its attributes are unusable.
     pub fn from_snapshot(snapshot: &TenantSnapshot, meter: &str) -> Result<Option<Self>, String> {
@@ -1175,7 +1181,7 @@ impl Metering {
             meter: meter.id.clone(),
             used,
             limit: meter.limit,
-            remaining: meter.limit.saturating_sub(used).max(0),
+            remaining: meter.remaining(used),
             period_end_unix_ms: end.unwrap_or(0),
         }
     }
