@@ -45,6 +45,8 @@ mod child;
 mod common;
 #[path = "common/grpc.rs"]
 mod grpc;
+#[path = "common/lean.rs"]
+mod lean;
 #[path = "common/process.rs"]
 mod process;
 #[path = "common/redis.rs"]
@@ -60,10 +62,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use prost::bytes::Bytes;
 use serde_json::json;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use process::{CpuSample, Memory, ServerProcess};
@@ -557,70 +559,110 @@ impl ColdSet {
 
 /// The `freshness.source` of an answer, by name.
 fn source_name(response: &pb::CheckResponse) -> &'static str {
-    match response
-        .freshness
-        .as_ref()
-        .and_then(|f| pb::SnapshotSource::try_from(f.source).ok())
-    {
-        Some(pb::SnapshotSource::File) => "FILE",
-        Some(pb::SnapshotSource::Cache) => "CACHE",
-        Some(pb::SnapshotSource::Redis) => "REDIS",
-        Some(pb::SnapshotSource::Stale) => "STALE",
-        Some(pb::SnapshotSource::Unspecified) => "UNSPECIFIED",
+    source_of(response.freshness.as_ref().map(|f| f.source))
+}
+
+/// A `freshness.source` by name (`none` without freshness).
+fn source_of(source: Option<i32>) -> &'static str {
+    match source.map(pb::SnapshotSource::try_from) {
+        Some(Ok(pb::SnapshotSource::File)) => "FILE",
+        Some(Ok(pb::SnapshotSource::Cache)) => "CACHE",
+        Some(Ok(pb::SnapshotSource::Redis)) => "REDIS",
+        Some(Ok(pb::SnapshotSource::Stale)) => "STALE",
+        Some(Ok(pb::SnapshotSource::Unspecified)) => "UNSPECIFIED",
+        Some(Err(_)) => "unknown",
         None => "none",
     }
 }
 
-/// One client issuing one kind of call; checks every answer.
+/// `CheckRequest.tenant` and `CheckRequest.consume`: the fields a call appends
+/// to its driver's shared request bytes.
+const TENANT_FIELD: u32 = 1;
+const CONSUME_FIELD: u32 = 9;
+
+/// One client issuing one kind of call; checks every answer. Requests are
+/// encoded once and answers decoded only as far as the checks read
+/// (`benches/common/lean.rs`).
 enum Driver {
-    Health(HealthClient<Channel>),
-    Check(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
-    Batch(EntitlementServiceClient<Channel>, pb::CheckBatchRequest),
+    Health(lean::Method<lean::HealthAnswer>, Bytes),
+    Check(lean::Method<lean::Decision>, Bytes),
+    /// A CheckBatch of this many checks.
+    Batch(lean::Method<lean::Decisions>, Bytes, usize),
     /// A Check whose answer must come from the Redis source's cache.
-    CheckRedis(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
+    CheckRedis(lean::Method<lean::Sourced>, Bytes),
     /// A Check of the next cold tenant, whose answer must have been read from
     /// Redis for it.
-    Cold(
-        EntitlementServiceClient<Channel>,
-        Box<pb::CheckRequest>,
-        Arc<ColdSet>,
-    ),
+    Cold(lean::Method<lean::Sourced>, lean::Encoded, Arc<ColdSet>),
     /// A Check whose policy version is kept (`check_reload`).
-    CheckVersion(EntitlementServiceClient<Channel>, Box<pb::CheckRequest>),
-    /// A consuming Check; every call has an idempotency key of its own.
+    CheckVersion(lean::Method<lean::Sourced>, Bytes),
+    /// A consuming Check; every call has an idempotency key of its own, the
+    /// next one's number is the `u64`.
     Consume(
-        EntitlementServiceClient<Channel>,
-        Box<pb::CheckRequest>,
+        lean::Method<lean::Counted>,
+        lean::Encoded,
+        Box<pb::Consume>,
         u64,
     ),
 }
 
 impl Driver {
     fn new(scenario: Scenario, channel: Channel, settings: &Settings, cold: &Arc<ColdSet>) -> Self {
-        let client = || EntitlementServiceClient::new(channel.clone());
-        let batch = |size: usize| pb::CheckBatchRequest {
-            checks: vec![allow_request(); size],
+        let check = || lean::Encoded::new(&allow_request()).bytes();
+        let batch = |size: usize| {
+            let request = pb::CheckBatchRequest {
+                checks: vec![allow_request(); size],
+            };
+            (lean::Encoded::new(&request).bytes(), size)
         };
         match scenario {
-            Scenario::Health => Driver::Health(HealthClient::new(channel)),
+            Scenario::Health => Driver::Health(
+                lean::Method::new(channel, lean::HEALTH_CHECK),
+                lean::Encoded::new(&HealthCheckRequest {
+                    service: String::new(),
+                })
+                .bytes(),
+            ),
             Scenario::Check | Scenario::CheckIf1 | Scenario::CheckIf64 | Scenario::CheckUnix => {
-                Driver::Check(client(), Box::new(allow_request()))
+                Driver::Check(lean::Method::new(channel, lean::CHECK), check())
             }
-            Scenario::Batch => Driver::Batch(client(), batch(settings.batch_size)),
-            Scenario::Batch100 => Driver::Batch(client(), batch(BATCH100)),
-            Scenario::CheckReload => Driver::CheckVersion(client(), Box::new(allow_request())),
-            Scenario::CheckRedis => Driver::CheckRedis(client(), Box::new(allow_request())),
-            Scenario::CheckMetered => Driver::CheckRedis(client(), Box::new(metered_request())),
-            Scenario::Cold => Driver::Cold(client(), Box::new(allow_request()), Arc::clone(cold)),
-            Scenario::Consume | Scenario::ConsumeLease => Driver::Consume(
-                client(),
-                Box::new(consume_request(if scenario == Scenario::Consume {
+            Scenario::Batch | Scenario::Batch100 => {
+                let size = if scenario == Scenario::Batch {
+                    settings.batch_size
+                } else {
+                    BATCH100
+                };
+                let (body, size) = batch(size);
+                Driver::Batch(lean::Method::new(channel, lean::CHECK_BATCH), body, size)
+            }
+            Scenario::CheckReload => {
+                Driver::CheckVersion(lean::Method::new(channel, lean::CHECK), check())
+            }
+            Scenario::CheckRedis => {
+                Driver::CheckRedis(lean::Method::new(channel, lean::CHECK), check())
+            }
+            Scenario::CheckMetered => Driver::CheckRedis(
+                lean::Method::new(channel, lean::CHECK),
+                lean::Encoded::new(&metered_request()).bytes(),
+            ),
+            Scenario::Cold => Driver::Cold(
+                lean::Method::new(channel, lean::CHECK),
+                lean::Encoded::new(&allow_request()),
+                Arc::clone(cold),
+            ),
+            Scenario::Consume | Scenario::ConsumeLease => {
+                let mut request = consume_request(if scenario == Scenario::Consume {
                     METER_EXACT_TENANT
                 } else {
                     METER_LEASE_TENANT
-                })),
-                DRIVERS.fetch_add(1, Ordering::Relaxed) << 32,
-            ),
+                });
+                let consume = request.consume.take().expect("a consume request");
+                Driver::Consume(
+                    lean::Method::new(channel, lean::CHECK),
+                    lean::Encoded::new(&request),
+                    Box::new(consume),
+                    DRIVERS.fetch_add(1, Ordering::Relaxed) << 32,
+                )
+            }
         }
     }
 
@@ -628,92 +670,75 @@ impl Driver {
     /// `Ok(Some(version))`: the policy version of a `check_reload` answer.
     async fn call(&mut self) -> Result<Option<String>, String> {
         let status = |status: tonic::Status| format!("{:?}: {}", status.code(), status.message());
-        let allowed = |response: &pb::CheckResponse| {
-            if response.decision == pb::Decision::Allow as i32 {
+        let allowed = |decision: i32, answer: &dyn std::fmt::Debug| {
+            if decision == pb::Decision::Allow as i32 {
                 Ok(())
             } else {
-                Err(format!("expected ALLOW, got {response:?}"))
+                Err(format!("expected ALLOW, got {answer:?}"))
             }
         };
         // An ALLOW whose `freshness.source` is `source`.
-        let allowed_from = |response: &pb::CheckResponse, source: &str, what: &str| {
-            allowed(response)?;
-            match source_name(response) {
+        let allowed_from = |answer: &lean::Sourced, source: &str, what: &str| {
+            allowed(answer.decision, answer)?;
+            match source_of(answer.freshness.as_ref().map(|f| f.source)) {
                 found if found == source => Ok(None),
                 other => Err(format!(
-                    "expected {what} (source {source}), got source {other}: {response:?}"
+                    "expected {what} (source {source}), got source {other}: {answer:?}"
                 )),
             }
         };
         match self {
-            Driver::Health(client) => {
-                let response = client
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .map_err(status)?
-                    .into_inner();
-                if response.status == ServingStatus::Serving as i32 {
+            Driver::Health(method, body) => {
+                let answer = method.call(body.clone()).await.map_err(status)?;
+                if answer.status == ServingStatus::Serving as i32 {
                     Ok(None)
                 } else {
-                    Err(format!("health status {}", response.status))
+                    Err(format!("health status {}", answer.status))
                 }
             }
-            Driver::Check(client, request) => {
-                let response = client
-                    .check(pb::CheckRequest::clone(request))
-                    .await
-                    .map_err(status)?;
-                allowed(response.get_ref()).map(|()| None)
+            Driver::Check(method, body) => {
+                let answer = method.call(body.clone()).await.map_err(status)?;
+                allowed(answer.decision, &answer).map(|()| None)
             }
-            Driver::CheckVersion(client, request) => {
-                let response = client
-                    .check(pb::CheckRequest::clone(request))
-                    .await
-                    .map_err(status)?
-                    .into_inner();
-                allowed(&response)?;
-                Ok(response.freshness.map(|f| f.policy_version))
+            Driver::CheckVersion(method, body) => {
+                let answer = method.call(body.clone()).await.map_err(status)?;
+                allowed(answer.decision, &answer)?;
+                Ok(answer.freshness.map(|f| f.policy_version))
             }
-            Driver::Batch(client, request) => {
-                let response = client.check_batch(request.clone()).await.map_err(status)?;
-                let responses = &response.get_ref().responses;
-                if responses.len() != request.checks.len() {
+            Driver::Batch(method, body, size) => {
+                let answer = method.call(body.clone()).await.map_err(status)?;
+                if answer.responses.len() != *size {
                     return Err(format!(
-                        "{} responses to {} checks",
-                        responses.len(),
-                        request.checks.len()
+                        "{} responses to {size} checks",
+                        answer.responses.len()
                     ));
                 }
-                responses.iter().try_for_each(allowed).map(|()| None)
+                answer
+                    .responses
+                    .iter()
+                    .try_for_each(|response| allowed(response.decision, response))
+                    .map(|()| None)
             }
-            Driver::Consume(client, request, next) => {
-                let mut call = pb::CheckRequest::clone(request);
-                if let Some(consume) = call.consume.as_mut() {
-                    consume.idempotency_key = format!("{next:x}");
-                }
+            Driver::Consume(method, shared, consume, next) => {
+                consume.idempotency_key.clear();
+                write!(consume.idempotency_key, "{next:x}").expect("writing to a String");
                 *next += 1;
-                let response = client.check(call).await.map_err(status)?;
-                let response = response.get_ref();
-                allowed(response)?;
-                match &response.usage {
+                let body = shared.with_message(CONSUME_FIELD, consume.as_ref());
+                let answer = method.call(body).await.map_err(status)?;
+                allowed(answer.decision, &answer)?;
+                match &answer.usage {
                     Some(usage) if usage.used > 0 => Ok(None),
-                    _ => Err(format!("a consumption without usage: {response:?}")),
+                    _ => Err(format!("a consumption without usage: {answer:?}")),
                 }
             }
-            Driver::CheckRedis(client, request) => {
-                let response = client
-                    .check(pb::CheckRequest::clone(request))
-                    .await
-                    .map_err(status)?;
-                allowed_from(response.get_ref(), "CACHE", "an answer from the cache")
+            Driver::CheckRedis(method, body) => {
+                let answer = method.call(body.clone()).await.map_err(status)?;
+                allowed_from(&answer, "CACHE", "an answer from the cache")
             }
-            Driver::Cold(client, request, cold) => {
-                let mut call = pb::CheckRequest::clone(request);
-                call.tenant = cold.next().to_string();
-                let response = client.check(call).await.map_err(status)?;
-                allowed_from(response.get_ref(), "REDIS", "a cache miss read from Redis")
+            Driver::Cold(method, shared, cold) => {
+                let body = shared.with_string(TENANT_FIELD, cold.next());
+                let answer = method.call(body).await.map_err(status)?;
+                allowed_from(&answer, "REDIS", "a cache miss read from Redis")
             }
         }
     }
@@ -1324,6 +1349,7 @@ async fn preflight(
     settings: &Settings,
     cold: &Arc<ColdSet>,
 ) -> Result<(), String> {
+    lean::check_appending()?;
     if settings.target.is_some() {
         grpc::wait_serving(&channels.file[0], READY_TIMEOUT)
             .await

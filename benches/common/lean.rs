@@ -1,0 +1,235 @@
+//! The load generator's client side, kept cheap: it shares the machine's cores
+//! with the server it measures, so every microsecond it spends is one the
+//! server cannot.
+//!
+//! * Requests are encoded once. A call sends those bytes (a reference-counted
+//!   [`Bytes`], no copy); a request whose calls differ in one field (the
+//!   idempotency key of a consume, the tenant of a cold check) sends the
+//!   shared bytes followed by that field, which protobuf merges into the
+//!   message (for a scalar or string field the last occurrence wins, and an
+//!   embedded message absent from the shared bytes is simply set).
+//! * Answers are decoded into messages that declare only the fields the load
+//!   generator checks (the decision, the snapshot source, the policy version,
+//!   the meter's count); prost skips every other field unread.
+
+use std::marker::PhantomData;
+
+use prost::bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use tonic::client::Grpc;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// `grpc.health.v1.Health/Check`.
+pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+/// `tollgate.v1.EntitlementService/Check`.
+pub const CHECK: &str = "/tollgate.v1.EntitlementService/Check";
+/// `tollgate.v1.EntitlementService/CheckBatch`.
+pub const CHECK_BATCH: &str = "/tollgate.v1.EntitlementService/CheckBatch";
+
+/// `grpc.health.v1.HealthCheckResponse`: the status only.
+#[derive(Clone, PartialEq, Message)]
+pub struct HealthAnswer {
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// `tollgate.v1.CheckResponse`: the decision only.
+#[derive(Clone, PartialEq, Message)]
+pub struct Decision {
+    #[prost(int32, tag = "1")]
+    pub decision: i32,
+}
+
+/// `tollgate.v1.CheckResponse`: the decision and where its snapshot came from.
+#[derive(Clone, PartialEq, Message)]
+pub struct Sourced {
+    #[prost(int32, tag = "1")]
+    pub decision: i32,
+    #[prost(message, optional, tag = "4")]
+    pub freshness: Option<Freshness>,
+}
+
+/// `tollgate.v1.Freshness`: the policy version and the snapshot's source.
+#[derive(Clone, PartialEq, Message)]
+pub struct Freshness {
+    #[prost(string, tag = "1")]
+    pub policy_version: String,
+    #[prost(int32, tag = "4")]
+    pub source: i32,
+}
+
+/// `tollgate.v1.CheckResponse`: the decision and the meter's count.
+#[derive(Clone, PartialEq, Message)]
+pub struct Counted {
+    #[prost(int32, tag = "1")]
+    pub decision: i32,
+    #[prost(message, optional, tag = "7")]
+    pub usage: Option<Used>,
+}
+
+/// `tollgate.v1.Usage`: the count only.
+#[derive(Clone, PartialEq, Message)]
+pub struct Used {
+    #[prost(int64, tag = "2")]
+    pub used: i64,
+}
+
+/// `tollgate.v1.CheckBatchResponse`: each answer's decision.
+#[derive(Clone, PartialEq, Message)]
+pub struct Decisions {
+    #[prost(message, repeated, tag = "1")]
+    pub responses: Vec<Decision>,
+}
+
+/// A message encoded once; [`Encoded::with_string`] and
+/// [`Encoded::with_message`] append one field for a single call.
+#[derive(Clone, Debug)]
+pub struct Encoded(Bytes);
+
+impl Encoded {
+    pub fn new(message: &impl Message) -> Self {
+        Self(Bytes::from(message.encode_to_vec()))
+    }
+
+    /// The shared bytes, for a call that sends them unchanged.
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// The shared bytes followed by string field `tag` set to `value`.
+    pub fn with_string(&self, tag: u32, value: &str) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.0.len() + value.len() + 8);
+        buf.put_slice(&self.0);
+        prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut buf);
+        prost::encoding::encode_varint(value.len() as u64, &mut buf);
+        buf.put_slice(value.as_bytes());
+        buf.freeze()
+    }
+
+    /// The shared bytes followed by message field `tag` set to `value`.
+    pub fn with_message(&self, tag: u32, value: &impl Message) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.0.len() + value.encoded_len() + 8);
+        buf.put_slice(&self.0);
+        prost::encoding::message::encode(tag, value, &mut buf);
+        buf.freeze()
+    }
+}
+
+/// A unary method of one connection: sends pre-encoded bodies, decodes answers
+/// as `A`.
+#[derive(Clone)]
+pub struct Method<A> {
+    grpc: Grpc<Channel>,
+    path: PathAndQuery,
+    _answer: PhantomData<fn() -> A>,
+}
+
+impl<A: Message + Default + Send + 'static> Method<A> {
+    pub fn new(channel: Channel, path: &'static str) -> Self {
+        Self {
+            grpc: Grpc::new(channel),
+            path: PathAndQuery::from_static(path),
+            _answer: PhantomData,
+        }
+    }
+
+    pub async fn call(&mut self, body: Bytes) -> Result<A, Status> {
+        self.grpc
+            .ready()
+            .await
+            .map_err(|error| Status::unknown(format!("connection not ready: {error}")))?;
+        let answer = self
+            .grpc
+            .unary(
+                tonic::Request::new(body),
+                self.path.clone(),
+                LeanCodec::<A>(PhantomData),
+            )
+            .await?;
+        Ok(answer.into_inner())
+    }
+}
+
+/// Encodes [`Bytes`] as they are; decodes `A`.
+struct LeanCodec<A>(PhantomData<fn() -> A>);
+
+impl<A: Message + Default + Send + 'static> Codec for LeanCodec<A> {
+    type Encode = Bytes;
+    type Decode = A;
+    type Encoder = RawEncoder;
+    type Decoder = LeanDecoder<A>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> LeanDecoder<A> {
+        LeanDecoder(PhantomData)
+    }
+}
+
+struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+struct LeanDecoder<A>(PhantomData<fn() -> A>);
+
+impl<A: Message + Default> Decoder for LeanDecoder<A> {
+    type Item = A;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<A>, Status> {
+        A::decode(buf)
+            .map(Some)
+            .map_err(|error| Status::internal(format!("undecodable answer: {error}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+/// Checks, before any load, that a field appended to shared bytes reaches the
+/// server as a fresh encoding of the whole request would.
+pub fn check_appending() -> Result<(), String> {
+    use tollgate::api::pb;
+    let mut request = pb::CheckRequest {
+        tenant: "acme".to_string(),
+        ..Default::default()
+    };
+    let shared = Encoded::new(&request);
+    let consume = pb::Consume {
+        meter: "api-calls".to_string(),
+        amount: 1,
+        idempotency_key: "7f".to_string(),
+    };
+    let with_consume = pb::CheckRequest::decode(shared.with_message(9, &consume));
+    request.consume = Some(consume);
+    if with_consume.as_ref() != Ok(&request) {
+        return Err(format!(
+            "appended consume: {with_consume:?}, not {request:?}"
+        ));
+    }
+    let with_tenant = pb::CheckRequest::decode(shared.with_string(1, "t-0042"));
+    request.tenant = "t-0042".to_string();
+    request.consume = None;
+    if with_tenant.as_ref() != Ok(&request) {
+        return Err(format!("appended tenant: {with_tenant:?}, not {request:?}"));
+    }
+    Ok(())
+}
