@@ -331,12 +331,9 @@ pub struct FirstAnswer {
 /// The stored JSON of `answer` up to its `used` value: the consume script
 /// appends the count and the closing brace, so that Redis stores a complete
 /// record without decoding and re-encoding JSON.
-fn record_prefix(answer: &FirstAnswer) -> String {
-    let mut json = serde_json::to_string(&FirstAnswer {
-        used: 0,
-        ..answer.clone()
-    })
-    .unwrap_or_default();
+fn record_prefix(answer: &answers::Answer<'_>) -> String {
+    let mut json =
+        serde_json::to_string(&answers::Answer { used: 0, ..*answer }).unwrap_or_default();
     // `used` is the last field, so the document ends with `"used":0}`.
     json.truncate(json.len().saturating_sub("0}".len()));
     json
@@ -413,22 +410,21 @@ pub struct Consumption<'a> {
     pub decided_for: CountRange,
 }
 
-impl Consumption<'_> {
+impl<'a> Consumption<'a> {
     /// The first answer to remember for this consumption.
-    fn answer(&self, allow: bool, used: i64) -> FirstAnswer {
-        FirstAnswer {
-            meter: self.meter.id.clone(),
+    fn answer(&self, allow: bool, used: i64) -> answers::Answer<'a> {
+        answers::Answer {
+            meter: &self.meter.id,
             amount: self.amount,
             allow,
             used,
-            decision_id: self.decision_id.to_string(),
+            decision_id: self.decision_id,
             code: if allow {
                 self.allow_reason.0
             } else {
                 crate::engine::BuiltinReason::CapExceeded.code()
-            }
-            .to_string(),
-            policy_id: if allow { self.allow_reason.1 } else { "" }.to_string(),
+            },
+            policy_id: if allow { self.allow_reason.1 } else { "" },
         }
     }
 }
@@ -471,16 +467,6 @@ const MAX_METER_TENANTS: usize = 10_000;
 /// request's strings instead of allocating a key.
 type LeaseTable =
     std::collections::HashMap<String, std::collections::HashMap<String, Arc<LeaseSlot>>>;
-
-/// Key of a lease-mode first answer: tenant and idempotency key (a tenant id
-/// never holds a newline).
-fn answer_key(tenant: &str, key: &str) -> String {
-    let mut joined = String::with_capacity(tenant.len() + 1 + key.len());
-    joined.push_str(tenant);
-    joined.push('\n');
-    joined.push_str(key);
-    joined
-}
 
 /// One meter's lease: its state, and the lock of its Redis calls.
 #[derive(Debug, Default)]
@@ -725,7 +711,7 @@ impl Metering {
 
     /// The first answer this sidecar gave to a lease-mode key, if any.
     pub fn lease_answer(&self, tenant: &str, key: &str) -> Option<FirstAnswer> {
-        self.lease_answers.get(&answer_key(tenant, key))
+        self.lease_answers.get(tenant, key)
     }
 
     /// Units used of a lease-mode meter as this sidecar knows them (no Redis
@@ -862,7 +848,7 @@ impl Metering {
             time_ms: now,
         });
         self.lease_answers
-            .insert(answer_key(tenant, key), consumption.answer(true, used));
+            .insert(tenant, key, &consumption.answer(true, used));
         Some(Consumed::Allowed { used })
     }
 
@@ -962,8 +948,9 @@ impl Metering {
         let used = lease.counter - lease.stock;
         self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed);
         self.lease_answers.insert(
-            answer_key(consumption.tenant, consumption.key),
-            consumption.answer(false, used),
+            consumption.tenant,
+            consumption.key,
+            &consumption.answer(false, used),
         );
         Consumed::CapExceeded { used }
     }
@@ -1576,25 +1563,19 @@ mod tests {
 
     #[test]
     fn a_record_prefix_completed_with_a_count_is_the_answer() {
-        let answer = FirstAnswer {
-            meter: "api \"calls\"}".to_string(),
+        let answer = answers::Answer {
+            meter: "api \"calls\"}",
             amount: 3,
             allow: true,
-            decision_id: "d-1".to_string(),
-            code: "members-use".to_string(),
-            policy_id: "p\\1".to_string(),
-            used: 0,
+            decision_id: "d-1",
+            code: "members-use",
+            policy_id: "p\\1",
+            used: 5,
         };
         for used in [0, 7, 1_000_000_000_000_000] {
             let record = format!("{}{used}}}", record_prefix(&answer));
             let parsed = parse_answer(&record).expect("the completed record parses");
-            assert_eq!(
-                parsed,
-                FirstAnswer {
-                    used,
-                    ..answer.clone()
-                }
-            );
+            assert_eq!(parsed, answers::Answer { used, ..answer }.owned());
         }
     }
 }
