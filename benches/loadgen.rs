@@ -575,17 +575,12 @@ fn source_of(source: Option<i32>) -> &'static str {
     }
 }
 
-/// `CheckRequest.tenant` and `CheckRequest.consume`: the fields a call appends
-/// to its driver's shared request bytes.
-const TENANT_FIELD: u32 = 1;
-const CONSUME_FIELD: u32 = 9;
-
 /// One client issuing one kind of call; checks every answer. Requests are
 /// encoded once and answers decoded only as far as the checks read
 /// (`benches/common/lean.rs`).
 enum Driver {
     Health(lean::Method<lean::HealthAnswer>, Bytes),
-    Check(lean::Method<lean::Decision>, Bytes),
+    Check(lean::Method<lean::Decided>, Bytes),
     /// A CheckBatch of this many checks.
     Batch(lean::Method<lean::Decisions>, Bytes, usize),
     /// A Check whose answer must come from the Redis source's cache.
@@ -646,7 +641,11 @@ impl Driver {
             ),
             Scenario::Cold => Driver::Cold(
                 lean::Method::new(channel, lean::CHECK),
-                lean::Encoded::new(&allow_request()),
+                // Each call appends its tenant.
+                lean::Encoded::new(&pb::CheckRequest {
+                    tenant: String::new(),
+                    ..allow_request()
+                }),
                 Arc::clone(cold),
             ),
             Scenario::Consume | Scenario::ConsumeLease => {
@@ -698,49 +697,90 @@ impl Driver {
             }
             Driver::Check(method, body) => {
                 let answer = method.call(body.clone()).await.map_err(status)?;
-                allowed(answer.decision, &answer).map(|()| None)
+                match allowed(answer.decision, &answer) {
+                    Ok(()) => Ok(None),
+                    Err(error) => Err(in_full::<pb::CheckResponse, _>(method, body, error).await),
+                }
             }
             Driver::CheckVersion(method, body) => {
                 let answer = method.call(body.clone()).await.map_err(status)?;
-                allowed(answer.decision, &answer)?;
-                Ok(answer.freshness.map(|f| f.policy_version))
+                match allowed(answer.decision, &answer) {
+                    Ok(()) => Ok(answer.freshness.map(|f| f.policy_version)),
+                    Err(error) => Err(in_full::<pb::CheckResponse, _>(method, body, error).await),
+                }
             }
             Driver::Batch(method, body, size) => {
                 let answer = method.call(body.clone()).await.map_err(status)?;
-                if answer.responses.len() != *size {
-                    return Err(format!(
+                let checked = if answer.responses.len() == *size {
+                    answer
+                        .responses
+                        .iter()
+                        .try_for_each(|response| allowed(response.decision, response))
+                        .map(|()| None)
+                } else {
+                    Err(format!(
                         "{} responses to {size} checks",
                         answer.responses.len()
-                    ));
+                    ))
+                };
+                match checked {
+                    Err(error) => {
+                        Err(in_full::<pb::CheckBatchResponse, _>(method, body, error).await)
+                    }
+                    checked => checked,
                 }
-                answer
-                    .responses
-                    .iter()
-                    .try_for_each(|response| allowed(response.decision, response))
-                    .map(|()| None)
             }
             Driver::Consume(method, shared, consume, next) => {
                 consume.idempotency_key.clear();
                 write!(consume.idempotency_key, "{next:x}").expect("writing to a String");
                 *next += 1;
-                let body = shared.with_message(CONSUME_FIELD, consume.as_ref());
-                let answer = method.call(body).await.map_err(status)?;
-                allowed(answer.decision, &answer)?;
-                match &answer.usage {
-                    Some(usage) if usage.used > 0 => Ok(None),
-                    _ => Err(format!("a consumption without usage: {answer:?}")),
+                let body = shared.with_message(lean::CONSUME_FIELD, consume.as_ref());
+                let answer = method.call(body.clone()).await.map_err(status)?;
+                let checked =
+                    allowed(answer.decision, &answer).and_then(|()| match &answer.usage {
+                        Some(usage) if usage.used > 0 => Ok(None),
+                        _ => Err(format!("a consumption without usage: {answer:?}")),
+                    });
+                match checked {
+                    // Sent again with its key: the first answer, not a second consumption.
+                    Err(error) => Err(in_full::<pb::CheckResponse, _>(method, &body, error).await),
+                    checked => checked,
                 }
             }
             Driver::CheckRedis(method, body) => {
                 let answer = method.call(body.clone()).await.map_err(status)?;
-                allowed_from(&answer, "CACHE", "an answer from the cache")
+                match allowed_from(&answer, "CACHE", "an answer from the cache") {
+                    Err(error) => Err(in_full::<pb::CheckResponse, _>(method, body, error).await),
+                    checked => checked,
+                }
             }
             Driver::Cold(method, shared, cold) => {
-                let body = shared.with_string(TENANT_FIELD, cold.next());
-                let answer = method.call(body).await.map_err(status)?;
-                allowed_from(&answer, "REDIS", "a cache miss read from Redis")
+                let body = shared.with_string(lean::TENANT_FIELD, cold.next());
+                let answer = method.call(body.clone()).await.map_err(status)?;
+                match allowed_from(&answer, "REDIS", "a cache miss read from Redis") {
+                    Err(error) => Err(in_full::<pb::CheckResponse, _>(method, &body, error).await),
+                    checked => checked,
+                }
             }
         }
+    }
+}
+
+/// `error`, with the whole answer to `body` asked again (an unexpected answer
+/// is reported with everything in it, not only the fields the load
+/// generator reads).
+async fn in_full<F, A>(method: &lean::Method<A>, body: &Bytes, error: String) -> String
+where
+    F: prost::Message + Default + Send + std::fmt::Debug + 'static,
+    A: prost::Message + Default + Send + 'static,
+{
+    match method.call_in_full::<F>(body.clone()).await {
+        Ok(full) => format!("{error}; the whole answer, asked again: {full:?}"),
+        Err(status) => format!(
+            "{error}; asked again: {:?}: {}",
+            status.code(),
+            status.message()
+        ),
     }
 }
 
@@ -1349,7 +1389,7 @@ async fn preflight(
     settings: &Settings,
     cold: &Arc<ColdSet>,
 ) -> Result<(), String> {
-    lean::check_appending()?;
+    lean::check_appending(&consume_request(METER_EXACT_TENANT))?;
     if settings.target.is_some() {
         grpc::wait_serving(&channels.file[0], READY_TIMEOUT)
             .await

@@ -3,7 +3,7 @@
 //! server cannot.
 //!
 //! * Requests are encoded once. A call sends those bytes (a reference-counted
-//!   [`Bytes`], no copy); a request whose calls differ in one field (the
+//!   [`Bytes`], copied once into the frame, never re-encoded); a request whose calls differ in one field (the
 //!   idempotency key of a consume, the tenant of a cold check) sends the
 //!   shared bytes followed by that field, which protobuf merges into the
 //!   message (for a scalar or string field the last occurrence wins, and an
@@ -29,6 +29,11 @@ pub const CHECK: &str = "/tollgate.v1.EntitlementService/Check";
 /// `tollgate.v1.EntitlementService/CheckBatch`.
 pub const CHECK_BATCH: &str = "/tollgate.v1.EntitlementService/CheckBatch";
 
+/// `CheckRequest.tenant` and `CheckRequest.consume`: the fields a call appends
+/// to its driver's shared request bytes.
+pub const TENANT_FIELD: u32 = 1;
+pub const CONSUME_FIELD: u32 = 9;
+
 /// `grpc.health.v1.HealthCheckResponse`: the status only.
 #[derive(Clone, PartialEq, Message)]
 pub struct HealthAnswer {
@@ -38,7 +43,7 @@ pub struct HealthAnswer {
 
 /// `tollgate.v1.CheckResponse`: the decision only.
 #[derive(Clone, PartialEq, Message)]
-pub struct Decision {
+pub struct Decided {
     #[prost(int32, tag = "1")]
     pub decision: i32,
 }
@@ -81,7 +86,7 @@ pub struct Used {
 #[derive(Clone, PartialEq, Message)]
 pub struct Decisions {
     #[prost(message, repeated, tag = "1")]
-    pub responses: Vec<Decision>,
+    pub responses: Vec<Decided>,
 }
 
 /// A message encoded once; [`Encoded::with_string`] and
@@ -134,6 +139,20 @@ impl<A: Message + Default + Send + 'static> Method<A> {
             path: PathAndQuery::from_static(path),
             _answer: PhantomData,
         }
+    }
+
+    /// Sends `body` again and decodes the whole answer as `F`: what a failed
+    /// check reports.
+    pub async fn call_in_full<F: Message + Default + Send + 'static>(
+        &self,
+        body: Bytes,
+    ) -> Result<F, Status> {
+        let mut full = Method::<F> {
+            grpc: self.grpc.clone(),
+            path: self.path.clone(),
+            _answer: PhantomData,
+        };
+        full.call(body).await
     }
 
     pub async fn call(&mut self, body: Bytes) -> Result<A, Status> {
@@ -205,31 +224,29 @@ impl<A: Message + Default> Decoder for LeanDecoder<A> {
 }
 
 /// Checks, before any load, that a field appended to shared bytes reaches the
-/// server as a fresh encoding of the whole request would.
-pub fn check_appending() -> Result<(), String> {
+/// server as a fresh encoding of the whole request would: `request`'s
+/// `consume` appended to the bytes of `request` without it, and its `tenant`
+/// to the bytes of `request` without a tenant.
+pub fn check_appending(request: &tollgate::api::pb::CheckRequest) -> Result<(), String> {
     use tollgate::api::pb;
-    let mut request = pb::CheckRequest {
-        tenant: "acme".to_string(),
-        ..Default::default()
-    };
-    let shared = Encoded::new(&request);
-    let consume = pb::Consume {
-        meter: "api-calls".to_string(),
-        amount: 1,
-        idempotency_key: "7f".to_string(),
-    };
-    let with_consume = pb::CheckRequest::decode(shared.with_message(9, &consume));
-    request.consume = Some(consume);
-    if with_consume.as_ref() != Ok(&request) {
-        return Err(format!(
-            "appended consume: {with_consume:?}, not {request:?}"
-        ));
+    let decode = |bytes: Bytes| pb::CheckRequest::decode(bytes).map_err(|e| e.to_string());
+    if let Some(consume) = &request.consume {
+        let shared = Encoded::new(&pb::CheckRequest {
+            consume: None,
+            ..request.clone()
+        });
+        let sent = decode(shared.with_message(CONSUME_FIELD, consume))?;
+        if sent != *request {
+            return Err(format!("appended consume: sent {sent:?}, not {request:?}"));
+        }
     }
-    let with_tenant = pb::CheckRequest::decode(shared.with_string(1, "t-0042"));
-    request.tenant = "t-0042".to_string();
-    request.consume = None;
-    if with_tenant.as_ref() != Ok(&request) {
-        return Err(format!("appended tenant: {with_tenant:?}, not {request:?}"));
+    let shared = Encoded::new(&pb::CheckRequest {
+        tenant: String::new(),
+        ..request.clone()
+    });
+    let sent = decode(shared.with_string(TENANT_FIELD, &request.tenant))?;
+    if sent != *request {
+        return Err(format!("appended tenant: sent {sent:?}, not {request:?}"));
     }
     Ok(())
 }

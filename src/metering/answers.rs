@@ -72,7 +72,7 @@ pub(super) struct Answers {
     ttl: Duration,
     /// Keyed hashing: idempotency keys come from callers.
     hasher: RandomState,
-    /// Answers' times are kept as milliseconds since this instant.
+    /// Answers' times are kept as microseconds since this instant.
     epoch: Instant,
     generations: Mutex<Generations>,
 }
@@ -104,8 +104,8 @@ struct Remembered {
     key: Box<str>,
     /// Bytes of the tenant in `key`.
     tenant_len: usize,
-    /// When it was answered (ms since [`Answers::epoch`]).
-    at_ms: u64,
+    /// When it was answered (µs since [`Answers::epoch`]).
+    at_us: u64,
     decision_id: DecisionId,
     shared: Arc<Shared>,
     amount: i64,
@@ -178,14 +178,15 @@ impl Remembered {
 }
 
 impl Generations {
-    fn shared(&mut self, answer: &Answer<'_>) -> Arc<Shared> {
+    /// The shared part of `answer`, and the bytes it adds when it is new.
+    fn shared(&mut self, answer: &Answer<'_>) -> (Arc<Shared>, u64) {
         let found = self.shared.iter().find(|shared| {
             *shared.meter == *answer.meter
                 && *shared.code == *answer.code
                 && *shared.policy_id == *answer.policy_id
         });
         if let Some(found) = found {
-            return Arc::clone(found);
+            return (Arc::clone(found), 0);
         }
         if self.shared.len() >= MAX_SHARED {
             self.shared.clear();
@@ -196,7 +197,14 @@ impl Generations {
             policy_id: answer.policy_id.into(),
         });
         self.shared.push(Arc::clone(&shared));
-        shared
+        // The `Arc`'s block and the three strings' allocations.
+        let bytes = (std::mem::size_of::<Shared>()
+            + 16
+            + answer.meter.len()
+            + answer.code.len()
+            + answer.policy_id.len()) as u64
+            + 3 * 16;
+        (shared, bytes)
     }
 }
 
@@ -226,8 +234,8 @@ impl Answers {
         hasher.finish()
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// The answer remembered for `tenant`'s `key`, unless older than the time
@@ -243,7 +251,7 @@ impl Answers {
                     .previous
                     .find(hash, |entry| entry.is(tenant, key))
             })?;
-        let age = Duration::from_millis(self.now_ms().saturating_sub(found.at_ms));
+        let age = Duration::from_micros(self.now_us().saturating_sub(found.at_us));
         (age < self.ttl).then(|| found.answer())
     }
 
@@ -257,7 +265,7 @@ impl Answers {
         let key_text = joined.into_boxed_str();
         let decision_id = DecisionId::new(answer.decision_id);
         let added = (key_text.len() + decision_id.text_len()) as u64 + ENTRY_OVERHEAD;
-        let at_ms = self.now_ms();
+        let at_us = self.now_us();
         let dropped = {
             let mut generations = self.lock();
             let full = generations.current_bytes + added > self.max_bytes / 2;
@@ -273,13 +281,14 @@ impl Answers {
                 None
             };
             generations.since.get_or_insert(now);
+            let (shared, shared_bytes) = generations.shared(answer);
             let entry = Remembered {
                 hash,
                 key: key_text,
                 tenant_len: tenant.len(),
-                at_ms,
+                at_us,
                 decision_id,
-                shared: generations.shared(answer),
+                shared,
                 amount: answer.amount,
                 used: answer.used,
                 allow: answer.allow,
@@ -300,7 +309,7 @@ impl Answers {
                 generations.current_bytes =
                     generations.current_bytes.saturating_sub(replaced.weight());
             }
-            generations.current_bytes += added;
+            generations.current_bytes += added + shared_bytes;
             (dropped, replaced)
         };
         // A dropped generation is freed after the lock is released.
@@ -384,7 +393,8 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_and_the_oldest_go_first() {
-        let per_answer = "acme".len() as u64 + "key-00000".len() as u64 + ENTRY_OVERHEAD;
+        // The key, the decision id "d" (kept as text) and the overhead.
+        let per_answer = ("acme".len() + "key-00000".len() + 1) as u64 + ENTRY_OVERHEAD;
         // Room for 100 answers: 50 per generation.
         let answers = Answers::new(per_answer * 100, Duration::from_secs(3600));
         for n in 0..1_000 {
@@ -413,6 +423,50 @@ mod tests {
         answers.insert("acme", "b", &answer("d2"));
         assert_eq!(answers.get("acme", "b"), Some(answer("d2").owned()));
         assert_eq!(answers.get("acme", "a"), None);
+    }
+
+    #[test]
+    fn decision_ids_come_back_as_they_were_given() {
+        for id in [
+            "0123456789abcdef0123456789abcdef",
+            "00000000000000000000000000000000",
+            "ffffffffffffffffffffffffffffffff",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "+123456789abcdef+123456789abcdef",
+            "0123456789abcdéf0123456789abcdf",
+            "",
+        ] {
+            assert_eq!(DecisionId::new(id).to_text(), id, "{id:?}");
+        }
+        assert!(matches!(
+            DecisionId::new("0123456789abcdef0123456789abcdef"),
+            DecisionId::Hex(..)
+        ));
+        assert!(matches!(
+            DecisionId::new("+123456789abcdef+123456789abcdef"),
+            DecisionId::Text(_)
+        ));
+    }
+
+    /// The consume script stores an answer serialized from [`Answer`] and
+    /// reads it back as a [`FirstAnswer`]: both must serialize alike.
+    #[test]
+    fn an_answer_serializes_as_its_first_answer() {
+        let given = Answer {
+            meter: "api \"calls\"",
+            amount: -3,
+            allow: false,
+            decision_id: "d\\1",
+            code: "cap_exceeded",
+            policy_id: "p\u{e9}",
+            used: 42,
+        };
+        assert_eq!(
+            serde_json::to_string(&given).unwrap(),
+            serde_json::to_string(&given.owned()).unwrap()
+        );
     }
 
     #[test]
