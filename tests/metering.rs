@@ -2,16 +2,17 @@
 //! concurrency across two servers, retries count once, periods reset at the
 //! UTC boundary, an upgrade applies at once, Redis outages deny consumption
 //! without losing or double counting, usage reports are idempotent, the
-//! usage stream matches the counters, and leases reserve their next block
-//! early, return an old period's units and write their events in bounded
-//! steps.
+//! usage stream matches the counters, a count that moves at every attempt
+//! is counted at the fourth decision by the cap alone, and leases reserve
+//! their next block early, return an old period's units and write their
+//! events in bounded steps.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::redis_server::{document, entity, put, redis_config, settings, Options, RedisServer};
@@ -752,6 +753,150 @@ when { context has usage && context.usage.used * 2 > 100 };
     assert_eq!(setup.counter("2026-11"), 4);
     assert_eq!(setup.stream_length(), 4);
     servers.stop().await;
+}
+
+/// A relay between tollgate and Redis that, while armed, adds one to a
+/// counter (on a connection of its own, waiting for the reply) before a
+/// consume script call (`EVALSHA`) passes on to Redis: every attempt of a
+/// consume then finds the count moved since it was decided.
+struct CountMover {
+    address: std::net::SocketAddr,
+    armed: Arc<AtomicBool>,
+    moves: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CountMover {
+    fn start(redis_port: u16, counter: &str) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let moves = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let incr = format!("*2\r\n$4\r\nINCR\r\n${}\r\n{counter}\r\n", counter.len());
+        let (armed_, moves_, stop_) = (armed.clone(), moves.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Bounded: the test ends long before.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !stop_.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(error) => panic!("accept: {error}"),
+                };
+                client.set_nonblocking(false).unwrap();
+                let upstream = TcpStream::connect(("127.0.0.1", redis_port)).unwrap();
+                let (mut from_redis, mut to_client) =
+                    (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_redis, &mut to_client);
+                    let _ = to_client.shutdown(Shutdown::Both);
+                });
+                let (mut client, mut upstream) = (client, upstream);
+                let (armed, moves, incr) = (armed_.clone(), moves_.clone(), incr.clone());
+                std::thread::spawn(move || {
+                    let mut side: Option<TcpStream> = None;
+                    let mut buf = [0u8; 16 * 1024];
+                    // The end of the bytes before: a name split between two
+                    // reads is still seen, once.
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let mut seen = std::mem::take(&mut tail);
+                        seen.extend_from_slice(&buf[..n]);
+                        if armed.load(Ordering::Relaxed)
+                            && seen.windows(7).any(|window| window == b"EVALSHA")
+                        {
+                            let side = side.get_or_insert_with(|| {
+                                TcpStream::connect(("127.0.0.1", redis_port)).unwrap()
+                            });
+                            side.write_all(incr.as_bytes()).unwrap();
+                            // The reply, `:<count>\r\n`.
+                            let mut reply = [0u8; 64];
+                            let mut read = 0;
+                            while !reply[..read].ends_with(b"\r\n") {
+                                read += side.read(&mut reply[read..]).unwrap();
+                            }
+                            assert_eq!(reply[0], b':', "INCR answered {:?}", &reply[..read]);
+                            moves.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tail = seen[seen.len().saturating_sub(6)..].to_vec();
+                        if upstream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = upstream.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Self {
+            address,
+            armed,
+            moves,
+            stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.address)
+    }
+}
+
+impl Drop for CountMover {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_that_moves_at_every_attempt_is_counted_at_the_fourth_decision_by_the_cap_alone() {
+    let setup = setup(Options::default(), 100).await;
+    // Decisions that hold for their one count (a product is not followed).
+    setup.add_policy(
+        "product.cedar",
+        r#"forbid (principal, action == Action::"use", resource)
+when { context has usage && context.usage.used * 2 > 1000 };
+"#,
+    );
+    let mover = CountMover::start(setup.redis.port, "tollgate:{acme}:usage:api-calls:2026-11");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = setup
+        .start(settings(vec![mover.url()]), Some(metrics))
+        .await;
+    let mut client = connect(&server.url()).await;
+    // Warm: the snapshot cached, the script known, the count seen at 1.
+    assert!(allowed(&consume_on(&mut client, "warm", 1).await));
+    let _: () = setup.redis.command(&["CONFIG", "RESETSTAT"]);
+
+    mover.armed.store(true, Ordering::Relaxed);
+    let counted = consume_on(&mut client, "moving", 1).await;
+    mover.armed.store(false, Ordering::Relaxed);
+    // Decided at 1, the script finds 2: decided again at 2, finds 3; at 3,
+    // finds 4; the fourth decision, at 4, is counted with the cap alone at
+    // 5, the count it finds, to 6.
+    assert!(allowed(&counted), "{counted:?}");
+    assert_eq!(mover.moves.load(Ordering::Relaxed), 4);
+    assert_eq!(setup.redis.calls("evalsha"), 4);
+    assert_eq!(counted.usage.as_ref().unwrap().used, 6);
+    let sample = samples(metrics).await;
+    assert_eq!(sample("tollgate_metering_redecisions_total"), 3);
+    assert_eq!(sample("tollgate_metering_consumes_total"), 2);
+    assert_eq!(setup.counter("2026-11"), 6);
+    // The relay's moves are not consumptions: two events.
+    assert_eq!(setup.stream_length(), 2);
+    server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
