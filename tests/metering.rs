@@ -757,14 +757,19 @@ when { context has usage && context.usage.used * 2 > 100 };
 
 /// A relay between tollgate and Redis that, while armed, adds one to a
 /// counter (on a connection of its own, waiting for the reply) before a
-/// consume script call (`EVALSHA`) passes on to Redis: every attempt of a
-/// consume then finds the count moved since it was decided.
+/// consume script call on that counter (an `EVALSHA` naming its key) passes
+/// on to Redis: every attempt of a consume then finds the count moved since
+/// it was decided.
 struct CountMover {
     address: std::net::SocketAddr,
     armed: Arc<AtomicBool>,
     moves: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
+
+/// Bytes of what a relay read before that it searches with the next read:
+/// a command split between two reads is still seen, and seen once.
+const RELAY_TAIL: usize = 512;
 
 impl CountMover {
     fn start(redis_port: u16, counter: &str) -> Self {
@@ -776,7 +781,12 @@ impl CountMover {
         let armed = Arc::new(AtomicBool::new(false));
         let moves = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let incr = format!("*2\r\n$4\r\nINCR\r\n${}\r\n{counter}\r\n", counter.len());
+        let counter = counter.as_bytes().to_vec();
+        let incr = format!(
+            "*2\r\n$4\r\nINCR\r\n${}\r\n{}\r\n",
+            counter.len(),
+            String::from_utf8_lossy(&counter)
+        );
         let (armed_, moves_, stop_) = (armed.clone(), moves.clone(), stop.clone());
         std::thread::spawn(move || {
             // Bounded: the test ends long before.
@@ -792,6 +802,9 @@ impl CountMover {
                 };
                 client.set_nonblocking(false).unwrap();
                 let upstream = TcpStream::connect(("127.0.0.1", redis_port)).unwrap();
+                let mut side = TcpStream::connect(("127.0.0.1", redis_port)).unwrap();
+                side.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
                 let (mut from_redis, mut to_client) =
                     (upstream.try_clone().unwrap(), client.try_clone().unwrap());
                 std::thread::spawn(move || {
@@ -799,37 +812,50 @@ impl CountMover {
                     let _ = to_client.shutdown(Shutdown::Both);
                 });
                 let (mut client, mut upstream) = (client, upstream);
-                let (armed, moves, incr) = (armed_.clone(), moves_.clone(), incr.clone());
+                let (armed, moves) = (armed_.clone(), moves_.clone());
+                let (counter, incr) = (counter.clone(), incr.clone());
                 std::thread::spawn(move || {
-                    let mut side: Option<TcpStream> = None;
                     let mut buf = [0u8; 16 * 1024];
-                    // The end of the bytes before: a name split between two
-                    // reads is still seen, once.
                     let mut tail: Vec<u8> = Vec::new();
                     loop {
                         let n = match client.read(&mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => n,
                         };
+                        let old = tail.len();
                         let mut seen = std::mem::take(&mut tail);
                         seen.extend_from_slice(&buf[..n]);
-                        if armed.load(Ordering::Relaxed)
+                        // Each mention of the counter that ends in the new
+                        // bytes, in a script call: the call cannot have run
+                        // yet, since its last bytes are still here.
+                        let calls = if armed.load(Ordering::Relaxed)
                             && seen.windows(7).any(|window| window == b"EVALSHA")
                         {
-                            let side = side.get_or_insert_with(|| {
-                                TcpStream::connect(("127.0.0.1", redis_port)).unwrap()
-                            });
+                            seen.windows(counter.len())
+                                .enumerate()
+                                .filter(|(at, window)| {
+                                    *window == counter.as_slice() && at + counter.len() > old
+                                })
+                                .count()
+                        } else {
+                            0
+                        };
+                        for _ in 0..calls {
                             side.write_all(incr.as_bytes()).unwrap();
                             // The reply, `:<count>\r\n`.
                             let mut reply = [0u8; 64];
                             let mut read = 0;
                             while !reply[..read].ends_with(b"\r\n") {
-                                read += side.read(&mut reply[read..]).unwrap();
+                                assert!(read < reply.len(), "INCR answered {:?}", &reply[..read]);
+                                match side.read(&mut reply[read..]).unwrap() {
+                                    0 => panic!("redis closed the relay's own connection"),
+                                    got => read += got,
+                                }
                             }
                             assert_eq!(reply[0], b':', "INCR answered {:?}", &reply[..read]);
                             moves.fetch_add(1, Ordering::Relaxed);
                         }
-                        tail = seen[seen.len().saturating_sub(6)..].to_vec();
+                        tail = seen[seen.len().saturating_sub(RELAY_TAIL)..].to_vec();
                         if upstream.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -872,9 +898,10 @@ when { context has usage && context.usage.used * 2 > 1000 };
         .unwrap()
         .local_addr()
         .unwrap();
-    let server = setup
-        .start(settings(vec![mover.url()]), Some(metrics))
-        .await;
+    // Each call now takes a relay's INCR more: the patient bound of 2 s.
+    let mut redis = settings(vec![mover.url()]);
+    redis.timeout = std::time::Duration::from_secs(2);
+    let server = setup.start(redis, Some(metrics)).await;
     let mut client = connect(&server.url()).await;
     // Warm: the snapshot cached, the script known, the count seen at 1.
     assert!(allowed(&consume_on(&mut client, "warm", 1).await));
