@@ -15,7 +15,9 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::redis_server::{document, entity, put, redis_config, settings, Options, RedisServer};
+use common::redis_server::{
+    document, entity, free_port, put, redis_config, settings, Options, RedisServer,
+};
 use common::*;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
@@ -108,14 +110,12 @@ async fn samples(address: std::net::SocketAddr) -> impl Fn(&str) -> u64 {
     let (_, text) = tokio::task::spawn_blocking(move || http_get(&address, "/metrics"))
         .await
         .unwrap();
-    move |name: &str| -> u64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .trim()
-            .parse()
-            .unwrap()
-    }
+    move |name: &str| -> u64 { sample(&text, name) as u64 }
+}
+
+/// A loopback address free now, for a server's metrics endpoint.
+fn metrics_address() -> std::net::SocketAddr {
+    (std::net::Ipv4Addr::LOCALHOST, free_port()).into()
 }
 
 /// Two servers over the same Redis, the first with its metrics on
@@ -228,6 +228,22 @@ when {{ context has usage && context.usage.used >= {at} }};
         );
     }
 
+    /// Adds a policy that denies once twice the count passes `at`: a
+    /// product of the count, which the count probe does not follow, so
+    /// every decision holds for its one count (servers started after it
+    /// load it).
+    fn product_limit(&self, at: i64) {
+        self.add_policy(
+            "product.cedar",
+            &format!(
+                r#"forbid (principal, action == Action::"use", resource)
+when {{ context has usage && context.usage.used * 2 > {} }};
+"#,
+                2 * at
+            ),
+        );
+    }
+
     /// Writes `text` as the policy file `name` (servers started after it
     /// load it).
     fn add_policy(&self, name: &str, text: &str) {
@@ -236,10 +252,7 @@ when {{ context has usage && context.usage.used >= {at} }};
 
     /// [`TwoServers`], warmed, with Redis's command counts reset after.
     async fn two_servers(&self) -> TwoServers {
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let metrics = metrics_address();
         let first = self.server_with_metrics(Some(metrics)).await;
         let second = self.server().await;
         let mut a = connect(&first.url()).await;
@@ -341,10 +354,7 @@ async fn a_soft_limit_in_a_policy_holds_exactly_for_concurrent_clients_of_two_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_key_returns_its_first_answer_and_counts_once() {
     let setup = setup(Options::default(), 1_000).await;
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let metrics = metrics_address();
     let server = setup.server_with_metrics(Some(metrics)).await;
     let client = connect(&server.url()).await;
     let mut tasks = Vec::new();
@@ -727,12 +737,7 @@ async fn a_decision_that_uses_the_count_otherwise_holds_for_its_one_count() {
     let setup = setup(Options::default(), 10).await;
     // A product of the count is not followed: the decision holds for the
     // count it was made at, and only there is it counted.
-    setup.add_policy(
-        "product.cedar",
-        r#"forbid (principal, action == Action::"use", resource)
-when { context has usage && context.usage.used * 2 > 100 };
-"#,
-    );
+    setup.product_limit(50);
     let mut servers = setup.two_servers().await;
     let (a, metrics) = (&mut servers.a, servers.metrics);
 
@@ -887,17 +892,9 @@ impl Drop for CountMover {
 async fn a_count_that_moves_at_every_attempt_is_counted_at_the_fourth_decision_by_the_cap_alone() {
     let setup = setup(Options::default(), 100).await;
     // Decisions that hold for their one count (a product is not followed).
-    setup.add_policy(
-        "product.cedar",
-        r#"forbid (principal, action == Action::"use", resource)
-when { context has usage && context.usage.used * 2 > 1000 };
-"#,
-    );
+    setup.product_limit(500);
     let mover = CountMover::start(setup.redis.port, "tollgate:{acme}:usage:api-calls:2026-11");
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let metrics = metrics_address();
     // Each call now takes a relay's INCR more: the patient bound of 2 s.
     let mut redis = settings(vec![mover.url()]);
     redis.timeout = std::time::Duration::from_secs(2);

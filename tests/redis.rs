@@ -703,16 +703,6 @@ fn the_snapshot_command_writes_reads_and_refuses() {
     assert!(stderr.contains("no Redis configured"), "{stderr}");
 }
 
-/// The value of the sample `name` (no labels) in Prometheus text.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_source_reports_its_cache_and_connection_in_metrics() {
     let redis = RedisServer::start();

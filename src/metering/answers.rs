@@ -152,6 +152,12 @@ impl DecisionId {
     }
 }
 
+/// What an answer with this key and decision id is counted as against the
+/// memory bound (its shared part is counted once, when it is first made).
+fn weight(key: &str, decision_id: &DecisionId) -> u64 {
+    (key.len() + decision_id.text_len()) as u64 + ENTRY_OVERHEAD
+}
+
 impl Remembered {
     fn is(&self, tenant: &str, key: &str) -> bool {
         self.tenant_len == tenant.len()
@@ -161,7 +167,7 @@ impl Remembered {
     }
 
     fn weight(&self) -> u64 {
-        (self.key.len() + self.decision_id.text_len()) as u64 + ENTRY_OVERHEAD
+        weight(&self.key, &self.decision_id)
     }
 
     fn answer(&self) -> FirstAnswer {
@@ -264,7 +270,7 @@ impl Answers {
         joined.push_str(key);
         let key_text = joined.into_boxed_str();
         let decision_id = DecisionId::new(answer.decision_id);
-        let added = (key_text.len() + decision_id.text_len()) as u64 + ENTRY_OVERHEAD;
+        let added = weight(&key_text, &decision_id);
         let at_us = self.now_us();
         let dropped = {
             let mut generations = self.lock();

@@ -767,3 +767,13 @@ impl Drop for Binary {
         }
     }
 }
+
+/// The value of the sample `name` (no labels) in Prometheus text.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
