@@ -26,7 +26,21 @@ pub fn prepare_check(
     policies: &PolicySnapshot,
     request: pb::CheckRequest,
 ) -> Result<PreparedRequest, RequestError> {
+    prepare_check_with(policies, request, None)
+}
+
+/// [`prepare_check`] with one more context attribute, given as the Cedar
+/// value it is (it replaces an attribute of that name the caller sent, which
+/// is then neither converted nor checked).
+pub fn prepare_check_with(
+    policies: &PolicySnapshot,
+    mut request: pb::CheckRequest,
+    extra: Option<(&str, Value)>,
+) -> Result<PreparedRequest, RequestError> {
     tenant(&request.tenant)?;
+    if let Some((key, _)) = &extra {
+        request.context.remove(*key);
+    }
     let principal = entity_ref(policies, "principal", request.principal.as_ref())?;
     let action = match &request.action {
         Some(action) => engine::action_uid(policies, &action.r#type, &action.id)?,
@@ -41,6 +55,10 @@ pub fn prepare_check(
             Ok((SmolStr::from(key), value))
         })
         .collect::<Result<BTreeMap<_, _>, _>>()?;
+    let mut context = context;
+    if let Some((key, value)) = extra {
+        context.insert(SmolStr::from(key), value);
+    }
     let entities = request
         .entities
         .into_iter()

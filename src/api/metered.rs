@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cedar_policy_core::ast::Value as CoreValue;
+
 use super::{convert, pb, ApiError, DecisionPoint};
 use crate::engine::{BuiltinReason, CountRange, Decision, RequestError};
 use crate::metering::{
@@ -54,12 +56,6 @@ fn usage_pb(view: &UsageView) -> pb::Usage {
         limit: view.limit,
         remaining: view.remaining,
         period_end_unix_ms: view.period_end_unix_ms,
-    }
-}
-
-fn long(value: i64) -> pb::Value {
-    pb::Value {
-        kind: Some(pb::value::Kind::Long(value)),
     }
 }
 
@@ -153,21 +149,19 @@ impl DecisionPoint {
 
         // The policies see the meter as it stands and what this asks (the
         // server's record replaces any the caller sent).
-        request.context.insert(
-            USAGE.to_string(),
-            pb::Value {
-                kind: Some(pb::value::Kind::Record(pb::ValueRecord {
-                    values: HashMap::from([
-                        ("used".to_string(), long(used)),
-                        ("requested".to_string(), long(consume.amount)),
-                        ("limit".to_string(), long(meter.limit)),
-                        ("remaining".to_string(), long(meter.remaining(used))),
-                    ]),
-                })),
-            },
+        let usage = CoreValue::record(
+            [
+                ("used", CoreValue::from(used)),
+                ("requested", CoreValue::from(consume.amount)),
+                ("limit", CoreValue::from(meter.limit)),
+                ("remaining", CoreValue::from(meter.remaining(used))),
+            ],
+            None,
         );
         let principal = principal_text(request.principal.as_ref());
-        let mut prepared = prepare(catalog, request)?;
+        let mut prepared =
+            convert::prepare_check_with(&catalog.policies, request, Some((USAGE, usage)))
+                .map_err(ApiError::InvalidArgument)?;
         if exact {
             // Lease mode decides at the count it holds: no range is needed.
             prepared = prepared.probing_count(USAGE);

@@ -1,23 +1,28 @@
 //! The first answers of lease-mode idempotency keys, remembered by the
 //! sidecar that gave them, bounded in age and in memory.
 //!
-//! Two generations of hash tables: answers go into the current one; when it
-//! holds half of the memory allowed, or has been current for the key time to
-//! live, it becomes the previous one and the previous one is dropped (the
-//! oldest answers go first). A lookup reads both and ignores an answer older
-//! than the time to live. Next to a general cache this costs one hash lookup
-//! per read and per write, and no background upkeep: a lease-mode grant
-//! reads twice and writes once on its hot path.
+//! Two generations: answers go into the current one; when it holds half of
+//! the memory allowed, or has been current for the key time to live, it
+//! becomes the previous one and the previous one is forgotten (the oldest
+//! answers go first). A lookup reads both and ignores an answer older than
+//! the time to live. Next to a general cache this costs one hash lookup per
+//! read and per write, and no background upkeep: a lease-mode grant reads
+//! twice and writes once on its hot path.
 //!
-//! An answer is kept compact, as one table slot and one allocation (its
-//! key): a lookup hashes the tenant and the key where they lie, without
-//! joining them; the decision id tollgate generates (32 hex digits) is kept
-//! as a number; the meter, reason code and policy id, which many answers
-//! share, are one shared allocation.
+//! An answer is kept compact, in one table slot: its tenant and key lie in
+//! the generation's text blocks, side by side with the other answers'; the
+//! decision id tollgate generates (32 hex digits) is kept as a number (any
+//! other lies in the text after the key); the meter, reason code and policy
+//! id, which many answers share, are kept once per generation. A
+//! generation forgotten because it filled up is emptied and reused as the
+//! next current one, its table and blocks with it: a busy sidecar allocates
+//! nothing to remember answers once its generations have grown, and frees
+//! nothing either. One forgotten because it aged out (a quiet sidecar) is
+//! freed.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
@@ -53,15 +58,18 @@ impl Answer<'_> {
 }
 
 /// What an answer is counted as against the memory bound, besides the bytes
-/// of its key and of a decision id kept as text: its slot at the table's
-/// lowest load (a table grows by doubling once it is 7/8 full, so right after
-/// it has grown each answer has 16/7 slots) and the key's allocation
-/// rounded up by the allocator.
-const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<Remembered>() as u64) * 16 / 7 + 16;
+/// of its text (tenant, key, and a decision id kept as text): its slot at
+/// the table's lowest load (a table grows by doubling once it is 7/8 full,
+/// so right after it has grown each answer has 16/7 slots). A text block
+/// leaves unused at most the bytes of one answer's text at its end.
+const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<Remembered>() as u64) * 16 / 7;
 
-/// Most distinct (meter, code, policy id) triples kept for sharing; past it
-/// the list starts again (answers keep the triples they hold).
-const MAX_SHARED: usize = 64;
+/// The largest text block: big enough that few are allocated, small enough
+/// that a generation's last one is not mostly empty.
+const MAX_BLOCK_BYTES: usize = 64 * 1024;
+
+/// `Remembered::id_len` of a decision id kept as a number.
+const HEX_ID: u32 = u32::MAX;
 
 /// Remembered first answers.
 #[derive(Debug)]
@@ -70,6 +78,8 @@ pub(super) struct Answers {
     max_bytes: u64,
     /// How long an answer is given again.
     ttl: Duration,
+    /// Bytes of a text block (smaller for a small bound).
+    block_bytes: usize,
     /// Keyed hashing: idempotency keys come from callers.
     hasher: RandomState,
     /// Answers' times are kept as microseconds since this instant.
@@ -79,147 +89,260 @@ pub(super) struct Answers {
 
 #[derive(Debug, Default)]
 struct Generations {
-    current: HashTable<Remembered>,
-    /// Weight of `current`.
-    current_bytes: u64,
-    /// When `current` became current.
+    current: Generation,
+    previous: Generation,
+}
+
+/// Answers remembered in one period, and what they take.
+#[derive(Debug, Default)]
+struct Generation {
+    table: HashTable<Remembered>,
+    text: Text,
+    /// The (meter, reason code, policy id) triples its answers share.
+    shared: Vec<Shared>,
+    /// `shared` by content (indexes into it).
+    shared_index: HashTable<u32>,
+    /// Weight counted against the bound.
+    bytes: u64,
+    /// When it became current.
     since: Option<Instant>,
-    previous: HashTable<Remembered>,
-    /// The triples answers share.
-    shared: Vec<Arc<Shared>>,
 }
 
 /// What many answers have in common.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct Shared {
     meter: Box<str>,
     code: Box<str>,
     policy_id: Box<str>,
 }
 
-#[derive(Debug)]
+/// One answer; its text lies in its generation's [`Text`].
+#[derive(Debug, Clone, Copy)]
 struct Remembered {
-    hash: u64,
-    /// The tenant, then the idempotency key.
-    key: Box<str>,
-    /// Bytes of the tenant in `key`.
-    tenant_len: usize,
     /// When it was answered (µs since [`Answers::epoch`]).
     at_us: u64,
-    decision_id: DecisionId,
-    shared: Arc<Shared>,
     amount: i64,
     used: i64,
+    /// A decision id kept as a number (when `id_len` is [`HEX_ID`]).
+    hex_id: (u64, u64),
+    /// Where its text starts.
+    at: Place,
+    tenant_len: u32,
+    key_len: u32,
+    /// Bytes of the decision id after the key, or [`HEX_ID`].
+    id_len: u32,
+    /// Its index in the generation's `shared`.
+    shared: u32,
     allow: bool,
 }
 
-/// A decision id: 32 lowercase hex digits as a number, anything else as text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum DecisionId {
-    Hex(u64, u64),
-    Text(Box<str>),
+/// Where a text lies: a block and an offset in it, or (offset [`LONG`]) a
+/// long text's own block.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    block: u32,
+    offset: u32,
 }
 
-impl DecisionId {
-    fn new(text: &str) -> Self {
-        let hex = |part: &str| {
-            part.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                .then(|| u64::from_str_radix(part, 16).ok())
-                .flatten()
+/// `Place::offset` of a text in a block of its own.
+const LONG: u32 = u32::MAX;
+
+/// Texts side by side in blocks, and texts longer than a block in blocks of
+/// their own. The blocks before `filled` (and the one at `filled`, being
+/// filled) hold text; those after it are empty, kept for reuse.
+#[derive(Debug, Default)]
+struct Text {
+    blocks: Vec<Vec<u8>>,
+    filled: usize,
+    long: Vec<Box<[u8]>>,
+}
+
+impl Text {
+    /// Appends `parts` as one text, in a block of `block_bytes` (or of its
+    /// own when longer).
+    fn push(&mut self, parts: &[&str], block_bytes: usize) -> Place {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if len > block_bytes {
+            self.long
+                .push(parts.concat().into_bytes().into_boxed_slice());
+            return Place {
+                block: u32::try_from(self.long.len() - 1).unwrap_or(u32::MAX),
+                offset: LONG,
+            };
+        }
+        let fits = |block: &Vec<u8>| block.capacity() - block.len() >= len;
+        if !self.blocks.get(self.filled).is_some_and(fits) {
+            if !self.blocks.is_empty() {
+                // A block holds `block_bytes`: this one holds text.
+                self.filled += 1;
+            }
+            if self.filled == self.blocks.len() {
+                self.blocks.push(Vec::with_capacity(block_bytes));
+            }
+        }
+        let block = &mut self.blocks[self.filled];
+        let offset = block.len();
+        for part in parts {
+            block.extend_from_slice(part.as_bytes());
+        }
+        Place {
+            block: u32::try_from(self.filled).unwrap_or(u32::MAX),
+            offset: u32::try_from(offset).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// `len` bytes at `skip` bytes past `at`.
+    fn get(&self, at: Place, skip: u32, len: u32) -> &[u8] {
+        let (block, start) = if at.offset == LONG {
+            (&self.long[at.block as usize][..], skip as usize)
+        } else {
+            (
+                &self.blocks[at.block as usize][..],
+                (at.offset + skip) as usize,
+            )
         };
-        match (text.len(), text.get(..16), text.get(16..)) {
-            (32, Some(high), Some(low)) => match (hex(high), hex(low)) {
-                (Some(high), Some(low)) => Self::Hex(high, low),
-                _ => Self::Text(text.into()),
-            },
-            _ => Self::Text(text.into()),
-        }
+        &block[start..start + len as usize]
     }
 
-    fn text_len(&self) -> usize {
-        match self {
-            Self::Hex(..) => 0,
-            Self::Text(text) => text.len(),
+    /// Forgets every text, keeping the blocks for reuse (but not the long
+    /// texts' own).
+    fn clear(&mut self) {
+        for block in &mut self.blocks {
+            block.clear();
         }
-    }
-
-    fn to_text(&self) -> String {
-        match self {
-            Self::Hex(high, low) => format!("{high:016x}{low:016x}"),
-            Self::Text(text) => text.to_string(),
-        }
+        self.filled = 0;
+        self.long = Vec::new();
     }
 }
 
-/// What an answer with this key and decision id is counted as against the
-/// memory bound (its shared part is counted once, when it is first made).
-fn weight(key: &str, decision_id: &DecisionId) -> u64 {
-    (key.len() + decision_id.text_len()) as u64 + ENTRY_OVERHEAD
+/// A decision id of 32 lowercase hex digits as a number.
+fn hex_id(text: &str) -> Option<(u64, u64)> {
+    let hex = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            .then(|| u64::from_str_radix(part, 16).ok())
+            .flatten()
+    };
+    match (text.len(), text.get(..16), text.get(16..)) {
+        (32, Some(high), Some(low)) => Some((hex(high)?, hex(low)?)),
+        _ => None,
+    }
 }
 
-impl Remembered {
-    fn is(&self, tenant: &str, key: &str) -> bool {
-        self.tenant_len == tenant.len()
-            && self.key.len() == tenant.len() + key.len()
-            && self.key.starts_with(tenant)
-            && self.key.ends_with(key)
+/// The bytes of a text that an answer's decision id takes.
+fn id_text_len(decision_id: &str) -> usize {
+    if hex_id(decision_id).is_some() {
+        0
+    } else {
+        decision_id.len()
+    }
+}
+
+/// What an answer with this text is counted as against the memory bound
+/// (its shared part is counted once per generation, when first added).
+fn weight(tenant: &str, key: &str, decision_id: &str) -> u64 {
+    (tenant.len() + key.len() + id_text_len(decision_id)) as u64 + ENTRY_OVERHEAD
+}
+
+impl Generation {
+    fn tenant(&self, entry: &Remembered) -> &[u8] {
+        self.text.get(entry.at, 0, entry.tenant_len)
     }
 
-    fn weight(&self) -> u64 {
-        weight(&self.key, &self.decision_id)
+    fn key(&self, entry: &Remembered) -> &[u8] {
+        self.text.get(entry.at, entry.tenant_len, entry.key_len)
     }
 
-    fn answer(&self) -> FirstAnswer {
+    fn is(&self, entry: &Remembered, tenant: &str, key: &str) -> bool {
+        entry.tenant_len as usize == tenant.len()
+            && entry.key_len as usize == key.len()
+            && self.tenant(entry) == tenant.as_bytes()
+            && self.key(entry) == key.as_bytes()
+    }
+
+    fn find(&self, hash: u64, tenant: &str, key: &str) -> Option<&Remembered> {
+        self.table.find(hash, |entry| self.is(entry, tenant, key))
+    }
+
+    fn answer(&self, entry: &Remembered) -> FirstAnswer {
+        let shared = &self.shared[entry.shared as usize];
+        let decision_id = if entry.id_len == HEX_ID {
+            format!("{:016x}{:016x}", entry.hex_id.0, entry.hex_id.1)
+        } else {
+            String::from_utf8_lossy(self.text.get(
+                entry.at,
+                entry.tenant_len + entry.key_len,
+                entry.id_len,
+            ))
+            .into_owned()
+        };
         FirstAnswer {
-            meter: self.shared.meter.to_string(),
-            amount: self.amount,
-            allow: self.allow,
-            decision_id: self.decision_id.to_text(),
-            code: self.shared.code.to_string(),
-            policy_id: self.shared.policy_id.to_string(),
-            used: self.used,
+            meter: shared.meter.to_string(),
+            amount: entry.amount,
+            allow: entry.allow,
+            decision_id,
+            code: shared.code.to_string(),
+            policy_id: shared.policy_id.to_string(),
+            used: entry.used,
         }
     }
-}
 
-impl Generations {
-    /// The shared part of `answer`, and the bytes it adds when it is new.
-    fn shared(&mut self, answer: &Answer<'_>) -> (Arc<Shared>, u64) {
-        let found = self.shared.iter().find(|shared| {
-            *shared.meter == *answer.meter
-                && *shared.code == *answer.code
-                && *shared.policy_id == *answer.policy_id
-        });
-        if let Some(found) = found {
-            return (Arc::clone(found), 0);
+    /// The index of `answer`'s shared part, and the bytes it adds when it is
+    /// new.
+    fn shared(&mut self, hasher: &RandomState, answer: &Answer<'_>) -> (u32, u64) {
+        let triple = (answer.meter, answer.code, answer.policy_id);
+        let hash = hasher.hash_one(triple);
+        let shared = &self.shared;
+        let is = |index: &u32| {
+            let held = &shared[*index as usize];
+            (&*held.meter, &*held.code, &*held.policy_id) == triple
+        };
+        if let Some(index) = self.shared_index.find(hash, is) {
+            return (*index, 0);
         }
-        if self.shared.len() >= MAX_SHARED {
-            self.shared.clear();
-        }
-        let shared = Arc::new(Shared {
+        let index = u32::try_from(self.shared.len()).unwrap_or(u32::MAX);
+        self.shared.push(Shared {
             meter: answer.meter.into(),
             code: answer.code.into(),
             policy_id: answer.policy_id.into(),
         });
-        self.shared.push(Arc::clone(&shared));
-        // The `Arc`'s block and the three strings' allocations.
+        let shared = &self.shared;
+        self.shared_index.insert_unique(hash, index, |index| {
+            let held = &shared[*index as usize];
+            hasher.hash_one((&*held.meter, &*held.code, &*held.policy_id))
+        });
+        // Its entry in the list and in the index, and the three strings'
+        // allocations (rounded up).
         let bytes = (std::mem::size_of::<Shared>()
-            + 16
+            + 8
             + answer.meter.len()
             + answer.code.len()
             + answer.policy_id.len()) as u64
             + 3 * 16;
-        (shared, bytes)
+        (index, bytes)
+    }
+
+    /// Forgets every answer, keeping the memory for reuse.
+    fn clear(&mut self) {
+        self.table.clear();
+        self.text.clear();
+        self.shared.clear();
+        self.shared_index.clear();
+        self.bytes = 0;
+        self.since = None;
     }
 }
 
 impl Answers {
     /// Room for about `max_bytes` of answers, each given again for `ttl`.
     pub(super) fn new(max_bytes: u64, ttl: Duration) -> Self {
+        let block_bytes = usize::try_from(max_bytes / 64)
+            .unwrap_or(usize::MAX)
+            .clamp(1024, MAX_BLOCK_BYTES);
         Self {
             max_bytes,
             ttl,
+            block_bytes,
             hasher: RandomState::new(),
             epoch: Instant::now(),
             generations: Mutex::new(Generations::default()),
@@ -232,11 +355,11 @@ impl Answers {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn hash(&self, tenant: &str, key: &str) -> u64 {
+    fn hash(&self, tenant: &[u8], key: &[u8]) -> u64 {
         let mut hasher = self.hasher.build_hasher();
-        hasher.write(tenant.as_bytes());
+        hasher.write(tenant);
         hasher.write_u8(0xff);
-        hasher.write(key.as_bytes());
+        hasher.write(key);
         hasher.finish()
     }
 
@@ -247,78 +370,99 @@ impl Answers {
     /// The answer remembered for `tenant`'s `key`, unless older than the time
     /// to live.
     pub(super) fn get(&self, tenant: &str, key: &str) -> Option<FirstAnswer> {
-        let hash = self.hash(tenant, key);
+        let hash = self.hash(tenant.as_bytes(), key.as_bytes());
         let generations = self.lock();
-        let found = generations
-            .current
-            .find(hash, |entry| entry.is(tenant, key))
-            .or_else(|| {
-                generations
-                    .previous
-                    .find(hash, |entry| entry.is(tenant, key))
-            })?;
+        let (generation, found) = [&generations.current, &generations.previous]
+            .into_iter()
+            .find_map(|generation| Some((generation, generation.find(hash, tenant, key)?)))?;
         let age = Duration::from_micros(self.now_us().saturating_sub(found.at_us));
-        (age < self.ttl).then(|| found.answer())
+        (age < self.ttl).then(|| generation.answer(found))
     }
 
     /// Remembers `answer` for `tenant`'s `key` (replacing an earlier one).
     pub(super) fn insert(&self, tenant: &str, key: &str, answer: &Answer<'_>) {
-        let hash = self.hash(tenant, key);
+        let hash = self.hash(tenant.as_bytes(), key.as_bytes());
         let now = Instant::now();
-        let mut joined = String::with_capacity(tenant.len() + key.len());
-        joined.push_str(tenant);
-        joined.push_str(key);
-        let key_text = joined.into_boxed_str();
-        let decision_id = DecisionId::new(answer.decision_id);
-        let added = weight(&key_text, &decision_id);
+        let hex = hex_id(answer.decision_id);
+        let added = weight(tenant, key, answer.decision_id);
         let at_us = self.now_us();
         let dropped = {
             let mut generations = self.lock();
-            let full = generations.current_bytes + added > self.max_bytes / 2;
+            let generations = &mut *generations;
+            let full = generations.current.bytes + added > self.max_bytes / 2;
             let old = generations
+                .current
                 .since
                 .is_some_and(|since| now.duration_since(since) >= self.ttl);
             let dropped = if full || old {
-                let current = std::mem::take(&mut generations.current);
-                generations.current_bytes = 0;
-                generations.since = None;
-                Some(std::mem::replace(&mut generations.previous, current))
+                let forgotten = std::mem::replace(
+                    &mut generations.previous,
+                    std::mem::take(&mut generations.current),
+                );
+                if full {
+                    generations.current = forgotten;
+                    generations.current.clear();
+                    None
+                } else {
+                    Some(forgotten)
+                }
             } else {
                 None
             };
-            generations.since.get_or_insert(now);
-            let (shared, shared_bytes) = generations.shared(answer);
+            let current = &mut generations.current;
+            current.since.get_or_insert(now);
+            let (shared, shared_bytes) = current.shared(&self.hasher, answer);
+            let id_text = if hex.is_some() {
+                ""
+            } else {
+                answer.decision_id
+            };
+            let at = current.text.push(&[tenant, key, id_text], self.block_bytes);
             let entry = Remembered {
-                hash,
-                key: key_text,
-                tenant_len: tenant.len(),
                 at_us,
-                decision_id,
-                shared,
                 amount: answer.amount,
                 used: answer.used,
+                hex_id: hex.unwrap_or_default(),
+                at,
+                tenant_len: u32::try_from(tenant.len()).unwrap_or(u32::MAX),
+                key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+                id_len: if hex.is_some() {
+                    HEX_ID
+                } else {
+                    u32::try_from(id_text.len()).unwrap_or(u32::MAX)
+                },
+                shared,
                 allow: answer.allow,
             };
-            let replaced = match generations
-                .current
-                .find_entry(hash, |held| held.is(tenant, key))
-            {
-                Ok(held) => Some(std::mem::replace(held.into_mut(), entry)),
-                Err(_) => {
-                    generations
-                        .current
-                        .insert_unique(hash, entry, |held| held.hash);
-                    None
+            let Generation {
+                table, text, bytes, ..
+            } = current;
+            match table.find_entry(hash, |held| {
+                held.tenant_len == entry.tenant_len
+                    && held.key_len == entry.key_len
+                    && text.get(held.at, 0, held.tenant_len) == tenant.as_bytes()
+                    && text.get(held.at, held.tenant_len, held.key_len) == key.as_bytes()
+            }) {
+                Ok(held) => {
+                    // The replaced answer's text stays in its block until
+                    // the generation is forgotten: counted until then.
+                    *held.into_mut() = entry;
+                    *bytes += added - ENTRY_OVERHEAD;
                 }
-            };
-            if let Some(replaced) = &replaced {
-                generations.current_bytes =
-                    generations.current_bytes.saturating_sub(replaced.weight());
+                Err(_) => {
+                    table.insert_unique(hash, entry, |held| {
+                        self.hash(
+                            text.get(held.at, 0, held.tenant_len),
+                            text.get(held.at, held.tenant_len, held.key_len),
+                        )
+                    });
+                    *bytes += added;
+                }
             }
-            generations.current_bytes += added + shared_bytes;
-            (dropped, replaced)
+            *bytes += shared_bytes;
+            dropped
         };
-        // A dropped generation is freed after the lock is released.
+        // A generation that aged out is freed after the lock is released.
         drop(dropped);
     }
 
@@ -326,7 +470,7 @@ impl Answers {
     #[cfg(test)]
     fn len(&self) -> usize {
         let generations = self.lock();
-        generations.current.len() + generations.previous.len()
+        generations.current.table.len() + generations.previous.table.len()
     }
 }
 
@@ -433,7 +577,8 @@ mod tests {
 
     #[test]
     fn decision_ids_come_back_as_they_were_given() {
-        for id in [
+        let answers = Answers::new(1 << 20, Duration::from_secs(3600));
+        let ids = [
             "0123456789abcdef0123456789abcdef",
             "00000000000000000000000000000000",
             "ffffffffffffffffffffffffffffffff",
@@ -441,38 +586,72 @@ mod tests {
             "0123456789abcdef0123456789abcde",
             "0123456789abcdef0123456789abcdef0",
             "+123456789abcdef+123456789abcdef",
-            "0123456789abcdéf0123456789abcdf",
+            "0123456789abcd\u{e9}f0123456789abcdf",
             "",
-        ] {
-            assert_eq!(DecisionId::new(id).to_text(), id, "{id:?}");
+        ];
+        for (n, id) in ids.iter().enumerate() {
+            answers.insert("acme", &format!("k{n}"), &answer(id));
         }
-        assert!(matches!(
-            DecisionId::new("0123456789abcdef0123456789abcdef"),
-            DecisionId::Hex(..)
-        ));
-        assert!(matches!(
-            DecisionId::new("+123456789abcdef+123456789abcdef"),
-            DecisionId::Text(_)
-        ));
+        for (n, id) in ids.iter().enumerate() {
+            let given = answers.get("acme", &format!("k{n}")).unwrap();
+            assert_eq!(given.decision_id, *id, "{id:?}");
+        }
+        assert_eq!(
+            hex_id("0123456789abcdef0123456789abcdef"),
+            Some((0x0123_4567_89ab_cdef, 0x0123_4567_89ab_cdef))
+        );
+        assert_eq!(hex_id("+123456789abcdef+123456789abcdef"), None);
+        assert_eq!(hex_id("0123456789ABCDEF0123456789ABCDEF"), None);
     }
 
-    /// The consume script stores an answer serialized from [`Answer`] and
-    /// reads it back as a [`FirstAnswer`]: both must serialize alike.
     #[test]
-    fn an_answer_serializes_as_its_first_answer() {
-        let given = Answer {
-            meter: "api \"calls\"",
-            amount: -3,
-            allow: false,
-            decision_id: "d\\1",
-            code: "cap_exceeded",
-            policy_id: "p\u{e9}",
-            used: 42,
+    fn texts_longer_than_a_block_and_a_reused_generation_come_back_whole() {
+        // Blocks of about 1.5 KiB: keys of 300 bytes with generated decision
+        // ids (kept as numbers) share blocks; with decision ids of 2,000
+        // bytes they take blocks of their own.
+        let per_answer = ("acme".len() + 300 + 2_000) as u64 + ENTRY_OVERHEAD;
+        let answers = Answers::new(per_answer * 40, Duration::from_secs(3600));
+        assert!((1_024..2_000).contains(&answers.block_bytes));
+        let key = |n: usize| format!("{n:0>300}");
+        let id = |n: usize| {
+            if n.is_multiple_of(2) {
+                format!("{n:032x}")
+            } else {
+                format!("{n:x>2000}")
+            }
         };
-        assert_eq!(
-            serde_json::to_string(&given).unwrap(),
-            serde_json::to_string(&given.owned()).unwrap()
-        );
+        for n in 0..100 {
+            answers.insert("acme", &key(n), &answer(&id(n)));
+            // The newest 20 are always held, whole.
+            for held in n.saturating_sub(19)..=n {
+                assert_eq!(
+                    answers.get("acme", &key(held)).map(|a| a.decision_id),
+                    Some(id(held)),
+                    "answer {held} after {n}"
+                );
+            }
+        }
+        assert_eq!(answers.get("acme", &key(0)), None);
+        let generations = answers.lock();
+        // A block of its own per long text held; the blocks of the others
+        // are filled in turn and reused, not added generation after
+        // generation: a generation (half the bound) holds at most 17 answers
+        // with short texts (304 bytes, five to a block) between its long
+        // ones.
+        for generation in [&generations.current, &generations.previous] {
+            let long_texts = generation
+                .table
+                .iter()
+                .filter(|entry| entry.id_len != HEX_ID)
+                .count();
+            assert_eq!(generation.text.long.len(), long_texts);
+            assert!(generation.text.filled <= 3, "{}", generation.text.filled);
+            assert!(
+                generation.text.blocks.len() <= 4,
+                "{} blocks",
+                generation.text.blocks.len()
+            );
+        }
     }
 
     #[test]
@@ -481,9 +660,11 @@ mod tests {
         for n in 0..10 {
             answers.insert("acme", &format!("k{n}"), &answer("d"));
         }
-        let generations = answers.lock();
-        assert_eq!(generations.shared.len(), 1);
-        // The list's reference and the ten answers'.
-        assert_eq!(Arc::strong_count(&generations.shared[0]), 11);
+        let mut other = answer("d");
+        other.code = "cap_exceeded";
+        answers.insert("acme", "k10", &other);
+        assert_eq!(answers.lock().current.shared.len(), 2);
+        assert_eq!(answers.get("acme", "k3"), Some(answer("d").owned()));
+        assert_eq!(answers.get("acme", "k10"), Some(other.owned()));
     }
 }
