@@ -154,7 +154,13 @@ fn value_to_core(
                 return Err(unknown_extension(&format!("{at}.fn"), &extension.r#fn));
             };
             let args = if extension.args.is_empty() {
-                vec![Value::from(SmolStr::from(extension.arg))]
+                if let Some(value) = recent_extension_value(function, &extension.arg) {
+                    return Ok(value);
+                }
+                let args = [Value::from(SmolStr::from(extension.arg.as_str()))];
+                let value = call_extension(function, &args, at, &extension.r#fn)?;
+                remember_extension_value(function, extension.arg, &value);
+                return Ok(value);
             } else if extension.arg.is_empty() {
                 extension
                     .args
@@ -167,16 +173,69 @@ fn value_to_core(
             } else {
                 return Err(both_arg_and_args(&at.to_string()));
             };
-            match function.call(&args) {
-                Ok(PartialValue::Value(value)) => Ok(value),
-                Ok(PartialValue::Residual(_)) => Err(RequestError::new(
-                    at.to_string(),
-                    format!("`{}` did not produce a value", extension.r#fn),
-                )),
-                Err(error) => Err(RequestError::new(at.to_string(), describe(&error))),
-            }
+            call_extension(function, &args, at, &extension.r#fn)
         }
     }
+}
+
+/// Applies an extension function (named `name` in the request) to `args`.
+fn call_extension(
+    function: &ExtensionFunction,
+    args: &[Value],
+    at: &At<'_>,
+    name: &str,
+) -> Result<Value, RequestError> {
+    match function.call(args) {
+        Ok(PartialValue::Value(value)) => Ok(value),
+        Ok(PartialValue::Residual(_)) => Err(RequestError::new(
+            at.to_string(),
+            format!("`{name}` did not produce a value"),
+        )),
+        Err(error) => Err(RequestError::new(at.to_string(), describe(&error))),
+    }
+}
+
+/// Values a thread built lately from one string with an extension function
+/// (`datetime("2026-12-06T10:00:00Z")`, `ip("10.0.0.1")`), to give again for
+/// the same function and string: requests arriving together carry the same
+/// `now` (all of those within its second, or its millisecond), and callers
+/// their own addresses, in request after request, while Cedar's own parse of
+/// a `datetime` (regular expressions) costs more than the rest of a
+/// request's conversion. The functions are pure, so a value given again is
+/// the value the call would build. A string not held costs a comparison
+/// with each of the few held.
+struct RecentExtensionValues {
+    held: [Option<(&'static ExtensionFunction, String, Value)>; RECENT_EXTENSION_VALUES],
+    /// The slot the next new value takes.
+    next: usize,
+}
+
+/// Values each thread holds.
+const RECENT_EXTENSION_VALUES: usize = 4;
+
+thread_local! {
+    static RECENT_EXTENSION: std::cell::RefCell<RecentExtensionValues> =
+        const { std::cell::RefCell::new(RecentExtensionValues { held: [const { None }; RECENT_EXTENSION_VALUES], next: 0 }) };
+}
+
+fn recent_extension_value(function: &'static ExtensionFunction, arg: &str) -> Option<Value> {
+    RECENT_EXTENSION.with_borrow(|recent| {
+        recent
+            .held
+            .iter()
+            .flatten()
+            .find_map(|(held, held_arg, value)| {
+                (std::ptr::eq(*held, function) && held_arg == arg).then(|| value.clone())
+            })
+    })
+}
+
+fn remember_extension_value(function: &'static ExtensionFunction, arg: String, value: &Value) {
+    RECENT_EXTENSION.with_borrow_mut(|recent| {
+        let slot = recent.next;
+        recent.held[slot] = Some((function, arg, value.clone()));
+        recent.next = (slot + 1) % RECENT_EXTENSION_VALUES;
+    });
 }
 
 fn unknown_extension(field: &str, function: &str) -> RequestError {
@@ -520,6 +579,51 @@ mod tests {
         };
         let error = value_to_core(&policies, &x, unknown, 0).unwrap_err();
         assert_eq!(error.field, "context.x.fn");
+    }
+
+    #[test]
+    fn extension_values_given_again_are_the_values_cedar_builds() {
+        let policies = PolicySnapshot::from_sources("schema.cedarschema", "entity User;", &[])
+            .expect("schema loads");
+        let convert = |function: &str, arg: &str| {
+            let value = pb::Value {
+                kind: Some(pb::value::Kind::Extension(pb::Extension {
+                    r#fn: function.to_string(),
+                    arg: arg.to_string(),
+                    args: Vec::new(),
+                })),
+            };
+            value_to_core(&policies, &At::Context("x"), value, 0)
+        };
+        // More strings than a thread holds, each converted twice in a row
+        // (the second time given again), in three rounds.
+        let times: Vec<String> = (0..6).map(|n| format!("2026-11-27T12:00:0{n}Z")).collect();
+        for _ in 0..3 {
+            for time in &times {
+                let cedar = cedar_value(&format!("datetime({time:?})"));
+                for _ in 0..2 {
+                    let ours = convert("datetime", time).unwrap();
+                    assert_eq!(ours, cedar, "{time}");
+                    assert_eq!(ours.to_string(), cedar.to_string(), "{time}");
+                }
+                let datetime = extension_function("datetime").unwrap();
+                assert_eq!(recent_extension_value(datetime, time), Some(cedar));
+            }
+        }
+        // The same string under another function is that function's value,
+        // or its error.
+        assert_eq!(
+            convert("datetime", "2026-11-27").unwrap(),
+            cedar_value(r#"datetime("2026-11-27")"#)
+        );
+        let error = convert("duration", "2026-11-27").unwrap_err();
+        assert_eq!(error.field, "context.x");
+        assert!(error.problem.contains("duration"), "{}", error.problem);
+        // A string refused is refused every time.
+        for _ in 0..2 {
+            let error = convert("datetime", "garbage").unwrap_err();
+            assert!(error.problem.contains("datetime"), "{}", error.problem);
+        }
     }
 
     #[test]

@@ -144,7 +144,14 @@ impl DecisionIds {
 
     fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{n:016x}", self.prefix)
+        let mut id = String::with_capacity(32);
+        for word in [self.prefix, n] {
+            for shift in (0..16).rev() {
+                let digit = ((word >> (shift * 4)) & 0xf) as u32;
+                id.push(char::from_digit(digit, 16).unwrap_or('0'));
+            }
+        }
+        id
     }
 }
 
@@ -674,5 +681,28 @@ impl EntitlementService for GrpcService {
             result.map(Response::new)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_ids_are_32_lowercase_hex_digits_of_prefix_and_counter() {
+        let ids = DecisionIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            counter: AtomicU64::new(u64::MAX - 1),
+        };
+        assert_eq!(ids.next(), "0123456789abcdeffffffffffffffffe");
+        assert_eq!(ids.next(), "0123456789abcdefffffffffffffffff");
+        assert_eq!(ids.next(), "0123456789abcdef0000000000000000");
+        let ids = DecisionIds::new();
+        let first = ids.next();
+        assert_eq!(first.len(), 32);
+        assert!(first
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(ids.next()[..16], first[..16]);
     }
 }
