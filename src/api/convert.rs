@@ -47,7 +47,7 @@ pub fn prepare_check_with(
         None => return Err(RequestError::new("action", "required")),
     };
     let resource = entity_ref(policies, "resource", request.resource.as_ref())?;
-    let context = request
+    let mut context = request
         .context
         .into_iter()
         .map(|(key, value)| {
@@ -55,7 +55,6 @@ pub fn prepare_check_with(
             Ok((SmolStr::from(key), value))
         })
         .collect::<Result<BTreeMap<_, _>, _>>()?;
-    let mut context = context;
     if let Some((key, value)) = extra {
         context.insert(SmolStr::from(key), value);
     }

@@ -144,11 +144,11 @@ impl DecisionIds {
 
     fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut id = String::with_capacity(32);
         for word in [self.prefix, n] {
             for shift in (0..16).rev() {
-                let digit = ((word >> (shift * 4)) & 0xf) as u32;
-                id.push(char::from_digit(digit, 16).unwrap_or('0'));
+                id.push(char::from(DIGITS[((word >> (shift * 4)) & 0xf) as usize]));
             }
         }
         id

@@ -15,10 +15,16 @@
 //! other lies in the text after the key); the meter, reason code and policy
 //! id, which many answers share, are kept once per generation. A
 //! generation forgotten because it filled up is emptied and reused as the
-//! next current one, its table and blocks with it: a busy sidecar allocates
-//! nothing to remember answers once its generations have grown, and frees
-//! nothing either. One forgotten because it aged out (a quiet sidecar) is
-//! freed.
+//! next current one, its table and blocks with it: once its generations have
+//! grown, a busy sidecar allocates and frees nothing per answer (save for
+//! the rare text longer than a block). One forgotten because it aged out
+//! (a quiet sidecar) is freed.
+//!
+//! A generation is full when the answers it holds are counted at half of the
+//! memory allowed, or when the memory it holds would pass that half: a
+//! reused generation keeps the table and blocks an earlier fill grew, which
+//! answers of another shape (short keys, then long ones) do not use
+//! alike.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -58,11 +64,14 @@ impl Answer<'_> {
 }
 
 /// What an answer is counted as against the memory bound, besides the bytes
-/// of its text (tenant, key, and a decision id kept as text): its slot at
-/// the table's lowest load (a table grows by doubling once it is 7/8 full,
-/// so right after it has grown each answer has 16/7 slots). A text block
-/// leaves unused at most the bytes of one answer's text at its end.
-const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<Remembered>() as u64) * 16 / 7;
+/// of its text (tenant, key, and a decision id kept as text): its slot and
+/// the slot's control byte at the table's lowest load (a table grows by
+/// doubling once it is 7/8 full, so right after it has grown each answer has
+/// 16/7 slots). The end of a text block that no text fits in is not counted
+/// (less than one text: at most 384 bytes of a 64 KiB block for a tenant and
+/// a key); the memory a generation holds is checked as well (see the
+/// module's doc).
+const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<Remembered>() as u64 + 1) * 16 / 7;
 
 /// The largest text block: big enough that few are allocated, small enough
 /// that a generation's last one is not mostly empty.
@@ -155,6 +164,8 @@ struct Text {
     blocks: Vec<Vec<u8>>,
     filled: usize,
     long: Vec<Box<[u8]>>,
+    /// Bytes of the blocks and of the long texts.
+    allocated: u64,
 }
 
 impl Text {
@@ -163,6 +174,7 @@ impl Text {
     fn push(&mut self, parts: &[&str], block_bytes: usize) -> Place {
         let len: usize = parts.iter().map(|part| part.len()).sum();
         if len > block_bytes {
+            self.allocated += len as u64;
             self.long
                 .push(parts.concat().into_bytes().into_boxed_slice());
             return Place {
@@ -170,14 +182,17 @@ impl Text {
                 offset: LONG,
             };
         }
-        let fits = |block: &Vec<u8>| block.capacity() - block.len() >= len;
-        if !self.blocks.get(self.filled).is_some_and(fits) {
+        if !self.fits(len) {
             if !self.blocks.is_empty() {
-                // A block holds `block_bytes`: this one holds text.
+                // The block being filled has no room left (an empty one has
+                // room for any text of a block's length): go on to the next,
+                // reusing an empty one when there is one.
                 self.filled += 1;
             }
             if self.filled == self.blocks.len() {
-                self.blocks.push(Vec::with_capacity(block_bytes));
+                let block = Vec::with_capacity(block_bytes);
+                self.allocated += block.capacity() as u64;
+                self.blocks.push(block);
             }
         }
         let block = &mut self.blocks[self.filled];
@@ -189,6 +204,33 @@ impl Text {
             block: u32::try_from(self.filled).unwrap_or(u32::MAX),
             offset: u32::try_from(offset).unwrap_or(u32::MAX),
         }
+    }
+
+    /// Whether a text of `len` bytes fits in the block being filled.
+    fn fits(&self, len: usize) -> bool {
+        self.blocks
+            .get(self.filled)
+            .is_some_and(|block| block.capacity() - block.len() >= len)
+    }
+
+    /// The bytes a text of `len` would add: a new block (or its own), unless
+    /// it fits in the block being filled or an empty block follows.
+    fn growth(&self, len: usize, block_bytes: usize) -> u64 {
+        if len > block_bytes {
+            len as u64
+        } else if self.fits(len) || self.filled + 1 < self.blocks.len() {
+            0
+        } else {
+            block_bytes as u64
+        }
+    }
+
+    /// Whether `entry`'s tenant and key are `tenant` and `key`.
+    fn is(&self, entry: &Remembered, tenant: &str, key: &str) -> bool {
+        entry.tenant_len as usize == tenant.len()
+            && entry.key_len as usize == key.len()
+            && self.get(entry.at, 0, entry.tenant_len) == tenant.as_bytes()
+            && self.get(entry.at, entry.tenant_len, entry.key_len) == key.as_bytes()
     }
 
     /// `len` bytes at `skip` bytes past `at`.
@@ -204,14 +246,19 @@ impl Text {
         &block[start..start + len as usize]
     }
 
-    /// Forgets every text, keeping the blocks for reuse (but not the long
-    /// texts' own).
-    fn clear(&mut self) {
+    /// Forgets every text, keeping up to `blocks` blocks for reuse (but not
+    /// the long texts' own blocks).
+    fn clear(&mut self, blocks: usize) {
+        for block in self.blocks.drain(blocks.min(self.blocks.len())..) {
+            self.allocated -= block.capacity() as u64;
+        }
         for block in &mut self.blocks {
             block.clear();
         }
         self.filled = 0;
-        self.long = Vec::new();
+        for text in std::mem::take(&mut self.long) {
+            self.allocated -= text.len() as u64;
+        }
     }
 }
 
@@ -229,39 +276,30 @@ fn hex_id(text: &str) -> Option<(u64, u64)> {
     }
 }
 
-/// The bytes of a text that an answer's decision id takes.
-fn id_text_len(decision_id: &str) -> usize {
-    if hex_id(decision_id).is_some() {
-        0
-    } else {
-        decision_id.len()
-    }
-}
-
-/// What an answer with this text is counted as against the memory bound
-/// (its shared part is counted once per generation, when first added).
-fn weight(tenant: &str, key: &str, decision_id: &str) -> u64 {
-    (tenant.len() + key.len() + id_text_len(decision_id)) as u64 + ENTRY_OVERHEAD
+/// What an answer is counted as against the memory bound, with a text of
+/// `text_len` bytes (its shared part is counted once per generation, when
+/// first added).
+fn weight(text_len: usize) -> u64 {
+    text_len as u64 + ENTRY_OVERHEAD
 }
 
 impl Generation {
-    fn tenant(&self, entry: &Remembered) -> &[u8] {
-        self.text.get(entry.at, 0, entry.tenant_len)
-    }
-
-    fn key(&self, entry: &Remembered) -> &[u8] {
-        self.text.get(entry.at, entry.tenant_len, entry.key_len)
-    }
-
-    fn is(&self, entry: &Remembered, tenant: &str, key: &str) -> bool {
-        entry.tenant_len as usize == tenant.len()
-            && entry.key_len as usize == key.len()
-            && self.tenant(entry) == tenant.as_bytes()
-            && self.key(entry) == key.as_bytes()
-    }
-
     fn find(&self, hash: u64, tenant: &str, key: &str) -> Option<&Remembered> {
-        self.table.find(hash, |entry| self.is(entry, tenant, key))
+        self.table
+            .find(hash, |entry| self.text.is(entry, tenant, key))
+    }
+
+    /// The memory it would hold with one more answer of `text_len` bytes of
+    /// text (its shared part aside).
+    fn footprint_with(&self, text_len: usize, block_bytes: usize) -> u64 {
+        let table = self.table.allocation_size() as u64;
+        let table = if self.table.len() < self.table.capacity() {
+            table
+        } else {
+            // The insert doubles the table (a first one allocates 4 slots).
+            (2 * table).max(4 * (std::mem::size_of::<Remembered>() as u64 + 1))
+        };
+        table + self.text.allocated + self.text.growth(text_len, block_bytes)
     }
 
     fn answer(&self, entry: &Remembered) -> FirstAnswer {
@@ -322,10 +360,16 @@ impl Generation {
         (index, bytes)
     }
 
-    /// Forgets every answer, keeping the memory for reuse.
-    fn clear(&mut self) {
-        self.table.clear();
-        self.text.clear();
+    /// Forgets every answer, keeping for reuse as much memory as `like`
+    /// used (the generation filled last: answers change shape over time).
+    fn clear_like(&mut self, like: &Generation) {
+        let slots = like.table.len();
+        if self.table.capacity() > 2 * slots {
+            self.table = HashTable::with_capacity(slots);
+        } else {
+            self.table.clear();
+        }
+        self.text.clear(like.text.filled + 1);
         self.shared.clear();
         self.shared_index.clear();
         self.bytes = 0;
@@ -384,12 +428,22 @@ impl Answers {
         let hash = self.hash(tenant.as_bytes(), key.as_bytes());
         let now = Instant::now();
         let hex = hex_id(answer.decision_id);
-        let added = weight(tenant, key, answer.decision_id);
+        let id_text = if hex.is_some() {
+            ""
+        } else {
+            answer.decision_id
+        };
+        let text_len = tenant.len() + key.len() + id_text.len();
+        let added = weight(text_len);
         let at_us = self.now_us();
         let dropped = {
             let mut generations = self.lock();
             let generations = &mut *generations;
-            let full = generations.current.bytes + added > self.max_bytes / 2;
+            let current = &generations.current;
+            let half = self.max_bytes / 2;
+            let full = !current.table.is_empty()
+                && (current.bytes + added > half
+                    || current.footprint_with(text_len, self.block_bytes) > half);
             let old = generations
                 .current
                 .since
@@ -401,7 +455,7 @@ impl Answers {
                 );
                 if full {
                     generations.current = forgotten;
-                    generations.current.clear();
+                    generations.current.clear_like(&generations.previous);
                     None
                 } else {
                     Some(forgotten)
@@ -412,11 +466,6 @@ impl Answers {
             let current = &mut generations.current;
             current.since.get_or_insert(now);
             let (shared, shared_bytes) = current.shared(&self.hasher, answer);
-            let id_text = if hex.is_some() {
-                ""
-            } else {
-                answer.decision_id
-            };
             let at = current.text.push(&[tenant, key, id_text], self.block_bytes);
             let entry = Remembered {
                 at_us,
@@ -437,12 +486,7 @@ impl Answers {
             let Generation {
                 table, text, bytes, ..
             } = current;
-            match table.find_entry(hash, |held| {
-                held.tenant_len == entry.tenant_len
-                    && held.key_len == entry.key_len
-                    && text.get(held.at, 0, held.tenant_len) == tenant.as_bytes()
-                    && text.get(held.at, held.tenant_len, held.key_len) == key.as_bytes()
-            }) {
+            match table.find_entry(hash, |held| text.is(held, tenant, key)) {
                 Ok(held) => {
                     // The replaced answer's text stays in its block until
                     // the generation is forgotten: counted until then.
@@ -652,6 +696,97 @@ mod tests {
                 generation.text.blocks.len()
             );
         }
+    }
+
+    /// The consume script stores an answer serialized from [`Answer`] and
+    /// reads it back as a [`FirstAnswer`]: both must serialize alike.
+    #[test]
+    fn an_answer_serializes_as_its_first_answer() {
+        let given = Answer {
+            meter: "api \"calls\"",
+            amount: -3,
+            allow: false,
+            decision_id: "d\\1",
+            code: "cap_exceeded",
+            policy_id: "p\u{e9}",
+            used: 42,
+        };
+        assert_eq!(
+            serde_json::to_string(&given).unwrap(),
+            serde_json::to_string(&given.owned()).unwrap()
+        );
+    }
+
+    /// The memory both generations hold.
+    fn footprint(answers: &Answers) -> u64 {
+        let generations = answers.lock();
+        [&generations.current, &generations.previous]
+            .iter()
+            .map(|generation| generation.table.allocation_size() as u64 + generation.text.allocated)
+            .sum()
+    }
+
+    #[test]
+    fn answers_that_change_shape_stay_within_the_memory_allowed() {
+        let max_bytes = 256 * 1024;
+        let answers = Answers::new(max_bytes, Duration::from_secs(3600));
+        let generated = "0123456789abcdef0123456789abcdef";
+        // Short keys (a large table), then long ones (many blocks) in the
+        // generations the short ones grew, then short ones again.
+        let phases = [(0..6_000, 8), (6_000..8_000, 300), (8_000..14_000, 8)];
+        for (numbers, key_len) in phases {
+            let key = |n: u32| format!("{n:0>key_len$}");
+            let newest = numbers.start;
+            for n in numbers.clone() {
+                answers.insert("acme", &key(n), &answer(generated));
+                // Within the bound, give or take a block being started.
+                assert!(
+                    footprint(&answers) <= max_bytes + answers.block_bytes as u64,
+                    "{} bytes held after answer {n}",
+                    footprint(&answers)
+                );
+            }
+            // Each phase ends holding at least a generation's worth of its
+            // newest answers (half of what the bound holds of them).
+            let held = max_bytes / 2 / weight(4 + key_len);
+            let end = numbers.end;
+            for n in (end - u32::try_from(held).unwrap()).max(newest)..end {
+                assert!(
+                    answers.get("acme", &key(n)).is_some(),
+                    "answer {n} of {key_len}-byte keys"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_generation_that_ages_out_is_freed() {
+        let answers = Answers::new(1 << 20, Duration::from_millis(50));
+        for n in 0..100 {
+            answers.insert("acme", &format!("k{n}"), &answer("d"));
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        // The next insert starts a new generation, from nothing.
+        answers.insert("acme", "new", &answer("d"));
+        let generations = answers.lock();
+        assert_eq!(generations.current.table.len(), 1);
+        assert!(generations.current.table.capacity() < 100);
+        assert_eq!(generations.current.text.blocks.len(), 1);
+        assert_eq!(generations.previous.table.len(), 100);
+    }
+
+    #[test]
+    fn answers_given_again_under_one_key_are_counted_until_the_generation_goes() {
+        let per_answer = ("acme".len() + "k".len() + 1) as u64 + ENTRY_OVERHEAD;
+        let answers = Answers::new(per_answer * 20, Duration::from_secs(3600));
+        for n in 0..5 {
+            answers.insert("acme", "k", &answer(&format!("{n}")));
+        }
+        // One answer held (the last), its text counted five times.
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers.get("acme", "k").unwrap().decision_id, "4");
+        let counted = answers.lock().current.bytes;
+        assert!(counted >= per_answer + 4 * 6, "{counted}");
     }
 
     #[test]
