@@ -11,7 +11,11 @@
 //! * `full_check`: `DecisionPoint::check` on a protobuf request, i.e. the whole
 //!   in-process path: protobuf → Cedar conversion, schema validation, decision
 //!   and the protobuf response. The request is cloned in the (untimed) setup of
-//!   `iter_batched`, so its clone is not part of the measurement.
+//!   `iter_batched`, so its clone is not part of the measurement. Its `now`
+//!   is the same every time, so after the first call its `datetime` value is
+//!   given again rather than parsed;
+//! * `full_check_new_now`: the same with a `now` the thread has not
+//!   converted lately (64 values in turn), so that its `datetime` is parsed.
 //!
 //! Run: `cargo bench --bench engine` (a few minutes), or
 //! `cargo bench --bench engine -- --quick` for a CI smoke run.
@@ -107,6 +111,22 @@ fn snapshot_json(users: usize) -> Vec<u8> {
 
 fn pb_request(principal: &str, case: Case) -> pb::CheckRequest {
     common::use_request(TENANT, principal, case.feature())
+}
+
+/// `request` with the context's `now` set to `now`.
+fn with_now(request: &pb::CheckRequest, now: &str) -> pb::CheckRequest {
+    let mut request = request.clone();
+    request.context.insert(
+        "now".to_string(),
+        pb::Value {
+            kind: Some(pb::value::Kind::Extension(pb::Extension {
+                r#fn: "datetime".to_string(),
+                arg: now.to_string(),
+                args: Vec::new(),
+            })),
+        },
+    );
+    request
 }
 
 /// The same request built directly with Cedar's API, validated against the schema.
@@ -222,6 +242,32 @@ fn bench_size(c: &mut Criterion, users: usize) {
                 BatchSize::SmallInput,
             );
         });
+        // The same with a `now` the thread has not converted lately (64
+        // values in turn, where a thread keeps the last 4): the `datetime`
+        // parse that `full_check` skips for a `now` it holds.
+        let new_nows: Vec<pb::CheckRequest> = (0..64)
+            .map(|ms| with_now(&request, &format!("{}.{ms:03}Z", NOW.trim_end_matches('Z'))))
+            .collect();
+        let decided = runtime
+            .block_on(decision_point.check(new_nows[1].clone()))
+            .expect("check");
+        assert_eq!(
+            decided.decision,
+            expected as i32,
+            "full_check_new_now/{}",
+            case.name()
+        );
+        let mut turn = 0;
+        group.bench_function(BenchmarkId::new("full_check_new_now", case.name()), |b| {
+            b.iter_batched(
+                || {
+                    turn = (turn + 1) % new_nows.len();
+                    new_nows[turn].clone()
+                },
+                |request| runtime.block_on(decision_point.check(black_box(request))),
+                BatchSize::SmallInput,
+            );
+        });
     }
     group.finish();
 }
@@ -233,7 +279,7 @@ fn engine(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    // ~4 s per benchmark (1 s warm-up + 3 s measurement) × 18 benchmarks.
+    // ~4 s per benchmark (1 s warm-up + 3 s measurement) × 24 benchmarks.
     // Command-line flags (--quick, --measurement-time, ...) still override.
     Criterion::default()
         .sample_size(50)
