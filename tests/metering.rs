@@ -404,6 +404,36 @@ async fn a_retried_key_returns_its_first_answer_and_counts_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_record_the_caller_sends_is_replaced_by_the_meters() {
+    let setup = setup(Options::default(), 1_000).await;
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    // A record the `usage-invalid` policy would deny, and a value that
+    // cannot be converted at all: neither is read.
+    let negative = pb::Value {
+        kind: Some(pb::value::Kind::Record(pb::ValueRecord {
+            values: [
+                ("used", -5),
+                ("requested", 1),
+                ("limit", 0),
+                ("remaining", 0),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), long(value)))
+            .collect(),
+        })),
+    };
+    for (n, sent) in [negative, datetime("garbage")].into_iter().enumerate() {
+        let mut request = consume(&format!("sent-{n}"), 1);
+        request.context.insert("usage".to_string(), sent);
+        let response = client.check(request).await.unwrap().into_inner();
+        assert!(allowed(&response), "{response:?}");
+        assert_eq!(response.usage.unwrap().used, n as i64 + 1);
+    }
+    assert_eq!(setup.counter("2026-11"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periods_reset_at_the_utc_boundary_and_an_upgrade_applies_at_once() {
     let setup = setup(Options::default(), 3).await;
     let server = setup.server().await;

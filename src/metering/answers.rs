@@ -27,7 +27,7 @@
 //! alike.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,10 @@ impl Answer<'_> {
 /// (less than one text: at most 384 bytes of a 64 KiB block for a tenant and
 /// a key); the memory a generation holds is checked as well (see the
 /// module's doc).
-const ENTRY_OVERHEAD: u64 = (std::mem::size_of::<Remembered>() as u64 + 1) * 16 / 7;
+const ENTRY_OVERHEAD: u64 = SLOT_BYTES * 16 / 7;
+
+/// A table slot: an answer and its control byte.
+const SLOT_BYTES: u64 = std::mem::size_of::<Remembered>() as u64 + 1;
 
 /// The largest text block: big enough that few are allocated, small enough
 /// that a generation's last one is not mostly empty.
@@ -118,11 +121,17 @@ struct Generation {
 }
 
 /// What many answers have in common.
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug)]
 struct Shared {
     meter: Box<str>,
     code: Box<str>,
     policy_id: Box<str>,
+}
+
+impl Shared {
+    fn parts(&self) -> (&str, &str, &str) {
+        (&self.meter, &self.code, &self.policy_id)
+    }
 }
 
 /// One answer; its text lies in its generation's [`Text`].
@@ -225,12 +234,19 @@ impl Text {
         }
     }
 
+    /// `entry`'s tenant and key.
+    fn tenant_and_key(&self, entry: &Remembered) -> (&[u8], &[u8]) {
+        (
+            self.get(entry.at, 0, entry.tenant_len),
+            self.get(entry.at, entry.tenant_len, entry.key_len),
+        )
+    }
+
     /// Whether `entry`'s tenant and key are `tenant` and `key`.
     fn is(&self, entry: &Remembered, tenant: &str, key: &str) -> bool {
         entry.tenant_len as usize == tenant.len()
             && entry.key_len as usize == key.len()
-            && self.get(entry.at, 0, entry.tenant_len) == tenant.as_bytes()
-            && self.get(entry.at, entry.tenant_len, entry.key_len) == key.as_bytes()
+            && self.tenant_and_key(entry) == (tenant.as_bytes(), key.as_bytes())
     }
 
     /// `len` bytes at `skip` bytes past `at`.
@@ -297,7 +313,7 @@ impl Generation {
             table
         } else {
             // The insert doubles the table (a first one allocates 4 slots).
-            (2 * table).max(4 * (std::mem::size_of::<Remembered>() as u64 + 1))
+            (2 * table).max(4 * SLOT_BYTES)
         };
         table + self.text.allocated + self.text.growth(text_len, block_bytes)
     }
@@ -331,10 +347,7 @@ impl Generation {
         let triple = (answer.meter, answer.code, answer.policy_id);
         let hash = hasher.hash_one(triple);
         let shared = &self.shared;
-        let is = |index: &u32| {
-            let held = &shared[*index as usize];
-            (&*held.meter, &*held.code, &*held.policy_id) == triple
-        };
+        let is = |index: &u32| shared[*index as usize].parts() == triple;
         if let Some(index) = self.shared_index.find(hash, is) {
             return (*index, 0);
         }
@@ -346,8 +359,7 @@ impl Generation {
         });
         let shared = &self.shared;
         self.shared_index.insert_unique(hash, index, |index| {
-            let held = &shared[*index as usize];
-            hasher.hash_one((&*held.meter, &*held.code, &*held.policy_id))
+            hasher.hash_one(shared[*index as usize].parts())
         });
         // Its entry in the list and in the index, and the three strings'
         // allocations (rounded up).
@@ -495,10 +507,8 @@ impl Answers {
                 }
                 Err(_) => {
                     table.insert_unique(hash, entry, |held| {
-                        self.hash(
-                            text.get(held.at, 0, held.tenant_len),
-                            text.get(held.at, held.tenant_len, held.key_len),
-                        )
+                        let (tenant, key) = text.tenant_and_key(held);
+                        self.hash(tenant, key)
                     });
                     *bytes += added;
                 }
@@ -757,6 +767,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_generation_that_fills_up_is_reused() {
+        let per_answer = ("acme".len() + "key-00000".len()) as u64 + ENTRY_OVERHEAD;
+        let answers = Answers::new(per_answer * 1_000, Duration::from_secs(3600));
+        let generated = "0123456789abcdef0123456789abcdef";
+        let mut n = 0;
+        let mut insert = |answers: &Answers| {
+            answers.insert("acme", &format!("key-{n:05}"), &answer(generated));
+            n += 1;
+        };
+        // Fill the first generation: once full, it is the previous one, with
+        // the table and blocks it grew.
+        while answers.lock().previous.table.is_empty() {
+            insert(&answers);
+        }
+        let (capacity, blocks) = {
+            let generations = answers.lock();
+            let first = &generations.previous;
+            (first.table.capacity(), first.text.blocks.len())
+        };
+        // Fill the second, until it too is full and the first is reused.
+        let mut grown = false;
+        loop {
+            insert(&answers);
+            let len = answers.lock().current.table.len();
+            if len > 1 {
+                grown = true;
+            } else if grown {
+                break;
+            }
+        }
+        // The second filled up: the first, emptied, took the new answer in
+        // the memory it had.
+        let generations = answers.lock();
+        assert_eq!(generations.current.table.len(), 1);
+        assert_eq!(generations.current.table.capacity(), capacity);
+        assert_eq!(generations.current.text.blocks.len(), blocks);
     }
 
     #[test]
