@@ -6,9 +6,9 @@
 //!
 //! * `cedar_bare`: Cedar's `Authorizer::is_authorized` on a prepared request,
 //!   the floor tollgate cannot go below;
-//! * `engine_decide`: `tollgate::engine::decide` on a prepared request (Cedar
+//! * `engine_decide`: `tollgate_engine::decide` on a prepared request (Cedar
 //!   plus the principal check and turning Cedar's answer into reasons);
-//! * `full_check`: `DecisionPoint::check` on a protobuf request, i.e. the whole
+//! * `full_check`: `api::check` (the decision service) on a protobuf request, i.e. the whole
 //!   in-process path: protobuf → Cedar conversion, schema validation, decision
 //!   and the protobuf response. The request is cloned in the (untimed) setup of
 //!   `iter_batched`, so its clone is not part of the measurement. Its `now`
@@ -43,10 +43,12 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 
 use common::NOW;
 use snapshots::{role_of, user_id};
+use tollgate::api;
 use tollgate::api::pb;
-use tollgate::api::{DecisionPoint, Limits};
-use tollgate::engine::Options;
-use tollgate::store::{Catalog, PolicySnapshot, SnapshotSource, Store, TenantMap, TenantSnapshot};
+use tollgate::decide::{DecisionService, Limits};
+use tollgate::store::{Catalog, Store};
+use tollgate_engine::Options;
+use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
 
 /// Tenant id of the generated snapshots.
 const TENANT: &str = "bench";
@@ -163,7 +165,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
     let principal = user_id(principal_index(users));
 
     let tenants: TenantMap = HashMap::from([(TENANT.to_string(), Arc::clone(&tenant))]);
-    let decision_point = DecisionPoint::new(
+    let decision_point = DecisionService::new(
         Arc::new(Store::from_catalog(Catalog {
             policies: Arc::clone(&policies),
             tenants: Arc::new(tenants),
@@ -188,9 +190,13 @@ fn bench_size(c: &mut Criterion, users: usize) {
             "cedar_bare/{}: {answer:?}",
             case.name()
         );
-        let prepared = tollgate::api::convert::prepare_check(&policies, request.clone())
-            .expect("request fits the schema");
-        let decision = tollgate::engine::decide(&policies, &tenant, &prepared, Options::default())
+        let prepared = tollgate::decide::prepare(
+            &policies,
+            tollgate::api::convert::check(request.clone()),
+            None,
+        )
+        .expect("request fits the schema");
+        let decision = tollgate_engine::decide(&policies, &tenant, &prepared, Options::default())
             .expect("decide");
         assert_eq!(decision.allow, allow, "engine_decide/{}", case.name());
         assert_eq!(decision.reasons.len(), 1, "{decision:?}");
@@ -201,7 +207,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
             .build()
             .expect("runtime");
         let response = runtime
-            .block_on(decision_point.check(request.clone()))
+            .block_on(api::check(&decision_point, request.clone()))
             .expect("check");
         let expected = if allow {
             pb::Decision::Allow
@@ -227,7 +233,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
         });
         group.bench_function(BenchmarkId::new("engine_decide", case.name()), |b| {
             b.iter(|| {
-                tollgate::engine::decide(
+                tollgate_engine::decide(
                     black_box(&policies),
                     black_box(&tenant),
                     black_box(&prepared),
@@ -238,7 +244,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
         group.bench_function(BenchmarkId::new("full_check", case.name()), |b| {
             b.iter_batched(
                 || request.clone(),
-                |request| runtime.block_on(decision_point.check(black_box(request))),
+                |request| runtime.block_on(api::check(&decision_point, black_box(request))),
                 BatchSize::SmallInput,
             );
         });
@@ -249,7 +255,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
             .map(|ms| with_now(&request, &format!("{}.{ms:03}Z", NOW.trim_end_matches('Z'))))
             .collect();
         let decided = runtime
-            .block_on(decision_point.check(new_nows[1].clone()))
+            .block_on(api::check(&decision_point, new_nows[1].clone()))
             .expect("check");
         assert_eq!(
             decided.decision,
@@ -264,7 +270,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
                     turn = (turn + 1) % new_nows.len();
                     new_nows[turn].clone()
                 },
-                |request| runtime.block_on(decision_point.check(black_box(request))),
+                |request| runtime.block_on(api::check(&decision_point, black_box(request))),
                 BatchSize::SmallInput,
             );
         });

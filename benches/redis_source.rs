@@ -65,7 +65,8 @@ use tollgate::store::redis_client::{
     snapshot_key, version_key, Read, RedisConn, RedisSettings, INVALIDATE_CHANNEL,
 };
 use tollgate::store::remote::{CacheSettings, RemoteSnapshots};
-use tollgate::store::{Lookup, PolicySnapshot, SnapshotSource, Store, TenantSnapshot};
+use tollgate::store::{Lookup, Store};
+use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};
 
 /// The binary's allocator: measured memory and allocation costs match
 /// production.

@@ -27,8 +27,8 @@
 //! the sweep varies, and after every tenant has served its first decisions.
 //!
 //! The timing child times every decision on its own with `Instant`:
-//! `tollgate::engine::decide` on a prepared request (`decide`, with the
-//! tenant's map lookup), and `DecisionPoint::check` on a protobuf request
+//! `tollgate_engine::decide` on a prepared request (`decide`, with the
+//! tenant's map lookup), and `api::check` (the decision service) on a protobuf request
 //! (`check`: conversion, schema validation, tenant lookup, decision,
 //! response). The four series (two paths, ALLOW and DENY) are interleaved
 //! decision by decision, so a change in the machine's speed hits them alike.
@@ -60,9 +60,11 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value as Json};
 
-use tollgate::api::{pb, DecisionPoint, Limits};
-use tollgate::engine::{Options, Reason};
-use tollgate::store::{Catalog, PolicySnapshot, SnapshotSource, Store, TenantMap, TenantSnapshot};
+use tollgate::api::{self, pb};
+use tollgate::decide::{DecisionService, Limits};
+use tollgate::store::{Catalog, Store};
+use tollgate_engine::{Options, Reason};
+use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
 
 /// The binary's allocator: measured memory and allocation costs match
 /// production.
@@ -540,10 +542,10 @@ fn generated_policies(generated: usize, features: &[String]) -> Vec<(String, Str
 /// Writes the schema, the shipped policies and `generated` generated policies
 /// into `dir`.
 fn write_policy_dir(dir: &Path, generated: usize, features: &[String]) {
-    for path in tollgate::store::policies::list_files(&catalog_dir(), "cedar")
+    for path in tollgate_engine::policies::list_files(&catalog_dir(), "cedar")
         .expect("list policies/")
         .into_iter()
-        .chain([catalog_dir().join(tollgate::store::policies::SCHEMA_FILE)])
+        .chain([catalog_dir().join(tollgate_engine::policies::SCHEMA_FILE)])
     {
         let name = path.file_name().expect("file name");
         std::fs::copy(&path, dir.join(name)).expect("copy a catalog file");
@@ -747,7 +749,7 @@ fn expected(case: Case, allow: bool, codes: &[&str], errors: usize) -> Result<()
     }
 }
 
-fn check_decision(case: Case, decision: &tollgate::engine::Decision) -> Result<(), String> {
+fn check_decision(case: Case, decision: &tollgate_engine::Decision) -> Result<(), String> {
     let codes: Vec<&str> = decision.reasons.iter().map(Reason::code).collect();
     expected(case, decision.allow, &codes, decision.errors.len())
 }
@@ -1040,7 +1042,7 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
     } = tenants;
 
     let tenants = Arc::new(tenants);
-    let decision_point = DecisionPoint::new(
+    let decision_point = DecisionService::new(
         Arc::new(Store::from_catalog(Catalog {
             policies: Arc::clone(&policies),
             tenants: Arc::clone(&tenants),
@@ -1056,8 +1058,12 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
     let prepared: Vec<_> = pb_requests
         .iter()
         .map(|request| {
-            tollgate::api::convert::prepare_check(&policies, request.clone())
-                .map_err(|error| format!("request does not fit the schema: {error}"))
+            tollgate::decide::prepare(
+                &policies,
+                tollgate::api::convert::check(request.clone()),
+                None,
+            )
+            .map_err(|error| format!("request does not fit the schema: {error}"))
         })
         .collect::<Result<_, _>>()?;
     let use_action = policies
@@ -1087,14 +1093,14 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
         let tenant = tenants.get(id).expect("tenant");
         for (index, case) in cases.iter().enumerate() {
             let decision =
-                tollgate::engine::decide(&policies, tenant, &prepared[index], Options::default())
+                tollgate_engine::decide(&policies, tenant, &prepared[index], Options::default())
                     .map_err(|error| format!("decide: {error}"))?;
             check_decision(*case, &decision)
                 .map_err(|problem| format!("decide {id}: {problem}"))?;
             let mut request = pb_requests[index].clone();
             request.tenant.clone_from(id);
             let response = runtime
-                .block_on(decision_point.check(request))
+                .block_on(api::check(&decision_point, request))
                 .map_err(|error| format!("check {id}: {error:?}"))?;
             check_response(*case, &response).map_err(|problem| format!("check {id}: {problem}"))?;
         }
@@ -1143,7 +1149,7 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
             // decide: the tenant lookup and the engine's decision.
             let t0 = Instant::now();
             let tenant = tenants.get(black_box(id.as_str())).expect("tenant");
-            let decision = tollgate::engine::decide(
+            let decision = tollgate_engine::decide(
                 black_box(&policies),
                 tenant,
                 black_box(&prepared[index]),
@@ -1161,7 +1167,7 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
             requests[index].tenant.clone_from(id);
             let request = requests[index].clone();
             let t0 = Instant::now();
-            let response = runtime.block_on(decision_point.check(black_box(request)));
+            let response = runtime.block_on(api::check(&decision_point, black_box(request)));
             let ok = matches!(&response, Ok(r) if (r.decision == pb::Decision::Allow as i32) == matches!(case, Case::Allow));
             drop(response);
             let t1 = Instant::now();

@@ -42,7 +42,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 
 use acme_tenant::AcmeShape;
-use tollgate::store::{PolicySnapshot, SnapshotSource, TenantSnapshot};
+use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Keep {
@@ -233,7 +233,7 @@ fn median(samples: &mut [f64]) -> f64 {
 /// One request, prepared for both paths.
 struct Timed {
     snapshot: Arc<TenantSnapshot>,
-    prepared: tollgate::engine::PreparedRequest,
+    prepared: tollgate_engine::PreparedRequest,
     request: cedar_policy::Request,
     principal: cedar_policy::EntityUid,
     action: cedar_policy::EntityUid,
@@ -260,7 +260,7 @@ fn time_decisions(
     json: bool,
 ) {
     use std::hint::black_box;
-    use tollgate::engine::Options;
+    use tollgate_engine::Options;
 
     const PER_ROUND: usize = 2_000;
     let users = users.max(2);
@@ -269,7 +269,9 @@ fn time_decisions(
     let prepare = |snapshot: &Arc<TenantSnapshot>, user: usize, feature: &str| -> Timed {
         let principal = format!("user-{user:05}");
         let pb_request = common::use_request(&snapshot.tenant, &principal, feature);
-        let prepared = tollgate::api::convert::prepare_check(policies, pb_request).unwrap();
+        let prepared =
+            tollgate::decide::prepare(policies, tollgate::api::convert::check(pb_request), None)
+                .unwrap();
         let principal = uid(format!("User::{principal:?}"));
         let action = uid(r#"Action::"use""#.to_string());
         let resource = uid(format!("Feature::{feature:?}"));
@@ -304,7 +306,7 @@ fn time_decisions(
     let whole_decision = |timed: &Timed| {
         let whole: &cedar_policy::Entities = &timed.snapshot.entities;
         assert!(whole.get(&timed.principal).is_some());
-        tollgate::engine::evaluate(
+        tollgate_engine::evaluate(
             policies
                 .prepared_for(&timed.action)
                 .candidates(Some(timed.resource.as_ref())),
@@ -314,7 +316,7 @@ fn time_decisions(
         )
     };
     let compact_decision = |timed: &Timed| {
-        tollgate::engine::decide(
+        tollgate_engine::decide(
             policies,
             &timed.snapshot,
             &timed.prepared,

@@ -12,9 +12,8 @@ use crate::store::redis_client::{
     DeleteOutcome, PutOutcome, Read, RedisConn, RedisFailure, MAX_VERSION,
 };
 use crate::store::remote::RemoteSnapshots;
-use crate::store::{
-    entitlements::check_tenant_id, PolicySnapshot, SnapshotSource, Store, TenantSnapshot,
-};
+use crate::store::Store;
+use tollgate_engine::{check_tenant_id, PolicySnapshot, SnapshotSource, TenantSnapshot};
 
 pub use pb::admin_service_server::{AdminService, AdminServiceServer};
 

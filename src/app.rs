@@ -15,8 +15,9 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::admin::{AdminGrpc, AdminServiceServer, BearerAuth};
-use crate::api::{pb, DecisionPoint, EntitlementServiceServer, GrpcService};
+use crate::api::{pb, EntitlementServiceServer, GrpcService};
 use crate::config::Config;
+use crate::decide::DecisionService;
 use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::store::remote::RemoteSnapshots;
@@ -193,8 +194,9 @@ pub async fn serve_on(
 
     let _watchers = start_reloaders(&config, &reloader, hangup)?;
 
-    let mut decision_point = DecisionPoint::new(Arc::clone(&store), config.options, config.limits)
-        .with_metrics(Arc::clone(&metrics));
+    let mut decision_point =
+        DecisionService::new(Arc::clone(&store), config.options, config.limits)
+            .with_metrics(Arc::clone(&metrics));
     let mut remote_link = None;
     let mut leases = None;
     if let Some(settings) = &config.redis {
@@ -261,7 +263,7 @@ pub async fn serve_on(
         });
     }
     if let Some(address) = config.metrics_listen {
-        let listener = crate::metrics::bind(address)
+        let listener = crate::ops_http::bind(address)
             .await
             .map_err(|source| ServeError::Bind { address, source })?;
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics at /metrics");
@@ -274,7 +276,7 @@ pub async fn serve_on(
                     .map(|stream| stream.key.clone()),
             );
         }
-        tokio::spawn(crate::metrics::serve(
+        tokio::spawn(crate::ops_http::serve(
             listener,
             Arc::clone(&metrics),
             Arc::new(status),

@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{self, pb, DecisionPoint};
+use crate::api::convert::parse_ref;
+use crate::api::{self, pb};
 use crate::config::{self, Config, FlagValues};
-use crate::store::{entitlements, PolicySnapshot, ReloadOutcome, Store, TenantMap};
+use crate::decide::DecisionService;
+use crate::store::{entitlements, ReloadOutcome, Store};
+use tollgate_engine::{PolicySnapshot, TenantMap};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -44,7 +47,7 @@ enum Command {
     /// cache_max_bytes, cache_ttl_ms, max_stale_ms, usage_idempotency_ttl_ms,
     /// usage_lease_ttl_ms, usage_lease_answers_max_bytes,
     /// usage_stream_maxlen, admin_listen, admin_token,
-    /// log_format, log_level (README.md describes each; a nested YAML mapping
+    /// log_format, log_level (docs/configuration.md describes each; a nested YAML mapping
     /// such as `redis: {url: ...}` sets `redis_url`).
     /// Policies and file snapshots reload on file change and on SIGHUP; with
     /// redis_url, snapshots come from Redis and its invalidations.
@@ -523,7 +526,7 @@ fn load_config(flags: &FlagValues) -> Option<Config> {
 /// Installs logging (and, with an OTLP endpoint, trace export); a bad
 /// `OTEL_*` setting is bad configuration: exit code 2 before listening.
 fn init_logging(config: &Config) {
-    if let Err(error) = crate::telemetry::init(config) {
+    if let Err(error) = crate::telemetry::init(&config.log_level, config.log_format) {
         eprintln!("invalid configuration (1 problem):\n  - {error}");
         std::process::exit(2);
     }
@@ -558,7 +561,7 @@ fn serve(config: Config) -> ExitCode {
 fn validate_redis(
     settings: &crate::store::redis_client::RedisSettings,
     policies: &PolicySnapshot,
-) -> Result<(usize, Vec<crate::store::FileProblem>), String> {
+) -> Result<(usize, Vec<tollgate_engine::FileProblem>), String> {
     use crate::store::redis_client::{snapshot_key, Read, RedisConn};
     let runtime = runtime().map_err(|error| error.to_string())?;
     runtime.block_on(async {
@@ -575,15 +578,15 @@ fn validate_redis(
             let place = format!("redis {}", snapshot_key(&tenant));
             match conn.read_snapshot(&tenant, None).await {
                 Ok(Read::Document { bytes, .. }) => {
-                    match crate::store::TenantSnapshot::parse(
+                    match tollgate_engine::TenantSnapshot::parse(
                         &bytes,
                         Some(&tenant),
                         policies,
-                        crate::store::SnapshotSource::Redis,
+                        tollgate_engine::SnapshotSource::Redis,
                     ) {
                         Ok(_) => valid += 1,
                         Err(error) => {
-                            problems.push(crate::store::FileProblem::new(
+                            problems.push(tollgate_engine::FileProblem::new(
                                 &place,
                                 None,
                                 error.to_string(),
@@ -625,7 +628,7 @@ fn validate(config: &Config) -> ExitCode {
                 }
                 Err(error) => {
                     redis_unreachable = true;
-                    problems.push(crate::store::FileProblem::new("redis", None, error));
+                    problems.push(tollgate_engine::FileProblem::new("redis", None, error));
                 }
             },
         }
@@ -655,7 +658,7 @@ fn validate(config: &Config) -> ExitCode {
 
 /// The policy directory's schema with no policies, when the schema itself loads.
 fn schema_only(config: &Config) -> Option<PolicySnapshot> {
-    let path = config.policies.join(crate::store::policies::SCHEMA_FILE);
+    let path = config.policies.join(tollgate_engine::SCHEMA_FILE);
     let text = std::fs::read_to_string(&path).ok()?;
     PolicySnapshot::from_sources(&path.display().to_string(), &text, &[]).ok()
 }
@@ -721,36 +724,6 @@ fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
     })
 }
 
-/// Parses `Type:id`, Cedar's `Type::"id"`, or (with a default type) a bare id.
-pub fn parse_ref(text: &str, default_type: Option<&str>) -> Result<pb::EntityRef, String> {
-    if text.contains("::\"") {
-        let uid: cedar_policy::EntityUid = text
-            .parse()
-            .map_err(|error| format!("`{text}` is not a Cedar entity reference: {error}"))?;
-        return Ok(pb::EntityRef {
-            r#type: uid.type_name().to_string(),
-            id: uid.id().unescaped().to_string(),
-        });
-    }
-    let bytes = text.as_bytes();
-    let split = (0..bytes.len()).rev().find(|&i| {
-        bytes[i] == b':'
-            && (i == 0 || bytes[i - 1] != b':')
-            && bytes.get(i + 1).is_none_or(|&next| next != b':')
-    });
-    match (split, default_type) {
-        (Some(i), _) => Ok(pb::EntityRef {
-            r#type: text[..i].to_string(),
-            id: text[i + 1..].to_string(),
-        }),
-        (None, Some(default_type)) => Ok(pb::EntityRef {
-            r#type: default_type.to_string(),
-            id: text.to_string(),
-        }),
-        (None, None) => Err(format!("`{text}` is not of the form Type:id")),
-    }
-}
-
 fn check_local(
     files: &FileArgs,
     request: pb::CheckRequest,
@@ -781,12 +754,12 @@ fn check_local(
             format!("the tenant's snapshot does not load:\n{}", lines.join("\n")),
         ));
     }
-    let decision_point = DecisionPoint::new(store, config.options, config.limits);
+    let service = DecisionService::new(store, config.options, config.limits);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|error| (3, error.to_string()))?;
     runtime
-        .block_on(decision_point.check(request))
+        .block_on(api::check(&service, request))
         .map_err(|error| (2, error.to_string()))
 }
 
@@ -940,7 +913,7 @@ mod tests {
             .find_subcommand_mut("serve")
             .expect("serve subcommand");
         let help = serve.render_long_help().to_string();
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/configuration.md");
         for (key, _, _) in crate::config::KEYS {
             assert!(
                 help.contains(key),
@@ -948,7 +921,7 @@ mod tests {
             );
             assert!(
                 readme.contains(&format!("| `{key}` |")),
-                "the README's configuration table does not list `{key}`"
+                "the configuration table of docs/configuration.md does not list `{key}`"
             );
         }
     }

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::api::Limits;
-use crate::engine::{Options, PolicyErrorMode};
+use crate::decide::Limits;
+use tollgate_engine::{Options, PolicyErrorMode};
 
 /// Default configuration file, read when present and no other is named.
 pub const DEFAULT_CONFIG_FILE: &str = "tollgate.yaml";
@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "tollgate.yaml";
 pub const ENV_PREFIX: &str = "TOLLGATE_";
 
 /// Every configuration key, its default and what it means (for `--help` and
-/// the README).
+/// docs/configuration.md).
 pub const KEYS: &[(&str, &str, &str)] = &[
     ("listen", "127.0.0.1:50051", "gRPC listen address (host:port)"),
     ("listen_unix", "", "also serve gRPC on this Unix domain socket path (created mode 0666; a stale socket file is replaced); empty: off"),
@@ -61,14 +61,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("log_level", "info", "tracing filter, e.g. `info` or `tollgate=debug`"),
 ];
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

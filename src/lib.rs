@@ -1,19 +1,23 @@
 //! tollgate: a low-latency gRPC entitlement decision point over Cedar policies.
 //!
-//! The modules follow the data flow: [`api`] (gRPC edge) → [`engine`] (the
-//! decision) → [`store`] (policies and entitlement snapshots); [`app`] wires
-//! them into the sidecar, [`config`] and [`cli`] read what the user asked for.
+//! The modules follow the data flow: front doors ([`api`] for gRPC, [`cli`],
+//! [`admin`]) convert requests for the decision service ([`decide`]), which
+//! looks tenants up in [`store`], has [`metering`] count consumptions, and
+//! asks the `tollgate_engine` crate for the decision; [`app`] wires them into
+//! the sidecar, [`config`] reads what the user asked for.
+//! `docs/architecture.md` draws the whole graph.
 
 pub mod admin;
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod decision_log;
-pub mod engine;
 pub mod health;
 pub mod metering;
 pub mod metrics;
+pub mod ops_http;
 pub mod policy_test;
 pub mod status;
 pub mod store;

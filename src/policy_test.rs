@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::api::{convert, pb, DecisionPoint, Limits};
-use crate::engine::Options;
-use crate::store::{Catalog, PolicySnapshot, SnapshotSource, Store, TenantMap, TenantSnapshot};
+use crate::api::{self, convert, pb};
+use crate::decide::{DecisionService, Limits};
+use crate::store::{Catalog, Store};
+use tollgate_engine::Options;
+use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
 
 /// A test file: fixtures and the cases decided against them.
 #[derive(Debug, Deserialize)]
@@ -254,7 +256,7 @@ pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Setting
             report.file_errors.push((file, message));
             continue;
         }
-        let mut points: BTreeMap<&str, Result<(DecisionPoint, String), String>> = BTreeMap::new();
+        let mut points: BTreeMap<&str, Result<(DecisionService, String), String>> = BTreeMap::new();
         for case in &test_file.cases {
             let label = format!("{file} :: {}", case.name);
             if settings
@@ -346,7 +348,7 @@ fn fixture_point(
     test_file: &Path,
     fixture: &Fixture,
     options: Options,
-) -> Result<(DecisionPoint, String), String> {
+) -> Result<(DecisionService, String), String> {
     let bytes = match (&fixture.snapshot, &fixture.entities, &fixture.tenant) {
         (Some(snapshot), None, None) => {
             let path = test_file.parent().unwrap_or(Path::new(".")).join(snapshot);
@@ -368,14 +370,14 @@ fn fixture_point(
         tenants: Arc::new(tenants),
     });
     Ok((
-        DecisionPoint::new(Arc::new(store), options, Limits::default()),
+        DecisionService::new(Arc::new(store), options, Limits::default()),
         tenant,
     ))
 }
 
 fn run_case(
     runtime: &tokio::runtime::Runtime,
-    point: &DecisionPoint,
+    point: &DecisionService,
     tenant: &str,
     case: &Case,
     now: Option<&String>,
@@ -385,7 +387,7 @@ fn run_case(
         Ok(request) => request,
         Err(problem) => return Some(format!("bad case: {problem}")),
     };
-    let response = match runtime.block_on(point.check(request)) {
+    let response = match runtime.block_on(api::check(point, request)) {
         Ok(response) => response,
         Err(error) => return Some(format!("request refused: {error}")),
     };
@@ -481,14 +483,16 @@ fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckR
         max_staleness_ms: 0,
         tenant: tenant.to_string(),
         principal: Some(
-            crate::cli::parse_ref(&case.principal, None).map_err(|p| format!("principal: {p}"))?,
+            crate::api::convert::parse_ref(&case.principal, None)
+                .map_err(|p| format!("principal: {p}"))?,
         ),
         action: Some(
-            crate::cli::parse_ref(&case.action, Some("Action"))
+            crate::api::convert::parse_ref(&case.action, Some("Action"))
                 .map_err(|p| format!("action: {p}"))?,
         ),
         resource: Some(
-            crate::cli::parse_ref(&case.resource, None).map_err(|p| format!("resource: {p}"))?,
+            crate::api::convert::parse_ref(&case.resource, None)
+                .map_err(|p| format!("resource: {p}"))?,
         ),
         context,
         entities: Vec::new(),

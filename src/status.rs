@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
-use crate::store::{FileProblem, Store};
+use crate::store::Store;
+use tollgate_engine::FileProblem;
 
 /// `healthy` or `degraded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

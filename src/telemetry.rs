@@ -28,8 +28,6 @@ use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{Config, LogFormat};
-
 /// `service.name` when `OTEL_SERVICE_NAME` (or `OTEL_RESOURCE_ATTRIBUTES`)
 /// does not name one.
 pub const DEFAULT_SERVICE_NAME: &str = "tollgate";
@@ -254,15 +252,25 @@ pub fn export_settings(
     }))
 }
 
-/// Installs the process's subscriber for `config`'s log format and level and,
-/// when an OTLP endpoint is configured, the span export.
-pub fn init(config: &Config) -> Result<(), TelemetryError> {
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the process's subscriber for a log format and level (a tracing
+/// filter such as `info` or `tollgate=debug`) and, when an OTLP endpoint is
+/// configured, the span export.
+pub fn init(log_level: &str, log_format: LogFormat) -> Result<(), TelemetryError> {
     let export = export_settings(|name| std::env::var(name).ok())?;
     let tracer = match &export {
         Some(settings) => Some(start_export(settings)?),
         None => None,
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+    let filter = tracing_subscriber::EnvFilter::try_new(log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let otel = tracer.map(|tracer| {
@@ -287,7 +295,7 @@ pub fn init(config: &Config) -> Result<(), TelemetryError> {
         )
     });
     let registry = tracing_subscriber::registry().with(otel);
-    match config.log_format {
+    match log_format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()

@@ -286,7 +286,9 @@ fn corpus_dir(scratch: &Path) -> PathBuf {
     }
     assert!(
         source.is_file(),
-        "Cedar's conformance corpus not found at {} (set CEDAR_CORPUS)",
+        "Cedar's conformance corpus not found at {} (set CEDAR_CORPUS to corpus-tests.tar.gz \
+         from cedar-policy/cedar-integration-tests, or to a folder holding corpus-tests/; \
+         scripts/test.sh leaves this test out and names it as skipped when the corpus is absent)",
         source.display()
     );
     let status = Command::new("tar")
@@ -572,7 +574,7 @@ fn corpus_answers_match_cedar_through_grpc() {
     assert!(tally.requests > 0, "no request was compared");
 }
 
-/// The compiled conditions (`tollgate::engine::Compiled`) against Cedar's
+/// The compiled conditions (`tollgate_engine::Compiled`) against Cedar's
 /// evaluator, policy by policy, in-process: for every request of the chosen
 /// corpus tests and every policy that can apply to its action, a compiled
 /// condition that answers must give the boolean Cedar's evaluator gives, and
@@ -581,8 +583,8 @@ fn corpus_answers_match_cedar_through_grpc() {
 /// overflow), which is what a compiled condition must leave to Cedar.
 #[test]
 fn compiled_conditions_answer_as_cedar_does_on_the_corpus() {
-    use tollgate::engine::Bindings;
-    use tollgate::store::{PolicySnapshot, SnapshotSource, TenantSnapshot};
+    use tollgate_engine::Bindings;
+    use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};
 
     let scratch = tempfile::tempdir().unwrap();
     let root = corpus_dir(scratch.path());

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tollgate::api::{pb, DecisionPoint, Limits};
-use tollgate::cli::parse_ref;
-use tollgate::engine::{Options, PolicyErrorMode};
+use tollgate::api::convert::parse_ref;
+use tollgate::api::{self, pb};
+use tollgate::decide::{DecisionService, Limits};
 use tollgate::store::{ReloadOutcome, Store};
+use tollgate_engine::{Options, PolicyErrorMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,7 +106,7 @@ fn run_case_set(path: &Path) -> Vec<String> {
         .build()
         .unwrap();
     let mut failures = Vec::new();
-    let mut points: BTreeMap<(bool, bool), DecisionPoint> = BTreeMap::new();
+    let mut points: BTreeMap<(bool, bool), DecisionService> = BTreeMap::new();
     for case in &set.cases {
         let options = options(set.options, case.options);
         let point = points
@@ -113,7 +114,9 @@ fn run_case_set(path: &Path) -> Vec<String> {
                 options.strict_principals,
                 options.policy_errors == PolicyErrorMode::Deny,
             ))
-            .or_insert_with(|| DecisionPoint::new(Arc::clone(&store), options, Limits::default()));
+            .or_insert_with(|| {
+                DecisionService::new(Arc::clone(&store), options, Limits::default())
+            });
         let request = pb::CheckRequest {
             tenant: case.tenant.clone(),
             principal: Some(parse_ref(&case.principal, None).unwrap()),
@@ -129,7 +132,7 @@ fn run_case_set(path: &Path) -> Vec<String> {
             max_staleness_ms: 0,
             consume: None,
         };
-        let response = match runtime.block_on(point.check(request)) {
+        let response = match runtime.block_on(api::check(point, request)) {
             Ok(response) => response,
             Err(error) => {
                 failures.push(format!(

@@ -13,7 +13,7 @@ use prost::Message;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
 use tollgate::api::pb::Decision::{Allow, Deny};
-use tollgate::engine::PolicyErrorMode;
+use tollgate_engine::PolicyErrorMode;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Code;

@@ -87,7 +87,7 @@ async fn request_scoped_entities_cannot_make_up_the_principal_or_its_groups() {
 
     // More request-scoped entities than the limit.
     let mut request = check("acme", "User:bob", "use", "Feature:dashboards");
-    for i in 0..=tollgate::api::MAX_REQUEST_ENTITIES {
+    for i in 0..=tollgate::decide::MAX_REQUEST_ENTITIES {
         request
             .entities
             .push(entity("Role", &format!("r{i}"), &[], &[]));
@@ -98,8 +98,8 @@ async fn request_scoped_entities_cannot_make_up_the_principal_or_its_groups() {
         status.message(),
         format!(
             "entities: {} request-scoped entities exceed the limit of {}",
-            tollgate::api::MAX_REQUEST_ENTITIES + 1,
-            tollgate::api::MAX_REQUEST_ENTITIES
+            tollgate::decide::MAX_REQUEST_ENTITIES + 1,
+            tollgate::decide::MAX_REQUEST_ENTITIES
         )
     );
     server.stop().await.unwrap();

@@ -1,5 +1,6 @@
-//! Conversions between the protobuf messages and Cedar/engine types. Every
-//! conversion error names the field it found wrong.
+//! Conversions between the protobuf messages and the decision service's
+//! types (and, for typed values, Cedar's). Every conversion error names the
+//! field it found wrong.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -9,66 +10,113 @@ use cedar_policy_core::ast::{ExtensionFunction, PartialValue, Value};
 use smol_str::SmolStr;
 
 use super::pb;
-use crate::engine::{self, Decision, PreparedRequest, Reason, RequestError};
-use crate::store::diagnostics::describe;
-use crate::store::{entitlements::check_tenant_id, PolicySnapshot, SnapshotSource};
+use crate::decide::{Answer, Check, Consume, EntityRef, Reason, UsageReport, Values};
+use crate::metering::UsageView;
+use tollgate_engine::diagnostics::describe;
+use tollgate_engine::{self as engine, PolicySnapshot, RequestError, SnapshotSource};
 
 /// Deepest nesting of sets and records accepted in a value.
 pub const MAX_VALUE_DEPTH: usize = 32;
 
-/// Checks the tenant field.
-pub fn tenant(tenant: &str) -> Result<(), RequestError> {
-    check_tenant_id(tenant).map_err(|problem| RequestError::new("tenant", problem))
+/// A check's context and request-scoped entities as the protobuf carries
+/// them, converted to Cedar only once the schema is known.
+#[derive(Debug, Clone, Default)]
+pub struct PbValues {
+    /// The context's attributes.
+    pub context: HashMap<String, pb::Value>,
+    /// The request-scoped entities.
+    pub entities: Vec<pb::Entity>,
 }
 
-/// Converts and validates a `CheckRequest` against the schema.
-pub fn prepare_check(
-    policies: &PolicySnapshot,
-    request: pb::CheckRequest,
-) -> Result<PreparedRequest, RequestError> {
-    prepare_check_with(policies, request, None)
-}
-
-/// [`prepare_check`] with one more context attribute, given as the Cedar
-/// value it is (it replaces an attribute of that name the caller sent, which
-/// is then neither converted nor checked).
-pub fn prepare_check_with(
-    policies: &PolicySnapshot,
-    mut request: pb::CheckRequest,
-    extra: Option<(&str, Value)>,
-) -> Result<PreparedRequest, RequestError> {
-    tenant(&request.tenant)?;
-    if let Some((key, _)) = &extra {
-        request.context.remove(*key);
+impl Values for PbValues {
+    fn entity_count(&self) -> usize {
+        self.entities.len()
     }
-    let principal = entity_ref(policies, "principal", request.principal.as_ref())?;
-    let action = match &request.action {
-        Some(action) => engine::action_uid(policies, &action.r#type, &action.id)?,
-        None => return Err(RequestError::new("action", "required")),
-    };
-    let resource = entity_ref(policies, "resource", request.resource.as_ref())?;
-    let mut context = request
-        .context
+
+    fn remove_context(&mut self, key: &str) {
+        self.context.remove(key);
+    }
+
+    fn into_cedar(
+        self,
+        policies: &PolicySnapshot,
+    ) -> Result<(BTreeMap<SmolStr, Value>, Vec<Entity>), RequestError> {
+        let context = self
+            .context
+            .into_iter()
+            .map(|(key, value)| {
+                let value = value_to_core(policies, &At::Context(&key), value, 0)?;
+                Ok((SmolStr::from(key), value))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let entities = self
+            .entities
+            .into_iter()
+            .enumerate()
+            .map(|(index, entity)| entity_to_cedar(policies, &format!("entities[{index}]"), entity))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((context, entities))
+    }
+
+    fn context_json(&self, masked: &dyn Fn(&str) -> bool) -> serde_json::Value {
+        self.context
+            .iter()
+            .map(|(key, value)| {
+                let shown = if masked(key) {
+                    serde_json::Value::String("***".to_string())
+                } else {
+                    value_to_json(value)
+                };
+                (key.clone(), shown)
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// A protobuf entity reference as the decision service's.
+pub fn entity_ref(reference: pb::EntityRef) -> EntityRef {
+    EntityRef {
+        type_name: reference.r#type,
+        id: reference.id,
+    }
+}
+
+/// A `CheckRequest` as the decision service's check.
+pub fn check(request: pb::CheckRequest) -> Check<PbValues> {
+    Check {
+        tenant: request.tenant,
+        principal: request.principal.map(entity_ref),
+        action: request.action.map(entity_ref),
+        resource: request.resource.map(entity_ref),
+        values: PbValues {
+            context: request.context,
+            entities: request.entities,
+        },
+        explain: request.explain,
+        max_staleness_ms: request.max_staleness_ms,
+        consume: request.consume.map(|consume| Consume {
+            meter: consume.meter,
+            amount: consume.amount,
+            idempotency_key: consume.idempotency_key,
+        }),
+    }
+}
+
+/// A `ReportUsageRequest`'s reports as the decision service's.
+pub fn usage_reports(reports: Vec<pb::UsageReport>) -> Vec<UsageReport> {
+    reports
         .into_iter()
-        .map(|(key, value)| {
-            let value = value_to_core(policies, &At::Context(&key), value, 0)?;
-            Ok((SmolStr::from(key), value))
+        .map(|report| UsageReport {
+            meter: report.meter,
+            amount: report.amount,
+            event_key: report.event_key,
+            principal: report.principal.map(entity_ref),
         })
-        .collect::<Result<BTreeMap<_, _>, _>>()?;
-    if let Some((key, value)) = extra {
-        context.insert(SmolStr::from(key), value);
-    }
-    let entities = request
-        .entities
-        .into_iter()
-        .enumerate()
-        .map(|(index, entity)| entity_to_cedar(policies, &format!("entities[{index}]"), entity))
-        .collect::<Result<Vec<_>, _>>()?;
-    engine::prepare(policies, principal, action, resource, context, entities)
-        .map(|prepared| prepared.with_explain(request.explain))
+        .collect()
 }
 
-fn entity_ref(
+fn pb_entity_uid(
     policies: &PolicySnapshot,
     field: &str,
     reference: Option<&pb::EntityRef>,
@@ -285,7 +333,7 @@ fn entity_to_cedar(
     path: &str,
     entity: pb::Entity,
 ) -> Result<Entity, RequestError> {
-    let uid = entity_ref(policies, &format!("{path}.uid"), entity.uid.as_ref())?;
+    let uid = pb_entity_uid(policies, &format!("{path}.uid"), entity.uid.as_ref())?;
     let convert_map = |name: &str, map: HashMap<String, pb::Value>| {
         let root = format!("{path}.{name}");
         map.into_iter()
@@ -322,33 +370,47 @@ fn entity_to_cedar(
     ))
 }
 
-/// Freshness of the data behind a decision.
-#[derive(Debug, Clone)]
-pub struct FreshnessInfo<'a> {
-    /// The serving policy version.
-    pub policy_version: &'a str,
-    /// The tenant snapshot's version, 0 when there was none.
-    pub snapshot_version: u64,
-    /// Milliseconds since the snapshot's source last confirmed it.
-    pub snapshot_age_ms: u64,
-    /// Where the snapshot came from, `None` when there was none.
-    pub source: Option<SnapshotSource>,
+/// Parses `Type:id`, Cedar's `Type::"id"`, or (with a default type) a bare id.
+pub fn parse_ref(text: &str, default_type: Option<&str>) -> Result<pb::EntityRef, String> {
+    if text.contains("::\"") {
+        let uid: cedar_policy::EntityUid = text
+            .parse()
+            .map_err(|error| format!("`{text}` is not a Cedar entity reference: {error}"))?;
+        return Ok(pb::EntityRef {
+            r#type: uid.type_name().to_string(),
+            id: uid.id().unescaped().to_string(),
+        });
+    }
+    let bytes = text.as_bytes();
+    let split = (0..bytes.len()).rev().find(|&i| {
+        bytes[i] == b':'
+            && (i == 0 || bytes[i - 1] != b':')
+            && bytes.get(i + 1).is_none_or(|&next| next != b':')
+    });
+    match (split, default_type) {
+        (Some(i), _) => Ok(pb::EntityRef {
+            r#type: text[..i].to_string(),
+            id: text[i + 1..].to_string(),
+        }),
+        (None, Some(default_type)) => Ok(pb::EntityRef {
+            r#type: default_type.to_string(),
+            id: text.to_string(),
+        }),
+        (None, None) => Err(format!("`{text}` is not of the form Type:id")),
+    }
 }
 
-/// Builds the response for a decision.
-pub fn response(
-    decision: Decision,
-    freshness: &FreshnessInfo<'_>,
-    decision_id: String,
-) -> pb::CheckResponse {
+/// The protobuf response for an answer.
+pub fn response(answer: Answer) -> pb::CheckResponse {
+    let freshness = answer.freshness;
     pb::CheckResponse {
-        decision: if decision.allow {
+        decision: if answer.allow {
             pb::Decision::Allow
         } else {
             pb::Decision::Deny
         } as i32,
-        reasons: decision.reasons.iter().map(reason).collect(),
-        errors: decision
+        reasons: answer.reasons.iter().map(reason).collect(),
+        errors: answer
             .errors
             .into_iter()
             .map(|error| pb::EvaluationError {
@@ -357,7 +419,7 @@ pub fn response(
             })
             .collect(),
         freshness: Some(pb::Freshness {
-            policy_version: freshness.policy_version.to_string(),
+            policy_version: freshness.policy_version,
             snapshot_version: freshness.snapshot_version,
             snapshot_age_ms: freshness.snapshot_age_ms,
             source: match freshness.source {
@@ -368,14 +430,14 @@ pub fn response(
                 Some(SnapshotSource::Stale) => pb::SnapshotSource::Stale,
             } as i32,
         }),
-        decision_id,
-        usage: None,
-        explanation: decision
+        decision_id: answer.decision_id,
+        usage: answer.usage.as_ref().map(usage),
+        explanation: answer
             .explanation
             .into_iter()
             .map(|evaluation| pb::PolicyEvaluation {
                 policy_id: evaluation.policy.id.clone(),
-                effect: effect(evaluation.policy.effect) as i32,
+                effect: effect(Some(evaluation.policy.effect)) as i32,
                 satisfied: evaluation.satisfied,
                 error: evaluation.error.unwrap_or_default(),
                 code: evaluation.policy.code.clone(),
@@ -385,39 +447,32 @@ pub fn response(
     }
 }
 
-fn effect(effect: Effect) -> pb::Effect {
+/// A meter's state as the protobuf shows it.
+pub fn usage(view: &UsageView) -> pb::Usage {
+    pb::Usage {
+        meter: view.meter.clone(),
+        used: view.used,
+        limit: view.limit,
+        remaining: view.remaining,
+        period_end_unix_ms: view.period_end_unix_ms,
+    }
+}
+
+fn effect(effect: Option<Effect>) -> pb::Effect {
     match effect {
-        Effect::Permit => pb::Effect::Permit,
-        Effect::Forbid => pb::Effect::Forbid,
+        Some(Effect::Permit) => pb::Effect::Permit,
+        Some(Effect::Forbid) => pb::Effect::Forbid,
+        None => pb::Effect::Unspecified,
     }
 }
 
 fn reason(reason: &Reason) -> pb::Reason {
-    match reason {
-        Reason::Policy(policy) => pb::Reason {
-            policy_id: policy.id.clone(),
-            effect: effect(policy.effect) as i32,
-            code: policy.code.clone(),
-            message: policy.reason.clone(),
-            annotations: policy.annotations.iter().cloned().collect(),
-        },
-        Reason::PolicyError(policy) => pb::Reason {
-            policy_id: policy.id.clone(),
-            effect: effect(policy.effect) as i32,
-            code: engine::POLICY_ERROR_CODE.to_string(),
-            message: format!(
-                "policy `{}` failed to evaluate, so the request is denied",
-                policy.id
-            ),
-            annotations: policy.annotations.iter().cloned().collect(),
-        },
-        Reason::Builtin(builtin) => pb::Reason {
-            policy_id: String::new(),
-            effect: pb::Effect::Unspecified as i32,
-            code: builtin.code().to_string(),
-            message: builtin.message().to_string(),
-            annotations: HashMap::new(),
-        },
+    pb::Reason {
+        policy_id: reason.policy_id().to_string(),
+        effect: effect(reason.effect()) as i32,
+        code: reason.code().to_string(),
+        message: reason.message(),
+        annotations: reason.annotations().iter().cloned().collect(),
     }
 }
 

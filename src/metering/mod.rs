@@ -23,10 +23,13 @@ use cedar_policy::{EntityId, EntityTypeName, EntityUid, EvalResult};
 use redis::{Script, Value};
 
 mod answers;
+mod consume;
 
-use crate::engine::CountRange;
+pub use consume::{Consume, ConsumeRequest, Metered, MAX_DECISIONS};
+
 use crate::store::redis_client::{RedisConn, RedisFailure};
-use crate::store::TenantSnapshot;
+use tollgate_engine::CountRange;
+use tollgate_engine::TenantSnapshot;
 
 /// Entity type of meters in tenant snapshots.
 pub const METER_TYPE: &str = "Meter";
@@ -422,7 +425,7 @@ impl<'a> Consumption<'a> {
             code: if allow {
                 self.allow_reason.0
             } else {
-                crate::engine::BuiltinReason::CapExceeded.code()
+                tollgate_engine::BuiltinReason::CapExceeded.code()
             },
             policy_id: if allow { self.allow_reason.1 } else { "" },
         }

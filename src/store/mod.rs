@@ -2,9 +2,7 @@
 //! entitlement snapshots, loaded, validated and published as one immutable
 //! [`Catalog`] that is swapped atomically on reload.
 
-pub mod diagnostics;
 pub mod entitlements;
-pub mod policies;
 pub mod redis_client;
 pub mod remote;
 pub mod watch;
@@ -15,9 +13,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use tracing::{info, warn};
 
-pub use diagnostics::FileProblem;
-pub use entitlements::{SnapshotSource, TenantMap, TenantSnapshot};
-pub use policies::{PolicyMeta, PolicySnapshot};
+use tollgate_engine::{FileProblem, PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
 
 /// A consistent pair of policy snapshot and tenant snapshots validated against
 /// its schema. Requests read one `Catalog` for their whole life.
@@ -196,7 +192,10 @@ impl Store {
         let mut candidate = None;
         if policies {
             match PolicySnapshot::load_dir(&self.policy_dir) {
-                Ok(loaded) => {
+                Ok(mut loaded) => {
+                    if let Some(current) = &current {
+                        loaded.share_schema_tables(&current.policies);
+                    }
                     if current
                         .as_ref()
                         .is_some_and(|c| c.policies.version == loaded.version)

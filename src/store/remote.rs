@@ -19,11 +19,12 @@ use moka::sync::Cache;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::entitlements::{SnapshotSource, TenantSnapshot};
 use super::redis_client::{
     self, is_connection_failure, Read, RedisConn, RedisFailure, RedisSettings,
 };
-use super::{Lookup, PolicySnapshot, Store};
+use super::{Lookup, Store};
+use tollgate_engine::PolicySnapshot;
+use tollgate_engine::{SnapshotSource, TenantSnapshot};
 
 /// Documents larger than this (about 25 entities, half a millisecond of
 /// parsing) are parsed on the blocking pool, off the threads that serve
@@ -348,7 +349,7 @@ impl RemoteSnapshots {
                 .as_ref()
                 .is_some_and(|entry| entry.serving().is_some());
             // Boxed: the read's state would otherwise be carried by every
-            // `Check` future, cache hits included (see `DecisionPoint::check`).
+            // `Check` future, cache hits included (see `DecisionService::check`).
             let fetched = Box::pin(self.fetch(tenant, policies, max_staleness, fallback)).await;
             if let Some(entry) = fetched {
                 let source = if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, &entry)) {

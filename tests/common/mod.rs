@@ -34,7 +34,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 /// Policies and tenant snapshots the shipped catalog holds, counted from the
 /// files, so that tests follow the catalog as it grows.
 pub fn example_counts() -> (usize, usize) {
-    let policies = tollgate::store::PolicySnapshot::load_dir(&example_policies())
+    let policies = tollgate_engine::PolicySnapshot::load_dir(&example_policies())
         .expect("the shipped catalog loads")
         .policy_count();
     let tenants = std::fs::read_dir(example_entitlements())

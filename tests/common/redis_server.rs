@@ -342,8 +342,8 @@ pub fn redis_config(
 }
 
 /// The example policies.
-pub fn policies() -> tollgate::store::PolicySnapshot {
-    tollgate::store::PolicySnapshot::load_dir(&super::example_policies())
+pub fn policies() -> tollgate_engine::PolicySnapshot {
+    tollgate_engine::PolicySnapshot::load_dir(&super::example_policies())
         .expect("example policies load")
 }
 

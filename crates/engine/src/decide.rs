@@ -1,14 +1,8 @@
 //! Where the decision is made: a pure, synchronous function of a prepared
 //! request, a policy snapshot and a tenant snapshot. No I/O, no gRPC, no Redis.
 
-mod compiled;
-mod context_check;
-mod context_fit;
-mod guard;
-
-pub use compiled::{Bindings, Compiled, CountRange};
-pub use guard::Guard;
-
+use crate::compiled::{self, CountRange};
+use crate::{context_check, context_fit};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -19,14 +13,13 @@ use cedar_policy::{
     RequestValidationError,
 };
 
-use crate::store::diagnostics::describe;
-use arc_swap::ArcSwapOption;
+use crate::diagnostics::describe;
 use cedar_policy_core::ast::{
     BinaryOp, Expr, ExprKind, Literal, PartialValue, RequestSchema, SlotEnv, ValueKind,
 };
 
-use crate::store::policies::PreparedPolicy;
-use crate::store::{PolicyMeta, PolicySnapshot, TenantSnapshot};
+use crate::policies::{PolicyMeta, PolicySnapshot, PreparedPolicy};
+use crate::tenant::TenantSnapshot;
 
 /// How a policy that fails to evaluate is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -446,11 +439,9 @@ pub fn decide(
         }
         None => {}
     }
-    with_policy_roots(policies, |roots| {
-        for uid in roots {
-            slice.add(uid);
-        }
-    });
+    for uid in policies.roots() {
+        slice.add(uid);
+    }
     if !request.entities.is_empty() {
         // Request-scoped entities must not slot into the snapshot's hierarchy
         // as a parent it names but does not define: that would change what
@@ -511,57 +502,19 @@ pub fn decide(
     Ok(decision)
 }
 
-/// Entity uids that a policy set names where Cedar may read the entity's
-/// data, for one policy version.
-struct PolicyRoots {
-    version: String,
-    uids: Vec<cedar_policy_core::ast::EntityUID>,
-}
-
-/// Policy versions whose roots are kept.
-const POLICY_ROOTS_KEPT: usize = 4;
-
-/// Calls `with` with the entity uids that `policies` name where Cedar may
-/// read the entity's data (usually none): found once per policy version.
-fn with_policy_roots(
-    policies: &PolicySnapshot,
-    with: impl FnOnce(&[cedar_policy_core::ast::EntityUID]),
-) {
-    static KNOWN: ArcSwapOption<Vec<Arc<PolicyRoots>>> = ArcSwapOption::const_empty();
-    {
-        let known = KNOWN.load();
-        if let Some(roots) = known
-            .as_ref()
-            .and_then(|known| known.iter().find(|roots| roots.version == policies.version))
-        {
-            with(&roots.uids);
-            return;
-        }
-    }
+/// The entity uids that `policy_set` names where Cedar may read the entity's
+/// data (usually none), sorted: found once per policy snapshot.
+pub(crate) fn policy_roots(
+    policy_set: &cedar_policy::PolicySet,
+) -> Vec<cedar_policy_core::ast::EntityUID> {
     let mut uids = Vec::new();
-    let policy_set: &cedar_policy_core::ast::PolicySet = policies.policy_set.as_ref();
+    let policy_set: &cedar_policy_core::ast::PolicySet = policy_set.as_ref();
     for policy in policy_set.policies() {
         read_entities(&policy.condition(), policy.env(), &mut uids);
     }
     uids.sort();
     uids.dedup();
-    let roots = Arc::new(PolicyRoots {
-        version: policies.version.clone(),
-        uids,
-    });
-    KNOWN.rcu(|known| {
-        let mut next = vec![Arc::clone(&roots)];
-        next.extend(
-            known
-                .iter()
-                .flat_map(|known| known.iter())
-                .filter(|other| other.version != roots.version)
-                .take(POLICY_ROOTS_KEPT - 1)
-                .cloned(),
-        );
-        Some(Arc::new(next))
-    });
-    with(&roots.uids);
+    uids
 }
 
 /// Collects the entity literals and slots of `expr` whose entity's data Cedar
@@ -713,7 +666,7 @@ pub fn explain(
 /// nothing and reported as an error. Cedar's own `Authorizer` does the same
 /// but rebuilds every policy's condition on every request. A policy that a
 /// guard rules out is not satisfied; a compiled condition (see
-/// [`Compiled`]) answers when it is sure, and Cedar's evaluator decides the
+/// [`Compiled`](crate::Compiled)) answers when it is sure, and Cedar's evaluator decides the
 /// rest. The conformance corpus (`tests/conformance.rs`) checks that the
 /// answers are identical.
 pub fn evaluate<'a>(

@@ -20,7 +20,7 @@ use cedar_policy_core::ast::{BinaryOp, Expr, ExprKind, Literal, Value, ValueKind
 use cedar_policy_core::entities::Dereference;
 use smol_str::SmolStr;
 
-use super::compiled::Bindings;
+use crate::compiled::Bindings;
 
 /// One test of the request.
 #[derive(Debug, Clone)]
@@ -354,8 +354,8 @@ mod against_cedar {
 
     use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request};
 
-    use crate::engine::{self, Options, PolicyErrorMode, Reason};
-    use crate::store::PolicySnapshot;
+    use crate::PolicySnapshot;
+    use crate::{Options, PolicyErrorMode, Reason};
 
     const SCHEMA: &str = r#"
         entity Role;
@@ -450,7 +450,7 @@ mod against_cedar {
                                     policy.guard.rules_out(request.as_ref(), entities.as_ref())
                                 })
                                 .count();
-                            let ours = engine::evaluate(prepared, &entities, &request, options);
+                            let ours = crate::evaluate(prepared, &entities, &request, options);
                             let theirs =
                                 authorizer.is_authorized(&request, &policies.policy_set, &entities);
                             let case = format!("{principal} {resource} {country} {tier} {used:?}");

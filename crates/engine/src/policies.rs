@@ -12,7 +12,8 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
-use super::diagnostics::FileProblem;
+use crate::diagnostics::FileProblem;
+use crate::tenant::SchemaTables;
 
 /// File name of the Cedar schema inside a policy directory.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -50,10 +51,10 @@ pub struct PreparedPolicy {
     pub condition: cedar_policy_core::ast::Expr,
     /// The first tests of `condition` a decision settles without evaluating
     /// it.
-    pub guard: crate::engine::Guard,
+    pub guard: crate::guard::Guard,
     /// `condition` compiled without its action scope test, in the slices of
     /// one action, when every part of it compiles.
-    pub compiled: Option<crate::engine::Compiled>,
+    pub compiled: Option<crate::compiled::Compiled>,
 }
 
 /// The policies of one action, in policy id order, indexed by resource scope:
@@ -171,6 +172,11 @@ pub struct PolicySnapshot {
     prepared_all: PolicySlice,
     entity_types: HashMap<String, EntityTypeName>,
     actions: HashMap<String, HashMap<String, EntityUid>>,
+    /// Entity uids the policies name where Cedar may read the entity's data:
+    /// every decision's slice holds them.
+    roots: Vec<cedar_policy_core::ast::EntityUID>,
+    /// What the tenant snapshots parsed against this schema share.
+    tables: Arc<SchemaTables>,
 }
 
 impl fmt::Debug for PolicySnapshot {
@@ -204,6 +210,29 @@ impl PolicySnapshot {
         self.prepared_by_action
             .get(action)
             .unwrap_or(&self.prepared_all)
+    }
+
+    /// The entity uids the policies name where Cedar may read the entity's
+    /// data (usually none): a decision's slice of the tenant's entities
+    /// holds them.
+    pub fn roots(&self) -> &[cedar_policy_core::ast::EntityUID] {
+        &self.roots
+    }
+
+    /// What every tenant snapshot parsed against this snapshot's schema
+    /// shares (the schema's action entities, its entity types, and entities'
+    /// attribute records).
+    pub(crate) fn schema_tables(&self) -> &Arc<SchemaTables> {
+        &self.tables
+    }
+
+    /// Shares `previous`'s schema tables when both snapshots have the same
+    /// schema, so that tenant snapshots parsed against either share their
+    /// attribute records. Call before the snapshot serves.
+    pub fn share_schema_tables(&mut self, previous: &PolicySnapshot) {
+        if self.schema_version == previous.schema_version {
+            self.tables = Arc::clone(&previous.tables);
+        }
     }
 
     /// Number of policies in the set.
@@ -381,11 +410,11 @@ impl PolicySnapshot {
                             let condition = core.condition();
                             PreparedPolicy {
                                 meta: Arc::clone(meta),
-                                guard: crate::engine::Guard::of(&condition),
+                                guard: crate::guard::Guard::of(&condition),
                                 // Only the slices of one action are decided
                                 // on (the schema refuses other actions).
                                 compiled: if action_known {
-                                    crate::engine::Compiled::for_one_action(&condition)
+                                    crate::compiled::Compiled::for_one_action(&condition)
                                 } else {
                                     None
                                 },
@@ -426,7 +455,11 @@ impl PolicySnapshot {
             .ok()
             .and_then(|(fragment, _warnings)| fragment.to_json_value().ok())
             .unwrap_or_default();
+        let roots = crate::decide::policy_roots(&policy_set);
+        let tables = Arc::new(SchemaTables::of(&schema));
         Ok(PolicySnapshot {
+            roots,
+            tables,
             version,
             schema_version,
             schema,

@@ -78,7 +78,7 @@ fn fits(expected: &Type, value: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::PolicySnapshot;
+    use crate::PolicySnapshot;
     use cedar_policy_core::ast::{EntityUID, Request, RequestSchemaAllPass};
     use cedar_policy_core::extensions::Extensions;
     use cedar_policy_core::validator::ValidatorSchema;

@@ -1,0 +1,935 @@
+//! The decision service: one path from a request to an answer for every
+//! front door. A front door (gRPC, the CLI, and any other) decodes its
+//! request into a [`Check`], calls [`DecisionService`], and encodes the
+//! [`Answer`] or the [`Error`] it gets back; nothing else.
+//!
+//! The service validates what the engine cannot (tenant ids, limits, the
+//! consume fields), finds the tenant's snapshot through the
+//! [`TenantSource`], has the engine decide (and metering count, for a
+//! consuming check), stamps the answer with its freshness and a decision
+//! id, and records it in the metrics and the decision log.
+
+mod log;
+mod source;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cedar_policy::{Effect, Entity, EntityUid};
+use cedar_policy_core::ast::Value;
+use smol_str::SmolStr;
+use tracing::Instrument as _;
+
+use tollgate_engine::{
+    self as engine, BuiltinReason, Decision, EvaluationError, Options, PolicyEvaluation,
+    PolicyMeta, PolicySnapshot, PreparedRequest, RequestError, SnapshotSource,
+};
+
+use crate::decision_log::DecisionLog;
+pub use crate::metering::Consume;
+use crate::metering::{
+    ConsumeRequest, FirstAnswer, MeterKind, Metered, Metering, Report, UsageView, MAX_KEY_BYTES,
+};
+use crate::store::remote::RemoteSnapshots;
+use crate::store::{Catalog, Lookup, Store};
+pub use source::{FileSource, TenantSource, Tenants};
+
+/// Why a call could not be answered with a decision. Each front door maps
+/// these to its own status codes in one table.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or does not fit the schema.
+    #[error("{0}")]
+    InvalidArgument(RequestError),
+    /// A batch holds more checks than allowed.
+    #[error("batch of {size} checks exceeds the limit of {limit}")]
+    BatchTooLarge {
+        /// Checks in the batch.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// A request brings more request-scoped entities than allowed.
+    #[error("{field}: {size} request-scoped entities exceed the limit of {limit}")]
+    TooManyEntities {
+        /// `entities` or `checks[i].entities`.
+        field: String,
+        /// Entities in the request.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// No valid policy set has been loaded yet.
+    #[error("no valid policy set is loaded")]
+    PoliciesNotLoaded,
+    /// Metering needs the Redis source.
+    #[error("usage metering needs the Redis source (redis_url)")]
+    MeteringNotConfigured,
+    /// A usage report names a tenant without a snapshot.
+    #[error("tenant `{0}` has no entitlement snapshot")]
+    UnknownTenant(String),
+    /// A dependency cannot answer now.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Error {
+    Error::InvalidArgument(RequestError::new(field, problem))
+}
+
+/// Limits on what one call may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most checks in one `CheckBatch`, and most reports in one usage report.
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_batch: 100 }
+    }
+}
+
+/// Most request-scoped entities one check may bring. Merging them costs a copy
+/// of the tenant's entities and a transitive closure, so it is bounded.
+pub const MAX_REQUEST_ENTITIES: usize = 64;
+
+/// An entity named by type and id, as a request names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntityRef {
+    /// The entity type, e.g. `User` or `Acme::User`.
+    pub type_name: String,
+    /// The entity id.
+    pub id: String,
+}
+
+impl EntityRef {
+    /// `Type::"id"`, as the usage stream names who consumed.
+    pub fn cedar_text(&self) -> String {
+        format!("{}::{:?}", self.type_name, self.id)
+    }
+}
+
+/// The typed values a check carries (its context and its request-scoped
+/// entities), in a front door's own form: each front door converts them to
+/// Cedar against the schema, naming the field of any error.
+pub trait Values {
+    /// How many request-scoped entities the check brings.
+    fn entity_count(&self) -> usize;
+
+    /// Leaves out the context attribute `key` (which the service sets).
+    fn remove_context(&mut self, key: &str);
+
+    /// The context's attributes and the request-scoped entities as Cedar
+    /// values, checked against `policies`' schema. Context errors come
+    /// before entity errors.
+    fn into_cedar(
+        self,
+        policies: &PolicySnapshot,
+    ) -> Result<(BTreeMap<SmolStr, Value>, Vec<Entity>), RequestError>;
+
+    /// The context in Cedar's JSON form, for the decision log, with the
+    /// attributes `masked` names shown as `"***"`.
+    fn context_json(&self, masked: &dyn Fn(&str) -> bool) -> serde_json::Value;
+}
+
+/// One question: may `principal` do `action` on `resource` for `tenant`?
+#[derive(Debug, Clone, Default)]
+pub struct Check<V> {
+    /// The tenant whose snapshot decides.
+    pub tenant: String,
+    /// Who asks.
+    pub principal: Option<EntityRef>,
+    /// What they would do.
+    pub action: Option<EntityRef>,
+    /// On what.
+    pub resource: Option<EntityRef>,
+    /// The context and request-scoped entities.
+    pub values: V,
+    /// Explain every policy whose scope matched.
+    pub explain: bool,
+    /// Oldest snapshot acceptable, in milliseconds; 0 for the configured bound.
+    pub max_staleness_ms: u64,
+    /// Consume units of a meter when allowed.
+    pub consume: Option<Consume>,
+}
+
+/// One usage measured after the fact.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageReport {
+    /// The meter.
+    pub meter: String,
+    /// A counter's increment, or a gauge's new value.
+    pub amount: i64,
+    /// Idempotency key of the event.
+    pub event_key: String,
+    /// Who used it, if known.
+    pub principal: Option<EntityRef>,
+}
+
+/// Freshness of the data behind an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freshness {
+    /// The serving policy version.
+    pub policy_version: String,
+    /// The tenant snapshot's version, 0 when there was none.
+    pub snapshot_version: u64,
+    /// Milliseconds since the snapshot's source last confirmed it.
+    pub snapshot_age_ms: u64,
+    /// Where the snapshot came from, `None` when there was none.
+    pub source: Option<SnapshotSource>,
+}
+
+impl Freshness {
+    fn of(catalog: &Catalog, lookup: &Lookup) -> Self {
+        let (snapshot_version, snapshot_age_ms, source) = match lookup {
+            Lookup::Found {
+                snapshot,
+                source,
+                age,
+            } => (
+                snapshot.version,
+                u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                Some(*source),
+            ),
+            Lookup::Unknown | Lookup::Unavailable => (0, 0, None),
+        };
+        Self {
+            policy_version: catalog.policies.version.clone(),
+            snapshot_version,
+            snapshot_age_ms,
+            source,
+        }
+    }
+}
+
+/// One reason for an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// A reason the engine gave.
+    Decided(engine::Reason),
+    /// A consumption's first answer, given again for a retry of its key.
+    Replayed {
+        /// The first answer's determining policy, if any.
+        policy_id: String,
+        /// Its effect, when it allowed and the policy still exists.
+        effect: Option<Effect>,
+        /// The first answer's reason code.
+        code: String,
+        /// The first answer's decision id.
+        decision_id: String,
+    },
+}
+
+impl Reason {
+    /// The machine-readable code.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Decided(reason) => reason.code(),
+            Self::Replayed { code, .. } => code,
+        }
+    }
+
+    /// The determining policy's id, empty for a built-in reason.
+    pub fn policy_id(&self) -> &str {
+        match self {
+            Self::Decided(engine::Reason::Policy(policy) | engine::Reason::PolicyError(policy)) => {
+                &policy.id
+            }
+            Self::Decided(engine::Reason::Builtin(_)) => "",
+            Self::Replayed { policy_id, .. } => policy_id,
+        }
+    }
+
+    /// The determining policy's effect, `None` for a built-in reason.
+    pub fn effect(&self) -> Option<Effect> {
+        match self {
+            Self::Decided(engine::Reason::Policy(policy) | engine::Reason::PolicyError(policy)) => {
+                Some(policy.effect)
+            }
+            Self::Decided(engine::Reason::Builtin(_)) => None,
+            Self::Replayed { effect, .. } => *effect,
+        }
+    }
+
+    /// A sentence for people: the policy's `@reason`, or tollgate's own.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Decided(engine::Reason::Policy(policy)) => policy.reason.clone(),
+            Self::Decided(engine::Reason::PolicyError(policy)) => format!(
+                "policy `{}` failed to evaluate, so the request is denied",
+                policy.id
+            ),
+            Self::Decided(engine::Reason::Builtin(builtin)) => builtin.message().to_string(),
+            Self::Replayed { decision_id, .. } => format!(
+                "the first answer to this idempotency key (decision {decision_id}), given again; counted once"
+            ),
+        }
+    }
+
+    /// The policy's other annotations.
+    pub fn annotations(&self) -> &[(String, String)] {
+        match self {
+            Self::Decided(engine::Reason::Policy(policy) | engine::Reason::PolicyError(policy)) => {
+                &policy.annotations
+            }
+            _ => &[],
+        }
+    }
+}
+
+/// The answer to a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// `true` for ALLOW.
+    pub allow: bool,
+    /// Determining policies, or one built-in reason.
+    pub reasons: Vec<Reason>,
+    /// Policies that failed to evaluate.
+    pub errors: Vec<EvaluationError>,
+    /// With explain: every policy whose scope matched, in id order.
+    pub explanation: Vec<PolicyEvaluation>,
+    /// The data the answer was decided on.
+    pub freshness: Freshness,
+    /// Unique id of this answer (a replayed one keeps its first id).
+    pub decision_id: String,
+    /// For a consuming check: the meter's state after it.
+    pub usage: Option<UsageView>,
+}
+
+impl Answer {
+    fn new(decision: Decision, freshness: Freshness, decision_id: String) -> Self {
+        Self {
+            allow: decision.allow,
+            reasons: decision.reasons.into_iter().map(Reason::Decided).collect(),
+            errors: decision.errors,
+            explanation: decision.explanation,
+            freshness,
+            decision_id,
+            usage: None,
+        }
+    }
+
+    /// The first reason's code, empty when there is none.
+    pub fn first_code(&self) -> &str {
+        self.reasons.first().map_or("", Reason::code)
+    }
+}
+
+/// Unique decision ids: a random per-process prefix and a counter.
+#[derive(Debug)]
+struct DecisionIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl DecisionIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        hasher.write_u32(std::process::id());
+        Self {
+            prefix: hasher.finish(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for word in [self.prefix, n] {
+            for shift in (0..16).rev() {
+                id.push(char::from(DIGITS[((word >> (shift * 4)) & 0xf) as usize]));
+            }
+        }
+        id
+    }
+}
+
+/// The decision service: every front door's one way to a decision.
+#[derive(Debug)]
+pub struct DecisionService {
+    store: Arc<Store>,
+    tenants: Tenants,
+    options: Options,
+    limits: Limits,
+    ids: DecisionIds,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    decision_log: Option<Arc<DecisionLog>>,
+    metering: Option<Arc<Metering>>,
+}
+
+/// The context record the policies read a meter's state from.
+const USAGE: &str = "usage";
+
+fn check_key(field: &str, key: &str) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(invalid(field, "required"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(invalid(field, format!("longer than {MAX_KEY_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+fn check_entity_count<V: Values>(field: &str, check: &Check<V>) -> Result<(), Error> {
+    let size = check.values.entity_count();
+    if size > MAX_REQUEST_ENTITIES {
+        return Err(Error::TooManyEntities {
+            field: field.to_string(),
+            size,
+            limit: MAX_REQUEST_ENTITIES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks the tenant field.
+pub fn check_tenant(tenant: &str) -> Result<(), RequestError> {
+    engine::check_tenant_id(tenant).map_err(|problem| RequestError::new("tenant", problem))
+}
+
+fn entity_uid(
+    policies: &PolicySnapshot,
+    field: &str,
+    reference: Option<&EntityRef>,
+) -> Result<EntityUid, RequestError> {
+    let reference = reference.ok_or_else(|| RequestError::new(field, "required"))?;
+    engine::entity_uid(policies, field, &reference.type_name, &reference.id)
+}
+
+/// Converts and validates a check against the schema; with `usage`, that
+/// context attribute is the given Cedar value (replacing one the caller
+/// sent, which is then neither converted nor checked).
+pub fn prepare<V: Values>(
+    policies: &PolicySnapshot,
+    check: Check<V>,
+    usage: Option<(&str, Value)>,
+) -> Result<PreparedRequest, RequestError> {
+    let Check {
+        tenant,
+        principal,
+        action,
+        resource,
+        mut values,
+        explain,
+        ..
+    } = check;
+    check_tenant(&tenant)?;
+    if let Some((key, _)) = &usage {
+        values.remove_context(key);
+    }
+    let principal = entity_uid(policies, "principal", principal.as_ref())?;
+    let action = match &action {
+        Some(action) => engine::action_uid(policies, &action.type_name, &action.id)?,
+        None => return Err(RequestError::new("action", "required")),
+    };
+    let resource = entity_uid(policies, "resource", resource.as_ref())?;
+    let (mut context, entities) = values.into_cedar(policies)?;
+    if let Some((key, value)) = usage {
+        context.insert(SmolStr::from(key), value);
+    }
+    engine::prepare(policies, principal, action, resource, context, entities)
+        .map(|prepared| prepared.with_explain(explain))
+}
+
+impl DecisionService {
+    /// A decision service over `store`, with tenant snapshots from its files.
+    pub fn new(store: Arc<Store>, options: Options, limits: Limits) -> Self {
+        Self {
+            store,
+            tenants: Tenants::Files(FileSource),
+            options,
+            limits,
+            ids: DecisionIds::new(),
+            metrics: None,
+            decision_log: None,
+            metering: None,
+        }
+    }
+
+    /// Counts consumptions and usage reports with `metering` (over the Redis
+    /// source's connection).
+    pub fn with_metering(mut self, metering: Arc<Metering>) -> Self {
+        self.metering = Some(metering);
+        self
+    }
+
+    /// The metering path, when configured.
+    pub fn metering_stats(&self) -> Option<&Arc<crate::metering::MeteringStats>> {
+        self.metering.as_ref().map(|m| m.stats())
+    }
+
+    /// Reads tenant snapshots from Redis (through its cache) instead of the
+    /// entitlements directory.
+    pub fn with_remote(mut self, remote: Arc<RemoteSnapshots>) -> Self {
+        self.tenants = Tenants::Redis(remote);
+        self
+    }
+
+    /// The Redis source, when snapshots come from Redis.
+    pub fn remote(&self) -> Option<&Arc<RemoteSnapshots>> {
+        match &self.tenants {
+            Tenants::Redis(remote) => Some(remote),
+            Tenants::Files(_) => None,
+        }
+    }
+
+    /// Writes a record of every (sampled) decision to `log`.
+    pub fn with_decision_log(mut self, log: Arc<DecisionLog>) -> Self {
+        self.decision_log = Some(log);
+        self
+    }
+
+    /// Counts decisions and their durations in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The store it reads.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn catalog(&self) -> Result<Arc<Catalog>, Error> {
+        self.store.catalog().ok_or(Error::PoliciesNotLoaded)
+    }
+
+    async fn lookup(&self, catalog: &Catalog, tenant: &str, max_staleness_ms: u64) -> Lookup {
+        let max_staleness =
+            (max_staleness_ms > 0).then(|| std::time::Duration::from_millis(max_staleness_ms));
+        self.tenants.lookup(catalog, tenant, max_staleness).await
+    }
+
+    fn record(&self, started: std::time::Instant, result: &Result<Answer, Error>) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        match result {
+            Ok(answer) => {
+                metrics.record_decision(answer.allow, answer.first_code(), started.elapsed())
+            }
+            Err(_) => metrics.record_invalid(),
+        }
+    }
+
+    /// Decides one check (and, when it consumes, counts it).
+    pub async fn check<V: Values>(&self, check: Check<V>) -> Result<Answer, Error> {
+        let started = std::time::Instant::now();
+        let logged = self
+            .decision_log
+            .as_deref()
+            .map(|log| log::LoggedRequest::capture(log, &check));
+        let result = self.check_unrecorded(check).await;
+        self.record(started, &result);
+        if let (Some(log), Some(logged), Ok(answer)) = (&self.decision_log, logged, &result) {
+            logged.submit(log, answer, started.elapsed());
+        }
+        result
+    }
+
+    async fn check_unrecorded<V: Values>(&self, check: Check<V>) -> Result<Answer, Error> {
+        check_entity_count("entities", &check)?;
+        let catalog = self.catalog()?;
+        if check.consume.is_some() {
+            // Boxed: a future is as large as its largest state, and the
+            // metering path's (Redis calls, the request, the decisions)
+            // would otherwise double the size of every `Check` future,
+            // which is moved and allocated on every call.
+            return Box::pin(self.check_consume(&catalog, check)).await;
+        }
+        let tenant = check.tenant.clone();
+        let max_staleness_ms = check.max_staleness_ms;
+        // Validate before any Redis read: a malformed request costs nothing.
+        let prepared = prepare(&catalog.policies, check, None).map_err(Error::InvalidArgument)?;
+        let lookup = self
+            .lookup(&catalog, &tenant, max_staleness_ms)
+            .instrument(crate::stage_span!("snapshot_lookup", tenant = %tenant))
+            .await;
+        let _evaluation = crate::stage_span!("evaluate").entered();
+        self.decide(&catalog, &lookup, &prepared)
+            .map(|(answer, _)| answer)
+            .map_err(Error::InvalidArgument)
+    }
+
+    /// Decides a batch against one catalog; a malformed check fails the call,
+    /// naming it (`checks[3].principal.type`).
+    pub async fn check_batch<V: Values>(
+        &self,
+        checks: Vec<Check<V>>,
+    ) -> Result<Vec<Answer>, Error> {
+        let started = std::time::Instant::now();
+        let logged: Option<Vec<log::LoggedRequest>> = self.decision_log.as_deref().map(|log| {
+            checks
+                .iter()
+                .map(|check| log::LoggedRequest::capture(log, check))
+                .collect()
+        });
+        let result = self.check_batch_unrecorded(checks).await;
+        if let (Some(log), Some(logged), Ok(answers)) = (&self.decision_log, logged, &result) {
+            let latency = started.elapsed();
+            for (logged, answer) in logged.into_iter().zip(answers) {
+                logged.submit(log, answer, latency);
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            match &result {
+                Ok(answers) => {
+                    // Each decision is counted with its share of the batch's time.
+                    let count = u32::try_from(answers.len().max(1)).unwrap_or(u32::MAX);
+                    let share = started.elapsed() / count;
+                    for answer in answers {
+                        metrics.record_decision(answer.allow, answer.first_code(), share);
+                    }
+                }
+                Err(_) => metrics.record_invalid(),
+            }
+        }
+        result
+    }
+
+    async fn check_batch_unrecorded<V: Values>(
+        &self,
+        checks: Vec<Check<V>>,
+    ) -> Result<Vec<Answer>, Error> {
+        let size = checks.len();
+        if size > self.limits.max_batch {
+            return Err(Error::BatchTooLarge {
+                size,
+                limit: self.limits.max_batch,
+            });
+        }
+        for (index, check) in checks.iter().enumerate() {
+            check_entity_count(&format!("checks[{index}].entities"), check)?;
+            if check.consume.is_some() {
+                return Err(invalid(
+                    format!("checks[{index}].consume"),
+                    "a batch cannot consume; send consuming checks with Check",
+                ));
+            }
+        }
+        let catalog = self.catalog()?;
+        let in_check = |index: usize| {
+            move |error: RequestError| {
+                invalid(format!("checks[{index}].{}", error.field), error.problem)
+            }
+        };
+        let prepared = checks
+            .into_iter()
+            .enumerate()
+            .map(|(index, check)| {
+                let key = (check.tenant.clone(), check.max_staleness_ms);
+                prepare(&catalog.policies, check, None)
+                    .map(|prepared| (key, prepared))
+                    .map_err(in_check(index))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Each tenant (with its staleness bound) is looked up once per batch.
+        let mut lookups: Vec<(&(String, u64), Lookup)> = Vec::new();
+        for (key, _) in &prepared {
+            if !lookups.iter().any(|(seen, _)| *seen == key) {
+                let lookup = self
+                    .lookup(&catalog, &key.0, key.1)
+                    .instrument(crate::stage_span!("snapshot_lookup", tenant = %key.0))
+                    .await;
+                lookups.push((key, lookup));
+            }
+        }
+        let _evaluation = crate::stage_span!("evaluate", checks = prepared.len()).entered();
+        prepared
+            .iter()
+            .enumerate()
+            .map(|(index, (key, prepared))| {
+                let lookup = lookups
+                    .iter()
+                    .find(|(seen, _)| *seen == key)
+                    .map_or(&Lookup::Unavailable, |(_, lookup)| lookup);
+                self.decide(&catalog, lookup, prepared)
+                    .map(|(answer, _)| answer)
+                    .map_err(in_check(index))
+            })
+            .collect()
+    }
+
+    /// The engine's decision on `prepared` with the lookup's snapshot, with
+    /// the range of counts it holds for when `prepared` probes a count.
+    fn decide(
+        &self,
+        catalog: &Catalog,
+        lookup: &Lookup,
+        prepared: &PreparedRequest,
+    ) -> Result<(Answer, Option<engine::CountRange>), RequestError> {
+        let decision = match lookup {
+            Lookup::Found { snapshot, .. } => {
+                engine::decide(&catalog.policies, snapshot, prepared, self.options)?
+            }
+            Lookup::Unknown => Decision::deny(BuiltinReason::UnknownTenant),
+            Lookup::Unavailable => Decision::deny(BuiltinReason::EntitlementsUnavailable),
+        };
+        let count_range = decision.count_range;
+        Ok((
+            Answer::new(decision, Freshness::of(catalog, lookup), self.ids.next()),
+            count_range,
+        ))
+    }
+
+    /// A DENY for a built-in reason with the lookup's freshness; with
+    /// `decision_id`, under that id.
+    fn builtin_deny(
+        &self,
+        catalog: &Catalog,
+        lookup: &Lookup,
+        reason: BuiltinReason,
+        decision_id: Option<String>,
+    ) -> Answer {
+        Answer::new(
+            Decision::deny(reason),
+            Freshness::of(catalog, lookup),
+            decision_id.unwrap_or_else(|| self.ids.next()),
+        )
+    }
+
+    /// Decides a check that consumes `check.consume`: metering runs the
+    /// protocol ([`Metering::decide_and_consume`]) with this service's
+    /// decisions.
+    async fn check_consume<V: Values>(
+        &self,
+        catalog: &Catalog,
+        mut check: Check<V>,
+    ) -> Result<Answer, Error> {
+        let consume = check.consume.take().unwrap_or_default();
+        if consume.meter.is_empty() {
+            return Err(invalid("consume.meter", "required"));
+        }
+        if consume.amount < 1 {
+            return Err(invalid(
+                "consume.amount",
+                format!("must be at least 1, got {}", consume.amount),
+            ));
+        }
+        check_key("consume.idempotency_key", &consume.idempotency_key)?;
+        let metering = self.metering.as_ref().ok_or(Error::MeteringNotConfigured)?;
+        let tenant = check.tenant.clone();
+        // The request is converted and validated once, with the meter's
+        // state in its context: a malformed one is refused before anything
+        // is counted.
+        check_tenant(&tenant).map_err(Error::InvalidArgument)?;
+        let lookup = self.lookup(catalog, &tenant, check.max_staleness_ms).await;
+        let Lookup::Found { snapshot, .. } = &lookup else {
+            let prepared =
+                prepare(&catalog.policies, check, None).map_err(Error::InvalidArgument)?;
+            return self
+                .decide(catalog, &lookup, &prepared)
+                .map(|(answer, _)| answer)
+                .map_err(Error::InvalidArgument);
+        };
+        let principal = check
+            .principal
+            .as_ref()
+            .map(EntityRef::cedar_text)
+            .unwrap_or_default();
+        let conn = self.tenants.connection();
+        let metered = metering
+            .decide_and_consume(
+                conn,
+                ConsumeRequest {
+                    tenant: &tenant,
+                    snapshot,
+                    consume: &consume,
+                    principal: &principal,
+                },
+                |usage| prepare(&catalog.policies, check, Some((USAGE, usage))),
+                |prepared| {
+                    let _evaluation = crate::stage_span!("evaluate").entered();
+                    let decision =
+                        engine::decide(&catalog.policies, snapshot, prepared, self.options)?;
+                    Ok((decision, self.ids.next()))
+                },
+            )
+            .await
+            .map_err(Error::InvalidArgument)?;
+        Ok(match metered {
+            Metered::Decided {
+                decision,
+                decision_id,
+                usage,
+            } => {
+                let mut answer =
+                    Answer::new(decision, Freshness::of(catalog, &lookup), decision_id);
+                answer.usage = Some(usage);
+                answer
+            }
+            Metered::Denied {
+                reason,
+                decision_id,
+                usage,
+            } => {
+                let mut answer = self.builtin_deny(catalog, &lookup, reason, decision_id);
+                answer.usage = usage;
+                answer
+            }
+            Metered::Replayed { first, usage } => self.replay(catalog, &lookup, first, usage),
+        })
+    }
+
+    /// The first answer to an idempotency key, given again.
+    fn replay(
+        &self,
+        catalog: &Catalog,
+        lookup: &Lookup,
+        first: FirstAnswer,
+        usage: UsageView,
+    ) -> Answer {
+        let policy_exists = catalog
+            .policies
+            .policies()
+            .any(|policy: &Arc<PolicyMeta>| policy.id == first.policy_id);
+        Answer {
+            allow: first.allow,
+            reasons: vec![Reason::Replayed {
+                effect: (policy_exists && first.allow).then_some(Effect::Permit),
+                policy_id: first.policy_id,
+                code: first.code,
+                decision_id: first.decision_id.clone(),
+            }],
+            errors: Vec::new(),
+            explanation: Vec::new(),
+            freshness: Freshness::of(catalog, lookup),
+            decision_id: first.decision_id,
+            usage: Some(usage),
+        }
+    }
+
+    /// Applies usage measured after the fact; returns each report's meter
+    /// state afterwards.
+    pub async fn report_usage(
+        &self,
+        tenant: String,
+        reports: Vec<UsageReport>,
+    ) -> Result<Vec<UsageView>, Error> {
+        let catalog = self.catalog()?;
+        check_tenant(&tenant).map_err(Error::InvalidArgument)?;
+        if reports.is_empty() {
+            return Err(invalid("reports", "at least one report is required"));
+        }
+        if reports.len() > self.limits.max_batch {
+            return Err(Error::BatchTooLarge {
+                size: reports.len(),
+                limit: self.limits.max_batch,
+            });
+        }
+        for (index, report) in reports.iter().enumerate() {
+            check_key(&format!("reports[{index}].event_key"), &report.event_key)?;
+            if report.meter.is_empty() {
+                return Err(invalid(format!("reports[{index}].meter"), "required"));
+            }
+        }
+        let metering = self.metering.as_ref().ok_or(Error::MeteringNotConfigured)?;
+        let conn = self
+            .tenants
+            .connection()
+            .ok_or(Error::MeteringNotConfigured)?;
+        let snapshot = match self.lookup(&catalog, &tenant, 0).await {
+            Lookup::Found { snapshot, .. } => snapshot,
+            Lookup::Unknown => return Err(Error::UnknownTenant(tenant)),
+            Lookup::Unavailable => {
+                return Err(Error::Unavailable(
+                    "the tenant's entitlements are unavailable".to_string(),
+                ))
+            }
+        };
+        let mut measured = Vec::with_capacity(reports.len());
+        for (index, report) in reports.into_iter().enumerate() {
+            let meter = match metering.meter(&snapshot, &report.meter) {
+                Ok(Some(meter)) => meter,
+                Ok(None) => {
+                    return Err(invalid(
+                        format!("reports[{index}].meter"),
+                        format!("tenant `{tenant}` has no meter `{}`", report.meter),
+                    ))
+                }
+                Err(problem) => return Err(invalid(format!("reports[{index}].meter"), problem)),
+            };
+            if report.amount < 0 && meter.kind == MeterKind::Gauge {
+                return Err(invalid(
+                    format!("reports[{index}].amount"),
+                    "a gauge's value cannot be negative",
+                ));
+            }
+            if report.amount < 1 && meter.kind == MeterKind::Counter {
+                return Err(invalid(
+                    format!("reports[{index}].amount"),
+                    format!("must be at least 1, got {}", report.amount),
+                ));
+            }
+            measured.push(Report {
+                meter,
+                amount: report.amount,
+                event_key: report.event_key,
+                principal: report
+                    .principal
+                    .as_ref()
+                    .map(EntityRef::cedar_text)
+                    .unwrap_or_default(),
+            });
+        }
+        let totals = metering
+            .report(conn, &tenant, &measured)
+            .await
+            .map_err(|error| Error::Unavailable(format!("usage cannot be recorded: {error}")))?;
+        Ok(measured
+            .iter()
+            .zip(totals)
+            .map(|(report, used)| metering.view(&report.meter, used))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_ids_are_32_lowercase_hex_digits_of_prefix_and_counter() {
+        let ids = DecisionIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            counter: AtomicU64::new(u64::MAX - 1),
+        };
+        assert_eq!(ids.next(), "0123456789abcdeffffffffffffffffe");
+        assert_eq!(ids.next(), "0123456789abcdefffffffffffffffff");
+        assert_eq!(ids.next(), "0123456789abcdef0000000000000000");
+        let ids = DecisionIds::new();
+        let first = ids.next();
+        assert_eq!(first.len(), 32);
+        assert!(first
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(ids.next()[..16], first[..16]);
+    }
+
+    #[test]
+    fn a_replayed_reason_names_its_first_decision() {
+        let reason = Reason::Replayed {
+            policy_id: "members-use".to_string(),
+            effect: Some(Effect::Permit),
+            code: "member_role".to_string(),
+            decision_id: "00ff".to_string(),
+        };
+        assert_eq!(reason.code(), "member_role");
+        assert_eq!(reason.policy_id(), "members-use");
+        assert_eq!(
+            reason.message(),
+            "the first answer to this idempotency key (decision 00ff), given again; counted once"
+        );
+        assert!(reason.annotations().is_empty());
+    }
+}
