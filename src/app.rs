@@ -187,7 +187,7 @@ pub async fn serve_on(
         set_health(&health, ServingStatus::Serving).await;
     } else {
         warn!(
-            outcome = ?initial,
+            outcome = initial.name(),
             "no valid policy set; serving UNAVAILABLE until the policy directory is fixed"
         );
     }
@@ -471,11 +471,26 @@ fn start_reloaders(
     Ok(guards)
 }
 
+/// What a reload rereads, and why.
 #[derive(Debug, Clone, Copy)]
 enum Reload {
+    /// A file of the policy directory changed.
     Policies,
+    /// A file of the entitlements directory changed.
     Entitlements,
+    /// SIGHUP: both.
     All,
+}
+
+impl Reload {
+    /// The name logs give the reload's trigger.
+    fn trigger(self) -> &'static str {
+        match self {
+            Self::Policies => "policy_change",
+            Self::Entitlements => "entitlement_change",
+            Self::All => "sighup",
+        }
+    }
 }
 
 impl Reloader {
@@ -504,7 +519,7 @@ impl Reloader {
         let version = catalog.as_ref().map(|c| c.policies.version.as_str());
         let tenants = catalog.as_ref().map_or(0, |c| c.tenants.len());
         info!(
-            trigger = ?trigger,
+            trigger = trigger.map_or("start", Reload::trigger),
             outcome = outcome.name(),
             policy_version = version.unwrap_or_default(),
             tenants,

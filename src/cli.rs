@@ -387,7 +387,10 @@ fn snapshot(args: &SnapshotArgs) -> ExitCode {
                 for problem in &problems {
                     eprintln!("{problem}");
                 }
-                eprintln!("the policies do not load: {} problem(s)", problems.len());
+                eprintln!(
+                    "the policies do not load: {}",
+                    tollgate_engine::diagnostics::problems(problems.len())
+                );
                 return ExitCode::from(2);
             }
         },
@@ -462,7 +465,10 @@ fn test(args: &TestArgs) -> ExitCode {
             for problem in &problems {
                 eprintln!("{problem}");
             }
-            eprintln!("the policies do not load: {} problem(s)", problems.len());
+            eprintln!(
+                "the policies do not load: {}",
+                tollgate_engine::diagnostics::problems(problems.len())
+            );
             return ExitCode::from(2);
         }
     };
@@ -646,11 +652,17 @@ fn validate(config: &Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ if redis_unreachable => {
-            println!("{} problem(s) found", problems.len());
+            println!(
+                "{} found",
+                tollgate_engine::diagnostics::problems(problems.len())
+            );
             ExitCode::from(3)
         }
         _ => {
-            println!("{} problem(s) found", problems.len());
+            println!(
+                "{} found",
+                tollgate_engine::diagnostics::problems(problems.len())
+            );
             ExitCode::from(1)
         }
     }
@@ -772,7 +784,15 @@ fn check_remote(
     runtime.block_on(async {
         let channel = crate::api::client::connect(&endpoint)
             .await
-            .map_err(|error| (3, format!("cannot connect to {endpoint}: {error}")))?;
+            .map_err(|error| {
+                (
+                    3,
+                    format!(
+                        "cannot connect to {endpoint}: {}",
+                        crate::api::client::connect_error(&error)
+                    ),
+                )
+            })?;
         let mut client = pb::entitlement_service_client::EntitlementServiceClient::new(channel);
         client
             .check(request)

@@ -156,7 +156,11 @@ pub struct ConfigErrors(pub Vec<String>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        writeln!(
+            f,
+            "invalid configuration ({}):",
+            tollgate_engine::diagnostics::problems(self.0.len())
+        )?;
         for problem in &self.0 {
             writeln!(f, "  - {problem}")?;
         }

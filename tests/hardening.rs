@@ -156,7 +156,7 @@ fn validate_lists_snapshot_problems_even_when_policies_fail() {
         out.contains("acme.json: entities do not match the schema"),
         "{out}"
     );
-    assert!(out.contains("2 problem(s) found"), "{out}");
+    assert!(out.contains("2 problems found"), "{out}");
 }
 
 #[test]

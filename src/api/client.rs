@@ -31,6 +31,28 @@ pub async fn connect(address: &str) -> Result<Channel, tonic::transport::Error> 
     }
 }
 
+/// Why a connection failed, for people: "connection refused" when nothing
+/// listens there, else the innermost cause (tonic's own message is only
+/// "transport error").
+pub fn connect_error(error: &tonic::transport::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        if let Some(io) = source.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused (is tollgate serving there?)".to_string()
+                }
+                std::io::ErrorKind::NotFound => {
+                    format!("{io} (is tollgate serving on this socket?)")
+                }
+                _ => io.to_string(),
+            };
+        }
+        cause = source;
+    }
+    cause.to_string()
+}
+
 /// Dials a Unix domain socket for every connection.
 #[derive(Debug, Clone)]
 struct UnixConnector(PathBuf);

@@ -51,6 +51,15 @@ impl fmt::Display for FileProblem {
     }
 }
 
+/// `1 problem`, `2 problems`.
+pub fn problems(count: usize) -> String {
+    if count == 1 {
+        "1 problem".to_string()
+    } else {
+        format!("{count} problems")
+    }
+}
+
 /// A diagnostic's message with its related errors and help, on one line.
 pub fn describe(diagnostic: &dyn Diagnostic) -> String {
     let mut message = diagnostic.to_string();
