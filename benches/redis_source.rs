@@ -61,9 +61,8 @@ use tonic::transport::Channel;
 use redis_server::RedisServer;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
-use tollgate::store::redis_client::{
-    snapshot_key, version_key, Read, RedisConn, RedisSettings, INVALIDATE_CHANNEL,
-};
+use tollgate::store::redis_client::keys::{snapshot_key, version_key, INVALIDATE_CHANNEL};
+use tollgate::store::redis_client::{Read, RedisConn, RedisSettings};
 use tollgate::store::remote::{CacheSettings, RemoteSnapshots};
 use tollgate::store::{Lookup, Store};
 use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};

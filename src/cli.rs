@@ -568,7 +568,8 @@ fn validate_redis(
     settings: &crate::store::redis_client::RedisSettings,
     policies: &PolicySnapshot,
 ) -> Result<(usize, Vec<tollgate_engine::FileProblem>), String> {
-    use crate::store::redis_client::{snapshot_key, Read, RedisConn};
+    use crate::store::redis_client::keys::snapshot_key;
+    use crate::store::redis_client::{Read, RedisConn};
     let runtime = runtime().map_err(|error| error.to_string())?;
     runtime.block_on(async {
         let conn = RedisConn::connect(settings)

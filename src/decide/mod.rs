@@ -209,17 +209,23 @@ impl Freshness {
 pub enum Reason {
     /// A reason the engine gave.
     Decided(engine::Reason),
-    /// A consumption's first answer, given again for a retry of its key.
-    Replayed {
-        /// The first answer's determining policy, if any.
-        policy_id: String,
-        /// Its effect, when it allowed and the policy still exists.
-        effect: Option<Effect>,
-        /// The first answer's reason code.
-        code: String,
-        /// The first answer's decision id.
-        decision_id: String,
-    },
+    /// A consumption's first answer, given again for a retry of its key
+    /// (boxed: a reason stays as small as the engine's, so that an answer
+    /// takes over the engine's list of reasons without a new allocation).
+    Replayed(Box<Replayed>),
+}
+
+/// The reason of a consumption's first answer, given again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The first answer's determining policy, if any.
+    pub policy_id: String,
+    /// Its effect, when it allowed and the policy still exists.
+    pub effect: Option<Effect>,
+    /// The first answer's reason code.
+    pub code: String,
+    /// The first answer's decision id.
+    pub decision_id: String,
 }
 
 impl Reason {
@@ -227,7 +233,7 @@ impl Reason {
     pub fn code(&self) -> &str {
         match self {
             Self::Decided(reason) => reason.code(),
-            Self::Replayed { code, .. } => code,
+            Self::Replayed(replayed) => &replayed.code,
         }
     }
 
@@ -238,7 +244,7 @@ impl Reason {
                 &policy.id
             }
             Self::Decided(engine::Reason::Builtin(_)) => "",
-            Self::Replayed { policy_id, .. } => policy_id,
+            Self::Replayed(replayed) => &replayed.policy_id,
         }
     }
 
@@ -249,7 +255,7 @@ impl Reason {
                 Some(policy.effect)
             }
             Self::Decided(engine::Reason::Builtin(_)) => None,
-            Self::Replayed { effect, .. } => *effect,
+            Self::Replayed(replayed) => replayed.effect,
         }
     }
 
@@ -262,8 +268,9 @@ impl Reason {
                 policy.id
             ),
             Self::Decided(engine::Reason::Builtin(builtin)) => builtin.message().to_string(),
-            Self::Replayed { decision_id, .. } => format!(
-                "the first answer to this idempotency key (decision {decision_id}), given again; counted once"
+            Self::Replayed(replayed) => format!(
+                "the first answer to this idempotency key (decision {}), given again; counted once",
+                replayed.decision_id
             ),
         }
     }
@@ -795,12 +802,12 @@ impl DecisionService {
             .any(|policy: &Arc<PolicyMeta>| policy.id == first.policy_id);
         Answer {
             allow: first.allow,
-            reasons: vec![Reason::Replayed {
+            reasons: vec![Reason::Replayed(Box::new(Replayed {
                 effect: (policy_exists && first.allow).then_some(Effect::Permit),
                 policy_id: first.policy_id,
                 code: first.code,
                 decision_id: first.decision_id.clone(),
-            }],
+            }))],
             errors: Vec::new(),
             explanation: Vec::new(),
             freshness: Freshness::of(catalog, lookup),
@@ -918,12 +925,12 @@ mod tests {
 
     #[test]
     fn a_replayed_reason_names_its_first_decision() {
-        let reason = Reason::Replayed {
+        let reason = Reason::Replayed(Box::new(Replayed {
             policy_id: "members-use".to_string(),
             effect: Some(Effect::Permit),
             code: "member_role".to_string(),
             decision_id: "00ff".to_string(),
-        };
+        }));
         assert_eq!(reason.code(), "member_role");
         assert_eq!(reason.policy_id(), "members-use");
         assert_eq!(
@@ -931,5 +938,19 @@ mod tests {
             "the first answer to this idempotency key (decision 00ff), given again; counted once"
         );
         assert!(reason.annotations().is_empty());
+    }
+
+    #[test]
+    fn a_reason_is_as_small_as_the_engines() {
+        // Same size and alignment: an answer's reasons reuse the engine's
+        // allocation.
+        assert_eq!(
+            std::mem::size_of::<Reason>(),
+            std::mem::size_of::<engine::Reason>()
+        );
+        assert_eq!(
+            std::mem::align_of::<Reason>(),
+            std::mem::align_of::<engine::Reason>()
+        );
     }
 }

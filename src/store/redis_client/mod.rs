@@ -1,17 +1,14 @@
-//! Redis as the home of tenant snapshots: connections (single node or
-//! cluster, optional TLS and AUTH), the key layout, and the scripts that read,
-//! write and delete a snapshot atomically together with its invalidation.
+//! Redis in one place: connections (single node or cluster, optional TLS
+//! and AUTH), every key and channel ([`keys`]), the Lua scripts with their
+//! named arguments ([`scripts`]) and the reading of their replies, which
+//! fails loudly on anything unexpected ([`reply`]).
 //!
-//! Layout per tenant (the braces are a Redis Cluster hash tag, so all of a
-//! tenant's keys share one slot and one script can touch them together):
-//!
-//! - `tollgate:{<tenant>}:snapshot`: the snapshot document
-//!   `{"tenant", "version", "entities"}`;
-//! - `tollgate:{<tenant>}:version`: the highest version ever written for the
-//!   tenant. It survives a delete, so versions never go backwards.
-//!
-//! Every write publishes `<tenant> <version>` on [`INVALIDATE_CHANNEL`] in the
-//! same script.
+//! Every snapshot write publishes `<tenant> <version>` on
+//! [`keys::INVALIDATE_CHANNEL`] in the same script.
+
+pub mod keys;
+pub mod reply;
+pub mod scripts;
 
 use std::time::Duration;
 
@@ -20,27 +17,11 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, IntoConnectionInfo, RedisError, Script, TlsCertificates, Value};
 
-/// Channel on which writers announce `<tenant> <version>`.
-pub const INVALIDATE_CHANNEL: &str = "tollgate:invalidate";
+use keys::INVALIDATE_CHANNEL;
 
 /// Largest version a snapshot written through tollgate may carry: Redis
 /// scripts compare versions as Lua numbers (doubles).
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
-
-/// Key of a tenant's snapshot document.
-pub fn snapshot_key(tenant: &str) -> String {
-    format!("tollgate:{{{tenant}}}:snapshot")
-}
-
-/// Key of a tenant's version high-water mark.
-pub fn version_key(tenant: &str) -> String {
-    format!("tollgate:{{{tenant}}}:version")
-}
-
-/// The tenant a snapshot key belongs to.
-pub fn tenant_of_key(key: &str) -> Option<&str> {
-    key.strip_prefix("tollgate:{")?.strip_suffix("}:snapshot")
-}
 
 /// How to reach Redis.
 #[derive(Clone, PartialEq, Eq)]
@@ -308,15 +289,7 @@ impl RedisConn {
         tenant: &str,
         known: Option<u64>,
     ) -> Result<Read, RedisFailure> {
-        let known = known.map(|v| v.to_string()).unwrap_or_default();
-        let reply = self
-            .invoke(
-                &scripts().read,
-                &[&snapshot_key(tenant), &version_key(tenant)],
-                &[&known],
-            )
-            .await?;
-        parse_read(reply)
+        scripts::SnapshotRead { tenant, known }.run(self).await
     }
 
     /// Writes `document` (already validated) as version `version` of
@@ -328,19 +301,13 @@ impl RedisConn {
         version: u64,
         document: &str,
     ) -> Result<PutOutcome, RedisFailure> {
-        let reply = self
-            .invoke(
-                &scripts().put,
-                &[&snapshot_key(tenant), &version_key(tenant)],
-                &[&version.to_string(), document, tenant, INVALIDATE_CHANNEL],
-            )
-            .await?;
-        let (written, previous) = pair(&reply)?;
-        Ok(if written == 1 {
-            PutOutcome::Written { previous }
-        } else {
-            PutOutcome::NotNewer { stored: previous }
-        })
+        scripts::SnapshotPut {
+            tenant,
+            version,
+            document,
+        }
+        .run(self)
+        .await
     }
 
     /// Deletes a tenant's snapshot (keeping its version high-water mark) and
@@ -351,20 +318,7 @@ impl RedisConn {
         tenant: &str,
         expected: Option<u64>,
     ) -> Result<DeleteOutcome, RedisFailure> {
-        let expected = expected.map(|v| v.to_string()).unwrap_or_default();
-        let reply = self
-            .invoke(
-                &scripts().delete,
-                &[&snapshot_key(tenant), &version_key(tenant)],
-                &[tenant, &expected, INVALIDATE_CHANNEL],
-            )
-            .await?;
-        let (status, version) = pair(&reply)?;
-        Ok(match status {
-            1 => DeleteOutcome::Deleted { version },
-            0 => DeleteOutcome::Absent,
-            _ => DeleteOutcome::VersionMismatch { stored: version },
-        })
+        scripts::SnapshotDelete { tenant, expected }.run(self).await
     }
 
     fn seed_host(&self) -> String {
@@ -426,7 +380,7 @@ impl RedisConn {
         }
         let mut tenants: Vec<String> = keys
             .iter()
-            .filter_map(|key| tenant_of_key(key).map(str::to_string))
+            .filter_map(|key| keys::tenant_of_key(key).map(str::to_string))
             .collect();
         tenants.sort();
         tenants.dedup();
@@ -518,119 +472,6 @@ pub enum DeleteOutcome {
     },
 }
 
-fn integer(value: &Value) -> Option<u64> {
-    match value {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
-        Value::SimpleString(text) => text.parse().ok(),
-        _ => None,
-    }
-}
-
-fn pair(reply: &Value) -> Result<(u64, u64), RedisFailure> {
-    if let Value::Array(items) = reply {
-        if let [first, second] = items.as_slice() {
-            if let (Some(a), Some(b)) = (integer(first), integer(second)) {
-                return Ok((a, b));
-            }
-        }
-    }
-    Err(RedisFailure::Garbage(format!("{reply:?}")))
-}
-
-fn parse_read(reply: Value) -> Result<Read, RedisFailure> {
-    let Value::Array(items) = &reply else {
-        return Err(RedisFailure::Garbage(format!("{reply:?}")));
-    };
-    let status = items.first().and_then(|v| match v {
-        Value::BulkString(bytes) => Some(bytes.as_slice()),
-        Value::SimpleString(text) => Some(text.as_bytes()),
-        _ => None,
-    });
-    let version = items.get(1).and_then(integer);
-    match (status, items.get(2)) {
-        (Some(b"unchanged"), _) => version
-            .map(|version| Read::Unchanged { version })
-            .ok_or_else(|| RedisFailure::Garbage(format!("{reply:?}"))),
-        (Some(b"absent"), _) => Ok(Read::Absent { version }),
-        (Some(b"document"), Some(Value::BulkString(bytes))) => Ok(Read::Document {
-            version,
-            bytes: bytes.clone(),
-        }),
-        _ => Err(RedisFailure::Garbage(format!("{reply:?}"))),
-    }
-}
-
-struct Scripts {
-    read: Script,
-    put: Script,
-    delete: Script,
-}
-
-fn scripts() -> &'static Scripts {
-    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
-    SCRIPTS.get_or_init(|| Scripts {
-        // KEYS: snapshot, version. ARGV: the version the caller holds or ''.
-        // A key of the wrong type makes GET fail, which reaches the caller as
-        // a Redis error rather than a wrong answer.
-        read: Script::new(
-            r"
-local version = redis.call('GET', KEYS[2])
-if ARGV[1] ~= '' and version == ARGV[1] and redis.call('EXISTS', KEYS[1]) == 1 then
-  return {'unchanged', version}
-end
-local document = redis.call('GET', KEYS[1])
-if not document then
-  return {'absent', version or ''}
-end
-return {'document', version or '', document}
-",
-        ),
-        // KEYS: snapshot, version. ARGV: version, document, tenant, channel.
-        // The stored version is the high-water mark, or, for a snapshot
-        // written without one, the document's own version.
-        put: Script::new(
-            r"
-local stored = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if stored == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  local ok, document = pcall(cjson.decode, redis.call('GET', KEYS[1]))
-  if ok and type(document) == 'table' and tonumber(document.version) then
-    stored = tonumber(document.version)
-  end
-end
-local version = tonumber(ARGV[1])
-if version <= stored then
-  return {0, stored}
-end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('PUBLISH', ARGV[4], ARGV[3] .. ' ' .. ARGV[1])
-return {1, stored}
-",
-        ),
-        // KEYS: snapshot, version. ARGV: tenant, expected version or '', channel.
-        delete: Script::new(
-            r"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {0, 0}
-end
-local stored = redis.call('GET', KEYS[2])
-if not stored then
-  local ok, document = pcall(cjson.decode, redis.call('GET', KEYS[1]))
-  stored = (ok and type(document) == 'table' and tostring(document.version)) or '0'
-  redis.call('SET', KEYS[2], stored)
-end
-if ARGV[2] ~= '' and ARGV[2] ~= stored then
-  return {2, stored}
-end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. stored)
-return {1, stored}
-",
-        ),
-    })
-}
-
 /// Opens a pub/sub connection to one of the settings' nodes (any node of a
 /// cluster receives every published message) and subscribes to
 /// [`INVALIDATE_CHANNEL`].
@@ -679,6 +520,7 @@ pub fn is_connection_failure(error: &RedisFailure) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::keys::{snapshot_key, tenant_of_key, version_key};
     use super::*;
 
     #[test]

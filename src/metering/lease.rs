@@ -1,0 +1,674 @@
+//! Lease mode: a sidecar reserves a block of a meter's units from Redis (never
+//! past the limit) and grants consumptions from it locally, writing their
+//! usage events with its next reservation or return.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::period::expire_at;
+use super::{counter_key, Consumed, Consumption, FirstAnswer, MeterSpec, Metering};
+use crate::store::redis_client::scripts::{LeaseGiveBack, LeaseReserve, UsageEvent};
+use crate::store::redis_client::{RedisConn, RedisFailure};
+
+/// Leases by tenant, then meter. Nested so that a lookup borrows the
+/// request's strings instead of allocating a key.
+pub(super) type LeaseTable =
+    std::collections::HashMap<String, std::collections::HashMap<String, Arc<LeaseSlot>>>;
+
+/// One meter's lease: its state, and the lock of its Redis calls.
+#[derive(Debug, Default)]
+pub(super) struct LeaseSlot {
+    /// Stock, counter and pending events. Held only for bookkeeping, never
+    /// across a Redis call, so grants from stock go on while a reservation is
+    /// under way.
+    state: std::sync::Mutex<Lease>,
+    /// Held across a reservation or a return: one Redis call at a time per
+    /// lease.
+    calls: tokio::sync::Mutex<()>,
+}
+
+impl LeaseSlot {
+    fn state(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Units a sidecar reserved from a meter's counter and grants locally.
+#[derive(Debug, Default)]
+struct Lease {
+    /// Start (Unix ms) of the counter window the units were reserved in;
+    /// `None` before the first reservation and while what was held in an
+    /// earlier window or under an earlier limit goes back.
+    window_start: Option<i64>,
+    /// That window's id (in the counter's key).
+    window: String,
+    /// Tenant of the lease.
+    tenant: String,
+    /// The meter.
+    meter: Option<MeterSpec>,
+    /// Units reserved and not yet granted.
+    stock: i64,
+    /// The counter (all sidecars' reservations) after the last reservation.
+    counter: i64,
+    /// The last reservation found no room: the stock is not topped up early
+    /// (a request the stock cannot cover still asks Redis).
+    exhausted: bool,
+    /// When unspent units go back.
+    expires: Option<std::time::Instant>,
+    /// Granted consumptions not yet in the usage stream.
+    events: Vec<LeaseEvent>,
+}
+
+impl Lease {
+    /// Whether the lease holds units of `meter`'s window starting at `start`
+    /// under its current limit.
+    fn current(&self, meter: &MeterSpec, start: i64) -> bool {
+        self.window_start == Some(start)
+            && self
+                .meter
+                .as_ref()
+                .is_some_and(|held| held.limit == meter.limit && held.lease == meter.lease)
+    }
+}
+
+/// What is taken out of a lease to go back to Redis (restored if the call
+/// fails).
+#[derive(Debug)]
+struct Returning {
+    window_start: Option<i64>,
+    window: String,
+    tenant: String,
+    meter: MeterSpec,
+    stock: i64,
+    counter: i64,
+    expires: Option<std::time::Instant>,
+    events: Vec<LeaseEvent>,
+}
+
+/// A granted consumption not yet in the usage stream.
+type LeaseEvent = UsageEvent;
+
+/// Most usage events one script writes: a script runs alone in Redis, so a
+/// long one would hold up every other client. A lease with more pending
+/// writes them in several calls.
+const MAX_EVENTS_PER_CALL: usize = 1_000;
+
+/// The stock below which a lease of `block` units reserves the next block
+/// while it still grants (a quarter of a block).
+fn low_water(block: i64) -> i64 {
+    block / 4
+}
+
+impl Metering {
+    fn lease(&self, tenant: &str, meter: &str) -> Arc<LeaseSlot> {
+        let mut leases = self
+            .leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(lease) = leases.get(tenant).and_then(|meters| meters.get(meter)) {
+            return Arc::clone(lease);
+        }
+        Arc::clone(
+            leases
+                .entry(tenant.to_string())
+                .or_default()
+                .entry(meter.to_string())
+                .or_default(),
+        )
+    }
+
+    /// The first answer this sidecar gave to a lease-mode key, if any.
+    pub fn lease_answer(&self, tenant: &str, key: &str) -> Option<FirstAnswer> {
+        self.lease_answers.get(tenant, key)
+    }
+
+    /// Units used of a lease-mode meter as this sidecar knows them (no Redis
+    /// call once it holds a lease; one read before the first).
+    pub async fn lease_used(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+    ) -> Result<i64, RedisFailure> {
+        let (start, _) = meter.period.bounds(self.clock.now_ms());
+        let slot = self.lease(tenant, &meter.id);
+        let held = |slot: &LeaseSlot| {
+            let lease = slot.state();
+            lease
+                .current(meter, start)
+                .then(|| lease.counter - lease.stock)
+        };
+        if let Some(used) = held(&slot) {
+            return Ok(used);
+        }
+        // A reservation under way has counted its block in Redis before the
+        // lease holds it: the counter read now would take the block as
+        // used. Wait for it, then read what the lease holds.
+        let _calls = slot.calls.lock().await;
+        if let Some(used) = held(&slot) {
+            return Ok(used);
+        }
+        Ok(self.peek(conn, tenant, meter, "").await?.used)
+    }
+
+    /// Grants `amount` units of a lease-mode meter from this sidecar's stock,
+    /// reserving another block from Redis (atomically, never past the limit)
+    /// when the stock does not cover it. A sidecar never grants more than it
+    /// holds, so all sidecars together never pass the limit. A grant that
+    /// leaves the stock under a quarter of a block reserves the next block
+    /// itself, while other requests go on granting from what is left.
+    pub(super) async fn lease_consume(
+        &self,
+        conn: &RedisConn,
+        consumption: &Consumption<'_>,
+    ) -> Result<Consumed, RedisFailure> {
+        let meter = consumption.meter;
+        let block = meter.lease.unwrap_or(1).max(consumption.amount);
+        let now = self.clock.now_ms();
+        let (start, _) = meter.period.bounds(now);
+        let slot = self.lease(consumption.tenant, &meter.id);
+        let granted = {
+            let mut lease = slot.state();
+            if lease.current(meter, start) {
+                self.grant(&mut lease, consumption, now).map(|consumed| {
+                    let low = !lease.exhausted && lease.stock < low_water(block);
+                    (consumed, low, lease.events.len() >= MAX_EVENTS_PER_CALL)
+                })
+            } else {
+                None
+            }
+        };
+        if let Some((consumed, low, many_events)) = granted {
+            if low || many_events {
+                if let Ok(_calls) = slot.calls.try_lock() {
+                    // Best effort: on failure the next request that the
+                    // stock cannot cover, or the next write, tries again.
+                    let written = if low {
+                        self.top_up(conn, &slot, meter, consumption.tenant, now, 1)
+                            .await
+                            .map(drop)
+                    } else {
+                        self.write_events(conn, &slot).await
+                    };
+                    if let Err(error) = written {
+                        tracing::debug!(error = %error, "cannot top up a lease or write its events yet");
+                    }
+                }
+            }
+            return Ok(consumed);
+        }
+        let _calls = slot.calls.lock().await;
+        // What this request waited for may have refilled the stock.
+        {
+            let mut lease = slot.state();
+            if lease.current(meter, start) {
+                if let Some(consumed) = self.grant(&mut lease, consumption, now) {
+                    return Ok(consumed);
+                }
+            }
+        }
+        let mut lease = self
+            .top_up(
+                conn,
+                &slot,
+                meter,
+                consumption.tenant,
+                now,
+                consumption.amount,
+            )
+            .await?;
+        Ok(self.grant_or_refuse(&mut lease, consumption, now))
+    }
+
+    /// Under the lease's lock: the key's first answer, or a grant from stock
+    /// (`None` when the stock does not cover the amount).
+    fn grant(
+        &self,
+        lease: &mut Lease,
+        consumption: &Consumption<'_>,
+        now: i64,
+    ) -> Option<Consumed> {
+        let Consumption {
+            tenant,
+            amount,
+            key,
+            principal,
+            decision_id,
+            ..
+        } = *consumption;
+        if let Some(first) = self.lease_answer(tenant, key) {
+            return Some(Consumed::Replay(first));
+        }
+        if lease.stock < amount {
+            return None;
+        }
+        lease.stock -= amount;
+        self.stats
+            .lease_stock
+            .fetch_sub(amount.unsigned_abs(), Ordering::Relaxed);
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        let used = lease.counter - lease.stock;
+        lease.events.push(LeaseEvent {
+            amount,
+            key: key.to_string(),
+            principal: principal.to_string(),
+            decision_id: decision_id.to_string(),
+            time_ms: now,
+        });
+        self.lease_answers
+            .insert(tenant, key, &consumption.answer(true, used));
+        Some(Consumed::Allowed { used })
+    }
+
+    /// With the lease's call lock held: returns what the lease holds from an
+    /// earlier window or limit, then reserves a block of the current window
+    /// (the meter's `lease`, at least `needed` units, or none when the meter
+    /// has no room for `needed`) with up to [`MAX_EVENTS_PER_CALL`] pending
+    /// usage events. Returns the lease's state lock, taken as the reply is
+    /// applied, so that the caller decides with the units it reserved.
+    async fn top_up<'s>(
+        &self,
+        conn: &RedisConn,
+        slot: &'s LeaseSlot,
+        meter: &MeterSpec,
+        tenant: &str,
+        now: i64,
+        needed: i64,
+    ) -> Result<std::sync::MutexGuard<'s, Lease>, RedisFailure> {
+        let (start, end) = meter.period.bounds(now);
+        let stale = {
+            let mut lease = slot.state();
+            if lease.current(meter, start) {
+                None
+            } else {
+                Self::take(&mut lease, true)
+            }
+        };
+        if let Some(mut stale) = stale {
+            if let Err(error) = self.give_back(conn, &mut stale).await {
+                Self::restore(&mut slot.state(), stale);
+                return Err(error);
+            }
+        }
+        let (window, events) = {
+            let mut lease = slot.state();
+            if lease.window_start != Some(start) {
+                // Not current (a first reservation, or a new window or
+                // limit): start over, counting from the reply.
+                lease.window_start = None;
+                lease.window = meter.period.window(now).0;
+                lease.stock = 0;
+                lease.counter = 0;
+                lease.exhausted = false;
+            }
+            if lease.tenant != tenant {
+                tenant.clone_into(&mut lease.tenant);
+            }
+            if lease.meter.as_ref() != Some(meter) {
+                lease.meter = Some(meter.clone());
+            }
+            let count = lease.events.len().min(MAX_EVENTS_PER_CALL);
+            (
+                lease.window.clone(),
+                lease.events.drain(..count).collect::<Vec<_>>(),
+            )
+        };
+        let block = meter.lease.unwrap_or(1).max(needed);
+        let reply = self
+            .reserve(conn, tenant, meter, &window, end, block, needed, &events)
+            .await;
+        let mut lease = slot.state();
+        let (granted, counter) = match reply {
+            Ok(reply) => reply,
+            Err(error) => {
+                lease.events.splice(..0, events);
+                return Err(error);
+            }
+        };
+        lease.window_start = Some(start);
+        lease.counter = counter;
+        lease.stock += granted;
+        lease.exhausted = granted == 0;
+        if granted > 0 {
+            self.stats
+                .lease_stock
+                .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
+            self.stats
+                .leased
+                .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
+            lease.expires = Some(std::time::Instant::now() + self.settings.lease_ttl);
+        }
+        Ok(lease)
+    }
+
+    /// Under the lease's lock, after a reservation: `consumption`'s key's
+    /// first answer, a grant from stock, or `cap_exceeded` when the meter had
+    /// no room left for it.
+    fn grant_or_refuse(
+        &self,
+        lease: &mut Lease,
+        consumption: &Consumption<'_>,
+        now: i64,
+    ) -> Consumed {
+        if let Some(consumed) = self.grant(lease, consumption, now) {
+            return consumed;
+        }
+        let used = lease.counter - lease.stock;
+        self.stats.cap_exceeded.fetch_add(1, Ordering::Relaxed);
+        self.lease_answers.insert(
+            consumption.tenant,
+            consumption.key,
+            &consumption.answer(false, used),
+        );
+        Consumed::CapExceeded { used }
+    }
+
+    /// Takes a lease's unspent units and pending events out to go back
+    /// (`None` when there is nothing to return). With `retire`, the lease is
+    /// no longer current, so that nothing is granted until it is renewed.
+    fn take(lease: &mut Lease, retire: bool) -> Option<Returning> {
+        let window_start = if retire {
+            lease.window_start.take()
+        } else {
+            lease.window_start
+        };
+        let meter = lease.meter.clone()?;
+        if lease.stock == 0 && lease.events.is_empty() {
+            return None;
+        }
+        let returning = Returning {
+            window_start,
+            window: lease.window.clone(),
+            tenant: lease.tenant.clone(),
+            meter,
+            stock: lease.stock,
+            counter: lease.counter,
+            expires: lease.expires,
+            events: std::mem::take(&mut lease.events),
+        };
+        lease.counter -= lease.stock;
+        lease.stock = 0;
+        lease.expires = None;
+        Some(returning)
+    }
+
+    /// Puts back what [`Metering::take`] took when it could not go back.
+    fn restore(lease: &mut Lease, returning: Returning) {
+        lease.window_start = returning.window_start;
+        lease.window = returning.window;
+        lease.tenant = returning.tenant;
+        lease.meter = Some(returning.meter);
+        lease.stock += returning.stock;
+        lease.counter = returning.counter;
+        lease.expires = returning.expires;
+        lease.events.splice(..0, returning.events);
+    }
+
+    /// With the lease's call lock held: writes up to [`MAX_EVENTS_PER_CALL`]
+    /// of its pending usage events.
+    async fn write_events(&self, conn: &RedisConn, slot: &LeaseSlot) -> Result<(), RedisFailure> {
+        let (tenant, meter, window, events) = {
+            let mut lease = slot.state();
+            let Some(meter) = lease.meter.clone() else {
+                return Ok(());
+            };
+            let count = lease.events.len().min(MAX_EVENTS_PER_CALL);
+            let events: Vec<LeaseEvent> = lease.events.drain(..count).collect();
+            (lease.tenant.clone(), meter, lease.window.clone(), events)
+        };
+        let written = self
+            .give_back_call(conn, &tenant, &meter, &window, 0, &events)
+            .await;
+        if written.is_err() {
+            slot.state().events.splice(..0, events);
+        }
+        written
+    }
+
+    /// Reserves up to `block` units (at least `needed`, or none) and writes
+    /// the pending usage events, in one atomic step.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one atomic step takes all of its inputs"
+    )]
+    async fn reserve(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+        window: &str,
+        end: Option<i64>,
+        block: i64,
+        needed: i64,
+        events: &[LeaseEvent],
+    ) -> Result<(i64, i64), RedisFailure> {
+        LeaseReserve {
+            counter_key: &counter_key(tenant, meter, window),
+            tenant,
+            block,
+            needed,
+            limit: meter.limit,
+            expire_at: expire_at(end),
+            stream_maxlen: self.settings.stream_maxlen,
+            meter: &meter.id,
+            events,
+        }
+        .run(conn)
+        .await
+    }
+
+    /// Returns unspent units and writes the pending events: the units with
+    /// the first events in one atomic step, the other events in further
+    /// steps of at most [`MAX_EVENTS_PER_CALL`]. What is written leaves
+    /// `returning`, so that on an error it holds what is left.
+    async fn give_back(
+        &self,
+        conn: &RedisConn,
+        returning: &mut Returning,
+    ) -> Result<(), RedisFailure> {
+        loop {
+            let count = returning.events.len().min(MAX_EVENTS_PER_CALL);
+            self.give_back_call(
+                conn,
+                &returning.tenant,
+                &returning.meter,
+                &returning.window,
+                returning.stock,
+                &returning.events[..count],
+            )
+            .await?;
+            returning.events.drain(..count);
+            if returning.stock != 0 {
+                self.stats
+                    .returned
+                    .fetch_add(returning.stock.unsigned_abs(), Ordering::Relaxed);
+                self.stats
+                    .lease_stock
+                    .fetch_sub(returning.stock.unsigned_abs(), Ordering::Relaxed);
+                returning.counter -= returning.stock;
+                returning.stock = 0;
+            }
+            if returning.events.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One give-back step: returns `stock` units and writes `events`.
+    async fn give_back_call(
+        &self,
+        conn: &RedisConn,
+        tenant: &str,
+        meter: &MeterSpec,
+        window: &str,
+        stock: i64,
+        events: &[LeaseEvent],
+    ) -> Result<(), RedisFailure> {
+        LeaseGiveBack {
+            counter_key: &counter_key(tenant, meter, window),
+            tenant,
+            unspent: stock,
+            stream_maxlen: self.settings.stream_maxlen,
+            meter: &meter.id,
+            events,
+        }
+        .run(conn)
+        .await
+    }
+
+    /// Returns the unspent units of expired leases (all of them with
+    /// `all`, at shutdown) and writes their pending events.
+    pub async fn return_leases(&self, conn: &RedisConn, all: bool) -> Result<(), RedisFailure> {
+        let leases: Vec<Arc<LeaseSlot>> = self
+            .leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .flat_map(|meters| meters.values().cloned())
+            .collect();
+        let now = std::time::Instant::now();
+        for slot in leases {
+            let _calls = slot.calls.lock().await;
+            let returning = {
+                let mut lease = slot.state();
+                if all || lease.expires.is_some_and(|expires| expires <= now) {
+                    Self::take(&mut lease, false)
+                } else {
+                    None
+                }
+            };
+            let Some(mut returning) = returning else {
+                continue;
+            };
+            if let Err(error) = self.give_back(conn, &mut returning).await {
+                Self::restore(&mut slot.state(), returning);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metering::{Clock, MeterKind, MeteringSettings, Period};
+
+    fn meter(limit: i64, block: i64) -> MeterSpec {
+        MeterSpec {
+            id: "api-calls".to_string(),
+            limit,
+            period: Period::Month,
+            kind: MeterKind::Counter,
+            lease: Some(block),
+        }
+    }
+
+    fn consumption<'a>(meter: &'a MeterSpec, amount: i64, key: &'a str) -> Consumption<'a> {
+        Consumption {
+            tenant: "acme",
+            meter,
+            amount,
+            key,
+            principal: "User::\"bob\"",
+            decision_id: "d-1",
+            allow_reason: ("member_role", "members-use"),
+            decided_for: tollgate_engine::CountRange::ALL,
+        }
+    }
+
+    /// A lease holding `stock` of a block whose reservation left the
+    /// counter at `counter`.
+    fn held(meter: &MeterSpec, start: i64, stock: i64, counter: i64) -> Lease {
+        Lease {
+            window_start: Some(start),
+            window: "2026-12".to_string(),
+            tenant: "acme".to_string(),
+            meter: Some(meter.clone()),
+            stock,
+            counter,
+            ..Lease::default()
+        }
+    }
+
+    #[test]
+    fn the_next_block_is_reserved_below_a_quarter_of_a_block() {
+        assert_eq!(low_water(100), 25);
+        assert_eq!(low_water(3), 0);
+        assert_eq!(low_water(1), 0);
+    }
+
+    #[test]
+    fn a_lease_is_current_for_its_window_limit_and_block_only() {
+        let spec = meter(1000, 100);
+        let lease = held(&spec, 10, 50, 300);
+        assert!(lease.current(&spec, 10));
+        assert!(!lease.current(&spec, 11), "another window");
+        assert!(!lease.current(&meter(2000, 100), 10), "another limit");
+        assert!(!lease.current(&meter(1000, 50), 10), "another block");
+        assert!(!Lease::default().current(&spec, 10), "never reserved");
+    }
+
+    #[test]
+    fn grants_come_from_stock_and_count_used_as_counter_minus_stock() {
+        let metering = Metering::new(MeteringSettings::default(), Clock::from_fn(|| 0));
+        let spec = meter(1000, 100);
+        // Other sidecars reserved up to 300; this one holds 100 of it.
+        let mut lease = held(&spec, 0, 100, 300);
+        let granted = metering.grant(&mut lease, &consumption(&spec, 30, "k-1"), 5);
+        assert_eq!(granted, Some(Consumed::Allowed { used: 230 }));
+        assert_eq!((lease.stock, lease.counter), (70, 300));
+        assert_eq!(lease.events.len(), 1);
+        assert_eq!(lease.events[0].amount, 30);
+        assert_eq!(lease.events[0].time_ms, 5);
+        // More than the stock: not granted here, nothing taken.
+        assert_eq!(
+            metering.grant(&mut lease, &consumption(&spec, 71, "k-2"), 6),
+            None
+        );
+        assert_eq!(lease.stock, 70);
+        // The same key again: its first answer, counted once.
+        let again = metering.grant(&mut lease, &consumption(&spec, 30, "k-1"), 7);
+        assert!(
+            matches!(again, Some(Consumed::Replay(ref first)) if first.used == 230 && first.allow),
+            "{again:?}"
+        );
+        assert_eq!(lease.stock, 70);
+        // What the cap refuses is remembered under its key as a refusal.
+        let refused = metering.grant_or_refuse(&mut lease, &consumption(&spec, 80, "k-3"), 8);
+        assert_eq!(refused, Consumed::CapExceeded { used: 230 });
+        let first = metering.lease_answer("acme", "k-3").unwrap();
+        assert!(!first.allow);
+        assert_eq!(first.code, "cap_exceeded");
+    }
+
+    #[test]
+    fn taking_a_lease_back_returns_its_stock_and_restoring_undoes_it() {
+        let spec = meter(1000, 100);
+        let mut lease = held(&spec, 0, 40, 300);
+        lease.events.push(UsageEvent {
+            amount: 60,
+            key: "k-1".to_string(),
+            principal: String::new(),
+            decision_id: "d-1".to_string(),
+            time_ms: 1,
+        });
+        let returning = Metering::take(&mut lease, true).unwrap();
+        assert_eq!((returning.stock, returning.counter), (40, 300));
+        assert_eq!(returning.events.len(), 1);
+        // The lease no longer holds the units, nor counts them, and is
+        // retired until renewed.
+        assert_eq!((lease.stock, lease.counter), (0, 260));
+        assert!(lease.events.is_empty());
+        assert!(!lease.current(&spec, 0));
+        Metering::restore(&mut lease, returning);
+        assert_eq!((lease.stock, lease.counter), (40, 300));
+        assert_eq!(lease.events.len(), 1);
+        assert!(lease.current(&spec, 0));
+        // Nothing to return: nothing taken.
+        let mut empty = held(&spec, 0, 0, 300);
+        assert!(Metering::take(&mut empty, false).is_none());
+    }
+}

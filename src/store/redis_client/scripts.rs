@@ -1,0 +1,558 @@
+//! The Lua scripts tollgate runs in Redis (`scripts/*.lua`), each behind one
+//! struct that names its arguments: the struct's `run` puts them into KEYS
+//! and ARGV in the order the script reads them, runs the script atomically
+//! on the tenant's hash slot, and reads the reply, failing loudly on any
+//! reply of another shape ([`super::reply`]).
+
+use redis::{Script, Value};
+
+use super::keys::{self, INVALIDATE_CHANNEL};
+use super::reply::{array, integer, item, text, unsigned};
+use super::{DeleteOutcome, PutOutcome, Read, RedisConn, RedisFailure};
+
+/// The appender of lease usage events, which the lease scripts begin with.
+const LEASE_EVENTS: &str = include_str!("scripts/lease_events.lua");
+
+struct Scripts {
+    snapshot_read: Script,
+    snapshot_put: Script,
+    snapshot_delete: Script,
+    usage_consume: Script,
+    usage_report: Script,
+    lease_reserve: Script,
+    lease_give_back: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        snapshot_read: Script::new(include_str!("scripts/snapshot_read.lua")),
+        snapshot_put: Script::new(include_str!("scripts/snapshot_put.lua")),
+        snapshot_delete: Script::new(include_str!("scripts/snapshot_delete.lua")),
+        usage_consume: Script::new(include_str!("scripts/usage_consume.lua")),
+        usage_report: Script::new(include_str!("scripts/usage_report.lua")),
+        lease_reserve: Script::new(&format!(
+            "{LEASE_EVENTS}\n{}",
+            include_str!("scripts/lease_reserve.lua")
+        )),
+        lease_give_back: Script::new(&format!(
+            "{LEASE_EVENTS}\n{}",
+            include_str!("scripts/lease_give_back.lua")
+        )),
+    })
+}
+
+/// Runs `script` with `keys` and `args`.
+async fn run(
+    conn: &RedisConn,
+    script: &Script,
+    keys: &[&str],
+    args: &[&str],
+) -> Result<Value, RedisFailure> {
+    conn.invoke(script, keys, args).await
+}
+
+/// `snapshot_read.lua`: a tenant's snapshot, or only its version when the
+/// caller already holds that version.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotRead<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The version the caller holds.
+    pub known: Option<u64>,
+}
+
+impl SnapshotRead<'_> {
+    /// Runs the read.
+    pub async fn run(&self, conn: &RedisConn) -> Result<Read, RedisFailure> {
+        let known = self.known.map(|v| v.to_string()).unwrap_or_default();
+        let reply = run(
+            conn,
+            &scripts().snapshot_read,
+            &[
+                &keys::snapshot_key(self.tenant),
+                &keys::version_key(self.tenant),
+            ],
+            &[&known],
+        )
+        .await?;
+        parse_read(reply)
+    }
+}
+
+/// `snapshot_put.lua`: writes a validated document as a version unless the
+/// stored one is the same or newer, publishing the invalidation.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotPut<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The document's version.
+    pub version: u64,
+    /// The document.
+    pub document: &'a str,
+}
+
+impl SnapshotPut<'_> {
+    /// Runs the write.
+    pub async fn run(&self, conn: &RedisConn) -> Result<PutOutcome, RedisFailure> {
+        let reply = run(
+            conn,
+            &scripts().snapshot_put,
+            &[
+                &keys::snapshot_key(self.tenant),
+                &keys::version_key(self.tenant),
+            ],
+            &[
+                &self.version.to_string(),
+                self.document,
+                self.tenant,
+                INVALIDATE_CHANNEL,
+            ],
+        )
+        .await?;
+        let (written, previous) = pair(&reply)?;
+        Ok(if written == 1 {
+            PutOutcome::Written { previous }
+        } else {
+            PutOutcome::NotNewer { stored: previous }
+        })
+    }
+}
+
+/// `snapshot_delete.lua`: deletes a snapshot (keeping the version
+/// high-water mark), publishing the invalidation.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotDelete<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Delete only if this is the stored version.
+    pub expected: Option<u64>,
+}
+
+impl SnapshotDelete<'_> {
+    /// Runs the delete.
+    pub async fn run(&self, conn: &RedisConn) -> Result<DeleteOutcome, RedisFailure> {
+        let expected = self.expected.map(|v| v.to_string()).unwrap_or_default();
+        let reply = run(
+            conn,
+            &scripts().snapshot_delete,
+            &[
+                &keys::snapshot_key(self.tenant),
+                &keys::version_key(self.tenant),
+            ],
+            &[self.tenant, &expected, INVALIDATE_CHANNEL],
+        )
+        .await?;
+        let (status, version) = pair(&reply)?;
+        match status {
+            1 => Ok(DeleteOutcome::Deleted { version }),
+            0 => Ok(DeleteOutcome::Absent),
+            2 => Ok(DeleteOutcome::VersionMismatch { stored: version }),
+            _ => Err(RedisFailure::Garbage(format!(
+                "expected a delete status of 0, 1 or 2, got {reply:?}"
+            ))),
+        }
+    }
+}
+
+/// `usage_consume.lua`: exact mode's one atomic step. Unless the key was
+/// answered before, counts `amount` units if the count lies in the range
+/// the decision holds for and the limit leaves room, remembers the answer
+/// under the key, and appends the consumption to the usage stream.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageConsume<'a> {
+    /// The meter's counter key.
+    pub counter_key: &'a str,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Units to count.
+    pub amount: i64,
+    /// The meter's limit.
+    pub limit: i64,
+    /// How long the answer is remembered, in milliseconds.
+    pub idempotency_ttl_ms: u128,
+    /// The meter's id.
+    pub meter: &'a str,
+    /// The idempotency key.
+    pub key: &'a str,
+    /// Who consumes (`Type::"id"`).
+    pub principal: &'a str,
+    /// The decision's id.
+    pub decision_id: &'a str,
+    /// Now, Unix milliseconds.
+    pub time_ms: i64,
+    /// Approximate bound on the usage stream's length.
+    pub stream_maxlen: u64,
+    /// When the window's counter expires (Unix seconds), 0 for never.
+    pub expire_at: i64,
+    /// The allowed answer's record up to its count.
+    pub allowed_record: &'a str,
+    /// The refused answer's record up to its count.
+    pub refused_record: &'a str,
+    /// The lowest count the decision holds for (`None`: unbounded).
+    pub lowest: Option<i64>,
+    /// The highest count the decision holds for (`None`: unbounded).
+    pub highest: Option<i64>,
+}
+
+/// What the consume script did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumeReply {
+    /// Counted; the count is now `used`.
+    Allowed {
+        /// The count after.
+        used: i64,
+    },
+    /// The limit leaves no room; nothing was counted.
+    Refused {
+        /// The count.
+        used: i64,
+    },
+    /// The key was answered before: its stored record.
+    Replay(String),
+    /// The count lies outside the decision's range; nothing was counted.
+    Redecide {
+        /// The count.
+        used: i64,
+    },
+}
+
+impl UsageConsume<'_> {
+    /// Runs the step.
+    pub async fn run(&self, conn: &RedisConn) -> Result<ConsumeReply, RedisFailure> {
+        let bound = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
+        let reply = run(
+            conn,
+            &scripts().usage_consume,
+            &[
+                self.counter_key,
+                &keys::idempotency_key(self.tenant, self.key),
+                &keys::stream_key(self.tenant),
+            ],
+            &[
+                &self.amount.to_string(),
+                &self.limit.to_string(),
+                &self.idempotency_ttl_ms.to_string(),
+                self.meter,
+                self.key,
+                self.principal,
+                self.decision_id,
+                &self.time_ms.to_string(),
+                &self.stream_maxlen.to_string(),
+                &self.expire_at.to_string(),
+                self.allowed_record,
+                self.refused_record,
+                &bound(self.lowest),
+                &bound(self.highest),
+            ],
+        )
+        .await?;
+        let items = array(&reply)?;
+        let status = text(item(items, 0, &reply)?)?;
+        Ok(match status {
+            "allow" => ConsumeReply::Allowed {
+                used: integer(item(items, 1, &reply)?)?,
+            },
+            "deny" => ConsumeReply::Refused {
+                used: integer(item(items, 1, &reply)?)?,
+            },
+            "redecide" => ConsumeReply::Redecide {
+                used: integer(item(items, 1, &reply)?)?,
+            },
+            "replay" => ConsumeReply::Replay(text(item(items, 2, &reply)?)?.to_string()),
+            _ => {
+                return Err(RedisFailure::Garbage(format!(
+                    "expected allow, deny, redecide or replay, got {reply:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// One report of [`UsageReport`].
+#[derive(Debug, Clone)]
+pub struct ReportItem<'a> {
+    /// The meter's counter (or gauge) key.
+    pub counter_key: String,
+    /// Whether the meter is a gauge (set) rather than a counter (added to).
+    pub gauge: bool,
+    /// The increment, or the gauge's value.
+    pub amount: i64,
+    /// The meter's id.
+    pub meter: &'a str,
+    /// The event's idempotency key.
+    pub event_key: &'a str,
+    /// Who used it (`Type::"id"`), may be empty.
+    pub principal: &'a str,
+    /// When the window's counter expires (Unix seconds), 0 for never.
+    pub expire_at: i64,
+}
+
+/// `usage_report.lua`: applies usage measured after the fact, each report
+/// once per event key, each appended to the usage stream.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageReport<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The reports.
+    pub items: &'a [ReportItem<'a>],
+    /// Approximate bound on the usage stream's length.
+    pub stream_maxlen: u64,
+    /// How long an event key is remembered, in milliseconds.
+    pub idempotency_ttl_ms: u128,
+    /// Now, Unix milliseconds.
+    pub time_ms: i64,
+}
+
+impl UsageReport<'_> {
+    /// Runs the step; returns each report's meter total afterwards.
+    pub async fn run(&self, conn: &RedisConn) -> Result<Vec<i64>, RedisFailure> {
+        let mut keys = Vec::with_capacity(1 + 2 * self.items.len());
+        keys.push(keys::stream_key(self.tenant));
+        let mut args = vec![
+            self.items.len().to_string(),
+            self.stream_maxlen.to_string(),
+            self.idempotency_ttl_ms.to_string(),
+            self.time_ms.to_string(),
+        ];
+        for report in self.items {
+            keys.push(report.counter_key.clone());
+            keys.push(keys::idempotency_key(self.tenant, report.event_key));
+            args.push(if report.gauge { "gauge" } else { "counter" }.to_string());
+            args.push(report.amount.to_string());
+            args.push(report.meter.to_string());
+            args.push(report.event_key.to_string());
+            args.push(report.principal.to_string());
+            args.push(report.expire_at.to_string());
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = run(conn, &scripts().usage_report, &keys, &args).await?;
+        let totals = array(&reply)?
+            .iter()
+            .map(integer)
+            .collect::<Result<Vec<i64>, _>>()?;
+        if totals.len() != self.items.len() {
+            return Err(RedisFailure::Garbage(format!(
+                "expected {} totals, got {reply:?}",
+                self.items.len()
+            )));
+        }
+        Ok(totals)
+    }
+}
+
+/// A consumption granted from a lease, not yet in the usage stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    /// Units.
+    pub amount: i64,
+    /// The idempotency key.
+    pub key: String,
+    /// Who consumed (`Type::"id"`).
+    pub principal: String,
+    /// The decision's id.
+    pub decision_id: String,
+    /// When, Unix milliseconds.
+    pub time_ms: i64,
+}
+
+/// Appends usage events to script arguments: a count, then five fields each.
+fn push_events(args: &mut Vec<String>, events: &[UsageEvent]) {
+    args.reserve(1 + 5 * events.len());
+    args.push(events.len().to_string());
+    for event in events {
+        args.push(event.amount.to_string());
+        args.push(event.key.clone());
+        args.push(event.principal.clone());
+        args.push(event.decision_id.clone());
+        args.push(event.time_ms.to_string());
+    }
+}
+
+/// `lease_reserve.lua`: reserves `min(block, limit - counter)` units for a
+/// lease if that covers `needed`, and writes pending usage events, in one
+/// atomic step.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseReserve<'a> {
+    /// The meter's counter key.
+    pub counter_key: &'a str,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Units to reserve at most.
+    pub block: i64,
+    /// Units the reservation must cover (else none are reserved).
+    pub needed: i64,
+    /// The meter's limit.
+    pub limit: i64,
+    /// When the window's counter expires (Unix seconds), 0 for never.
+    pub expire_at: i64,
+    /// Approximate bound on the usage stream's length.
+    pub stream_maxlen: u64,
+    /// The meter's id.
+    pub meter: &'a str,
+    /// Pending usage events to write.
+    pub events: &'a [UsageEvent],
+}
+
+impl LeaseReserve<'_> {
+    /// Runs the step; returns the units reserved and the counter after.
+    pub async fn run(&self, conn: &RedisConn) -> Result<(i64, i64), RedisFailure> {
+        let mut args = vec![
+            self.block.to_string(),
+            self.needed.to_string(),
+            self.limit.to_string(),
+            self.expire_at.to_string(),
+            self.stream_maxlen.to_string(),
+            self.meter.to_string(),
+        ];
+        push_events(&mut args, self.events);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = run(
+            conn,
+            &scripts().lease_reserve,
+            &[self.counter_key, &keys::stream_key(self.tenant)],
+            &args,
+        )
+        .await?;
+        let items = array(&reply)?;
+        let granted = integer(item(items, 0, &reply)?)?;
+        let counter = integer(item(items, 1, &reply)?)?;
+        Ok((granted, counter))
+    }
+}
+
+/// `lease_give_back.lua`: returns a lease's unspent units and writes
+/// pending usage events, in one atomic step.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseGiveBack<'a> {
+    /// The meter's counter key.
+    pub counter_key: &'a str,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Units to return.
+    pub unspent: i64,
+    /// Approximate bound on the usage stream's length.
+    pub stream_maxlen: u64,
+    /// The meter's id.
+    pub meter: &'a str,
+    /// Pending usage events to write.
+    pub events: &'a [UsageEvent],
+}
+
+impl LeaseGiveBack<'_> {
+    /// Runs the step.
+    pub async fn run(&self, conn: &RedisConn) -> Result<(), RedisFailure> {
+        let mut args = vec![
+            self.unspent.to_string(),
+            self.stream_maxlen.to_string(),
+            self.meter.to_string(),
+        ];
+        push_events(&mut args, self.events);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = run(
+            conn,
+            &scripts().lease_give_back,
+            &[self.counter_key, &keys::stream_key(self.tenant)],
+            &args,
+        )
+        .await?;
+        match integer(&reply)? {
+            1 => Ok(()),
+            _ => Err(RedisFailure::Garbage(format!("expected 1, got {reply:?}"))),
+        }
+    }
+}
+
+/// Two non-negative integers.
+fn pair(reply: &Value) -> Result<(u64, u64), RedisFailure> {
+    let items = array(reply)?;
+    if items.len() != 2 {
+        return Err(RedisFailure::Garbage(format!(
+            "expected two integers, got {reply:?}"
+        )));
+    }
+    Ok((unsigned(&items[0])?, unsigned(&items[1])?))
+}
+
+fn parse_read(reply: Value) -> Result<Read, RedisFailure> {
+    let items = array(&reply)?;
+    let status = text(item(items, 0, &reply)?)?;
+    // The high-water mark, '' when none was ever written.
+    let version = match item(items, 1, &reply)? {
+        Value::BulkString(bytes) if bytes.is_empty() => None,
+        value => Some(unsigned(value)?),
+    };
+    match status {
+        "unchanged" => version
+            .map(|version| Read::Unchanged { version })
+            .ok_or_else(|| {
+                RedisFailure::Garbage(format!("expected the unchanged version, got {reply:?}"))
+            }),
+        "absent" => Ok(Read::Absent { version }),
+        "document" => match item(items, 2, &reply)? {
+            Value::BulkString(bytes) => Ok(Read::Document {
+                version,
+                bytes: bytes.clone(),
+            }),
+            _ => Err(RedisFailure::Garbage(format!(
+                "expected the snapshot document, got {reply:?}"
+            ))),
+        },
+        _ => Err(RedisFailure::Garbage(format!(
+            "expected unchanged, absent or document, got {reply:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn snapshot_reads_parse_and_garbage_is_refused() {
+        let read = parse_read(Value::Array(vec![bulk("document"), bulk("3"), bulk("{}")]));
+        assert_eq!(
+            read.unwrap(),
+            Read::Document {
+                version: Some(3),
+                bytes: b"{}".to_vec()
+            }
+        );
+        let read = parse_read(Value::Array(vec![bulk("absent"), bulk("")]));
+        assert_eq!(read.unwrap(), Read::Absent { version: None });
+        let read = parse_read(Value::Array(vec![bulk("unchanged"), bulk("7")]));
+        assert_eq!(read.unwrap(), Read::Unchanged { version: 7 });
+        for garbage in [
+            Value::Array(vec![bulk("document"), bulk("x1"), bulk("{}")]),
+            Value::Array(vec![bulk("unchanged"), bulk("")]),
+            Value::Array(vec![bulk("other"), bulk("1")]),
+            Value::Array(vec![bulk("document"), bulk("1")]),
+            Value::Int(1),
+        ] {
+            assert!(parse_read(garbage).is_err());
+        }
+        assert_eq!(
+            pair(&Value::Array(vec![Value::Int(1), bulk("2")])).unwrap(),
+            (1, 2)
+        );
+        assert!(pair(&Value::Array(vec![Value::Int(1)])).is_err());
+    }
+
+    #[test]
+    fn every_script_compiles_into_one_text() {
+        // The lease scripts call the event writer they are prefixed with.
+        for script in [
+            include_str!("scripts/lease_reserve.lua"),
+            include_str!("scripts/lease_give_back.lua"),
+        ] {
+            assert!(script.contains("write_events("));
+        }
+        assert!(LEASE_EVENTS.contains("local function write_events"));
+        let _ = scripts();
+    }
+}
