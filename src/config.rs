@@ -17,49 +17,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "tollgate.yaml";
 /// Prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "TOLLGATE_";
 
-/// Every configuration key, its default and what it means (for `--help` and
-/// docs/configuration.md).
-pub const KEYS: &[(&str, &str, &str)] = &[
-    ("listen", "127.0.0.1:50051", "gRPC listen address (host:port)"),
-    ("listen_unix", "", "also serve gRPC on this Unix domain socket path (created mode 0666; a stale socket file is replaced); empty: off"),
-    ("metrics_listen", "", "address of the Prometheus endpoint (GET /metrics), e.g. 127.0.0.1:9090; empty: off"),
-    ("policies", "./policies", "policy directory: schema.cedarschema and *.cedar"),
-    ("entitlements", "./entitlements", "directory of <tenant>.json snapshots"),
-    ("strict_principals", "true", "deny with unknown_principal when the principal is not in the tenant snapshot"),
-    ("policy_errors", "deny", "`deny`: a forbid that fails to evaluate denies (policy_error); `cedar`: Cedar's rule, failing policies are ignored"),
-    ("max_batch", "100", "most checks in one CheckBatch"),
-    ("max_request_bytes", "4194304", "largest request message in bytes"),
-    ("watch", "true", "reload when files in the policy or entitlements directory change (SIGHUP always reloads)"),
-    ("reload_debounce_ms", "200", "quiet time after a file change before reloading"),
-    ("shutdown_delay_ms", "0", "after SIGTERM/SIGINT, how long to keep answering new requests (health already NOT_SERVING) before the listener closes"),
-    ("shutdown_grace_ms", "10000", "how long in-flight requests may take to finish once the listener has closed"),
-    ("decision_log", "", "decision log sink: empty (off), `stdout`, or a file path (rotated to <file>.1)"),
-    ("decision_log_queue", "10000", "records the decision log queues before it drops (never blocking a decision)"),
-    ("decision_log_sample_allow", "1", "share of ALLOW decisions logged, 0 to 1"),
-    ("decision_log_sample_deny", "1", "share of DENY decisions logged, 0 to 1"),
-    ("decision_log_context", "false", "include the request context in records"),
-    ("decision_log_mask", "", "comma-separated context attributes whose values are logged as \"***\""),
-    ("decision_log_max_bytes", "104857600", "size at which the decision log file rotates"),
-    ("decision_log_redis_stream", "", "also add every decision record to this Redis Stream (XADD <key> MAXLEN ~ <decision_log_redis_maxlen> * record <json>), e.g. tollgate:decisions; needs redis_url; empty: off"),
-    ("decision_log_redis_maxlen", "1000000", "approximate length the decision log's Redis Stream is trimmed to"),
-    ("redis_url", "", "read tenant snapshots from Redis instead of the entitlements directory: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS; with redis_cluster, a comma-separated list of seed nodes; empty: the file source"),
-    ("redis_cluster", "false", "use the Redis Cluster client"),
-    ("redis_username", "", "Redis ACL user name (overrides the URL's)"),
-    ("redis_password", "", "Redis password (overrides the URL's); prefer TOLLGATE_REDIS_PASSWORD"),
-    ("redis_tls_ca_file", "", "PEM file of the CA that signs the Redis server certificate (rediss:// with a private CA); empty: the web PKI roots"),
-    ("redis_timeout_ms", "250", "upper bound on every Redis call, connecting included"),
-    ("cache_max_bytes", "268435456", "upper bound on the cached snapshots' estimated memory (each snapshot's compact form, about 2.6 KB for 20 entities, plus 1 KiB each)"),
-    ("cache_ttl_ms", "300000", "a cached snapshot read longer ago than this is read again on next use (safety net for a lost invalidation)"),
-    ("max_stale_ms", "300000", "while Redis is unreachable, how long after its last confirmation a cached snapshot still serves (marked STALE) before entitlements_unavailable"),
-    ("usage_idempotency_ttl_ms", "86400000", "how long the first answer to a consume's idempotency key (or a usage report's event key) is remembered"),
-    ("usage_lease_ttl_ms", "10000", "lease-mode meters: how long unspent reserved units stay with this sidecar before they are returned"),
-    ("usage_lease_answers_max_bytes", "33554432", "lease-mode meters: memory for the first answers this sidecar remembers for idempotency keys (counted as its tenant and key plus about 170 bytes each); past it the oldest are forgotten before usage_idempotency_ttl_ms"),
-    ("usage_stream_maxlen", "1000000", "approximate upper bound on each tenant's usage event stream (tollgate:{<tenant>}:usage)"),
-    ("admin_listen", "", "address of the gRPC AdminService (snapshot writes; needs redis_url and admin_token), e.g. 127.0.0.1:50052; empty: off"),
-    ("admin_token", "", "bearer token the AdminService requires; prefer TOLLGATE_ADMIN_TOKEN"),
-    ("log_format", "human", "`human` or `json`"),
-    ("log_level", "info", "tracing filter, e.g. `info` or `tollgate=debug`"),
-];
+pub use crate::config_keys::KEYS;
 
 pub use crate::telemetry::LogFormat;
 
@@ -123,36 +81,140 @@ impl fmt::Debug for Secret {
 
 impl Config {
     /// The defaults of every key, serving `policies` and `entitlements`.
+    ///
+    /// # Panics
+    ///
+    /// Never: the defaults are a valid configuration
+    /// (`the_defaults_are_a_valid_configuration` checks it).
     pub fn with_dirs(policies: PathBuf, entitlements: PathBuf) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            listen_unix: None,
-            metrics_listen: None,
-            policies,
-            entitlements,
-            options: Options::default(),
-            limits: Limits::default(),
-            max_request_bytes: 4 * 1024 * 1024,
-            watch: true,
-            reload_debounce: Duration::from_millis(200),
-            shutdown_delay: Duration::ZERO,
-            shutdown_grace: Duration::from_millis(10_000),
-            decision_log: None,
-            redis: None,
-            cache: crate::store::remote::CacheSettings::default(),
-            metering: crate::metering::MeteringSettings::default(),
-            clock: crate::metering::Clock::system(),
-            admin_listen: None,
-            admin_token: None,
-            log_format: LogFormat::Human,
-            log_level: "info".to_string(),
+        let mut problems = Vec::new();
+        match build(&defaults(), &mut problems, false) {
+            Some(config) if problems.is_empty() => Self {
+                policies,
+                entitlements,
+                ..config
+            },
+            _ => panic!(
+                "the defaults are not a valid configuration: {}",
+                ConfigErrors(problems)
+            ),
+        }
+    }
+}
+
+/// Every key at its default.
+fn defaults() -> BTreeMap<&'static str, (String, Origin)> {
+    KEYS.iter()
+        .map(|(key, default, _)| (*key, (default.to_string(), Origin::Default)))
+        .collect()
+}
+
+/// One configuration problem: which key (when there is one), where the
+/// value came from, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigProblem {
+    /// A key's value does not parse or is out of range.
+    Value {
+        /// The key.
+        key: &'static str,
+        /// Where the value came from.
+        origin: Origin,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Keys that do not go together (`redis_url` with several URLs but no
+    /// `redis_cluster`, `admin_listen` without `admin_token`, ...).
+    Combination {
+        /// The key the problem is reported under.
+        key: &'static str,
+        /// What is missing or wrong.
+        message: String,
+    },
+    /// A configuration file names a key tollgate does not have.
+    UnknownKey {
+        /// The file.
+        file: PathBuf,
+        /// The key as written.
+        name: String,
+    },
+    /// A configuration file is not a mapping of keys to plain values.
+    File {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A configuration file cannot be read.
+    Unreadable {
+        /// The file.
+        file: PathBuf,
+        /// The error.
+        error: String,
+    },
+    /// A `TOLLGATE_*` variable names no key.
+    UnknownVariable {
+        /// The variable.
+        name: String,
+    },
+    /// A `TOLLGATE_*` variable's value is not UTF-8.
+    NotUtf8 {
+        /// The variable.
+        name: String,
+    },
+}
+
+impl ConfigProblem {
+    /// The key the problem is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Value { key, .. } | Self::Combination { key, .. } => Some(key),
+            Self::UnknownKey { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Where the offending value came from, when it is known.
+    pub fn origin(&self) -> Option<Origin> {
+        match self {
+            Self::Value { origin, .. } => Some(origin.clone()),
+            Self::UnknownKey { file, .. }
+            | Self::File { file, .. }
+            | Self::Unreadable { file, .. } => Some(Origin::File(file.clone())),
+            Self::UnknownVariable { name } | Self::NotUtf8 { name } => {
+                Some(Origin::Env(name.clone()))
+            }
+            Self::Combination { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Value {
+                key,
+                origin,
+                message,
+            } => write!(f, "{key} (from {origin}): {message}"),
+            Self::Combination { key, message } => write!(f, "{key}: {message}"),
+            Self::UnknownKey { file, name } => {
+                write!(f, "{}: unknown key `{name}`", file.display())
+            }
+            Self::File { file, message } => write!(f, "{}: {message}", file.display()),
+            Self::Unreadable { file, error } => {
+                write!(f, "cannot read {}: {error}", file.display())
+            }
+            Self::UnknownVariable { name } => write!(f, "unknown environment variable {name}"),
+            Self::NotUtf8 { name } => {
+                write!(f, "environment variable {name} is not valid UTF-8")
+            }
         }
     }
 }
 
 /// Every violation found in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<String>);
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -171,11 +233,15 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Where a value came from, for error messages.
-#[derive(Debug, Clone)]
-enum Origin {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The key's default.
     Default,
+    /// A configuration file.
     File(PathBuf),
+    /// A `TOLLGATE_*` environment variable.
     Env(String),
+    /// A command-line flag (`--name`).
     Flag(String),
 }
 
@@ -210,7 +276,9 @@ pub fn load(flags: &FlagValues) -> Result<Config, ConfigErrors> {
         };
         match value.into_string() {
             Ok(value) => env.push((name.to_string(), value)),
-            Err(_) => unreadable.push(format!("environment variable {name} is not valid UTF-8")),
+            Err(_) => unreadable.push(ConfigProblem::NotUtf8 {
+                name: name.to_string(),
+            }),
         }
     }
     match load_from(flags, &env) {
@@ -227,10 +295,7 @@ pub fn load(flags: &FlagValues) -> Result<Config, ConfigErrors> {
 /// the process environment).
 pub fn load_from(flags: &FlagValues, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
-    let mut values: BTreeMap<&'static str, (String, Origin)> = KEYS
-        .iter()
-        .map(|(key, default, _)| (*key, (default.to_string(), Origin::Default)))
-        .collect();
+    let mut values = defaults();
 
     let env_config = env
         .iter()
@@ -255,14 +320,14 @@ pub fn load_from(flags: &FlagValues, env: &[(String, String)]) -> Result<Config,
                 values.insert(key, (value.clone(), Origin::Env(name.clone())));
             }
             None if is_service_link(&key, value) => {}
-            None => problems.push(format!("unknown environment variable {name}")),
+            None => problems.push(ConfigProblem::UnknownVariable { name: name.clone() }),
         }
     }
     for (key, value) in &flags.values {
         values.insert(key, (value.clone(), Origin::Flag(key.replace('_', "-"))));
     }
 
-    let config = build(&values, &mut problems);
+    let config = build(&values, &mut problems, true);
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigErrors(problems)),
@@ -305,19 +370,25 @@ fn is_service_link(key: &str, value: &str) -> bool {
 fn read_file(
     path: &Path,
     values: &mut BTreeMap<&'static str, (String, Origin)>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<ConfigProblem>,
 ) {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) => {
-            problems.push(format!("cannot read {}: {error}", path.display()));
+            problems.push(ConfigProblem::Unreadable {
+                file: path.to_path_buf(),
+                error: error.to_string(),
+            });
             return;
         }
     };
     let document: serde_norway::Value = match serde_norway::from_str(&text) {
         Ok(document) => document,
         Err(error) => {
-            problems.push(format!("{}: {error}", path.display()));
+            problems.push(ConfigProblem::File {
+                file: path.to_path_buf(),
+                message: error.to_string(),
+            });
             return;
         }
     };
@@ -325,10 +396,10 @@ fn read_file(
         serde_norway::Value::Mapping(mapping) => mapping,
         serde_norway::Value::Null => return,
         _ => {
-            problems.push(format!(
-                "{}: expected a mapping of keys to values",
-                path.display()
-            ));
+            problems.push(ConfigProblem::File {
+                file: path.to_path_buf(),
+                message: "expected a mapping of keys to values".to_string(),
+            });
             return;
         }
     };
@@ -336,7 +407,10 @@ fn read_file(
     let mut entries: Vec<(String, serde_norway::Value)> = Vec::new();
     for (key, value) in mapping {
         let Some(name) = key.as_str() else {
-            problems.push(format!("{}: keys must be strings", path.display()));
+            problems.push(ConfigProblem::File {
+                file: path.to_path_buf(),
+                message: "keys must be strings".to_string(),
+            });
             continue;
         };
         match value {
@@ -346,7 +420,10 @@ fn read_file(
                         Some(inner_name) => {
                             entries.push((format!("{name}_{inner_name}"), inner_value));
                         }
-                        None => problems.push(format!("{}: keys must be strings", path.display())),
+                        None => problems.push(ConfigProblem::File {
+                            file: path.to_path_buf(),
+                            message: "keys must be strings".to_string(),
+                        }),
                     }
                 }
             }
@@ -356,7 +433,10 @@ fn read_file(
     for (name, value) in entries {
         let name = name.as_str();
         let Some((key, _, _)) = KEYS.iter().find(|(k, _, _)| *k == name) else {
-            problems.push(format!("{}: unknown key `{name}`", path.display()));
+            problems.push(ConfigProblem::UnknownKey {
+                file: path.to_path_buf(),
+                name: name.to_string(),
+            });
             continue;
         };
         let text = match value {
@@ -364,10 +444,10 @@ fn read_file(
             serde_norway::Value::Bool(b) => b.to_string(),
             serde_norway::Value::Number(n) => n.to_string(),
             _ => {
-                problems.push(format!(
-                    "{}: key `{name}` must be a string, number or boolean",
-                    path.display()
-                ));
+                problems.push(ConfigProblem::File {
+                    file: path.to_path_buf(),
+                    message: format!("key `{name}` must be a string, number or boolean"),
+                });
                 continue;
             }
         };
@@ -375,21 +455,29 @@ fn read_file(
     }
 }
 
+/// The configuration `values` describe; every problem is added to
+/// `problems`. With `check_dirs`, the policy and entitlements directories
+/// must exist.
 fn build(
     values: &BTreeMap<&'static str, (String, Origin)>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<ConfigProblem>,
+    check_dirs: bool,
 ) -> Option<Config> {
     fn get<T>(
         values: &BTreeMap<&'static str, (String, Origin)>,
-        problems: &mut Vec<String>,
-        key: &str,
+        problems: &mut Vec<ConfigProblem>,
+        key: &'static str,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Option<T> {
         let (text, origin) = values.get(key)?;
         match parse(text) {
             Ok(value) => Some(value),
             Err(problem) => {
-                problems.push(format!("{key} (from {origin}): {problem}"));
+                problems.push(ConfigProblem::Value {
+                    key,
+                    origin: origin.clone(),
+                    message: problem,
+                });
                 None
             }
         }
@@ -406,7 +494,7 @@ fn build(
     };
     let directory = |text: &str| {
         let path = PathBuf::from(text);
-        if path.is_dir() {
+        if path.is_dir() || !check_dirs {
             Ok(path)
         } else {
             Err(format!("`{text}` is not a directory"))
@@ -605,14 +693,20 @@ fn build(
                 .collect();
             for url in &urls {
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    problems.push(format!(
-                        "redis_url: `{}` must start with redis:// or rediss://",
-                        crate::store::redis_client::redact_url(url)
-                    ));
+                    problems.push(ConfigProblem::Combination {
+                        key: "redis_url",
+                        message: format!(
+                            "`{}` must start with redis:// or rediss://",
+                            crate::store::redis_client::redact_url(url)
+                        ),
+                    });
                 }
             }
             if urls.len() > 1 && !cluster {
-                problems.push("redis_url: several URLs need redis_cluster: true".to_string());
+                problems.push(ConfigProblem::Combination {
+                    key: "redis_url",
+                    message: "several URLs need redis_cluster: true".to_string(),
+                });
             }
             Some(crate::store::redis_client::RedisSettings {
                 urls,
@@ -620,7 +714,10 @@ fn build(
                 username: redis_username.clone().flatten(),
                 password: redis_password.clone().flatten(),
                 tls_ca_file: redis_tls_ca_file.clone().flatten(),
-                timeout: redis_timeout.unwrap_or(Duration::from_millis(250)),
+                // A timeout that does not parse is reported; the
+                // configuration is then not used.
+                timeout: redis_timeout
+                    .unwrap_or_else(|| crate::config_keys::millis("redis_timeout_ms")),
             })
         }
         _ => None,
@@ -628,14 +725,15 @@ fn build(
     let redis_stream = match (redis_stream, &redis) {
         (Some(Some(key)), Some(redis)) => Some(Some(crate::decision_log::StreamSettings {
             key,
-            max_len: redis_stream_maxlen.unwrap_or(1_000_000),
+            max_len: redis_stream_maxlen
+                .unwrap_or_else(|| crate::config_keys::number("decision_log_redis_maxlen")),
             redis: redis.clone(),
         })),
         (Some(Some(_)), None) => {
-            problems.push(
-                "decision_log_redis_stream: the stream is written to Redis; set redis_url"
-                    .to_string(),
-            );
+            problems.push(ConfigProblem::Combination {
+                key: "decision_log_redis_stream",
+                message: "the stream is written to Redis; set redis_url".to_string(),
+            });
             None
         }
         (Some(None), _) => Some(None),
@@ -643,16 +741,21 @@ fn build(
     };
     if let Some(Some(_)) = admin_listen {
         if redis.is_none() {
-            problems
-                .push("admin_listen: the AdminService writes to Redis; set redis_url".to_string());
+            problems.push(ConfigProblem::Combination {
+                key: "admin_listen",
+                message: "the AdminService writes to Redis; set redis_url".to_string(),
+            });
         }
         match &admin_token {
-            Some(None) => problems.push(
-                "admin_listen: the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN)"
-                    .to_string(),
-            ),
+            Some(None) => problems.push(ConfigProblem::Combination {
+                key: "admin_listen",
+                message: "the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN)".to_string(),
+            }),
             Some(Some(token)) if token.0.len() < 16 => {
-                problems.push("admin_token: must be at least 16 characters".to_string());
+                problems.push(ConfigProblem::Combination {
+                    key: "admin_token",
+                    message: "must be at least 16 characters".to_string(),
+                });
             }
             _ => {}
         }
@@ -693,12 +796,12 @@ fn build(
             (sink, redis_stream) => Some(crate::decision_log::Settings {
                 sink,
                 redis_stream,
-                queue: decision_log_queue.unwrap_or(10_000),
-                sample_allow: sample_allow.unwrap_or(1.0),
-                sample_deny: sample_deny.unwrap_or(1.0),
-                context: log_context.unwrap_or(false),
-                mask: mask.clone().unwrap_or_default(),
-                max_bytes: max_bytes.unwrap_or(104_857_600),
+                queue: decision_log_queue?,
+                sample_allow: sample_allow?,
+                sample_deny: sample_deny?,
+                context: log_context?,
+                mask: mask.clone()?,
+                max_bytes: max_bytes?,
             }),
         },
         redis,
@@ -706,7 +809,7 @@ fn build(
             max_bytes: cache_max_bytes?,
             ttl: cache_ttl?,
             max_stale: max_stale?,
-            ..crate::store::remote::CacheSettings::default()
+            heartbeat: crate::store::remote::HEARTBEAT,
         },
         metering: crate::metering::MeteringSettings {
             idempotency_ttl: idempotency_ttl?,
@@ -725,6 +828,35 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_a_valid_configuration() {
+        // Each module's own defaults are the table's.
+        let config = Config::with_dirs(PathBuf::from("p"), PathBuf::from("e"));
+        assert_eq!(config.policies, PathBuf::from("p"));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.options, Options::default());
+        assert_eq!(
+            config.metering,
+            crate::metering::MeteringSettings::default()
+        );
+        let cache = crate::store::remote::CacheSettings::default();
+        assert_eq!(
+            (
+                config.cache.max_bytes,
+                config.cache.ttl,
+                config.cache.max_stale
+            ),
+            (cache.max_bytes, cache.ttl, cache.max_stale)
+        );
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert!(config.decision_log.is_none() && config.redis.is_none());
+    }
+
+    fn texts(errors: &ConfigErrors) -> Vec<String> {
+        errors.0.iter().map(ToString::to_string).collect()
+    }
 
     fn flags_with(dir: &Path) -> FlagValues {
         FlagValues {
@@ -802,7 +934,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(
-            errors.0,
+            texts(&errors),
             [
                 "admin_listen: the AdminService writes to Redis; set redis_url",
                 "admin_listen: the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN)",
@@ -817,7 +949,11 @@ mod tests {
             ]),
         )
         .unwrap_err();
-        assert_eq!(errors.0, ["admin_token: must be at least 16 characters"]);
+        assert_eq!(
+            texts(&errors),
+            ["admin_token: must be at least 16 characters"]
+        );
+        assert_eq!(errors.0[0].key(), Some("admin_token"));
         let config = load_from(
             &flags_with(dir.path()),
             &env(&[
@@ -864,6 +1000,7 @@ mod tests {
         let mut flags = flags_with(dir.path());
         flags.config_file = Some(dir.path().join("absent.yaml"));
         let errors = load_from(&flags, &[]).unwrap_err();
-        assert!(errors.0[0].contains("cannot read"));
+        assert!(errors.0[0].to_string().contains("cannot read"));
+        assert!(matches!(errors.0[0].origin(), Some(Origin::File(_))));
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::metrics::Metrics;
+use crate::store::redis_client::scripts::DecisionStreamAdd;
 use crate::store::redis_client::{RedisConn, RedisSettings};
 
 /// How often the writer thread looks for queued records.
@@ -32,12 +33,6 @@ const STREAM_RECONNECT: Duration = Duration::from_secs(1);
 
 /// At most one warning per this interval about records the stream lost.
 const STREAM_WARNING_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Adds every record (ARGV[2..]) to the stream KEYS[1] with
-/// `XADD <key> MAXLEN ~ <ARGV[1]> * record <json>`, in one round trip.
-const STREAM_SCRIPT: &str = "for i = 2, #ARGV do \
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'record', ARGV[i]) end \
-return #ARGV - 1";
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +266,9 @@ async fn write_stream(
     }
 }
 
-/// One `EVAL` of [`STREAM_SCRIPT`] over the batch, connecting first if need be.
+/// Adds the batch to the stream in one script call
+/// (`decision_stream_add.lua`: `XADD <key> MAXLEN ~ <max_len> * record
+/// <json>` each), connecting first if need be.
 async fn add_to_stream(
     settings: &StreamSettings,
     connection: &mut Option<RedisConn>,
@@ -293,19 +290,14 @@ async fn add_to_stream(
     let Some(conn) = connection.as_ref() else {
         return Err("redis unreachable".to_string());
     };
-    let mut command = redis::cmd("EVAL");
-    command
-        .arg(STREAM_SCRIPT)
-        .arg(1)
-        .arg(&settings.key)
-        .arg(settings.max_len);
-    for record in batch {
-        command.arg(record.as_str());
+    DecisionStreamAdd {
+        key: &settings.key,
+        max_len: settings.max_len,
+        records: batch,
     }
-    conn.query::<u64>(&command)
-        .await
-        .map(|_| ())
-        .map_err(|error| error.to_string())
+    .run(conn)
+    .await
+    .map_err(|error| error.to_string())
 }
 
 /// Counts events and says when to report them: at most once per interval.

@@ -12,6 +12,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod config_keys;
 pub mod decide;
 pub mod decision_log;
 pub mod health;

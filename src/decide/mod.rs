@@ -86,8 +86,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The configuration's default (`max_batch`).
     fn default() -> Self {
-        Self { max_batch: 100 }
+        Self {
+            max_batch: usize::try_from(crate::config_keys::number("max_batch"))
+                .unwrap_or(usize::MAX),
+        }
     }
 }
 

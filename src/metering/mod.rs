@@ -87,12 +87,14 @@ pub struct MeteringSettings {
 }
 
 impl Default for MeteringSettings {
+    /// The configuration's defaults (the `usage_*` keys).
     fn default() -> Self {
+        use crate::config_keys::{millis, number};
         Self {
-            idempotency_ttl: Duration::from_secs(24 * 3600),
-            stream_maxlen: 1_000_000,
-            lease_ttl: Duration::from_secs(10),
-            lease_answers_max_bytes: 32 << 20,
+            idempotency_ttl: millis("usage_idempotency_ttl_ms"),
+            stream_maxlen: number("usage_stream_maxlen"),
+            lease_ttl: millis("usage_lease_ttl_ms"),
+            lease_answers_max_bytes: number("usage_lease_answers_max_bytes"),
         }
     }
 }

@@ -58,13 +58,19 @@ pub struct CacheSettings {
     pub heartbeat: Duration,
 }
 
+/// Interval of the heartbeat on the invalidation subscription.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
+
 impl Default for CacheSettings {
+    /// The configuration's defaults (`cache_max_bytes`, `cache_ttl_ms`,
+    /// `max_stale_ms`).
     fn default() -> Self {
+        use crate::config_keys::{millis, number};
         Self {
-            max_bytes: 256 * 1024 * 1024,
-            ttl: Duration::from_secs(300),
-            max_stale: Duration::from_secs(300),
-            heartbeat: Duration::from_millis(250),
+            max_bytes: number("cache_max_bytes"),
+            ttl: millis("cache_ttl_ms"),
+            max_stale: millis("max_stale_ms"),
+            heartbeat: HEARTBEAT,
         }
     }
 }

@@ -21,6 +21,7 @@ struct Scripts {
     usage_report: Script,
     lease_reserve: Script,
     lease_give_back: Script,
+    decision_stream_add: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -39,6 +40,7 @@ fn scripts() -> &'static Scripts {
             "{LEASE_EVENTS}\n{}",
             include_str!("scripts/lease_give_back.lua")
         )),
+        decision_stream_add: Script::new(include_str!("scripts/decision_stream_add.lua")),
     })
 }
 
@@ -461,6 +463,37 @@ impl LeaseGiveBack<'_> {
             1 => Ok(()),
             _ => Err(RedisFailure::Garbage(format!("expected 1, got {reply:?}"))),
         }
+    }
+}
+
+/// `decision_stream_add.lua`: adds decision-log records to a stream in one
+/// round trip.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionStreamAdd<'a> {
+    /// The stream's key.
+    pub key: &'a str,
+    /// Approximate length the stream is trimmed to.
+    pub max_len: u64,
+    /// The records (JSON lines).
+    pub records: &'a [String],
+}
+
+impl DecisionStreamAdd<'_> {
+    /// Runs the step.
+    pub async fn run(&self, conn: &RedisConn) -> Result<(), RedisFailure> {
+        let max_len = self.max_len.to_string();
+        let mut args: Vec<&str> = Vec::with_capacity(1 + self.records.len());
+        args.push(&max_len);
+        args.extend(self.records.iter().map(String::as_str));
+        let reply = run(conn, &scripts().decision_stream_add, &[self.key], &args).await?;
+        let added = unsigned(&reply)?;
+        if usize::try_from(added).ok() != Some(self.records.len()) {
+            return Err(RedisFailure::Garbage(format!(
+                "expected {} records added, got {reply:?}",
+                self.records.len()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,118 @@
+//! Every configuration key with its default and its meaning: the one place
+//! a default is written. `crate::config` reads the keys' values from the file,
+//! the environment and flags, starting from these defaults; a module's own
+//! settings type takes its `Default` from here too ([`millis`],
+//! [`number`]), so that a default cannot say one thing in `--help` and do
+//! another.
+//!
+//! This module imports nothing of tollgate's: every module may read it.
+
+use std::time::Duration;
+
+/// Every configuration key, its default and what it means (for `--help` and
+/// docs/configuration.md). The defaults are the texts the configuration
+/// parses, as if set in a file.
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("listen", "127.0.0.1:50051", "gRPC listen address (host:port)"),
+    ("listen_unix", "", "also serve gRPC on this Unix domain socket path (created mode 0666; a stale socket file is replaced); empty: off"),
+    ("metrics_listen", "", "address of the Prometheus endpoint (GET /metrics), e.g. 127.0.0.1:9090; empty: off"),
+    ("policies", "./policies", "policy directory: schema.cedarschema and *.cedar"),
+    ("entitlements", "./entitlements", "directory of <tenant>.json snapshots"),
+    ("strict_principals", "true", "deny with unknown_principal when the principal is not in the tenant snapshot"),
+    ("policy_errors", "deny", "`deny`: a forbid that fails to evaluate denies (policy_error); `cedar`: Cedar's rule, failing policies are ignored"),
+    ("max_batch", "100", "most checks in one CheckBatch"),
+    ("max_request_bytes", "4194304", "largest request message in bytes"),
+    ("watch", "true", "reload when files in the policy or entitlements directory change (SIGHUP always reloads)"),
+    ("reload_debounce_ms", "200", "quiet time after a file change before reloading"),
+    ("shutdown_delay_ms", "0", "after SIGTERM/SIGINT, how long to keep answering new requests (health already NOT_SERVING) before the listener closes"),
+    ("shutdown_grace_ms", "10000", "how long in-flight requests may take to finish once the listener has closed"),
+    ("decision_log", "", "decision log sink: empty (off), `stdout`, or a file path (rotated to <file>.1)"),
+    ("decision_log_queue", "10000", "records the decision log queues before it drops (never blocking a decision)"),
+    ("decision_log_sample_allow", "1", "share of ALLOW decisions logged, 0 to 1"),
+    ("decision_log_sample_deny", "1", "share of DENY decisions logged, 0 to 1"),
+    ("decision_log_context", "false", "include the request context in records"),
+    ("decision_log_mask", "", "comma-separated context attributes whose values are logged as \"***\""),
+    ("decision_log_max_bytes", "104857600", "size at which the decision log file rotates"),
+    ("decision_log_redis_stream", "", "also add every decision record to this Redis Stream (XADD <key> MAXLEN ~ <decision_log_redis_maxlen> * record <json>), e.g. tollgate:decisions; needs redis_url; empty: off"),
+    ("decision_log_redis_maxlen", "1000000", "approximate length the decision log's Redis Stream is trimmed to"),
+    ("redis_url", "", "read tenant snapshots from Redis instead of the entitlements directory: `redis://[user:password@]host:port[/db]`, `rediss://` for TLS; with redis_cluster, a comma-separated list of seed nodes; empty: the file source"),
+    ("redis_cluster", "false", "use the Redis Cluster client"),
+    ("redis_username", "", "Redis ACL user name (overrides the URL's)"),
+    ("redis_password", "", "Redis password (overrides the URL's); prefer TOLLGATE_REDIS_PASSWORD"),
+    ("redis_tls_ca_file", "", "PEM file of the CA that signs the Redis server certificate (rediss:// with a private CA); empty: the web PKI roots"),
+    ("redis_timeout_ms", "250", "upper bound on every Redis call, connecting included"),
+    ("cache_max_bytes", "268435456", "upper bound on the cached snapshots' estimated memory (each snapshot's compact form, about 2.6 KB for 20 entities, plus 1 KiB each)"),
+    ("cache_ttl_ms", "300000", "a cached snapshot read longer ago than this is read again on next use (safety net for a lost invalidation)"),
+    ("max_stale_ms", "300000", "while Redis is unreachable, how long after its last confirmation a cached snapshot still serves (marked STALE) before entitlements_unavailable"),
+    ("usage_idempotency_ttl_ms", "86400000", "how long the first answer to a consume's idempotency key (or a usage report's event key) is remembered"),
+    ("usage_lease_ttl_ms", "10000", "lease-mode meters: how long unspent reserved units stay with this sidecar before they are returned"),
+    ("usage_lease_answers_max_bytes", "33554432", "lease-mode meters: memory for the first answers this sidecar remembers for idempotency keys (counted as its tenant and key plus about 170 bytes each); past it the oldest are forgotten before usage_idempotency_ttl_ms"),
+    ("usage_stream_maxlen", "1000000", "approximate upper bound on each tenant's usage event stream (tollgate:{<tenant>}:usage)"),
+    ("admin_listen", "", "address of the gRPC AdminService (snapshot writes; needs redis_url and admin_token), e.g. 127.0.0.1:50052; empty: off"),
+    ("admin_token", "", "bearer token the AdminService requires; prefer TOLLGATE_ADMIN_TOKEN"),
+    ("log_format", "human", "`human` or `json`"),
+    ("log_level", "info", "tracing filter, e.g. `info` or `tollgate=debug`"),
+];
+
+/// The default text of `key`.
+///
+/// # Panics
+///
+/// When `key` is not in [`KEYS`]: a programming error, which the unit tests
+/// of every caller's `Default` catch.
+pub fn default_text(key: &str) -> &'static str {
+    match KEYS.iter().find(|(name, _, _)| *name == key) {
+        Some((_, default, _)) => default,
+        None => panic!("`{key}` is not a configuration key"),
+    }
+}
+
+/// The default of a key holding a whole number.
+///
+/// # Panics
+///
+/// When the key is unknown or its default is not a whole number (see
+/// [`default_text`]; `every_numeric_default_parses` checks them all).
+pub fn number(key: &str) -> u64 {
+    let text = default_text(key);
+    match text.parse() {
+        Ok(number) => number,
+        Err(_) => panic!("the default of `{key}`, `{text}`, is not a whole number"),
+    }
+}
+
+/// The default of a key holding milliseconds (`*_ms`).
+///
+/// # Panics
+///
+/// As [`number`].
+pub fn millis(key: &str) -> Duration {
+    Duration::from_millis(number(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_numeric_default_parses() {
+        let mut numeric = 0;
+        for (key, default, _) in KEYS {
+            let looks_numeric = key.ends_with("_ms")
+                || key.ends_with("_bytes")
+                || key.ends_with("_maxlen")
+                || ["max_batch", "decision_log_queue"].contains(key);
+            if looks_numeric {
+                assert!(default.parse::<u64>().is_ok(), "{key} = {default}");
+                numeric += 1;
+            }
+        }
+        assert!(numeric >= 14, "{numeric}");
+        let mut names: Vec<&str> = KEYS.iter().map(|(key, _, _)| *key).collect();
+        names.sort_unstable();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(names.len(), count, "a key is listed twice");
+        assert_eq!(millis("redis_timeout_ms"), Duration::from_millis(250));
+    }
+}
