@@ -214,6 +214,65 @@ impl PreparedRequest {
     /// Asks for the range of counts over which the decision holds, for the
     /// count in the context record `attr` (`used`, with `remaining` as
     /// `max(limit - used, 0)`): see [`Decision::count_range`].
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use cedar_policy_core::ast::Value;
+    /// use tollgate_engine::{
+    ///     action_uid, decide, entity_uid, prepare, Options, PolicySnapshot, SnapshotSource,
+    ///     TenantSnapshot,
+    /// };
+    ///
+    /// let policies = PolicySnapshot::from_sources(
+    ///     "schema.cedarschema",
+    ///     "entity User; entity Feature;
+    ///      action use appliesTo { principal: User, resource: Feature,
+    ///        context: { usage: { used: Long, requested: Long, limit: Long, remaining: Long } } };",
+    ///     &[(
+    ///         "caps.cedar".to_string(),
+    ///         "permit(principal, action, resource)
+    ///            when { context.usage.used + context.usage.requested <= context.usage.limit };"
+    ///             .to_string(),
+    ///     )],
+    /// )
+    /// .unwrap();
+    /// let tenant = TenantSnapshot::parse(
+    ///     br#"{"tenant": "acme", "version": 1, "entities": [
+    ///         {"uid": {"type": "User", "id": "bob"}, "attrs": {}, "parents": []}]}"#,
+    ///     None,
+    ///     &policies,
+    ///     SnapshotSource::File,
+    /// )
+    /// .unwrap();
+    /// // 3 units asked of a limit of 10, decided at a count of 2 seen earlier.
+    /// let usage = Value::record(
+    ///     [
+    ///         ("used", Value::from(2)),
+    ///         ("requested", Value::from(3)),
+    ///         ("limit", Value::from(10)),
+    ///         ("remaining", Value::from(8)),
+    ///     ],
+    ///     None,
+    /// );
+    /// let request = prepare(
+    ///     &policies,
+    ///     entity_uid(&policies, "principal", "User", "bob").unwrap(),
+    ///     action_uid(&policies, "Action", "use").unwrap(),
+    ///     entity_uid(&policies, "resource", "Feature", "api").unwrap(),
+    ///     BTreeMap::from([("usage".into(), usage)]),
+    ///     Vec::new(),
+    /// )
+    /// .unwrap()
+    /// .probing_count("usage");
+    /// let decision = decide(&policies, &tenant, &request, Options::default()).unwrap();
+    /// assert!(decision.allow);
+    /// // The ALLOW holds for every count that leaves room for 3 units.
+    /// let range = decision.count_range.unwrap();
+    /// assert!(range.contains(7) && !range.contains(8));
+    /// // At a count found later, the same request is decided again.
+    /// let later = request.with_count("usage", 8);
+    /// assert!(!decide(&policies, &tenant, &later, Options::default()).unwrap().allow);
+    /// ```
     pub fn probing_count(mut self, attr: &str) -> Self {
         self.count_probe = Some(attr.into());
         self

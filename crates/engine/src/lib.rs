@@ -52,6 +52,8 @@
 //! assert_eq!(decision.reasons[0].code(), "plan_includes");
 //! ```
 
+#![deny(missing_docs)]
+
 mod compiled;
 mod context_check;
 mod context_fit;

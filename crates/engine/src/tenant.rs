@@ -99,8 +99,11 @@ pub enum SnapshotError {
     /// Not a `{tenant, version, entities}` JSON document.
     #[error("line {line}, column {column}: {message}")]
     Json {
+        /// 1-based line of the problem.
         line: usize,
+        /// 1-based column of the problem.
         column: usize,
+        /// The JSON parser's message.
         message: String,
     },
     /// The tenant id is empty, too long or has characters outside `[A-Za-z0-9._-]`.
@@ -108,7 +111,12 @@ pub enum SnapshotError {
     TenantId(String, &'static str),
     /// The document names another tenant than expected.
     #[error("snapshot is for tenant `{found}`, expected `{expected}`")]
-    WrongTenant { expected: String, found: String },
+    WrongTenant {
+        /// The tenant the caller expected (the file's name, the request's).
+        expected: String,
+        /// The tenant the document names.
+        found: String,
+    },
     /// The entities do not conform to the schema.
     #[error("entities do not match the schema: {0}")]
     Entities(String),
