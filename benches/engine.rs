@@ -27,13 +27,8 @@
     reason = "benchmark harness: a broken fixture should abort loudly"
 )]
 
-mod common;
-#[path = "common/snapshots.rs"]
-mod snapshots;
-
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,14 +36,15 @@ use std::time::Duration;
 use cedar_policy::{Authorizer, Context, EntityUid, RestrictedExpression};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 
-use common::NOW;
-use snapshots::{role_of, user_id};
 use tollgate::api;
 use tollgate::api::pb;
 use tollgate::decide::{DecisionService, Limits};
 use tollgate::store::{Catalog, Store};
 use tollgate_engine::Options;
 use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
+use tollgate_testkit::fixtures::example_policies;
+use tollgate_testkit::request::{use_request, BENCH_NOW as NOW};
+use tollgate_testkit::tenants::{self, role_of, user_id};
 
 /// Tenant id of the generated snapshots.
 const TENANT: &str = "bench";
@@ -93,7 +89,7 @@ impl Case {
 }
 
 fn policies() -> PolicySnapshot {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let dir = example_policies();
     PolicySnapshot::load_dir(&dir)
         .unwrap_or_else(|problems| panic!("cannot load {}: {problems:?}", dir.display()))
 }
@@ -106,13 +102,13 @@ fn principal_index(users: usize) -> usize {
 }
 
 /// A snapshot document shaped like `entitlements/acme.json` with `users` users
-/// (see `common/snapshots.rs`).
+/// (see `tollgate_testkit::tenants`).
 fn snapshot_json(users: usize) -> Vec<u8> {
-    snapshots::snapshot_json(TENANT, 1, users)
+    tenants::snapshot_json(TENANT, 1, users)
 }
 
 fn pb_request(principal: &str, case: Case) -> pb::CheckRequest {
-    common::use_request(TENANT, principal, case.feature())
+    use_request(TENANT, principal, case.feature())
 }
 
 /// `request` with the context's `now` set to `now`.

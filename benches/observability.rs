@@ -13,7 +13,7 @@
 //! round drives one server and then the other for a slice of the measured
 //! time (the order alternates), so that the machine's drift hits both alike.
 //! Reported: calls/s, latency percentiles and the servers' CPU time per call
-//! (from `/proc/<pid>/task/*/schedstat`: `benches/common/process.rs`), and
+//! (from `/proc/<pid>/task/*/schedstat`: `tollgate_testkit::measure`), and
 //! the on/off ratios per round (median, min, max) and pooled. `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` and
 //! `OTEL_BSP_*` in this process's environment are passed to the `on` server.
 //!
@@ -25,14 +25,6 @@
     clippy::expect_used,
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
-
-#[path = "common/child.rs"]
-mod child;
-mod common;
-#[path = "common/grpc.rs"]
-mod grpc;
-#[path = "common/process.rs"]
-mod process;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -50,9 +42,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 
-use process::ServerProcess;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
+use tollgate_testkit::bench::selected;
+use tollgate_testkit::client::{bounded_channel, try_http_get};
+use tollgate_testkit::fixtures::{example_entitlements, example_policies};
+use tollgate_testkit::request::use_request;
+use tollgate_testkit::server::ServerProcess;
 
 /// Deadline of one RPC.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,17 +129,8 @@ impl TraceService for Collector {
 /// `/metrics` of a server that serves them: decision-log records queued and
 /// dropped.
 fn decision_log_counts(server: &ServerProcess) -> Option<(u64, u64)> {
-    use std::io::{Read, Write};
     let address = server.log_field("metrics at /metrics", "address")?;
-    let mut stream = std::net::TcpStream::connect(&address).ok()?;
-    stream.set_read_timeout(Some(RPC_TIMEOUT)).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
+    let (_, text) = try_http_get(&address, "/metrics").ok()?;
     let count = |result: &str| {
         let series = format!("tollgate_decision_log_records_total{{result=\"{result}\"}} ");
         text.lines()
@@ -171,7 +158,7 @@ async fn drive(channels: &[Channel], in_flight: usize, settle: Duration, slice: 
         let mut client = EntitlementServiceClient::new(channels[worker % channels.len()].clone());
         workers.push(tokio::spawn(async move {
             // acme's member `bob` uses `pdf-export` from BR: an ALLOW.
-            let request = common::use_request("acme", "bob", "pdf-export");
+            let request = use_request("acme", "bob", "pdf-export");
             let mut latencies = Vec::new();
             let mut errors = 0;
             loop {
@@ -264,7 +251,7 @@ fn summarize(slices: &[Slice]) -> Summary {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !child::selected(&args.filters, "observability") {
+    if !selected(&args.filters, "observability") {
         return ExitCode::SUCCESS;
     }
     match run(&args) {
@@ -343,12 +330,12 @@ fn run(args: &Args) -> Result<bool, String> {
         })
         .collect();
     on_env.extend(passed.iter().cloned());
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let spawn = |name: &str, env: &[(String, String)]| {
-        ServerProcess::spawn(
+        ServerProcess::start(
             name,
-            &root.join("policies"),
-            &root.join("entitlements"),
+            env!("CARGO_BIN_EXE_tollgate"),
+            &example_policies(),
+            &example_entitlements(),
             env,
         )
     };
@@ -357,9 +344,9 @@ fn run(args: &Args) -> Result<bool, String> {
     eprintln!(
         "off: pid {} at {}; on: pid {} at {} (OTLP to {collector_address}, decision log {}{})",
         off.pid(),
-        off.address(),
+        off.addr,
         on.pid(),
-        on.address(),
+        on.addr,
         log_file.display(),
         passed
             .iter()
@@ -370,13 +357,13 @@ fn run(args: &Args) -> Result<bool, String> {
         runtime.block_on(async {
             let mut channels = Vec::new();
             for _ in 0..args.connections {
-                channels.push(grpc::connect(address, RPC_TIMEOUT).await?);
+                channels.push(bounded_channel(address, RPC_TIMEOUT).await?);
             }
             Ok::<_, String>(channels)
         })
     };
-    let off_channels = connect_all(off.address())?;
-    let on_channels = connect_all(on.address())?;
+    let off_channels = connect_all(off.addr)?;
+    let on_channels = connect_all(on.addr)?;
 
     let mut results: [Vec<Slice>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds {

@@ -14,10 +14,10 @@
 //!   before the put to the first `Check` answer carrying the new
 //!   `snapshot_version`.
 //! * `memory`: in a child process of its own, RSS before and after caching
-//!   10,000 acme-sized tenants (20 entities, `common/snapshots.rs`) through
+//!   10,000 acme-sized tenants (20 entities, `tollgate_testkit::tenants`) through
 //!   one `RemoteSnapshots`, per tenant, beside the cache's own weight
 //!   (`status().weighted_bytes`). With `--memory-users N` the tenants are
-//!   `entitlements/acme.json` itself with N users (`common/acme_tenant.rs`;
+//!   `entitlements/acme.json` itself with N users (`tenants::AcmeShape`;
 //!   `--memory-users 5` is the small tenant of `benches/memory.md`). The
 //!   cache is made large enough to keep every tenant.
 //!
@@ -32,21 +32,7 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
-#[path = "common/acme_tenant.rs"]
-mod acme_tenant;
-#[path = "common/child.rs"]
-mod child;
-mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
-#[path = "common/snapshots.rs"]
-mod snapshots;
-
-#[path = "common/grpc.rs"]
-mod grpc;
-
 use std::fmt::Write as _;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,7 +44,6 @@ use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
-use redis_server::RedisServer;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
 use tollgate::store::redis_client::keys::{snapshot_key, version_key, INVALIDATE_CHANNEL};
@@ -66,13 +51,20 @@ use tollgate::store::redis_client::{Read, RedisConn, RedisSettings};
 use tollgate::store::remote::{CacheSettings, RemoteSnapshots};
 use tollgate::store::{Lookup, Store};
 use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};
+use tollgate_testkit::bench::{run_child, selected};
+use tollgate_testkit::client::bounded_channel;
+use tollgate_testkit::fixtures::repository;
+use tollgate_testkit::measure::kb_field;
+use tollgate_testkit::redis_server::{Options, RedisServer};
+use tollgate_testkit::request::use_request;
+use tollgate_testkit::tenants::{self, AcmeShape};
 
 /// The binary's allocator: measured memory and allocation costs match
 /// production.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Entities of a generated snapshot besides its users (`common/snapshots.rs`).
+/// Entities of a generated snapshot besides its users (`tenants::snapshot_json`).
 const FIXED_ENTITIES: usize = 10;
 /// Snapshot sizes of the miss path, in entities.
 const MISS_SIZES: [usize; 3] = [100, 1_000, 10_000];
@@ -140,7 +132,7 @@ struct Args {
     tenants: Option<usize>,
     /// Tenants of the memory part shaped exactly like entitlements/acme.json
     /// with N users (5: the small tenant, 21 entities) instead of the
-    /// 20-entity tenants of common/snapshots.rs.
+    /// 20-entity tenants of `tollgate_testkit::tenants`.
     #[arg(long, value_name = "N")]
     memory_users: Option<usize>,
     /// Entities of the tenant written in the propagation part (at least 12;
@@ -260,10 +252,6 @@ fn settings(args: &Args) -> Result<Settings, String> {
 
 // ---------------------------------------------------------------------------
 // Shared helpers
-
-fn repository() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The repository's policies, loaded as the server loads them.
 fn load_policies() -> Result<(Arc<Store>, Arc<PolicySnapshot>), String> {
@@ -400,10 +388,7 @@ fn minor_faults() -> Option<u64> {
 /// Resident set size and its anonymous part, in bytes, from /proc/self/status.
 fn rss() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    Some((
-        child::kb_field(&status, "VmRSS:")?,
-        child::kb_field(&status, "RssAnon:")?,
-    ))
+    Some((kb_field(&status, "VmRSS:")?, kb_field(&status, "RssAnon:")?))
 }
 
 fn summary_from_json(value: &Json) -> Option<Summary> {
@@ -464,13 +449,13 @@ fn run_miss(redis: &RedisServer, settings: &Settings) -> Result<Vec<MissResult>,
             let mut document_bytes = 0;
             for index in 0..MISS_WARMUP + samples {
                 let tenant = miss_tenant(entities, index);
-                let document = snapshots::snapshot_json(&tenant, 1, entities - FIXED_ENTITIES);
+                let document = tenants::snapshot_json(&tenant, 1, entities - FIXED_ENTITIES);
                 document_bytes = document.len().max(document_bytes);
                 set_snapshots(&mut raw, &[(tenant, 1, document)]).await?;
             }
             Ok::<_, String>(document_bytes)
         })?;
-        let report = child::run_child(
+        let report = run_child(
             &[
                 "--child".to_string(),
                 "miss".to_string(),
@@ -682,9 +667,9 @@ impl Sidecar {
 }
 
 fn propagation_request() -> pb::CheckRequest {
-    common::use_request(
+    use_request(
         PROPAGATION_TENANT,
-        &snapshots::user_id(PRINCIPAL),
+        &tenants::user_id(PRINCIPAL),
         "pdf-export",
     )
 }
@@ -825,7 +810,7 @@ async fn propagate(
         .await
         .map_err(|error| format!("cannot connect to redis: {error}"))?;
     let document = |version: u64| {
-        String::from_utf8(snapshots::snapshot_json(PROPAGATION_TENANT, version, users))
+        String::from_utf8(tenants::snapshot_json(PROPAGATION_TENANT, version, users))
             .expect("JSON is UTF-8")
     };
     tollgate::admin::put(&conn, &policies, &document(1))
@@ -863,7 +848,8 @@ async fn propagate(
 
     let mut clients = Vec::new();
     for address in addresses {
-        let mut client = EntitlementServiceClient::new(grpc::connect(address, RPC_TIMEOUT).await?);
+        let mut client =
+            EntitlementServiceClient::new(bounded_channel(address, RPC_TIMEOUT).await?);
         // Serving, with version 1 cached: then each put is an invalidation
         // of a cached snapshot.
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -981,7 +967,7 @@ fn memory_warm_tenant(index: usize) -> String {
 
 struct MemoryResult {
     tenants: usize,
-    /// What the tenants look like, e.g. "20 entities (common/snapshots.rs)".
+    /// What the tenants look like, e.g. "20 entities (tollgate_testkit::tenants)".
     shape: String,
     document_bytes: f64,
     rss_before: u64,
@@ -1003,7 +989,7 @@ impl MemoryResult {
 /// child that caches them, reads its report.
 fn run_memory(redis: &RedisServer, settings: &Settings) -> Result<MemoryResult, String> {
     let acme = match settings.memory_users {
-        Some(_) => Some(acme_tenant::AcmeShape::load(repository())?),
+        Some(_) => Some(AcmeShape::load(repository())?),
         None => None,
     };
     let shape = match (&acme, settings.memory_users) {
@@ -1012,13 +998,13 @@ fn run_memory(redis: &RedisServer, settings: &Settings) -> Result<MemoryResult, 
             acme.entity_count(users)
         ),
         _ => format!(
-            "{} entities (common/snapshots.rs)",
+            "{} entities (tollgate_testkit::tenants)",
             SMALL_USERS + FIXED_ENTITIES
         ),
     };
     let document = |tenant: &str| match (&acme, settings.memory_users) {
         (Some(acme), Some(users)) => acme.snapshot_json(tenant, 1, users),
-        _ => snapshots::snapshot_json(tenant, 1, SMALL_USERS),
+        _ => tenants::snapshot_json(tenant, 1, SMALL_USERS),
     };
     let runtime = runtime("tg-memory", 2)?;
     let document_bytes = runtime.block_on(async {
@@ -1045,7 +1031,7 @@ fn run_memory(redis: &RedisServer, settings: &Settings) -> Result<MemoryResult, 
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));
 
-    let report = child::run_child(
+    let report = run_child(
         &[
             "--child".to_string(),
             "memory".to_string(),
@@ -1436,7 +1422,7 @@ fn to_json(report: &Report, settings: &Settings) -> String {
 // ---------------------------------------------------------------------------
 
 fn run(settings: &Settings) -> Result<Report, String> {
-    let redis = RedisServer::start()?;
+    let redis = RedisServer::try_start(Options::default())?;
     eprintln!(
         "redis_source: redis-server {} (pid {})",
         redis.url(),
@@ -1501,7 +1487,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if !child::selected(&args.filters, "redis_source") {
+    if !selected(&args.filters, "redis_source") {
         return ExitCode::SUCCESS;
     }
     let settings = match settings(&args) {
@@ -1535,6 +1521,6 @@ fn main() -> ExitCode {
 
 /// `N CPUs, model`.
 fn machine() -> String {
-    let (cpus, model) = grpc::machine();
+    let (cpus, model) = tollgate_testkit::bench::machine();
     format!("{cpus} CPUs, {model}")
 }

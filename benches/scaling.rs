@@ -45,10 +45,6 @@
     reason = "benchmark harness: a broken setup should abort loudly"
 )]
 
-#[path = "common/child.rs"]
-mod child;
-mod common;
-
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -65,6 +61,10 @@ use tollgate::decide::{DecisionService, Limits};
 use tollgate::store::{Catalog, Store};
 use tollgate_engine::{Options, Reason};
 use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
+use tollgate_testkit::bench::{self, selected};
+use tollgate_testkit::fixtures::{example_entitlements, example_policies, repository};
+use tollgate_testkit::measure::kb_field;
+use tollgate_testkit::request::use_request;
 
 /// The binary's allocator: measured memory and allocation costs match
 /// production.
@@ -105,7 +105,7 @@ const COUNTRIES: [&str; 16] = [
 ];
 /// Roles of the generated per-feature grants, in turn.
 const GRANT_ROLES: [&str; 4] = ["member", "admin", "member", "viewer"];
-/// Roles of generated users, in turn (as `benches/common/snapshots.rs`).
+/// Roles of generated users, in turn (as `tollgate_testkit::tenants::role_of`).
 const USER_ROLES: [&str; 4] = ["admin", "member", "viewer", "billing_admin"];
 
 /// Scaling curves of decision time and memory (see benches/scaling/README.md).
@@ -253,7 +253,7 @@ struct Plan {
 
 fn plan(args: &Args) -> Result<Plan, String> {
     let test_mode = !args.bench && !args.quick;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repository();
     let (policy_points, user_points, tenant_points, base_policies, base_users, decisions): (
         &[usize],
         &[usize],
@@ -351,12 +351,12 @@ fn plan(args: &Args) -> Result<Plan, String> {
 
 /// The shipped catalog's directory.
 fn catalog_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+    example_policies()
 }
 
 /// `entitlements/acme.json`, the shape of every generated tenant.
 fn acme() -> Json {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("entitlements/acme.json");
+    let path = example_entitlements().join("acme.json");
     let text = std::fs::read_to_string(&path).expect("read entitlements/acme.json");
     serde_json::from_str(&text).expect("acme.json is JSON")
 }
@@ -674,7 +674,7 @@ fn tenant_id(index: usize) -> String {
 /// page-table count is the one reported.
 fn rss() -> Memory {
     fn field(text: &str, name: &str) -> u64 {
-        child::kb_field(text, name).unwrap_or(0)
+        kb_field(text, name).unwrap_or(0)
     }
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -1053,7 +1053,7 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
     let cases = [Case::Allow, Case::Deny];
     let pb_requests: Vec<pb::CheckRequest> = cases
         .iter()
-        .map(|case| common::use_request(&tenant_ids[0], &principal, case.feature()))
+        .map(|case| use_request(&tenant_ids[0], &principal, case.feature()))
         .collect();
     let prepared: Vec<_> = pb_requests
         .iter()
@@ -1284,7 +1284,7 @@ fn run_child(point: Point, part: Part) -> Result<Measured, String> {
     } else {
         &[]
     };
-    let output = child::run_child(&args, envs, POINT_TIMEOUT)
+    let output = bench::run_child(&args, envs, POINT_TIMEOUT)
         .map_err(|problem| format!("{}: {problem}", part.name()))?;
     serde_json::from_value(output).map_err(|error| format!("{} child: {error}", part.name()))
 }
@@ -1588,7 +1588,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    if !child::selected(&args.filters, "scaling") {
+    if !selected(&args.filters, "scaling") {
         return ExitCode::SUCCESS;
     }
     let plan = match plan(&args) {

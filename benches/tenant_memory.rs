@@ -28,21 +28,18 @@
     reason = "benchmark harness: a broken fixture should abort loudly"
 )]
 
-#[path = "common/acme_tenant.rs"]
-mod acme_tenant;
-#[path = "common/child.rs"]
-mod child;
-mod common;
-
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 
-use acme_tenant::AcmeShape;
 use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};
+use tollgate_testkit::bench::selected;
+use tollgate_testkit::fixtures::repository;
+use tollgate_testkit::measure::kb_field;
+use tollgate_testkit::request::{use_request, BENCH_NOW};
+use tollgate_testkit::tenants::AcmeShape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Keep {
@@ -95,7 +92,7 @@ struct Args {
 /// `(VmRSS, RssAnon)` of this process, in bytes.
 fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| child::kb_field(&status, name).unwrap_or(0);
+    let field = |name: &str| kb_field(&status, name).unwrap_or(0);
     (field("VmRSS:"), field("RssAnon:"))
 }
 
@@ -107,7 +104,7 @@ enum Kept {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !child::selected(&args.filters, "tenant_memory") {
+    if !selected(&args.filters, "tenant_memory") {
         return ExitCode::SUCCESS;
     }
     let tenants = if args.bench || args.tenants != 10_000 {
@@ -115,7 +112,7 @@ fn main() -> ExitCode {
     } else {
         100
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repository();
     let policies = match PolicySnapshot::load_dir(&root.join("policies")) {
         Ok(policies) => policies,
         Err(problems) => {
@@ -268,7 +265,7 @@ fn time_decisions(
     let uid = |text: String| -> cedar_policy::EntityUid { text.parse().unwrap() };
     let prepare = |snapshot: &Arc<TenantSnapshot>, user: usize, feature: &str| -> Timed {
         let principal = format!("user-{user:05}");
-        let pb_request = common::use_request(&snapshot.tenant, &principal, feature);
+        let pb_request = use_request(&snapshot.tenant, &principal, feature);
         let prepared =
             tollgate::decide::prepare(policies, tollgate::api::convert::check(pb_request), None)
                 .unwrap();
@@ -278,7 +275,7 @@ fn time_decisions(
         let context = cedar_policy::Context::from_pairs([
             (
                 "now".to_string(),
-                cedar_policy::RestrictedExpression::new_datetime(common::NOW),
+                cedar_policy::RestrictedExpression::new_datetime(BENCH_NOW),
             ),
             (
                 "country".to_string(),

@@ -17,7 +17,7 @@
 #      for apiVersion, kind and the fields the chart sets;
 #   4. what the chart promises: hardened security contexts, gRPC probes, a grace
 #      period covering the drain, no ConfigMap checksum (hot reload), service
-#      links off, only TOLLGATE_* names that src/config.rs knows, references to
+#      links off, only TOLLGATE_* names that src/config_keys.rs knows, references to
 #      ConfigMaps, Secrets, volumes and ports that exist, selectors that match;
 #   5. values.schema.json and the chart refuse wrong values, naming the field.
 # Exits non-zero on any failure; ends with a summary line.
@@ -118,12 +118,12 @@ for path in leaf_paths(yaml.safe_load(read(f"{CHART}/values.yaml"))):
     if f"\n| `{path}` |" not in chart_readme:
         fail(f"{CHART}/README.md", f"value `{path}` has no row in the table of values")
 
-# The configuration keys tollgate knows: the KEYS table of src/config.rs.
-config_source = read("src/config.rs")
+# The configuration keys tollgate knows: the KEYS table of src/config_keys.rs.
+config_source = read("src/config_keys.rs")
 keys_table = re.search(r"pub const KEYS[^=]*=\s*&\[(.*?)\n\];", config_source, re.S)
 known_keys = set(re.findall(r'^\s*\(\s*"([a-z0-9_]+)"\s*,', keys_table.group(1), re.M)) if keys_table else set()
 if not known_keys:
-    fail("src/config.rs", "cannot find the KEYS table of configuration keys")
+    fail("src/config_keys.rs", "cannot find the KEYS table of configuration keys")
 known_env = {"TOLLGATE_CONFIG"} | {"TOLLGATE_" + key.upper() for key in known_keys}
 key_defaults = dict(re.findall(r'^\s*\(\s*"([a-z0-9_]+)"\s*,\s*"([^"]*)"', keys_table.group(1), re.M)) if keys_table else {}
 env_seen = set()
@@ -228,7 +228,7 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
         if names.count(name) > 1:
             fail(where, f"env {name} is set twice")
         if name.startswith("TOLLGATE_") and name not in known_env:
-            fail(where, f"env {name}: src/config.rs has no key {name[len('TOLLGATE_'):].lower()} (tollgate refuses unknown TOLLGATE_* names)")
+            fail(where, f"env {name}: src/config_keys.rs has no key {name[len('TOLLGATE_'):].lower()} (tollgate refuses unknown TOLLGATE_* names)")
     listen = env_value(container, "TOLLGATE_LISTEN")
     if listen != f"0.0.0.0:{grpc_port}":
         fail(where, f"TOLLGATE_LISTEN is {listen!r}: the kubelet's gRPC probes need 0.0.0.0:{grpc_port}")

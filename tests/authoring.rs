@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{check, DataDirs, InProcess};
 use tollgate::api::pb;
+use tollgate_testkit::prelude::{check, connect, string, DataDirs, InProcess};
 
 const TEST_FILE: &str = r#"
 now: "2026-11-27T12:00:00Z"
@@ -175,12 +173,10 @@ fn junit_filter_and_unknown_keys() {
 async fn explain_lists_every_policy_whose_scope_matched() {
     let dirs = DataDirs::copy_examples();
     let server = InProcess::start(dirs.config()).await;
-    let mut client = common::connect(&server.url()).await;
+    let mut client = connect(&server.url()).await;
 
     let mut request = check("hooli", "User:gavin", "use", "Feature:payments");
-    request
-        .context
-        .insert("country".to_string(), common::string("CN"));
+    request.context.insert("country".to_string(), string("CN"));
     let plain = client.check(request.clone()).await.unwrap().into_inner();
     assert!(plain.explanation.is_empty(), "explanation only on request");
 

@@ -3,12 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{example_entitlements, example_policies, replace_file, Binary, DataDirs, NOW};
+use tollgate_testkit::prelude::{
+    example_counts, example_entitlements, example_policies, read, replace_file, DataDirs,
+    ServerProcess, NOW,
+};
 
 fn tollgate(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -84,7 +85,7 @@ fn validate_accepts_the_example_and_lists_every_problem_with_file_and_line() {
     let output = validate(&example_policies(), &example_entitlements());
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
-    let (policies, tenants) = common::example_counts();
+    let (policies, tenants) = example_counts();
     assert!(
         stdout.starts_with(&format!("ok: {policies} policies")),
         "{stdout}"
@@ -97,7 +98,7 @@ fn validate_accepts_the_example_and_lists_every_problem_with_file_and_line() {
     let dirs = DataDirs::copy_examples();
     replace_file(
         &dirs.policies.join("plans.cedar"),
-        &common::read(&dirs.policies.join("plans.cedar"))
+        &read(&dirs.policies.join("plans.cedar"))
             .replace("principal.account.tier >=", "principal.account.tierx >="),
     );
     replace_file(
@@ -119,8 +120,7 @@ fn validate_accepts_the_example_and_lists_every_problem_with_file_and_line() {
     let dirs = DataDirs::copy_examples();
     replace_file(
         &dirs.entitlements.join("acme.json"),
-        &common::read(&dirs.entitlements.join("acme.json"))
-            .replace("\"tier\": 1", "\"tier\": \"one\""),
+        &read(&dirs.entitlements.join("acme.json")).replace("\"tier\": 1", "\"tier\": \"one\""),
     );
     let output = validate(&dirs.policies, &dirs.entitlements);
     assert_eq!(output.status.code(), Some(1));
@@ -172,7 +172,12 @@ fn check_decides_locally_with_exit_codes_and_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_remote_asks_a_running_server() {
-    let server = Binary::spawn(&example_policies(), &example_entitlements(), &[]);
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[],
+    );
     let address = server.addr.to_string();
     let cwd = tempfile::tempdir().unwrap();
     let deny_context = context("BR");

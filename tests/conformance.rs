@@ -23,17 +23,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use cedar_policy::{Context, Entities, EntityId, EntityUid, Schema, SchemaFragment};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
+use tollgate_testkit::server::ServerProcess;
 
 const EMPTY_ID: &str = "tollgate-empty-id";
 const DEFAULT_SAMPLE: usize = 600;
@@ -196,80 +195,39 @@ fn context_values(
         .collect()
 }
 
-struct Server {
-    child: Child,
-    address: String,
-    log: Receiver<Json>,
-}
+/// The server, logging JSON, reloaded with SIGHUP.
+struct Server(ServerProcess);
 
 impl Server {
     fn start(policies: &Path, entitlements: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
-            .arg(policies)
-            .arg("--entitlements")
-            .arg(entitlements)
-            .env("TOLLGATE_STRICT_PRINCIPALS", "false")
-            .env("TOLLGATE_POLICY_ERRORS", "cedar")
-            .env("TOLLGATE_WATCH", "false")
-            .env("TOLLGATE_LOG_FORMAT", "json")
-            .env("TOLLGATE_LOG_LEVEL", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tollgate serve");
-        let stderr = child.stderr.take().unwrap();
-        let (sender, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(json) = serde_json::from_str::<Json>(&line) {
-                    if sender.send(json).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let mut server = Self {
-            child,
-            address: String::new(),
-            log,
-        };
-        let listening = server.wait_for("listening", Duration::from_secs(30));
-        server.address = listening["address"].as_str().unwrap().to_string();
-        server
-    }
-
-    fn wait_for(&self, message: &str, timeout: Duration) -> Json {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if line["message"] == message => return line,
-                Ok(_) => {}
-                Err(_) => panic!("tollgate did not log `{message}` within {timeout:?}"),
-            }
-        }
+        Self(ServerProcess::spawn(
+            env!("CARGO_BIN_EXE_tollgate"),
+            policies,
+            entitlements,
+            &[
+                ("TOLLGATE_STRICT_PRINCIPALS", "false"),
+                ("TOLLGATE_POLICY_ERRORS", "cedar"),
+                ("TOLLGATE_WATCH", "false"),
+                ("TOLLGATE_LOG_FORMAT", "json"),
+                ("TOLLGATE_LOG_LEVEL", "info"),
+            ],
+        ))
     }
 
     /// Sends SIGHUP and waits for the reload's outcome.
     fn reload(&self) -> String {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let finished = self.wait_for("reload finished", Duration::from_secs(60));
+        let from = self.0.log_len();
+        self.0.signal("HUP");
+        let timeout = Duration::from_secs(60);
+        let finished = self
+            .0
+            .wait_for_line(from, timeout, |line| {
+                serde_json::from_str::<Json>(line)
+                    .is_ok_and(|line| line["message"] == "reload finished")
+            })
+            .unwrap_or_else(|| panic!("tollgate did not log `reload finished` within {timeout:?}"));
+        let finished: Json = serde_json::from_str(&finished).unwrap();
         finished["outcome"].as_str().unwrap_or_default().to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
     }
 }
 
@@ -422,10 +380,7 @@ fn corpus_answers_match_cedar_through_grpc() {
         .build()
         .unwrap();
     let mut client = runtime
-        .block_on(EntitlementServiceClient::connect(format!(
-            "http://{}",
-            server.address
-        )))
+        .block_on(EntitlementServiceClient::connect(server.0.url()))
         .unwrap();
 
     let mut tally = Tally::default();

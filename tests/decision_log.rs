@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use common::*;
 use tollgate::api::pb;
+use tollgate_testkit::fixtures::document;
+use tollgate_testkit::prelude::*;
+use tollgate_testkit::redis_server::{self, RedisServer};
 
 fn counter(text: &str, series: &str) -> u64 {
     text.lines()
@@ -23,7 +23,8 @@ fn counter(text: &str, series: &str) -> u64 {
 async fn records_match_the_decisions_and_masked_fields_never_appear() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("decisions.log");
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[
@@ -103,7 +104,8 @@ async fn records_match_the_decisions_and_masked_fields_never_appear() {
 async fn a_full_queue_drops_and_counts_records_and_never_holds_up_a_decision() {
     // Standard output is a pipe nobody reads during the load: once its buffer
     // is full the writer blocks, the one-record queue fills, and records drop.
-    let mut server = Binary::spawn_with_stdout(
+    let mut server = ServerProcess::spawn_with_stdout(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[
@@ -161,7 +163,7 @@ async fn a_full_queue_drops_and_counts_records_and_never_holds_up_a_decision() {
 }
 
 /// The records in the stream `key`, oldest first (`XRANGE key - +`).
-fn stream_records(redis: &common::redis_server::RedisServer, key: &str) -> Vec<serde_json::Value> {
+fn stream_records(redis: &RedisServer, key: &str) -> Vec<serde_json::Value> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis.command(&["XRANGE", key, "-", "+"]);
     entries
         .into_iter()
@@ -175,24 +177,24 @@ fn stream_records(redis: &common::redis_server::RedisServer, key: &str) -> Vec<s
 }
 
 /// Puts the example snapshots of `tenants` into Redis.
-async fn put_tenants(redis: &common::redis_server::RedisServer, tenants: &[&str]) {
-    let conn =
-        tollgate::store::redis_client::RedisConn::connect(&common::redis_server::settings(vec![
-            redis.url(),
-        ]))
-        .await
-        .unwrap();
+async fn put_tenants(redis: &RedisServer, tenants: &[&str]) {
+    let conn = tollgate::store::redis_client::RedisConn::connect(&redis_server::settings(vec![
+        redis.url(),
+    ]))
+    .await
+    .unwrap();
     for tenant in tenants {
-        common::redis_server::put(&conn, &common::redis_server::document(tenant, 1, |_| {})).await;
+        redis_server::put(&conn, &document(tenant, 1, |_| {})).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_added_to_the_redis_stream_as_decided_and_masked() {
-    let redis = common::redis_server::RedisServer::start();
+    let redis = RedisServer::start();
     put_tenants(&redis, &["acme", "hooli"]).await;
     let url = redis.url();
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[
@@ -267,12 +269,13 @@ async fn records_are_added_to_the_redis_stream_as_decided_and_masked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_decisions_are_answered_and_stream_failures_counted() {
-    let mut redis = common::redis_server::RedisServer::start();
+    let mut redis = RedisServer::start();
     put_tenants(&redis, &["acme"]).await;
     let url = redis.url();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("decisions.log");
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[

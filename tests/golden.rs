@@ -1,11 +1,11 @@
 //! Golden decision cases: each `tests/golden/<case set>/cases.json` names a
 //! policy directory and an entitlements directory and lists requests with the
-//! decision, reason codes and policy ids they must get. The requests go through
-//! the same conversion and decision path as the gRPC service.
+//! decision, reason codes and policy ids they must get. The engine
+//! (`tollgate_engine::decide`) decides them, on requests prepared by the same
+//! conversion as the gRPC service's; the wire itself is the gRPC suites'.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,8 +13,10 @@ use serde::Deserialize;
 use tollgate::api::convert::parse_ref;
 use tollgate::api::{self, pb};
 use tollgate::decide::{DecisionService, Limits};
+use tollgate::store::entitlements::load_tenant_dir;
 use tollgate::store::{ReloadOutcome, Store};
-use tollgate_engine::{Options, PolicyErrorMode};
+use tollgate_engine::{Options, PolicyErrorMode, PolicySnapshot, Reason, TenantMap};
+use tollgate_testkit::fixtures::repository;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +94,16 @@ fn run_case_set(path: &Path) -> Vec<String> {
     let set: CaseSet = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(!set.cases.is_empty(), "{}: no cases", path.display());
+    // The policy set and the tenants' snapshots, as the file source loads them.
+    let policies = Arc::new(
+        PolicySnapshot::load_dir(&dir.join(&set.policies))
+            .unwrap_or_else(|problems| panic!("{}: {problems:?}", set.description)),
+    );
+    let (tenants, problems) =
+        load_tenant_dir(&dir.join(&set.entitlements), &policies, &TenantMap::new());
+    assert!(problems.is_empty(), "{}: {problems:?}", set.description);
+    // A tenant without a snapshot is no question for the engine: the
+    // decision service answers it (and tests/grpc.rs checks it on the wire).
     let store = Arc::new(Store::new(
         dir.join(&set.policies),
         dir.join(&set.entitlements),
@@ -106,17 +118,8 @@ fn run_case_set(path: &Path) -> Vec<String> {
         .build()
         .unwrap();
     let mut failures = Vec::new();
-    let mut points: BTreeMap<(bool, bool), DecisionService> = BTreeMap::new();
     for case in &set.cases {
         let options = options(set.options, case.options);
-        let point = points
-            .entry((
-                options.strict_principals,
-                options.policy_errors == PolicyErrorMode::Deny,
-            ))
-            .or_insert_with(|| {
-                DecisionService::new(Arc::clone(&store), options, Limits::default())
-            });
         let request = pb::CheckRequest {
             tenant: case.tenant.clone(),
             principal: Some(parse_ref(&case.principal, None).unwrap()),
@@ -132,8 +135,32 @@ fn run_case_set(path: &Path) -> Vec<String> {
             max_staleness_ms: 0,
             consume: None,
         };
-        let response = match runtime.block_on(api::check(point, request)) {
-            Ok(response) => response,
+        let decided = match tenants.get(&case.tenant) {
+            Some(tenant) => {
+                // The engine decides, on the request as the gRPC conversion
+                // prepares it.
+                tollgate::decide::prepare(&policies, tollgate::api::convert::check(request), None)
+                    .and_then(|prepared| {
+                        tollgate_engine::decide(&policies, tenant, &prepared, options)
+                    })
+                    .map(|decision| Outcome::of_engine(&decision))
+                    .map_err(|error| error.to_string())
+            }
+            None => {
+                let service = DecisionService::new(Arc::clone(&store), options, Limits::default());
+                runtime
+                    .block_on(api::check(&service, request))
+                    .map(|response| Outcome::of_response(&response))
+                    .map_err(|error| error.to_string())
+            }
+        };
+        let Outcome {
+            decision,
+            reasons,
+            policy_ids,
+            errors,
+        } = match decided {
+            Ok(outcome) => outcome,
             Err(error) => {
                 failures.push(format!(
                     "{} / {}: error {error}",
@@ -142,28 +169,8 @@ fn run_case_set(path: &Path) -> Vec<String> {
                 continue;
             }
         };
-        let decision = match pb::Decision::try_from(response.decision) {
-            Ok(pb::Decision::Allow) => "ALLOW",
-            Ok(pb::Decision::Deny) => "DENY",
-            _ => "UNSPECIFIED",
-        };
-        let mut reasons: Vec<String> = response.reasons.iter().map(|r| r.code.clone()).collect();
-        reasons.sort();
         let mut expected_reasons = case.reasons.clone();
         expected_reasons.sort();
-        let mut policy_ids: Vec<String> = response
-            .reasons
-            .iter()
-            .filter(|r| !r.policy_id.is_empty())
-            .map(|r| r.policy_id.clone())
-            .collect();
-        policy_ids.sort();
-        let mut errors: Vec<String> = response
-            .errors
-            .iter()
-            .map(|e| e.policy_id.clone())
-            .collect();
-        errors.sort();
         let mut problems = Vec::new();
         if decision != case.decision {
             problems.push(format!("decision {decision}, expected {}", case.decision));
@@ -201,9 +208,77 @@ fn run_case_set(path: &Path) -> Vec<String> {
     failures
 }
 
+/// What a case checks of an answer: each list sorted.
+struct Outcome {
+    decision: &'static str,
+    reasons: Vec<String>,
+    policy_ids: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Outcome {
+    fn of_engine(decision: &tollgate_engine::Decision) -> Self {
+        let mut reasons: Vec<String> = decision
+            .reasons
+            .iter()
+            .map(|reason| reason.code().to_string())
+            .collect();
+        let mut policy_ids: Vec<String> = decision
+            .reasons
+            .iter()
+            .filter_map(|reason| match reason {
+                Reason::Policy(policy) | Reason::PolicyError(policy) => Some(policy.id.clone()),
+                Reason::Builtin(_) => None,
+            })
+            .collect();
+        let mut errors: Vec<String> = decision
+            .errors
+            .iter()
+            .map(|error| error.policy_id.clone())
+            .collect();
+        reasons.sort();
+        policy_ids.sort();
+        errors.sort();
+        Self {
+            decision: if decision.allow { "ALLOW" } else { "DENY" },
+            reasons,
+            policy_ids,
+            errors,
+        }
+    }
+
+    fn of_response(response: &pb::CheckResponse) -> Self {
+        let mut reasons: Vec<String> = response.reasons.iter().map(|r| r.code.clone()).collect();
+        let mut policy_ids: Vec<String> = response
+            .reasons
+            .iter()
+            .filter(|r| !r.policy_id.is_empty())
+            .map(|r| r.policy_id.clone())
+            .collect();
+        let mut errors: Vec<String> = response
+            .errors
+            .iter()
+            .map(|e| e.policy_id.clone())
+            .collect();
+        reasons.sort();
+        policy_ids.sort();
+        errors.sort();
+        Self {
+            decision: match pb::Decision::try_from(response.decision) {
+                Ok(pb::Decision::Allow) => "ALLOW",
+                Ok(pb::Decision::Deny) => "DENY",
+                _ => "UNSPECIFIED",
+            },
+            reasons,
+            policy_ids,
+            errors,
+        }
+    }
+}
+
 #[test]
 fn golden_cases() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let root = repository().join("tests/golden");
     let mut sets: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path().join("cases.json"))

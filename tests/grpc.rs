@@ -3,19 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::*;
-use prost::bytes::{Buf, BufMut};
 use prost::Message;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
 use tollgate::api::pb::Decision::{Allow, Deny};
 use tollgate_engine::PolicyErrorMode;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
+use tollgate_testkit::prelude::*;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -502,66 +497,14 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     assert_decision(&response, Allow);
 }
 
-/// Encodes raw bytes as the request body; decodes the response body as bytes.
-#[derive(Debug, Clone, Default)]
-struct RawCodec;
-
-#[derive(Debug)]
-struct RawEncoder;
-
-#[derive(Debug)]
-struct RawDecoder;
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let mut bytes = vec![0; src.remaining()];
-        src.copy_to_slice(&mut bytes);
-        Ok(Some(bytes))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
-
 async fn send_raw(
     url: &str,
     method: &'static str,
     body: Vec<u8>,
 ) -> Result<Vec<u8>, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel(url).await);
-    grpc.ready().await.expect("channel ready");
-    grpc.unary(
-        tonic::Request::new(body),
-        PathAndQuery::from_static(method),
-        RawCodec,
-    )
-    .await
-    .map(tonic::Response::into_inner)
+    call_raw(channel(url).await, method, body.into())
+        .await
+        .map(|answer| answer.to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use tollgate_testkit::prelude::*;
 
 fn works(candidate: &Path) -> bool {
     Command::new(candidate)
@@ -88,7 +86,7 @@ fn grpcurl() -> PathBuf {
 }
 
 /// Runs `grpcurl -plaintext ADDR ARGS...`.
-fn run(server: &Binary, args: &[&str]) -> Output {
+fn run(server: &ServerProcess, args: &[&str]) -> Output {
     Command::new(grpcurl())
         .arg("-plaintext")
         .arg(server.addr.to_string())
@@ -98,7 +96,7 @@ fn run(server: &Binary, args: &[&str]) -> Output {
 }
 
 /// Runs `grpcurl -plaintext -d DATA ADDR METHOD`.
-fn call(server: &Binary, method: &str, data: &serde_json::Value) -> Output {
+fn call(server: &ServerProcess, method: &str, data: &serde_json::Value) -> Output {
     Command::new(grpcurl())
         .arg("-plaintext")
         .arg("-d")
@@ -141,8 +139,13 @@ fn check_json(tenant: &str, user: &str, feature: &str, country: &str) -> serde_j
     })
 }
 
-fn server() -> Binary {
-    Binary::spawn(&example_policies(), &example_entitlements(), &[])
+fn server() -> ServerProcess {
+    ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[],
+    )
 }
 
 #[test]
@@ -202,7 +205,7 @@ fn grpcurl_lists_and_describes_through_reflection() {
 }
 
 /// Calls `method` with `data`; grpcurl must succeed and print JSON.
-fn call_json(server: &Binary, method: &str, data: &serde_json::Value) -> serde_json::Value {
+fn call_json(server: &ServerProcess, method: &str, data: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(&ok(&call(server, method, data))).expect("grpcurl prints JSON")
 }
 

@@ -4,12 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::{check, decide_expect, entity_ref, entity_value, send, DataDirs, InProcess};
 use tollgate::api::pb;
+use tollgate_testkit::prelude::{
+    check, connect, decide_expect, entity_ref, entity_value, send, DataDirs, InProcess, NOW,
+};
 
 fn entity(
     type_name: &str,
@@ -45,7 +45,7 @@ async fn request_scoped_entities_cannot_make_up_the_principal_or_its_groups() {
         }));
     std::fs::write(&acme, snapshot.to_string()).unwrap();
     let server = InProcess::start(dirs.config()).await;
-    let mut client = common::connect(&server.url()).await;
+    let mut client = connect(&server.url()).await;
 
     // Unknown principal, brought along as an admin: still unknown.
     let mut request = check("acme", "User:mallory", "use", "Feature:pdf-export");
@@ -165,7 +165,7 @@ fn local_check_of_a_tenant_whose_snapshot_is_broken_exits_2() {
     std::fs::write(dirs.entitlements.join("acme.json"), "{ not json").unwrap();
     let context = format!(
         r#"{{"country":"BR","now":{{"__extn":{{"fn":"datetime","arg":"{}"}}}}}}"#,
-        common::NOW
+        NOW
     );
     let args = [
         "check",

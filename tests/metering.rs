@@ -9,20 +9,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::redis_server::{
-    document, entity, free_port, put, redis_config, settings, Options, RedisServer,
-};
-use common::*;
 use tollgate::api::pb;
 use tollgate::api::pb::entitlement_service_client::EntitlementServiceClient;
 use tollgate::metering::Clock;
 use tollgate::store::redis_client::RedisConn;
+use tollgate_testkit::fixtures::{document, entity};
+use tollgate_testkit::prelude::*;
+use tollgate_testkit::redis_server::{
+    free_port, put, redis_config, settings, Options, RedisServer,
+};
 use tonic::Code;
 
 /// 2026-11-30T23:59:00Z: a minute before a month ends.

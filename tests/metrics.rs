@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
-use common::*;
+use tollgate_testkit::prelude::*;
 
 /// The value of the sample `name_and_labels` (exactly as printed), if present.
 fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
@@ -19,7 +17,8 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_known_traffic() {
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[("TOLLGATE_METRICS_LISTEN", "127.0.0.1:0")],
@@ -129,7 +128,8 @@ async fn metrics_move_with_known_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_detail_is_served_beside_the_metrics() {
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[("TOLLGATE_METRICS_LISTEN", "127.0.0.1:0")],

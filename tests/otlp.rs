@@ -4,13 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -22,6 +19,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tollgate::api::pb;
+use tollgate_testkit::prelude::*;
 
 /// The caller's trace and span, as its `traceparent` names them.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -178,7 +176,12 @@ async fn spans_continue_the_callers_trace_and_logs_and_records_carry_its_id() {
         ("TOLLGATE_LOG_LEVEL", "info,tollgate::api=debug"),
         ("TOLLGATE_DECISION_LOG", decisions.to_str().unwrap()),
     ]);
-    let mut server = Binary::spawn(&example_policies(), &example_entitlements(), &env);
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &env,
+    );
     let mut client = connect(&server.url()).await;
     let response = client
         .check(traced(check(
@@ -280,82 +283,19 @@ async fn spans_continue_the_callers_trace_and_logs_and_records_carry_its_id() {
     );
 }
 
-/// `tollgate serve --log-format json` with its stderr collected line by line
-/// (the common `Binary` reads its address from human log lines).
-struct JsonServer {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl JsonServer {
-    fn spawn(env: &[(&str, &str)]) -> (Self, String) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-        command
-            .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
-            .arg("--policies")
-            .arg(example_policies())
-            .arg("--entitlements")
-            .arg(example_entitlements())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("TOLLGATE_")) {
-            command.env_remove(name);
-        }
-        command.envs(env.iter().copied());
-        let mut child = command.spawn().expect("spawn tollgate");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        let server = Self { child, lines };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let address = server.lines().iter().find_map(|line| {
-                let value: serde_json::Value = serde_json::from_str(line).ok()?;
-                (value["message"] == "listening")
-                    .then(|| value["address"].as_str().map(str::to_string))?
-            });
-            if let Some(address) = address {
-                return (server, format!("http://{address}"));
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no `listening` line within 30 s: {:?}",
-                server.lines()
-            );
-            std::thread::sleep(POLL);
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for JsonServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_lines_carry_the_trace_and_span_ids() {
     let (receiver, endpoint) = Receiver::start().await;
     let mut env = exporting_env(&endpoint, "100");
     env.push(("TOLLGATE_LOG_LEVEL", "info,tollgate::api=debug"));
-    let (server, url) = JsonServer::spawn(&env);
+    env.push(("TOLLGATE_LOG_FORMAT", "json"));
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &env,
+    );
+    let url = server.url();
     let mut client = connect(&url).await;
     let response = client
         .check(traced(check(
@@ -400,7 +340,12 @@ async fn sigterm_flushes_the_spans_still_queued() {
     let (receiver, endpoint) = Receiver::start().await;
     // A batch would leave after a minute: only the shutdown can send it.
     let env = exporting_env(&endpoint, "60000");
-    let mut server = Binary::spawn(&example_policies(), &example_entitlements(), &env);
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &env,
+    );
     let mut client = connect(&server.url()).await;
     client
         .check(traced(check(
@@ -434,7 +379,8 @@ async fn sigterm_flushes_the_spans_still_queued() {
 async fn without_an_endpoint_nothing_is_exported_and_records_keep_the_callers_trace() {
     let dir = tempfile::tempdir().unwrap();
     let decisions = dir.path().join("decisions.log");
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[
@@ -521,7 +467,12 @@ async fn unsampled_requests_build_no_spans() {
         ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
         ("OTEL_TRACES_SAMPLER_ARG", "0"),
     ]);
-    let mut server = Binary::spawn(&example_policies(), &example_entitlements(), &env);
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &env,
+    );
     let mut client = connect(&server.url()).await;
     let with_flags = |flags: &str, trace: &str| {
         let mut request =

@@ -6,17 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::redis_server::{document, policies, put, redis_config, settings, Options, RedisServer};
-use common::*;
 use tollgate::api::pb;
 use tollgate::api::pb::admin_service_client::AdminServiceClient;
 use tollgate::config::Secret;
 use tollgate::store::redis_client::RedisConn;
+use tollgate_testkit::fixtures::{document, policies};
+use tollgate_testkit::prelude::*;
+use tollgate_testkit::redis_server::{put, redis_config, settings, Options, RedisServer};
 use tonic::Code;
 
 const TOKEN: &str = "test-admin-token-0123456789";

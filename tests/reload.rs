@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::*;
 use tollgate::api::pb;
+use tollgate_testkit::prelude::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// A policy that lets viewers use features: appended to `roles.cedar`, it turns
@@ -217,7 +215,8 @@ async fn policy_replaced_while_clients_keep_checking() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_edits_change_nothing() {
     let dirs = DataDirs::copy_examples();
-    let server = Binary::spawn(
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &dirs.policies,
         &dirs.entitlements,
         &[("TOLLGATE_RELOAD_DEBOUNCE_MS", "50")],
@@ -325,7 +324,7 @@ async fn broken_edits_change_nothing() {
     let loaded = server
         .wait_for_log(0, &["policy set loaded", &policy_version(&after)])
         .await;
-    let (_, tenants) = common::example_counts();
+    let (_, tenants) = example_counts();
     assert!(loaded.contains(&format!("tenants={tenants}")), "{loaded}");
 }
 
@@ -439,7 +438,8 @@ async fn configmap_symlink_swap_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_versions_only_go_forward() {
     let dirs = DataDirs::copy_examples();
-    let server = Binary::spawn(
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &dirs.policies,
         &dirs.entitlements,
         &[("TOLLGATE_RELOAD_DEBOUNCE_MS", "50")],
@@ -524,7 +524,8 @@ async fn snapshot_versions_only_go_forward() {
 async fn sighup_reloads_policies_and_snapshots() {
     let dirs = DataDirs::copy_examples();
     // A debounce of an hour: within this test only SIGHUP can reload.
-    let server = Binary::spawn(
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &dirs.policies,
         &dirs.entitlements,
         &[("TOLLGATE_RELOAD_DEBOUNCE_MS", "3600000")],

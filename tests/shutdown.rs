@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use tollgate::api::pb;
+use tollgate_testkit::prelude::*;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -75,7 +73,12 @@ fn raced_shutdown(code: Code, detail: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_and_exits_zero() {
-    let mut server = Binary::spawn(&example_policies(), &example_entitlements(), &[]);
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[],
+    );
     let url = server.url();
 
     let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
@@ -233,7 +236,12 @@ async fn sigterm_under_load_drains_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_reports_not_serving_to_health_watchers() {
-    let mut server = Binary::spawn(&example_policies(), &example_entitlements(), &[]);
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[],
+    );
     let channel = channel(&server.url()).await;
     assert_eq!(health(&channel, "").await.unwrap(), ServingStatus::Serving);
 
@@ -265,7 +273,8 @@ async fn sigterm_reports_not_serving_to_health_watchers() {
 async fn sigterm_exits_zero_while_a_health_watcher_stays_connected() {
     // A connected health watcher must not hold up the drain: its stream gets
     // NOT_SERVING and ends, and the process stops long before the grace period.
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[("TOLLGATE_SHUTDOWN_GRACE_MS", "120000")],
@@ -298,7 +307,12 @@ async fn sigterm_exits_zero_while_a_health_watcher_stays_connected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_also_exits_zero() {
-    let mut server = Binary::spawn(&example_policies(), &example_entitlements(), &[]);
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[],
+    );
     let mut client = connect(&server.url()).await;
     let response = decide(
         &mut client,
@@ -315,7 +329,8 @@ async fn sigint_also_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_delay_keeps_answering_after_health_turns_not_serving() {
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[("TOLLGATE_SHUTDOWN_DELAY_MS", "5000")],

@@ -4,14 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 
-use common::redis_server::{document, put, settings, RedisServer};
-use common::*;
 use tollgate::api::pb;
 use tollgate::status::{Health, Report};
+use tollgate_testkit::fixtures::document;
+use tollgate_testkit::prelude::*;
+use tollgate_testkit::redis_server::{put, settings, RedisServer};
 
 /// Runs `tollgate status --metrics ADDR [extra...]` (blocking).
 async fn status(address: &str, extra: &[&str]) -> Output {
@@ -48,7 +47,8 @@ async fn fetch_report(address: &str) -> (Report, Output) {
 async fn a_healthy_server_reports_what_serves_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("decisions.log");
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[
@@ -128,7 +128,8 @@ async fn a_healthy_server_reports_what_serves_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_policy_reload_shows_file_and_line_and_exits_1() {
     let dirs = DataDirs::copy_examples();
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &dirs.policies,
         &dirs.entitlements,
         &[
@@ -227,7 +228,8 @@ async fn redis_disconnected_is_degraded() {
         .unwrap();
     put(&conn, &document("acme", 1, |_| {})).await;
     let url = redis.url();
-    let mut server = Binary::spawn(
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
         &[
@@ -291,7 +293,12 @@ async fn an_unreachable_server_exits_3() {
     assert!(stdout(&output).is_empty());
 
     // Something that is not tollgate's metrics address.
-    let server = Binary::spawn(&example_policies(), &example_entitlements(), &[]);
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[],
+    );
     let output = status(&server.addr.to_string(), &[]).await;
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(

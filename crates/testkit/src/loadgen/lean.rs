@@ -17,10 +17,12 @@ use std::marker::PhantomData;
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tonic::client::Grpc;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::Status;
+
+use crate::client::BytesEncoder;
 
 /// `grpc.health.v1.Health/Check`.
 pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
@@ -178,31 +180,15 @@ struct LeanCodec<A>(PhantomData<fn() -> A>);
 impl<A: Message + Default + Send + 'static> Codec for LeanCodec<A> {
     type Encode = Bytes;
     type Decode = A;
-    type Encoder = RawEncoder;
+    type Encoder = BytesEncoder;
     type Decoder = LeanDecoder<A>;
 
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
+    fn encoder(&mut self) -> BytesEncoder {
+        BytesEncoder
     }
 
     fn decoder(&mut self) -> LeanDecoder<A> {
         LeanDecoder(PhantomData)
-    }
-}
-
-struct RawEncoder;
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
     }
 }
 

@@ -1,11 +1,7 @@
 //! What the benchmarks run as `harness = false` binaries share: whether
-//! `cargo bench -- FILTER` selected them, this binary re-run as a child
-//! process (a point measured on a heap of its own), and a `/proc` field in
-//! bytes.
-//!
-//! Included with `#[path = "common/child.rs"] mod child;`.
-
-#![allow(dead_code, reason = "each benchmark uses a part of it")]
+//! `cargo bench -- FILTER` selected them, the benchmark binary re-run as a
+//! child process (a point measured on a heap of its own), and a description
+//! of the machine they ran on.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,20 +10,6 @@ use std::time::{Duration, Instant};
 /// (no filter selects every benchmark).
 pub fn selected(filters: &[String], bench: &str) -> bool {
     filters.is_empty() || filters.iter().any(|filter| bench.contains(filter.as_str()))
-}
-
-/// A `Name:   123 kB` line of a `/proc` file such as `/proc/self/status`, in
-/// bytes.
-pub fn kb_field(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .map(|kb| kb * 1024)
-    })
 }
 
 /// Runs this benchmark binary again with `args` (a `--child` mode) and `envs`,
@@ -78,4 +60,19 @@ pub fn run_child(
     }
     serde_json::from_str(output.trim())
         .map_err(|error| format!("child {args:?} printed `{}`: {error}", output.trim()))
+}
+
+/// The CPUs available and the CPU model name from `/proc/cpuinfo`.
+pub fn machine() -> (usize, String) {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    (cpus, model)
 }
