@@ -63,7 +63,12 @@ impl From<AdminError> for Status {
                 Status::failed_precondition(message)
             }
             AdminError::NotFound(_) => Status::not_found(message),
-            AdminError::NoPolicies | AdminError::Redis(_) => Status::unavailable(message),
+            AdminError::NoPolicies => Status::unavailable(message),
+            // Redis's own error text stays in the log.
+            AdminError::Redis(error) => Status::unavailable(crate::telemetry::internal_error(
+                "the snapshot store cannot be reached right now",
+                &error,
+            )),
         }
     }
 }
@@ -295,5 +300,22 @@ mod tests {
         assert!(!constant_time_eq(b"0123456789abcdeX", b"0123456789abcdef"));
         assert!(!constant_time_eq(b"0123456789abcde", b"0123456789abcdef"));
         assert!(!constant_time_eq(b"", b"0123456789abcdef"));
+    }
+
+    #[test]
+    fn redis_failures_reach_callers_as_an_error_id_only() {
+        let status = Status::from(AdminError::Redis(RedisFailure::Garbage(
+            "WRONGTYPE Operation against a key holding the wrong kind of value".to_string(),
+        )));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let message = status.message();
+        assert!(
+            message.starts_with("the snapshot store cannot be reached right now (error id "),
+            "{message}"
+        );
+        assert!(!message.contains("WRONGTYPE"), "{message}");
+        // Errors about the caller's own request keep their text.
+        let status = Status::from(AdminError::NotFound("acme".to_string()));
+        assert_eq!(status.message(), "no snapshot stored for `acme`");
     }
 }

@@ -1,16 +1,20 @@
 //! The operations endpoint: a small HTTP/1 server on its own listen address
 //! (`metrics_listen`) serving the metrics as OpenMetrics text on
-//! `GET /metrics` and the health detail as JSON on `GET /status`.
+//! `GET /metrics` and the health detail as JSON on `GET /status` (whole to
+//! callers on this host, the health alone to others). Connections are
+//! bounded in number, in how long a request head may take, and in
+//! lifetime; a failing accept backs off.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -19,40 +23,96 @@ use crate::status::StatusSource;
 /// Content type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `GET /metrics` and `GET /status` on `listener` until `stop` turns true.
+/// Most connections served at once; a connection past them is closed at
+/// once, without a response.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection that has not sent a whole request head within this time
+/// (its first request, or the next one on a kept-alive connection) is
+/// closed: a slow or idle client cannot hold a connection.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest a connection stays open in all (a client reading its response
+/// slowly included).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Wait after a failed accept (out of file descriptors, say), doubled at
+/// each further failure up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves `GET /metrics` and `GET /status` on `listener` until `stop` turns
+/// true, with at most [`MAX_CONNECTIONS`] connections, each bounded by
+/// [`HEADER_TIMEOUT`] and [`CONNECTION_LIFETIME`].
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     status: Arc<StatusSource>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|stopping| *stopping) => return,
         };
         let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
             Err(error) => {
-                warn!(error = %error, "metrics listener accept failed");
+                warn!(error = %error, retry_in_ms = backoff.as_millis(), "metrics listener accept failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|stopping| *stopping) => return,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            debug!(peer = %peer, limit = MAX_CONNECTIONS, "metrics connection refused: too many open");
+            drop(stream);
+            continue;
         };
         let metrics = Arc::clone(&metrics);
         let status = Arc::clone(&status);
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let metrics = Arc::clone(&metrics);
                 let status = Arc::clone(&status);
-                async move { Ok::<_, std::convert::Infallible>(respond(&metrics, &status, &request)) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(respond(&metrics, &status, &request, peer))
+                }
             });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(peer = %peer, error = %error, "metrics connection ended");
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => debug!(peer = %peer, error = %error, "metrics connection ended"),
+                Err(_) => debug!(peer = %peer, "metrics connection closed: open too long"),
             }
         });
+    }
+}
+
+/// The health detail names policy files, reload errors and tenants: it is
+/// served whole to callers on this host only. Others get the health alone.
+fn status_json(report: &crate::status::Report, peer: SocketAddr) -> serde_json::Result<String> {
+    if peer.ip().is_loopback() {
+        serde_json::to_string_pretty(report)
+    } else {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "status": report.status,
+            "version": report.version,
+            "detail": "served to callers on this host only",
+        }))
     }
 }
 
@@ -60,10 +120,11 @@ fn respond(
     metrics: &Metrics,
     report: &StatusSource,
     request: &Request<Incoming>,
+    peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.encode()),
-        (&Method::GET, "/status") => match serde_json::to_string_pretty(&report.report()) {
+        (&Method::GET, "/status") => match status_json(&report.report(), peer) {
             Ok(json) => (StatusCode::OK, "application/json", json + "\n"),
             Err(error) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,4 +156,40 @@ fn respond(
 /// Binds the metrics address.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_detail_is_for_callers_on_this_host_only() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let store = Arc::new(crate::store::Store::new(
+            root.join("policies"),
+            root.join("entitlements"),
+        ));
+        store.reload_all();
+        let source = StatusSource::new(store, Arc::new(Metrics::default()));
+        let report = source.report();
+        let local: serde_json::Value = serde_json::from_str(
+            &status_json(&report, SocketAddr::from(([127, 0, 0, 1], 40000))).unwrap(),
+        )
+        .unwrap();
+        assert!(local.get("policies").is_some(), "{local}");
+        assert!(local.get("snapshots").is_some(), "{local}");
+        let remote: serde_json::Value = serde_json::from_str(
+            &status_json(&report, SocketAddr::from(([10, 1, 2, 3], 40000))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(remote["status"], local["status"]);
+        assert_eq!(remote["version"], local["version"]);
+        assert_eq!(remote["detail"], "served to callers on this host only");
+        assert!(remote.get("policies").is_none(), "{remote}");
+        assert!(!remote.to_string().contains(".cedar"), "{remote}");
+        let v6: serde_json::Value =
+            serde_json::from_str(&status_json(&report, "[::1]:40000".parse().unwrap()).unwrap())
+                .unwrap();
+        assert!(v6.get("policies").is_some(), "{v6}");
+    }
 }

@@ -519,6 +519,21 @@ pub fn record_error(span: &tracing::Span, status: &tonic::Status) {
     }
 }
 
+/// Logs an internal failure (Redis's error text, say) under a new error id
+/// and returns what a caller may see instead: `what`, and the id to quote
+/// (`usage cannot be recorded right now (error id 3f2a...)`). Internal
+/// details stay in the log, where the id finds them.
+pub fn internal_error(what: &str, error: &dyn fmt::Display) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    let id = format!("{:016x}", hasher.finish());
+    tracing::warn!(error_id = %id, error = %error, "{what}");
+    format!("{what} (error id {id})")
+}
+
 /// The trace id of the current RPC, as 32 hex digits: its span's when spans
 /// are exported, else the caller's `traceparent`'s, if any.
 pub fn current_trace_id() -> Option<String> {

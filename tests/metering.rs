@@ -505,6 +505,33 @@ async fn redis_down_denies_consumption_and_nothing_is_lost_or_counted_twice() {
         assert!(!allowed(&response));
         assert_eq!(codes(&response), ["metering_unavailable"], "{response:?}");
     }
+    // A usage report cannot be recorded: the caller is told so with an
+    // error id to quote, and nothing of Redis's own error text.
+    let refused = client
+        .report_usage(pb::ReportUsageRequest {
+            tenant: "acme".to_string(),
+            reports: vec![pb::UsageReport {
+                meter: "api-calls".to_string(),
+                amount: 1,
+                event_key: "during-report".to_string(),
+                principal: None,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let message = refused.message();
+    assert!(
+        message.starts_with("usage cannot be recorded right now (error id "),
+        "{message}"
+    );
+    let id = message
+        .trim_start_matches("usage cannot be recorded right now (error id ")
+        .trim_end_matches(')');
+    assert_eq!(id.len(), 16, "{message}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{message}");
+    assert!(!message.to_ascii_lowercase().contains("redis"), "{message}");
+    assert!(!message.contains("refused"), "{message}");
     // A check without consume follows the snapshot outage rules.
     let plain = client
         .check(check("acme", "User:bob", "use", "Feature:api"))

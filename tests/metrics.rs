@@ -160,3 +160,72 @@ async fn the_health_detail_is_served_beside_the_metrics() {
     server.signal("TERM");
     server.expect_clean_exit().await;
 }
+
+/// Reads from `stream` until the server closes it (or `limit` passes, which
+/// fails the test); returns what was read.
+fn read_until_closed(stream: &mut std::net::TcpStream, limit: std::time::Duration) -> Vec<u8> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return received,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return received,
+            Err(error) => panic!(
+                "the server kept the connection open ({error}); read {:?}",
+                String::from_utf8_lossy(&received)
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_surplus_metrics_connections_are_closed() {
+    use std::io::Write;
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[("TOLLGATE_METRICS_LISTEN", "127.0.0.1:0")],
+    );
+    let address = server.metrics_address().await;
+    let limit = tollgate::ops_http::HEADER_TIMEOUT * 3;
+
+    // A request head that never ends does not hold its connection.
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: tollgate\r\nX-Slow: ")
+        .unwrap();
+    let answered = read_until_closed(&mut slow, limit);
+    assert!(
+        !String::from_utf8_lossy(&answered).contains("# EOF"),
+        "{}",
+        String::from_utf8_lossy(&answered)
+    );
+
+    // Past the connection cap, a connection is closed at once, unanswered.
+    let idle: Vec<std::net::TcpStream> = (0..tollgate::ops_http::MAX_CONNECTIONS)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    let mut surplus = std::net::TcpStream::connect(&address).unwrap();
+    // Written after the server may have closed it: a reset is an answer too.
+    let _ = surplus.write_all(b"GET /metrics HTTP/1.1\r\nHost: tollgate\r\n\r\n");
+    let answered = read_until_closed(&mut surplus, limit);
+    assert!(
+        answered.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&answered)
+    );
+
+    // The idle ones are closed in turn, and the endpoint serves again.
+    let (status_line, body) = wait_until("the metrics endpoint to serve again", || {
+        let address = address.clone();
+        async move { try_http_get(&address, "/metrics") }
+    })
+    .await;
+    assert!(status_line.contains("200"), "{status_line}");
+    assert!(body.contains("# EOF"), "{body}");
+    drop(idle);
+    server.stop().unwrap();
+}

@@ -896,7 +896,12 @@ impl DecisionService {
         let totals = metering
             .report(conn, &tenant, &measured)
             .await
-            .map_err(|error| Error::Unavailable(format!("usage cannot be recorded: {error}")))?;
+            .map_err(|error| {
+                Error::Unavailable(crate::telemetry::internal_error(
+                    "usage cannot be recorded right now",
+                    &error,
+                ))
+            })?;
         Ok(measured
             .iter()
             .zip(totals)
