@@ -345,6 +345,29 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     let status = send(&mut client, request).await.unwrap_err();
     assert_invalid(&status, "resource.type: must not be empty", &[]);
 
+    // Ids are bounded: at the bound a request is decided, past it refused.
+    let longest = "b".repeat(tollgate_engine::MAX_ID_BYTES);
+    let mut request = valid();
+    request.principal = Some(entity_ref("User", &longest));
+    let answered = send(&mut client, request).await.unwrap();
+    assert_eq!(codes(&answered), ["unknown_principal"], "{answered:?}");
+    let mut request = valid();
+    request.principal = Some(entity_ref("User", &format!("{longest}b")));
+    let status = send(&mut client, request).await.unwrap_err();
+    assert_invalid(&status, "principal.id: longer than 1024 bytes", &[]);
+    let mut request = valid();
+    request.action = Some(entity_ref("Action", &format!("{longest}u")));
+    let status = send(&mut client, request).await.unwrap_err();
+    assert_invalid(&status, "action.id: longer than 1024 bytes", &[]);
+    let mut request = valid();
+    request.consume = Some(pb::Consume {
+        meter: format!("{longest}m"),
+        amount: 1,
+        idempotency_key: "k".to_string(),
+    });
+    let status = send(&mut client, request).await.unwrap_err();
+    assert_invalid(&status, "consume.meter: longer than 1024 bytes", &[]);
+
     let mut request = valid();
     request.principal = Some(entity_ref("Usr", "bob"));
     let status = send(&mut client, request).await.unwrap_err();

@@ -391,6 +391,20 @@ fn check_key(field: &str, key: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks a meter's id: it names an entity of the tenant's snapshot.
+fn check_meter(field: &str, meter: &str) -> Result<(), Error> {
+    if meter.is_empty() {
+        return Err(invalid(field, "required"));
+    }
+    if meter.len() > engine::MAX_ID_BYTES {
+        return Err(invalid(
+            field,
+            format!("longer than {} bytes", engine::MAX_ID_BYTES),
+        ));
+    }
+    Ok(())
+}
+
 fn check_entity_count<V: Values>(field: &str, check: &Check<V>) -> Result<(), Error> {
     let size = check.values.entity_count();
     if size > MAX_REQUEST_ENTITIES {
@@ -718,9 +732,7 @@ impl DecisionService {
         mut check: Check<V>,
     ) -> Result<Answer, Error> {
         let consume = check.consume.take().unwrap_or_default();
-        if consume.meter.is_empty() {
-            return Err(invalid("consume.meter", "required"));
-        }
+        check_meter("consume.meter", &consume.meter)?;
         if consume.amount < 1 {
             return Err(invalid(
                 "consume.amount",
@@ -840,9 +852,7 @@ impl DecisionService {
         }
         for (index, report) in reports.iter().enumerate() {
             check_key(&format!("reports[{index}].event_key"), &report.event_key)?;
-            if report.meter.is_empty() {
-                return Err(invalid(format!("reports[{index}].meter"), "required"));
-            }
+            check_meter(&format!("reports[{index}].meter"), &report.meter)?;
         }
         let metering = self.metering.as_ref().ok_or(Error::MeteringNotConfigured)?;
         let conn = self

@@ -319,6 +319,27 @@ impl PreparedRequest {
     }
 }
 
+/// Longest entity id a request may name, in bytes (a principal, a resource,
+/// an entity in the context or among the request's entities).
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Checks an entity id: not empty, at most [`MAX_ID_BYTES`] bytes.
+fn check_id(field: &str, id: &str) -> Result<(), RequestError> {
+    if id.is_empty() {
+        return Err(RequestError::new(
+            format!("{field}.id"),
+            "must not be empty",
+        ));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(RequestError::new(
+            format!("{field}.id"),
+            format!("longer than {MAX_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Looks up `type_name` among the schema's entity types and builds the uid.
 /// `field` names the reference in errors (`principal`, `resource`, ...).
 pub fn entity_uid(
@@ -333,12 +354,7 @@ pub fn entity_uid(
             "must not be empty",
         ));
     }
-    if id.is_empty() {
-        return Err(RequestError::new(
-            format!("{field}.id"),
-            "must not be empty",
-        ));
-    }
+    check_id(field, id)?;
     let Some(entity_type) = policies.entity_type(type_name) else {
         return Err(RequestError::new(
             format!("{field}.type"),
@@ -360,9 +376,7 @@ pub fn action_uid(
     if type_name.is_empty() {
         return Err(RequestError::new("action.type", "must not be empty"));
     }
-    if id.is_empty() {
-        return Err(RequestError::new("action.id", "must not be empty"));
-    }
+    check_id("action", id)?;
     policies.action(type_name, id).cloned().ok_or_else(|| {
         RequestError::new(
             "action",

@@ -67,7 +67,7 @@ pub use compiled::{Bindings, Compiled, CountRange};
 pub use decide::{
     action_uid, decide, entity_uid, evaluate, evaluate_probing, explain, prepare, BuiltinReason,
     Decision, EvaluationError, Options, PolicyErrorMode, PolicyEvaluation, PreparedRequest, Reason,
-    RequestError, POLICY_ERROR_CODE,
+    RequestError, MAX_ID_BYTES, POLICY_ERROR_CODE,
 };
 pub use diagnostics::{describe, FileProblem};
 pub use guard::Guard;
