@@ -283,8 +283,13 @@ pub async fn serve_on(
             stop_rx.clone(),
         ));
     }
-    let entitlement_service = EntitlementServiceServer::new(GrpcService::new(decision_point))
-        .max_decoding_message_size(config.max_request_bytes);
+    // Batches and entity lists over their limits are refused as bytes,
+    // before they are decoded.
+    let entitlement_service = crate::api::bounds::Bounded::new(
+        EntitlementServiceServer::new(GrpcService::new(decision_point))
+            .max_decoding_message_size(config.max_request_bytes),
+        config.limits,
+    );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

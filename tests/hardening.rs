@@ -216,3 +216,131 @@ fn an_environment_variable_that_is_not_utf8_is_a_configuration_error() {
         "{stderr}"
     );
 }
+
+/// The most a hostile request may add to the server's peak resident memory.
+const HOSTILE_HEADROOM_BYTES: u64 = 48 << 20;
+
+/// Sends `body` (a request's protobuf bytes) to `method` and returns the
+/// refusal, with how much the server's peak resident memory grew.
+async fn send_hostile(
+    server: &tollgate_testkit::server::ServerProcess,
+    method: &'static str,
+    body: Vec<u8>,
+) -> (tonic::Status, u64) {
+    let pid = server.pid();
+    let before = tollgate_testkit::measure::memory(pid).unwrap().hwm_bytes;
+    let channel = tollgate_testkit::client::channel(&server.url()).await;
+    let refused = tollgate_testkit::client::call_raw(channel, method, body.into())
+        .await
+        .unwrap_err();
+    let after = tollgate_testkit::measure::memory(pid).unwrap().hwm_bytes;
+    let grew = after.saturating_sub(before);
+    eprintln!("{method}: peak resident memory grew by {grew} bytes");
+    (refused, grew)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_repeated_fields_are_refused_while_decoding() {
+    let server = tollgate_testkit::server::ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &tollgate_testkit::fixtures::example_policies(),
+        &tollgate_testkit::fixtures::example_entitlements(),
+        &[],
+    );
+    // Nearly 4 MiB (the default max_request_bytes) of empty checks, two
+    // bytes each on the wire: two million of them once decoded.
+    let checks = (4 << 20) / 2 - 8;
+    let batch: Vec<u8> = [0x0a, 0x00].repeat(checks);
+    let (refused, grew) =
+        send_hostile(&server, "/tollgate.v1.EntitlementService/CheckBatch", batch).await;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.message(),
+        format!("batch of {checks} checks exceeds the limit of 100")
+    );
+    assert!(
+        grew < HOSTILE_HEADROOM_BYTES,
+        "peak memory grew by {grew} bytes"
+    );
+
+    // One check with two million empty request-scoped entities.
+    let entities = (4 << 20) / 2 - 8;
+    let one: Vec<u8> = [0x32, 0x00].repeat(entities);
+    let (refused, grew) = send_hostile(&server, "/tollgate.v1.EntitlementService/Check", one).await;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.message(),
+        format!("entities: {entities} request-scoped entities exceed the limit of 64")
+    );
+    assert!(
+        grew < HOSTILE_HEADROOM_BYTES,
+        "peak memory grew by {grew} bytes"
+    );
+
+    // A batch of a few checks, one of which brings too many entities.
+    let batch = prost::Message::encode_to_vec(&pb::CheckBatchRequest {
+        checks: vec![
+            pb::CheckRequest::default(),
+            pb::CheckRequest {
+                entities: vec![pb::Entity::default(); 65],
+                ..pb::CheckRequest::default()
+            },
+        ],
+    });
+    let (refused, _) =
+        send_hostile(&server, "/tollgate.v1.EntitlementService/CheckBatch", batch).await;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.message(),
+        "checks[1].entities: 65 request-scoped entities exceed the limit of 64"
+    );
+
+    // Two million empty usage reports.
+    let reports = (4 << 20) / 2 - 8;
+    let report: Vec<u8> = [0x12, 0x00].repeat(reports);
+    let (refused, grew) = send_hostile(
+        &server,
+        "/tollgate.v1.EntitlementService/ReportUsage",
+        report,
+    )
+    .await;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.message(),
+        format!("batch of {reports} checks exceeds the limit of 100")
+    );
+    assert!(
+        grew < HOSTILE_HEADROOM_BYTES,
+        "peak memory grew by {grew} bytes"
+    );
+
+    // The server still answers.
+    let mut client = connect(&server.url()).await;
+    let answer = send(
+        &mut client,
+        check("acme", "User:bob", "use", "Feature:pdf-export"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tollgate_testkit::answer::codes(&answer),
+        ["member_role"],
+        "{answer:?}"
+    );
+}

@@ -3,6 +3,7 @@
 
 use std::marker::PhantomData;
 
+use prost::bytes::Buf as _;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::Status;
 use tonic_prost::{ProstCodec, ProstEncoder};
@@ -46,11 +47,16 @@ pub struct ProtoDecoder<U> {
     _type: PhantomData<U>,
 }
 
-impl<U: prost::Message + Default> Decoder for ProtoDecoder<U> {
+impl<U: prost::Message + Default + 'static> Decoder for ProtoDecoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        // The whole message is buffered: its limits are checked on the
+        // bytes, before anything is decoded (see `bounds`).
+        if buf.chunk().len() == buf.remaining() {
+            super::bounds::check::<U>(buf.chunk())?;
+        }
         U::decode(buf)
             .map(Some)
             .map_err(|error| Status::invalid_argument(format!("malformed request body: {error}")))

@@ -2,6 +2,7 @@
 //! `EntitlementService` implementation and the one error → status table.
 //! Nothing here decides: every call goes to the [`DecisionService`].
 
+pub mod bounds;
 pub mod client;
 pub mod codec;
 pub mod convert;
