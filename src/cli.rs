@@ -38,7 +38,7 @@ enum Command {
     /// ./tollgate.yaml when present), overridden by TOLLGATE_<KEY> environment
     /// variables, overridden by flags. Keys: listen, listen_unix, metrics_listen, policies,
     /// entitlements, strict_principals, policy_errors, max_batch,
-    /// max_request_bytes, watch, reload_debounce_ms, shutdown_delay_ms,
+    /// max_request_bytes, request_timeout_ms, watch, reload_debounce_ms, shutdown_delay_ms,
     /// shutdown_grace_ms, decision_log, decision_log_queue,
     /// decision_log_sample_allow, decision_log_sample_deny, decision_log_context,
     /// decision_log_mask, decision_log_max_bytes, decision_log_redis_stream,

@@ -545,6 +545,15 @@ fn build(
             _ => Err(format!("`{text}` is not one of `deny`, `cedar`")),
         }
     });
+    let request_timeout = get(
+        values,
+        problems,
+        "request_timeout_ms",
+        |text| match number(text)? {
+            0 => Err("must be at least 1".to_string()),
+            n => Ok(Duration::from_millis(n)),
+        },
+    );
     let max_batch = get(values, problems, "max_batch", |text| match number(text)? {
         0 => Err("must be at least 1".to_string()),
         n => usize::try_from(n).map_err(|_| "too large".to_string()),
@@ -785,6 +794,7 @@ fn build(
         },
         limits: Limits {
             max_batch: max_batch?,
+            request_timeout: request_timeout?,
         },
         max_request_bytes: max_request_bytes?,
         watch: watch?,

@@ -785,3 +785,47 @@ fn validate_checks_every_snapshot_in_redis_against_the_schema() {
     assert_eq!(code, Some(3), "{stdout}");
     assert!(stdout.starts_with("redis: "), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_is_answered_deadline_exceeded() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put_examples(&conn, &["acme", "hooli"]).await;
+    let dirs = DataDirs::copy_examples();
+    // Redis calls may wait 10 s: the deadlines below come first.
+    let mut redis_settings = settings(vec![redis.url()]);
+    redis_settings.timeout = Duration::from_secs(10);
+    let mut config = redis_config(&dirs, redis_settings);
+    config.limits.request_timeout = Duration::from_millis(700);
+    let server = InProcess::start(config).await;
+    let mut client = connect(&server.url()).await;
+    assert!(client.check(bob_pdf("acme")).await.is_ok());
+
+    // Redis stops answering: a snapshot not cached waits for it.
+    tollgate_testkit::server::signal(redis.pid(), "STOP").unwrap();
+    let mut request = tonic::Request::new(bob_pdf("hooli"));
+    request.set_timeout(Duration::from_millis(300));
+    let status = client.check(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "the call did not finish within its deadline of 270 ms"
+    );
+    // Without a deadline of its own, the caller gets the server's.
+    let status = client.check(bob_pdf("hooli")).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "the call did not finish within its deadline of 700 ms"
+    );
+    // A cached tenant is still answered at once.
+    let warm = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    assert_eq!(warm.decision, pb::Decision::Allow as i32);
+    tollgate_testkit::server::signal(redis.pid(), "CONT").unwrap();
+    let answered = answer_until(&client, bob_pdf("hooli"), "Redis to answer again", |_| true).await;
+    // Decided on hooli's snapshot (bob is not one of its users).
+    assert_eq!(codes(&answered), ["unknown_principal"], "{answered:?}");
+    assert_eq!(answered.freshness.unwrap().snapshot_version, 1);
+}

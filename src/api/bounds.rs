@@ -208,9 +208,13 @@ mod tests {
         let refused = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
-            .block_on(LIMITS.scope(Limits { max_batch: 3 }, async {
-                check::<pb::CheckBatchRequest>(&batch)
-            }))
+            .block_on(LIMITS.scope(
+                Limits {
+                    max_batch: 3,
+                    ..Limits::default()
+                },
+                async { check::<pb::CheckBatchRequest>(&batch) },
+            ))
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert_eq!(

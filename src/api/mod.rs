@@ -8,6 +8,7 @@ pub mod codec;
 pub mod convert;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -42,7 +43,43 @@ pub fn status(error: &decide::Error) -> Status {
         Error::PoliciesNotLoaded | Error::Unavailable(_) => Status::unavailable(message),
         Error::MeteringNotConfigured => Status::failed_precondition(message),
         Error::UnknownTenant(_) => Status::not_found(message),
+        Error::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
     }
+}
+
+/// How long a call may take: the server's `request_timeout_ms`, or the
+/// caller's `grpc-timeout` when shorter. The caller's is shortened by a
+/// tenth (at least 1 ms, at most 50 ms), so that the `DEADLINE_EXCEEDED`
+/// answer reaches the caller before its own timer cancels the call.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap, server: Duration) -> Duration {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(grpc_timeout)
+        .map_or(server, |caller| {
+            let margin = (caller / 10).clamp(Duration::from_millis(1), Duration::from_millis(50));
+            server.min(caller.saturating_sub(margin))
+        })
+}
+
+/// A `grpc-timeout` header's duration: at most 8 digits and a unit (`H`,
+/// `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(text: &str) -> Option<Duration> {
+    let split = text.len().checked_sub(1)?;
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// Decides a `CheckRequest` with `service`: conversion in, decision,
@@ -105,9 +142,12 @@ impl EntitlementService for GrpcService {
         let span = crate::rpc_span!("Check", sampled);
         let (metadata, _, request) = request.into_parts();
         let service = &self.service;
+        let limit = deadline(&metadata, service.limits().request_timeout);
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
-            let result = check(service, request).await.map_err(|error| status(&error));
+            let result = decide::within(limit, check(service, request))
+                .await
+                .map_err(|error| status(&error));
             match &result {
                 Ok(response) => {
                     let allow = response.decision == pb::Decision::Allow as i32;
@@ -135,9 +175,10 @@ impl EntitlementService for GrpcService {
         let span = crate::rpc_span!("CheckBatch", sampled);
         let (metadata, _, request) = request.into_parts();
         let service = &self.service;
+        let limit = deadline(&metadata, service.limits().request_timeout);
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
-            let result = check_batch(service, request)
+            let result = decide::within(limit, check_batch(service, request))
                 .await
                 .map_err(|error| status(&error));
             match &result {
@@ -159,9 +200,10 @@ impl EntitlementService for GrpcService {
         let span = crate::rpc_span!("ReportUsage", sampled);
         let (metadata, _, request) = request.into_parts();
         let service = &self.service;
+        let limit = deadline(&metadata, service.limits().request_timeout);
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
-            let result = report_usage(service, request)
+            let result = decide::within(limit, report_usage(service, request))
                 .await
                 .map_err(|error| status(&error));
             if let Err(status) = &result {
@@ -170,5 +212,34 @@ impl EntitlementService for GrpcService {
             result.map(Response::new)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_deadline_wins_when_shorter() {
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("15u"), Some(Duration::from_micros(15)));
+        for bad in ["", "m", "123456789m", "12x", "-1m", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+        let server = Duration::from_secs(30);
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(deadline(&metadata, server), server);
+        metadata.insert("grpc-timeout", "200m".parse().unwrap());
+        assert_eq!(deadline(&metadata, server), Duration::from_millis(180));
+        metadata.insert("grpc-timeout", "5S".parse().unwrap());
+        assert_eq!(deadline(&metadata, server), Duration::from_millis(4950));
+        metadata.insert("grpc-timeout", "5m".parse().unwrap());
+        assert_eq!(deadline(&metadata, server), Duration::from_millis(4));
+        metadata.insert("grpc-timeout", "1H".parse().unwrap());
+        assert_eq!(deadline(&metadata, server), server);
+        metadata.insert("grpc-timeout", "soon".parse().unwrap());
+        assert_eq!(deadline(&metadata, server), server);
     }
 }

@@ -15,6 +15,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cedar_policy::{Effect, Entity, EntityUid};
 use cedar_policy_core::ast::Value;
@@ -72,6 +73,13 @@ pub enum Error {
     /// A dependency cannot answer now.
     #[error("{0}")]
     Unavailable(String),
+    /// The call did not finish within its deadline (the caller's, or the
+    /// server's `request_timeout_ms`).
+    #[error("the call did not finish within its deadline of {after_ms} ms")]
+    DeadlineExceeded {
+        /// The deadline, in milliseconds from the call's start.
+        after_ms: u64,
+    },
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Error {
@@ -83,16 +91,33 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Error {
 pub struct Limits {
     /// Most checks in one `CheckBatch`, and most reports in one usage report.
     pub max_batch: usize,
+    /// Longest a call may take (a caller's shorter deadline wins).
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
-    /// The configuration's default (`max_batch`).
+    /// The configuration's defaults (`max_batch`, `request_timeout_ms`).
     fn default() -> Self {
         Self {
             max_batch: usize::try_from(crate::config_keys::number("max_batch"))
                 .unwrap_or(usize::MAX),
+            request_timeout: crate::config_keys::millis("request_timeout_ms"),
         }
     }
+}
+
+/// Runs `call` within `limit`: past it, the call is dropped and answered
+/// [`Error::DeadlineExceeded`]. A consumption dropped after Redis counted
+/// it is counted once: its retry, with the same idempotency key, replays.
+pub async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(Error::DeadlineExceeded {
+            after_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+        })
+    })
 }
 
 /// Most request-scoped entities one check may bring. Merging them costs a copy
@@ -518,6 +543,11 @@ impl DecisionService {
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// The limits its calls are held to.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The store it reads.
