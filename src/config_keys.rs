@@ -22,7 +22,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("policy_errors", "deny", "`deny`: a forbid that fails to evaluate denies (policy_error); `cedar`: Cedar's rule, failing policies are ignored"),
     ("max_batch", "100", "most checks in one CheckBatch"),
     ("max_request_bytes", "4194304", "largest request message in bytes"),
-    ("request_timeout_ms", "30000", "longest a call may take before it is answered DEADLINE_EXCEEDED; a caller's shorter grpc-timeout wins"),
+    ("request_timeout_ms", "30000", "longest a call that waits for Redis may take before it is answered DEADLINE_EXCEEDED; a caller's shorter grpc-timeout wins (with snapshots from files a call waits for nothing)"),
     ("watch", "true", "reload when files in the policy or entitlements directory change (SIGHUP always reloads)"),
     ("reload_debounce_ms", "200", "quiet time after a file change before reloading"),
     ("shutdown_delay_ms", "0", "after SIGTERM/SIGINT, how long to keep answering new requests (health already NOT_SERVING) before the listener closes"),

@@ -145,9 +145,12 @@ impl EntitlementService for GrpcService {
         let limit = deadline(&metadata, service.limits().request_timeout);
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
-            let result = decide::within(limit, check(service, request))
-                .await
-                .map_err(|error| status(&error));
+            let result = if service.may_wait() {
+                decide::within(limit, check(service, request)).await
+            } else {
+                check(service, request).await
+            }
+            .map_err(|error| status(&error));
             match &result {
                 Ok(response) => {
                     let allow = response.decision == pb::Decision::Allow as i32;
@@ -178,9 +181,12 @@ impl EntitlementService for GrpcService {
         let limit = deadline(&metadata, service.limits().request_timeout);
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
-            let result = decide::within(limit, check_batch(service, request))
-                .await
-                .map_err(|error| status(&error));
+            let result = if service.may_wait() {
+                decide::within(limit, check_batch(service, request)).await
+            } else {
+                check_batch(service, request).await
+            }
+            .map_err(|error| status(&error));
             match &result {
                 Ok(batch) => tracing::debug!(checks = batch.responses.len(), "batch answered"),
                 Err(status) => {
