@@ -247,46 +247,10 @@ async fn oversized_repeated_fields_are_refused_while_decoding() {
         &tollgate_testkit::fixtures::example_entitlements(),
         &[],
     );
-    // Nearly 4 MiB (the default max_request_bytes) of empty checks, two
+    // Nearly 4 MiB (the default max_request_bytes) of empty elements, two
     // bytes each on the wire: two million of them once decoded.
-    let checks = (4 << 20) / 2 - 8;
-    let batch: Vec<u8> = [0x0a, 0x00].repeat(checks);
-    let (refused, grew) =
-        send_hostile(&server, "/tollgate.v1.EntitlementService/CheckBatch", batch).await;
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert_eq!(
-        refused.message(),
-        format!("batch of {checks} checks exceeds the limit of 100")
-    );
-    assert!(
-        grew < HOSTILE_HEADROOM_BYTES,
-        "peak memory grew by {grew} bytes"
-    );
-
-    // One check with two million empty request-scoped entities.
-    let entities = (4 << 20) / 2 - 8;
-    let one: Vec<u8> = [0x32, 0x00].repeat(entities);
-    let (refused, grew) = send_hostile(&server, "/tollgate.v1.EntitlementService/Check", one).await;
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert_eq!(
-        refused.message(),
-        format!("entities: {entities} request-scoped entities exceed the limit of 64")
-    );
-    assert!(
-        grew < HOSTILE_HEADROOM_BYTES,
-        "peak memory grew by {grew} bytes"
-    );
-
-    // A batch of a few checks, one of which brings too many entities.
-    let batch = prost::Message::encode_to_vec(&pb::CheckBatchRequest {
+    let many = (4 << 20) / 2 - 8;
+    let mixed = prost::Message::encode_to_vec(&pb::CheckBatchRequest {
         checks: vec![
             pb::CheckRequest::default(),
             pb::CheckRequest {
@@ -295,40 +259,45 @@ async fn oversized_repeated_fields_are_refused_while_decoding() {
             },
         ],
     });
-    let (refused, _) =
-        send_hostile(&server, "/tollgate.v1.EntitlementService/CheckBatch", batch).await;
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert_eq!(
-        refused.message(),
-        "checks[1].entities: 65 request-scoped entities exceed the limit of 64"
-    );
-
-    // Two million empty usage reports.
-    let reports = (4 << 20) / 2 - 8;
-    let report: Vec<u8> = [0x12, 0x00].repeat(reports);
-    let (refused, grew) = send_hostile(
-        &server,
-        "/tollgate.v1.EntitlementService/ReportUsage",
-        report,
-    )
-    .await;
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert_eq!(
-        refused.message(),
-        format!("batch of {reports} checks exceeds the limit of 100")
-    );
-    assert!(
-        grew < HOSTILE_HEADROOM_BYTES,
-        "peak memory grew by {grew} bytes"
-    );
+    let cases: [(&str, &'static str, Vec<u8>, String); 4] = [
+        (
+            "empty checks",
+            "/tollgate.v1.EntitlementService/CheckBatch",
+            [0x0a, 0x00].repeat(many),
+            format!("batch of {many} checks exceeds the limit of 100"),
+        ),
+        (
+            "empty request-scoped entities",
+            "/tollgate.v1.EntitlementService/Check",
+            [0x32, 0x00].repeat(many),
+            format!("entities: {many} request-scoped entities exceed the limit of 64"),
+        ),
+        (
+            "a batch whose second check brings too many entities",
+            "/tollgate.v1.EntitlementService/CheckBatch",
+            mixed,
+            "checks[1].entities: 65 request-scoped entities exceed the limit of 64".to_string(),
+        ),
+        (
+            "empty usage reports",
+            "/tollgate.v1.EntitlementService/ReportUsage",
+            [0x12, 0x00].repeat(many),
+            format!("batch of {many} checks exceeds the limit of 100"),
+        ),
+    ];
+    for (what, method, body, message) in cases {
+        let (refused, grew) = send_hostile(&server, method, body).await;
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{what}: {refused:?}"
+        );
+        assert_eq!(refused.message(), message, "{what}");
+        assert!(
+            grew < HOSTILE_HEADROOM_BYTES,
+            "{what}: peak memory grew by {grew} bytes"
+        );
+    }
 
     // The server still answers.
     let mut client = connect(&server.url()).await;
