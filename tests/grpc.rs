@@ -762,6 +762,35 @@ async fn batch_over_limit_is_resource_exhausted() {
     assert!(status.message().contains("101"), "{status:?}");
     assert!(status.message().contains("100"), "{status:?}");
 
+    // A batch may ask for a few explanations, not one per check.
+    let explained = || {
+        let mut check = good();
+        check.explain = true;
+        check
+    };
+    let answered = client
+        .check_batch(pb::CheckBatchRequest {
+            checks: vec![explained(); tollgate::decide::MAX_EXPLAINED_IN_BATCH],
+        })
+        .await
+        .expect("explanations at the limit")
+        .into_inner();
+    assert!(answered
+        .responses
+        .iter()
+        .all(|response| !response.explanation.is_empty()));
+    let mut checks = vec![explained(); tollgate::decide::MAX_EXPLAINED_IN_BATCH + 1];
+    checks.push(good());
+    let status = client
+        .check_batch(pb::CheckBatchRequest { checks })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "11 checks of the batch ask for an explanation; a batch may explain at most 10"
+    );
+
     // A configured limit.
     let mut config =
         tollgate::config::Config::with_dirs(example_policies(), example_entitlements());

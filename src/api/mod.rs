@@ -37,9 +37,9 @@ pub fn status(error: &decide::Error) -> Status {
     let message = error.to_string();
     match error {
         Error::InvalidArgument(_) => Status::invalid_argument(message),
-        Error::BatchTooLarge { .. } | Error::TooManyEntities { .. } => {
-            Status::resource_exhausted(message)
-        }
+        Error::BatchTooLarge { .. }
+        | Error::TooManyEntities { .. }
+        | Error::TooManyExplained { .. } => Status::resource_exhausted(message),
         Error::PoliciesNotLoaded | Error::Unavailable(_) => Status::unavailable(message),
         Error::MeteringNotConfigured => Status::failed_precondition(message),
         Error::UnknownTenant(_) => Status::not_found(message),

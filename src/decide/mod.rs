@@ -61,6 +61,16 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// More checks of a batch ask for an explanation than allowed.
+    #[error(
+        "{size} checks of the batch ask for an explanation; a batch may explain at most {limit}"
+    )]
+    TooManyExplained {
+        /// Checks asking for an explanation.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// No valid policy set has been loaded yet.
     #[error("no valid policy set is loaded")]
     PoliciesNotLoaded,
@@ -130,6 +140,9 @@ pub async fn within<T>(
         })
     })
 }
+
+/// Most checks of one batch that may ask for an explanation.
+pub const MAX_EXPLAINED_IN_BATCH: usize = 10;
 
 /// Most request-scoped entities one check may bring. Merging them costs a copy
 /// of the tenant's entities and a transitive closure, so it is bounded.
@@ -690,6 +703,15 @@ impl DecisionService {
                     "a batch cannot consume; send consuming checks with Check",
                 ));
             }
+        }
+        // An explanation evaluates every policy whose scope matches with
+        // Cedar's evaluator, twice: a batch may ask for a few.
+        let explained = checks.iter().filter(|check| check.explain).count();
+        if explained > MAX_EXPLAINED_IN_BATCH {
+            return Err(Error::TooManyExplained {
+                size: explained,
+                limit: MAX_EXPLAINED_IN_BATCH,
+            });
         }
         let catalog = self.catalog()?;
         let in_check = |index: usize| {
