@@ -1,5 +1,5 @@
 //! Every configuration key with its default and its meaning: the one place
-//! a default is written. `crate::config` reads the keys' values from the file,
+//! a default is written. The configuration reads the keys' values from the file,
 //! the environment and flags, starting from these defaults; a module's own
 //! settings type takes its `Default` from here too ([`millis`],
 //! [`number`]), so that a default cannot say one thing in `--help` and do

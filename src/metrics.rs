@@ -1,6 +1,6 @@
 //! Prometheus metrics: what tollgate decided and how fast, and what its
 //! reloads did, kept in one registry and encoded as OpenMetrics text
-//! ([`Metrics::encode`]; `crate::ops_http` serves it).
+//! ([`Metrics::encode`]; the operations endpoint serves it).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
