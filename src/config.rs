@@ -487,6 +487,11 @@ fn build(
             .parse::<u64>()
             .map_err(|_| format!("`{text}` is not a non-negative whole number"))
     };
+    // A duration in milliseconds, at least 1.
+    let millis = |text: &str| match number(text)? {
+        0 => Err("must be at least 1".to_string()),
+        n => Ok(Duration::from_millis(n)),
+    };
     let boolean = |text: &str| match text.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -545,15 +550,7 @@ fn build(
             _ => Err(format!("`{text}` is not one of `deny`, `cedar`")),
         }
     });
-    let request_timeout = get(
-        values,
-        problems,
-        "request_timeout_ms",
-        |text| match number(text)? {
-            0 => Err("must be at least 1".to_string()),
-            n => Ok(Duration::from_millis(n)),
-        },
-    );
+    let request_timeout = get(values, problems, "request_timeout_ms", millis);
     let max_batch = get(values, problems, "max_batch", |text| match number(text)? {
         0 => Err("must be at least 1".to_string()),
         n => usize::try_from(n).map_err(|_| "too large".to_string()),
@@ -644,10 +641,6 @@ fn build(
         path if Path::new(path).is_file() => Ok(Some(PathBuf::from(path))),
         path => Err(format!("`{path}` is not a readable file")),
     });
-    let millis = |text: &str| match number(text)? {
-        0 => Err("must be at least 1".to_string()),
-        n => Ok(Duration::from_millis(n)),
-    };
     let redis_timeout = get(values, problems, "redis_timeout_ms", millis);
     let cache_max_bytes = get(values, problems, "cache_max_bytes", |text| {
         match number(text)? {

@@ -44,16 +44,6 @@ fn scripts() -> &'static Scripts {
     })
 }
 
-/// Runs `script` with `keys` and `args`.
-async fn run(
-    conn: &RedisConn,
-    script: &Script,
-    keys: &[&str],
-    args: &[&str],
-) -> Result<Value, RedisFailure> {
-    conn.invoke(script, keys, args).await
-}
-
 /// `snapshot_read.lua`: a tenant's snapshot, or only its version when the
 /// caller already holds that version.
 #[derive(Debug, Clone, Copy)]
@@ -68,16 +58,16 @@ impl SnapshotRead<'_> {
     /// Runs the read.
     pub async fn run(&self, conn: &RedisConn) -> Result<Read, RedisFailure> {
         let known = self.known.map(|v| v.to_string()).unwrap_or_default();
-        let reply = run(
-            conn,
-            &scripts().snapshot_read,
-            &[
-                &keys::snapshot_key(self.tenant),
-                &keys::version_key(self.tenant),
-            ],
-            &[&known],
-        )
-        .await?;
+        let reply = conn
+            .invoke(
+                &scripts().snapshot_read,
+                &[
+                    &keys::snapshot_key(self.tenant),
+                    &keys::version_key(self.tenant),
+                ],
+                &[&known],
+            )
+            .await?;
         parse_read(reply)
     }
 }
@@ -97,21 +87,21 @@ pub struct SnapshotPut<'a> {
 impl SnapshotPut<'_> {
     /// Runs the write.
     pub async fn run(&self, conn: &RedisConn) -> Result<PutOutcome, RedisFailure> {
-        let reply = run(
-            conn,
-            &scripts().snapshot_put,
-            &[
-                &keys::snapshot_key(self.tenant),
-                &keys::version_key(self.tenant),
-            ],
-            &[
-                &self.version.to_string(),
-                self.document,
-                self.tenant,
-                INVALIDATE_CHANNEL,
-            ],
-        )
-        .await?;
+        let reply = conn
+            .invoke(
+                &scripts().snapshot_put,
+                &[
+                    &keys::snapshot_key(self.tenant),
+                    &keys::version_key(self.tenant),
+                ],
+                &[
+                    &self.version.to_string(),
+                    self.document,
+                    self.tenant,
+                    INVALIDATE_CHANNEL,
+                ],
+            )
+            .await?;
         let (written, previous) = pair(&reply)?;
         Ok(if written == 1 {
             PutOutcome::Written { previous }
@@ -135,16 +125,16 @@ impl SnapshotDelete<'_> {
     /// Runs the delete.
     pub async fn run(&self, conn: &RedisConn) -> Result<DeleteOutcome, RedisFailure> {
         let expected = self.expected.map(|v| v.to_string()).unwrap_or_default();
-        let reply = run(
-            conn,
-            &scripts().snapshot_delete,
-            &[
-                &keys::snapshot_key(self.tenant),
-                &keys::version_key(self.tenant),
-            ],
-            &[self.tenant, &expected, INVALIDATE_CHANNEL],
-        )
-        .await?;
+        let reply = conn
+            .invoke(
+                &scripts().snapshot_delete,
+                &[
+                    &keys::snapshot_key(self.tenant),
+                    &keys::version_key(self.tenant),
+                ],
+                &[self.tenant, &expected, INVALIDATE_CHANNEL],
+            )
+            .await?;
         let (status, version) = pair(&reply)?;
         match status {
             1 => Ok(DeleteOutcome::Deleted { version }),
@@ -223,32 +213,32 @@ impl UsageConsume<'_> {
     /// Runs the step.
     pub async fn run(&self, conn: &RedisConn) -> Result<ConsumeReply, RedisFailure> {
         let bound = |value: Option<i64>| value.map(|v| v.to_string()).unwrap_or_default();
-        let reply = run(
-            conn,
-            &scripts().usage_consume,
-            &[
-                self.counter_key,
-                &keys::idempotency_key(self.tenant, self.key),
-                &keys::stream_key(self.tenant),
-            ],
-            &[
-                &self.amount.to_string(),
-                &self.limit.to_string(),
-                &self.idempotency_ttl_ms.to_string(),
-                self.meter,
-                self.key,
-                self.principal,
-                self.decision_id,
-                &self.time_ms.to_string(),
-                &self.stream_maxlen.to_string(),
-                &self.expire_at.to_string(),
-                self.allowed_record,
-                self.refused_record,
-                &bound(self.lowest),
-                &bound(self.highest),
-            ],
-        )
-        .await?;
+        let reply = conn
+            .invoke(
+                &scripts().usage_consume,
+                &[
+                    self.counter_key,
+                    &keys::idempotency_key(self.tenant, self.key),
+                    &keys::stream_key(self.tenant),
+                ],
+                &[
+                    &self.amount.to_string(),
+                    &self.limit.to_string(),
+                    &self.idempotency_ttl_ms.to_string(),
+                    self.meter,
+                    self.key,
+                    self.principal,
+                    self.decision_id,
+                    &self.time_ms.to_string(),
+                    &self.stream_maxlen.to_string(),
+                    &self.expire_at.to_string(),
+                    self.allowed_record,
+                    self.refused_record,
+                    &bound(self.lowest),
+                    &bound(self.highest),
+                ],
+            )
+            .await?;
         let items = array(&reply)?;
         let status = text(item(items, 0, &reply)?)?;
         Ok(match status {
@@ -329,7 +319,7 @@ impl UsageReport<'_> {
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let reply = run(conn, &scripts().usage_report, &keys, &args).await?;
+        let reply = conn.invoke(&scripts().usage_report, &keys, &args).await?;
         let totals = array(&reply)?
             .iter()
             .map(integer)
@@ -410,13 +400,13 @@ impl LeaseReserve<'_> {
         ];
         push_events(&mut args, self.events);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let reply = run(
-            conn,
-            &scripts().lease_reserve,
-            &[self.counter_key, &keys::stream_key(self.tenant)],
-            &args,
-        )
-        .await?;
+        let reply = conn
+            .invoke(
+                &scripts().lease_reserve,
+                &[self.counter_key, &keys::stream_key(self.tenant)],
+                &args,
+            )
+            .await?;
         let items = array(&reply)?;
         let granted = integer(item(items, 0, &reply)?)?;
         let counter = integer(item(items, 1, &reply)?)?;
@@ -452,13 +442,13 @@ impl LeaseGiveBack<'_> {
         ];
         push_events(&mut args, self.events);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let reply = run(
-            conn,
-            &scripts().lease_give_back,
-            &[self.counter_key, &keys::stream_key(self.tenant)],
-            &args,
-        )
-        .await?;
+        let reply = conn
+            .invoke(
+                &scripts().lease_give_back,
+                &[self.counter_key, &keys::stream_key(self.tenant)],
+                &args,
+            )
+            .await?;
         match integer(&reply)? {
             1 => Ok(()),
             _ => Err(RedisFailure::Garbage(format!("expected 1, got {reply:?}"))),
@@ -485,7 +475,9 @@ impl DecisionStreamAdd<'_> {
         let mut args: Vec<&str> = Vec::with_capacity(1 + self.records.len());
         args.push(&max_len);
         args.extend(self.records.iter().map(String::as_str));
-        let reply = run(conn, &scripts().decision_stream_add, &[self.key], &args).await?;
+        let reply = conn
+            .invoke(&scripts().decision_stream_add, &[self.key], &args)
+            .await?;
         let added = unsigned(&reply)?;
         if usize::try_from(added).ok() != Some(self.records.len()) {
             return Err(RedisFailure::Garbage(format!(
