@@ -6,7 +6,10 @@
 #
 # The image serves the example catalog (/opt/tollgate/policies and
 # /opt/tollgate/entitlements, the defaults ./policies and ./entitlements from
-# its working directory) on 0.0.0.0:50051; the Helm chart mounts your own.
+# its working directory); the Helm chart mounts your own. The gRPC API keeps
+# tollgate's default, 127.0.0.1:50051, for the app beside it in the pod; the
+# container's network address carries only the health listener (for the
+# kubelet's probes) and, when set, metrics.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -25,12 +28,18 @@ COPY --from=build /out/tollgate /usr/local/bin/tollgate
 WORKDIR /opt/tollgate
 COPY policies/ ./policies/
 COPY entitlements/ ./entitlements/
-# In a container the gRPC port must be reachable from outside it (the kubelet's
-# probes, other pods). An environment variable, so TOLLGATE_LISTEN or --listen
-# still override it; a config file's `listen` does not (env wins over file).
-ENV TOLLGATE_LISTEN=0.0.0.0:50051
-# gRPC; 9090 is the conventional metrics_listen port (off unless set).
-EXPOSE 50051 9090
+# The kubelet probes the pod IP, which the loopback API cannot answer: a
+# listener serving grpc.health.v1 and nothing else, in plaintext, is there for
+# it. Set as an environment variable, so another TOLLGATE_HEALTH_LISTEN
+# overrides it; a config file's `health_listen` does not (env wins over file).
+ENV TOLLGATE_HEALTH_LISTEN=0.0.0.0:50053
+# 50053: health only; 9090: the conventional metrics_listen port (off unless
+# set). The API, 50051, is on loopback and so not exposed: serving it on the
+# container's address (TOLLGATE_LISTEN=0.0.0.0:50051) needs TLS
+# (TOLLGATE_TLS_CERT_FILE, TOLLGATE_TLS_KEY_FILE) and callers
+# (TOLLGATE_CALLERS_FILE), or TOLLGATE_INSECURE_LISTEN=true; without either
+# tollgate refuses to start.
+EXPOSE 50053 9090
 USER 65532:65532
 # No HEALTHCHECK: Kubernetes probes gRPC health (grpc.health.v1) directly.
 ENTRYPOINT ["tollgate", "serve"]

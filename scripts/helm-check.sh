@@ -13,13 +13,20 @@
 #      the plain-YAML Deployment of docs/kubernetes.md is checked like a render;
 #   3. every rendered manifest parses and is valid for the oldest Kubernetes the
 #      chart supports (1.27; 1.29 with native sidecars) and the newest the
-#      validator knows; prometheus-operator objects (no schema here) are checked
-#      for apiVersion, kind and the fields the chart sets;
-#   4. what the chart promises: hardened security contexts, gRPC probes, a grace
-#      period covering the drain, no ConfigMap checksum (hot reload), service
-#      links off, only TOLLGATE_* names that src/config_keys.rs knows, references to
-#      ConfigMaps, Secrets, volumes and ports that exist, selectors that match;
-#   5. values.schema.json and the chart refuse wrong values, naming the field.
+#      validator knows; prometheus-operator and cert-manager objects (no schema
+#      here) are checked for apiVersion, kind and the fields the chart sets;
+#   4. what the chart promises: hardened security contexts, gRPC probes on the
+#      health-only listener, the API on loopback beside an app and on the pod IP
+#      only with TLS and callers (or insecure_listen, as tollgate itself
+#      demands), a grace period covering the drain, no ConfigMap checksum (hot
+#      reload), Secrets and ConfigMaps mounted without subPath, service links
+#      off, only TOLLGATE_* names that src/config_keys.rs knows, references to
+#      ConfigMaps, Secrets, volumes and ports that exist, selectors that match,
+#      NetworkPolicies that open only ports the pods listen on;
+#   5. the deployment shapes: the sidecar's API on 127.0.0.1 with only health
+#      and metrics on the pod IP; standalone with TLS and callers (an existing
+#      Secret, or a cert-manager Certificate);
+#   6. values.schema.json and the chart refuse wrong values, naming the field.
 # Exits non-zero on any failure; ends with a summary line.
 #
 # Tools are installed once (PyPI) into ${TOLLGATE_TOOLS:-~/.cache/tollgate-tools}/venv.
@@ -61,6 +68,25 @@ CHART = "helm/tollgate"
 RELEASE_NAMESPACE = "tollgate-check"
 UID = 65532
 CRD_GROUP = "monitoring.coreos.com/v1"
+CERT_MANAGER = "cert-manager.io/v1"
+# The fields of a cert-manager.io/v1 Certificate's spec, privateKey and issuerRef.
+CERTIFICATE_FIELDS = {
+    "secretName", "issuerRef", "dnsNames", "ipAddresses", "uris", "emailAddresses", "commonName",
+    "duration", "renewBefore", "renewBeforePercentage", "privateKey", "usages", "secretTemplate",
+    "subject", "literalSubject", "isCA", "keystores", "revisionHistoryLimit", "additionalOutputFormats",
+    "nameConstraints", "otherNames", "encodeUsagesInRequest"}
+PRIVATE_KEY_FIELDS = {"algorithm", "encoding", "size", "rotationPolicy"}
+CERTIFICATE_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"}
+GO_DURATION = r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+"
+# The Secret keys cert-manager writes.
+CERTIFICATE_SECRET_KEYS = {"tls.crt", "tls.key", "ca.crt"}
+# The listeners, the container port each is published as, and whether tollgate
+# applies its rule for non-loopback addresses (TLS and callers, or insecure_listen).
+LISTENERS = (("TOLLGATE_LISTEN", "tg-grpc"), ("TOLLGATE_ADMIN_LISTEN", "tg-admin"))
 failures = []
 
 
@@ -213,13 +239,54 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
                 fail(where, f"tollgate resources.{part}.{resource} is not set")
 
     ports = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
-    grpc_port = ports.get("tg-grpc")
-    if grpc_port is None:
-        fail(where, "tollgate has no tg-grpc port")
-    for probe_kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for name in ports:
+        if name not in ("tg-health", "tg-metrics", "tg-grpc", "tg-admin"):
+            fail(where, f"container port {name} is none of tollgate's listeners")
+    # The kubelet probes the health-only listener, in plaintext, on the pod IP.
+    health_port = ports.get("tg-health")
+    if health_port is None:
+        fail(where, "tollgate has no tg-health port (the health-only listener the kubelet probes)")
+    health_listen = env_value(container, "TOLLGATE_HEALTH_LISTEN")
+    if health_listen != f"0.0.0.0:{health_port}":
+        fail(where, f"TOLLGATE_HEALTH_LISTEN is {health_listen!r}: the kubelet's gRPC probes need 0.0.0.0:{health_port}")
+    if (env_value(container, "TOLLGATE_HEALTH_TLS") or "false") != "false":
+        fail(where, "TOLLGATE_HEALTH_TLS is on: the kubelet's gRPC probes speak plaintext")
+    for probe_kind, service in (("startupProbe", None), ("readinessProbe", "tollgate.v1.EntitlementService"),
+                                ("livenessProbe", None)):
         probe = container.get(probe_kind)
-        if not probe or (probe.get("grpc") or {}).get("port") != grpc_port:
-            fail(where, f"tollgate {probe_kind} is not a grpc probe on port {grpc_port}")
+        grpc = (probe or {}).get("grpc") or {}
+        if not probe or grpc.get("port") != health_port:
+            fail(where, f"tollgate {probe_kind} is not a grpc probe on the health port {health_port}")
+        elif grpc.get("service") != service:
+            fail(where, f"tollgate {probe_kind} asks for health service {grpc.get('service')!r}, not {service!r}")
+    # The API and the AdminService: on loopback they are no container ports; on
+    # the pod IP they are, and tollgate starts only with TLS and callers, or
+    # insecure_listen.
+    exposed = []
+    for key, port_name in LISTENERS:
+        address = env_value(container, key)
+        if not address:
+            if port_name in ports:
+                fail(where, f"container port {port_name}, but {key} is not set")
+            continue
+        host = address.rpartition(":")[0].strip("[]")
+        if host == "localhost" or host == "::1" or host.startswith("127."):
+            if port_name in ports:
+                fail(where, f"{key} is {address!r}, loopback only, yet the container declares port {port_name}")
+        else:
+            exposed.append(key)
+            if address != f"0.0.0.0:{ports.get(port_name)}":
+                fail(where, f"{key} is {address!r}, on the pod IP, but not 0.0.0.0:<container port {port_name}>")
+    secured = env_value(container, "TOLLGATE_TLS_CERT_FILE") and env_value(container, "TOLLGATE_CALLERS_FILE")
+    insecure = env_value(container, "TOLLGATE_INSECURE_LISTEN") == "true"
+    if exposed and not secured and not insecure:
+        fail(where, f"{' and '.join(exposed)} on a non-loopback address without TLS (TOLLGATE_TLS_CERT_FILE) and callers "
+             f"(TOLLGATE_CALLERS_FILE), nor TOLLGATE_INSECURE_LISTEN=true: tollgate refuses to start")
+    metrics_listen = env_value(container, "TOLLGATE_METRICS_LISTEN")
+    if metrics_listen and metrics_listen != f"0.0.0.0:{ports.get('tg-metrics')}":
+        fail(where, f"TOLLGATE_METRICS_LISTEN is {metrics_listen!r}, not 0.0.0.0:<container port tg-metrics>")
+    if not metrics_listen and "tg-metrics" in ports:
+        fail(where, "container port tg-metrics, but TOLLGATE_METRICS_LISTEN is not set")
     if native and container.get("restartPolicy") != "Always":
         fail(where, "tollgate as an init container without restartPolicy: Always is no sidecar")
 
@@ -229,9 +296,6 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
             fail(where, f"env {name} is set twice")
         if name.startswith("TOLLGATE_") and name not in known_env:
             fail(where, f"env {name}: src/config_keys.rs has no key {name[len('TOLLGATE_'):].lower()} (tollgate refuses unknown TOLLGATE_* names)")
-    listen = env_value(container, "TOLLGATE_LISTEN")
-    if listen != f"0.0.0.0:{grpc_port}":
-        fail(where, f"TOLLGATE_LISTEN is {listen!r}: the kubelet's gRPC probes need 0.0.0.0:{grpc_port}")
     for entry in container.get("env") or []:
         ref = ((entry.get("valueFrom") or {}).get("secretKeyRef")) or None
         if ref is None:
@@ -262,12 +326,43 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
         if volume is None:
             fail(where, f"volumeMount {mount['name']} has no volume")
             continue
-        if "subPath" in mount and "configMap" in volume:
-            fail(where, f"volumeMount {mount['name']} uses subPath: ConfigMap updates would never arrive")
+        if "subPath" in mount and ("configMap" in volume or "secret" in volume):
+            fail(where, f"volumeMount {mount['name']} uses subPath: ConfigMap and Secret updates (policies, a renewed "
+                 f"certificate, callers) would never arrive")
         if "configMap" in volume:
             name = volume["configMap"]["name"]
             if name not in config_maps and name not in values_text:
                 fail(where, f"volume {mount['name']}: ConfigMap {name} is neither rendered nor named in the values")
+        if "secret" in volume:
+            name = volume["secret"]["secretName"]
+            if name not in secrets and name not in values_text:
+                fail(where, f"volume {mount['name']}: Secret {name} is neither rendered nor issued nor named in the values")
+    # The TLS and callers files: in a mounted Secret, under the key the file is named after.
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
+    for key in ("TOLLGATE_TLS_CERT_FILE", "TOLLGATE_TLS_KEY_FILE", "TOLLGATE_TLS_CLIENT_CA_FILE", "TOLLGATE_CALLERS_FILE"):
+        path = env_value(container, key)
+        if not path:
+            continue
+        mount = mounts.get(os.path.dirname(path))
+        secret = (volumes.get(mount["name"]) or {}).get("secret") if mount else None
+        if secret is None:
+            fail(where, f"{key}={path}: its directory is no mounted Secret volume")
+            continue
+        name, file = secret["secretName"], os.path.basename(path)
+        if name in secrets and file not in secrets[name]:
+            fail(where, f"{key}={path}: Secret {name} has no key {file}")
+        if secret.get("items") and not any(item.get("path") == file for item in secret["items"]):
+            fail(where, f"{key}={path}: the volume's items leave {file} out")
+    if bool(env_value(container, "TOLLGATE_TLS_CERT_FILE")) != bool(env_value(container, "TOLLGATE_TLS_KEY_FILE")):
+        fail(where, "TOLLGATE_TLS_CERT_FILE and TOLLGATE_TLS_KEY_FILE go together")
+    client_auth = env_value(container, "TOLLGATE_TLS_CLIENT_AUTH")
+    if env_value(container, "TOLLGATE_TLS_CLIENT_CA_FILE"):
+        if not env_value(container, "TOLLGATE_TLS_CERT_FILE"):
+            fail(where, "TOLLGATE_TLS_CLIENT_CA_FILE without TOLLGATE_TLS_CERT_FILE")
+        if client_auth not in (None, "required", "optional"):
+            fail(where, f"TOLLGATE_TLS_CLIENT_AUTH is {client_auth!r}, neither required nor optional")
+    elif client_auth is not None:
+        fail(where, "TOLLGATE_TLS_CLIENT_AUTH without TOLLGATE_TLS_CLIENT_CA_FILE asks nothing")
     for key, path in (("TOLLGATE_POLICIES", "policies"), ("TOLLGATE_ENTITLEMENTS", "entitlements")):
         directory = env_value(container, key)
         if directory and not any(m["mountPath"] == directory for m in container.get("volumeMounts") or []):
@@ -284,6 +379,67 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
             fail(where, f"no other container mounts the socket directory {socket_dir}")
 
 
+def tollgate_containers(pod):
+    """The tollgate containers of a pod template, each with whether it is a native sidecar."""
+    spec = pod["spec"]
+    return [(c, False) for c in spec.get("containers") or [] if env_value(c, "TOLLGATE_LISTEN")] + \
+        [(c, True) for c in spec.get("initContainers") or [] if env_value(c, "TOLLGATE_LISTEN")]
+
+
+def check_certificate(where, doc, pods):
+    """A cert-manager Certificate: the fields cert-manager knows, a Secret, an issuer, names, and a pod mounting it."""
+    problems = len(failures)
+    if doc["kind"] != "Certificate":
+        fail(where, f"{doc['kind']}: the chart renders only Certificates of {CERT_MANAGER}")
+        return 0
+    spec = doc.get("spec") or {}
+    for unknown in sorted(set(spec) - CERTIFICATE_FIELDS):
+        fail(where, f"spec.{unknown} is no field of a {CERT_MANAGER} Certificate")
+    if not spec.get("secretName"):
+        fail(where, "spec.secretName is not set")
+    issuer = spec.get("issuerRef") or {}
+    if not issuer.get("name") or set(issuer) - {"name", "kind", "group"}:
+        fail(where, f"spec.issuerRef {issuer!r} needs a name (and only name, kind, group)")
+    if not any(spec.get(k) for k in ("dnsNames", "ipAddresses", "uris", "commonName", "emailAddresses")):
+        fail(where, "names nothing (dnsNames, ipAddresses, uris, commonName)")
+    for field in ("duration", "renewBefore"):
+        if field in spec and not re.fullmatch(GO_DURATION, str(spec[field])):
+            fail(where, f"spec.{field} {spec[field]!r} is no Go duration")
+    for unknown in sorted(set(spec.get("privateKey") or {}) - PRIVATE_KEY_FIELDS):
+        fail(where, f"spec.privateKey.{unknown} is no field of a Certificate's privateKey")
+    usages = spec.get("usages") or []
+    for usage in usages:
+        if usage not in CERTIFICATE_USAGES:
+            fail(where, f"spec.usages: {usage!r} is no cert-manager key usage")
+    if usages and "server auth" not in usages:
+        fail(where, "spec.usages lacks server auth: tollgate serves with this certificate")
+    mounted = [volume for _, pod in pods for volume in pod["spec"].get("volumes") or []
+               if (volume.get("secret") or {}).get("secretName") == spec.get("secretName")]
+    if pods and not mounted:
+        fail(where, f"issues Secret {spec.get('secretName')}, which no rendered pod mounts")
+    return int(len(failures) == problems)
+
+
+def check_network_policy(where, doc, pods):
+    """Every port the policy opens is one the selected tollgate pods listen on; the health port is open to all."""
+    selector = (doc["spec"].get("podSelector") or {}).get("matchLabels") or {}
+    selected = [pod for _, pod in pods if labels_match(selector, pod["metadata"].get("labels") or {})]
+    listening = {p["containerPort"]: p["name"] for pod in selected for c, _ in tollgate_containers(pod)
+                 for p in c.get("ports") or []}
+    health = [port for port, name in listening.items() if name == "tg-health"]
+    open_to_all = set()
+    for rule in doc["spec"].get("ingress") or []:
+        for port in rule.get("ports") or []:
+            if port.get("port") not in listening and port.get("port") not in listening.values():
+                fail(where, f"opens port {port.get('port')}, which no selected tollgate container listens on "
+                     f"(listening: {sorted(listening.values())})")
+            if not rule.get("from"):
+                open_to_all.add(port.get("port"))
+    for port in health:
+        if port not in open_to_all and "tg-health" not in open_to_all:
+            fail(where, f"the health port {port} is not open to every source: the kubelet's probes come from the node")
+
+
 def check_manifests(label, manifests, values_text, kube_versions):
     count = 0
     config_maps = {}
@@ -293,6 +449,8 @@ def check_manifests(label, manifests, values_text, kube_versions):
             config_maps[doc["metadata"]["name"]] = doc.get("data") or {}
         if doc.get("kind") == "Secret":
             secrets[doc["metadata"]["name"]] = set((doc.get("stringData") or {}) | (doc.get("data") or {}))
+        if doc.get("apiVersion") == CERT_MANAGER and doc.get("kind") == "Certificate":
+            secrets[(doc.get("spec") or {}).get("secretName")] = CERTIFICATE_SECRET_KEYS
     pods = list(pod_specs(manifests))
     for template, doc in manifests:
         where = f"{label}: {template}: {kind_name(doc)}"
@@ -321,6 +479,9 @@ def check_manifests(label, manifests, values_text, kube_versions):
                 fail(where, f"{doc['kind']} lacks its selector or endpoints")
             count += 1
             continue
+        if doc["apiVersion"] == CERT_MANAGER:
+            count += check_certificate(where, doc, pods)
+            continue
         valid = True
         for version in kube_versions:
             try:
@@ -344,6 +505,8 @@ def check_manifests(label, manifests, values_text, kube_versions):
                 (doc["spec"].get("selector") or doc["spec"].get("podSelector") or {}).get("matchLabels")
             if not any(labels_match(selector, pod["metadata"].get("labels") or {}) for _, pod in pods):
                 fail(where, "its selector matches no rendered pod")
+        if kind == "NetworkPolicy":
+            check_network_policy(where, doc, pods)
         if kind == "HorizontalPodAutoscaler":
             target = doc["spec"]["scaleTargetRef"]["name"]
             if not any(workload["metadata"]["name"] == target for workload, _ in pods):
@@ -364,8 +527,7 @@ def check_manifests(label, manifests, values_text, kube_versions):
         for key in (pod["metadata"].get("annotations") or {}):
             if key.startswith("checksum/") and key != "checksum/secret":
                 fail(where, f"annotation {key}: a checksum of policies or snapshots would restart pods and defeat hot reload")
-        tollgates = [(c, False) for c in spec.get("containers") or [] if env_value(c, "TOLLGATE_LISTEN")]
-        tollgates += [(c, True) for c in spec.get("initContainers") or [] if env_value(c, "TOLLGATE_LISTEN")]
+        tollgates = tollgate_containers(pod)
         if len(tollgates) != 1:
             fail(where, f"{len(tollgates)} tollgate containers, expected 1")
         for container, native in tollgates:
@@ -381,7 +543,8 @@ def check_manifests(label, manifests, values_text, kube_versions):
 
 
 # The renders: default values, every ci/*-values.yaml, the example parent chart.
-renders = [("default values", CHART, {}, "tollgate", None)]
+renders = [("default values", CHART, {}, "tollgate", None),
+           ("default values, mode example", CHART, {"mode": "example"}, "tollgate", None)]
 for path in sorted(glob.glob(f"{CHART}/ci/*-values.yaml")):
     renders.append((os.path.relpath(path, CHART), CHART, load_values(path), "tollgate", path))
 
@@ -396,6 +559,7 @@ renders.append(("examples/my-app (native sidecar)", parent, {"tollgate": {"sidec
 
 render_count = 0
 manifest_count = 0
+rendered = {}
 try:
     for label, chart_dir, values, release, values_file in renders:
         failures_before = len(failures)
@@ -406,6 +570,7 @@ try:
             fail(label, f"helm template: {error}")
             continue
         render_count += 1
+        rendered[label] = manifests
         text = read(values_file) if values_file else ""
         native = any(c.get("restartPolicy") == "Always" for _, pod in pod_specs(manifests)
                      for c in pod["spec"].get("initContainers") or [])
@@ -439,15 +604,147 @@ print(f"{status} {DOCS}: {valid}/{len(docs_manifests)} YAML examples valid for K
       f"{min_kubernetes} and {latest_kubernetes}, {len(failures) - failures_before} problems")
 
 
+# 5. The deployment shapes ---------------------------------------------------------
+
+def only_tollgate(label):
+    """The one tollgate container (and its pod template) of a render; None after a failure."""
+    manifests = rendered.get(label)
+    if manifests is None:
+        fail(label, "was not rendered (a ci/*-values.yaml file missing, or the render failed)")
+        return None, None
+    found = [(c, pod) for _, pod in pod_specs(manifests) for c, _ in tollgate_containers(pod)]
+    if len(found) != 1:
+        fail(label, f"{len(found)} tollgate containers, expected 1")
+        return None, None
+    return found[0]
+
+
+def shape(label, check):
+    failures_before = len(failures)
+    check(label)
+    status = "ok  " if len(failures) == failures_before else "FAIL"
+    print(f"{status} shape {label}: {check.__doc__}")
+
+
+def beside_an_app(label):
+    """API on 127.0.0.1, only health and metrics on the pod IP, probes on the health port"""
+    container, pod = only_tollgate(label)
+    if container is None:
+        return
+    if env_value(container, "TOLLGATE_LISTEN") != "127.0.0.1:50051":
+        fail(label, f"TOLLGATE_LISTEN is {env_value(container, 'TOLLGATE_LISTEN')!r}, not 127.0.0.1:50051")
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
+    if ports != {"tg-health": 50053, "tg-metrics": 9090}:
+        fail(label, f"container ports {ports}: expected only tg-health 50053 and tg-metrics 9090")
+    on_pod_ip = sorted(e["name"] for e in container.get("env") or [] if "0.0.0.0" in str(e.get("value")))
+    if on_pod_ip != ["TOLLGATE_HEALTH_LISTEN", "TOLLGATE_METRICS_LISTEN"]:
+        fail(label, f"listening on 0.0.0.0: {on_pod_ip}, expected only the health and metrics listeners")
+    admin = env_value(container, "TOLLGATE_ADMIN_LISTEN")
+    if admin and not admin.startswith("127.0.0.1:"):
+        fail(label, f"TOLLGATE_ADMIN_LISTEN is {admin!r} beside an app: loopback only")
+    for probe_kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if ((container.get(probe_kind) or {}).get("grpc") or {}).get("port") != 50053:
+            fail(label, f"{probe_kind} does not probe the health port 50053")
+
+
+def standalone_with_tls(label, certificate):
+    container, pod = only_tollgate(label)
+    if container is None:
+        return
+    expected = {"TOLLGATE_LISTEN": "0.0.0.0:50051", "TOLLGATE_HEALTH_LISTEN": "0.0.0.0:50053",
+                "TOLLGATE_TLS_CERT_FILE": "/etc/tollgate/tls/tls.crt", "TOLLGATE_TLS_KEY_FILE": "/etc/tollgate/tls/tls.key",
+                "TOLLGATE_TLS_CLIENT_CA_FILE": "/etc/tollgate/tls/ca.crt", "TOLLGATE_TLS_CLIENT_AUTH": "optional",
+                "TOLLGATE_CALLERS_FILE": "/etc/tollgate/callers/callers.yaml"}
+    for name, value in expected.items():
+        if env_value(container, name) != value:
+            fail(label, f"{name} is {env_value(container, name)!r}, not {value!r}")
+    if env_value(container, "TOLLGATE_INSECURE_LISTEN") is not None:
+        fail(label, "TOLLGATE_INSECURE_LISTEN is set although TLS and callers are")
+    if "tg-grpc" not in {p["name"] for p in container.get("ports") or []}:
+        fail(label, "no tg-grpc container port")
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
+    manifests = rendered[label]
+    values = load_values(f"{CHART}/{label}")
+    for path, what in (("/etc/tollgate/tls", "TLS"), ("/etc/tollgate/callers", "callers")):
+        mount = mounts.get(path)
+        if mount is None or "subPath" in mount or "secret" not in volumes.get(mount["name"], {}):
+            fail(label, f"the {what} Secret is not mounted as a whole directory at {path}")
+    tls_secret = (volumes.get((mounts.get("/etc/tollgate/tls") or {}).get("name")) or {}).get("secret", {}).get("secretName")
+    certificates = [doc for _, doc in manifests if doc.get("kind") == "Certificate"]
+    if certificate:
+        if len(certificates) != 1 or certificates[0]["apiVersion"] != CERT_MANAGER:
+            fail(label, f"{len(certificates)} {CERT_MANAGER} Certificates rendered, expected 1")
+        else:
+            spec = certificates[0]["spec"]
+            if spec.get("secretName") != tls_secret:
+                fail(label, f"the Certificate writes Secret {spec.get('secretName')}, the pods mount {tls_secret}")
+            if spec.get("issuerRef") != values["tls"]["certManager"]["issuerRef"]:
+                fail(label, f"the Certificate's issuerRef {spec.get('issuerRef')} is not the values' one")
+    else:
+        if certificates:
+            fail(label, "a Certificate is rendered although tls.secretName names the Secret")
+        if tls_secret != values["tls"]["secretName"]:
+            fail(label, f"the pods mount TLS Secret {tls_secret}, not tls.secretName {values['tls']['secretName']}")
+    callers_secret = (volumes.get((mounts.get("/etc/tollgate/callers") or {}).get("name")) or {}).get("secret", {}).get("secretName")
+    secret = next((doc for _, doc in manifests if doc.get("kind") == "Secret" and doc["metadata"]["name"] == callers_secret), None)
+    if secret is None:
+        fail(label, f"the callers Secret {callers_secret} is not rendered")
+    else:
+        data = secret.get("stringData") or {}
+        if yaml.safe_load(data.get("callers.yaml", "")) != values["callers"]["config"]:
+            fail(label, f"callers.yaml in Secret {callers_secret} is not callers.config")
+        for name in values["callers"].get("tokens") or {}:
+            if name not in data:
+                fail(label, f"token file {name} is not in Secret {callers_secret}")
+    checksums = [k for k in (pod["metadata"].get("annotations") or {}) if k.startswith("checksum/")]
+    if any(k != "checksum/secret" for k in checksums):
+        fail(label, f"pod annotations {checksums}: a renewed certificate or edited callers file must not restart pods")
+
+
+def standalone_tls_secret(label):
+    """API on 0.0.0.0 with TLS from tls.secretName and callers from the chart's Secret, all mounted without subPath"""
+    standalone_with_tls(label, certificate=False)
+
+
+def standalone_cert_manager(label):
+    """API on 0.0.0.0 with TLS from a cert-manager Certificate the pods mount, and callers"""
+    standalone_with_tls(label, certificate=True)
+
+
+def standalone_insecure(label):
+    """API on 0.0.0.0 in plaintext only with TOLLGATE_INSECURE_LISTEN=true"""
+    container, _ = only_tollgate(label)
+    if container is None:
+        return
+    if env_value(container, "TOLLGATE_LISTEN") != "0.0.0.0:50051" or env_value(container, "TOLLGATE_INSECURE_LISTEN") != "true":
+        fail(label, "expected TOLLGATE_LISTEN=0.0.0.0:50051 with TOLLGATE_INSECURE_LISTEN=true")
+
+
+shape("default values, mode example", beside_an_app)
+shape("examples/my-app (sidecar)", beside_an_app)
+shape("examples/my-app (native sidecar)", beside_an_app)
+shape("ci/standalone-tls-values.yaml", standalone_tls_secret)
+shape("ci/standalone-full-values.yaml", standalone_cert_manager)
+shape("ci/standalone-insecure-values.yaml", standalone_insecure)
+
+
 # Keys tollgate knows that the chart can set neither itself nor through `config`
 # (extraEnv still can): a note, not a failure.
 config_schema = helm.Chart.load(CHART).schema["properties"]["config"]["properties"]
-for key in sorted(known_keys - set(config_schema)):
+# Keys the chart leaves alone on purpose.
+deliberately_unset = {"health_tls": "the kubelet's gRPC probes speak plaintext"}
+for key in sorted(known_keys - set(config_schema) - set(deliberately_unset)):
     if "TOLLGATE_" + key.upper() not in env_seen:
         print(f"note tollgate key {key} is not exposed by the chart (values.yaml config or a dedicated value); extraEnv can set it")
 
 
-# 5. Wrong values are refused, and the message names the field ----------------------
+# 6. Wrong values are refused, and the message names the field ----------------------
+
+def caller(**fields):
+    """A caller entry of a callers file, with operations and tenants unless given."""
+    return {"operations": ["check"], "tenants": ["*"], **fields}
+
 
 bad_values = [
     ({"replicaCount": "two"}, "/replicaCount"),
@@ -464,7 +761,47 @@ bad_values = [
     ({"mode": "sidecar", "networkPolicy": {"enabled": True}}, "networkPolicy.enabled"),
     ({"admin": {"enabled": True, "token": {"value": "short"}}}, "/admin/token/value"),
     ({"redis": {"enabled": True, "url": {"value": "http://redis:6379"}}}, "/redis/url/value"),
+    ({"health": {"port": 50051}}, "health.port"),
+    ({"mode": "standalone"}, ("tls.", "callers.", "insecureListen")),
+    ({"mode": "standalone", "tls": {"enabled": True, "secretName": "tollgate-tls"}}, ("callers.", "insecureListen")),
+    ({"mode": "standalone", "callers": {"existingSecret": "tollgate-callers"}}, ("tls.", "insecureListen")),
+    ({"tls": {"enabled": True}}, "tls.secretName"),
+    ({"tls": {"enabled": True, "secretName": "a", "certManager": {"enabled": True}}}, "tls.certManager.enabled"),
+    ({"tls": {"certManager": {"enabled": True}}}, "tls.certManager.enabled"),
+    ({"tls": {"enabled": True, "certManager": {"enabled": True}}}, "tls.certManager.issuerRef.name"),
+    ({"tls": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}, "tls.certManager.dnsNames"),
+    ({"tls": {"clientAuth": "maybe"}}, "/tls/clientAuth"),
+    ({"tls": {"enabled": True, "certManager": {"enabled": True, "duration": "90 days"}}}, "/tls/certManager/duration"),
+    ({"callers": {"config": {"callers": [caller(name="shop", token_file="shop.token")]}}}, "callers.tokens"),
+    ({"callers": {"config": {"callers": [caller(name="shop", uri_san="spiffe://cluster.local/ns/shop/sa/shop")]}}},
+     "tls.enabled"),
+    ({"tls": {"enabled": True, "secretName": "tollgate-tls"},
+      "callers": {"config": {"callers": [caller(name="job", token_file="job.token")]},
+                  "tokens": {"job.token": "0123456789abcdef"}}}, "tls.clientAuth"),
+    ({"callers": {"config": {"callers": [caller(name="shop")]}}},
+     ("/callers/config/callers/0", "uri_san", "token_file")),
+    ({"callers": {"config": {"callers": [{"name": "shop", "token_file": "/t", "operations": ["check"]}]}}},
+     ("/callers/config/callers/0", "tenants")),
+    ({"callers": {"config": {"callers": [caller(name="shop", token_file="/t", operations=["chek"])]}}},
+     "/callers/config/callers/0/operations/0"),
+    ({"callers": {"config": {"callers": [caller(name="shop", token_file="/t"), caller(name="shop", token_file="/u")]}}},
+     "shop is named twice"),
+    ({"callers": {"config": {"callers": [caller(name="admin", token_file="/t")]}}}, "tollgate's own"),
+    ({"callers": {"config": {"callers": [caller(name="a", token_file="/t"), caller(name="b", token_file="/t")]}}},
+     "another caller's"),
+    ({"callers": {"config": {"callers": [caller(name="a", token_file="a.token"), caller(name="b", token_file="b.token")]},
+                  "tokens": {"a.token": "0123456789abcdef", "b.token": "0123456789abcdef"}}}, "callers.tokens"),
+    ({"callers": {"config": {"callers": [caller(name="a", token_file="a.token")]},
+                  "tokens": {"a.token": "0123456789 abcdef"}}}, "/callers/tokens/a.token"),
+    ({"callers": {"existingSecret": "tollgate-callers", "config": {"local": {"operations": ["check"]}}}},
+     "callers.existingSecret"),
+    ({"callers": {"tokens": {"a.token": "short"}}}, "/callers/tokens/a.token"),
+    ({"callers": {"tokens": {"a.token": "0123456789abcdef"}}}, "callers.tokens"),
 ]
+# The keys the chart manages itself are refused in `config`.
+for key in ("listen", "health_listen", "health_tls", "insecure_listen", "tls_cert_file", "tls_key_file",
+            "tls_client_ca_file", "tls_client_auth", "callers_file", "admin_listen", "metrics_listen"):
+    bad_values.append(({"config": {key: "x"}}, key))
 refused = 0
 with helm.Chart.load(CHART) as chart:
     for values, field in bad_values:
@@ -472,12 +809,14 @@ with helm.Chart.load(CHART) as chart:
             chart.render(values, name="tollgate", namespace=RELEASE_NAMESPACE)
         except helm.HelmError as error:
             message = str(error)
-            if field in message:
+            fields = field if isinstance(field, tuple) else (field,)
+            missing = [f for f in fields if f not in message]
+            if not missing:
                 refused += 1
-                detail = next((line.strip() for line in message.splitlines() if field in line), message)
+                detail = next((line.strip() for line in message.splitlines() if fields[0] in line), message)
                 print(f"ok   refused {values}: {detail}")
             else:
-                fail(f"bad values {values}", f"refused, but the message does not name {field}: {message.strip()}")
+                fail(f"bad values {values}", f"refused, but the message does not name {', '.join(missing)}: {message.strip()}")
             continue
         fail(f"bad values {values}", "rendered without complaint")
 

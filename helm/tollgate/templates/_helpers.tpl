@@ -117,6 +117,35 @@ app.kubernetes.io/component: example
 {{- include "tollgate.fullname" . -}}
 {{- end -}}
 
+{{/*
+Where tollgate's API (and AdminService) listen: 0.0.0.0 in mode standalone,
+where other pods call it; 127.0.0.1 beside an app (modes sidecar and example),
+where only the pod's own containers reach it. The kubelet's probes go to the
+health-only listener on the pod IP instead.
+*/}}
+{{- define "tollgate.apiHost" -}}
+{{- ternary "0.0.0.0" "127.0.0.1" (eq .Values.mode "standalone") -}}
+{{- end -}}
+
+{{/* The Secret with tls.crt, tls.key and ca.crt: cert-manager's (<fullname>-tls) or an existing one. */}}
+{{- define "tollgate.tlsSecretName" -}}
+{{- if .Values.tls.certManager.enabled -}}
+{{- printf "%s-tls" (include "tollgate.fullname" .) -}}
+{{- else -}}
+{{- .Values.tls.secretName -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True ("true") when a callers file is configured (existing Secret or callers.config). */}}
+{{- define "tollgate.callersEnabled" -}}
+{{- if or .Values.callers.existingSecret .Values.callers.config -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret with callers.yaml and its token files: an existing one or the chart's <fullname>-callers. */}}
+{{- define "tollgate.callersSecretName" -}}
+{{- default (printf "%s-callers" (include "tollgate.fullname" .)) .Values.callers.existingSecret -}}
+{{- end -}}
+
 {{/* True ("true") when some secret value is given inline, so the chart creates its Secret. */}}
 {{- define "tollgate.createSecret" -}}
 {{- $redis := and .Values.redis.enabled (or .Values.redis.url.value .Values.redis.password.value) -}}
@@ -158,7 +187,29 @@ app.kubernetes.io/component: example
 {{- define "tollgate.env" -}}
 {{- $v := .Values -}}
 - name: TOLLGATE_LISTEN
-  value: {{ printf "0.0.0.0:%d" (int $v.grpc.port) | quote }}
+  value: {{ printf "%s:%d" (include "tollgate.apiHost" .) (int $v.grpc.port) | quote }}
+- name: TOLLGATE_HEALTH_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int $v.health.port) | quote }}
+{{- if $v.insecureListen }}
+- name: TOLLGATE_INSECURE_LISTEN
+  value: "true"
+{{- end }}
+{{- if $v.tls.enabled }}
+- name: TOLLGATE_TLS_CERT_FILE
+  value: "/etc/tollgate/tls/tls.crt"
+- name: TOLLGATE_TLS_KEY_FILE
+  value: "/etc/tollgate/tls/tls.key"
+{{- if ne $v.tls.clientAuth "none" }}
+- name: TOLLGATE_TLS_CLIENT_CA_FILE
+  value: "/etc/tollgate/tls/ca.crt"
+- name: TOLLGATE_TLS_CLIENT_AUTH
+  value: {{ $v.tls.clientAuth | quote }}
+{{- end }}
+{{- end }}
+{{- if include "tollgate.callersEnabled" . }}
+- name: TOLLGATE_CALLERS_FILE
+  value: "/etc/tollgate/callers/callers.yaml"
+{{- end }}
 - name: TOLLGATE_POLICIES
   value: {{ $v.policies.mountPath | quote }}
 {{- if not $v.redis.enabled }}
@@ -177,7 +228,7 @@ app.kubernetes.io/component: example
 {{- end }}
 {{- if $v.admin.enabled }}
 - name: TOLLGATE_ADMIN_LISTEN
-  value: {{ printf "0.0.0.0:%d" (int $v.admin.port) | quote }}
+  value: {{ printf "%s:%d" (include "tollgate.apiHost" .) (int $v.admin.port) | quote }}
 {{ include "tollgate.secretEnv" (list . "TOLLGATE_ADMIN_TOKEN" $v.admin.token) }}
 {{- end }}
 {{- if $v.redis.enabled }}
@@ -221,12 +272,12 @@ app.kubernetes.io/component: example
 {{- end }}
 {{- end -}}
 
-{{/* A gRPC probe: (list <ctx> <probe values> <health service name>). */}}
+{{/* A gRPC probe of the health-only listener: (list <ctx> <probe values> <health service name>). */}}
 {{- define "tollgate.probe" -}}
 {{- $ctx := index . 0 -}}
 {{- $probe := index . 1 -}}
 grpc:
-  port: {{ $ctx.Values.grpc.port }}
+  port: {{ $ctx.Values.health.port }}
   {{- with index . 2 }}
   service: {{ . }}
   {{- end }}
@@ -251,19 +302,26 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
   # A native sidecar (Kubernetes >= 1.29): started before, stopped after the app.
   restartPolicy: Always
   {{- end }}
+  # The ports listening on the pod IP. Beside an app the API (and the
+  # AdminService) listen on 127.0.0.1 only and are not declared.
   ports:
-    - name: tg-grpc
-      containerPort: {{ $v.grpc.port }}
+    - name: tg-health
+      containerPort: {{ $v.health.port }}
       protocol: TCP
     {{- if $v.metrics.enabled }}
     - name: tg-metrics
       containerPort: {{ $v.metrics.port }}
       protocol: TCP
     {{- end }}
+    {{- if eq $v.mode "standalone" }}
+    - name: tg-grpc
+      containerPort: {{ $v.grpc.port }}
+      protocol: TCP
     {{- if $v.admin.enabled }}
     - name: tg-admin
       containerPort: {{ $v.admin.port }}
       protocol: TCP
+    {{- end }}
     {{- end }}
   env:
     {{- include "tollgate.env" $ctx | nindent 4 }}
@@ -299,6 +357,18 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
       mountPath: /etc/tollgate/redis-ca
       readOnly: true
     {{- end }}
+    {{- if $v.tls.enabled }}
+    # Secrets as whole directories too: a renewed certificate or an edited
+    # callers file reaches the pod, and tollgate reloads it.
+    - name: tollgate-tls
+      mountPath: /etc/tollgate/tls
+      readOnly: true
+    {{- end }}
+    {{- if include "tollgate.callersEnabled" $ctx }}
+    - name: tollgate-callers
+      mountPath: /etc/tollgate/callers
+      readOnly: true
+    {{- end }}
     {{- if $v.unixSocket.enabled }}
     - name: tollgate-socket
       mountPath: {{ dir $v.unixSocket.path }}
@@ -330,6 +400,16 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
     items:
       - key: {{ $v.redis.tlsCa.secretKey }}
         path: {{ $v.redis.tlsCa.secretKey }}
+{{- end }}
+{{- if $v.tls.enabled }}
+- name: tollgate-tls
+  secret:
+    secretName: {{ include "tollgate.tlsSecretName" $ctx }}
+{{- end }}
+{{- if include "tollgate.callersEnabled" $ctx }}
+- name: tollgate-callers
+  secret:
+    secretName: {{ include "tollgate.callersSecretName" $ctx }}
 {{- end }}
 {{- if $v.unixSocket.enabled }}
 - name: tollgate-socket
@@ -447,8 +527,8 @@ reload, and a restart on every policy edit would defeat that. */}}
 {{- if and $v.redis.password.value $v.redis.password.secretName -}}
 {{- fail "redis.password: set either value or secretName, not both" -}}
 {{- end -}}
-{{- if and $v.admin.enabled (not (or $v.admin.token.value $v.admin.token.secretName)) -}}
-{{- fail "admin.enabled: set admin.token.value or admin.token.secretName (the AdminService always requires a token)" -}}
+{{- if and $v.admin.enabled (not (or $v.admin.token.value $v.admin.token.secretName (include "tollgate.callersAdmin" .))) -}}
+{{- fail "admin.enabled: set admin.token.value or admin.token.secretName, or give a caller admin operations (callers.existingSecret, or callers.config with admin.* or \"*\"): every AdminService call needs one" -}}
 {{- end -}}
 {{- if and $v.admin.enabled (not $v.redis.enabled) -}}
 {{- fail "admin.enabled: the AdminService writes snapshots to Redis; set redis.enabled too" -}}
@@ -460,8 +540,10 @@ reload, and a restart on every policy edit would defeat that. */}}
 {{- fail "admin.token: set either value or secretName, not both" -}}
 {{- end -}}
 {{- $ports := list (int $v.grpc.port) -}}
+{{- if has (int $v.health.port) $ports -}}{{- fail (printf "health.port: %d is already used by grpc.port" (int $v.health.port)) -}}{{- end -}}
+{{- $ports = append $ports (int $v.health.port) -}}
 {{- if $v.metrics.enabled -}}
-{{- if has (int $v.metrics.port) $ports -}}{{- fail (printf "metrics.port: %d is already used by grpc.port" (int $v.metrics.port)) -}}{{- end -}}
+{{- if has (int $v.metrics.port) $ports -}}{{- fail (printf "metrics.port: %d is already used by grpc.port or health.port" (int $v.metrics.port)) -}}{{- end -}}
 {{- $ports = append $ports (int $v.metrics.port) -}}
 {{- end -}}
 {{- if and $v.admin.enabled (has (int $v.admin.port) $ports) -}}
@@ -488,5 +570,96 @@ reload, and a restart on every policy edit would defeat that. */}}
 {{- end -}}
 {{- if and (eq $v.mode "standalone") $v.sidecar.native -}}
 {{- fail "sidecar.native: only for modes sidecar and example" -}}
+{{- end -}}
+{{- include "tollgate.validateTls" . -}}
+{{- include "tollgate.validateCallers" . -}}
+{{- if and (eq $v.mode "standalone") (not $v.insecureListen) (not (and $v.tls.enabled (include "tollgate.callersEnabled" .))) -}}
+{{- $callers := ternary "set" "not set" (eq (include "tollgate.callersEnabled" .) "true") -}}
+{{- fail (printf "mode standalone: the API%s listens on 0.0.0.0, which tollgate refuses without TLS and callers. Set tls.enabled (with tls.secretName or tls.certManager.enabled) and callers.existingSecret or callers.config (now: tls.enabled %v, callers %s); or, behind something else that authenticates callers (a mesh with mutual TLS), acknowledge plaintext with insecureListen: true" (ternary " and AdminService" "" $v.admin.enabled) $v.tls.enabled $callers) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True ("true") when the callers may include one with admin operations. */}}
+{{- define "tollgate.callersAdmin" -}}
+{{- $found := .Values.callers.existingSecret -}}
+{{- $config := .Values.callers.config -}}
+{{- $entries := concat (default list $config.callers) (list (default dict $config.local)) -}}
+{{- range $entries -}}
+{{- range (default list .operations) -}}
+{{- if or (eq . "*") (hasPrefix "admin." .) -}}{{- $found = true -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $found -}}true{{- end -}}
+{{- end -}}
+
+{{/* Checks of tls.*. */}}
+{{- define "tollgate.validateTls" -}}
+{{- $tls := .Values.tls -}}
+{{- if and $tls.certManager.enabled (not $tls.enabled) -}}
+{{- fail "tls.certManager.enabled: set tls.enabled too" -}}
+{{- end -}}
+{{- if $tls.enabled -}}
+{{- if and $tls.secretName $tls.certManager.enabled -}}
+{{- fail "tls: set either tls.secretName or tls.certManager.enabled, not both" -}}
+{{- end -}}
+{{- if not (or $tls.secretName $tls.certManager.enabled) -}}
+{{- fail "tls.enabled: set tls.secretName (an existing kubernetes.io/tls Secret) or tls.certManager.enabled" -}}
+{{- end -}}
+{{- if and $tls.certManager.enabled (not $tls.certManager.issuerRef.name) -}}
+{{- fail "tls.certManager.issuerRef.name: the Issuer or ClusterIssuer that signs tollgate's certificate" -}}
+{{- end -}}
+{{- if and $tls.certManager.enabled (ne .Values.mode "standalone") (not $tls.certManager.dnsNames) -}}
+{{- fail (printf "tls.certManager.dnsNames: required in mode %s (the names the callers verify; only mode standalone defaults to the Service's names)" .Values.mode) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks of callers.*: what tollgate would refuse, or what could never work. */}}
+{{- define "tollgate.validateCallers" -}}
+{{- $callers := .Values.callers -}}
+{{- $tls := .Values.tls -}}
+{{- if and $callers.existingSecret (or $callers.config $callers.tokens) -}}
+{{- fail "callers.existingSecret: set either it or callers.config (with callers.tokens), not both" -}}
+{{- end -}}
+{{- if and $callers.tokens (not $callers.config) -}}
+{{- fail "callers.tokens: token files need callers.config naming them in token_file" -}}
+{{- end -}}
+{{- if hasKey (default dict $callers.tokens) "callers.yaml" -}}
+{{- fail "callers.tokens: callers.yaml is the callers file itself; name the token file otherwise" -}}
+{{- end -}}
+{{- $tokens := list -}}
+{{- if .Values.admin.enabled -}}{{- $tokens = compact (list .Values.admin.token.value) -}}{{- end -}}
+{{- range $name, $token := (default dict $callers.tokens) -}}
+{{- if has $token $tokens -}}
+{{- fail (printf "callers.tokens: %s holds a token that another caller (or admin.token) already has; tollgate refuses a token shared between callers" $name) -}}
+{{- end -}}
+{{- $tokens = append $tokens $token -}}
+{{- end -}}
+{{- $names := list -}}
+{{- $tokenFiles := list -}}
+{{- range (default list $callers.config.callers) -}}
+{{- if has .name (list "local" "anonymous" "admin" "unauthenticated") -}}
+{{- fail (printf "callers.config: caller %s: the names local, anonymous, admin and unauthenticated are tollgate's own" .name) -}}
+{{- end -}}
+{{- if has .name $names -}}
+{{- fail (printf "callers.config: caller %s is named twice" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- if .token_file -}}
+{{- if has .token_file $tokenFiles -}}
+{{- fail (printf "callers.config: caller %s: token_file %s is another caller's (every caller needs a token of its own)" .name .token_file) -}}
+{{- end -}}
+{{- $tokenFiles = append $tokenFiles .token_file -}}
+{{- end -}}
+{{- $byCertificate := or .uri_san .dns_san -}}
+{{- if and $byCertificate (or (not $tls.enabled) (eq $tls.clientAuth "none")) -}}
+{{- fail (printf "callers.config: caller %s identifies by client certificate (uri_san, dns_san), which needs tls.enabled with tls.clientAuth required or optional" .name) -}}
+{{- end -}}
+{{- if and (not $byCertificate) $tls.enabled (eq $tls.clientAuth "required") -}}
+{{- fail (printf "callers.config: caller %s has only a token_file, but tls.clientAuth required refuses every connection without a client certificate; set tls.clientAuth optional" .name) -}}
+{{- end -}}
+{{- if and .token_file (not (hasPrefix "/" .token_file)) (not (hasKey (default dict $callers.tokens) .token_file)) -}}
+{{- fail (printf "callers.tokens: caller %s names token_file %s, which is not in callers.tokens (relative paths are files of the callers Secret)" .name .token_file) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
