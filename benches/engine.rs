@@ -169,6 +169,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
         Options::default(),
         Limits::default(),
     );
+    let caller = tollgate::decide::Caller::trusted("bench");
     let authorizer = Authorizer::new();
 
     let mut group = c.benchmark_group(format!("users_{users}"));
@@ -203,7 +204,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
             .build()
             .expect("runtime");
         let response = runtime
-            .block_on(api::check(&decision_point, request.clone()))
+            .block_on(api::check(&decision_point, &caller, request.clone()))
             .expect("check");
         let expected = if allow {
             pb::Decision::Allow
@@ -240,7 +241,9 @@ fn bench_size(c: &mut Criterion, users: usize) {
         group.bench_function(BenchmarkId::new("full_check", case.name()), |b| {
             b.iter_batched(
                 || request.clone(),
-                |request| runtime.block_on(api::check(&decision_point, black_box(request))),
+                |request| {
+                    runtime.block_on(api::check(&decision_point, &caller, black_box(request)))
+                },
                 BatchSize::SmallInput,
             );
         });
@@ -251,7 +254,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
             .map(|ms| with_now(&request, &format!("{}.{ms:03}Z", NOW.trim_end_matches('Z'))))
             .collect();
         let decided = runtime
-            .block_on(api::check(&decision_point, new_nows[1].clone()))
+            .block_on(api::check(&decision_point, &caller, new_nows[1].clone()))
             .expect("check");
         assert_eq!(
             decided.decision,
@@ -266,7 +269,9 @@ fn bench_size(c: &mut Criterion, users: usize) {
                     turn = (turn + 1) % new_nows.len();
                     new_nows[turn].clone()
                 },
-                |request| runtime.block_on(api::check(&decision_point, black_box(request))),
+                |request| {
+                    runtime.block_on(api::check(&decision_point, &caller, black_box(request)))
+                },
                 BatchSize::SmallInput,
             );
         });

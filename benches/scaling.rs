@@ -1050,6 +1050,7 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
         Options::default(),
         Limits::default(),
     );
+    let caller = tollgate::decide::Caller::trusted("bench");
     let cases = [Case::Allow, Case::Deny];
     let pb_requests: Vec<pb::CheckRequest> = cases
         .iter()
@@ -1100,7 +1101,7 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
             let mut request = pb_requests[index].clone();
             request.tenant.clone_from(id);
             let response = runtime
-                .block_on(api::check(&decision_point, request))
+                .block_on(api::check(&decision_point, &caller, request))
                 .map_err(|error| format!("check {id}: {error:?}"))?;
             check_response(*case, &response).map_err(|problem| format!("check {id}: {problem}"))?;
         }
@@ -1167,7 +1168,8 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
             requests[index].tenant.clone_from(id);
             let request = requests[index].clone();
             let t0 = Instant::now();
-            let response = runtime.block_on(api::check(&decision_point, black_box(request)));
+            let response =
+                runtime.block_on(api::check(&decision_point, &caller, black_box(request)));
             let ok = matches!(&response, Ok(r) if (r.decision == pb::Decision::Allow as i32) == matches!(case, Case::Allow));
             drop(response);
             let t1 = Instant::now();

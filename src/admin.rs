@@ -7,12 +7,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::api::pb;
-use crate::config::Secret;
+use crate::decide::{Caller, DecisionService, Operation};
 use crate::store::redis_client::{
     DeleteOutcome, PutOutcome, Read, RedisConn, RedisFailure, MAX_VERSION,
 };
 use crate::store::remote::RemoteSnapshots;
-use crate::store::Store;
 use tollgate_engine::{check_tenant_id, PolicySnapshot, SnapshotSource, TenantSnapshot};
 
 pub use pb::admin_service_server::{AdminService, AdminServiceServer};
@@ -167,15 +166,16 @@ fn check_tenant(tenant: &str) -> Result<(), AdminError> {
 /// The gRPC `AdminService` over the Redis source.
 #[derive(Debug, Clone)]
 pub struct AdminGrpc {
-    store: Arc<Store>,
+    service: Arc<DecisionService>,
     remote: Arc<RemoteSnapshots>,
 }
 
 impl AdminGrpc {
     /// Serves writes to the Redis that `remote` reads, validated against
-    /// `store`'s serving schema.
-    pub fn new(store: Arc<Store>, remote: Arc<RemoteSnapshots>) -> Self {
-        Self { store, remote }
+    /// the serving schema of `service`'s store, for the callers `service`
+    /// identifies.
+    pub fn new(service: Arc<DecisionService>, remote: Arc<RemoteSnapshots>) -> Self {
+        Self { service, remote }
     }
 
     fn conn(&self) -> Result<&RedisConn, Status> {
@@ -183,6 +183,36 @@ impl AdminGrpc {
             .connection()
             .ok_or_else(|| Status::unavailable("not connected to redis yet"))
     }
+
+    /// The caller of `request`, when it may use `operation` on `tenant`.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        operation: Operation,
+        tenant: Option<&str>,
+    ) -> Result<Caller, Status> {
+        let refused = |error| crate::api::status(&error);
+        let caller = self
+            .service
+            .identify(
+                &crate::api::credentials(request.extensions(), request.metadata()),
+                operation,
+            )
+            .map_err(refused)?;
+        self.service
+            .authorize(&caller, operation, tenant)
+            .map_err(refused)?;
+        Ok(caller)
+    }
+}
+
+/// The `tenant` field of a snapshot document, read before the document is
+/// validated (to know whether the caller may write it).
+fn document_tenant(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|document| document.get("tenant")?.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -191,14 +221,20 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::PutSnapshotRequest>,
     ) -> Result<Response<pb::PutSnapshotResponse>, Status> {
-        let catalog = self.store.catalog().ok_or(AdminError::NoPolicies)?;
+        let tenant = document_tenant(&request.get_ref().snapshot_json);
+        let caller = self.admit(&request, Operation::PutSnapshot, Some(&tenant))?;
+        let catalog = self
+            .service
+            .store()
+            .catalog()
+            .ok_or(AdminError::NoPolicies)?;
         let written = put(
             self.conn()?,
             &catalog.policies,
             &request.into_inner().snapshot_json,
         )
         .await?;
-        tracing::info!(tenant = %written.tenant, version = written.version, previous = written.previous, "snapshot written");
+        tracing::info!(tenant = %written.tenant, version = written.version, previous = written.previous, caller = caller.name(), "snapshot written");
         Ok(Response::new(pb::PutSnapshotResponse {
             tenant: written.tenant,
             version: written.version,
@@ -210,7 +246,8 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
-        let tenant = request.into_inner().tenant;
+        let tenant = request.get_ref().tenant.clone();
+        self.admit(&request, Operation::GetSnapshot, Some(&tenant))?;
         let (version, snapshot_json) = get(self.conn()?, &tenant).await?;
         Ok(Response::new(pb::GetSnapshotResponse {
             tenant,
@@ -223,10 +260,15 @@ impl AdminService for AdminGrpc {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let caller = self.admit(
+            &request,
+            Operation::DeleteSnapshot,
+            Some(&request.get_ref().tenant),
+        )?;
         let request = request.into_inner();
         let expected = (request.expected_version > 0).then_some(request.expected_version);
         let deleted_version = delete(self.conn()?, &request.tenant, expected).await?;
-        tracing::info!(tenant = %request.tenant, version = deleted_version, "snapshot deleted");
+        tracing::info!(tenant = %request.tenant, version = deleted_version, caller = caller.name(), "snapshot deleted");
         Ok(Response::new(pb::DeleteSnapshotResponse {
             tenant: request.tenant,
             deleted_version,
@@ -235,72 +277,23 @@ impl AdminService for AdminGrpc {
 
     async fn list_snapshots(
         &self,
-        _request: Request<pb::ListSnapshotsRequest>,
+        request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        let tenants = self
+        let caller = self.admit(&request, Operation::ListSnapshots, None)?;
+        let mut tenants = self
             .conn()?
             .list_tenants()
             .await
             .map_err(AdminError::from)?;
+        // A caller sees only the tenants it may touch.
+        tenants.retain(|tenant| caller.may_touch(tenant));
         Ok(Response::new(pb::ListSnapshotsResponse { tenants }))
     }
-}
-
-/// Checks `authorization: Bearer <token>` on every call.
-#[derive(Clone)]
-pub struct BearerAuth {
-    token: Arc<Secret>,
-}
-
-impl BearerAuth {
-    /// Requires `token`.
-    pub fn new(token: Secret) -> Self {
-        Self {
-            token: Arc::new(token),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        match presented {
-            None => Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>` header",
-            )),
-            Some(token) if constant_time_eq(token.as_bytes(), self.token.0.as_bytes()) => {
-                Ok(request)
-            }
-            Some(_) => Err(Status::unauthenticated("invalid admin token")),
-        }
-    }
-}
-
-/// Compares without an early exit, so that timing does not reveal how much
-/// of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut difference = a.len() ^ b.len();
-    for (index, byte) in a.iter().enumerate() {
-        difference |= usize::from(byte ^ b.get(index % b.len().max(1)).copied().unwrap_or(0));
-    }
-    difference == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_compare_exactly() {
-        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!constant_time_eq(b"0123456789abcdeX", b"0123456789abcdef"));
-        assert!(!constant_time_eq(b"0123456789abcde", b"0123456789abcdef"));
-        assert!(!constant_time_eq(b"", b"0123456789abcdef"));
-    }
 
     #[test]
     fn redis_failures_reach_callers_as_an_error_id_only() {

@@ -8,17 +8,18 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::admin::{AdminGrpc, AdminServiceServer, BearerAuth};
+use crate::admin::{AdminGrpc, AdminServiceServer};
 use crate::api::{pb, EntitlementServiceServer, GrpcService};
+use crate::callers::Callers;
 use crate::config::Config;
 use crate::decide::DecisionService;
 use crate::decision_log::DecisionLog;
+use crate::listen::{Listener, Tls};
 use crate::metrics::Metrics;
 use crate::store::remote::RemoteSnapshots;
 use crate::store::{watch as dir_watch, ReloadOutcome, Store};
@@ -65,6 +66,23 @@ pub enum ServeError {
     /// A signal handler could not be installed.
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::listen::TlsError),
+    /// The callers file cannot be used.
+    #[error("callers: {0}")]
+    Callers(#[from] crate::callers::CallersError),
+}
+
+impl ServeError {
+    /// The process's exit code: 2 for a file the configuration names that
+    /// cannot be used (as for an invalid configuration), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Tls(_) | Self::Callers(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Binds `config.listen` and serves until SIGTERM or SIGINT.
@@ -159,6 +177,12 @@ pub async fn serve_on(
     // while the first load is still running.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ServeError::Signal)?;
+    let tls = config.tls.clone().map(Tls::load).transpose()?.map(Arc::new);
+    let admin_token = config.admin_token.as_ref().map(|token| token.0.as_str());
+    let callers = Arc::new(match &config.callers_file {
+        Some(file) => Callers::from_file(file, admin_token)?,
+        None => Callers::open(admin_token),
+    });
     let store = Arc::new(if config.redis.is_some() {
         Store::policies_only(config.policies.clone())
     } else {
@@ -193,10 +217,24 @@ pub async fn serve_on(
     }
 
     let _watchers = start_reloaders(&config, &reloader, hangup)?;
+    tokio::spawn(poll_credentials(
+        tls.clone(),
+        Arc::clone(&callers),
+        Arc::clone(&metrics),
+        config.credentials_poll,
+        stop_rx.clone(),
+    ));
+    let listener_settings = |name: &'static str, tls: Option<Arc<Tls>>| Listener {
+        name,
+        tls,
+        max_connections: config.max_connections,
+        metrics: Arc::clone(&metrics),
+    };
 
     let mut decision_point =
         DecisionService::new(Arc::clone(&store), config.options, config.limits)
-            .with_metrics(Arc::clone(&metrics));
+            .with_metrics(Arc::clone(&metrics))
+            .with_callers(Arc::clone(&callers));
     let mut remote_link = None;
     let mut leases = None;
     if let Some(settings) = &config.redis {
@@ -232,33 +270,56 @@ pub async fn serve_on(
         decision_log_writer = Some(writer);
     }
     let decision_point = Arc::new(decision_point);
-    if let (Some(address), Some(remote), Some(token)) = (
-        config.admin_listen,
-        decision_point.remote(),
-        config.admin_token.clone(),
-    ) {
+    if let (Some(address), Some(remote)) = (config.admin_listen, decision_point.remote()) {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ServeError::Bind { address, source })?;
-        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin service listening");
-        let admin = tonic::service::interceptor::InterceptedService::new(
-            AdminServiceServer::new(AdminGrpc::new(Arc::clone(&store), Arc::clone(remote)))
-                .max_decoding_message_size(config.max_request_bytes),
-            BearerAuth::new(token),
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "admin service listening");
+        let admin = AdminServiceServer::new(AdminGrpc::new(
+            Arc::clone(&decision_point),
+            Arc::clone(remote),
+        ))
+        .max_decoding_message_size(config.max_request_bytes);
+        let incoming = crate::listen::tcp(
+            listener,
+            listener_settings("admin", tls.clone()),
+            stop_rx.clone(),
         );
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let served = Server::builder()
                 .add_service(admin)
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    async move {
-                        let _ = stop.wait_for(|stopping| *stopping).await;
-                    },
-                )
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                })
                 .await;
             if let Err(error) = served {
                 warn!(error = %error, "admin service failed");
+            }
+        });
+    }
+    if let Some(address) = config.health_listen {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ServeError::Bind { address, source })?;
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = config.health_tls, "health-only listener");
+        let health_tls = tls.clone().filter(|_| config.health_tls);
+        let incoming = crate::listen::tcp(
+            listener,
+            listener_settings("health", health_tls),
+            stop_rx.clone(),
+        );
+        let health_only = health_service.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let served = Server::builder()
+                .add_service(health_only)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                })
+                .await;
+            if let Err(error) = served {
+                warn!(error = %error, "health-only listener failed");
             }
         });
     }
@@ -280,6 +341,7 @@ pub async fn serve_on(
             listener,
             Arc::clone(&metrics),
             Arc::new(status),
+            Arc::clone(&callers),
             stop_rx.clone(),
         ));
     }
@@ -338,7 +400,7 @@ pub async fn serve_on(
             info!(path = %path.display(), "listening on unix socket");
             let mut stop = stop_rx.clone();
             let served = router.clone().serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                crate::listen::unix(listener, config.max_connections, stop_rx.clone()),
                 async move {
                     let _ = stop.wait_for(|stopping| *stopping).await;
                 },
@@ -348,8 +410,11 @@ pub async fn serve_on(
         None => None,
     };
     let tcp = router.serve_with_incoming_shutdown(
-        // Decisions are small messages: send them at once (no Nagle delay).
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        crate::listen::tcp(
+            listener,
+            listener_settings("api", tls.clone()),
+            stop_rx.clone(),
+        ),
         draining,
     );
     let unix_path = unix.as_ref().map(|(path, _)| path.clone());
@@ -406,6 +471,61 @@ pub async fn serve_on(
         }
     }
     Ok(())
+}
+
+/// Rereads the TLS files and the callers file (with its token files) every
+/// `every`, until shutdown: a change that is valid serves from then on; an
+/// invalid one is logged and counted, and what was in force stays.
+async fn poll_credentials(
+    tls: Option<Arc<Tls>>,
+    callers: Arc<Callers>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    if tls.is_none() && !callers.is_configured() {
+        return;
+    }
+    // A failure is reported once until the files change again.
+    let mut last_errors: [Option<String>; 2] = [None, None];
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        let tls = tls.clone();
+        let callers = Arc::clone(&callers);
+        let Ok((tls_outcome, callers_outcome)) = tokio::task::spawn_blocking(move || {
+            (
+                tls.map(|tls| tls.reload().map_err(|error| error.to_string())),
+                callers.reload().map_err(|error| error.to_string()),
+            )
+        })
+        .await
+        else {
+            continue;
+        };
+        for (index, (files, outcome)) in [("tls", tls_outcome), ("callers", Some(callers_outcome))]
+            .into_iter()
+            .enumerate()
+        {
+            match outcome {
+                Some(Ok(true)) => {
+                    info!(files, "credential files changed; new ones in force");
+                    metrics.record_credential_reload(files, None);
+                    last_errors[index] = None;
+                }
+                Some(Err(error)) if last_errors[index].as_ref() != Some(&error) => {
+                    warn!(files, error = %error, "changed credential files are not valid; the previous ones stay in force");
+                    metrics.record_credential_reload(files, Some(error.clone()));
+                    last_errors[index] = Some(error);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Starts the file watchers and the SIGHUP handler; returns the watch guards.

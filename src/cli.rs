@@ -36,7 +36,10 @@ enum Command {
     ///
     /// Configuration comes from the YAML file (--config, TOLLGATE_CONFIG, or
     /// ./tollgate.yaml when present), overridden by TOLLGATE_<KEY> environment
-    /// variables, overridden by flags. Keys: listen, listen_unix, metrics_listen, policies,
+    /// variables, overridden by flags. Keys: listen, listen_unix, health_listen,
+    /// health_tls, insecure_listen, tls_cert_file, tls_key_file,
+    /// tls_client_ca_file, tls_client_auth, callers_file, max_connections,
+    /// credentials_poll_ms, metrics_listen, policies,
     /// entitlements, strict_principals, policy_errors, max_batch,
     /// max_request_bytes, request_timeout_ms, watch, reload_debounce_ms, shutdown_delay_ms,
     /// shutdown_grace_ms, decision_log, decision_log_queue,
@@ -556,7 +559,7 @@ fn serve(config: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %error, "serve failed");
-            ExitCode::from(1)
+            ExitCode::from(error.exit_code())
         }
     }
 }
@@ -772,7 +775,11 @@ fn check_local(
         .build()
         .map_err(|error| (3, error.to_string()))?;
     runtime
-        .block_on(api::check(&service, request))
+        .block_on(api::check(
+            &service,
+            &crate::decide::Caller::trusted("cli"),
+            request,
+        ))
         .map_err(|error| (2, error.to_string()))
 }
 

@@ -28,6 +28,20 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Unix domain socket to serve gRPC on as well, if any.
     pub listen_unix: Option<PathBuf>,
+    /// Address of the health-only listener, if enabled.
+    pub health_listen: Option<SocketAddr>,
+    /// The health-only listener speaks TLS too.
+    pub health_tls: bool,
+    /// Non-loopback listeners without TLS and callers are acknowledged.
+    pub insecure_listen: bool,
+    /// TLS of the gRPC listeners, when configured.
+    pub tls: Option<crate::listen::TlsFiles>,
+    /// The callers file, when configured.
+    pub callers_file: Option<PathBuf>,
+    /// How often TLS and callers files are checked for changes.
+    pub credentials_poll: Duration,
+    /// Most connections each gRPC listener holds open at once.
+    pub max_connections: usize,
     /// Address of the metrics endpoint, if enabled.
     pub metrics_listen: Option<SocketAddr>,
     /// Policy directory.
@@ -530,6 +544,93 @@ fn build(
             .map(Some)
             .map_err(|_| format!("`{text}` is not a socket address such as 127.0.0.1:9090"))
     });
+    let optional_address = |example: &'static str| {
+        move |text: &str| {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            text.trim()
+                .parse::<SocketAddr>()
+                .map(Some)
+                .map_err(|_| format!("`{text}` is not a socket address such as {example}"))
+        }
+    };
+    let health_listen = get(
+        values,
+        problems,
+        "health_listen",
+        optional_address("0.0.0.0:50053"),
+    );
+    let health_tls = get(values, problems, "health_tls", boolean);
+    let insecure_listen = get(values, problems, "insecure_listen", boolean);
+    let optional_file = |text: &str| {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(text);
+        if path.is_file() || !check_dirs {
+            Ok(Some(path))
+        } else {
+            Err(format!("`{text}` is not a readable file"))
+        }
+    };
+    let tls_cert_file = get(values, problems, "tls_cert_file", optional_file);
+    let tls_key_file = get(values, problems, "tls_key_file", optional_file);
+    let tls_client_ca_file = get(values, problems, "tls_client_ca_file", optional_file);
+    let tls_client_auth = get(values, problems, "tls_client_auth", |text| {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "required" => Ok(true),
+            "optional" => Ok(false),
+            _ => Err(format!("`{text}` is not one of `required`, `optional`")),
+        }
+    });
+    let callers_file = get(values, problems, "callers_file", optional_file);
+    let credentials_poll = get(values, problems, "credentials_poll_ms", millis);
+    let max_connections = get(values, problems, "max_connections", |text| {
+        match number(text)? {
+            0 => Err("must be at least 1".to_string()),
+            n => usize::try_from(n).map_err(|_| "too large".to_string()),
+        }
+    });
+    let tls = match (&tls_cert_file, &tls_key_file) {
+        (Some(Some(cert)), Some(Some(key))) => Some(crate::listen::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: tls_client_ca_file.clone().flatten(),
+            client_auth_required: tls_client_auth.unwrap_or(true),
+        }),
+        (Some(Some(_)), Some(None)) => {
+            problems.push(ConfigProblem::Combination {
+                key: "tls_key_file",
+                message: "tls_cert_file needs its private key".to_string(),
+            });
+            None
+        }
+        (Some(None), Some(Some(_))) => {
+            problems.push(ConfigProblem::Combination {
+                key: "tls_cert_file",
+                message: "tls_key_file needs its certificate".to_string(),
+            });
+            None
+        }
+        _ => None,
+    };
+    if tls.is_none() {
+        if let Some(Some(_)) = tls_client_ca_file {
+            problems.push(ConfigProblem::Combination {
+                key: "tls_client_ca_file",
+                message: "client certificates need TLS: set tls_cert_file and tls_key_file"
+                    .to_string(),
+            });
+        }
+        if health_tls == Some(true) {
+            problems.push(ConfigProblem::Combination {
+                key: "health_tls",
+                message: "needs tls_cert_file and tls_key_file".to_string(),
+            });
+        }
+    }
     let policies = get(values, problems, "policies", directory);
     // With the Redis source the entitlements directory is not read.
     let redis_configured = values
@@ -741,6 +842,27 @@ fn build(
         (Some(None), _) => Some(None),
         (None, _) => None,
     };
+    // A listener other hosts can reach needs TLS and named callers, or the
+    // operator's explicit acknowledgement.
+    let secured = tls.is_some() && matches!(callers_file, Some(Some(_)));
+    if insecure_listen == Some(false) && !secured {
+        for (key, address) in [
+            ("listen", listen.as_ref().copied()),
+            ("admin_listen", admin_listen.flatten()),
+        ] {
+            match address {
+                Some(address) if !address.ip().to_canonical().is_loopback() => {
+                    problems.push(ConfigProblem::Combination {
+                        key,
+                        message: format!(
+                            "{address} is not a loopback address: without TLS (tls_cert_file, tls_key_file) and callers (callers_file) any peer that reaches it may use every operation; configure both, or acknowledge with insecure_listen: true"
+                        ),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
     if let Some(Some(_)) = admin_listen {
         if redis.is_none() {
             problems.push(ConfigProblem::Combination {
@@ -749,9 +871,9 @@ fn build(
             });
         }
         match &admin_token {
-            Some(None) => problems.push(ConfigProblem::Combination {
+            Some(None) if !matches!(callers_file, Some(Some(_))) => problems.push(ConfigProblem::Combination {
                 key: "admin_listen",
-                message: "the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN)".to_string(),
+                message: "the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN), or a callers_file naming callers with admin operations".to_string(),
             }),
             Some(Some(token)) if token.0.len() < 16 => {
                 problems.push(ConfigProblem::Combination {
@@ -778,6 +900,13 @@ fn build(
     Some(Config {
         listen: listen?,
         listen_unix: listen_unix?,
+        health_listen: health_listen?,
+        health_tls: health_tls?,
+        insecure_listen: insecure_listen?,
+        tls,
+        callers_file: callers_file?,
+        credentials_poll: credentials_poll?,
+        max_connections: max_connections?,
         metrics_listen: metrics_listen?,
         policies: policies?,
         entitlements: entitlements?,
@@ -915,6 +1044,85 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_other_hosts_reach_needs_tls_and_callers_or_the_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "x").unwrap();
+            path.display().to_string()
+        };
+        let (cert, key, callers) = (file("c.pem"), file("k.pem"), file("callers.yaml"));
+        let load = |pairs: &[(&str, &str)]| {
+            let env: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            load_from(&flags_with(dir.path()), &env)
+        };
+        let errors = load(&[("TOLLGATE_LISTEN", "0.0.0.0:50051")]).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].key(), Some("listen"));
+        let text = errors.to_string();
+        assert!(
+            text.contains("0.0.0.0:50051 is not a loopback address")
+                && text.contains("insecure_listen: true"),
+            "{text}"
+        );
+        // TLS alone is not enough: callers must be named too.
+        let errors = load(&[
+            ("TOLLGATE_LISTEN", "[::]:50051"),
+            ("TOLLGATE_TLS_CERT_FILE", &cert),
+            ("TOLLGATE_TLS_KEY_FILE", &key),
+        ])
+        .unwrap_err();
+        assert_eq!(errors.0[0].key(), Some("listen"), "{errors}");
+        for allowed in [
+            vec![
+                ("TOLLGATE_LISTEN", "0.0.0.0:50051"),
+                ("TOLLGATE_INSECURE_LISTEN", "true"),
+            ],
+            vec![
+                ("TOLLGATE_LISTEN", "10.1.2.3:50051"),
+                ("TOLLGATE_TLS_CERT_FILE", &cert),
+                ("TOLLGATE_TLS_KEY_FILE", &key),
+                ("TOLLGATE_CALLERS_FILE", &callers),
+            ],
+            vec![("TOLLGATE_LISTEN", "[::1]:50051")],
+        ] {
+            let config = load(&allowed).unwrap_or_else(|e| panic!("{allowed:?}: {e}"));
+            assert!(config.listen.port() == 50051);
+        }
+        let config = load(&[
+            ("TOLLGATE_LISTEN", "10.1.2.3:50051"),
+            ("TOLLGATE_TLS_CERT_FILE", &cert),
+            ("TOLLGATE_TLS_KEY_FILE", &key),
+            ("TOLLGATE_TLS_CLIENT_CA_FILE", &cert),
+            ("TOLLGATE_TLS_CLIENT_AUTH", "optional"),
+            ("TOLLGATE_CALLERS_FILE", &callers),
+        ])
+        .unwrap();
+        let tls = config.tls.unwrap();
+        assert!(!tls.client_auth_required);
+        assert_eq!(tls.client_ca.unwrap().display().to_string(), cert);
+        let errors = load(&[
+            ("TOLLGATE_TLS_CERT_FILE", &cert),
+            ("TOLLGATE_TLS_CLIENT_AUTH", "sometimes"),
+            ("TOLLGATE_HEALTH_TLS", "true"),
+            ("TOLLGATE_CALLERS_FILE", "/nonexistent/callers.yaml"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            texts(&errors),
+            [
+                "tls_client_auth (from environment variable TOLLGATE_TLS_CLIENT_AUTH): `sometimes` is not one of `required`, `optional`",
+                "callers_file (from environment variable TOLLGATE_CALLERS_FILE): `/nonexistent/callers.yaml` is not a readable file",
+                "tls_key_file: tls_cert_file needs its private key",
+                "health_tls: needs tls_cert_file and tls_key_file",
+            ]
+        );
+    }
+
+    #[test]
     fn defaults_match_the_documented_keys() {
         let dir = tempfile::tempdir().unwrap();
         let loaded = load_from(&flags_with(dir.path()), &[]).unwrap();
@@ -940,7 +1148,7 @@ mod tests {
             texts(&errors),
             [
                 "admin_listen: the AdminService writes to Redis; set redis_url",
-                "admin_listen: the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN)",
+                "admin_listen: the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN), or a callers_file naming callers with admin operations",
             ]
         );
         let errors = load_from(

@@ -10,12 +10,14 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod callers;
 pub mod cli;
 pub mod config;
 pub mod config_keys;
 pub mod decide;
 pub mod decision_log;
 pub mod health;
+pub mod listen;
 pub mod metering;
 pub mod metrics;
 pub mod ops_http;

@@ -50,6 +50,46 @@ pub struct PolicyLabels {
     pub policy_version: String,
 }
 
+/// Labels of a refused call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The caller's name, or `unauthenticated`.
+    pub caller: String,
+    /// The operation refused (`check`, `report_usage`, `admin.put_snapshot`, ...).
+    pub operation: &'static str,
+    /// `unauthenticated` or `permission_denied`.
+    pub code: &'static str,
+}
+
+/// Labels of a credential file reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    /// `tls` (certificate, key, client CA) or `callers` (callers and token files).
+    pub files: &'static str,
+    /// `applied` or `rejected` (the previous ones stay in force).
+    pub outcome: &'static str,
+}
+
+/// Labels of a listener's connection events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `api`, `admin` or `health`.
+    pub listener: &'static str,
+    /// `over_limit` (closed: too many connections) or `handshake_failed`.
+    pub event: &'static str,
+}
+
+/// The last reload of a kind of credential files, for the status report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialState {
+    /// `applied` or `rejected`.
+    pub outcome: &'static str,
+    /// When.
+    pub at: SystemTime,
+    /// Why it was rejected.
+    pub error: Option<String>,
+}
+
 /// Every metric tollgate exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -66,6 +106,10 @@ pub struct Metrics {
     remote: Arc<std::sync::OnceLock<Arc<crate::store::remote::RemoteSnapshots>>>,
     metering: Arc<std::sync::OnceLock<Arc<crate::metering::MeteringStats>>>,
     reloads_seen: Mutex<ReloadHistory>,
+    refusals: Family<RefusalLabels, Counter>,
+    credential_reloads: Family<CredentialLabels, Counter>,
+    credentials_seen: Mutex<std::collections::BTreeMap<&'static str, CredentialState>>,
+    connections: Family<ConnectionLabels, Counter>,
 }
 
 /// When reloads happened, for the status report.
@@ -354,6 +398,24 @@ impl Metrics {
             "Decision-log records for the Redis Stream, by what became of them",
             decision_log_stream.clone(),
         );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "caller_refusals",
+            "Calls refused before they were looked at, by caller, operation and code",
+            refusals.clone(),
+        );
+        let credential_reloads = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "credential_reloads",
+            "Rereads of changed TLS or callers files, by outcome",
+            credential_reloads.clone(),
+        );
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed before serving, by listener and why",
+            connections.clone(),
+        );
         let remote = Arc::new(std::sync::OnceLock::new());
         registry.register_collector(Box::new(RemoteCollector(Arc::clone(&remote))));
         let metering = Arc::new(std::sync::OnceLock::new());
@@ -372,7 +434,78 @@ impl Metrics {
             decision_log,
             decision_log_stream,
             reloads_seen: Mutex::new(ReloadHistory::default()),
+            refusals,
+            credential_reloads,
+            credentials_seen: Mutex::new(std::collections::BTreeMap::new()),
+            connections,
         }
+    }
+
+    /// Counts a call refused to `caller` (`unauthenticated` when unknown).
+    pub fn record_refusal(&self, caller: &str, operation: &'static str, code: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                caller: caller.to_string(),
+                operation,
+                code,
+            })
+            .inc();
+    }
+
+    /// Calls refused so far to `caller` for `operation`, all codes.
+    pub fn refusals(&self, caller: &str, operation: &'static str) -> u64 {
+        ["unauthenticated", "permission_denied"]
+            .into_iter()
+            .map(|code| {
+                self.refusals
+                    .get_or_create(&RefusalLabels {
+                        caller: caller.to_string(),
+                        operation,
+                        code,
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Counts and remembers a reread of changed credential files.
+    pub fn record_credential_reload(&self, files: &'static str, error: Option<String>) {
+        let outcome = if error.is_some() {
+            "rejected"
+        } else {
+            "applied"
+        };
+        self.credential_reloads
+            .get_or_create(&CredentialLabels { files, outcome })
+            .inc();
+        self.credentials_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                files,
+                CredentialState {
+                    outcome,
+                    at: SystemTime::now(),
+                    error,
+                },
+            );
+    }
+
+    /// The last reread of each kind of credential files.
+    pub fn credential_states(&self) -> Vec<(&'static str, CredentialState)> {
+        self.credentials_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(files, state)| (*files, state.clone()))
+            .collect()
+    }
+
+    /// Counts a connection closed before serving.
+    pub fn record_connection_refused(&self, listener: &'static str, event: &'static str) {
+        self.connections
+            .get_or_create(&ConnectionLabels { listener, event })
+            .inc();
     }
 
     /// The Redis source, when snapshots come from Redis.

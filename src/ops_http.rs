@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
+use crate::callers::{Callers, Credentials, Operation};
 use crate::metrics::Metrics;
 use crate::status::StatusSource;
 
@@ -48,6 +49,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     status: Arc<StatusSource>,
+    callers: Arc<Callers>,
     mut stop: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -79,13 +81,19 @@ pub async fn serve(
         };
         let metrics = Arc::clone(&metrics);
         let status = Arc::clone(&status);
+        let callers = Arc::clone(&callers);
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let metrics = Arc::clone(&metrics);
                 let status = Arc::clone(&status);
+                let authorization = request
+                    .headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok());
+                let detail = may_see_detail(&callers, peer, authorization);
                 async move {
-                    Ok::<_, std::convert::Infallible>(respond(&metrics, &status, &request, peer))
+                    Ok::<_, std::convert::Infallible>(respond(&metrics, &status, &request, detail))
                 }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -102,16 +110,33 @@ pub async fn serve(
     }
 }
 
+/// Whether the caller of `request` may see the health detail: a caller on
+/// this host whose rights include `status` (by default, any), or a named
+/// caller whose bearer token grants `status`.
+fn may_see_detail(callers: &Callers, peer: SocketAddr, authorization: Option<&str>) -> bool {
+    let local = peer.ip().to_canonical().is_loopback();
+    let bearer = authorization.and_then(crate::callers::bearer_token);
+    let credentials = Credentials {
+        local,
+        certificate: None,
+        bearer,
+    };
+    callers.identify(&credentials).is_ok_and(|caller| {
+        (local || caller.is_named()) && caller.authorize(Operation::Status, None).is_ok()
+    })
+}
+
 /// The health detail names policy files, reload errors and tenants: it is
-/// served whole to callers on this host only. Others get the health alone.
-fn status_json(report: &crate::status::Report, peer: SocketAddr) -> serde_json::Result<String> {
-    if peer.ip().is_loopback() {
+/// served whole to callers on this host and to named callers allowed
+/// `status`. Others get the health alone.
+fn status_json(report: &crate::status::Report, detail: bool) -> serde_json::Result<String> {
+    if detail {
         serde_json::to_string_pretty(report)
     } else {
         serde_json::to_string_pretty(&serde_json::json!({
             "status": report.status,
             "version": report.version,
-            "detail": "served to callers on this host only",
+            "detail": "served to callers on this host, or with a bearer token allowed `status`",
         }))
     }
 }
@@ -120,11 +145,11 @@ fn respond(
     metrics: &Metrics,
     report: &StatusSource,
     request: &Request<Incoming>,
-    peer: SocketAddr,
+    detail: bool,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, metrics.encode()),
-        (&Method::GET, "/status") => match status_json(&report.report(), peer) {
+        (&Method::GET, "/status") => match status_json(&report.report(), detail) {
             Ok(json) => (StatusCode::OK, "application/json", json + "\n"),
             Err(error) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -163,7 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_status_detail_is_for_callers_on_this_host_only() {
+    fn the_status_detail_is_for_callers_on_this_host_or_allowed_status() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let store = Arc::new(crate::store::Store::new(
             root.join("policies"),
@@ -172,24 +197,59 @@ mod tests {
         store.reload_all();
         let source = StatusSource::new(store, Arc::new(Metrics::default()));
         let report = source.report();
-        let local: serde_json::Value = serde_json::from_str(
-            &status_json(&report, SocketAddr::from(([127, 0, 0, 1], 40000))).unwrap(),
+        let detail: serde_json::Value =
+            serde_json::from_str(&status_json(&report, true).unwrap()).unwrap();
+        assert!(detail.get("policies").is_some(), "{detail}");
+        assert!(detail.get("snapshots").is_some(), "{detail}");
+        let health: serde_json::Value =
+            serde_json::from_str(&status_json(&report, false).unwrap()).unwrap();
+        assert_eq!(health["status"], detail["status"]);
+        assert_eq!(health["version"], detail["version"]);
+        assert!(health.get("policies").is_none(), "{health}");
+        assert!(!health.to_string().contains(".cedar"), "{health}");
+
+        let local = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let v6 = "[::1]:40000".parse().unwrap();
+        let remote = SocketAddr::from(([10, 1, 2, 3], 40000));
+        // An open sidecar: this host sees the detail, others do not, whatever
+        // token they send (the admin token does not grant `status`).
+        let open = Callers::open(Some("admin-token-0123456789"));
+        assert!(may_see_detail(&open, local, None));
+        assert!(may_see_detail(&open, v6, None));
+        assert!(!may_see_detail(&open, remote, None));
+        assert!(!may_see_detail(
+            &open,
+            remote,
+            Some("Bearer admin-token-0123456789")
+        ));
+        assert!(!may_see_detail(
+            &open,
+            remote,
+            Some("Bearer anything-at-all-000000")
+        ));
+        // Named callers: a token that grants `status` opens it from anywhere.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ops.token"), "ops-token-00000000001").unwrap();
+        std::fs::write(dir.path().join("app.token"), "app-token-00000000001").unwrap();
+        let file = dir.path().join("callers.yaml");
+        std::fs::write(
+            &file,
+            "callers:\n  - {name: ops, token_file: ops.token, operations: [status], tenants: ['*']}\n  - {name: app, token_file: app.token, operations: [check], tenants: ['*']}\nlocal: {operations: [check]}\n",
         )
         .unwrap();
-        assert!(local.get("policies").is_some(), "{local}");
-        assert!(local.get("snapshots").is_some(), "{local}");
-        let remote: serde_json::Value = serde_json::from_str(
-            &status_json(&report, SocketAddr::from(([10, 1, 2, 3], 40000))).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(remote["status"], local["status"]);
-        assert_eq!(remote["version"], local["version"]);
-        assert_eq!(remote["detail"], "served to callers on this host only");
-        assert!(remote.get("policies").is_none(), "{remote}");
-        assert!(!remote.to_string().contains(".cedar"), "{remote}");
-        let v6: serde_json::Value =
-            serde_json::from_str(&status_json(&report, "[::1]:40000".parse().unwrap()).unwrap())
-                .unwrap();
-        assert!(v6.get("policies").is_some(), "{v6}");
+        let named = Callers::from_file(&file, None).unwrap();
+        assert!(may_see_detail(
+            &named,
+            remote,
+            Some("Bearer ops-token-00000000001")
+        ));
+        assert!(!may_see_detail(
+            &named,
+            remote,
+            Some("Bearer app-token-00000000001")
+        ));
+        assert!(!may_see_detail(&named, remote, None));
+        // The callers file narrowed what this host may do: no detail.
+        assert!(!may_see_detail(&named, local, None));
     }
 }

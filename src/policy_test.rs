@@ -387,7 +387,11 @@ fn run_case(
         Ok(request) => request,
         Err(problem) => return Some(format!("bad case: {problem}")),
     };
-    let response = match runtime.block_on(api::check(point, request)) {
+    let response = match runtime.block_on(api::check(
+        point,
+        &crate::decide::Caller::trusted("policy-test"),
+        request,
+    )) {
         Ok(response) => response,
         Err(error) => return Some(format!("request refused: {error}")),
     };

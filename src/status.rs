@@ -46,6 +46,23 @@ pub struct Report {
     pub decision_log: Option<DecisionLogStatus>,
     /// Span export.
     pub tracing: TracingStatus,
+    /// The last reread of changed TLS or callers files, per kind.
+    #[serde(default)]
+    pub credentials: Vec<CredentialStatus>,
+}
+
+/// The last reread of one kind of credential files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    /// `tls` or `callers`.
+    pub files: String,
+    /// `applied` or `rejected`.
+    pub outcome: String,
+    /// When, Unix milliseconds.
+    pub unix_ms: u64,
+    /// Why the change was rejected.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// The serving policy set and the last reloads.
@@ -311,6 +328,24 @@ impl StatusSource {
                 }),
             }
         });
+        let credentials: Vec<CredentialStatus> = self
+            .metrics
+            .credential_states()
+            .into_iter()
+            .map(|(files, state)| CredentialStatus {
+                files: files.to_string(),
+                outcome: state.outcome.to_string(),
+                unix_ms: unix_ms(state.at),
+                error: state.error,
+            })
+            .collect();
+        for rejected in credentials.iter().filter(|c| c.error.is_some()) {
+            problems.push(format!(
+                "the last change to the {} files was rejected ({}): the previous ones stay in force",
+                rejected.files,
+                rejected.error.as_deref().unwrap_or_default()
+            ));
+        }
         Report {
             status: if problems.is_empty() {
                 Health::Healthy
@@ -327,6 +362,7 @@ impl StatusSource {
             tracing: TracingStatus {
                 exporting: crate::telemetry::exporting(),
             },
+            credentials,
         }
     }
 }

@@ -149,7 +149,11 @@ fn run_case_set(path: &Path) -> Vec<String> {
             None => {
                 let service = DecisionService::new(Arc::clone(&store), options, Limits::default());
                 runtime
-                    .block_on(api::check(&service, request))
+                    .block_on(api::check(
+                        &service,
+                        &tollgate::decide::Caller::trusted("golden"),
+                        request,
+                    ))
                     .map(|response| Outcome::of_response(&response))
                     .map_err(|error| error.to_string())
             }

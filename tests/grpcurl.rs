@@ -316,3 +316,70 @@ fn grpcurl_sees_invalid_argument_and_health() {
         assert_eq!(response["status"], "SERVING", "{service:?}: {response:#}");
     }
 }
+
+#[test]
+fn grpcurl_is_served_over_mutual_tls_as_the_caller_its_certificate_names() {
+    use tollgate_testkit::pki::Pki;
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let server_cert = pki.server(&ca, "server");
+    let client = pki.leaf(&ca, "client", "URI:spiffe://tollgate.test/grpcurl", true);
+    let callers = pki.path().join("callers.yaml");
+    std::fs::write(
+        &callers,
+        "callers:\n  - name: grpcurl\n    uri_san: spiffe://tollgate.test/grpcurl\n    operations: [check]\n    tenants: [acme]\n",
+    )
+    .unwrap();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[
+            ("TOLLGATE_TLS_CERT_FILE", &path(&server_cert.cert)),
+            ("TOLLGATE_TLS_KEY_FILE", &path(&server_cert.key)),
+            ("TOLLGATE_TLS_CLIENT_CA_FILE", &path(&ca.cert)),
+            ("TOLLGATE_CALLERS_FILE", &path(&callers)),
+        ],
+    );
+    let tls_call = |with_certificate: bool, data: &serde_json::Value| {
+        let mut command = Command::new(grpcurl());
+        // A refused handshake is retried until this runs out.
+        command.args(["-connect-timeout", "2", "-cacert", &path(&ca.cert)]);
+        if with_certificate {
+            command.args(["-cert", &path(&client.cert), "-key", &path(&client.key)]);
+        }
+        command
+            .arg("-d")
+            .arg(data.to_string())
+            .arg(server.addr.to_string())
+            .arg(CHECK)
+            .output()
+            .expect("run grpcurl")
+    };
+    let response: serde_json::Value = serde_json::from_str(&ok(&tls_call(
+        true,
+        &check_json("acme", "bob", "pdf-export", "BR"),
+    )))
+    .unwrap();
+    assert_fields(&response, &[("/decision", "DECISION_ALLOW")]);
+    let refused = tls_call(true, &check_json("initech", "peter", "audit-log", "BR"));
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("PermissionDenied")
+            && stderr(&refused).contains("caller `grpcurl` may not use check here"),
+        "{}",
+        stderr(&refused)
+    );
+    // Without a certificate the handshake fails; plaintext gets nowhere.
+    let anonymous = tls_call(false, &check_json("acme", "bob", "pdf-export", "BR"));
+    assert!(!anonymous.status.success(), "{}", stdout(&anonymous));
+    let plaintext = Command::new(grpcurl())
+        .args(["-plaintext", "-connect-timeout", "2", "-d"])
+        .arg(check_json("acme", "bob", "pdf-export", "BR").to_string())
+        .arg(server.addr.to_string())
+        .arg(CHECK)
+        .output()
+        .expect("run grpcurl");
+    assert!(!plaintext.status.success(), "{}", stdout(&plaintext));
+}

@@ -36,6 +36,12 @@ pub fn status(error: &decide::Error) -> Status {
     use decide::Error;
     let message = error.to_string();
     match error {
+        Error::Refused(
+            decide::Refusal::Unauthenticated(_) | decide::Refusal::CredentialsRequired { .. },
+        ) => Status::unauthenticated(message),
+        Error::Refused(decide::Refusal::PermissionDenied { .. }) => {
+            Status::permission_denied(message)
+        }
         Error::InvalidArgument(_) => Status::invalid_argument(message),
         Error::BatchTooLarge { .. }
         | Error::TooManyEntities { .. }
@@ -44,6 +50,23 @@ pub fn status(error: &decide::Error) -> Status {
         Error::MeteringNotConfigured => Status::failed_precondition(message),
         Error::UnknownTenant(_) => Status::not_found(message),
         Error::DeadlineExceeded { .. } => Status::deadline_exceeded(message),
+    }
+}
+
+/// What a gRPC request's connection and `authorization` header say of
+/// its caller.
+pub fn credentials<'a>(
+    extensions: &'a tonic::Extensions,
+    metadata: &'a tonic::metadata::MetadataMap,
+) -> decide::Credentials<'a> {
+    let peer = extensions.get::<crate::listen::Peer>();
+    decide::Credentials {
+        local: peer.is_some_and(|peer| peer.local),
+        certificate: peer.and_then(|peer| peer.certificate.as_deref()),
+        bearer: metadata
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::callers::bearer_token),
     }
 }
 
@@ -86,10 +109,11 @@ fn grpc_timeout(text: &str) -> Option<Duration> {
 /// conversion out (the gRPC handler and the in-process `check` command).
 pub async fn check(
     service: &DecisionService,
+    caller: &decide::Caller,
     request: pb::CheckRequest,
 ) -> Result<pb::CheckResponse, decide::Error> {
     service
-        .check(convert::check(request))
+        .check(caller, convert::check(request))
         .await
         .map(convert::response)
 }
@@ -97,10 +121,11 @@ pub async fn check(
 /// Decides a `CheckBatchRequest` with `service`.
 pub async fn check_batch(
     service: &DecisionService,
+    caller: &decide::Caller,
     request: pb::CheckBatchRequest,
 ) -> Result<pb::CheckBatchResponse, decide::Error> {
     let checks = request.checks.into_iter().map(convert::check).collect();
-    let answers = service.check_batch(checks).await?;
+    let answers = service.check_batch(caller, checks).await?;
     Ok(pb::CheckBatchResponse {
         responses: answers.into_iter().map(convert::response).collect(),
     })
@@ -109,10 +134,15 @@ pub async fn check_batch(
 /// Applies a `ReportUsageRequest` with `service`.
 pub async fn report_usage(
     service: &DecisionService,
+    caller: &decide::Caller,
     request: pb::ReportUsageRequest,
 ) -> Result<pb::ReportUsageResponse, decide::Error> {
     let totals = service
-        .report_usage(request.tenant, convert::usage_reports(request.reports))
+        .report_usage(
+            caller,
+            request.tenant,
+            convert::usage_reports(request.reports),
+        )
         .await?;
     Ok(pb::ReportUsageResponse {
         totals: totals.iter().map(convert::usage).collect(),
@@ -140,15 +170,23 @@ impl EntitlementService for GrpcService {
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let sampled = crate::telemetry::sampled(request.metadata());
         let span = crate::rpc_span!("Check", sampled);
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let service = &self.service;
         let limit = deadline(&metadata, service.limits().request_timeout);
+        let operation = if request.consume.is_some() {
+            decide::Operation::Consume
+        } else {
+            decide::Operation::Check
+        };
+        let caller = service.identify(&credentials(&extensions, &metadata), operation);
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
-            let result = if service.may_wait() {
-                decide::within(limit, check(service, request)).await
-            } else {
-                check(service, request).await
+            let result = match caller {
+                Err(refused) => Err(refused),
+                Ok(caller) if service.may_wait() => {
+                    decide::within(limit, check(service, &caller, request)).await
+                }
+                Ok(caller) => check(service, &caller, request).await,
             }
             .map_err(|error| status(&error));
             match &result {
@@ -176,15 +214,21 @@ impl EntitlementService for GrpcService {
     ) -> Result<Response<pb::CheckBatchResponse>, Status> {
         let sampled = crate::telemetry::sampled(request.metadata());
         let span = crate::rpc_span!("CheckBatch", sampled);
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let service = &self.service;
         let limit = deadline(&metadata, service.limits().request_timeout);
+        let caller = service.identify(
+            &credentials(&extensions, &metadata),
+            decide::Operation::CheckBatch,
+        );
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
-            let result = if service.may_wait() {
-                decide::within(limit, check_batch(service, request)).await
-            } else {
-                check_batch(service, request).await
+            let result = match caller {
+                Err(refused) => Err(refused),
+                Ok(caller) if service.may_wait() => {
+                    decide::within(limit, check_batch(service, &caller, request)).await
+                }
+                Ok(caller) => check_batch(service, &caller, request).await,
             }
             .map_err(|error| status(&error));
             match &result {
@@ -204,14 +248,20 @@ impl EntitlementService for GrpcService {
     ) -> Result<Response<pb::ReportUsageResponse>, Status> {
         let sampled = crate::telemetry::sampled(request.metadata());
         let span = crate::rpc_span!("ReportUsage", sampled);
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let service = &self.service;
         let limit = deadline(&metadata, service.limits().request_timeout);
+        let caller = service.identify(
+            &credentials(&extensions, &metadata),
+            decide::Operation::ReportUsage,
+        );
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
-            let result = decide::within(limit, report_usage(service, request))
-                .await
-                .map_err(|error| status(&error));
+            let result = match caller {
+                Err(refused) => Err(refused),
+                Ok(caller) => decide::within(limit, report_usage(service, &caller, request)).await,
+            }
+            .map_err(|error| status(&error));
             if let Err(status) = &result {
                 crate::telemetry::record_error(&answered, status);
             }

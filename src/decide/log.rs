@@ -2,11 +2,12 @@
 
 use crate::decision_log::DecisionLog;
 
-use super::{Answer, Check, EntityRef, Reason, Values};
+use super::{Answer, Caller, Check, EntityRef, Reason, Values};
 
 /// What the decision log keeps of a request, taken before the request is
 /// converted (only when the log is on).
 pub(super) struct LoggedRequest {
+    caller: Caller,
     tenant: String,
     principal: Option<EntityRef>,
     action: Option<EntityRef>,
@@ -17,11 +18,12 @@ pub(super) struct LoggedRequest {
 }
 
 impl LoggedRequest {
-    pub(super) fn capture<V: Values>(log: &DecisionLog, check: &Check<V>) -> Self {
+    pub(super) fn capture<V: Values>(log: &DecisionLog, check: &Check<V>, caller: &Caller) -> Self {
         let context = log
             .logs_context()
             .then(|| check.values.context_json(&|key| log.masks(key)));
         Self {
+            caller: caller.clone(),
             tenant: check.tenant.clone(),
             principal: check.principal.clone(),
             action: check.action.clone(),
@@ -50,6 +52,7 @@ impl LoggedRequest {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or_default(),
+            caller: self.caller.name(),
             tenant: &self.tenant,
             principal: reference(&self.principal),
             action: reference(&self.action),
@@ -71,6 +74,7 @@ impl LoggedRequest {
 struct LogRecord<'a> {
     decision_id: &'a str,
     time_unix_ms: u64,
+    caller: &'a str,
     tenant: &'a str,
     principal: Option<LoggedRef<'a>>,
     action: Option<LoggedRef<'a>>,

@@ -27,6 +27,8 @@ use tollgate_engine::{
     PolicyMeta, PolicySnapshot, PreparedRequest, RequestError, SnapshotSource,
 };
 
+use crate::callers::Callers;
+pub use crate::callers::{Caller, Credentials, Operation, Refusal};
 use crate::decision_log::DecisionLog;
 pub use crate::metering::Consume;
 use crate::metering::{
@@ -40,6 +42,9 @@ pub use source::{FileSource, TenantSource, Tenants};
 /// these to its own status codes in one table.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The caller is unknown, or may not do what it asked.
+    #[error("{0}")]
+    Refused(Refusal),
     /// The request is malformed or does not fit the schema.
     #[error("{0}")]
     InvalidArgument(RequestError),
@@ -425,6 +430,7 @@ pub struct DecisionService {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     decision_log: Option<Arc<DecisionLog>>,
     metering: Option<Arc<Metering>>,
+    callers: Arc<Callers>,
 }
 
 /// The context record the policies read a meter's state from.
@@ -527,7 +533,54 @@ impl DecisionService {
             metrics: None,
             decision_log: None,
             metering: None,
+            callers: Arc::new(Callers::open(None)),
         }
+    }
+
+    /// Identifies callers with `callers` (without, every caller is
+    /// `anonymous` and may use every decision operation).
+    pub fn with_callers(mut self, callers: Arc<Callers>) -> Self {
+        self.callers = callers;
+        self
+    }
+
+    /// The caller `credentials` identify, about to ask for `operation`.
+    /// A refusal is counted.
+    pub fn identify(
+        &self,
+        credentials: &Credentials<'_>,
+        operation: Operation,
+    ) -> Result<Caller, Error> {
+        self.callers
+            .identify(credentials)
+            .map_err(|refusal| self.refused(refusal, operation))
+    }
+
+    /// Whether `caller` may use `operation` (on `tenant`, when it names
+    /// one). A refusal is counted.
+    pub fn authorize(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        tenant: Option<&str>,
+    ) -> Result<(), Error> {
+        caller
+            .authorize(operation, tenant)
+            .map_err(|refusal| self.refused(refusal, operation))
+    }
+
+    fn refused(&self, refusal: Refusal, operation: Operation) -> Error {
+        if let Some(metrics) = &self.metrics {
+            let code = match refusal {
+                Refusal::Unauthenticated(_) | Refusal::CredentialsRequired { .. } => {
+                    "unauthenticated"
+                }
+                Refusal::PermissionDenied { .. } => "permission_denied",
+            };
+            metrics.record_refusal(refusal.caller(), operation.name(), code);
+        }
+        tracing::debug!(caller = refusal.caller(), operation = operation.name(), refusal = %refusal, "call refused");
+        Error::Refused(refusal)
     }
 
     /// Counts consumptions and usage reports with `metering` (over the Redis
@@ -609,13 +662,23 @@ impl DecisionService {
         }
     }
 
-    /// Decides one check (and, when it consumes, counts it).
-    pub async fn check<V: Values>(&self, check: Check<V>) -> Result<Answer, Error> {
+    /// Decides one check for `caller` (and, when it consumes, counts it).
+    pub async fn check<V: Values>(
+        &self,
+        caller: &Caller,
+        check: Check<V>,
+    ) -> Result<Answer, Error> {
+        let operation = if check.consume.is_some() {
+            Operation::Consume
+        } else {
+            Operation::Check
+        };
+        self.authorize(caller, operation, Some(&check.tenant))?;
         let started = std::time::Instant::now();
         let logged = self
             .decision_log
             .as_deref()
-            .map(|log| log::LoggedRequest::capture(log, &check));
+            .map(|log| log::LoggedRequest::capture(log, &check, caller));
         let result = self.check_unrecorded(check).await;
         self.record(started, &result);
         if let (Some(log), Some(logged), Ok(answer)) = (&self.decision_log, logged, &result) {
@@ -652,13 +715,20 @@ impl DecisionService {
     /// naming it (`checks[3].principal.type`).
     pub async fn check_batch<V: Values>(
         &self,
+        caller: &Caller,
         checks: Vec<Check<V>>,
     ) -> Result<Vec<Answer>, Error> {
+        self.authorize(caller, Operation::CheckBatch, None)?;
+        // The whole batch is refused when one of its tenants is not the
+        // caller's: nothing is decided.
+        for check in &checks {
+            self.authorize(caller, Operation::Check, Some(&check.tenant))?;
+        }
         let started = std::time::Instant::now();
         let logged: Option<Vec<log::LoggedRequest>> = self.decision_log.as_deref().map(|log| {
             checks
                 .iter()
-                .map(|check| log::LoggedRequest::capture(log, check))
+                .map(|check| log::LoggedRequest::capture(log, check, caller))
                 .collect()
         });
         let result = self.check_batch_unrecorded(checks).await;
@@ -907,9 +977,11 @@ impl DecisionService {
     /// state afterwards.
     pub async fn report_usage(
         &self,
+        caller: &Caller,
         tenant: String,
         reports: Vec<UsageReport>,
     ) -> Result<Vec<UsageView>, Error> {
+        self.authorize(caller, Operation::ReportUsage, Some(&tenant))?;
         let catalog = self.catalog()?;
         check_tenant(&tenant).map_err(Error::InvalidArgument)?;
         if reports.is_empty() {

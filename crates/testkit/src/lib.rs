@@ -11,6 +11,7 @@
 //!   process of the built binary ([`server::ServerProcess`]);
 //! * [`redis_server`]: a real `redis-server` on a free loopback port;
 //! * [`measure`]: CPU time and memory of a process, from `/proc`;
+//! * [`pki`]: CAs and certificates made with `openssl`, TLS channels;
 //! * [`bench`](mod@bench): what the `harness = false` benchmarks share;
 //! * [`loadgen`]: the gRPC load generator, run by `cargo bench --bench
 //!   loadgen` and as this crate's `loadgen` binary.
@@ -36,6 +37,7 @@ pub mod client;
 pub mod fixtures;
 pub mod loadgen;
 pub mod measure;
+pub mod pki;
 pub mod redis_server;
 pub mod request;
 pub mod server;
