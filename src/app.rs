@@ -345,12 +345,15 @@ pub async fn serve_on(
             stop_rx.clone(),
         ));
     }
-    // Batches and entity lists over their limits are refused as bytes,
-    // before they are decoded.
+    // Callers are identified, and requests admitted, before their bodies
+    // are read; batches, entity lists and values over their limits are
+    // refused as bytes, before they are decoded.
     let entitlement_service = crate::api::bounds::Bounded::new(
-        EntitlementServiceServer::new(GrpcService::new(decision_point))
+        EntitlementServiceServer::new(GrpcService::new(Arc::clone(&decision_point)))
             .max_decoding_message_size(config.max_request_bytes),
-        config.limits,
+        decision_point,
+        config.max_in_flight,
+        metrics.in_flight(),
     );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -390,6 +393,7 @@ pub async fn serve_on(
         }
     };
     let router = Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -42,6 +42,10 @@ pub struct Config {
     pub credentials_poll: Duration,
     /// Most connections each gRPC listener holds open at once.
     pub max_connections: usize,
+    /// Most `EntitlementService` requests served at once.
+    pub max_in_flight: usize,
+    /// Most HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
     /// Address of the metrics endpoint, if enabled.
     pub metrics_listen: Option<SocketAddr>,
     /// Policy directory.
@@ -593,6 +597,22 @@ fn build(
             n => usize::try_from(n).map_err(|_| "too large".to_string()),
         }
     });
+    let max_in_flight = get(values, problems, "max_in_flight", |text| {
+        match number(text)? {
+            0 => Err("must be at least 1".to_string()),
+            n => usize::try_from(n).map_err(|_| "too large".to_string()),
+        }
+    });
+    let max_concurrent_streams =
+        get(
+            values,
+            problems,
+            "max_concurrent_streams",
+            |text| match number(text)? {
+                0 => Err("must be at least 1".to_string()),
+                n => u32::try_from(n).map_err(|_| "too large".to_string()),
+            },
+        );
     let tls = match (&tls_cert_file, &tls_key_file) {
         (Some(Some(cert)), Some(Some(key))) => Some(crate::listen::TlsFiles {
             cert: cert.clone(),
@@ -907,6 +927,8 @@ fn build(
         callers_file: callers_file?,
         credentials_poll: credentials_poll?,
         max_connections: max_connections?,
+        max_in_flight: max_in_flight?,
+        max_concurrent_streams: max_concurrent_streams?,
         metrics_listen: metrics_listen?,
         policies: policies?,
         entitlements: entitlements?,

@@ -90,6 +90,16 @@ pub struct CredentialState {
     pub error: Option<String>,
 }
 
+/// What the gRPC front door counts of the requests it admits: those shed
+/// for being over `max_in_flight`, and those in flight.
+#[derive(Debug, Clone, Default)]
+pub struct InFlightCounters {
+    /// Requests refused for being over the limit.
+    pub shed: Counter,
+    /// Requests being served.
+    pub in_flight: Gauge,
+}
+
 /// Every metric tollgate exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -110,6 +120,7 @@ pub struct Metrics {
     credential_reloads: Family<CredentialLabels, Counter>,
     credentials_seen: Mutex<std::collections::BTreeMap<&'static str, CredentialState>>,
     connections: Family<ConnectionLabels, Counter>,
+    in_flight: InFlightCounters,
 }
 
 /// When reloads happened, for the status report.
@@ -416,6 +427,17 @@ impl Metrics {
             "Connections closed before serving, by listener and why",
             connections.clone(),
         );
+        let in_flight = InFlightCounters::default();
+        registry.register(
+            "requests_shed",
+            "Requests refused RESOURCE_EXHAUSTED because max_in_flight requests were in flight",
+            in_flight.shed.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "EntitlementService requests being served",
+            in_flight.in_flight.clone(),
+        );
         let remote = Arc::new(std::sync::OnceLock::new());
         registry.register_collector(Box::new(RemoteCollector(Arc::clone(&remote))));
         let metering = Arc::new(std::sync::OnceLock::new());
@@ -438,7 +460,14 @@ impl Metrics {
             credential_reloads,
             credentials_seen: Mutex::new(std::collections::BTreeMap::new()),
             connections,
+            in_flight,
         }
+    }
+
+    /// The counters of requests in flight and of those shed for being over
+    /// `max_in_flight`.
+    pub fn in_flight(&self) -> InFlightCounters {
+        self.in_flight.clone()
     }
 
     /// Counts a call refused to `caller` (`unauthenticated` when unknown).

@@ -259,7 +259,31 @@ async fn oversized_repeated_fields_are_refused_while_decoding() {
             },
         ],
     });
-    let cases: [(&str, &'static str, Vec<u8>, String); 4] = [
+    let tiny = pb::Value {
+        kind: Some(pb::value::Kind::Bool(true)),
+    };
+    // A set of a million booleans, four bytes each on the wire.
+    let huge_set = prost::Message::encode_to_vec(&pb::CheckRequest {
+        context: [(
+            "s".to_string(),
+            pb::Value {
+                kind: Some(pb::value::Kind::Set(pb::ValueSet {
+                    values: vec![tiny.clone(); (4 << 20) / 4 - 64],
+                })),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..pb::CheckRequest::default()
+    });
+    // Three hundred thousand context keys.
+    let many_keys = prost::Message::encode_to_vec(&pb::CheckRequest {
+        context: (0..300_000)
+            .map(|key| (format!("{key:x}"), tiny.clone()))
+            .collect(),
+        ..pb::CheckRequest::default()
+    });
+    let cases: [(&str, &'static str, Vec<u8>, String); 6] = [
         (
             "empty checks",
             "/tollgate.v1.EntitlementService/CheckBatch",
@@ -277,6 +301,18 @@ async fn oversized_repeated_fields_are_refused_while_decoding() {
             "/tollgate.v1.EntitlementService/CheckBatch",
             mixed,
             "checks[1].entities: 65 request-scoped entities exceed the limit of 64".to_string(),
+        ),
+        (
+            "a context set of a million values",
+            "/tollgate.v1.EntitlementService/Check",
+            huge_set,
+            "request: 20001 values exceed the limit of 20000 per call".to_string(),
+        ),
+        (
+            "three hundred thousand context keys",
+            "/tollgate.v1.EntitlementService/Check",
+            many_keys,
+            "request: 20001 values exceed the limit of 20000 per call".to_string(),
         ),
         (
             "empty usage reports",
@@ -298,6 +334,23 @@ async fn oversized_repeated_fields_are_refused_while_decoding() {
             "{what}: peak memory grew by {grew} bytes"
         );
     }
+
+    // Records nested deeper than the decoder follows: refused as malformed.
+    let mut deep = tiny.clone();
+    for _ in 0..200 {
+        deep = pb::Value {
+            kind: Some(pb::value::Kind::Record(pb::ValueRecord {
+                values: [("r".to_string(), deep)].into_iter().collect(),
+            })),
+        };
+    }
+    let body = prost::Message::encode_to_vec(&pb::CheckRequest {
+        context: [("deep".to_string(), deep)].into_iter().collect(),
+        ..pb::CheckRequest::default()
+    });
+    let (refused, _) = send_hostile(&server, "/tollgate.v1.EntitlementService/Check", body).await;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("recursion limit"), "{refused:?}");
 
     // The server still answers.
     let mut client = connect(&server.url()).await;

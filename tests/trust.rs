@@ -638,3 +638,72 @@ async fn the_health_listener_serves_health_and_nothing_else() {
     assert_eq!(status.code(), Code::Unimplemented);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_max_in_flight_are_shed_and_counted() {
+    let redis = RedisServer::start();
+    let conn = tollgate::store::redis_client::RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put(&conn, &metered_acme()).await;
+    let dirs = DataDirs::copy_examples();
+    let mut redis_settings = settings(vec![redis.url()]);
+    // The stopped Redis below holds a call in flight, not past its timeout.
+    redis_settings.timeout = Duration::from_secs(10);
+    let mut config = redis_config(&dirs, redis_settings);
+    config.max_in_flight = 1;
+    let metrics = metrics_address();
+    config.metrics_listen = Some(metrics);
+    let server = InProcess::start(config).await;
+    let mut client = connect(&server.url()).await;
+    let bob = || check("acme", "User:bob", "use", "Feature:pdf-export");
+    assert_decision(
+        &client.check(bob()).await.unwrap().into_inner(),
+        pb::Decision::Allow,
+    );
+
+    // A usage report waits for a Redis that does not answer.
+    tollgate_testkit::server::signal(redis.pid(), "STOP").unwrap();
+    let waiting = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            client
+                .report_usage(pb::ReportUsageRequest {
+                    tenant: "acme".to_string(),
+                    reports: vec![pb::UsageReport {
+                        meter: "api-calls".to_string(),
+                        amount: 5,
+                        event_key: "e1".to_string(),
+                        principal: Some(parse_ref("User:bob")),
+                    }],
+                })
+                .await
+        })
+    };
+    wait_until("the report to be in flight", || async {
+        match metric(metrics, "tollgate_requests_in_flight ") {
+            1.0 => Ok(()),
+            other => Err(format!("{other} in flight")),
+        }
+    })
+    .await;
+    let status = client.check(bob()).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::ResourceExhausted,
+            "the server is at its limit of 1 requests in flight (max_in_flight); retry with backoff"
+        )
+    );
+    assert_eq!(metric(metrics, "tollgate_requests_shed_total "), 1.0);
+
+    tollgate_testkit::server::signal(redis.pid(), "CONT").unwrap();
+    let totals = waiting.await.unwrap().unwrap().into_inner().totals;
+    assert_eq!(totals[0].used, 5);
+    assert_decision(
+        &client.check(bob()).await.unwrap().into_inner(),
+        pb::Decision::Allow,
+    );
+    assert_eq!(metric(metrics, "tollgate_requests_in_flight "), 0.0);
+    server.stop().await.unwrap();
+}

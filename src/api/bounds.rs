@@ -10,31 +10,70 @@
 //! limits known to the codec for the calls it serves.
 
 use std::any::TypeId;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use tonic::codegen::http;
 use tonic::Status;
 
 use super::pb;
-use crate::decide::{self, Limits, MAX_REQUEST_ENTITIES};
+use crate::decide::{
+    self, DecisionService, Limits, Operation, MAX_REQUEST_ENTITIES, MAX_REQUEST_VALUES,
+};
 
 tokio::task_local! {
     /// The limits of the server whose call is being decoded.
     static LIMITS: Limits;
 }
 
-/// A gRPC service whose requests are checked against `limits` before they
-/// are decoded.
+/// A gRPC service whose callers are identified, and whose requests are
+/// admitted and checked against `limits`, before their bodies are read:
+/// a caller nobody knows is refused `UNAUTHENTICATED`, and a request over
+/// the limit of requests in flight `RESOURCE_EXHAUSTED`, without a byte of
+/// their bodies buffered or decoded. The identified caller travels to the
+/// handler in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct Bounded<S> {
     inner: S,
     limits: Limits,
+    service: Arc<DecisionService>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    counters: crate::metrics::InFlightCounters,
+}
+
+/// A request's place among those in flight, given back when it is answered.
+#[derive(Debug)]
+pub struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 impl<S> Bounded<S> {
-    /// `inner`, with its requests checked against `limits`.
-    pub fn new(inner: S, limits: Limits) -> Self {
-        Self { inner, limits }
+    /// `inner`, serving `service`'s calls: at most `max_in_flight` at once
+    /// (those over it are shed), counted in `counters`.
+    pub fn new(
+        inner: S,
+        service: Arc<DecisionService>,
+        max_in_flight: usize,
+        counters: crate::metrics::InFlightCounters,
+    ) -> Self {
+        Self {
+            inner,
+            limits: service.limits(),
+            service,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            counters,
+        }
     }
 }
 
@@ -42,20 +81,98 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Bounded<S> 
     const NAME: &'static str = S::NAME;
 }
 
+/// The operation a method of `EntitlementService` names, as far as its
+/// path tells (`Check` may turn out to consume).
+fn operation(path: &str) -> Operation {
+    match path.rsplit('/').next() {
+        Some("CheckBatch") => Operation::CheckBatch,
+        Some("ReportUsage") => Operation::ReportUsage,
+        _ => Operation::Check,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`Bounded`] service: the inner service's, holding
+    /// its place among the requests in flight, or a refusal.
+    #[project = AnswerProjection]
+    pub enum BoundedAnswer<F> {
+        /// Admitted.
+        Admitted {
+            #[pin]
+            inner: tokio::task::futures::TaskLocalFuture<Limits, F>,
+            place: InFlight,
+        },
+        /// Refused before the body was read.
+        Refused {
+            status: Option<Status>,
+        },
+    }
+}
+
+impl<F, E> std::future::Future for BoundedAnswer<F>
+where
+    F: std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AnswerProjection::Admitted { inner, .. } => inner.poll(context),
+            AnswerProjection::Refused { status } => Poll::Ready(Ok(status
+                .take()
+                .unwrap_or_else(|| Status::internal("answered twice"))
+                .into_http())),
+        }
+    }
+}
+
 impl<S, B> tower_service::Service<http::Request<B>> for Bounded<S>
 where
-    S: tower_service::Service<http::Request<B>>,
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = tokio::task::futures::TaskLocalFuture<Limits, S::Future>;
+    type Future = BoundedAnswer<S::Future>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(context)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        LIMITS.scope(self.limits, self.inner.call(request))
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let peer = request.extensions().get::<crate::listen::Peer>();
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        let credentials = super::credentials_of(peer, authorization);
+        let caller = match self
+            .service
+            .identify(&credentials, operation(request.uri().path()))
+        {
+            Ok(caller) => caller,
+            Err(error) => {
+                return BoundedAnswer::Refused {
+                    status: Some(super::status(&error)),
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            self.counters.shed.inc();
+            return BoundedAnswer::Refused {
+                status: Some(super::status(&decide::Error::Overloaded {
+                    limit: self.max_in_flight,
+                })),
+            };
+        };
+        request.extensions_mut().insert(caller);
+        self.counters.in_flight.inc();
+        BoundedAnswer::Admitted {
+            inner: LIMITS.scope(self.limits, self.inner.call(request)),
+            place: InFlight {
+                _permit: permit,
+                gauge: self.counters.in_flight.clone(),
+            },
+        }
     }
 }
 
@@ -66,9 +183,15 @@ pub fn check<U: 'static>(bytes: &[u8]) -> Result<(), Status> {
         return Ok(());
     };
     let refused = if TypeId::of::<U>() == TypeId::of::<pb::CheckBatchRequest>() {
-        check_batch(bytes, limits)
+        check_batch(bytes, limits).or_else(|| values_of_batch(bytes))
     } else if TypeId::of::<U>() == TypeId::of::<pb::CheckRequest>() {
-        entities("entities", bytes)
+        entities("entities", bytes).or_else(|| {
+            let mut budget = Budget::new();
+            budget
+                .check(bytes)
+                .err()
+                .map(|size| too_many("request", size))
+        })
     } else if TypeId::of::<U>() == TypeId::of::<pb::ReportUsageRequest>() {
         batch(count(bytes, REPORTS), limits)
     } else {
@@ -100,6 +223,133 @@ fn check_batch(bytes: &[u8], limits: Limits) -> Option<decide::Error> {
         index += 1;
     })
     .ok()?;
+    refused
+}
+
+/// What is left of [`MAX_REQUEST_VALUES`] while a request is scanned.
+struct Budget {
+    counted: usize,
+}
+
+/// The values counted when the budget ran out.
+type Exceeded = usize;
+
+/// `CheckRequest.context` and `CheckRequest.entities`.
+const CONTEXT: u32 = 5;
+/// `Entity.attrs`, `Entity.parents`, `Entity.tags`.
+const ATTRS: u32 = 2;
+const PARENTS: u32 = 3;
+const TAGS: u32 = 4;
+/// `Value.set`, `Value.record`, `Value.extension`.
+const SET: u32 = 4;
+const RECORD: u32 = 5;
+const EXTENSION: u32 = 7;
+/// `ValueSet.values`, `ValueRecord.values` (a map: entries of key 1, value 2).
+const ELEMENTS: u32 = 1;
+const MAP_VALUE: u32 = 2;
+/// `Extension.args`.
+const ARGS: u32 = 3;
+
+impl Budget {
+    fn new() -> Self {
+        Self { counted: 0 }
+    }
+
+    fn take(&mut self) -> Result<(), Exceeded> {
+        self.counted += 1;
+        if self.counted > MAX_REQUEST_VALUES {
+            Err(self.counted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts a `CheckRequest`'s values. Malformed bytes count as nothing:
+    /// the decoder says what is wrong with them.
+    fn check(&mut self, bytes: &[u8]) -> Result<(), Exceeded> {
+        self.each(bytes, |budget, number, payload| match number {
+            CONTEXT => budget.map_values(payload),
+            ENTITIES => budget.entity(payload),
+            _ => Ok(()),
+        })
+    }
+
+    fn entity(&mut self, bytes: &[u8]) -> Result<(), Exceeded> {
+        self.each(bytes, |budget, number, payload| match number {
+            ATTRS | TAGS => budget.map_values(payload),
+            PARENTS => budget.take(),
+            _ => Ok(()),
+        })
+    }
+
+    /// A map entry (`{1: key, 2: Value}`): its value.
+    fn map_values(&mut self, entry: &[u8]) -> Result<(), Exceeded> {
+        self.each(entry, |budget, number, payload| match number {
+            MAP_VALUE => budget.value(payload),
+            _ => Ok(()),
+        })
+    }
+
+    fn value(&mut self, bytes: &[u8]) -> Result<(), Exceeded> {
+        self.take()?;
+        self.each(bytes, |budget, number, payload| match number {
+            SET => budget.each(payload, |budget, number, element| match number {
+                ELEMENTS => budget.value(element),
+                _ => Ok(()),
+            }),
+            RECORD => budget.each(payload, |budget, number, entry| match number {
+                ELEMENTS => budget.map_values(entry),
+                _ => Ok(()),
+            }),
+            EXTENSION => budget.each(payload, |budget, number, argument| match number {
+                ARGS => budget.value(argument),
+                _ => Ok(()),
+            }),
+            _ => Ok(()),
+        })
+    }
+
+    /// Calls `each` with every length-delimited top-level field of `bytes`.
+    fn each(
+        &mut self,
+        bytes: &[u8],
+        mut each: impl FnMut(&mut Self, u32, &[u8]) -> Result<(), Exceeded>,
+    ) -> Result<(), Exceeded> {
+        let mut outcome = Ok(());
+        let _ = fields(bytes, |number, payload| {
+            if let (Ok(()), Some(payload)) = (&outcome, payload) {
+                outcome = each(self, number, payload);
+            }
+        });
+        outcome
+    }
+}
+
+fn too_many(field: &str, size: usize) -> decide::Error {
+    decide::Error::TooManyValues {
+        field: field.to_string(),
+        size,
+        limit: MAX_REQUEST_VALUES,
+    }
+}
+
+/// The values of every check of a batch, against one budget.
+fn values_of_batch(bytes: &[u8]) -> Option<decide::Error> {
+    // As for one check: too short to hold more values than allowed.
+    if bytes.len() <= 2 * MAX_REQUEST_VALUES {
+        return None;
+    }
+    let mut budget = Budget::new();
+    let mut index = 0;
+    let mut refused = None;
+    let _ = fields(bytes, |number, payload| {
+        if let (CHECKS, Some(check), None) = (number, payload, &refused) {
+            if let Err(size) = budget.check(check) {
+                refused = Some(too_many(&format!("checks[{index}]"), size));
+            }
+            index += 1;
+        }
+    });
     refused
 }
 
@@ -201,6 +451,92 @@ mod tests {
         // Not a message: left to the decoder.
         assert_eq!(count(&[0x0a, 0x05, 0x00], CHECKS), None);
         assert_eq!(count(&[0xff], CHECKS), None);
+    }
+
+    fn value(kind: pb::value::Kind) -> pb::Value {
+        pb::Value { kind: Some(kind) }
+    }
+
+    #[test]
+    fn values_are_counted_however_deep_they_sit() {
+        let tiny = value(pb::value::Kind::Bool(true));
+        let set = |n: usize| {
+            value(pb::value::Kind::Set(pb::ValueSet {
+                values: vec![tiny.clone(); n],
+            }))
+        };
+        let record = |inner: pb::Value| {
+            value(pb::value::Kind::Record(pb::ValueRecord {
+                values: [("inner".to_string(), inner)].into_iter().collect(),
+            }))
+        };
+        let count = |check: &pb::CheckRequest| {
+            let mut budget = Budget::new();
+            match budget.each(
+                &check.encode_to_vec(),
+                |budget, number, payload| match number {
+                    CONTEXT => budget.map_values(payload),
+                    ENTITIES => budget.entity(payload),
+                    _ => Ok(()),
+                },
+            ) {
+                Ok(()) => budget.counted,
+                Err(size) => size,
+            }
+        };
+        let mut check = pb::CheckRequest {
+            context: [
+                ("a".to_string(), tiny.clone()),
+                ("b".to_string(), set(3)),
+                ("c".to_string(), record(record(set(2)))),
+            ]
+            .into_iter()
+            .collect(),
+            ..pb::CheckRequest::default()
+        };
+        // a: 1; b: 1 + 3; c: 1 + 1 + 1 + 2.
+        assert_eq!(count(&check), 10);
+        check.entities = vec![pb::Entity {
+            attrs: [("x".to_string(), set(4))].into_iter().collect(),
+            parents: vec![pb::EntityRef::default(); 2],
+            tags: [("t".to_string(), tiny.clone())].into_iter().collect(),
+            ..pb::Entity::default()
+        }];
+        assert_eq!(count(&check), 10 + 5 + 2 + 1);
+        let extension = value(pb::value::Kind::Extension(pb::Extension {
+            r#fn: "offset".to_string(),
+            arg: String::new(),
+            args: vec![tiny.clone(), tiny.clone()],
+        }));
+        check.context.insert("d".to_string(), extension);
+        assert_eq!(count(&check), 18 + 3);
+
+        // One huge set: refused as bytes, naming the field.
+        let huge = pb::CheckRequest {
+            context: [("s".to_string(), set(MAX_REQUEST_VALUES + 5))]
+                .into_iter()
+                .collect(),
+            ..pb::CheckRequest::default()
+        }
+        .encode_to_vec();
+        let mut budget = Budget::new();
+        assert_eq!(budget.check(&huge), Err(MAX_REQUEST_VALUES + 1));
+        // Spread over a batch: the check where the budget runs out is named.
+        let part = pb::CheckRequest {
+            context: [("s".to_string(), set(MAX_REQUEST_VALUES / 3))]
+                .into_iter()
+                .collect(),
+            ..pb::CheckRequest::default()
+        };
+        let batch = pb::CheckBatchRequest {
+            checks: vec![part; 4],
+        }
+        .encode_to_vec();
+        let refused = values_of_batch(&batch).unwrap();
+        assert_eq!(
+            refused.to_string(),
+            "checks[2]: 20001 values exceed the limit of 20000 per call"
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub fn status(error: &decide::Error) -> Status {
         Error::InvalidArgument(_) => Status::invalid_argument(message),
         Error::BatchTooLarge { .. }
         | Error::TooManyEntities { .. }
+        | Error::TooManyValues { .. }
+        | Error::Overloaded { .. }
         | Error::TooManyExplained { .. } => Status::resource_exhausted(message),
         Error::PoliciesNotLoaded | Error::Unavailable(_) => Status::unavailable(message),
         Error::MeteringNotConfigured => Status::failed_precondition(message),
@@ -59,14 +61,37 @@ pub fn credentials<'a>(
     extensions: &'a tonic::Extensions,
     metadata: &'a tonic::metadata::MetadataMap,
 ) -> decide::Credentials<'a> {
-    let peer = extensions.get::<crate::listen::Peer>();
+    credentials_of(
+        extensions.get::<crate::listen::Peer>(),
+        metadata
+            .get("authorization")
+            .and_then(|value| value.to_str().ok()),
+    )
+}
+
+/// The credentials of a connection's `peer` and an `authorization` header.
+pub fn credentials_of<'a>(
+    peer: Option<&'a crate::listen::Peer>,
+    authorization: Option<&'a str>,
+) -> decide::Credentials<'a> {
     decide::Credentials {
         local: peer.is_some_and(|peer| peer.local),
         certificate: peer.and_then(|peer| peer.certificate.as_deref()),
-        bearer: metadata
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(crate::callers::bearer_token),
+        bearer: authorization.and_then(crate::callers::bearer_token),
+    }
+}
+
+/// The caller of a request: the one its server identified before reading
+/// the body ([`bounds::Bounded`]), or identified now.
+fn caller_of(
+    service: &DecisionService,
+    extensions: &tonic::Extensions,
+    metadata: &tonic::metadata::MetadataMap,
+    operation: decide::Operation,
+) -> Result<decide::Caller, decide::Error> {
+    match extensions.get::<decide::Caller>() {
+        Some(caller) => Ok(caller.clone()),
+        None => service.identify(&credentials(extensions, metadata), operation),
     }
 }
 
@@ -178,7 +203,7 @@ impl EntitlementService for GrpcService {
         } else {
             decide::Operation::Check
         };
-        let caller = service.identify(&credentials(&extensions, &metadata), operation);
+        let caller = caller_of(service, &extensions, &metadata, operation);
         let answered = span.clone();
         crate::telemetry::in_rpc(span, &metadata, async move {
             let result = match caller {
@@ -217,8 +242,10 @@ impl EntitlementService for GrpcService {
         let (metadata, extensions, request) = request.into_parts();
         let service = &self.service;
         let limit = deadline(&metadata, service.limits().request_timeout);
-        let caller = service.identify(
-            &credentials(&extensions, &metadata),
+        let caller = caller_of(
+            service,
+            &extensions,
+            &metadata,
             decide::Operation::CheckBatch,
         );
         let answered = span.clone();
@@ -251,8 +278,10 @@ impl EntitlementService for GrpcService {
         let (metadata, extensions, request) = request.into_parts();
         let service = &self.service;
         let limit = deadline(&metadata, service.limits().request_timeout);
-        let caller = service.identify(
-            &credentials(&extensions, &metadata),
+        let caller = caller_of(
+            service,
+            &extensions,
+            &metadata,
             decide::Operation::ReportUsage,
         );
         let answered = span.clone();

@@ -66,6 +66,22 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// As many requests as allowed are in flight already.
+    #[error("the server is at its limit of {limit} requests in flight (max_in_flight); retry with backoff")]
+    Overloaded {
+        /// `max_in_flight`.
+        limit: usize,
+    },
+    /// A request carries more values than allowed.
+    #[error("{field}: {size} values exceed the limit of {limit} per call")]
+    TooManyValues {
+        /// `context`, or `checks[i]` of a batch (where the limit was passed).
+        field: String,
+        /// Values counted up to that point.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// More checks of a batch ask for an explanation than allowed.
     #[error(
         "{size} checks of the batch ask for an explanation; a batch may explain at most {limit}"
@@ -152,6 +168,13 @@ pub const MAX_EXPLAINED_IN_BATCH: usize = 10;
 /// Most request-scoped entities one check may bring. Merging them costs a copy
 /// of the tenant's entities and a transitive closure, so it is bounded.
 pub const MAX_REQUEST_ENTITIES: usize = 64;
+
+/// Most values one call may carry, counted over every check of a batch:
+/// context values, request-scoped entities' attributes, tags and parents,
+/// and every element of their sets, records and extension arguments. A value
+/// costs two bytes on the wire and about a hundred decoded, so a 4 MiB
+/// request of tiny values would otherwise take hundreds of megabytes.
+pub const MAX_REQUEST_VALUES: usize = 20_000;
 
 /// An entity named by type and id, as a request names it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
