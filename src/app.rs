@@ -353,6 +353,7 @@ pub async fn serve_on(
             .max_decoding_message_size(config.max_request_bytes),
         decision_point,
         config.max_in_flight,
+        config.max_request_bytes_in_flight,
         metrics.in_flight(),
     );
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -39,7 +39,7 @@ enum Command {
     /// variables, overridden by flags. Keys: listen, listen_unix, health_listen,
     /// health_tls, insecure_listen, tls_cert_file, tls_key_file,
     /// tls_client_ca_file, tls_client_auth, callers_file, max_connections,
-    /// max_in_flight, max_concurrent_streams,
+    /// max_in_flight, max_request_bytes_in_flight, max_concurrent_streams,
     /// credentials_poll_ms, metrics_listen, policies,
     /// entitlements, strict_principals, policy_errors, max_batch,
     /// max_request_bytes, request_timeout_ms, watch, reload_debounce_ms, shutdown_delay_ms,

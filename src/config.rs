@@ -44,6 +44,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Most `EntitlementService` requests served at once.
     pub max_in_flight: usize,
+    /// Memory for the bodies of the requests in flight.
+    pub max_request_bytes_in_flight: usize,
     /// Most HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Address of the metrics endpoint, if enabled.
@@ -603,6 +605,15 @@ fn build(
             n => usize::try_from(n).map_err(|_| "too large".to_string()),
         }
     });
+    let max_request_bytes_in_flight = get(
+        values,
+        problems,
+        "max_request_bytes_in_flight",
+        |text| match number(text)? {
+            n if n < 1 << 20 => Err("must be at least 1048576 (1 MiB)".to_string()),
+            n => usize::try_from(n).map_err(|_| "too large".to_string()),
+        },
+    );
     let max_concurrent_streams =
         get(
             values,
@@ -928,6 +939,7 @@ fn build(
         credentials_poll: credentials_poll?,
         max_connections: max_connections?,
         max_in_flight: max_in_flight?,
+        max_request_bytes_in_flight: max_request_bytes_in_flight?,
         max_concurrent_streams: max_concurrent_streams?,
         metrics_listen: metrics_listen?,
         policies: policies?,

@@ -25,6 +25,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("callers_file", "", "YAML file naming the callers (client certificate SAN or bearer token file), the operations and tenants each may use; reloaded when it or a token file changes; empty: every caller may do everything"),
     ("max_connections", "1024", "most connections each gRPC listener (API, Unix socket, admin, health) holds open at once; a connection over it is closed at once and counted"),
     ("max_in_flight", "256", "most EntitlementService requests served at once (each may buffer up to max_request_bytes); one over it is answered RESOURCE_EXHAUSTED before its body is read, and counted"),
+    ("max_request_bytes_in_flight", "67108864", "memory for the bodies of the requests in flight beyond their first 64 KiB each; a body that would pass it is answered RESOURCE_EXHAUSTED, and counted"),
     ("max_concurrent_streams", "100", "most HTTP/2 streams (concurrent calls) a client may open on one connection"),
     ("credentials_poll_ms", "1000", "how often the TLS files, the callers file and its token files are checked for changes"),
     ("metrics_listen", "", "address of the Prometheus endpoint (GET /metrics), e.g. 127.0.0.1:9090; empty: off"),

@@ -98,6 +98,8 @@ pub struct InFlightCounters {
     pub shed: Counter,
     /// Requests being served.
     pub in_flight: Gauge,
+    /// Requests refused because their bodies would pass the byte budget.
+    pub shed_bytes: Counter,
 }
 
 /// Every metric tollgate exports.
@@ -432,6 +434,11 @@ impl Metrics {
             "requests_shed",
             "Requests refused RESOURCE_EXHAUSTED because max_in_flight requests were in flight",
             in_flight.shed.clone(),
+        );
+        registry.register(
+            "requests_shed_for_bytes",
+            "Requests refused RESOURCE_EXHAUSTED because their bodies would pass max_request_bytes_in_flight",
+            in_flight.shed_bytes.clone(),
         );
         registry.register(
             "requests_in_flight",

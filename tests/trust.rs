@@ -707,3 +707,66 @@ async fn requests_over_max_in_flight_are_shed_and_counted() {
     assert_eq!(metric(metrics, "tollgate_requests_in_flight "), 0.0);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_past_the_byte_budget_are_shed_while_small_requests_pass() {
+    let dirs = DataDirs::copy_examples();
+    let mut config = dirs.config();
+    config.max_request_bytes_in_flight = 1 << 20;
+    let metrics = metrics_address();
+    config.metrics_listen = Some(metrics);
+    let server = InProcess::start(config).await;
+    let mut client = connect(&server.url()).await;
+    // 2 MiB of context: more than the whole budget.
+    let mut large = check("acme", "User:bob", "use", "Feature:pdf-export");
+    large.context = (0..2_000)
+        .map(|key| {
+            (
+                format!("k{key}"),
+                pb::Value {
+                    kind: Some(pb::value::Kind::String("x".repeat(1_000))),
+                },
+            )
+        })
+        .collect();
+    let status = client.check(large).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::ResourceExhausted,
+            "the bodies of the requests in flight would pass 1048576 bytes (max_request_bytes_in_flight); retry with backoff"
+        )
+    );
+    assert_eq!(
+        metric(metrics, "tollgate_requests_shed_for_bytes_total "),
+        1.0
+    );
+    // The budget it took is back, and small requests never touch it.
+    for _ in 0..3 {
+        let response = client
+            .check(check("acme", "User:bob", "use", "Feature:pdf-export"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_decision(&response, pb::Decision::Allow);
+    }
+    let mut fits = check("acme", "User:bob", "use", "Feature:pdf-export");
+    fits.context = (0..500)
+        .map(|key| {
+            (
+                format!("k{key}"),
+                pb::Value {
+                    kind: Some(pb::value::Kind::String("x".repeat(1_000))),
+                },
+            )
+        })
+        .collect();
+    // 500 KB: read within the budget, then refused for what it says.
+    let status = client.check(fits).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        metric(metrics, "tollgate_requests_shed_for_bytes_total "),
+        1.0
+    );
+    server.stop().await.unwrap();
+}

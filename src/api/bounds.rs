@@ -32,8 +32,10 @@ tokio::task_local! {
 /// admitted and checked against `limits`, before their bodies are read:
 /// a caller nobody knows is refused `UNAUTHENTICATED`, and a request over
 /// the limit of requests in flight `RESOURCE_EXHAUSTED`, without a byte of
-/// their bodies buffered or decoded. The identified caller travels to the
-/// handler in the request's extensions.
+/// their bodies buffered or decoded. Large bodies are read against a byte
+/// budget shared by all requests ([`BudgetedBody`]), so that the memory
+/// buffered bodies take is bounded however many callers send them. The
+/// identified caller travels to the handler in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct Bounded<S> {
     inner: S,
@@ -42,12 +44,15 @@ pub struct Bounded<S> {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     counters: crate::metrics::InFlightCounters,
+    bytes: ByteBudget,
 }
 
 /// A request's place among those in flight, given back when it is answered.
 #[derive(Debug)]
 pub struct InFlight {
     _permit: OwnedSemaphorePermit,
+    /// The budget its body took, given back with it.
+    _bytes: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -58,12 +63,15 @@ impl Drop for InFlight {
 }
 
 impl<S> Bounded<S> {
-    /// `inner`, serving `service`'s calls: at most `max_in_flight` at once
-    /// (those over it are shed), counted in `counters`.
+    /// `inner`, serving `service`'s calls: at most `max_in_flight` at once,
+    /// with at most `max_bytes_in_flight` of their bodies buffered beyond
+    /// [`FREE_REQUEST_BYTES`] each (those over either are shed), counted in
+    /// `counters`.
     pub fn new(
         inner: S,
         service: Arc<DecisionService>,
         max_in_flight: usize,
+        max_bytes_in_flight: usize,
         counters: crate::metrics::InFlightCounters,
     ) -> Self {
         Self {
@@ -72,6 +80,7 @@ impl<S> Bounded<S> {
             service,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            bytes: ByteBudget::new(max_bytes_in_flight, counters.shed_bytes.clone()),
             counters,
         }
     }
@@ -128,7 +137,10 @@ where
 
 impl<S, B> tower_service::Service<http::Request<B>> for Bounded<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower_service::Service<
+        http::Request<BudgetedBody<B>>,
+        Response = http::Response<tonic::body::Body>,
+    >,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -138,7 +150,7 @@ where
         self.inner.poll_ready(context)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let peer = request.extensions().get::<crate::listen::Peer>();
         let authorization = request
             .headers()
@@ -164,15 +176,121 @@ where
                 })),
             };
         };
-        request.extensions_mut().insert(caller);
         self.counters.in_flight.inc();
+        let held = Arc::new(std::sync::Mutex::new(None));
+        let mut request = request.map(|body| BudgetedBody {
+            inner: body,
+            budget: self.bytes.clone(),
+            held: Arc::clone(&held),
+            read: 0,
+        });
+        request.extensions_mut().insert(caller);
         BoundedAnswer::Admitted {
             inner: LIMITS.scope(self.limits, self.inner.call(request)),
             place: InFlight {
                 _permit: permit,
+                _bytes: held,
                 gauge: self.counters.in_flight.clone(),
             },
         }
+    }
+}
+
+/// The first bytes of every request body, read without the byte budget:
+/// a usual request never waits on, nor is refused by, the budget.
+pub const FREE_REQUEST_BYTES: usize = 64 << 10;
+
+/// The bytes of request bodies that may be buffered at once, beyond each
+/// one's [`FREE_REQUEST_BYTES`].
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    permits: Arc<Semaphore>,
+    bytes: usize,
+    shed: prometheus_client::metrics::counter::Counter,
+}
+
+impl ByteBudget {
+    /// A budget of `bytes`; a body refused for want of it is counted in
+    /// `shed`.
+    pub fn new(bytes: usize, shed: prometheus_client::metrics::counter::Counter) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+            bytes,
+            shed,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body whose bytes past [`FREE_REQUEST_BYTES`] are taken
+    /// from the [`ByteBudget`] as they arrive, and given back when the
+    /// request has been answered. When the budget is spent the body fails
+    /// with `RESOURCE_EXHAUSTED`, which its decoder passes on to the caller.
+    pub struct BudgetedBody<B> {
+        #[pin]
+        inner: B,
+        budget: ByteBudget,
+        held: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+        read: usize,
+    }
+}
+
+impl<B> tonic::codegen::Body for BudgetedBody<B>
+where
+    B: tonic::codegen::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use prost::bytes::Buf as _;
+        let this = self.project();
+        let frame = match this.inner.poll_frame(context) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let before = this.read.saturating_sub(FREE_REQUEST_BYTES);
+            *this.read += data.remaining();
+            let needed = this.read.saturating_sub(FREE_REQUEST_BYTES) - before;
+            if needed > 0 {
+                let taken = u32::try_from(needed).ok().and_then(|n| {
+                    Arc::clone(&this.budget.permits)
+                        .try_acquire_many_owned(n)
+                        .ok()
+                });
+                let Some(taken) = taken else {
+                    this.budget.shed.inc();
+                    let refused = decide::Error::RequestBytesOverBudget {
+                        limit: this.budget.bytes,
+                    };
+                    return Poll::Ready(Some(Err(Box::new(super::status(&refused)))));
+                };
+                let mut held = this
+                    .held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match held.as_mut() {
+                    Some(permit) => permit.merge(taken),
+                    None => *held = Some(taken),
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

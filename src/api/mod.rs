@@ -47,6 +47,7 @@ pub fn status(error: &decide::Error) -> Status {
         | Error::TooManyEntities { .. }
         | Error::TooManyValues { .. }
         | Error::Overloaded { .. }
+        | Error::RequestBytesOverBudget { .. }
         | Error::TooManyExplained { .. } => Status::resource_exhausted(message),
         Error::PoliciesNotLoaded | Error::Unavailable(_) => Status::unavailable(message),
         Error::MeteringNotConfigured => Status::failed_precondition(message),

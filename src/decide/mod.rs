@@ -72,6 +72,13 @@ pub enum Error {
         /// `max_in_flight`.
         limit: usize,
     },
+    /// The bodies of the requests in flight already take all the memory
+    /// allowed for them.
+    #[error("the bodies of the requests in flight would pass {limit} bytes (max_request_bytes_in_flight); retry with backoff")]
+    RequestBytesOverBudget {
+        /// `max_request_bytes_in_flight`.
+        limit: usize,
+    },
     /// A request carries more values than allowed.
     #[error("{field}: {size} values exceed the limit of {limit} per call")]
     TooManyValues {
