@@ -9,7 +9,12 @@
 //! connection, an internal error), when a well-formed check is not answered
 //! ALLOW, or when the peak passes `--limit-mib` (160).
 //!
-//! `--only TEXT` sends only the shapes whose name contains `TEXT`.
+//! `--only TEXT` sends only the shapes whose name contains `TEXT`;
+//! `--env KEY=VALUE` (repeated) adds to the environment of the server under
+//! attack, which starts as the image and the Helm chart run it:
+//! `MIMALLOC_PURGE_DELAY=0`, so that the allocator hands freed request
+//! buffers back to the system at once (`--env MIMALLOC_PURGE_DELAY=10`, the
+//! allocator's own default, shows the difference).
 //!
 //! `cargo bench --bench hostile` runs the measurement on the release build;
 //! `cargo test --benches` runs it in test mode (3 s) on the test build, with
@@ -42,6 +47,8 @@ struct Options {
     limit_mib: f64,
     /// Only the shapes whose name contains this.
     only: Option<String>,
+    /// `--env KEY=VALUE`: configuration of the server under attack.
+    env: Vec<(String, String)>,
 }
 
 fn options() -> Result<Options, String> {
@@ -70,6 +77,18 @@ fn options() -> Result<Options, String> {
             .iter()
             .position(|arg| arg == "--only")
             .and_then(|at| args.get(at + 1).cloned()),
+        env: [("MIMALLOC_PURGE_DELAY".to_string(), "0".to_string())]
+            .into_iter()
+            .chain(
+                args.windows(2)
+                    .filter(|pair| pair[0] == "--env")
+                    .map(|pair| match pair[1].split_once('=') {
+                        Some((key, value)) => Ok((key.to_string(), value.to_string())),
+                        None => Err(format!("--env {}: expected KEY=VALUE", pair[1])),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+            .collect(),
     })
 }
 
@@ -212,7 +231,7 @@ fn run(options: &Options) -> Result<(), String> {
         env!("CARGO_BIN_EXE_tollgate"),
         &example_policies(),
         &example_entitlements(),
-        &[] as &[(&str, &str)],
+        &options.env,
     )?;
     let pid = server.pid();
     let url = server.url();

@@ -190,6 +190,11 @@ health-only listener on the pod IP instead.
   value: {{ printf "%s:%d" (include "tollgate.apiHost" .) (int $v.grpc.port) | quote }}
 - name: TOLLGATE_HEALTH_LISTEN
   value: {{ printf "0.0.0.0:%d" (int $v.health.port) | quote }}
+# The allocator hands freed request buffers back to the system at once:
+# measured, this bounds peak memory under hostile load and costs a usual
+# Check nothing (benches/README.md, "Hostile load").
+- name: MIMALLOC_PURGE_DELAY
+  value: "0"
 {{- if $v.insecureListen }}
 - name: TOLLGATE_INSECURE_LISTEN
   value: "true"
