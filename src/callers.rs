@@ -20,8 +20,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
+
+use crate::reread::{Fingerprint, Fingerprinter, Reread};
 
 /// What a caller may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -424,8 +425,8 @@ fn load_table(path: &Path, admin_token: Option<&[u8]>) -> Result<(Table, [u8; 32
         message,
     };
     let text = std::fs::read(path).map_err(|error| failed(format!("cannot read: {error}")))?;
-    let mut fingerprint = Sha256::new();
-    fingerprint.update(&text);
+    let mut fingerprint = Fingerprinter::default();
+    fingerprint.add(&text);
     let document: CallersDocument =
         serde_norway::from_slice(&text).map_err(|error| failed(error.to_string()))?;
     let base = path.parent().unwrap_or_else(|| Path::new("."));
@@ -463,8 +464,8 @@ fn load_table(path: &Path, admin_token: Option<&[u8]>) -> Result<(Table, [u8; 32
             Some(file) => {
                 let file = base.join(file);
                 let token = read_token(&file)?;
-                fingerprint.update(file.as_os_str().as_encoded_bytes());
-                fingerprint.update(&token);
+                fingerprint.add(file.as_os_str().as_encoded_bytes());
+                fingerprint.add(&token);
                 Some(digest(&token))
             }
             None => None,
@@ -498,7 +499,7 @@ fn load_table(path: &Path, admin_token: Option<&[u8]>) -> Result<(Table, [u8; 32
             local: Caller::new("local", local),
             open: false,
         },
-        fingerprint.finalize().into(),
+        fingerprint.finish(),
     ))
 }
 
@@ -520,10 +521,9 @@ fn admin_entry(admin_token: Option<&[u8]>) -> Option<Entry> {
 /// The callers in force, replaced whole when their files change.
 #[derive(Debug)]
 pub struct Callers {
-    table: ArcSwap<Table>,
+    table: Reread<Table>,
     file: Option<PathBuf>,
     admin_token: Option<Vec<u8>>,
-    fingerprint: std::sync::Mutex<[u8; 32]>,
 }
 
 impl Callers {
@@ -531,21 +531,21 @@ impl Callers {
     /// operations on every tenant; `admin_token` names the `admin` caller.
     pub fn open(admin_token: Option<&str>) -> Self {
         let admin_token = admin_token.map(|token| token.as_bytes().to_vec());
+        let table = Table {
+            named: admin_entry(admin_token.as_deref()).into_iter().collect(),
+            local: Caller::new(
+                "anonymous",
+                Rights {
+                    operations: Operations::local_default(),
+                    tenants: TenantScope::All,
+                },
+            ),
+            open: true,
+        };
         Self {
-            table: ArcSwap::from_pointee(Table {
-                named: admin_entry(admin_token.as_deref()).into_iter().collect(),
-                local: Caller::new(
-                    "anonymous",
-                    Rights {
-                        operations: Operations::local_default(),
-                        tenants: TenantScope::All,
-                    },
-                ),
-                open: true,
-            }),
+            table: Reread::new(table, Fingerprint::default()),
             file: None,
             admin_token,
-            fingerprint: std::sync::Mutex::new([0; 32]),
         }
     }
 
@@ -554,10 +554,9 @@ impl Callers {
         let admin_token = admin_token.map(|token| token.as_bytes().to_vec());
         let (table, fingerprint) = load_table(file, admin_token.as_deref())?;
         Ok(Self {
-            table: ArcSwap::from_pointee(table),
+            table: Reread::new(table, fingerprint),
             file: Some(file.to_path_buf()),
             admin_token,
-            fingerprint: std::sync::Mutex::new(fingerprint),
         })
     }
 
@@ -583,16 +582,7 @@ impl Callers {
             return Ok(false);
         };
         let (table, fingerprint) = load_table(file, self.admin_token.as_deref())?;
-        let mut current = self
-            .fingerprint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *current == fingerprint {
-            return Ok(false);
-        }
-        *current = fingerprint;
-        self.table.store(Arc::new(table));
-        Ok(true)
+        Ok(self.table.offer(table, fingerprint))
     }
 
     /// The caller `credentials` identify.

@@ -22,6 +22,7 @@ pub mod metering;
 pub mod metrics;
 pub mod ops_http;
 pub mod policy_test;
+pub mod reread;
 pub mod status;
 pub mod store;
 pub mod telemetry;

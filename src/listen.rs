@@ -13,16 +13,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -30,6 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::callers::PeerCertificate;
 use crate::metrics::Metrics;
+use crate::reread::{Fingerprint, Fingerprinter, Reread};
 
 /// Longest a TLS handshake may take before the connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,8 +61,7 @@ pub struct TlsError {
 #[derive(Debug)]
 pub struct Tls {
     files: TlsFiles,
-    config: ArcSwap<ServerConfig>,
-    fingerprint: Mutex<[u8; 32]>,
+    config: Reread<ServerConfig>,
 }
 
 fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
@@ -73,7 +71,7 @@ fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn server_config(files: &TlsFiles) -> Result<(ServerConfig, [u8; 32]), TlsError> {
+fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Fingerprint), TlsError> {
     let failed = |file: &Path, message: String| TlsError {
         file: file.to_path_buf(),
         message,
@@ -81,13 +79,12 @@ fn server_config(files: &TlsFiles) -> Result<(ServerConfig, [u8; 32]), TlsError>
     let cert_pem = read(&files.cert)?;
     let key_pem = read(&files.key)?;
     let ca_pem = files.client_ca.as_deref().map(read).transpose()?;
-    let mut fingerprint = Sha256::new();
+    let mut fingerprint = Fingerprinter::default();
     for part in [Some(&cert_pem), Some(&key_pem), ca_pem.as_ref()]
         .into_iter()
         .flatten()
     {
-        fingerprint.update((part.len() as u64).to_le_bytes());
-        fingerprint.update(part);
+        fingerprint.add(part);
     }
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
@@ -129,7 +126,7 @@ fn server_config(files: &TlsFiles) -> Result<(ServerConfig, [u8; 32]), TlsError>
         .with_single_cert(chain, key)
         .map_err(|error| failed(&files.key, format!("does not fit the certificate: {error}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((config, fingerprint.finalize().into()))
+    Ok((config, fingerprint.finish()))
 }
 
 impl Tls {
@@ -138,8 +135,7 @@ impl Tls {
         let (config, fingerprint) = server_config(&files)?;
         Ok(Self {
             files,
-            config: ArcSwap::from_pointee(config),
-            fingerprint: Mutex::new(fingerprint),
+            config: Reread::new(config, fingerprint),
         })
     }
 
@@ -148,16 +144,7 @@ impl Tls {
     /// previous configuration serving.
     pub fn reload(&self) -> Result<bool, TlsError> {
         let (config, fingerprint) = server_config(&self.files)?;
-        let mut current = self
-            .fingerprint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *current == fingerprint {
-            return Ok(false);
-        }
-        *current = fingerprint;
-        self.config.store(Arc::new(config));
-        Ok(true)
+        Ok(self.config.offer(config, fingerprint))
     }
 
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -288,6 +275,37 @@ fn is_local(address: &SocketAddr) -> bool {
     address.ip().to_canonical().is_loopback()
 }
 
+/// The next connection `accept` gives, waiting out failures (out of file
+/// descriptors, say) with a backoff from 5 ms to 1 s rather than spinning;
+/// `None` once `stop` turns true.
+async fn next_accepted<T, F>(
+    name: &'static str,
+    stop: &mut watch::Receiver<bool>,
+    mut accept: impl FnMut() -> F,
+) -> Option<T>
+where
+    F: std::future::Future<Output = io::Result<T>>,
+{
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            accepted = accept() => accepted,
+            _ = stop.wait_for(|stopping| *stopping) => return None,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(error) => {
+                tracing::warn!(listener = name, error = %error, retry_in_ms = backoff.as_millis(), "accept failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|stopping| *stopping) => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// The connections of `listener`, accepted until `stop` turns true.
 pub fn tcp(
     listener: TcpListener,
@@ -297,25 +315,9 @@ pub fn tcp(
     let (sender, receiver) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.wait_for(|stopping| *stopping) => return,
-            };
-            let (stream, address) = match accepted {
-                Ok(accepted) => {
-                    backoff = Duration::from_millis(5);
-                    accepted
-                }
-                Err(error) => {
-                    // Out of file descriptors, say: wait rather than spin.
-                    tracing::warn!(listener = settings.name, error = %error, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            };
+        while let Some((stream, address)) =
+            next_accepted(settings.name, &mut stop, || listener.accept()).await
+        {
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 settings
                     .metrics
@@ -390,37 +392,22 @@ pub fn unix(
     let (sender, receiver) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stop.wait_for(|stopping| *stopping) => return,
+        while let Some((stream, _)) = next_accepted("unix", &mut stop, || listener.accept()).await {
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                drop(stream);
+                continue;
             };
-            match accepted {
-                Ok((stream, _)) => {
-                    backoff = Duration::from_millis(5);
-                    let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                        drop(stream);
-                        continue;
-                    };
-                    let conn = Conn {
-                        io: Io::Unix(stream),
-                        peer: Peer {
-                            address: None,
-                            local: true,
-                            certificate: None,
-                        },
-                        _permit: Some(permit),
-                    };
-                    if sender.send(Ok(conn)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(listener = "unix", error = %error, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+            let conn = Conn {
+                io: Io::Unix(stream),
+                peer: Peer {
+                    address: None,
+                    local: true,
+                    certificate: None,
+                },
+                _permit: Some(permit),
+            };
+            if sender.send(Ok(conn)).await.is_err() {
+                return;
             }
         }
     });

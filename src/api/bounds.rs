@@ -198,7 +198,7 @@ where
 
 /// The first bytes of every request body, read without the byte budget:
 /// a usual request never waits on, nor is refused by, the budget.
-pub const FREE_REQUEST_BYTES: usize = 64 << 10;
+pub const FREE_REQUEST_BYTES: usize = 16 << 10;
 
 /// The bytes of request bodies that may be buffered at once, beyond each
 /// one's [`FREE_REQUEST_BYTES`].
