@@ -35,7 +35,7 @@ COPY entitlements/ ./entitlements/
 ENV TOLLGATE_HEALTH_LISTEN=0.0.0.0:50053
 # The allocator (mimalloc) hands freed request buffers back to the system at
 # once rather than after 10 ms: under 16 callers sending 4 MiB hostile
-# requests the peak resident memory stays near 110 MiB instead of up to
+# requests the peak resident memory stays near 107 MiB instead of up to
 # 170 MiB, and a usual Check costs the same (benches/README.md, "Hostile load").
 ENV MIMALLOC_PURGE_DELAY=0
 # 50053: health only; 9090: the conventional metrics_listen port (off unless
