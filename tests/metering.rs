@@ -1054,3 +1054,29 @@ async fn a_consume_is_one_redis_call_and_is_decided_again_when_the_count_has_mov
     assert_eq!(setup.counter("2026-11"), 9);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_report_before_redis_is_reached_is_unavailable_to_retry() {
+    let dirs = DataDirs::copy_examples();
+    // Nothing listens on this port: the connection is never made.
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let server = InProcess::start(redis_config(&dirs, settings(vec![nowhere]))).await;
+    let mut client = connect(&server.url()).await;
+    let status = client
+        .report_usage(pb::ReportUsageRequest {
+            tenant: "acme".to_string(),
+            reports: vec![pb::UsageReport {
+                meter: "api-calls".to_string(),
+                amount: 1,
+                event_key: "e1".to_string(),
+                principal: Some(parse_ref("User:bob")),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unavailable, "not connected to Redis yet; retry the report")
+    );
+    server.stop().await.unwrap();
+}

@@ -218,6 +218,67 @@ async fn a_bad_snapshot_in_redis_is_refused_at_read() {
     server.stop().await.unwrap();
 }
 
+fn age(response: &pb::CheckResponse) -> u64 {
+    response.freshness.as_ref().unwrap().snapshot_age_ms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_snapshot_does_not_make_the_last_good_one_young() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put_examples(&conn, &["acme"]).await;
+    let dirs = DataDirs::copy_examples();
+    let mut config = redis_config(&dirs, settings(vec![redis.url()]));
+    config.cache.max_stale = std::time::Duration::from_millis(1_500);
+    let server = InProcess::start(config).await;
+    let mut client = connect(&server.url()).await;
+    assert_eq!(
+        version(&client.check(bob_pdf("acme")).await.unwrap().into_inner()),
+        1
+    );
+
+    let broken = document("acme", 2, |v| set_account(v, "tier", "gold".into()));
+    let _: () = redis.command(&["SET", "tollgate:{acme}:snapshot", &broken]);
+    let _: () = redis.command(&["SET", "tollgate:{acme}:version", "2"]);
+    let _: i64 = redis.command(&["PUBLISH", "tollgate:invalidate", "acme 2"]);
+    let first = answer_until(
+        &client,
+        bob_pdf("acme"),
+        "the broken snapshot to be noticed",
+        |response| source(response) == pb::SnapshotSource::Stale,
+    )
+    .await;
+    // Every answer rereads Redis (the broken version confirms nothing):
+    // the last good snapshot keeps ageing.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let later = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    assert_eq!(source(&later), pb::SnapshotSource::Stale);
+    assert_eq!(version(&later), 1);
+    assert!(
+        age(&later) >= age(&first) + 300,
+        "{} ms, then {} ms",
+        age(&first),
+        age(&later)
+    );
+    // A caller that accepts less than that age is refused at once.
+    let mut strict = bob_pdf("acme");
+    strict.max_staleness_ms = 100;
+    let refused = client.check(strict).await.unwrap().into_inner();
+    expect_decision(&refused, pb::Decision::Deny, &["entitlements_unavailable"]);
+    // Past max_stale_ms, nobody gets it.
+    let gone = answer_until(
+        &client,
+        bob_pdf("acme"),
+        "the last good snapshot to pass max_stale_ms",
+        |response| response.decision == pb::Decision::Deny as i32,
+    )
+    .await;
+    expect_decision(&gone, pb::Decision::Deny, &["entitlements_unavailable"]);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_checks_on_a_cold_tenant_cause_one_redis_read() {
     let redis = RedisServer::start();

@@ -1028,10 +1028,11 @@ impl DecisionService {
             check_meter(&format!("reports[{index}].meter"), &report.meter)?;
         }
         let metering = self.metering.as_ref().ok_or(Error::MeteringNotConfigured)?;
-        let conn = self
-            .tenants
-            .connection()
-            .ok_or(Error::MeteringNotConfigured)?;
+        // Metering is configured: without a connection yet, Redis is
+        // unreachable for now, and the report is to be retried, not dropped.
+        let conn = self.tenants.connection().ok_or_else(|| {
+            Error::Unavailable("not connected to Redis yet; retry the report".to_string())
+        })?;
         let snapshot = match self.lookup(&catalog, &tenant, 0).await {
             Lookup::Found { snapshot, .. } => snapshot,
             Lookup::Unknown => return Err(Error::UnknownTenant(tenant)),

@@ -83,10 +83,12 @@ enum Content {
     /// Redis holds no snapshot for the tenant.
     Absent,
     /// Redis holds a snapshot that does not validate; the last good one, if
-    /// any, is kept to serve as stale.
+    /// any, is kept to serve as stale, aged from when a valid version was
+    /// last confirmed (rereading the broken one confirms nothing).
     Broken {
         error: String,
         previous: Option<Arc<TenantSnapshot>>,
+        valid_confirmed_at: Instant,
     },
 }
 
@@ -304,8 +306,15 @@ impl RemoteSnapshots {
         }
     }
 
-    /// Time since the entry was last confirmed current.
+    /// Time since the entry was last confirmed current; for a broken one,
+    /// since the valid snapshot it keeps was.
     fn age(&self, entry: &Entry) -> Duration {
+        if let Content::Broken {
+            valid_confirmed_at, ..
+        } = &entry.content
+        {
+            return valid_confirmed_at.elapsed();
+        }
         let read = entry.read_at.elapsed();
         if entry.epoch == Some(self.link.epoch.load(Ordering::Acquire)) {
             let confirmed =
@@ -344,7 +353,7 @@ impl RemoteSnapshots {
         if let Some(entry) = &cached {
             if self.is_current(entry, policies, max_staleness) {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return self.answer(entry, SnapshotSource::Cache);
+                return self.answer(entry, SnapshotSource::Cache, max_staleness);
             }
             self.stats.revalidations.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -363,13 +372,18 @@ impl RemoteSnapshots {
                 } else {
                     SnapshotSource::Redis
                 };
-                return self.answer(&entry, source);
+                return self.answer(&entry, source, max_staleness);
             }
         }
         self.stale(cached.as_deref(), max_staleness)
     }
 
-    fn answer(&self, entry: &Entry, source: SnapshotSource) -> Lookup {
+    fn answer(
+        &self,
+        entry: &Entry,
+        source: SnapshotSource,
+        max_staleness: Option<Duration>,
+    ) -> Lookup {
         match &entry.content {
             Content::Present(snapshot) => Lookup::Found {
                 snapshot: Arc::clone(snapshot),
@@ -379,7 +393,7 @@ impl RemoteSnapshots {
             Content::Absent => Lookup::Unknown,
             Content::Broken { error, .. } => {
                 debug!(tenant = entry.serving().map_or("", |s| s.tenant.as_str()), error = %error, "the stored snapshot is invalid; serving the last good one as stale");
-                self.stale(Some(entry), None)
+                self.stale(Some(entry), max_staleness)
             }
         }
     }
@@ -567,9 +581,9 @@ impl RemoteSnapshots {
         let entry = |content: Content, version: u64| {
             let held = match &content {
                 Content::Present(snapshot) => snapshot.memory_bytes(),
-                Content::Broken { error, previous } => {
-                    error.len() + previous.as_ref().map_or(0, |p| p.memory_bytes())
-                }
+                Content::Broken {
+                    error, previous, ..
+                } => error.len() + previous.as_ref().map_or(0, |p| p.memory_bytes()),
                 Content::Absent => 0,
             };
             Entry {
@@ -625,11 +639,26 @@ impl RemoteSnapshots {
                     Err(error) => {
                         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                         warn!(tenant, error = %error, "snapshot in redis rejected; keeping the last good one as stale");
+                        // The kept snapshot ages from its own last
+                        // confirmation, not from this read.
+                        let valid_confirmed_at = match previous.map(|p| (&p.content, p)) {
+                            Some((
+                                Content::Broken {
+                                    valid_confirmed_at, ..
+                                },
+                                _,
+                            )) => *valid_confirmed_at,
+                            Some((Content::Present(_), p)) => {
+                                read_at.checked_sub(self.age(p)).unwrap_or(p.read_at)
+                            }
+                            Some((Content::Absent, _)) | None => read_at,
+                        };
                         let previous = previous.and_then(Entry::serving).cloned();
                         Some(entry(
                             Content::Broken {
                                 error: error.to_string(),
                                 previous,
+                                valid_confirmed_at,
                             },
                             version.unwrap_or(0),
                         ))
