@@ -379,12 +379,23 @@ async fn a_retried_key_returns_its_first_answer_and_counts_once() {
     assert_eq!(sample("tollgate_metering_redecisions_total"), 0);
 
     let mut client = client.clone();
-    let status = client.check(consume("order-42", 6)).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(
-        status.message(),
-        "consume.idempotency_key: already used for 5 unit(s) of meter `api-calls`; a retry must ask the same"
-    );
+    // The key is bound to the request it first answered: another amount,
+    // principal or resource is refused, and counts nothing.
+    let mut alice = consume("order-42", 5);
+    alice.principal = Some(parse_ref("User:alice"));
+    let mut other_feature = consume("order-42", 5);
+    other_feature.resource = Some(parse_ref("Feature:pdf-export"));
+    for request in [consume("order-42", 6), alice, other_feature] {
+        let status = client.check(request).await.unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                Code::InvalidArgument,
+                "consume.idempotency_key: `order-42` was first used for another request (its tenant, principal, action, resource, meter or amount differ); a retry must ask the same"
+            )
+        );
+    }
+    assert_eq!(setup.counter("2026-11"), 5);
     for (request, message) in [
         (consume("", 1), "consume.idempotency_key: required"),
         (consume("k", 0), "consume.amount: must be at least 1, got 0"),
@@ -1076,7 +1087,108 @@ async fn a_usage_report_before_redis_is_reached_is_unavailable_to_retry() {
         .unwrap_err();
     assert_eq!(
         (status.code(), status.message()),
-        (Code::Unavailable, "not connected to Redis yet; retry the report")
+        (
+            Code::Unavailable,
+            "not connected to Redis yet; retry the report"
+        )
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_and_consume_keys_are_apart_and_a_colliding_event_key_is_refused() {
+    let setup = setup(Options::default(), 1_000).await;
+    let server = setup.server().await;
+    let mut client = connect(&server.url()).await;
+    let report = |amount: i64, key: &str| pb::UsageReport {
+        meter: "api-calls".to_string(),
+        amount,
+        event_key: key.to_string(),
+        principal: Some(parse_ref("User:bob")),
+    };
+    let request = |reports: Vec<pb::UsageReport>| pb::ReportUsageRequest {
+        tenant: "acme".to_string(),
+        reports,
+    };
+    let first = client
+        .report_usage(request(vec![report(5, "K")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.totals[0].used, 5);
+    // A consume with the report's key is a consume of its own: counted.
+    let consumed = consume_on(&mut client, "K", 2).await;
+    assert!(allowed(&consumed), "{consumed:?}");
+    assert_eq!(consumed.usage.unwrap().used, 7);
+    assert_eq!(setup.counter("2026-11"), 7);
+
+    // The same event again is a retry: skipped, totals as they stand.
+    let again = client
+        .report_usage(request(vec![report(5, "K")]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.totals[0].used, 7);
+    // Another event under that key is refused, and the report it came in
+    // is not applied at all.
+    let status = client
+        .report_usage(request(vec![report(1, "L"), report(9, "K")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::InvalidArgument,
+            "reports[1].event_key: `K` was first reported for another event (its meter, amount or principal differ); nothing was applied"
+        )
+    );
+    let status = client
+        .report_usage(request(vec![report(1, "M"), report(1, "M")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::InvalidArgument,
+            "reports[1].event_key: repeats reports[0].event_key: an event key names one event"
+        )
+    );
+    assert_eq!(setup.counter("2026-11"), 7);
+    // One report and one consume: one event each in the stream.
+    assert_eq!(setup.stream_length(), 2);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_mode_key_is_bound_to_its_request_too() {
+    let setup = setup(Options::default(), 1_000).await;
+    setup.lease(1_000, 10).await;
+    let server = setup.patient_server().await;
+    let mut client = connect(&server.url()).await;
+    let first = answer_until(
+        &client,
+        consume("lease-1", 3),
+        "the leased snapshot to serve",
+        |response| {
+            response
+                .usage
+                .as_ref()
+                .is_some_and(|usage| usage.limit == 1_000)
+        },
+    )
+    .await;
+    assert!(allowed(&first), "{first:?}");
+    let replay = consume_on(&mut client, "lease-1", 3).await;
+    assert_eq!(replay.decision_id, first.decision_id);
+    let mut alice = consume("lease-1", 3);
+    alice.principal = Some(parse_ref("User:alice"));
+    let status = client.check(alice).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("was first used for another request"),
+        "{status:?}"
     );
     server.stop().await.unwrap();
 }

@@ -931,6 +931,24 @@ impl DecisionService {
             .as_ref()
             .map(EntityRef::cedar_text)
             .unwrap_or_default();
+        let fingerprint = crate::metering::request_fingerprint(
+            &[
+                &tenant,
+                &principal,
+                &check
+                    .action
+                    .as_ref()
+                    .map(EntityRef::cedar_text)
+                    .unwrap_or_default(),
+                &check
+                    .resource
+                    .as_ref()
+                    .map(EntityRef::cedar_text)
+                    .unwrap_or_default(),
+                &consume.meter,
+            ],
+            consume.amount,
+        );
         let conn = self.tenants.connection();
         let metered = metering
             .decide_and_consume(
@@ -940,6 +958,7 @@ impl DecisionService {
                     snapshot,
                     consume: &consume,
                     principal: &principal,
+                    fingerprint: &fingerprint,
                 },
                 |usage| prepare(&catalog.policies, check, Some((USAGE, usage))),
                 |prepared| {
@@ -1026,6 +1045,15 @@ impl DecisionService {
         for (index, report) in reports.iter().enumerate() {
             check_key(&format!("reports[{index}].event_key"), &report.event_key)?;
             check_meter(&format!("reports[{index}].meter"), &report.meter)?;
+            if let Some(first) = reports[..index]
+                .iter()
+                .position(|earlier| earlier.event_key == report.event_key)
+            {
+                return Err(invalid(
+                    format!("reports[{index}].event_key"),
+                    format!("repeats reports[{first}].event_key: an event key names one event"),
+                ));
+            }
         }
         let metering = self.metering.as_ref().ok_or(Error::MeteringNotConfigured)?;
         // Metering is configured: without a connection yet, Redis is
@@ -1077,7 +1105,7 @@ impl DecisionService {
                     .unwrap_or_default(),
             });
         }
-        let totals = metering
+        let reported = metering
             .report(conn, &tenant, &measured)
             .await
             .map_err(|error| {
@@ -1086,6 +1114,18 @@ impl DecisionService {
                     &error,
                 ))
             })?;
+        let totals = match reported {
+            crate::metering::Reported::Totals(totals) => totals,
+            crate::metering::Reported::Collision { index } => {
+                return Err(invalid(
+                    format!("reports[{index}].event_key"),
+                    format!(
+                        "`{}` was first reported for another event (its meter, amount or principal differ); nothing was applied",
+                        measured[index].event_key
+                    ),
+                ))
+            }
+        };
         Ok(measured
             .iter()
             .zip(totals)

@@ -45,6 +45,7 @@ pub(super) struct Answer<'a> {
     pub decision_id: &'a str,
     pub code: &'a str,
     pub policy_id: &'a str,
+    pub fingerprint: &'a str,
     pub used: i64,
 }
 
@@ -58,6 +59,7 @@ impl Answer<'_> {
             decision_id: self.decision_id.to_string(),
             code: self.code.to_string(),
             policy_id: self.policy_id.to_string(),
+            fingerprint: self.fingerprint.to_string(),
             used: self.used,
         }
     }
@@ -143,6 +145,8 @@ struct Remembered {
     used: i64,
     /// A decision id kept as a number (when `id_len` is [`HEX_ID`]).
     hex_id: (u64, u64),
+    /// The request's fingerprint as a number (0: none recorded).
+    fingerprint: (u64, u64),
     /// Where its text starts.
     at: Place,
     tenant_len: u32,
@@ -337,6 +341,10 @@ impl Generation {
             decision_id,
             code: shared.code.to_string(),
             policy_id: shared.policy_id.to_string(),
+            fingerprint: match entry.fingerprint {
+                (0, 0) => String::new(),
+                (high, low) => format!("{high:016x}{low:016x}"),
+            },
             used: entry.used,
         }
     }
@@ -484,6 +492,7 @@ impl Answers {
                 amount: answer.amount,
                 used: answer.used,
                 hex_id: hex.unwrap_or_default(),
+                fingerprint: hex_id(answer.fingerprint).unwrap_or_default(),
                 at,
                 tenant_len: u32::try_from(tenant.len()).unwrap_or(u32::MAX),
                 key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
@@ -540,6 +549,7 @@ mod tests {
             decision_id,
             code: "allow",
             policy_id: "",
+            fingerprint: "0123456789abcdef0123456789abcdef",
             used: 1,
         }
     }
@@ -572,6 +582,7 @@ mod tests {
                 decision_id: generated,
                 code: "members-use",
                 policy_id: "p1",
+                fingerprint: "0123456789abcdef0123456789abcdef",
                 used: 1_000_000_000_000,
             },
             Answer {
@@ -582,6 +593,7 @@ mod tests {
                 decision_id: "0123456789ABCDEF00000000000000FF",
                 code: "cap_exceeded",
                 policy_id: "",
+                fingerprint: "0123456789abcdef0123456789abcdef",
                 used: 0,
             },
             answer("short"),
@@ -719,6 +731,7 @@ mod tests {
             decision_id: "d\\1",
             code: "cap_exceeded",
             policy_id: "p\u{e9}",
+            fingerprint: "0123456789abcdef0123456789abcdef",
             used: 42,
         };
         assert_eq!(

@@ -52,6 +52,8 @@ pub struct ConsumeRequest<'a> {
     pub consume: &'a Consume,
     /// Who consumes (`Type::"id"`), for the usage stream.
     pub principal: &'a str,
+    /// What makes it the same request ([`super::request_fingerprint`]).
+    pub fingerprint: &'a str,
 }
 
 /// How a consuming check ended.
@@ -103,6 +105,7 @@ impl Metering {
             snapshot,
             consume,
             principal,
+            fingerprint,
         } = request;
         let meter = match self.meter(snapshot, &consume.meter) {
             Ok(Some(meter)) => meter,
@@ -129,7 +132,7 @@ impl Metering {
             (self.last_count(tenant, &meter), false)
         } else {
             if let Some(first) = self.lease_answer(tenant, &consume.idempotency_key) {
-                return self.replay(&meter, consume, first);
+                return self.replay(&meter, consume, fingerprint, first);
             }
             match self.lease_used(conn, tenant, &meter).await {
                 Ok(used) => (used, true),
@@ -172,7 +175,7 @@ impl Metering {
                     {
                         Ok(Peek {
                             first: Some(first), ..
-                        }) => return self.replay(&meter, consume, first),
+                        }) => return self.replay(&meter, consume, fingerprint, first),
                         Ok(Peek {
                             used: now,
                             first: None,
@@ -215,6 +218,7 @@ impl Metering {
                         principal,
                         decision_id: &decision_id,
                         allow_reason: (code, policy_id),
+                        fingerprint,
                         // The last decision counts with the cap alone.
                         decided_for: if decisions < MAX_DECISIONS {
                             range
@@ -237,7 +241,7 @@ impl Metering {
                     decision_id: Some(decision_id),
                     usage: Some(self.view(&meter, used)),
                 }),
-                Ok(Consumed::Replay(first)) => self.replay(&meter, consume, first),
+                Ok(Consumed::Replay(first)) => self.replay(&meter, consume, fingerprint, first),
                 Ok(Consumed::Redecide { used: now }) => {
                     (used, known) = (now, true);
                     prepared = prepared.with_count(USAGE, used);
@@ -266,13 +270,24 @@ impl Metering {
     }
 
     /// The first answer to an idempotency key, given again: only for a
-    /// retry that asks the same.
+    /// retry that asks the same (the same fingerprint; a record from before
+    /// fingerprints, the same meter and amount).
     fn replay(
         &self,
         meter: &MeterSpec,
         consume: &Consume,
+        fingerprint: &str,
         first: FirstAnswer,
     ) -> Result<Metered, RequestError> {
+        if !first.fingerprint.is_empty() && first.fingerprint != fingerprint {
+            return Err(RequestError::new(
+                "consume.idempotency_key",
+                format!(
+                    "`{}` was first used for another request (its tenant, principal, action, resource, meter or amount differ); a retry must ask the same",
+                    consume.idempotency_key
+                ),
+            ));
+        }
         if first.meter != consume.meter || first.amount != consume.amount {
             return Err(RequestError::new(
                 "consume.idempotency_key",

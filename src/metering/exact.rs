@@ -11,6 +11,7 @@ use super::{
     answers, counter_key, parse_answer, FirstAnswer, MeterKind, MeterSpec, Metering,
     MAX_METER_TENANTS,
 };
+pub use crate::store::redis_client::scripts::Reported;
 use crate::store::redis_client::scripts::{ConsumeReply, ReportItem, UsageConsume, UsageReport};
 use crate::store::redis_client::{keys, RedisConn, RedisFailure};
 
@@ -90,6 +91,8 @@ pub struct Consumption<'a> {
     pub decision_id: &'a str,
     /// Reason code and policy id of the allowing decision.
     pub allow_reason: (&'a str, &'a str),
+    /// The request's fingerprint ([`super::request_fingerprint`]).
+    pub fingerprint: &'a str,
     /// The counts the allowing decision holds for: in exact mode, a count
     /// outside them counts nothing and asks for a new decision
     /// ([`Consumed::Redecide`]). Lease mode decides at the count it holds.
@@ -111,6 +114,7 @@ impl<'a> Consumption<'a> {
                 tollgate_engine::BuiltinReason::CapExceeded.code()
             },
             policy_id: if allow { self.allow_reason.1 } else { "" },
+            fingerprint: self.fingerprint,
         }
     }
 }
@@ -256,11 +260,21 @@ impl Metering {
         conn: &RedisConn,
         tenant: &str,
         reports: &[Report],
-    ) -> Result<Vec<i64>, RedisFailure> {
+    ) -> Result<Reported, RedisFailure> {
         let now = self.clock.now_ms();
-        let items: Vec<ReportItem<'_>> = reports
+        let fingerprints: Vec<String> = reports
             .iter()
             .map(|report| {
+                super::request_fingerprint(
+                    &[tenant, &report.principal, &report.meter.id],
+                    report.amount,
+                )
+            })
+            .collect();
+        let items: Vec<ReportItem<'_>> = reports
+            .iter()
+            .zip(&fingerprints)
+            .map(|(report, fingerprint)| {
                 let (window, end) = report.meter.period.window(now);
                 ReportItem {
                     counter_key: counter_key(tenant, &report.meter, &window),
@@ -270,10 +284,11 @@ impl Metering {
                     event_key: &report.event_key,
                     principal: &report.principal,
                     expire_at: expire_at(end),
+                    fingerprint,
                 }
             })
             .collect();
-        let totals = UsageReport {
+        let reported = UsageReport {
             tenant,
             items: &items,
             stream_maxlen: self.settings.stream_maxlen,
@@ -282,10 +297,12 @@ impl Metering {
         }
         .run(conn)
         .await?;
-        self.stats
-            .reported
-            .fetch_add(reports.len() as u64, Ordering::Relaxed);
-        Ok(totals)
+        if matches!(reported, Reported::Totals(_)) {
+            self.stats
+                .reported
+                .fetch_add(reports.len() as u64, Ordering::Relaxed);
+        }
+        Ok(reported)
     }
 }
 
@@ -302,6 +319,7 @@ mod tests {
             decision_id: "d-1",
             code: "members-use",
             policy_id: "p\\1",
+            fingerprint: "00ff00ff00ff00ff00ff00ff00ff00ff",
             used: 5,
         };
         for used in [0, 7, 1_000_000_000_000_000] {

@@ -575,6 +575,7 @@ mod tests {
             principal: "User::\"bob\"",
             decision_id: "d-1",
             allow_reason: ("member_role", "members-use"),
+            fingerprint: "",
             decided_for: tollgate_engine::CountRange::ALL,
         }
     }

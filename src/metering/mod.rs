@@ -23,7 +23,7 @@ pub mod meter;
 pub mod period;
 
 pub use consume::{Consume, ConsumeRequest, Metered, MAX_DECISIONS};
-pub use exact::{Consumed, Consumption, Peek, Report};
+pub use exact::{Consumed, Consumption, Peek, Report, Reported};
 pub use meter::{MeterKind, MeterSpec, METER_TYPE};
 pub use period::Period;
 
@@ -139,10 +139,34 @@ pub struct FirstAnswer {
     /// Determining policy of the first answer, if any.
     #[serde(default)]
     pub policy_id: String,
+    /// The [`request_fingerprint`] of the request it answered (empty in
+    /// records written before requests were fingerprinted).
+    #[serde(default)]
+    pub fingerprint: String,
     /// The count after it (allowed) or when it was refused. Serialized last:
     /// the consume script writes the record as a prefix, then the count it
     /// found, then `}` (see `record_prefix`).
     pub used: i64,
+}
+
+/// What makes two consumptions the same request: tenant, principal, action,
+/// resource, meter and amount, hashed (SHA-256, the first 16 bytes in hex).
+/// An idempotency key answers again only a request with its fingerprint.
+pub fn request_fingerprint(parts: &[&str], amount: i64) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.update(amount.to_le_bytes());
+    let digest = hasher.finalize();
+    let mut text = String::with_capacity(32);
+    for byte in &digest[..16] {
+        use std::fmt::Write as _;
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
 }
 
 /// Usage metering over Redis.

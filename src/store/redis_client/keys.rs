@@ -10,7 +10,10 @@
 //!   period window (`2026-11`, `2026-11-27`, or `all`), expiring 35 days
 //!   after the window ends;
 //! - `tollgate:{t}:gauge:<meter>`: a gauge meter's current value;
-//! - `tollgate:{t}:idem:<key>`: the first answer to an idempotency key;
+//! - `tollgate:{t}:idem:<key>`: the first answer to a consume's idempotency
+//!   key;
+//! - `tollgate:{t}:event:<key>`: a usage report's event, by its event key
+//!   (a key space of its own: a report and a consume never share a key);
 //! - `tollgate:{t}:usage` (stream): one entry per accepted consumption or
 //!   report;
 //! - [`INVALIDATE_CHANNEL`]: where every snapshot write publishes
@@ -42,6 +45,11 @@ pub fn counter_key(tenant: &str, meter: &str, window: &str) -> String {
 /// Key of a gauge meter's current value.
 pub fn gauge_key(tenant: &str, meter: &str) -> String {
     format!("tollgate:{{{tenant}}}:gauge:{meter}")
+}
+
+/// Key of a usage report's event, by its event key.
+pub fn event_key(tenant: &str, key: &str) -> String {
+    format!("tollgate:{{{tenant}}}:event:{key}")
 }
 
 /// Key of the first answer to an idempotency key.

@@ -278,6 +278,23 @@ pub struct ReportItem<'a> {
     pub principal: &'a str,
     /// When the window's counter expires (Unix seconds), 0 for never.
     pub expire_at: i64,
+    /// What makes it the same event: a report of its event key with another
+    /// fingerprint is refused.
+    pub fingerprint: &'a str,
+}
+
+/// What a usage report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reported {
+    /// Applied (events seen before skipped, as retries): each report's
+    /// meter total afterwards.
+    Totals(Vec<i64>),
+    /// Nothing was applied: the event key of report `index` names another
+    /// event.
+    Collision {
+        /// Index of the report, from 0.
+        index: usize,
+    },
 }
 
 /// `usage_report.lua`: applies usage measured after the fact, each report
@@ -297,8 +314,9 @@ pub struct UsageReport<'a> {
 }
 
 impl UsageReport<'_> {
-    /// Runs the step; returns each report's meter total afterwards.
-    pub async fn run(&self, conn: &RedisConn) -> Result<Vec<i64>, RedisFailure> {
+    /// Runs the step: each report's meter total afterwards, or the report
+    /// whose event key names another event (then nothing is applied).
+    pub async fn run(&self, conn: &RedisConn) -> Result<Reported, RedisFailure> {
         let mut keys = Vec::with_capacity(1 + 2 * self.items.len());
         keys.push(keys::stream_key(self.tenant));
         let mut args = vec![
@@ -309,28 +327,48 @@ impl UsageReport<'_> {
         ];
         for report in self.items {
             keys.push(report.counter_key.clone());
-            keys.push(keys::idempotency_key(self.tenant, report.event_key));
+            keys.push(keys::event_key(self.tenant, report.event_key));
             args.push(if report.gauge { "gauge" } else { "counter" }.to_string());
             args.push(report.amount.to_string());
             args.push(report.meter.to_string());
             args.push(report.event_key.to_string());
             args.push(report.principal.to_string());
             args.push(report.expire_at.to_string());
+            args.push(report.fingerprint.to_string());
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let reply = conn.invoke(&scripts().usage_report, &keys, &args).await?;
-        let totals = array(&reply)?
-            .iter()
-            .map(integer)
-            .collect::<Result<Vec<i64>, _>>()?;
-        if totals.len() != self.items.len() {
-            return Err(RedisFailure::Garbage(format!(
-                "expected {} totals, got {reply:?}",
-                self.items.len()
-            )));
+        let items = array(&reply)?;
+        let (outcome, rest) = items
+            .split_first()
+            .ok_or_else(|| RedisFailure::Garbage(format!("an empty reply: {reply:?}")))?;
+        match text(outcome)? {
+            "collision" => {
+                let index = match rest {
+                    [index] => integer(index)?,
+                    _ => return Err(RedisFailure::Garbage(format!("{reply:?}"))),
+                };
+                usize::try_from(index - 1)
+                    .ok()
+                    .filter(|index| *index < self.items.len())
+                    .map(|index| Reported::Collision { index })
+                    .ok_or_else(|| RedisFailure::Garbage(format!("{reply:?}")))
+            }
+            "totals" => {
+                let totals = rest.iter().map(integer).collect::<Result<Vec<i64>, _>>()?;
+                if totals.len() != self.items.len() {
+                    return Err(RedisFailure::Garbage(format!(
+                        "expected {} totals, got {reply:?}",
+                        self.items.len()
+                    )));
+                }
+                Ok(Reported::Totals(totals))
+            }
+            other => Err(RedisFailure::Garbage(format!(
+                "unknown outcome `{other}`: {reply:?}"
+            ))),
         }
-        Ok(totals)
     }
 }
 
