@@ -10,6 +10,8 @@
 //! * [`server`]: the server in this process ([`server::InProcess`]) or as a
 //!   process of the built binary ([`server::ServerProcess`]);
 //! * [`redis_server`]: a real `redis-server` on a free loopback port;
+//! * [`redis_proxy`]: a fault-injecting proxy in front of it (replies
+//!   dropped, delayed or cut by a reset, connections black-holed);
 //! * [`measure`]: CPU time and memory of a process, from `/proc`;
 //! * [`pki`]: CAs and certificates made with `openssl`, TLS channels;
 //! * [`bench`](mod@bench): what the `harness = false` benchmarks share;
@@ -38,6 +40,7 @@ pub mod fixtures;
 pub mod loadgen;
 pub mod measure;
 pub mod pki;
+pub mod redis_proxy;
 pub mod redis_server;
 pub mod request;
 pub mod server;
