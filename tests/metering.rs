@@ -1192,3 +1192,58 @@ async fn a_lease_mode_key_is_bound_to_its_request_too() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_steps_whose_replies_are_lost_count_once() {
+    use tollgate::store::redis_client::scripts::script_hash;
+    use tollgate_testkit::redis_proxy::{Fault, Match, RedisProxy, Rule};
+    let setup = setup(Options::default(), 1_000).await;
+    setup.lease(30, 10).await;
+    let proxy = RedisProxy::start(setup.redis.port);
+    let mut redis = settings(vec![proxy.url()]);
+    redis.timeout = std::time::Duration::from_secs(2);
+    let server = setup
+        .start_with(redis, None, Some(std::time::Duration::from_secs(600)))
+        .await;
+    let mut client = connect(&server.url()).await;
+    // Half of the reservations' and returns' replies are lost after Redis
+    // ran them (the connection closes under them).
+    proxy.set_rules(vec![
+        Rule::new(
+            Match::Script(script_hash("lease_reserve").unwrap()),
+            Fault::DropReply,
+        )
+        .at_rate(0.5),
+        Rule::new(
+            Match::Script(script_hash("lease_give_back").unwrap()),
+            Fault::DropReply,
+        )
+        .at_rate(0.5),
+    ]);
+    let mut allowed_keys = Vec::new();
+    for attempt in 0..60 {
+        let key = format!("k{attempt}");
+        let response = consume_on(&mut client, &key, 1).await;
+        if allowed(&response) {
+            allowed_keys.push(key);
+        } else {
+            let code = codes(&response)[0].to_string();
+            assert!(
+                ["cap_exceeded", "metering_unavailable"].contains(&code.as_str()),
+                "{response:?}"
+            );
+        }
+    }
+    assert!(proxy.stats().dropped > 0, "{:?}", proxy.stats());
+    // Never past the cap, and every unit reserved is either granted or back.
+    assert!(allowed_keys.len() <= 30, "{}", allowed_keys.len());
+    proxy.clear_rules();
+    server.stop().await.unwrap();
+    assert_eq!(setup.counter("2026-11"), allowed_keys.len() as i64);
+    assert_eq!(setup.stream_length(), allowed_keys.len() as i64);
+    assert_eq!(
+        allowed_keys.len(),
+        30,
+        "the stock of lost replies came back"
+    );
+}

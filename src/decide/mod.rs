@@ -13,7 +13,6 @@ mod log;
 mod source;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +31,8 @@ pub use crate::callers::{Caller, Credentials, Operation, Refusal};
 use crate::decision_log::DecisionLog;
 pub use crate::metering::Consume;
 use crate::metering::{
-    ConsumeRequest, FirstAnswer, MeterKind, Metered, Metering, Report, UsageView, MAX_KEY_BYTES,
+    ConsumeRequest, FirstAnswer, MeterKind, Metered, Metering, Report, UniqueIds, UsageView,
+    MAX_KEY_BYTES,
 };
 use crate::store::remote::RemoteSnapshots;
 use crate::store::{Catalog, Lookup, Store};
@@ -412,43 +412,6 @@ impl Answer {
     }
 }
 
-/// Unique decision ids: a random per-process prefix and a counter.
-#[derive(Debug)]
-struct DecisionIds {
-    prefix: u64,
-    counter: AtomicU64,
-}
-
-impl DecisionIds {
-    fn new() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default(),
-        );
-        hasher.write_u32(std::process::id());
-        Self {
-            prefix: hasher.finish(),
-            counter: AtomicU64::new(0),
-        }
-    }
-
-    fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut id = String::with_capacity(32);
-        for word in [self.prefix, n] {
-            for shift in (0..16).rev() {
-                id.push(char::from(DIGITS[((word >> (shift * 4)) & 0xf) as usize]));
-            }
-        }
-        id
-    }
-}
-
 /// The decision service: every front door's one way to a decision.
 #[derive(Debug)]
 pub struct DecisionService {
@@ -456,7 +419,7 @@ pub struct DecisionService {
     tenants: Tenants,
     options: Options,
     limits: Limits,
-    ids: DecisionIds,
+    ids: UniqueIds,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     decision_log: Option<Arc<DecisionLog>>,
     metering: Option<Arc<Metering>>,
@@ -559,7 +522,7 @@ impl DecisionService {
             tenants: Tenants::Files(FileSource),
             options,
             limits,
-            ids: DecisionIds::new(),
+            ids: UniqueIds::new(),
             metrics: None,
             decision_log: None,
             metering: None,
@@ -1137,24 +1100,6 @@ impl DecisionService {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decision_ids_are_32_lowercase_hex_digits_of_prefix_and_counter() {
-        let ids = DecisionIds {
-            prefix: 0x0123_4567_89ab_cdef,
-            counter: AtomicU64::new(u64::MAX - 1),
-        };
-        assert_eq!(ids.next(), "0123456789abcdeffffffffffffffffe");
-        assert_eq!(ids.next(), "0123456789abcdefffffffffffffffff");
-        assert_eq!(ids.next(), "0123456789abcdef0000000000000000");
-        let ids = DecisionIds::new();
-        let first = ids.next();
-        assert_eq!(first.len(), 32);
-        assert!(first
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert_eq!(ids.next()[..16], first[..16]);
-    }
 
     #[test]
     fn a_replayed_reason_names_its_first_decision() {

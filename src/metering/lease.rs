@@ -59,7 +59,41 @@ struct Lease {
     expires: Option<std::time::Instant>,
     /// Granted consumptions not yet in the usage stream.
     events: Vec<LeaseEvent>,
+    /// A Redis step whose outcome is not known (its reply was lost or late):
+    /// it is sent again, under its operation id, before anything else, so
+    /// that it counts once whether or not Redis ran it.
+    unsettled: Option<Unsettled>,
 }
+
+/// A lease step sent to Redis whose outcome is not known.
+#[derive(Debug)]
+enum Unsettled {
+    /// A reservation (with the events it carried).
+    Reserve {
+        op: String,
+        meter: MeterSpec,
+        tenant: String,
+        window: String,
+        window_start: i64,
+        end: Option<i64>,
+        block: i64,
+        needed: i64,
+        events: Vec<LeaseEvent>,
+    },
+    /// A return of unspent units and events.
+    GiveBack {
+        op: String,
+        meter: MeterSpec,
+        tenant: String,
+        window: String,
+        stock: i64,
+        events: Vec<LeaseEvent>,
+    },
+}
+
+/// How long Redis remembers a lease operation's outcome: far longer than a
+/// lost reply takes to be noticed and the step sent again.
+const OPERATION_TTL_MS: u64 = 60 * 60 * 1000;
 
 impl Lease {
     /// Whether the lease holds units of `meter`'s window starting at `start`
@@ -277,6 +311,7 @@ impl Metering {
         now: i64,
         needed: i64,
     ) -> Result<std::sync::MutexGuard<'s, Lease>, RedisFailure> {
+        self.settle(conn, slot, now).await?;
         let (start, end) = meter.period.bounds(now);
         let stale = {
             let mut lease = slot.state();
@@ -287,7 +322,7 @@ impl Metering {
             }
         };
         if let Some(mut stale) = stale {
-            if let Err(error) = self.give_back(conn, &mut stale).await {
+            if let Err(error) = self.give_back(conn, slot, &mut stale).await {
                 Self::restore(&mut slot.state(), stale);
                 return Err(error);
             }
@@ -316,14 +351,29 @@ impl Metering {
             )
         };
         let block = meter.lease.unwrap_or(1).max(needed);
+        let op = self.operations.next();
         let reply = self
-            .reserve(conn, tenant, meter, &window, end, block, needed, &events)
+            .reserve(
+                conn, &op, tenant, meter, &window, end, block, needed, &events,
+            )
             .await;
         let mut lease = slot.state();
         let (granted, counter) = match reply {
             Ok(reply) => reply,
             Err(error) => {
-                lease.events.splice(..0, events);
+                // Redis may have run it: it is sent again, under its id,
+                // before this lease asks anything else.
+                lease.unsettled = Some(Unsettled::Reserve {
+                    op,
+                    meter: meter.clone(),
+                    tenant: tenant.to_string(),
+                    window,
+                    window_start: start,
+                    end,
+                    block,
+                    needed,
+                    events,
+                });
                 return Err(error);
             }
         };
@@ -409,6 +459,7 @@ impl Metering {
     /// With the lease's call lock held: writes up to [`MAX_EVENTS_PER_CALL`]
     /// of its pending usage events.
     async fn write_events(&self, conn: &RedisConn, slot: &LeaseSlot) -> Result<(), RedisFailure> {
+        self.settle(conn, slot, self.clock.now_ms()).await?;
         let (tenant, meter, window, events) = {
             let mut lease = slot.state();
             let Some(meter) = lease.meter.clone() else {
@@ -418,13 +469,134 @@ impl Metering {
             let events: Vec<LeaseEvent> = lease.events.drain(..count).collect();
             (lease.tenant.clone(), meter, lease.window.clone(), events)
         };
+        let op = self.operations.next();
         let written = self
-            .give_back_call(conn, &tenant, &meter, &window, 0, &events)
+            .give_back_call(conn, &op, &tenant, &meter, &window, 0, &events)
             .await;
         if written.is_err() {
-            slot.state().events.splice(..0, events);
+            slot.state().unsettled = Some(Unsettled::GiveBack {
+                op,
+                meter,
+                tenant,
+                window,
+                stock: 0,
+                events,
+            });
         }
         written
+    }
+
+    /// With the lease's call lock held: sends its unsettled step again,
+    /// under the same operation id, so that Redis either runs it now or
+    /// answers what it did the first time. A reservation settled after its
+    /// window has passed gives its units back.
+    async fn settle(
+        &self,
+        conn: &RedisConn,
+        slot: &LeaseSlot,
+        now: i64,
+    ) -> Result<(), RedisFailure> {
+        loop {
+            let Some(step) = slot.state().unsettled.take() else {
+                return Ok(());
+            };
+            match step {
+                Unsettled::Reserve {
+                    op,
+                    meter,
+                    tenant,
+                    window,
+                    window_start,
+                    end,
+                    block,
+                    needed,
+                    events,
+                } => {
+                    let reply = self
+                        .reserve(
+                            conn, &op, &tenant, &meter, &window, end, block, needed, &events,
+                        )
+                        .await;
+                    let (granted, counter) = match reply {
+                        Ok(reply) => reply,
+                        Err(error) => {
+                            slot.state().unsettled = Some(Unsettled::Reserve {
+                                op,
+                                meter,
+                                tenant,
+                                window,
+                                window_start,
+                                end,
+                                block,
+                                needed,
+                                events,
+                            });
+                            return Err(error);
+                        }
+                    };
+                    self.stats
+                        .leased
+                        .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
+                    let mut lease = slot.state();
+                    let still_current = meter.period.bounds(now).0 == window_start
+                        && lease.meter.as_ref().is_none_or(|held| *held == meter)
+                        && lease.window_start.is_none_or(|start| start == window_start);
+                    if still_current {
+                        lease.window_start = Some(window_start);
+                        lease.window = window;
+                        lease.meter = Some(meter);
+                        tenant.clone_into(&mut lease.tenant);
+                        lease.counter = counter;
+                        lease.stock += granted;
+                        lease.exhausted = granted == 0;
+                        if granted > 0 {
+                            self.stats
+                                .lease_stock
+                                .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
+                            lease.expires =
+                                Some(std::time::Instant::now() + self.settings.lease_ttl);
+                        }
+                    } else if granted > 0 {
+                        // Reserved for a window or limit no longer served:
+                        // the units go back.
+                        lease.unsettled = Some(Unsettled::GiveBack {
+                            op: self.operations.next(),
+                            meter,
+                            tenant,
+                            window,
+                            stock: granted,
+                            events: Vec::new(),
+                        });
+                    }
+                }
+                Unsettled::GiveBack {
+                    op,
+                    meter,
+                    tenant,
+                    window,
+                    stock,
+                    events,
+                } => {
+                    let written = self
+                        .give_back_call(conn, &op, &tenant, &meter, &window, stock, &events)
+                        .await;
+                    if let Err(error) = written {
+                        slot.state().unsettled = Some(Unsettled::GiveBack {
+                            op,
+                            meter,
+                            tenant,
+                            window,
+                            stock,
+                            events,
+                        });
+                        return Err(error);
+                    }
+                    self.stats
+                        .returned
+                        .fetch_add(stock.unsigned_abs(), Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Reserves up to `block` units (at least `needed`, or none) and writes
@@ -436,6 +608,7 @@ impl Metering {
     async fn reserve(
         &self,
         conn: &RedisConn,
+        op: &str,
         tenant: &str,
         meter: &MeterSpec,
         window: &str,
@@ -454,6 +627,8 @@ impl Metering {
             stream_maxlen: self.settings.stream_maxlen,
             meter: &meter.id,
             events,
+            op,
+            op_ttl_ms: OPERATION_TTL_MS,
         }
         .run(conn)
         .await
@@ -466,19 +641,42 @@ impl Metering {
     async fn give_back(
         &self,
         conn: &RedisConn,
+        slot: &LeaseSlot,
         returning: &mut Returning,
     ) -> Result<(), RedisFailure> {
         loop {
             let count = returning.events.len().min(MAX_EVENTS_PER_CALL);
-            self.give_back_call(
-                conn,
-                &returning.tenant,
-                &returning.meter,
-                &returning.window,
-                returning.stock,
-                &returning.events[..count],
-            )
-            .await?;
+            let op = self.operations.next();
+            let written = self
+                .give_back_call(
+                    conn,
+                    &op,
+                    &returning.tenant,
+                    &returning.meter,
+                    &returning.window,
+                    returning.stock,
+                    &returning.events[..count],
+                )
+                .await;
+            if let Err(error) = written {
+                // Redis may have run it: the step (its units and events)
+                // is sent again under its id; only what was never sent is
+                // left in `returning` to restore.
+                slot.state().unsettled = Some(Unsettled::GiveBack {
+                    op,
+                    meter: returning.meter.clone(),
+                    tenant: returning.tenant.clone(),
+                    window: returning.window.clone(),
+                    stock: returning.stock,
+                    events: returning.events.drain(..count).collect(),
+                });
+                self.stats
+                    .lease_stock
+                    .fetch_sub(returning.stock.unsigned_abs(), Ordering::Relaxed);
+                returning.counter -= returning.stock;
+                returning.stock = 0;
+                return Err(error);
+            }
             returning.events.drain(..count);
             if returning.stock != 0 {
                 self.stats
@@ -497,9 +695,14 @@ impl Metering {
     }
 
     /// One give-back step: returns `stock` units and writes `events`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one atomic step takes all of its inputs"
+    )]
     async fn give_back_call(
         &self,
         conn: &RedisConn,
+        op: &str,
         tenant: &str,
         meter: &MeterSpec,
         window: &str,
@@ -513,6 +716,8 @@ impl Metering {
             stream_maxlen: self.settings.stream_maxlen,
             meter: &meter.id,
             events,
+            op,
+            op_ttl_ms: OPERATION_TTL_MS,
         }
         .run(conn)
         .await
@@ -529,8 +734,13 @@ impl Metering {
             .flat_map(|meters| meters.values().cloned())
             .collect();
         let now = std::time::Instant::now();
+        let mut failed = None;
         for slot in leases {
             let _calls = slot.calls.lock().await;
+            if let Err(error) = self.settle(conn, &slot, self.clock.now_ms()).await {
+                failed = Some(error);
+                continue;
+            }
             let returning = {
                 let mut lease = slot.state();
                 if all || lease.expires.is_some_and(|expires| expires <= now) {
@@ -542,12 +752,12 @@ impl Metering {
             let Some(mut returning) = returning else {
                 continue;
             };
-            if let Err(error) = self.give_back(conn, &mut returning).await {
+            if let Err(error) = self.give_back(conn, &slot, &mut returning).await {
                 Self::restore(&mut slot.state(), returning);
-                return Err(error);
+                failed = Some(error);
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 }
 

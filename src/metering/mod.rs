@@ -169,6 +169,54 @@ pub fn request_fingerprint(parts: &[&str], amount: i64) -> String {
     text
 }
 
+/// Unique ids (decision ids, lease operation ids): 32 hex digits, a random
+/// per-process prefix and a counter.
+#[derive(Debug)]
+pub struct UniqueIds {
+    prefix: u64,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl UniqueIds {
+    /// A generator with a fresh random prefix.
+    pub fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        hasher.write_u32(std::process::id());
+        Self {
+            prefix: hasher.finish(),
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The next id.
+    pub fn next(&self) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for word in [self.prefix, n] {
+            for shift in (0..16).rev() {
+                id.push(char::from(DIGITS[((word >> (shift * 4)) & 0xf) as usize]));
+            }
+        }
+        id
+    }
+}
+
+impl Default for UniqueIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Usage metering over Redis.
 #[derive(Debug)]
 pub struct Metering {
@@ -179,6 +227,9 @@ pub struct Metering {
     leases: std::sync::Mutex<lease::LeaseTable>,
     /// First answers of lease-mode consumptions, by tenant and key.
     lease_answers: answers::Answers,
+    /// Ids of lease operations (reservations, returns), each safe to run
+    /// twice under its id.
+    operations: UniqueIds,
     /// Meters read from tenants' snapshots.
     meters: std::sync::Mutex<std::collections::HashMap<String, SnapshotMeters>>,
     /// The last count seen of each exact-mode meter, by tenant and meter:
@@ -245,6 +296,7 @@ impl Metering {
             lease_answers,
             meters: std::sync::Mutex::new(std::collections::HashMap::new()),
             last_counts: std::sync::Mutex::new(std::collections::HashMap::new()),
+            operations: UniqueIds::new(),
         }
     }
 
@@ -319,5 +371,28 @@ impl Metering {
     /// Counts a consumption refused because Redis could not be reached.
     pub fn note_unavailable(&self) {
         self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod unique_id_tests {
+    use super::*;
+
+    #[test]
+    fn unique_ids_are_32_lowercase_hex_digits_of_prefix_and_counter() {
+        let ids = UniqueIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            counter: std::sync::atomic::AtomicU64::new(u64::MAX - 1),
+        };
+        assert_eq!(ids.next(), "0123456789abcdeffffffffffffffffe");
+        assert_eq!(ids.next(), "0123456789abcdefffffffffffffffff");
+        assert_eq!(ids.next(), "0123456789abcdef0000000000000000");
+        let ids = UniqueIds::new();
+        let first = ids.next();
+        assert_eq!(first.len(), 32);
+        assert!(first
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(ids.next()[..16], first[..16]);
     }
 }

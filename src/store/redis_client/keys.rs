@@ -14,6 +14,8 @@
 //!   key;
 //! - `tollgate:{t}:event:<key>`: a usage report's event, by its event key
 //!   (a key space of its own: a report and a consume never share a key);
+//! - `tollgate:{t}:op:<id>`: the outcome of a lease reservation or return,
+//!   so that running it again (a retry after a lost reply) changes nothing;
 //! - `tollgate:{t}:usage` (stream): one entry per accepted consumption or
 //!   report;
 //! - [`INVALIDATE_CHANNEL`]: where every snapshot write publishes
@@ -45,6 +47,11 @@ pub fn counter_key(tenant: &str, meter: &str, window: &str) -> String {
 /// Key of a gauge meter's current value.
 pub fn gauge_key(tenant: &str, meter: &str) -> String {
     format!("tollgate:{{{tenant}}}:gauge:{meter}")
+}
+
+/// Key of the recorded outcome of a lease operation.
+pub fn operation_key(tenant: &str, op: &str) -> String {
+    format!("tollgate:{{{tenant}}}:op:{op}")
 }
 
 /// Key of a usage report's event, by its event key.

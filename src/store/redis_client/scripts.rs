@@ -44,6 +44,25 @@ fn scripts() -> &'static Scripts {
     })
 }
 
+/// The SHA-1 Redis knows a script by (`EVALSHA`, `SCRIPT EXISTS`, the slow
+/// log), by its file name without `.lua`: `lease_reserve`, `usage_consume`,
+/// ...; `None` for a name tollgate has no script of.
+pub fn script_hash(name: &str) -> Option<String> {
+    let scripts = scripts();
+    let script = match name {
+        "snapshot_read" => &scripts.snapshot_read,
+        "snapshot_put" => &scripts.snapshot_put,
+        "snapshot_delete" => &scripts.snapshot_delete,
+        "usage_consume" => &scripts.usage_consume,
+        "usage_report" => &scripts.usage_report,
+        "lease_reserve" => &scripts.lease_reserve,
+        "lease_give_back" => &scripts.lease_give_back,
+        "decision_stream_add" => &scripts.decision_stream_add,
+        _ => return None,
+    };
+    Some(script.get_hash().to_string())
+}
+
 /// `snapshot_read.lua`: a tenant's snapshot, or only its version when the
 /// caller already holds that version.
 #[derive(Debug, Clone, Copy)]
@@ -423,6 +442,11 @@ pub struct LeaseReserve<'a> {
     pub meter: &'a str,
     /// Pending usage events to write.
     pub events: &'a [UsageEvent],
+    /// The operation's id: a second run with it changes nothing and
+    /// answers as the first did.
+    pub op: &'a str,
+    /// How long the operation's outcome is remembered, in milliseconds.
+    pub op_ttl_ms: u64,
 }
 
 impl LeaseReserve<'_> {
@@ -435,13 +459,18 @@ impl LeaseReserve<'_> {
             self.expire_at.to_string(),
             self.stream_maxlen.to_string(),
             self.meter.to_string(),
+            self.op_ttl_ms.to_string(),
         ];
         push_events(&mut args, self.events);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let reply = conn
             .invoke(
                 &scripts().lease_reserve,
-                &[self.counter_key, &keys::stream_key(self.tenant)],
+                &[
+                    self.counter_key,
+                    &keys::stream_key(self.tenant),
+                    &keys::operation_key(self.tenant, self.op),
+                ],
                 &args,
             )
             .await?;
@@ -468,6 +497,10 @@ pub struct LeaseGiveBack<'a> {
     pub meter: &'a str,
     /// Pending usage events to write.
     pub events: &'a [UsageEvent],
+    /// The operation's id: a second run with it changes nothing.
+    pub op: &'a str,
+    /// How long the operation's outcome is remembered, in milliseconds.
+    pub op_ttl_ms: u64,
 }
 
 impl LeaseGiveBack<'_> {
@@ -477,13 +510,18 @@ impl LeaseGiveBack<'_> {
             self.unspent.to_string(),
             self.stream_maxlen.to_string(),
             self.meter.to_string(),
+            self.op_ttl_ms.to_string(),
         ];
         push_events(&mut args, self.events);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let reply = conn
             .invoke(
                 &scripts().lease_give_back,
-                &[self.counter_key, &keys::stream_key(self.tenant)],
+                &[
+                    self.counter_key,
+                    &keys::stream_key(self.tenant),
+                    &keys::operation_key(self.tenant, self.op),
+                ],
                 &args,
             )
             .await?;
