@@ -148,6 +148,29 @@ async fn return_expired_leases(
     }
 }
 
+/// Writes leases' usage events and stock to Redis every `every`, until
+/// shutdown (when the leases go back whole).
+async fn flush_leases(
+    metering: Arc<crate::metering::Metering>,
+    remote: Arc<RemoteSnapshots>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        if let Some(conn) = remote.connection() {
+            if let Err(error) = metering.flush_leases(conn).await {
+                tracing::debug!(error = %error, "cannot write lease events yet");
+            }
+        }
+    }
+}
+
 /// Completes on the first SIGTERM or SIGINT.
 fn shutdown_signal() -> Result<impl Future<Output = ()>, ServeError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -256,6 +279,12 @@ pub async fn serve_on(
             Arc::clone(&metering),
             Arc::clone(&remote),
             config.metering.lease_ttl,
+            stop_rx.clone(),
+        ));
+        tokio::spawn(flush_leases(
+            Arc::clone(&metering),
+            Arc::clone(&remote),
+            config.metering.lease_flush,
             stop_rx.clone(),
         ));
         leases = Some((Arc::clone(&metering), Arc::clone(&remote)));

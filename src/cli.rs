@@ -49,7 +49,7 @@ enum Command {
     /// decision_log_redis_maxlen, redis_url, redis_cluster,
     /// redis_username, redis_password, redis_tls_ca_file, redis_timeout_ms,
     /// cache_max_bytes, cache_ttl_ms, max_stale_ms, usage_idempotency_ttl_ms,
-    /// usage_lease_ttl_ms, usage_lease_answers_max_bytes,
+    /// usage_lease_ttl_ms, usage_lease_flush_ms, usage_lease_answers_max_bytes,
     /// usage_stream_maxlen, admin_listen, admin_token,
     /// log_format, log_level (docs/configuration.md describes each; a nested YAML mapping
     /// such as `redis: {url: ...}` sets `redis_url`).

@@ -786,6 +786,7 @@ fn build(
     });
     let idempotency_ttl = get(values, problems, "usage_idempotency_ttl_ms", millis);
     let lease_ttl = get(values, problems, "usage_lease_ttl_ms", millis);
+    let lease_flush = get(values, problems, "usage_lease_flush_ms", millis);
     let lease_answers_max_bytes =
         get(
             values,
@@ -981,6 +982,7 @@ fn build(
             idempotency_ttl: idempotency_ttl?,
             stream_maxlen: stream_maxlen?,
             lease_ttl: lease_ttl?,
+            lease_flush: lease_flush?,
             lease_answers_max_bytes: lease_answers_max_bytes?,
         },
         clock: crate::metering::Clock::system(),

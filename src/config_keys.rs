@@ -60,6 +60,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("max_stale_ms", "300000", "while Redis is unreachable, how long after its last confirmation a cached snapshot still serves (marked STALE) before entitlements_unavailable"),
     ("usage_idempotency_ttl_ms", "86400000", "how long the first answer to a consume's idempotency key (or a usage report's event key) is remembered"),
     ("usage_lease_ttl_ms", "10000", "lease-mode meters: how long unspent reserved units stay with this sidecar before they are returned"),
+    ("usage_lease_flush_ms", "500", "lease-mode meters: how often each sidecar writes its granted consumptions' usage events and its unspent stock to Redis (a sidecar that dies loses at most this interval's events; its stock goes back once its lease expires)"),
     ("usage_lease_answers_max_bytes", "33554432", "lease-mode meters: memory for the first answers this sidecar remembers for idempotency keys (counted as its tenant and key plus about 170 bytes each); past it the oldest are forgotten before usage_idempotency_ttl_ms"),
     ("usage_stream_maxlen", "1000000", "approximate upper bound on each tenant's usage event stream (tollgate:{<tenant>}:usage)"),
     ("admin_listen", "", "address of the gRPC AdminService (snapshot writes; needs redis_url, and admin_token or callers with admin operations), e.g. 127.0.0.1:50052; empty: off"),

@@ -191,11 +191,23 @@ impl Setup {
         metrics: Option<std::net::SocketAddr>,
         lease_ttl: Option<std::time::Duration>,
     ) -> InProcess {
+        self.start_metering(redis, metrics, |metering| {
+            if let Some(lease_ttl) = lease_ttl {
+                metering.lease_ttl = lease_ttl;
+            }
+        })
+        .await
+    }
+
+    async fn start_metering(
+        &self,
+        redis: tollgate::store::redis_client::RedisSettings,
+        metrics: Option<std::net::SocketAddr>,
+        metering: impl FnOnce(&mut tollgate::metering::MeteringSettings),
+    ) -> InProcess {
         let mut config = redis_config(&self.dirs, redis);
         config.metrics_listen = metrics;
-        if let Some(lease_ttl) = lease_ttl {
-            config.metering.lease_ttl = lease_ttl;
-        }
+        metering(&mut config.metering);
         let now = Arc::clone(&self.now);
         config.clock = Clock::from_fn(move || now.load(Ordering::Relaxed));
         InProcess::start(config).await
@@ -767,7 +779,15 @@ async fn a_lease_reserves_its_next_block_early_and_returns_an_old_period() {
 async fn a_large_lease_writes_its_usage_events_a_thousand_at_a_time() {
     let setup = setup(Options::default(), 1_000_000).await;
     setup.lease(1_000_000, 1_000_000).await;
-    let server = setup.patient_server().await;
+    // No periodic flush: only the 1,000-event bound writes events here.
+    let mut redis = settings(vec![setup.redis.url()]);
+    redis.timeout = std::time::Duration::from_secs(2);
+    let server = setup
+        .start_metering(redis, None, |metering| {
+            metering.lease_ttl = std::time::Duration::from_secs(600);
+            metering.lease_flush = std::time::Duration::from_secs(3_600);
+        })
+        .await;
     let mut tasks = Vec::new();
     for client_index in 0..8 {
         let url = server.url();
@@ -1246,4 +1266,97 @@ async fn lease_steps_whose_replies_are_lost_count_once() {
         30,
         "the stock of lost replies came back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_killed_with_a_lease_loses_at_most_one_flush_and_its_stock_comes_back() {
+    use tollgate_testkit::server::ServerProcess;
+    let setup = setup(Options::default(), 1_000).await;
+    setup.lease(100, 40).await;
+    let env = [
+        ("TOLLGATE_REDIS_URL", setup.redis.url()),
+        ("TOLLGATE_USAGE_LEASE_TTL_MS", "1500".to_string()),
+        ("TOLLGATE_USAGE_LEASE_FLUSH_MS", "200".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let binary = env!("CARGO_BIN_EXE_tollgate");
+    let mut a = ServerProcess::spawn(binary, &setup.dirs.policies, &setup.dirs.entitlements, &env);
+    let b = ServerProcess::spawn(binary, &setup.dirs.policies, &setup.dirs.entitlements, &env);
+    // The processes count in the real month's window.
+    let counter = || -> i64 {
+        let keys: Vec<String> = setup
+            .redis
+            .command(&["KEYS", "tollgate:{acme}:usage:api-calls:*"]);
+        keys.iter()
+            .filter(|key| !key.ends_with(":leases"))
+            .map(|key| {
+                setup
+                    .redis
+                    .command::<Option<i64>>(&["GET", key])
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let mut on_a = connect(&a.url()).await;
+    let mut given = 0;
+    for n in 0..10 {
+        let response = answer_until(
+            &on_a,
+            consume(&format!("a-{n}"), 1),
+            "a lease-mode grant",
+            |response| {
+                response
+                    .usage
+                    .as_ref()
+                    .is_some_and(|usage| usage.limit == 100)
+            },
+        )
+        .await;
+        assert!(allowed(&response), "{response:?}");
+        given += 1;
+    }
+    assert_eq!(counter(), 40, "one block reserved");
+    wait_until("the grants to be flushed", || async {
+        match setup.stream_length() {
+            10 => Ok(()),
+            other => Err(format!("{other} events")),
+        }
+    })
+    .await;
+    for n in 10..13 {
+        assert!(allowed(&consume_on(&mut on_a, &format!("a-{n}"), 1).await));
+        given += 1;
+    }
+    // Killed without a chance to give anything back.
+    a.signal("KILL");
+    a.wait_exit(std::time::Duration::from_secs(10)).await;
+    let mut on_b = connect(&b.url()).await;
+    assert!(allowed(&consume_on(&mut on_b, "b-0", 1).await));
+    given += 1;
+    assert_eq!(counter(), 80, "a second block for the second sidecar");
+    let killed = std::time::Instant::now();
+    // Once the dead sidecar's lease has expired, the survivor's next write
+    // gives its stock (as last written) back; the survivor gives its own
+    // back when its lease expires. Then the counter holds exactly the
+    // grants recorded in the stream.
+    wait_until("the dead sidecar's stock to come back", || async {
+        let events = setup.stream_length();
+        match counter() {
+            now if now == events => Ok(()),
+            now => Err(format!("counter {now}, {events} events")),
+        }
+    })
+    .await;
+    let lost = given - setup.stream_length();
+    assert!(
+        (0..=3).contains(&lost),
+        "lost {lost} events: more than were granted since the last flush"
+    );
+    eprintln!(
+        "the killed sidecar lost {lost} of its 13 granted events; all stock back {} ms after the kill (lease ttl 1500 ms)",
+        killed.elapsed().as_millis()
+    );
+    b.stop().unwrap();
+    assert_eq!(counter(), setup.stream_length());
+    assert_eq!(setup.stream_length(), given - lost);
 }

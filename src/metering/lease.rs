@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use super::period::expire_at;
 use super::{counter_key, Consumed, Consumption, FirstAnswer, MeterSpec, Metering};
-use crate::store::redis_client::scripts::{LeaseGiveBack, LeaseReserve, UsageEvent};
+use crate::store::redis_client::scripts::{
+    GiveBackMode, LeaseGiveBack, LeaseReserve, Reserved, UsageEvent,
+};
 use crate::store::redis_client::{RedisConn, RedisFailure};
 
 /// Leases by tenant, then meter. Nested so that a lookup borrows the
@@ -63,6 +65,8 @@ struct Lease {
     /// it is sent again, under its operation id, before anything else, so
     /// that it counts once whether or not Redis ran it.
     unsettled: Option<Unsettled>,
+    /// The stock last recorded in Redis (what a crash would give back).
+    flushed_stock: Option<i64>,
 }
 
 /// A lease step sent to Redis whose outcome is not known.
@@ -78,15 +82,18 @@ enum Unsettled {
         end: Option<i64>,
         block: i64,
         needed: i64,
+        held: i64,
+        sent: std::time::Instant,
         events: Vec<LeaseEvent>,
     },
-    /// A return of unspent units and events.
+    /// A return of unspent units, or a flush of the stock, and events.
     GiveBack {
         op: String,
         meter: MeterSpec,
         tenant: String,
         window: String,
         stock: i64,
+        mode: GiveBackMode,
         events: Vec<LeaseEvent>,
     },
 }
@@ -98,8 +105,12 @@ const OPERATION_TTL_MS: u64 = 60 * 60 * 1000;
 impl Lease {
     /// Whether the lease holds units of `meter`'s window starting at `start`
     /// under its current limit.
+    /// A lease past its expiry grants nothing more: by then its stock may
+    /// be reclaimed for the other sidecars (it expires in Redis no sooner).
     fn current(&self, meter: &MeterSpec, start: i64) -> bool {
-        self.window_start == Some(start)
+        self.expires
+            .is_none_or(|expires| std::time::Instant::now() < expires)
+            && self.window_start == Some(start)
             && self
                 .meter
                 .as_ref()
@@ -327,7 +338,7 @@ impl Metering {
                 return Err(error);
             }
         }
-        let (window, events) = {
+        let window_events = {
             let mut lease = slot.state();
             if lease.window_start != Some(start) {
                 // Not current (a first reservation, or a new window or
@@ -348,17 +359,22 @@ impl Metering {
             (
                 lease.window.clone(),
                 lease.events.drain(..count).collect::<Vec<_>>(),
+                lease.stock,
             )
         };
+        let (window, events, held) = window_events;
         let block = meter.lease.unwrap_or(1).max(needed);
         let op = self.operations.next();
+        // The lease expires here no later than in Redis, whose clock starts
+        // when the script runs, after this.
+        let sent = std::time::Instant::now();
         let reply = self
             .reserve(
-                conn, &op, tenant, meter, &window, end, block, needed, &events,
+                conn, &op, tenant, meter, &window, end, block, needed, held, &events,
             )
             .await;
         let mut lease = slot.state();
-        let (granted, counter) = match reply {
+        let reserved = match reply {
             Ok(reply) => reply,
             Err(error) => {
                 // Redis may have run it: it is sent again, under its id,
@@ -372,12 +388,38 @@ impl Metering {
                     end,
                     block,
                     needed,
+                    held,
+                    sent,
                     events,
                 });
                 return Err(error);
             }
         };
         lease.window_start = Some(start);
+        self.apply_reserved(&mut lease, reserved, held, sent);
+        Ok(lease)
+    }
+
+    /// Applies a reservation's outcome to the lease it was made for.
+    fn apply_reserved(
+        &self,
+        lease: &mut Lease,
+        reserved: Reserved,
+        held: i64,
+        sent: std::time::Instant,
+    ) {
+        let Reserved {
+            granted,
+            counter,
+            revoked,
+        } = reserved;
+        if revoked {
+            // The stock held went back already (the lease had expired).
+            self.stats
+                .lease_stock
+                .fetch_sub(lease.stock.unsigned_abs(), Ordering::Relaxed);
+            lease.stock = 0;
+        }
         lease.counter = counter;
         lease.stock += granted;
         lease.exhausted = granted == 0;
@@ -388,9 +430,9 @@ impl Metering {
             self.stats
                 .leased
                 .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
-            lease.expires = Some(std::time::Instant::now() + self.settings.lease_ttl);
+            lease.expires = Some(sent + self.settings.lease_ttl);
+            lease.flushed_stock = Some(if revoked { granted } else { held + granted });
         }
-        Ok(lease)
     }
 
     /// Under the lease's lock, after a reservation: `consumption`'s key's
@@ -460,30 +502,110 @@ impl Metering {
     /// of its pending usage events.
     async fn write_events(&self, conn: &RedisConn, slot: &LeaseSlot) -> Result<(), RedisFailure> {
         self.settle(conn, slot, self.clock.now_ms()).await?;
-        let (tenant, meter, window, events) = {
+        let (tenant, meter, window, stock, events) = {
             let mut lease = slot.state();
             let Some(meter) = lease.meter.clone() else {
                 return Ok(());
             };
+            // A lease holding stock is written every time, even unchanged:
+            // the step also returns the stock of other sidecars' expired
+            // leases of the meter.
+            if lease.window_start.is_none()
+                || (lease.events.is_empty() && lease.stock == 0 && lease.flushed_stock == Some(0))
+            {
+                return Ok(());
+            }
             let count = lease.events.len().min(MAX_EVENTS_PER_CALL);
             let events: Vec<LeaseEvent> = lease.events.drain(..count).collect();
-            (lease.tenant.clone(), meter, lease.window.clone(), events)
+            (
+                lease.tenant.clone(),
+                meter,
+                lease.window.clone(),
+                lease.stock,
+                events,
+            )
         };
         let op = self.operations.next();
         let written = self
-            .give_back_call(conn, &op, &tenant, &meter, &window, 0, &events)
+            .give_back_call(
+                conn,
+                &op,
+                &tenant,
+                &meter,
+                &window,
+                stock,
+                GiveBackMode::Flush,
+                &events,
+            )
             .await;
-        if written.is_err() {
-            slot.state().unsettled = Some(Unsettled::GiveBack {
-                op,
-                meter,
-                tenant,
-                window,
-                stock: 0,
-                events,
-            });
+        match written {
+            Ok(true) => {
+                slot.state().flushed_stock = Some(stock);
+                Ok(())
+            }
+            Ok(false) => {
+                self.revoked(&mut slot.state());
+                Ok(())
+            }
+            Err(error) => {
+                slot.state().unsettled = Some(Unsettled::GiveBack {
+                    op,
+                    meter,
+                    tenant,
+                    window,
+                    stock,
+                    mode: GiveBackMode::Flush,
+                    events,
+                });
+                Err(error)
+            }
         }
-        written
+    }
+
+    /// The lease was found reclaimed in Redis (it expired before it was
+    /// given back): its stock went back already, so it grants nothing more.
+    fn revoked(&self, lease: &mut Lease) {
+        tracing::warn!(
+            tenant = lease.tenant,
+            meter = lease.meter.as_ref().map_or("", |meter| meter.id.as_str()),
+            stock = lease.stock,
+            "a lease expired before it was given back; its stock went back to the meter"
+        );
+        self.stats
+            .lease_stock
+            .fetch_sub(lease.stock.unsigned_abs(), Ordering::Relaxed);
+        lease.stock = 0;
+        lease.window_start = None;
+        lease.expires = None;
+        lease.flushed_stock = None;
+    }
+
+    /// Writes every lease's pending usage events and records its stock in
+    /// Redis (one step per lease with something new, all sent at once), so
+    /// that a sidecar that dies loses at most the events of one interval
+    /// and leaves its stock to be reclaimed. A lease busy with a Redis step
+    /// is left for the next interval.
+    pub async fn flush_leases(&self, conn: &RedisConn) -> Result<(), RedisFailure> {
+        let leases: Vec<Arc<LeaseSlot>> = self
+            .leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .flat_map(|meters| meters.values().cloned())
+            .collect();
+        let flushes = leases.iter().map(|slot| async move {
+            let Ok(_calls) = slot.calls.try_lock() else {
+                return Ok(());
+            };
+            self.write_events(conn, slot).await
+        });
+        let mut outcome = Ok(());
+        for flushed in futures_util::future::join_all(flushes).await {
+            if flushed.is_err() {
+                outcome = flushed;
+            }
+        }
+        outcome
     }
 
     /// With the lease's call lock held: sends its unsettled step again,
@@ -510,14 +632,16 @@ impl Metering {
                     end,
                     block,
                     needed,
+                    held,
+                    sent,
                     events,
                 } => {
                     let reply = self
                         .reserve(
-                            conn, &op, &tenant, &meter, &window, end, block, needed, &events,
+                            conn, &op, &tenant, &meter, &window, end, block, needed, held, &events,
                         )
                         .await;
-                    let (granted, counter) = match reply {
+                    let reserved = match reply {
                         Ok(reply) => reply,
                         Err(error) => {
                             slot.state().unsettled = Some(Unsettled::Reserve {
@@ -529,34 +653,29 @@ impl Metering {
                                 end,
                                 block,
                                 needed,
+                                held,
+                                sent,
                                 events,
                             });
                             return Err(error);
                         }
                     };
-                    self.stats
-                        .leased
-                        .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
+                    let granted = reserved.granted;
                     let mut lease = slot.state();
                     let still_current = meter.period.bounds(now).0 == window_start
                         && lease.meter.as_ref().is_none_or(|held| *held == meter)
-                        && lease.window_start.is_none_or(|start| start == window_start);
+                        && lease.window_start.is_none_or(|start| start == window_start)
+                        && std::time::Instant::now() < sent + self.settings.lease_ttl;
                     if still_current {
                         lease.window_start = Some(window_start);
                         lease.window = window;
                         lease.meter = Some(meter);
                         tenant.clone_into(&mut lease.tenant);
-                        lease.counter = counter;
-                        lease.stock += granted;
-                        lease.exhausted = granted == 0;
-                        if granted > 0 {
-                            self.stats
-                                .lease_stock
-                                .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
-                            lease.expires =
-                                Some(std::time::Instant::now() + self.settings.lease_ttl);
-                        }
+                        self.apply_reserved(&mut lease, reserved, held, sent);
                     } else if granted > 0 {
+                        self.stats
+                            .leased
+                            .fetch_add(granted.unsigned_abs(), Ordering::Relaxed);
                         // Reserved for a window or limit no longer served:
                         // the units go back.
                         lease.unsettled = Some(Unsettled::GiveBack {
@@ -565,6 +684,7 @@ impl Metering {
                             tenant,
                             window,
                             stock: granted,
+                            mode: GiveBackMode::Return,
                             events: Vec::new(),
                         });
                     }
@@ -575,25 +695,33 @@ impl Metering {
                     tenant,
                     window,
                     stock,
+                    mode,
                     events,
                 } => {
                     let written = self
-                        .give_back_call(conn, &op, &tenant, &meter, &window, stock, &events)
+                        .give_back_call(conn, &op, &tenant, &meter, &window, stock, mode, &events)
                         .await;
-                    if let Err(error) = written {
-                        slot.state().unsettled = Some(Unsettled::GiveBack {
-                            op,
-                            meter,
-                            tenant,
-                            window,
-                            stock,
-                            events,
-                        });
-                        return Err(error);
+                    match written {
+                        Err(error) => {
+                            slot.state().unsettled = Some(Unsettled::GiveBack {
+                                op,
+                                meter,
+                                tenant,
+                                window,
+                                stock,
+                                mode,
+                                events,
+                            });
+                            return Err(error);
+                        }
+                        Ok(true) if mode == GiveBackMode::Return => {
+                            self.stats
+                                .returned
+                                .fetch_add(stock.unsigned_abs(), Ordering::Relaxed);
+                        }
+                        Ok(true) => {}
+                        Ok(false) => self.revoked(&mut slot.state()),
                     }
-                    self.stats
-                        .returned
-                        .fetch_add(stock.unsigned_abs(), Ordering::Relaxed);
                 }
             }
         }
@@ -615,8 +743,9 @@ impl Metering {
         end: Option<i64>,
         block: i64,
         needed: i64,
+        held: i64,
         events: &[LeaseEvent],
-    ) -> Result<(i64, i64), RedisFailure> {
+    ) -> Result<Reserved, RedisFailure> {
         LeaseReserve {
             counter_key: &counter_key(tenant, meter, window),
             tenant,
@@ -629,6 +758,9 @@ impl Metering {
             events,
             op,
             op_ttl_ms: OPERATION_TTL_MS,
+            owner: &self.owner,
+            held,
+            lease_ttl_ms: u64::try_from(self.settings.lease_ttl.as_millis()).unwrap_or(u64::MAX),
         }
         .run(conn)
         .await
@@ -655,33 +787,40 @@ impl Metering {
                     &returning.meter,
                     &returning.window,
                     returning.stock,
+                    GiveBackMode::Return,
                     &returning.events[..count],
                 )
                 .await;
-            if let Err(error) = written {
-                // Redis may have run it: the step (its units and events)
-                // is sent again under its id; only what was never sent is
-                // left in `returning` to restore.
-                slot.state().unsettled = Some(Unsettled::GiveBack {
-                    op,
-                    meter: returning.meter.clone(),
-                    tenant: returning.tenant.clone(),
-                    window: returning.window.clone(),
-                    stock: returning.stock,
-                    events: returning.events.drain(..count).collect(),
-                });
-                self.stats
-                    .lease_stock
-                    .fetch_sub(returning.stock.unsigned_abs(), Ordering::Relaxed);
-                returning.counter -= returning.stock;
-                returning.stock = 0;
-                return Err(error);
-            }
+            let held = match written {
+                Ok(held) => held,
+                Err(error) => {
+                    // Redis may have run it: the step (its units and events)
+                    // is sent again under its id; only what was never sent is
+                    // left in `returning` to restore.
+                    slot.state().unsettled = Some(Unsettled::GiveBack {
+                        op,
+                        meter: returning.meter.clone(),
+                        tenant: returning.tenant.clone(),
+                        window: returning.window.clone(),
+                        stock: returning.stock,
+                        mode: GiveBackMode::Return,
+                        events: returning.events.drain(..count).collect(),
+                    });
+                    self.stats
+                        .lease_stock
+                        .fetch_sub(returning.stock.unsigned_abs(), Ordering::Relaxed);
+                    returning.counter -= returning.stock;
+                    returning.stock = 0;
+                    return Err(error);
+                }
+            };
             returning.events.drain(..count);
             if returning.stock != 0 {
-                self.stats
-                    .returned
-                    .fetch_add(returning.stock.unsigned_abs(), Ordering::Relaxed);
+                if held {
+                    self.stats
+                        .returned
+                        .fetch_add(returning.stock.unsigned_abs(), Ordering::Relaxed);
+                }
                 self.stats
                     .lease_stock
                     .fetch_sub(returning.stock.unsigned_abs(), Ordering::Relaxed);
@@ -707,8 +846,9 @@ impl Metering {
         meter: &MeterSpec,
         window: &str,
         stock: i64,
+        mode: GiveBackMode,
         events: &[LeaseEvent],
-    ) -> Result<(), RedisFailure> {
+    ) -> Result<bool, RedisFailure> {
         LeaseGiveBack {
             counter_key: &counter_key(tenant, meter, window),
             tenant,
@@ -718,6 +858,8 @@ impl Metering {
             events,
             op,
             op_ttl_ms: OPERATION_TTL_MS,
+            owner: &self.owner,
+            mode,
         }
         .run(conn)
         .await

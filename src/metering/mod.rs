@@ -82,6 +82,8 @@ pub struct MeteringSettings {
     /// How long a lease's unspent units stay with a sidecar before they are
     /// returned.
     pub lease_ttl: Duration,
+    /// How often leases' usage events and stock are written to Redis.
+    pub lease_flush: Duration,
     /// Memory for the first answers of lease-mode keys this sidecar keeps.
     pub lease_answers_max_bytes: u64,
 }
@@ -94,6 +96,7 @@ impl Default for MeteringSettings {
             idempotency_ttl: millis("usage_idempotency_ttl_ms"),
             stream_maxlen: number("usage_stream_maxlen"),
             lease_ttl: millis("usage_lease_ttl_ms"),
+            lease_flush: millis("usage_lease_flush_ms"),
             lease_answers_max_bytes: number("usage_lease_answers_max_bytes"),
         }
     }
@@ -230,6 +233,8 @@ pub struct Metering {
     /// Ids of lease operations (reservations, returns), each safe to run
     /// twice under its id.
     operations: UniqueIds,
+    /// This sidecar's id in the meters' lease records.
+    owner: String,
     /// Meters read from tenants' snapshots.
     meters: std::sync::Mutex<std::collections::HashMap<String, SnapshotMeters>>,
     /// The last count seen of each exact-mode meter, by tenant and meter:
@@ -297,6 +302,7 @@ impl Metering {
             meters: std::sync::Mutex::new(std::collections::HashMap::new()),
             last_counts: std::sync::Mutex::new(std::collections::HashMap::new()),
             operations: UniqueIds::new(),
+            owner: UniqueIds::new().next(),
         }
     }
 

@@ -14,6 +14,9 @@
 //!   key;
 //! - `tollgate:{t}:event:<key>`: a usage report's event, by its event key
 //!   (a key space of its own: a report and a consume never share a key);
+//! - `tollgate:{t}:usage:<meter>:<window>:leases` (hash): each sidecar's
+//!   lease of that counter: `<stock> <expires ms>`, so that the stock of a
+//!   sidecar that died goes back once its lease expires;
 //! - `tollgate:{t}:op:<id>`: the outcome of a lease reservation or return,
 //!   so that running it again (a retry after a lost reply) changes nothing;
 //! - `tollgate:{t}:usage` (stream): one entry per accepted consumption or
@@ -47,6 +50,11 @@ pub fn counter_key(tenant: &str, meter: &str, window: &str) -> String {
 /// Key of a gauge meter's current value.
 pub fn gauge_key(tenant: &str, meter: &str) -> String {
     format!("tollgate:{{{tenant}}}:gauge:{meter}")
+}
+
+/// Key of the lease records of a counter (its key, and `:leases`).
+pub fn leases_key(counter_key: &str) -> String {
+    format!("{counter_key}:leases")
 }
 
 /// Key of the recorded outcome of a lease operation.

@@ -447,11 +447,30 @@ pub struct LeaseReserve<'a> {
     pub op: &'a str,
     /// How long the operation's outcome is remembered, in milliseconds.
     pub op_ttl_ms: u64,
+    /// The sidecar's id in the meter's lease records.
+    pub owner: &'a str,
+    /// Units the sidecar holds before this reservation.
+    pub held: i64,
+    /// How long the lease lasts from now, in milliseconds (by Redis's
+    /// clock): past it, another sidecar's step returns its stock.
+    pub lease_ttl_ms: u64,
+}
+
+/// What a lease reservation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    /// Units reserved (0: the meter had no room for what was needed).
+    pub granted: i64,
+    /// The counter after it.
+    pub counter: i64,
+    /// The units the sidecar held went back already (its lease expired
+    /// and was reclaimed): it holds only `granted` now.
+    pub revoked: bool,
 }
 
 impl LeaseReserve<'_> {
-    /// Runs the step; returns the units reserved and the counter after.
-    pub async fn run(&self, conn: &RedisConn) -> Result<(i64, i64), RedisFailure> {
+    /// Runs the step.
+    pub async fn run(&self, conn: &RedisConn) -> Result<Reserved, RedisFailure> {
         let mut args = vec![
             self.block.to_string(),
             self.needed.to_string(),
@@ -460,6 +479,9 @@ impl LeaseReserve<'_> {
             self.stream_maxlen.to_string(),
             self.meter.to_string(),
             self.op_ttl_ms.to_string(),
+            self.owner.to_string(),
+            self.held.to_string(),
+            self.lease_ttl_ms.to_string(),
         ];
         push_events(&mut args, self.events);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -470,14 +492,17 @@ impl LeaseReserve<'_> {
                     self.counter_key,
                     &keys::stream_key(self.tenant),
                     &keys::operation_key(self.tenant, self.op),
+                    &keys::leases_key(self.counter_key),
                 ],
                 &args,
             )
             .await?;
         let items = array(&reply)?;
-        let granted = integer(item(items, 0, &reply)?)?;
-        let counter = integer(item(items, 1, &reply)?)?;
-        Ok((granted, counter))
+        Ok(Reserved {
+            granted: integer(item(items, 0, &reply)?)?,
+            counter: integer(item(items, 1, &reply)?)?,
+            revoked: integer(item(items, 2, &reply)?)? == 1,
+        })
     }
 }
 
@@ -501,16 +526,37 @@ pub struct LeaseGiveBack<'a> {
     pub op: &'a str,
     /// How long the operation's outcome is remembered, in milliseconds.
     pub op_ttl_ms: u64,
+    /// The sidecar's id in the meter's lease records.
+    pub owner: &'a str,
+    /// Whether `unspent` goes back (and the lease ends) or is recorded as
+    /// the stock the lease holds.
+    pub mode: GiveBackMode,
+}
+
+/// What [`LeaseGiveBack`] does with the unspent units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveBackMode {
+    /// They go back to the counter; the lease ends.
+    Return,
+    /// They are recorded as the lease's stock (what a crash would leave).
+    Flush,
 }
 
 impl LeaseGiveBack<'_> {
-    /// Runs the step.
-    pub async fn run(&self, conn: &RedisConn) -> Result<(), RedisFailure> {
+    /// Runs the step: `false` when the sidecar's lease was found reclaimed
+    /// (its stock went back already).
+    pub async fn run(&self, conn: &RedisConn) -> Result<bool, RedisFailure> {
         let mut args = vec![
             self.unspent.to_string(),
             self.stream_maxlen.to_string(),
             self.meter.to_string(),
             self.op_ttl_ms.to_string(),
+            self.owner.to_string(),
+            match self.mode {
+                GiveBackMode::Return => "return",
+                GiveBackMode::Flush => "flush",
+            }
+            .to_string(),
         ];
         push_events(&mut args, self.events);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -521,13 +567,17 @@ impl LeaseGiveBack<'_> {
                     self.counter_key,
                     &keys::stream_key(self.tenant),
                     &keys::operation_key(self.tenant, self.op),
+                    &keys::leases_key(self.counter_key),
                 ],
                 &args,
             )
             .await?;
         match integer(&reply)? {
-            1 => Ok(()),
-            _ => Err(RedisFailure::Garbage(format!("expected 1, got {reply:?}"))),
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(RedisFailure::Garbage(format!(
+                "expected 0 or 1, got {reply:?}"
+            ))),
         }
     }
 }
