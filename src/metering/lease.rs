@@ -67,6 +67,8 @@ struct Lease {
     unsettled: Option<Unsettled>,
     /// The stock last recorded in Redis (what a crash would give back).
     flushed_stock: Option<i64>,
+    /// When it was last written to Redis.
+    flushed_at: Option<std::time::Instant>,
 }
 
 /// A lease step sent to Redis whose outcome is not known.
@@ -507,12 +509,17 @@ impl Metering {
             let Some(meter) = lease.meter.clone() else {
                 return Ok(());
             };
-            // A lease holding stock is written every time, even unchanged:
-            // the step also returns the stock of other sidecars' expired
-            // leases of the meter.
-            if lease.window_start.is_none()
-                || (lease.events.is_empty() && lease.stock == 0 && lease.flushed_stock == Some(0))
-            {
+            // An unchanged lease is written again every quarter of the
+            // lease time to live, even when it holds nothing: the step also
+            // returns the stock of other sidecars' expired leases of the
+            // meter, which no consumption may ever ask Redis for (a meter
+            // at its cap is denied by its policy before anything is asked).
+            let unchanged = lease.events.is_empty()
+                && lease.flushed_stock == Some(lease.stock)
+                && lease
+                    .flushed_at
+                    .is_some_and(|at| at.elapsed() < self.settings.lease_ttl / 4);
+            if unchanged {
                 return Ok(());
             }
             let count = lease.events.len().min(MAX_EVENTS_PER_CALL);
@@ -539,12 +546,14 @@ impl Metering {
             )
             .await;
         match written {
-            Ok(true) => {
-                slot.state().flushed_stock = Some(stock);
-                Ok(())
-            }
-            Ok(false) => {
-                self.revoked(&mut slot.state());
+            Ok(held) => {
+                let mut lease = slot.state();
+                if !held && stock > 0 {
+                    self.revoked(&mut lease);
+                } else {
+                    lease.flushed_stock = Some(stock);
+                }
+                lease.flushed_at = Some(std::time::Instant::now());
                 Ok(())
             }
             Err(error) => {
@@ -720,7 +729,10 @@ impl Metering {
                                 .fetch_add(stock.unsigned_abs(), Ordering::Relaxed);
                         }
                         Ok(true) => {}
-                        Ok(false) => self.revoked(&mut slot.state()),
+                        Ok(false) if mode == GiveBackMode::Flush && stock > 0 => {
+                            self.revoked(&mut slot.state());
+                        }
+                        Ok(false) => {}
                     }
                 }
             }
