@@ -108,6 +108,13 @@ pub async fn put(
             version: snapshot.version,
             previous,
         }),
+        // A retry of a write that was done: answered as written, replacing
+        // itself.
+        PutOutcome::AlreadyStored => Ok(Written {
+            tenant: snapshot.tenant,
+            version: snapshot.version,
+            previous: snapshot.version,
+        }),
         PutOutcome::NotNewer { stored } => Err(AdminError::NotNewer {
             tenant: snapshot.tenant,
             version: snapshot.version,

@@ -499,6 +499,31 @@ async fn the_admin_service_needs_its_token_and_validates_writes() {
     );
     let decided = client.check(bob_pdf("acme")).await.unwrap().into_inner();
     assert_eq!(version(&decided), 3);
+    // The same write again (a retry after a lost reply) is answered as
+    // done; another document at that version is not newer.
+    let again = admin
+        .put_snapshot(authed(acme.clone(), Some(TOKEN)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.version, again.previous_version), (3, 3));
+    let same_version =
+        admin
+            .put_snapshot(authed(
+                pb::PutSnapshotRequest {
+                    snapshot_json: document("acme", 3, |v| {
+                        v["entities"].as_array_mut().unwrap().push(serde_json::json!({
+                        "uid": {"type": "User", "id": "zed"},
+                        "attrs": {"account": {"__entity": {"type": "Account", "id": "acme"}}},
+                        "parents": []
+                    }));
+                    }),
+                },
+                Some(TOKEN),
+            ))
+            .await
+            .unwrap_err();
+    assert_eq!(same_version.code(), Code::FailedPrecondition);
 
     let invalid = admin
         .put_snapshot(authed(

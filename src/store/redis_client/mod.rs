@@ -453,6 +453,9 @@ pub enum PutOutcome {
         /// The stored version.
         stored: u64,
     },
+    /// This very document is stored at this version already: the write
+    /// was done before (a retry after its reply was lost).
+    AlreadyStored,
 }
 
 /// What a delete did.

@@ -122,10 +122,10 @@ impl SnapshotPut<'_> {
             )
             .await?;
         let (written, previous) = pair(&reply)?;
-        Ok(if written == 1 {
-            PutOutcome::Written { previous }
-        } else {
-            PutOutcome::NotNewer { stored: previous }
+        Ok(match written {
+            1 => PutOutcome::Written { previous },
+            2 => PutOutcome::AlreadyStored,
+            _ => PutOutcome::NotNewer { stored: previous },
         })
     }
 }

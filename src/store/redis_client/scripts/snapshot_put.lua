@@ -1,5 +1,9 @@
 -- Writes a snapshot unless the stored version is the same or newer, and
--- publishes the invalidation in the same step.
+-- publishes the invalidation in the same step. The same document at the
+-- stored version is a write done already (a retry after a lost reply):
+-- answered as such, changing nothing.
+-- Returns {1, replaced version}, {0, stored version} (not newer) or
+-- {2, stored version} (this very document is stored already).
 -- KEYS: snapshot, version. ARGV: version, document, tenant, channel.
 -- The stored version is the high-water mark, or, for a snapshot written
 -- without one, the document's own version.
@@ -12,6 +16,9 @@ if stored == 0 and redis.call('EXISTS', snapshot_key) == 1 then
   if ok and type(document) == 'table' and tonumber(document.version) then
     stored = tonumber(document.version)
   end
+end
+if tonumber(new_version) == stored and redis.call('GET', snapshot_key) == document_text then
+  return {2, stored}
 end
 if tonumber(new_version) <= stored then
   return {0, stored}
