@@ -589,6 +589,22 @@ async fn the_admin_service_needs_its_token_and_validates_writes() {
         .unwrap()
         .into_inner();
     assert_eq!(deleted.deleted_version, 3);
+    // The same delete again (a retry after a lost reply) is answered as
+    // done; without an expected version, a tenant without a snapshot is
+    // not found.
+    let delete = |expected_version| {
+        authed(
+            pb::DeleteSnapshotRequest {
+                tenant: "acme".into(),
+                expected_version,
+            },
+            Some(TOKEN),
+        )
+    };
+    let again = admin.delete_snapshot(delete(3)).await.unwrap().into_inner();
+    assert_eq!(again.deleted_version, 3);
+    let gone = admin.delete_snapshot(delete(0)).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
     server.stop().await.unwrap();
 }
 
