@@ -127,32 +127,21 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServeEr
     Ok(listener)
 }
 
-/// Returns the unspent units of expired metering leases, until shutdown.
-async fn return_expired_leases(
-    metering: Arc<crate::metering::Metering>,
-    remote: Arc<RemoteSnapshots>,
-    lease_ttl: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval((lease_ttl / 4).max(Duration::from_millis(100)));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|stopping| *stopping) => return,
-        }
-        if let Some(conn) = remote.connection() {
-            if let Err(error) = metering.return_leases(conn, false).await {
-                tracing::debug!(error = %error, "cannot return expired lease units yet");
-            }
-        }
-    }
+/// A periodic lease upkeep step.
+#[derive(Debug, Clone, Copy)]
+enum Upkeep {
+    /// Return the units of expired leases.
+    ReturnExpired,
+    /// Write the leases' usage events and stock.
+    Flush,
 }
 
-/// Writes leases' usage events and stock to Redis every `every`, until
-/// shutdown (when the leases go back whole).
-async fn flush_leases(
+/// Runs `upkeep` over the Redis connection every `every`, until shutdown;
+/// a failure is retried at the next tick.
+async fn lease_upkeep(
     metering: Arc<crate::metering::Metering>,
     remote: Arc<RemoteSnapshots>,
+    upkeep: Upkeep,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -164,8 +153,12 @@ async fn flush_leases(
             _ = stop.wait_for(|stopping| *stopping) => return,
         }
         if let Some(conn) = remote.connection() {
-            if let Err(error) = metering.flush_leases(conn).await {
-                tracing::debug!(error = %error, "cannot write lease events yet");
+            let done = match upkeep {
+                Upkeep::ReturnExpired => metering.return_leases(conn, false).await,
+                Upkeep::Flush => metering.flush_leases(conn).await,
+            };
+            if let Err(error) = done {
+                tracing::debug!(error = %error, ?upkeep, "lease upkeep failed; retrying at the next tick");
             }
         }
     }
@@ -275,15 +268,17 @@ pub async fn serve_on(
             config.metering.clone(),
             config.clock.clone(),
         ));
-        tokio::spawn(return_expired_leases(
+        tokio::spawn(lease_upkeep(
             Arc::clone(&metering),
             Arc::clone(&remote),
-            config.metering.lease_ttl,
+            Upkeep::ReturnExpired,
+            (config.metering.lease_ttl / 4).max(Duration::from_millis(100)),
             stop_rx.clone(),
         ));
-        tokio::spawn(flush_leases(
+        tokio::spawn(lease_upkeep(
             Arc::clone(&metering),
             Arc::clone(&remote),
+            Upkeep::Flush,
             config.metering.lease_flush,
             stop_rx.clone(),
         ));

@@ -100,6 +100,13 @@ enum Unsettled {
     },
 }
 
+/// What sending an unsettled step again answered.
+enum Settled {
+    Reserved(Reserved),
+    /// Whether the sidecar's lease record was there.
+    GaveBack(bool),
+}
+
 /// How long Redis remembers a lease operation's outcome: far longer than a
 /// lost reply takes to be noticed and the step sent again.
 const OPERATION_TTL_MS: u64 = 60 * 60 * 1000;
@@ -631,44 +638,57 @@ impl Metering {
             let Some(step) = slot.state().unsettled.take() else {
                 return Ok(());
             };
-            match step {
+            let sent_again = match &step {
                 Unsettled::Reserve {
                     op,
                     meter,
                     tenant,
                     window,
-                    window_start,
                     end,
                     block,
                     needed,
                     held,
-                    sent,
                     events,
-                } => {
-                    let reply = self
-                        .reserve(
-                            conn, &op, &tenant, &meter, &window, end, block, needed, held, &events,
-                        )
-                        .await;
-                    let reserved = match reply {
-                        Ok(reply) => reply,
-                        Err(error) => {
-                            slot.state().unsettled = Some(Unsettled::Reserve {
-                                op,
-                                meter,
-                                tenant,
-                                window,
-                                window_start,
-                                end,
-                                block,
-                                needed,
-                                held,
-                                sent,
-                                events,
-                            });
-                            return Err(error);
-                        }
-                    };
+                    ..
+                } => self
+                    .reserve(
+                        conn, op, tenant, meter, window, *end, *block, *needed, *held, events,
+                    )
+                    .await
+                    .map(Settled::Reserved),
+                Unsettled::GiveBack {
+                    op,
+                    meter,
+                    tenant,
+                    window,
+                    stock,
+                    mode,
+                    events,
+                } => self
+                    .give_back_call(conn, op, tenant, meter, window, *stock, *mode, events)
+                    .await
+                    .map(Settled::GaveBack),
+            };
+            let settled = match sent_again {
+                Ok(settled) => settled,
+                Err(error) => {
+                    slot.state().unsettled = Some(step);
+                    return Err(error);
+                }
+            };
+            match (step, settled) {
+                (
+                    Unsettled::Reserve {
+                        meter,
+                        tenant,
+                        window,
+                        window_start,
+                        held,
+                        sent,
+                        ..
+                    },
+                    Settled::Reserved(reserved),
+                ) => {
                     let granted = reserved.granted;
                     let mut lease = slot.state();
                     let still_current = meter.period.bounds(now).0 == window_start
@@ -698,43 +718,20 @@ impl Metering {
                         });
                     }
                 }
-                Unsettled::GiveBack {
-                    op,
-                    meter,
-                    tenant,
-                    window,
-                    stock,
-                    mode,
-                    events,
-                } => {
-                    let written = self
-                        .give_back_call(conn, &op, &tenant, &meter, &window, stock, mode, &events)
-                        .await;
-                    match written {
-                        Err(error) => {
-                            slot.state().unsettled = Some(Unsettled::GiveBack {
-                                op,
-                                meter,
-                                tenant,
-                                window,
-                                stock,
-                                mode,
-                                events,
-                            });
-                            return Err(error);
-                        }
-                        Ok(true) if mode == GiveBackMode::Return => {
+                (Unsettled::GiveBack { stock, mode, .. }, Settled::GaveBack(held)) => {
+                    match (mode, held) {
+                        (GiveBackMode::Return, true) => {
                             self.stats
                                 .returned
                                 .fetch_add(stock.unsigned_abs(), Ordering::Relaxed);
                         }
-                        Ok(true) => {}
-                        Ok(false) if mode == GiveBackMode::Flush && stock > 0 => {
+                        (GiveBackMode::Flush, false) if stock > 0 => {
                             self.revoked(&mut slot.state());
                         }
-                        Ok(false) => {}
+                        _ => {}
                     }
                 }
+                _ => {}
             }
         }
     }
