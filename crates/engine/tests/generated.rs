@@ -88,13 +88,18 @@ fn run<S>(
         ..Config::default()
     };
     let tally = Tally::default();
+    LARGEST_GROWTH.set(None);
     let started = Instant::now();
     let mut runner = TestRunner::new(config);
     if let Err(failure) = runner.run(&strategy, |input| test(input, &tally)) {
         panic!("{name}: {failure}");
     }
+    let memory = LARGEST_GROWTH
+        .get()
+        .map(|kib| format!(", peak memory rising by at most {kib} KiB in a case"))
+        .unwrap_or_default();
     eprintln!(
-        "property {name}: {cases} cases in {:.2?}",
+        "property {name}: {cases} cases in {:.2?}{memory}",
         started.elapsed()
     );
     for (kind, (count, example)) in tally.0.borrow().iter() {
@@ -127,10 +132,18 @@ fn growth<T>(call: impl FnOnce() -> T) -> (T, u64) {
     let before = status_kib("VmRSS:");
     let result = call();
     let peak = status_kib("VmHWM:");
-    match (reset, before, peak) {
-        (true, Some(before), Some(peak)) => (result, peak.saturating_sub(before)),
-        _ => (result, 0),
-    }
+    let grown = match (reset, before, peak) {
+        (true, Some(before), Some(peak)) => peak.saturating_sub(before),
+        _ => 0,
+    };
+    LARGEST_GROWTH.set(Some(LARGEST_GROWTH.get().unwrap_or(0).max(grown)));
+    (result, grown)
+}
+
+thread_local! {
+    /// The largest rise [`growth`] saw in the property running, if it
+    /// measured any.
+    static LARGEST_GROWTH: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
 // ---------------------------------------------------------------------------
