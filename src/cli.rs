@@ -412,16 +412,23 @@ fn snapshot(args: &SnapshotArgs) -> ExitCode {
         match (&args.command, document, policies) {
             (SnapshotCommand::Put { .. }, Some(document), Some(policies)) => {
                 let written = admin::put(&conn, &policies, &document).await?;
-                Ok(format!(
-                    "wrote {} version {} (replacing {})",
-                    written.tenant,
-                    written.version,
-                    if written.previous == 0 {
-                        "nothing".to_string()
-                    } else {
-                        format!("version {}", written.previous)
-                    }
-                ))
+                Ok(if written.previous == written.version {
+                    format!(
+                        "{} version {} is stored already (nothing changed)",
+                        written.tenant, written.version
+                    )
+                } else {
+                    format!(
+                        "wrote {} version {} (replacing {})",
+                        written.tenant,
+                        written.version,
+                        if written.previous == 0 {
+                            "nothing".to_string()
+                        } else {
+                            format!("version {}", written.previous)
+                        }
+                    )
+                })
             }
             (SnapshotCommand::Get { tenant }, _, _) => admin::get(&conn, tenant)
                 .await

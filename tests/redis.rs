@@ -128,10 +128,29 @@ async fn versions_never_go_backwards_and_writes_are_validated() {
         refused.to_string(),
         "version 4 of `acme` is not newer than the stored version 5"
     );
+    // The same document again is a write done already; another at the
+    // same version is not newer.
     let same = tollgate::admin::put(&conn, &policies, &document("acme", 5, |_| {}))
         .await
-        .unwrap_err();
-    assert!(same.to_string().contains("not newer"), "{same}");
+        .unwrap();
+    assert_eq!((same.version, same.previous), (5, 5));
+    let other = tollgate::admin::put(
+        &conn,
+        &policies,
+        &document("acme", 5, |v| {
+            v["entities"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "uid": {"type": "User", "id": "zed"},
+                    "attrs": {"account": {"__entity": {"type": "Account", "id": "acme"}}},
+                    "parents": []
+                }));
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(other.to_string().contains("not newer"), "{other}");
     let (stored, _) = tollgate::admin::get(&conn, "acme").await.unwrap();
     assert_eq!(stored, 5);
 
@@ -763,7 +782,24 @@ fn the_snapshot_command_writes_reads_and_refuses() {
         (code, stdout.trim()),
         (0, "wrote acme version 1 (replacing nothing)")
     );
-    let (code, _, stderr) = run(&["put", &acme], None);
+    let (code, stdout, _) = run(&["put", &acme], None);
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, "acme version 1 is stored already (nothing changed)")
+    );
+    let (code, _, stderr) = run(
+        &["put", "-"],
+        Some(&document("acme", 1, |v| {
+            v["entities"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "uid": {"type": "User", "id": "zed"},
+                    "attrs": {"account": {"__entity": {"type": "Account", "id": "acme"}}},
+                    "parents": []
+                }));
+        })),
+    );
     assert_eq!(code, 1);
     assert_eq!(
         stderr.trim(),
