@@ -334,7 +334,11 @@ pub fn load_from(flags: &FlagValues, env: &[(String, String)]) -> Result<Config,
         if name == "TOLLGATE_CONFIG" {
             continue;
         }
-        let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+            problems.push(ConfigProblem::UnknownVariable { name: name.clone() });
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
         match KEYS.iter().find(|(k, _, _)| *k == key) {
             Some((key, _, _)) => {
                 values.insert(key, (value.clone(), Origin::Env(name.clone())));
@@ -924,8 +928,17 @@ fn build(
         }
     });
     let log_level = get(values, problems, "log_level", |text| {
-        tracing_subscriber::EnvFilter::try_new(text)
-            .map(|_| text.to_string())
+        // Each directive trimmed: the filter's parser mis-slices a directive
+        // after leading whitespace (and panics when a character there takes
+        // more than one byte).
+        let filter = text
+            .split(',')
+            .map(str::trim)
+            .filter(|directive| !directive.is_empty())
+            .collect::<Vec<_>>()
+            .join(",");
+        tracing_subscriber::EnvFilter::try_new(&filter)
+            .map(|_| filter.clone())
             .map_err(|error| format!("`{text}` is not a valid log filter: {error}"))
     });
 

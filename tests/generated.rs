@@ -1082,12 +1082,10 @@ impl Body {
     }
 }
 
-/// Deepest nesting generated. The server's checks of a request's bytes
-/// walk nested values one call per level (`api::bounds`), so a deeper value
-/// overflows a 2 MiB stack: about 1,000 levels in a debug build, 13,000
-/// (a 95 KiB request) in a release build, where the worker thread's
-/// overflow aborts the server; see the ignored
-/// `deeply_nested_values_are_refused_without_exhausting_the_stack`.
+/// Deepest nesting generated (past the decoder's limit of 100; deeper
+/// values cost time, not coverage: the byte checks stop following nested
+/// values at that limit, see
+/// `deeply_nested_values_are_refused_without_exhausting_the_stack`).
 const MAX_GENERATED_DEPTH: usize = 400;
 
 fn body() -> impl Strategy<Value = Body> {
@@ -1352,7 +1350,7 @@ fn any_batch_decides_or_names_its_check_and_field() {
                     prop_assert_eq!(batch.responses.len(), checks.len());
                     tally.note("decided", || format!("{} checks", checks.len()));
                 }
-                Err(decide::Error::BatchTooLarge { size, limit }) => {
+                Err(decide::Error::BatchTooLarge { size, limit, .. }) => {
                     prop_assert_eq!(*size, checks.len());
                     prop_assert!(*size > *limit);
                     tally.note("refused: batch too large", || {
@@ -1434,8 +1432,6 @@ fn checks_that_fit_the_schema_always_decide() {
 /// levels) is refused as malformed, however deep: a request of
 /// `max_request_bytes` (4 MiB by default) holds 500,000 levels.
 #[test]
-#[ignore = "the checks of a request's bytes walk nested values one call per level: \
-            16,000 levels (a 122 KiB request) overflow the stack, which aborts the server"]
 fn deeply_nested_values_are_refused_without_exhausting_the_stack() {
     let service = service();
     let mut server = server(&service);
@@ -1627,39 +1623,6 @@ fn sources(values: &[(Source, String, String)]) -> (String, Vec<(String, String)
     (file, env, flags)
 }
 
-/// Whether `log_level` = `value` makes the log filter's parser panic
-/// (tracing-subscriber 0.3.23 slices a directive at positions counted in the
-/// directive trimmed: a directive after leading whitespace, such as the
-/// `é=debug` of `info, é=debug`, is cut inside a character). Such values
-/// are left out of the properties: the configuration would panic, not
-/// report them.
-fn trips_the_log_filter_parser(value: &str) -> bool {
-    !value.is_ascii()
-        && value
-            .split(',')
-            .any(|directive| directive.starts_with(char::is_whitespace))
-}
-
-/// The `log_level` a configuration file sets, if any.
-fn log_level_in_file(text: &str) -> Option<String> {
-    let serde_norway::Value::Mapping(mapping) = serde_norway::from_str(text).ok()? else {
-        return None;
-    };
-    let mut found = None;
-    for (key, value) in &mapping {
-        match (key.as_str(), value) {
-            (Some("log_level"), serde_norway::Value::String(level)) => found = Some(level.clone()),
-            (Some("log"), serde_norway::Value::Mapping(inner)) => {
-                if let Some(serde_norway::Value::String(level)) = inner.get("level") {
-                    found = Some(level.clone());
-                }
-            }
-            _ => {}
-        }
-    }
-    found
-}
-
 /// Checks that every problem names its key or the file (or the variable).
 fn problems_name_key_or_file(
     problems: &[ConfigProblem],
@@ -1749,8 +1712,6 @@ fn configuration_files_load_or_name_the_key_or_the_file() {
                 .prop_map(|bytes| ("bytes", String::from_utf8_lossy(&bytes).to_string())),
         ],
         |(input, text), tally| {
-            prop_assume!(!log_level_in_file(&text)
-                .is_some_and(|level| { trips_the_log_filter_parser(&level) }));
             std::fs::write(&path, &text).unwrap();
             let flags = FlagValues {
                 config_file: Some(path.clone()),
@@ -1818,10 +1779,6 @@ fn configuration_values_load_or_name_their_key_and_mean_the_same_from_every_sour
             printable_config_value(),
         ),
         |(values, key, value), tally| {
-            prop_assume!(!values
-                .iter()
-                .chain([&(Source::File, key.to_string(), value.clone())])
-                .any(|(_, key, value)| key == "log_level" && trips_the_log_filter_parser(value)));
             let ((loaded, env), grown) = growth(|| load(&values));
             prop_assert!(grown <= MAX_GROWTH_KIB, "took {grown} KiB");
             match &loaded {
@@ -2068,13 +2025,12 @@ fn bulk(text: &str) -> Resp {
 
 /// Replies: any, and of the shapes the scripts send with any contents.
 fn resp() -> BoxedStrategy<Resp> {
-    // Edge values, `i64::MIN` left out: the usage report's reader takes 1
-    // from a collision's index, which overflows (a panic in a debug build)
-    // for `["collision", i64::MIN]`.
+    // Edge values.
     let number = || {
         prop_oneof![
             any::<i64>().prop_map(Resp::Int),
-            prop::sample::select(vec![i64::MAX, i64::MIN + 1, -1, 0, 1]).prop_map(Resp::Int),
+            prop::sample::select(vec![i64::MAX, i64::MIN, i64::MIN + 1, -1, 0, 1])
+                .prop_map(Resp::Int),
             (-3i64..4).prop_map(Resp::Int),
             (0u64..4).prop_map(|n| bulk(&n.to_string())),
             any::<u64>().prop_map(|n| bulk(&n.to_string())),
@@ -2214,8 +2170,8 @@ fn expected_reading(script: &Script, reply: &redis::Value) -> Option<String> {
                 _ => return None,
             }
         }
-        // A write's status is read as written (1), stored before (2), or
-        // not newer (anything else: 0, and any other number).
+        // A write's status is read as written (1), stored before (2) or
+        // not newer (0); any other is garbage.
         Script::Put => {
             let (written, previous) = pair()?;
             format!(
@@ -2223,7 +2179,8 @@ fn expected_reading(script: &Script, reply: &redis::Value) -> Option<String> {
                 match written {
                     1 => redis_client::PutOutcome::Written { previous },
                     2 => redis_client::PutOutcome::AlreadyStored,
-                    _ => redis_client::PutOutcome::NotNewer { stored: previous },
+                    0 => redis_client::PutOutcome::NotNewer { stored: previous },
+                    _ => return None,
                 }
             )
         }

@@ -318,7 +318,7 @@ async fn oversized_repeated_fields_are_refused_while_decoding() {
             "empty usage reports",
             "/tollgate.v1.EntitlementService/ReportUsage",
             [0x12, 0x00].repeat(many),
-            format!("batch of {many} checks exceeds the limit of 100"),
+            format!("batch of {many} reports exceeds the limit of 100"),
         ),
     ];
     for (what, method, body, message) in cases {

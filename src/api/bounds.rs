@@ -311,7 +311,7 @@ pub fn check<U: 'static>(bytes: &[u8]) -> Result<(), Status> {
                 .map(|size| too_many("request", size))
         })
     } else if TypeId::of::<U>() == TypeId::of::<pb::ReportUsageRequest>() {
-        batch(count(bytes, REPORTS), limits)
+        batch("reports", count(bytes, REPORTS), limits)
     } else {
         None
     };
@@ -326,7 +326,7 @@ const ENTITIES: u32 = 6;
 const REPORTS: u32 = 2;
 
 fn check_batch(bytes: &[u8], limits: Limits) -> Option<decide::Error> {
-    if let Some(error) = batch(count(bytes, CHECKS), limits) {
+    if let Some(error) = batch("checks", count(bytes, CHECKS), limits) {
         return Some(error);
     }
     let mut index = 0;
@@ -347,7 +347,13 @@ fn check_batch(bytes: &[u8], limits: Limits) -> Option<decide::Error> {
 /// What is left of [`MAX_REQUEST_VALUES`] while a request is scanned.
 struct Budget {
     counted: usize,
+    /// How deep in nested values the walk is.
+    depth: usize,
 }
+
+/// How deep the walk follows nested values: as deep as the protobuf decoder
+/// does (its recursion limit, 100), past which a message does not decode.
+const MAX_SCANNED_DEPTH: usize = 100;
 
 /// The values counted when the budget ran out.
 type Exceeded = usize;
@@ -370,7 +376,10 @@ const ARGS: u32 = 3;
 
 impl Budget {
     fn new() -> Self {
-        Self { counted: 0 }
+        Self {
+            counted: 0,
+            depth: 0,
+        }
     }
 
     fn take(&mut self) -> Result<(), Exceeded> {
@@ -410,7 +419,15 @@ impl Budget {
 
     fn value(&mut self, bytes: &[u8]) -> Result<(), Exceeded> {
         self.take()?;
-        self.each(bytes, |budget, number, payload| match number {
+        // Values nested deeper than the decoder follows are refused by it
+        // (`INVALID_ARGUMENT`): the count stops there, and so does this
+        // walk, whose stack would otherwise grow with every level of a
+        // hostile request.
+        if self.depth >= MAX_SCANNED_DEPTH {
+            return Ok(());
+        }
+        self.depth += 1;
+        let counted = self.each(bytes, |budget, number, payload| match number {
             SET => budget.each(payload, |budget, number, element| match number {
                 ELEMENTS => budget.value(element),
                 _ => Ok(()),
@@ -424,7 +441,9 @@ impl Budget {
                 _ => Ok(()),
             }),
             _ => Ok(()),
-        })
+        });
+        self.depth -= 1;
+        counted
     }
 
     /// Calls `each` with every length-delimited top-level field of `bytes`.
@@ -471,9 +490,10 @@ fn values_of_batch(bytes: &[u8]) -> Option<decide::Error> {
     refused
 }
 
-fn batch(size: Option<usize>, limits: Limits) -> Option<decide::Error> {
+fn batch(items: &'static str, size: Option<usize>, limits: Limits) -> Option<decide::Error> {
     let size = size?;
     (size > limits.max_batch).then_some(decide::Error::BatchTooLarge {
+        items,
         size,
         limit: limits.max_batch,
     })

@@ -49,8 +49,10 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(RequestError),
     /// A batch holds more checks than allowed.
-    #[error("batch of {size} checks exceeds the limit of {limit}")]
+    #[error("batch of {size} {items} exceeds the limit of {limit}")]
     BatchTooLarge {
+        /// `checks` or `reports`.
+        items: &'static str,
         /// Checks in the batch.
         size: usize,
         /// Configured limit.
@@ -754,6 +756,7 @@ impl DecisionService {
         let size = checks.len();
         if size > self.limits.max_batch {
             return Err(Error::BatchTooLarge {
+                items: "checks",
                 size,
                 limit: self.limits.max_batch,
             });
@@ -1001,6 +1004,7 @@ impl DecisionService {
         }
         if reports.len() > self.limits.max_batch {
             return Err(Error::BatchTooLarge {
+                items: "reports",
                 size: reports.len(),
                 limit: self.limits.max_batch,
             });

@@ -397,7 +397,9 @@ async fn scan_node(
         .await
         .map_err(|_| RedisFailure::Timeout(timeout))??;
     let mut cursor: u64 = 0;
-    loop {
+    // A scan visits every key once, a thousand a step: a server still
+    // answering with a cursor after this many steps is not ending its scan.
+    for _ in 0..MAX_SCAN_STEPS {
         let (next, batch): (u64, Vec<String>) = tokio::time::timeout(
             timeout,
             redis::cmd("SCAN")
@@ -416,7 +418,13 @@ async fn scan_node(
         }
         cursor = next;
     }
+    Err(RedisFailure::Garbage(format!(
+        "SCAN did not end within {MAX_SCAN_STEPS} steps"
+    )))
 }
+
+/// Most steps of one node's scan (of 1,000 keys each).
+const MAX_SCAN_STEPS: usize = 100_000;
 
 /// What a snapshot read found.
 #[derive(Debug, Clone, PartialEq, Eq)]

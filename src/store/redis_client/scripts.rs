@@ -125,7 +125,12 @@ impl SnapshotPut<'_> {
         Ok(match written {
             1 => PutOutcome::Written { previous },
             2 => PutOutcome::AlreadyStored,
-            _ => PutOutcome::NotNewer { stored: previous },
+            0 => PutOutcome::NotNewer { stored: previous },
+            other => {
+                return Err(RedisFailure::Garbage(format!(
+                    "expected an outcome of 0, 1 or 2, got {other}: {reply:?}"
+                )))
+            }
         })
     }
 }
@@ -368,8 +373,9 @@ impl UsageReport<'_> {
                     [index] => integer(index)?,
                     _ => return Err(RedisFailure::Garbage(format!("{reply:?}"))),
                 };
-                usize::try_from(index - 1)
-                    .ok()
+                index
+                    .checked_sub(1)
+                    .and_then(|index| usize::try_from(index).ok())
                     .filter(|index| *index < self.items.len())
                     .map(|index| Reported::Collision { index })
                     .ok_or_else(|| RedisFailure::Garbage(format!("{reply:?}")))
