@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::period::expire_at;
 use super::{counter_key, Consumed, Consumption, FirstAnswer, MeterSpec, Metering};
 use crate::store::redis_client::scripts::{
-    GiveBackMode, LeaseGiveBack, LeaseReserve, Reserved, UsageEvent,
+    GaveBack, GiveBackMode, LeaseGiveBack, LeaseReserve, Reserved, UsageEvent,
 };
 use crate::store::redis_client::{RedisConn, RedisFailure};
 
@@ -69,6 +69,9 @@ struct Lease {
     flushed_stock: Option<i64>,
     /// When it was last written to Redis.
     flushed_at: Option<std::time::Instant>,
+    /// When another sidecar's lease of the meter expires: this lease is
+    /// written then, so that a dead sidecar's stock comes back at once.
+    reclaim_at: Option<std::time::Instant>,
 }
 
 /// A lease step sent to Redis whose outcome is not known.
@@ -103,8 +106,7 @@ enum Unsettled {
 /// What sending an unsettled step again answered.
 enum Settled {
     Reserved(Reserved),
-    /// Whether the sidecar's lease record was there.
-    GaveBack(bool),
+    GaveBack(GaveBack),
 }
 
 /// How long Redis remembers a lease operation's outcome: far longer than a
@@ -409,6 +411,14 @@ impl Metering {
         Ok(lease)
     }
 
+    /// Notes when the next of the other sidecars' leases of the meter
+    /// expires, to come back for its stock then (a little after, so that
+    /// Redis's clock has passed it too).
+    fn note_others(lease: &mut Lease, others_expire_in: Option<std::time::Duration>) {
+        lease.reclaim_at = others_expire_in
+            .map(|left| std::time::Instant::now() + left + std::time::Duration::from_millis(10));
+    }
+
     /// Applies a reservation's outcome to the lease it was made for.
     fn apply_reserved(
         &self,
@@ -421,7 +431,9 @@ impl Metering {
             granted,
             counter,
             revoked,
+            others_expire_in,
         } = reserved;
+        Self::note_others(lease, others_expire_in);
         if revoked {
             // The stock held went back already (the lease had expired).
             self.stats
@@ -521,11 +533,13 @@ impl Metering {
             // returns the stock of other sidecars' expired leases of the
             // meter, which no consumption may ever ask Redis for (a meter
             // at its cap is denied by its policy before anything is asked).
+            let now = std::time::Instant::now();
             let unchanged = lease.events.is_empty()
                 && lease.flushed_stock == Some(lease.stock)
                 && lease
                     .flushed_at
-                    .is_some_and(|at| at.elapsed() < self.settings.lease_ttl / 4);
+                    .is_some_and(|at| now.duration_since(at) < self.settings.lease_ttl / 4)
+                && lease.reclaim_at.is_none_or(|at| now < at);
             if unchanged {
                 return Ok(());
             }
@@ -553,8 +567,12 @@ impl Metering {
             )
             .await;
         match written {
-            Ok(held) => {
+            Ok(GaveBack {
+                held,
+                others_expire_in,
+            }) => {
                 let mut lease = slot.state();
+                Self::note_others(&mut lease, others_expire_in);
                 if !held && stock > 0 {
                     self.revoked(&mut lease);
                 } else {
@@ -718,8 +736,9 @@ impl Metering {
                         });
                     }
                 }
-                (Unsettled::GiveBack { stock, mode, .. }, Settled::GaveBack(held)) => {
-                    match (mode, held) {
+                (Unsettled::GiveBack { stock, mode, .. }, Settled::GaveBack(gave_back)) => {
+                    Self::note_others(&mut slot.state(), gave_back.others_expire_in);
+                    match (mode, gave_back.held) {
                         (GiveBackMode::Return, true) => {
                             self.stats
                                 .returned
@@ -801,7 +820,13 @@ impl Metering {
                 )
                 .await;
             let held = match written {
-                Ok(held) => held,
+                Ok(GaveBack {
+                    held,
+                    others_expire_in,
+                }) => {
+                    Self::note_others(&mut slot.state(), others_expire_in);
+                    held
+                }
                 Err(error) => {
                     // Redis may have run it: the step (its units and events)
                     // is sent again under its id; only what was never sent is
@@ -857,7 +882,7 @@ impl Metering {
         stock: i64,
         mode: GiveBackMode,
         events: &[LeaseEvent],
-    ) -> Result<bool, RedisFailure> {
+    ) -> Result<GaveBack, RedisFailure> {
         LeaseGiveBack {
             counter_key: &counter_key(tenant, meter, window),
             tenant,

@@ -472,6 +472,31 @@ pub struct Reserved {
     /// The units the sidecar held went back already (its lease expired
     /// and was reclaimed): it holds only `granted` now.
     pub revoked: bool,
+    /// When the next of the other sidecars' leases of the meter expires
+    /// (`None`: none does), from now.
+    pub others_expire_in: Option<std::time::Duration>,
+}
+
+/// The milliseconds a lease script counts to the next expiry of another
+/// sidecar's lease (`-1`: none).
+fn expiry_in(
+    reply: &Value,
+    items: &[Value],
+    index: usize,
+) -> Result<Option<std::time::Duration>, RedisFailure> {
+    let ms = integer(item(items, index, reply)?)?;
+    Ok(u64::try_from(ms).ok().map(std::time::Duration::from_millis))
+}
+
+/// What a lease give-back did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GaveBack {
+    /// The sidecar's lease record was there (`false`: the lease was found
+    /// reclaimed, its stock back already).
+    pub held: bool,
+    /// When the next of the other sidecars' leases of the meter expires
+    /// (`None`: none does), from now.
+    pub others_expire_in: Option<std::time::Duration>,
 }
 
 impl LeaseReserve<'_> {
@@ -508,6 +533,7 @@ impl LeaseReserve<'_> {
             granted: integer(item(items, 0, &reply)?)?,
             counter: integer(item(items, 1, &reply)?)?,
             revoked: integer(item(items, 2, &reply)?)? == 1,
+            others_expire_in: expiry_in(&reply, items, 3)?,
         })
     }
 }
@@ -549,9 +575,8 @@ pub enum GiveBackMode {
 }
 
 impl LeaseGiveBack<'_> {
-    /// Runs the step: `false` when the sidecar's lease was found reclaimed
-    /// (its stock went back already).
-    pub async fn run(&self, conn: &RedisConn) -> Result<bool, RedisFailure> {
+    /// Runs the step.
+    pub async fn run(&self, conn: &RedisConn) -> Result<GaveBack, RedisFailure> {
         let mut args = vec![
             self.unspent.to_string(),
             self.stream_maxlen.to_string(),
@@ -578,13 +603,20 @@ impl LeaseGiveBack<'_> {
                 &args,
             )
             .await?;
-        match integer(&reply)? {
-            1 => Ok(true),
-            0 => Ok(false),
-            _ => Err(RedisFailure::Garbage(format!(
-                "expected 0 or 1, got {reply:?}"
-            ))),
-        }
+        let items = array(&reply)?;
+        let held = match integer(item(items, 0, &reply)?)? {
+            1 => true,
+            0 => false,
+            _ => {
+                return Err(RedisFailure::Garbage(format!(
+                    "expected 0 or 1 first, got {reply:?}"
+                )))
+            }
+        };
+        Ok(GaveBack {
+            held,
+            others_expire_in: expiry_in(&reply, items, 1)?,
+        })
     }
 }
 

@@ -22,8 +22,11 @@ end
 -- stock and when its lease expires: `<stock> <expires ms>`. A lease past its
 -- expiry belongs to a sidecar that could not give it back (it died, or lost
 -- Redis): its stock goes back to the counter (KEYS[1]) and the record goes.
+-- Returns in how many ms the next of the other leases expires (-1: none),
+-- so that the caller comes back for it then.
 local function reclaim(owner, now)
   local all = redis.call('HGETALL', KEYS[4])
+  local next_in = -1
   for i = 1, #all, 2 do
     local who, record = all[i], all[i + 1]
     if who ~= owner then
@@ -34,9 +37,15 @@ local function reclaim(owner, now)
           redis.call('DECRBY', KEYS[1], stock)
         end
         redis.call('HDEL', KEYS[4], who)
+      else
+        local left = tonumber(expires) - now
+        if next_in < 0 or left < next_in then
+          next_in = left
+        end
       end
     end
   end
+  return next_in
 end
 
 -- Records `owner`'s lease: its stock and expiry; the record lives as long as

@@ -9,16 +9,18 @@
 -- KEYS: counter, stream, operation record, leases. ARGV: unspent units,
 -- stream maxlen, meter, operation ttl (ms), owner, mode (`return` or
 -- `flush`), then the pending events.
--- Returns 1, or 0 when the sidecar's lease was found reclaimed.
+-- Returns {1, or 0 when the sidecar's lease was found reclaimed; ms until
+-- the next of the other sidecars' leases expires (-1: none, or a second
+-- run)}.
 local counter_key, op_key = KEYS[1], KEYS[3]
 local done = redis.call('GET', op_key)
 if done then
-  return tonumber(done)
+  return {tonumber(done), -1}
 end
 local unspent, maxlen, meter, op_ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local owner, mode = ARGV[5], ARGV[6]
 
-reclaim(owner, now_ms())
+local next_in = reclaim(owner, now_ms())
 write_events(7, maxlen, meter)
 local record = redis.call('HGET', KEYS[4], owner)
 local held = 1
@@ -34,4 +36,4 @@ else
   redis.call('HSET', KEYS[4], owner, unspent .. ' ' .. expires)
 end
 redis.call('SET', op_key, tostring(held), 'PX', op_ttl)
-return held
+return {held, next_in}

@@ -9,19 +9,20 @@
 -- KEYS: counter, stream, operation record, leases. ARGV: block, needed,
 -- limit, expire-at (s, 0 = never), stream maxlen, meter, operation ttl
 -- (ms), owner, held, lease ttl (ms), then the pending events.
--- Returns {granted, counter after, revoked (0 or 1)}.
+-- Returns {granted, counter after, revoked (0 or 1), ms until the next of
+-- the other sidecars' leases expires (-1: none, or a second run)}.
 local counter_key, op_key = KEYS[1], KEYS[3]
 local done = redis.call('GET', op_key)
 if done then
   local grant, counter, revoked = string.match(done, '^(%-?%d+) (%-?%d+) (%d)$')
-  return {tonumber(grant), tonumber(counter), tonumber(revoked)}
+  return {tonumber(grant), tonumber(counter), tonumber(revoked), -1}
 end
 local block, needed, limit, expire_at = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local maxlen, meter, op_ttl = ARGV[5], ARGV[6], ARGV[7]
 local owner, held, lease_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 
 local now = now_ms()
-reclaim(owner, now)
+local next_in = reclaim(owner, now)
 write_events(11, maxlen, meter)
 local revoked = 0
 local record = redis.call('HGET', KEYS[4], owner)
@@ -37,7 +38,7 @@ if grant < needed then
     record_lease(owner, held, expires, expire_at)
   end
   redis.call('SET', op_key, '0 ' .. counter .. ' ' .. revoked, 'PX', op_ttl)
-  return {0, counter, revoked}
+  return {0, counter, revoked, next_in}
 end
 counter = redis.call('INCRBY', counter_key, grant)
 if expire_at ~= '0' then
@@ -45,4 +46,4 @@ if expire_at ~= '0' then
 end
 record_lease(owner, held + grant, now + lease_ttl, expire_at)
 redis.call('SET', op_key, grant .. ' ' .. counter .. ' ' .. revoked, 'PX', op_ttl)
-return {grant, counter, revoked}
+return {grant, counter, revoked, next_in}
