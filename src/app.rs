@@ -148,8 +148,25 @@ async fn lease_upkeep(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Flushes also come when another sidecar's lease is due to expire,
+        // so that its stock is reclaimed then, not at the next tick.
+        // One already due waits for the tick (a lease busy with another
+        // step keeps its time, which must not make this loop spin).
+        let due = match upkeep {
+            Upkeep::Flush => metering
+                .next_reclaim()
+                .filter(|at| *at > std::time::Instant::now()),
+            Upkeep::ReturnExpired => None,
+        };
+        let reclaim = async move {
+            match due {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
+            () = reclaim => {}
             _ = stop.wait_for(|stopping| *stopping) => return,
         }
         if let Some(conn) = remote.connection() {

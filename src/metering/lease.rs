@@ -614,6 +614,18 @@ impl Metering {
         lease.flushed_stock = None;
     }
 
+    /// When the next of other sidecars' leases, among the meters this
+    /// sidecar holds leases of, is due to expire (and be reclaimed).
+    pub fn next_reclaim(&self) -> Option<std::time::Instant> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .flat_map(|meters| meters.values())
+            .filter_map(|slot| slot.state().reclaim_at)
+            .min()
+    }
+
     /// Writes every lease's pending usage events and records its stock in
     /// Redis (one step per lease with something new, all sent at once), so
     /// that a sidecar that dies loses at most the events of one interval
