@@ -24,8 +24,10 @@ use sha2::{Digest, Sha256};
 
 use crate::reread::{Fingerprint, Fingerprinter, Reread};
 
-/// What a caller may ask for.
+/// What a caller may ask for. Its discriminant is its bit in a set of
+/// operations, in the order of [`Operation::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
 pub enum Operation {
     /// `Check` without a consumption.
     Check,
@@ -77,11 +79,7 @@ impl Operation {
     }
 
     fn bit(self) -> u16 {
-        let index = Operation::ALL
-            .iter()
-            .position(|op| *op == self)
-            .unwrap_or_default();
-        1 << index
+        1 << self as u16
     }
 
     fn is_admin(self) -> bool {
@@ -768,6 +766,13 @@ mod tests {
             let file = write(dir.path(), "callers.yaml", text);
             let error = Callers::from_file(&file, None).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn each_operation_has_its_own_bit() {
+        for (index, operation) in Operation::ALL.into_iter().enumerate() {
+            assert_eq!(operation.bit(), 1 << index, "{operation}");
         }
     }
 

@@ -770,3 +770,44 @@ async fn request_bodies_past_the_byte_budget_are_shed_while_small_requests_pass(
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_max_connections_is_closed_and_counted() {
+    let dirs = DataDirs::copy_examples();
+    let mut config = dirs.config();
+    config.max_connections = 1;
+    let metrics = metrics_address();
+    config.metrics_listen = Some(metrics);
+    let server = InProcess::start(config).await;
+    // The first connection holds the only place, and is served.
+    let mut first = connect(&server.url()).await;
+    let bob = || check("acme", "User:bob", "use", "Feature:pdf-export");
+    assert_decision(
+        &first.check(bob()).await.unwrap().into_inner(),
+        pb::Decision::Allow,
+    );
+    // A second is closed at once: its call fails.
+    let second =
+        tollgate_testkit::client::bounded_channel(server.addr, Duration::from_secs(2)).await;
+    let refused = match second {
+        Ok(channel) => EntitlementServiceClient::new(channel)
+            .check(bob())
+            .await
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a second connection was served");
+    // Each of its attempts (the client retries a closed connection) counts.
+    assert!(
+        metric(
+            metrics,
+            "tollgate_connections_refused_total{listener=\"api\",event=\"over_limit\"}"
+        ) >= 1.0
+    );
+    // The first is still served.
+    assert_decision(
+        &first.check(bob()).await.unwrap().into_inner(),
+        pb::Decision::Allow,
+    );
+    server.stop().await.unwrap();
+}

@@ -425,6 +425,31 @@ fn push_events(args: &mut Vec<String>, events: &[UsageEvent]) {
     }
 }
 
+/// Runs a lease script on its four keys (the counter, the tenant's usage
+/// stream, the operation's record, the counter's lease records) with `args`
+/// and then the pending `events`.
+async fn invoke_lease_script(
+    conn: &RedisConn,
+    script: &Script,
+    (counter_key, tenant, op): (&str, &str, &str),
+    mut args: Vec<String>,
+    events: &[UsageEvent],
+) -> Result<Value, RedisFailure> {
+    push_events(&mut args, events);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    conn.invoke(
+        script,
+        &[
+            counter_key,
+            &keys::stream_key(tenant),
+            &keys::operation_key(tenant, op),
+            &keys::leases_key(counter_key),
+        ],
+        &args,
+    )
+    .await
+}
+
 /// `lease_reserve.lua`: reserves `min(block, limit - counter)` units for a
 /// lease if that covers `needed`, and writes pending usage events, in one
 /// atomic step.
@@ -502,7 +527,7 @@ pub struct GaveBack {
 impl LeaseReserve<'_> {
     /// Runs the step.
     pub async fn run(&self, conn: &RedisConn) -> Result<Reserved, RedisFailure> {
-        let mut args = vec![
+        let args = vec![
             self.block.to_string(),
             self.needed.to_string(),
             self.limit.to_string(),
@@ -514,20 +539,14 @@ impl LeaseReserve<'_> {
             self.held.to_string(),
             self.lease_ttl_ms.to_string(),
         ];
-        push_events(&mut args, self.events);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let reply = conn
-            .invoke(
-                &scripts().lease_reserve,
-                &[
-                    self.counter_key,
-                    &keys::stream_key(self.tenant),
-                    &keys::operation_key(self.tenant, self.op),
-                    &keys::leases_key(self.counter_key),
-                ],
-                &args,
-            )
-            .await?;
+        let reply = invoke_lease_script(
+            conn,
+            &scripts().lease_reserve,
+            (self.counter_key, self.tenant, self.op),
+            args,
+            self.events,
+        )
+        .await?;
         let items = array(&reply)?;
         Ok(Reserved {
             granted: integer(item(items, 0, &reply)?)?,
@@ -577,7 +596,7 @@ pub enum GiveBackMode {
 impl LeaseGiveBack<'_> {
     /// Runs the step.
     pub async fn run(&self, conn: &RedisConn) -> Result<GaveBack, RedisFailure> {
-        let mut args = vec![
+        let args = vec![
             self.unspent.to_string(),
             self.stream_maxlen.to_string(),
             self.meter.to_string(),
@@ -589,20 +608,14 @@ impl LeaseGiveBack<'_> {
             }
             .to_string(),
         ];
-        push_events(&mut args, self.events);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let reply = conn
-            .invoke(
-                &scripts().lease_give_back,
-                &[
-                    self.counter_key,
-                    &keys::stream_key(self.tenant),
-                    &keys::operation_key(self.tenant, self.op),
-                    &keys::leases_key(self.counter_key),
-                ],
-                &args,
-            )
-            .await?;
+        let reply = invoke_lease_script(
+            conn,
+            &scripts().lease_give_back,
+            (self.counter_key, self.tenant, self.op),
+            args,
+            self.events,
+        )
+        .await?;
         let items = array(&reply)?;
         let held = match integer(item(items, 0, &reply)?)? {
             1 => true,
