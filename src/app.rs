@@ -389,13 +389,37 @@ pub async fn serve_on(
     // Callers are identified, and requests admitted, before their bodies
     // are read; batches, entity lists and values over their limits are
     // refused as bytes, before they are decoded.
+    let mut http_server = None;
+    let admission = crate::api::bounds::Admission::new(
+        config.max_in_flight,
+        config.max_request_bytes_in_flight,
+        metrics.in_flight(),
+    );
+    if let Some(address) = config.http_listen {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ServeError::Bind { address, source })?;
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "HTTP/JSON and AuthZEN API listening");
+        let incoming = crate::listen::tcp(
+            listener,
+            listener_settings("http", tls.clone()),
+            stop_rx.clone(),
+        );
+        let front = crate::http::HttpFrontDoor::new(
+            Arc::clone(&decision_point),
+            admission.clone(),
+            config.max_request_bytes,
+            config.authzen.clone(),
+            health.clone(),
+        )
+        .with_tls(tls.is_some());
+        http_server = Some(crate::http::serve(front, incoming, stop_rx.clone()));
+    }
     let entitlement_service = crate::api::bounds::Bounded::new(
         EntitlementServiceServer::new(GrpcService::new(Arc::clone(&decision_point)))
             .max_decoding_message_size(config.max_request_bytes),
         decision_point,
-        config.max_in_flight,
-        config.max_request_bytes_in_flight,
-        metrics.in_flight(),
+        admission,
     );
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -465,10 +489,19 @@ pub async fn serve_on(
     );
     let unix_path = unix.as_ref().map(|(path, _)| path.clone());
     let server = async move {
-        match unix {
-            Some((_, unix)) => tokio::try_join!(tcp, unix).map(|_| ()),
-            None => tcp.await,
-        }
+        let grpc = async move {
+            match unix {
+                Some((_, unix)) => tokio::try_join!(tcp, unix).map(|_| ()),
+                None => tcp.await,
+            }
+        };
+        // The HTTP front door drains with the gRPC listeners.
+        let http = async move {
+            if let Some(http) = http_server {
+                http.await;
+            }
+        };
+        tokio::join!(grpc, http).0
     };
 
     let mut stop_rx_grace = stop_rx.clone();

@@ -205,6 +205,16 @@ impl Caller {
         }
     }
 
+    /// The one tenant the caller may use, when its rights name exactly one.
+    pub fn only_tenant(&self) -> Option<&str> {
+        match &self.rights.tenants {
+            TenantScope::Only(tenants) if tenants.len() == 1 => {
+                tenants.iter().next().map(String::as_str)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether it may see `tenant` at all (listings show only those).
     pub fn may_touch(&self, tenant: &str) -> bool {
         match &self.rights.tenants {

@@ -37,7 +37,8 @@ enum Command {
     /// Configuration comes from the YAML file (--config, TOLLGATE_CONFIG, or
     /// ./tollgate.yaml when present), overridden by TOLLGATE_<KEY> environment
     /// variables, overridden by flags. Keys: listen, listen_unix, health_listen,
-    /// health_tls, insecure_listen, tls_cert_file, tls_key_file,
+    /// health_tls, http_listen, authzen_tenant, authzen_namespace,
+    /// authzen_types, insecure_listen, tls_cert_file, tls_key_file,
     /// tls_client_ca_file, tls_client_auth, callers_file, max_connections,
     /// max_in_flight, max_request_bytes_in_flight, max_concurrent_streams,
     /// credentials_poll_ms, metrics_listen, policies,

@@ -79,6 +79,10 @@ pub struct Config {
     /// Time source of metering periods (the system clock; tests inject
     /// another). Not a configuration key.
     pub clock: crate::metering::Clock,
+    /// Address of the HTTP front door, when enabled.
+    pub http_listen: Option<SocketAddr>,
+    /// How AuthZEN requests map to Cedar.
+    pub authzen: crate::http::authzen::Settings,
     /// Address of the AdminService, when enabled.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token of the AdminService.
@@ -572,6 +576,44 @@ fn build(
         optional_address("0.0.0.0:50053"),
     );
     let health_tls = get(values, problems, "health_tls", boolean);
+    let http_listen = get(
+        values,
+        problems,
+        "http_listen",
+        optional_address("127.0.0.1:8080"),
+    );
+    let authzen_tenant = get(
+        values,
+        problems,
+        "authzen_tenant",
+        crate::http::authzen::parse_tenant,
+    );
+    let authzen_namespace = get(values, problems, "authzen_namespace", |text| {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let valid = text.split("::").all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if valid {
+            Ok(Some(text.to_string()))
+        } else {
+            Err(format!(
+                "`{text}` is not a Cedar namespace such as Acme or Acme::Billing"
+            ))
+        }
+    });
+    let authzen_types = get(
+        values,
+        problems,
+        "authzen_types",
+        crate::http::authzen::parse_types,
+    );
     let insecure_listen = get(values, problems, "insecure_listen", boolean);
     let optional_file = |text: &str| {
         let text = text.trim();
@@ -884,6 +926,7 @@ fn build(
     if insecure_listen == Some(false) && !secured {
         for (key, address) in [
             ("listen", listen.as_ref().copied()),
+            ("http_listen", http_listen.flatten()),
             ("admin_listen", admin_listen.flatten()),
         ] {
             match address {
@@ -999,6 +1042,12 @@ fn build(
             lease_answers_max_bytes: lease_answers_max_bytes?,
         },
         clock: crate::metering::Clock::system(),
+        http_listen: http_listen?,
+        authzen: crate::http::authzen::Settings {
+            tenant: authzen_tenant?,
+            namespace: authzen_namespace?,
+            types: authzen_types?,
+        },
         admin_listen: admin_listen?,
         admin_token: admin_token?,
         log_format: log_format?,

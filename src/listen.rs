@@ -125,7 +125,9 @@ fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Fingerprint), TlsErr
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|error| failed(&files.key, format!("does not fit the certificate: {error}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // HTTP/2 first (gRPC offers nothing else); HTTP/1.1 for the HTTP front
+    // door's clients that do not speak HTTP/2.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((config, fingerprint.finish()))
 }
 
@@ -174,6 +176,13 @@ pub struct Conn {
     io: Io,
     peer: Peer,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Conn {
+    /// What is known of the peer.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
 }
 
 impl tonic::transport::server::Connected for Conn {

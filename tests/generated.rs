@@ -260,9 +260,11 @@ fn server(service: &Arc<DecisionService>) -> Server {
         EntitlementServiceServer::new(GrpcService::new(Arc::clone(service)))
             .max_decoding_message_size(4 << 20),
         Arc::clone(service),
-        64,
-        64 << 20,
-        tollgate::metrics::InFlightCounters::default(),
+        tollgate::api::bounds::Admission::new(
+            64,
+            64 << 20,
+            tollgate::metrics::InFlightCounters::default(),
+        ),
     )
 }
 

@@ -41,10 +41,66 @@ pub struct Bounded<S> {
     inner: S,
     limits: Limits,
     service: Arc<DecisionService>,
+    admission: Admission,
+}
+
+/// The requests in flight and the bytes their bodies buffer, bounded for
+/// every front door that shares one admission (the gRPC API, its Unix
+/// socket, and the HTTP front door): memory stays bounded however the
+/// callers arrive.
+#[derive(Debug, Clone)]
+pub struct Admission {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     counters: crate::metrics::InFlightCounters,
     bytes: ByteBudget,
+}
+
+impl Admission {
+    /// At most `max_in_flight` requests at once, with at most
+    /// `max_bytes_in_flight` of their bodies buffered beyond
+    /// [`FREE_REQUEST_BYTES`] each (those over either are shed), counted in
+    /// `counters`.
+    pub fn new(
+        max_in_flight: usize,
+        max_bytes_in_flight: usize,
+        counters: crate::metrics::InFlightCounters,
+    ) -> Self {
+        Self {
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            bytes: ByteBudget::new(max_bytes_in_flight, counters.shed_bytes.clone()),
+            counters,
+        }
+    }
+
+    /// A place among the requests in flight, or [`decide::Error::Overloaded`]
+    /// (counted) when there is none.
+    pub fn admit(&self) -> Result<InFlight, decide::Error> {
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            self.counters.shed.inc();
+            return Err(decide::Error::Overloaded {
+                limit: self.max_in_flight,
+            });
+        };
+        self.counters.in_flight.inc();
+        Ok(InFlight {
+            _permit: permit,
+            bytes: Arc::new(std::sync::Mutex::new(None)),
+            gauge: self.counters.in_flight.clone(),
+        })
+    }
+
+    /// `body`, read against the byte budget; what it takes is given back
+    /// with `place`.
+    pub fn body<B>(&self, body: B, place: &InFlight) -> BudgetedBody<B> {
+        BudgetedBody {
+            inner: body,
+            budget: self.bytes.clone(),
+            held: Arc::clone(&place.bytes),
+            read: 0,
+        }
+    }
 }
 
 /// A request's place among those in flight, given back when it is answered.
@@ -52,7 +108,7 @@ pub struct Bounded<S> {
 pub struct InFlight {
     _permit: OwnedSemaphorePermit,
     /// The budget its body took, given back with it.
-    _bytes: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    bytes: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -63,25 +119,13 @@ impl Drop for InFlight {
 }
 
 impl<S> Bounded<S> {
-    /// `inner`, serving `service`'s calls: at most `max_in_flight` at once,
-    /// with at most `max_bytes_in_flight` of their bodies buffered beyond
-    /// [`FREE_REQUEST_BYTES`] each (those over either are shed), counted in
-    /// `counters`.
-    pub fn new(
-        inner: S,
-        service: Arc<DecisionService>,
-        max_in_flight: usize,
-        max_bytes_in_flight: usize,
-        counters: crate::metrics::InFlightCounters,
-    ) -> Self {
+    /// `inner`, serving `service`'s calls within `admission`.
+    pub fn new(inner: S, service: Arc<DecisionService>, admission: Admission) -> Self {
         Self {
             inner,
             limits: service.limits(),
             service,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-            bytes: ByteBudget::new(max_bytes_in_flight, counters.shed_bytes.clone()),
-            counters,
+            admission,
         }
     }
 }
@@ -168,30 +212,19 @@ where
                 }
             }
         };
-        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            self.counters.shed.inc();
-            return BoundedAnswer::Refused {
-                status: Some(super::status(&decide::Error::Overloaded {
-                    limit: self.max_in_flight,
-                })),
-            };
+        let place = match self.admission.admit() {
+            Ok(place) => place,
+            Err(error) => {
+                return BoundedAnswer::Refused {
+                    status: Some(super::status(&error)),
+                }
+            }
         };
-        self.counters.in_flight.inc();
-        let held = Arc::new(std::sync::Mutex::new(None));
-        let mut request = request.map(|body| BudgetedBody {
-            inner: body,
-            budget: self.bytes.clone(),
-            held: Arc::clone(&held),
-            read: 0,
-        });
+        let mut request = request.map(|body| self.admission.body(body, &place));
         request.extensions_mut().insert(caller);
         BoundedAnswer::Admitted {
             inner: LIMITS.scope(self.limits, self.inner.call(request)),
-            place: InFlight {
-                _permit: permit,
-                _bytes: held,
-                gauge: self.counters.in_flight.clone(),
-            },
+            place,
         }
     }
 }

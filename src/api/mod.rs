@@ -6,6 +6,7 @@ pub mod bounds;
 pub mod client;
 pub mod codec;
 pub mod convert;
+pub mod json;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::decide::{self, DecisionService};
 )]
 pub mod pb {
     tonic::include_proto!("tollgate.v1");
+    include!(concat!(env!("OUT_DIR"), "/tollgate.v1.serde.rs"));
 
     /// Encoded file descriptor set of `tollgate.v1`, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -122,6 +122,18 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The request field the error is about, when it names one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::InvalidArgument(error) => Some(&error.field),
+            Self::BatchTooLarge { items, .. } => Some(items),
+            Self::TooManyEntities { field, .. } | Self::TooManyValues { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Error {
     Error::InvalidArgument(RequestError::new(field, problem))
 }

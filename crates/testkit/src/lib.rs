@@ -7,6 +7,8 @@
 //! * [`request`]: `CheckRequest`s and protobuf values;
 //! * [`answer`]: reading and asserting a `CheckResponse`;
 //! * [`client`]: gRPC channels, calls, health, bounded waits, plain HTTP;
+//! * [`http`]: a client of the HTTP front door;
+//! * [`cases`]: requests every front door must refuse, with their messages;
 //! * [`server`]: the server in this process ([`server::InProcess`]) or as a
 //!   process of the built binary ([`server::ServerProcess`]);
 //! * [`redis_server`]: a real `redis-server` on a free loopback port;
@@ -35,8 +37,10 @@
 
 pub mod answer;
 pub mod bench;
+pub mod cases;
 pub mod client;
 pub mod fixtures;
+pub mod http;
 pub mod loadgen;
 pub mod measure;
 pub mod pki;
@@ -54,6 +58,7 @@ pub mod prelude {
         copy_dir, example_counts, example_entitlements, example_policies, read, replace_file,
         DataDirs,
     };
+    pub use crate::http::{HttpAnswer, HttpClient};
     pub use crate::request::*;
     pub use crate::server::{strip_ansi, InProcess, ServerProcess};
 }

@@ -54,6 +54,24 @@ impl InProcess {
         }
     }
 
+    /// Serves `config` with the HTTP front door on a free loopback port as
+    /// well; returns the server and the front door's `host:port`, once it
+    /// accepts connections.
+    pub async fn start_with_http(mut config: Config) -> (Self, String) {
+        let address = SocketAddr::from(([127, 0, 0, 1], crate::redis_server::free_port()));
+        config.http_listen = Some(address);
+        let server = Self::start(config).await;
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the HTTP front door did not listen on {address} within {READY_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (server, address.to_string())
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
