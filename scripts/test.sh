@@ -26,6 +26,8 @@ missing=()
 if [ -z "${REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then missing+=(redis-server); fi
 # The TLS test makes its own CA and server certificate.
 if ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
+# The HTTP front door's TLS test speaks to it with curl (HTTP/2 by ALPN).
+if ! command -v curl >/dev/null 2>&1; then missing+=(curl ca-certificates); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive

@@ -142,11 +142,39 @@ struct Rights {
     tenants: TenantScope,
 }
 
-/// An identified caller and its rights.
+/// The front door a request came through, as decision records and metrics
+/// name it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum FrontDoor {
+    /// `EntitlementService` over gRPC (TCP or the Unix socket).
+    #[default]
+    Grpc,
+    /// The HTTP front door's JSON API.
+    Http,
+    /// The HTTP front door's AuthZEN API.
+    Authzen,
+    /// In the process itself (the `check` command, tests).
+    InProcess,
+}
+
+impl FrontDoor {
+    /// `grpc`, `http`, `authzen` or `in_process`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+            Self::Authzen => "authzen",
+            Self::InProcess => "in_process",
+        }
+    }
+}
+
+/// An identified caller and its rights, and the front door it came through.
 #[derive(Debug, Clone)]
 pub struct Caller {
     name: Arc<str>,
     rights: Arc<Rights>,
+    door: FrontDoor,
 }
 
 impl Caller {
@@ -154,7 +182,20 @@ impl Caller {
         Self {
             name: Arc::from(name),
             rights: Arc::new(rights),
+            door: FrontDoor::Grpc,
         }
+    }
+
+    /// The same caller, come through `door`.
+    #[must_use]
+    pub fn through(mut self, door: FrontDoor) -> Self {
+        self.door = door;
+        self
+    }
+
+    /// The front door it came through.
+    pub fn front_door(&self) -> FrontDoor {
+        self.door
     }
 
     /// A caller that may do everything on every tenant (in-process front
@@ -167,6 +208,7 @@ impl Caller {
                 tenants: TenantScope::All,
             },
         )
+        .through(FrontDoor::InProcess)
     }
 
     /// Its name (`local`, `anonymous`, `admin`, or a callers file's name).

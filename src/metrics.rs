@@ -20,6 +20,8 @@ pub struct DecisionLabels {
     pub decision: &'static str,
     /// The first reason's code (`member_role`, `tier_too_low`, `no_permit`, ...).
     pub reason: String,
+    /// The front door: `grpc`, `http`, `authzen` or `in_process`.
+    pub front_door: &'static str,
 }
 
 /// Labels of a reload.
@@ -599,11 +601,18 @@ impl Metrics {
     }
 
     /// Counts one decision and its duration.
-    pub fn record_decision(&self, allow: bool, reason: &str, elapsed: Duration) {
+    pub fn record_decision(
+        &self,
+        allow: bool,
+        reason: &str,
+        front_door: &'static str,
+        elapsed: Duration,
+    ) {
         self.decisions
             .get_or_create(&DecisionLabels {
                 decision: if allow { "allow" } else { "deny" },
                 reason: reason.to_string(),
+                front_door,
             })
             .inc();
         self.check_seconds.observe(elapsed.as_secs_f64());

@@ -518,3 +518,75 @@ async fn readiness_follows_the_policy_set() {
     assert_eq!(answer.json()["code"], "UNAVAILABLE");
     assert_eq!(answer.header("retry-after"), Some("1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_labelled_with_their_front_door() {
+    let dirs = DataDirs::copy_examples();
+    let log = dirs.root.path().join("decisions.log");
+    let mut config = dirs.config();
+    config.decision_log = Some(tollgate::decision_log::Settings {
+        sink: Some(tollgate::decision_log::Sink::File(log.clone())),
+        redis_stream: None,
+        queue: 100,
+        sample_allow: 1.0,
+        sample_deny: 1.0,
+        context: false,
+        mask: Vec::new(),
+        max_bytes: 1 << 20,
+    });
+    let metrics =
+        std::net::SocketAddr::from(([127, 0, 0, 1], tollgate_testkit::redis_server::free_port()));
+    config.metrics_listen = Some(metrics);
+    config.authzen.tenant = vec![tollgate::http::authzen::TenantFrom::Fixed(
+        "acme".to_string(),
+    )];
+    let (server, http) = InProcess::start_with_http(config).await;
+    let mut grpc = connect(&server.url()).await;
+    let mut client = HttpClient::connect(&http).await.unwrap();
+    grpc.check(cases::valid_check()).await.unwrap();
+    let answer = client
+        .post(
+            "/v1/check",
+            serde_json::to_string(&cases::valid_check()).unwrap(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let evaluation = serde_json::json!({
+        "subject": {"type": "User", "id": "bob"}, "action": {"name": "use"},
+        "resource": {"type": "Feature", "id": "pdf-export"},
+        "context": {"country": "BR", "now": {"__extn": {"fn": "datetime", "arg": "2026-06-01T00:00:00Z"}}},
+    });
+    let answer = client.post_json("/access/v1/evaluation", &evaluation).await;
+    assert_eq!(answer.json()["decision"], true, "{}", answer.json());
+
+    let doors = wait_until("three decision records", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        async move {
+            let doors: Vec<String> = text
+                .lines()
+                .map(|line| {
+                    let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                    record["front_door"].as_str().unwrap().to_string()
+                })
+                .collect();
+            if doors.len() == 3 {
+                Ok(doors)
+            } else {
+                Err(format!("{doors:?}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(doors, ["grpc", "http", "authzen"]);
+    let (_, text) = tokio::task::spawn_blocking(move || http_get(&metrics.to_string(), "/metrics"))
+        .await
+        .unwrap();
+    for door in ["grpc", "http", "authzen"] {
+        let series = format!(
+            r#"tollgate_decisions_total{{decision="allow",reason="member_role",front_door="{door}"}}"#
+        );
+        assert_eq!(sample(&text, &series), 1.0, "{series}\n{text}");
+    }
+}

@@ -63,7 +63,7 @@ async fn metrics_move_with_known_traffic() {
     assert_eq!(
         sample(
             &text,
-            r#"tollgate_decisions_total{decision="allow",reason="member_role"}"#
+            r#"tollgate_decisions_total{decision="allow",reason="member_role",front_door="grpc"}"#
         ),
         Some(3.0),
         "{text}"
@@ -71,7 +71,7 @@ async fn metrics_move_with_known_traffic() {
     assert_eq!(
         sample(
             &text,
-            r#"tollgate_decisions_total{decision="deny",reason="tier_too_low"}"#
+            r#"tollgate_decisions_total{decision="deny",reason="tier_too_low",front_door="grpc"}"#
         ),
         Some(2.0),
         "{text}"

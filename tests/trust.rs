@@ -811,3 +811,131 @@ async fn a_connection_over_max_connections_is_closed_and_counted() {
     );
     server.stop().await.unwrap();
 }
+
+/// `curl` over TLS (trusting `ca`) to the HTTP front door: the status, the
+/// HTTP version and the body.
+fn curl(ca: &Path, url: &str, token: Option<&str>, body: &str) -> (u16, String, serde_json::Value) {
+    let mut command = Command::new("curl");
+    command
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("authorization: Bearer {token}")]);
+    }
+    if !body.is_empty() {
+        command.args(["--data-binary", body]);
+    }
+    let output = command.arg(url).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, last) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (code, version) = last.split_once(' ').unwrap_or((last, ""));
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (code.parse().unwrap_or(0), version.to_string(), json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_front_door_serves_tls_and_holds_callers_to_their_rights() {
+    let certs = Certificates::make();
+    let dir = certs.pki.path();
+    std::fs::write(dir.join("checker.token"), "checker-token-0000000001\n").unwrap();
+    let callers = write_callers(
+        dir,
+        "callers:\n  - name: checker\n    token_file: checker.token\n    operations: [check, check_batch]\n    tenants: [acme]\nlocal:\n  operations: []\n",
+    );
+    let dirs = DataDirs::copy_examples();
+    let mut config = dirs.config();
+    let mut tls = certs.served();
+    tls.client_auth_required = false;
+    config.tls = Some(tls);
+    config.callers_file = Some(callers);
+    config.authzen.tenant = vec![tollgate::http::authzen::TenantFrom::Caller];
+    let (_server, http) = InProcess::start_with_http(config).await;
+    let base = format!("https://{http}");
+    let token = Some("checker-token-0000000001");
+    let check = |tenant: &str| {
+        let mut request = check_str("acme User:bob use Feature:pdf-export");
+        request.tenant = tenant.to_string();
+        serde_json::to_string(&request).unwrap()
+    };
+
+    // The checker, identified by its token over TLS (HTTP/2 by ALPN).
+    let (status, version, body) = curl(
+        &certs.ca.cert,
+        &format!("{base}/v1/check"),
+        token,
+        &check("acme"),
+    );
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    assert_eq!(body["decision"], "DECISION_ALLOW");
+    // No token: the loopback caller may do nothing here, and is told to
+    // bring credentials; a token nobody has is unknown.
+    let (status, _, body) = curl(
+        &certs.ca.cert,
+        &format!("{base}/v1/check"),
+        None,
+        &check("acme"),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "UNAUTHENTICATED");
+    let (status, _, body) = curl(
+        &certs.ca.cert,
+        &format!("{base}/v1/check"),
+        Some("guess-0000000000000000"),
+        &check("acme"),
+    );
+    assert_eq!(status, 401, "{body}");
+    // Another tenant, another operation: forbidden.
+    let (status, _, body) = curl(
+        &certs.ca.cert,
+        &format!("{base}/v1/check"),
+        token,
+        &check("globex"),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["code"], "PERMISSION_DENIED");
+    let (status, _, body) = curl(
+        &certs.ca.cert,
+        &format!("{base}/v1/report-usage"),
+        token,
+        r#"{"tenant": "acme", "reports": [{"meter": "api-calls", "amount": "1", "eventKey": "e"}]}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("report_usage"),
+        "{body}"
+    );
+    // AuthZEN: the tenant is the caller's one tenant.
+    let evaluation = r#"{"subject": {"type": "User", "id": "bob"}, "action": {"name": "use"},
+        "resource": {"type": "Feature", "id": "pdf-export"},
+        "context": {"country": "BR", "now": {"__extn": {"fn": "datetime", "arg": "2026-06-01T00:00:00Z"}}}}"#;
+    let (status, _, body) = curl(
+        &certs.ca.cert,
+        &format!("{base}/access/v1/evaluation"),
+        token,
+        evaluation,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], true, "{body}");
+    // Health needs no caller; the AuthZEN metadata names https URLs.
+    let (status, _, body) = curl(&certs.ca.cert, &format!("{base}/readyz"), None, "");
+    assert_eq!((status, body["status"].as_str()), (200, Some("SERVING")));
+    let (_, _, body) = curl(
+        &certs.ca.cert,
+        &format!("{base}/.well-known/authzen-configuration"),
+        None,
+        "",
+    );
+    assert_eq!(
+        body["access_evaluation_endpoint"],
+        format!("{base}/access/v1/evaluation")
+    );
+    // Plaintext to the TLS listener: no answer.
+    let (status, _, _) = curl(&certs.ca.cert, &format!("http://{http}/healthz"), None, "");
+    assert_eq!(status, 0);
+}

@@ -53,6 +53,7 @@ impl LoggedRequest {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or_default(),
             caller: self.caller.name(),
+            front_door: self.caller.front_door().name(),
             tenant: &self.tenant,
             principal: reference(&self.principal),
             action: reference(&self.action),
@@ -75,6 +76,7 @@ struct LogRecord<'a> {
     decision_id: &'a str,
     time_unix_ms: u64,
     caller: &'a str,
+    front_door: &'static str,
     tenant: &'a str,
     principal: Option<LoggedRef<'a>>,
     action: Option<LoggedRef<'a>>,

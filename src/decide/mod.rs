@@ -27,7 +27,7 @@ use tollgate_engine::{
 };
 
 use crate::callers::Callers;
-pub use crate::callers::{Caller, Credentials, Operation, Refusal};
+pub use crate::callers::{Caller, Credentials, FrontDoor, Operation, Refusal};
 use crate::decision_log::DecisionLog;
 pub use crate::metering::Consume;
 use crate::metering::{
@@ -657,14 +657,17 @@ impl DecisionService {
         self.tenants.lookup(catalog, tenant, max_staleness).await
     }
 
-    fn record(&self, started: std::time::Instant, result: &Result<Answer, Error>) {
+    fn record(&self, started: std::time::Instant, door: FrontDoor, result: &Result<Answer, Error>) {
         let Some(metrics) = &self.metrics else {
             return;
         };
         match result {
-            Ok(answer) => {
-                metrics.record_decision(answer.allow, answer.first_code(), started.elapsed())
-            }
+            Ok(answer) => metrics.record_decision(
+                answer.allow,
+                answer.first_code(),
+                door.name(),
+                started.elapsed(),
+            ),
             Err(_) => metrics.record_invalid(),
         }
     }
@@ -687,7 +690,7 @@ impl DecisionService {
             .as_deref()
             .map(|log| log::LoggedRequest::capture(log, &check, caller));
         let result = self.check_unrecorded(check).await;
-        self.record(started, &result);
+        self.record(started, caller.front_door(), &result);
         if let (Some(log), Some(logged), Ok(answer)) = (&self.decision_log, logged, &result) {
             logged.submit(log, answer, started.elapsed());
         }
@@ -752,7 +755,12 @@ impl DecisionService {
                     let count = u32::try_from(answers.len().max(1)).unwrap_or(u32::MAX);
                     let share = started.elapsed() / count;
                     for answer in answers {
-                        metrics.record_decision(answer.allow, answer.first_code(), share);
+                        metrics.record_decision(
+                            answer.allow,
+                            answer.first_code(),
+                            caller.front_door().name(),
+                            share,
+                        );
                     }
                 }
                 Err(_) => metrics.record_invalid(),

@@ -31,7 +31,7 @@ use tokio_stream::StreamExt as _;
 
 use crate::api::bounds::Admission;
 use crate::api::{self, json, pb};
-use crate::decide::{self, Caller, DecisionService, Operation};
+use crate::decide::{self, Caller, DecisionService, FrontDoor, Operation};
 use crate::listen::{Conn, Peer};
 
 /// A connection that has not sent a whole HTTP/1 request head within this
@@ -338,6 +338,12 @@ async fn admit(State(front): State<HttpFrontDoor>, request: Request, next: Next)
         Ok(caller) => caller,
         Err(error) => return HttpError::of(&error).into_response(),
     };
+    let door = if request.uri().path().starts_with("/access/") {
+        FrontDoor::Authzen
+    } else {
+        FrontDoor::Http
+    };
+    let caller = caller.through(door);
     let place = match front.admission.admit() {
         Ok(place) => place,
         Err(error) => return HttpError::of(&error).into_response(),
