@@ -390,6 +390,7 @@ pub async fn serve_on(
     // are read; batches, entity lists and values over their limits are
     // refused as bytes, before they are decoded.
     let mut http_server = None;
+    let mut ext_authz_server = None;
     let admission = crate::api::bounds::Admission::new(
         config.max_in_flight,
         config.max_request_bytes_in_flight,
@@ -399,7 +400,7 @@ pub async fn serve_on(
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ServeError::Bind { address, source })?;
-        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "HTTP/JSON and AuthZEN API listening");
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "HTTP front door accepting connections");
         let incoming = crate::listen::tcp(
             listener,
             listener_settings("http", tls.clone()),
@@ -414,6 +415,45 @@ pub async fn serve_on(
         )
         .with_tls(tls.is_some());
         http_server = Some(crate::http::serve(front, incoming, stop_rx.clone()));
+    }
+    if let (Some(address), Some(routes)) =
+        (config.ext_authz_listen, config.ext_authz_routes.clone())
+    {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ServeError::Bind { address, source })?;
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), routes = routes.routes.len(), "Envoy external authorization accepting connections");
+        // Envoy is identified and admitted before its request is read, and
+        // shares the places in flight with the other front doors.
+        let ext_authz = crate::api::bounds::Bounded::new(
+            crate::ext_authz::AuthorizationServer::new(crate::ext_authz::ExtAuthz::new(
+                Arc::clone(&decision_point),
+                routes,
+            ))
+            .max_decoding_message_size(config.max_request_bytes),
+            Arc::clone(&decision_point),
+            admission.clone(),
+        );
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::ext_authz::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let incoming = crate::listen::tcp(
+            listener,
+            listener_settings("ext_authz", tls.clone()),
+            stop_rx.clone(),
+        );
+        let router = Server::builder()
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .add_service(health_service.clone())
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(ext_authz);
+        let mut stop = stop_rx.clone();
+        ext_authz_server = Some(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        }));
     }
     let entitlement_service = crate::api::bounds::Bounded::new(
         EntitlementServiceServer::new(GrpcService::new(Arc::clone(&decision_point)))
@@ -495,13 +535,20 @@ pub async fn serve_on(
                 None => tcp.await,
             }
         };
-        // The HTTP front door drains with the gRPC listeners.
+        // The HTTP front door and ext_authz drain with the gRPC listeners.
         let http = async move {
             if let Some(http) = http_server {
                 http.await;
             }
         };
-        tokio::join!(grpc, http).0
+        let ext_authz = async move {
+            match ext_authz_server {
+                Some(server) => server.await,
+                None => Ok(()),
+            }
+        };
+        let (grpc, (), ext_authz) = tokio::join!(grpc, http, ext_authz);
+        grpc.and(ext_authz)
     };
 
     let mut stop_rx_grace = stop_rx.clone();

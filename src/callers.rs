@@ -153,17 +153,20 @@ pub enum FrontDoor {
     Http,
     /// The HTTP front door's AuthZEN API.
     Authzen,
+    /// Envoy's external authorization.
+    ExtAuthz,
     /// In the process itself (the `check` command, tests).
     InProcess,
 }
 
 impl FrontDoor {
-    /// `grpc`, `http`, `authzen` or `in_process`.
+    /// `grpc`, `http`, `authzen`, `ext_authz` or `in_process`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Grpc => "grpc",
             Self::Http => "http",
             Self::Authzen => "authzen",
+            Self::ExtAuthz => "ext_authz",
             Self::InProcess => "in_process",
         }
     }

@@ -83,6 +83,10 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// How AuthZEN requests map to Cedar.
     pub authzen: crate::http::authzen::Settings,
+    /// Address of Envoy's external authorization service, when enabled.
+    pub ext_authz_listen: Option<SocketAddr>,
+    /// Its route table.
+    pub ext_authz_routes: Option<crate::ext_authz::routes::Routes>,
     /// Address of the AdminService, when enabled.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token of the AdminService.
@@ -582,6 +586,28 @@ fn build(
         "http_listen",
         optional_address("127.0.0.1:8080"),
     );
+    let ext_authz_listen = get(
+        values,
+        problems,
+        "ext_authz_listen",
+        optional_address("127.0.0.1:50054"),
+    );
+    let ext_authz_routes = get(values, problems, "ext_authz_file", |text| {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        crate::ext_authz::routes::Routes::from_file(std::path::Path::new(text))
+            .map(Some)
+            .map_err(|error| error.message)
+    });
+    if let (Some(Some(_)), Some(None)) = (&ext_authz_listen, &ext_authz_routes) {
+        problems.push(ConfigProblem::Combination {
+            key: "ext_authz_listen",
+            message: "the external authorization service needs its route table; set ext_authz_file"
+                .to_string(),
+        });
+    }
     let authzen_tenant = get(
         values,
         problems,
@@ -927,6 +953,7 @@ fn build(
         for (key, address) in [
             ("listen", listen.as_ref().copied()),
             ("http_listen", http_listen.flatten()),
+            ("ext_authz_listen", ext_authz_listen.flatten()),
             ("admin_listen", admin_listen.flatten()),
         ] {
             match address {
@@ -1043,6 +1070,8 @@ fn build(
         },
         clock: crate::metering::Clock::system(),
         http_listen: http_listen?,
+        ext_authz_listen: ext_authz_listen?,
+        ext_authz_routes: ext_authz_routes?,
         authzen: crate::http::authzen::Settings {
             tenant: authzen_tenant?,
             namespace: authzen_namespace?,

@@ -1,7 +1,7 @@
 //! tollgate: a low-latency gRPC entitlement decision point over Cedar policies.
 //!
 //! The modules follow the data flow: front doors ([`api`] for gRPC, [`http`]
-//! for JSON and AuthZEN, [`cli`], [`admin`]) convert requests for the decision service ([`decide`]), which
+//! for JSON and AuthZEN, [`ext_authz`] for Envoy, [`cli`], [`admin`]) convert requests for the decision service ([`decide`]), which
 //! looks tenants up in [`store`], has [`metering`] count consumptions, and
 //! asks the `tollgate_engine` crate for the decision; [`app`] wires them into
 //! the sidecar, [`config`] reads what the user asked for.
@@ -16,6 +16,7 @@ pub mod config;
 pub mod config_keys;
 pub mod decide;
 pub mod decision_log;
+pub mod ext_authz;
 pub mod health;
 pub mod http;
 pub mod listen;

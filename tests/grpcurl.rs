@@ -383,3 +383,65 @@ fn grpcurl_is_served_over_mutual_tls_as_the_caller_its_certificate_names() {
         .expect("run grpcurl");
     assert!(!plaintext.status.success(), "{}", stdout(&plaintext));
 }
+
+#[test]
+fn grpcurl_lists_and_calls_envoy_external_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        "tenant: {header: x-tenant-id}\nprincipal: {header: x-user-id}\ncontext:\n  country: {header: x-country}\n  now: {now: true}\nroutes:\n  - path: /features/{feature}\n    action: use\n    resource: {type: Feature, id: \"{feature}\"}\n",
+    )
+    .unwrap();
+    let address = format!("127.0.0.1:{}", tollgate_testkit::redis_server::free_port());
+    let _server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[
+            ("TOLLGATE_EXT_AUTHZ_LISTEN", address.as_str()),
+            ("TOLLGATE_EXT_AUTHZ_FILE", routes.to_str().unwrap()),
+        ],
+    );
+    let grpcurl = |args: &[&str]| {
+        let mut command = Command::new(grpcurl());
+        command.arg("-plaintext").args(args);
+        let output = command.output().expect("run grpcurl");
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
+    // The listener is up once the gRPC server is (both start before SERVING).
+    let listed = grpcurl(&[&address, "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line == "envoy.service.auth.v3.Authorization"),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().any(|line| line == "grpc.health.v1.Health"),
+        "{listed}"
+    );
+    let described = grpcurl(&[&address, "describe", "envoy.service.auth.v3.Authorization"]);
+    assert!(described.contains("rpc Check"), "{described}");
+    // A call built from the reflected schema, as a gateway's would be.
+    let request = serde_json::json!({"attributes": {"request": {"http": {
+        "method": "GET", "path": "/features/pdf-export",
+        "headers": {"x-tenant-id": "acme", "x-user-id": "bob", "x-country": "BR"}}}}});
+    let answer: serde_json::Value = serde_json::from_str(&grpcurl(&[
+        "-d",
+        &request.to_string(),
+        &address,
+        "envoy.service.auth.v3.Authorization/Check",
+    ]))
+    .unwrap();
+    let headers = &answer["okResponse"]["headers"];
+    assert!(
+        headers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|header| header["header"]["key"] == "x-tollgate-decision-id"),
+        "{answer}"
+    );
+}
