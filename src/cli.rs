@@ -38,7 +38,7 @@ enum Command {
     /// ./tollgate.yaml when present), overridden by TOLLGATE_<KEY> environment
     /// variables, overridden by flags. Keys: listen, listen_unix, health_listen,
     /// health_tls, http_listen, authzen_tenant, authzen_namespace,
-    /// authzen_types, ext_authz_listen, ext_authz_file, insecure_listen, tls_cert_file, tls_key_file,
+    /// authzen_types, ext_authz_listen, ext_authz_file, jwt_file, insecure_listen, tls_cert_file, tls_key_file,
     /// tls_client_ca_file, tls_client_auth, callers_file, max_connections,
     /// max_in_flight, max_request_bytes_in_flight, max_concurrent_streams,
     /// credentials_poll_ms, metrics_listen, policies,

@@ -83,6 +83,8 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// How AuthZEN requests map to Cedar.
     pub authzen: crate::http::authzen::Settings,
+    /// The issuers of end users' JWTs, when configured.
+    pub jwt_file: Option<PathBuf>,
     /// Address of Envoy's external authorization service, when enabled.
     pub ext_authz_listen: Option<SocketAddr>,
     /// Its route table.
@@ -586,6 +588,19 @@ fn build(
         "http_listen",
         optional_address("127.0.0.1:8080"),
     );
+    let jwt_file = get(values, problems, "jwt_file", |text| {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(text);
+        if !check_dirs {
+            return Ok(Some(path));
+        }
+        crate::jwt::JwtSettings::from_file(&path)
+            .map(|_| Some(path))
+            .map_err(|error| error.to_string())
+    });
     let ext_authz_listen = get(
         values,
         problems,
@@ -1070,6 +1085,7 @@ fn build(
         },
         clock: crate::metering::Clock::system(),
         http_listen: http_listen?,
+        jwt_file: jwt_file?,
         ext_authz_listen: ext_authz_listen?,
         ext_authz_routes: ext_authz_routes?,
         authzen: crate::http::authzen::Settings {

@@ -23,6 +23,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("authzen_types", "", "comma-separated `<AuthZEN type>=<Cedar entity type>` pairs, e.g. `user=Acme::User,doc=Acme::Document`"),
     ("ext_authz_listen", "", "address of Envoy's external authorization service (envoy.service.auth.v3.Authorization over gRPC, with health and reflection), with the gRPC API's callers, limits and TLS; needs ext_authz_file; e.g. 127.0.0.1:50054; empty: off"),
     ("ext_authz_file", "", "YAML route table of ext_authz: where the tenant and principal come from, and per method, path pattern and headers the action, resource (path parameters as ids) and meter (docs/envoy.md)"),
+    ("jwt_file", "", "YAML file of the issuers whose JWTs identify end users (JWKS file or HTTPS URL, algorithms, audiences, the tenant, principal and context claims); a bearer value shaped as a JWT is then verified on every front door, and a refused one is UNAUTHENTICATED; reloaded when it or a JWKS file changes; empty: off"),
     ("insecure_listen", "false", "allow `listen`, `http_listen`, `ext_authz_listen` or `admin_listen` on a non-loopback address without TLS (tls_cert_file) and callers (callers_file); without it such a configuration refuses to start"),
     ("tls_cert_file", "", "PEM certificate chain of the gRPC listeners (API, admin, and health with health_tls); reloaded when it changes; empty: plaintext"),
     ("tls_key_file", "", "PEM private key of tls_cert_file; reloaded with it"),

@@ -19,6 +19,7 @@ pub mod decision_log;
 pub mod ext_authz;
 pub mod health;
 pub mod http;
+pub mod jwt;
 pub mod listen;
 pub mod metering;
 pub mod metrics;

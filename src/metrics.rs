@@ -63,6 +63,13 @@ pub struct RefusalLabels {
     pub code: &'static str,
 }
 
+/// Labels of a refused end-user token.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The check that failed (`expired`, `signature`, `audience`, ...).
+    pub check: &'static str,
+}
+
 /// Labels of a credential file reload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
@@ -121,6 +128,7 @@ pub struct Metrics {
     metering: Arc<std::sync::OnceLock<Arc<crate::metering::MeteringStats>>>,
     reloads_seen: Mutex<ReloadHistory>,
     refusals: Family<RefusalLabels, Counter>,
+    token_refusals: Family<TokenLabels, Counter>,
     credential_reloads: Family<CredentialLabels, Counter>,
     credentials_seen: Mutex<std::collections::BTreeMap<&'static str, CredentialState>>,
     connections: Family<ConnectionLabels, Counter>,
@@ -419,6 +427,12 @@ impl Metrics {
             "Calls refused before they were looked at, by caller, operation and code",
             refusals.clone(),
         );
+        let token_refusals = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "token_refusals",
+            "End-user JWTs refused, by the check that failed",
+            token_refusals.clone(),
+        );
         let credential_reloads = Family::<CredentialLabels, Counter>::default();
         registry.register(
             "credential_reloads",
@@ -466,6 +480,7 @@ impl Metrics {
             decision_log_stream,
             reloads_seen: Mutex::new(ReloadHistory::default()),
             refusals,
+            token_refusals,
             credential_reloads,
             credentials_seen: Mutex::new(std::collections::BTreeMap::new()),
             connections,
@@ -487,6 +502,13 @@ impl Metrics {
                 operation,
                 code,
             })
+            .inc();
+    }
+
+    /// Counts a refused end-user token.
+    pub fn record_token_refusal(&self, check: &'static str) {
+        self.token_refusals
+            .get_or_create(&TokenLabels { check })
             .inc();
     }
 

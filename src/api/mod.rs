@@ -7,6 +7,7 @@ pub mod client;
 pub mod codec;
 pub mod convert;
 pub mod json;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,8 @@ pub fn status(error: &decide::Error) -> Status {
     match error {
         Error::Refused(
             decide::Refusal::Unauthenticated(_) | decide::Refusal::CredentialsRequired { .. },
-        ) => Status::unauthenticated(message),
+        )
+        | Error::Token(_) => Status::unauthenticated(message),
         Error::Refused(decide::Refusal::PermissionDenied { .. }) => {
             Status::permission_denied(message)
         }
@@ -72,6 +74,13 @@ pub fn credentials<'a>(
     )
 }
 
+/// A gRPC request's `authorization` header.
+fn authorization(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    metadata
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+}
+
 /// The credentials of a connection's `peer` and an `authorization` header.
 pub fn credentials_of<'a>(
     peer: Option<&'a crate::listen::Peer>,
@@ -80,7 +89,11 @@ pub fn credentials_of<'a>(
     decide::Credentials {
         local: peer.is_some_and(|peer| peer.local),
         certificate: peer.and_then(|peer| peer.certificate.as_deref()),
-        bearer: authorization.and_then(crate::callers::bearer_token),
+        // A bearer value shaped as a JWT is an end user's token, never a
+        // caller's (the decision service verifies it).
+        bearer: authorization
+            .and_then(crate::callers::bearer_token)
+            .filter(|token| !crate::jwt::looks_like_jwt(token)),
     }
 }
 
@@ -146,6 +159,36 @@ pub async fn check(
         .map(convert::response)
 }
 
+/// Decides a `CheckRequest` with the end user's token of `authorization`
+/// (when `service` verifies tokens) applied first ([`token::apply`]).
+pub async fn check_with_token(
+    service: &DecisionService,
+    caller: &decide::Caller,
+    authorization: Option<&str>,
+    mut request: pb::CheckRequest,
+) -> Result<pb::CheckResponse, decide::Error> {
+    if let Some(verified) = service.verified_token(authorization).await? {
+        token::apply(&verified, &mut request, "")?;
+    }
+    check(service, caller, request).await
+}
+
+/// Decides a `CheckBatchRequest` with the end user's token applied to each
+/// of its checks.
+pub async fn check_batch_with_token(
+    service: &DecisionService,
+    caller: &decide::Caller,
+    authorization: Option<&str>,
+    mut request: pb::CheckBatchRequest,
+) -> Result<pb::CheckBatchResponse, decide::Error> {
+    if let Some(verified) = service.verified_token(authorization).await? {
+        for (index, check) in request.checks.iter_mut().enumerate() {
+            token::apply(&verified, check, &format!("checks[{index}]."))?;
+        }
+    }
+    check_batch(service, caller, request).await
+}
+
 /// Decides a `CheckBatchRequest` with `service`.
 pub async fn check_batch(
     service: &DecisionService,
@@ -208,13 +251,15 @@ impl EntitlementService for GrpcService {
         };
         let caller = caller_of(service, &extensions, &metadata, operation);
         let answered = span.clone();
+        let authorization = authorization(&metadata);
         crate::telemetry::in_rpc(span, &metadata, async move {
+            let decided = |caller| check_with_token(service, caller, authorization, request);
             let result = match caller {
                 Err(refused) => Err(refused),
-                Ok(caller) if service.may_wait() => {
-                    decide::within(limit, check(service, &caller, request)).await
+                Ok(caller) if service.may_wait() || service.jwt().is_some() => {
+                    decide::within(limit, decided(&caller)).await
                 }
-                Ok(caller) => check(service, &caller, request).await,
+                Ok(caller) => decided(&caller).await,
             }
             .map_err(|error| status(&error));
             match &result {
@@ -252,13 +297,15 @@ impl EntitlementService for GrpcService {
             decide::Operation::CheckBatch,
         );
         let answered = span.clone();
+        let authorization = authorization(&metadata);
         crate::telemetry::in_rpc(span, &metadata, async move {
+            let decided = |caller| check_batch_with_token(service, caller, authorization, request);
             let result = match caller {
                 Err(refused) => Err(refused),
-                Ok(caller) if service.may_wait() => {
-                    decide::within(limit, check_batch(service, &caller, request)).await
+                Ok(caller) if service.may_wait() || service.jwt().is_some() => {
+                    decide::within(limit, decided(&caller)).await
                 }
-                Ok(caller) => check_batch(service, &caller, request).await,
+                Ok(caller) => decided(&caller).await,
             }
             .map_err(|error| status(&error));
             match &result {

@@ -45,6 +45,9 @@ pub enum Error {
     /// The caller is unknown, or may not do what it asked.
     #[error("{0}")]
     Refused(Refusal),
+    /// The end user's token was refused (or is required and missing).
+    #[error("unauthenticated: {0}")]
+    Token(crate::jwt::TokenRefusal),
     /// The request is malformed or does not fit the schema.
     #[error("{0}")]
     InvalidArgument(RequestError),
@@ -438,6 +441,7 @@ pub struct DecisionService {
     decision_log: Option<Arc<DecisionLog>>,
     metering: Option<Arc<Metering>>,
     callers: Arc<Callers>,
+    jwt: Option<Arc<crate::jwt::Verifier>>,
 }
 
 /// The context record the policies read a meter's state from.
@@ -541,6 +545,7 @@ impl DecisionService {
             decision_log: None,
             metering: None,
             callers: Arc::new(Callers::open(None)),
+            jwt: None,
         }
     }
 
@@ -588,6 +593,38 @@ impl DecisionService {
         }
         tracing::debug!(caller = refusal.caller(), operation = operation.name(), refusal = %refusal, "call refused");
         Error::Refused(refusal)
+    }
+
+    /// Verifies end users' tokens with `verifier`.
+    pub fn with_jwt(mut self, verifier: Arc<crate::jwt::Verifier>) -> Self {
+        self.jwt = Some(verifier);
+        self
+    }
+
+    /// The verifier of end users' tokens, when configured.
+    pub fn jwt(&self) -> Option<&Arc<crate::jwt::Verifier>> {
+        self.jwt.as_ref()
+    }
+
+    /// The token in an `authorization` header value (a bearer value shaped
+    /// as a JWT), verified: `None` without a verifier, or without a token
+    /// where none is required. A refusal is counted.
+    pub async fn verified_token(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Option<crate::jwt::VerifiedToken>, Error> {
+        let Some(verifier) = &self.jwt else {
+            return Ok(None);
+        };
+        let token = authorization
+            .and_then(crate::callers::bearer_token)
+            .filter(|token| crate::jwt::looks_like_jwt(token));
+        verifier.verify_optional(token).await.map_err(|refusal| {
+            if let Some(metrics) = &self.metrics {
+                metrics.record_token_refusal(refusal.check());
+            }
+            Error::Token(refusal)
+        })
     }
 
     /// Counts consumptions and usage reports with `metering` (over the Redis

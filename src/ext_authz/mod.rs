@@ -66,6 +66,8 @@ impl ExtAuthz {
 struct Inbound<'a> {
     headers: &'a HashMap<String, String>,
     client_address: Option<&'a str>,
+    /// The end user's verified token (`authorization: Bearer <JWT>`).
+    token: Option<crate::jwt::VerifiedToken>,
 }
 
 impl Inbound<'_> {
@@ -184,9 +186,12 @@ impl ExtAuthz {
         match source {
             Source::Header(name) => inbound.header(name).map(str::to_string),
             Source::Value(value) => value.as_str().map(str::to_string),
-            // Claims come with verified tokens, which this listener does not
-            // read yet; a table that names one is refused at load.
-            Source::Claim(_) | Source::Now(_) | Source::ClientAddress(_) => None,
+            // The claim the token's issuer names as the tenant's.
+            Source::Claim(_) => inbound
+                .token
+                .as_ref()
+                .and_then(|token| token.tenant.clone()),
+            Source::Now(_) | Source::ClientAddress(_) => None,
         }
     }
 
@@ -208,7 +213,13 @@ impl ExtAuthz {
                     args: Vec::new(),
                 })),
             }),
-            Source::Claim(_) => None,
+            Source::Claim(claim) => inbound
+                .token
+                .as_ref()
+                .and_then(|token| token.context.get(claim))
+                .map(|value| serde_json::from_value::<pb::Value>(value.clone()))
+                .transpose()
+                .map_err(|error| error.to_string())?,
         })
     }
 
@@ -225,7 +236,15 @@ impl ExtAuthz {
                 describe(&routes.tenant)
             ))
         })?;
-        let principal = Self::text(&routes.principal.id, inbound).ok_or_else(|| {
+        let principal = match &routes.principal.id {
+            // The token's principal: its issuer's principal claim and type.
+            Source::Claim(_) => inbound
+                .token
+                .as_ref()
+                .and_then(|token| token.principal.clone()),
+            source => Self::text(source, inbound).map(|id| (routes.principal.kind.clone(), id)),
+        }
+        .ok_or_else(|| {
             Box::new(unauthenticated(format!(
                 "the request names no principal ({})",
                 describe(&routes.principal.id)
@@ -250,11 +269,11 @@ impl ExtAuthz {
                 .unwrap_or_default()
                 .to_string(),
         });
-        Ok(pb::CheckRequest {
+        let mut check = pb::CheckRequest {
             tenant,
             principal: Some(pb::EntityRef {
-                r#type: routes.principal.kind.clone(),
-                id: principal,
+                r#type: principal.0,
+                id: principal.1,
             }),
             action: Some(pb::EntityRef {
                 r#type: matched.route.action.0.clone(),
@@ -267,7 +286,14 @@ impl ExtAuthz {
             context,
             consume,
             ..pb::CheckRequest::default()
-        })
+        };
+        // What the headers say must agree with the verified token, whose
+        // claims the policies also see (`context.token`).
+        if let Some(token) = &inbound.token {
+            crate::api::token::apply(token, &mut check, "")
+                .map_err(|error| Box::new(refused(&error)))?;
+        }
+        Ok(check)
     }
 
     /// Envoy's answer to a decision.
@@ -390,8 +416,21 @@ impl Authorization for ExtAuthz {
             .request
             .as_ref()
             .and_then(|request| request.http.as_ref());
+        let headers = http.map_or(&empty, |http| &http.headers);
+        // The end user's token, verified before anything is read from it.
+        let token = match service
+            .verified_token(headers.get("authorization").map(String::as_str))
+            .await
+        {
+            Ok(token) => token,
+            Err(error) => {
+                let message = error.to_string();
+                return Ok(Response::new(unauthenticated(message)));
+            }
+        };
         let inbound = Inbound {
-            headers: http.map_or(&empty, |http| &http.headers),
+            token,
+            headers,
             client_address: attributes
                 .source
                 .as_ref()

@@ -44,6 +44,8 @@ pub enum TenantFrom {
     SubjectProperty(String),
     /// The one tenant the authenticated caller may use (`caller`).
     Caller,
+    /// The tenant claim of the request's verified JWT (`token`).
+    Token,
     /// Always this tenant (`tenant:<id>`).
     Fixed(String),
 }
@@ -71,7 +73,7 @@ impl Default for Settings {
 }
 
 /// Parses `authzen_tenant`: comma-separated `header:<name>`,
-/// `subject:<property>`, `caller` or `tenant:<id>`.
+/// `subject:<property>`, `caller`, `token` or `tenant:<id>`.
 pub fn parse_tenant(text: &str) -> Result<Vec<TenantFrom>, String> {
     let mut sources = Vec::new();
     for part in text
@@ -93,9 +95,10 @@ pub fn parse_tenant(text: &str) -> Result<Vec<TenantFrom>, String> {
                 TenantFrom::Fixed(id.trim().to_string())
             }
             None if part == "caller" => TenantFrom::Caller,
+            None if part == "token" => TenantFrom::Token,
             _ => {
                 return Err(format!(
-                    "`{part}` is not one of header:<name>, subject:<property>, caller, tenant:<id>"
+                    "`{part}` is not one of header:<name>, subject:<property>, caller, token, tenant:<id>"
                 ))
             }
         };
@@ -232,6 +235,7 @@ enum Semantic {
 struct TenantInputs<'a> {
     headers: &'a HeaderMap,
     caller: &'a Caller,
+    token: Option<&'a crate::jwt::VerifiedToken>,
 }
 
 fn invalid(field: &str, problem: impl Into<String>) -> decide::Error {
@@ -355,7 +359,7 @@ impl Settings {
             }
             values.insert(key.to_string(), record(properties));
         }
-        Ok(pb::CheckRequest {
+        let mut check = pb::CheckRequest {
             tenant,
             principal: Some(principal),
             action: Some(pb::EntityRef {
@@ -365,7 +369,12 @@ impl Settings {
             resource: Some(resource_ref),
             context: values,
             ..pb::CheckRequest::default()
-        })
+        };
+        if let Some(token) = inputs.token {
+            api::token::apply(token, &mut check, prefix)
+                .map_err(|error| rename_principal(error, prefix))?;
+        }
+        Ok(check)
     }
 
     /// The tenant of a request: the first source that names one, and the
@@ -398,6 +407,7 @@ impl Settings {
                     None => None,
                 },
                 TenantFrom::Caller => inputs.caller.only_tenant().map(str::to_string),
+                TenantFrom::Token => inputs.token.and_then(|token| token.tenant.clone()),
                 TenantFrom::Fixed(tenant) => Some(tenant.clone()),
             };
             if let Some(tenant) = found {
@@ -418,6 +428,19 @@ impl Settings {
     }
 }
 
+/// A token error names the AuthZEN subject, not the Cedar principal.
+fn rename_principal(error: decide::Error, prefix: &str) -> decide::Error {
+    match error {
+        decide::Error::InvalidArgument(mut invalid) => {
+            if let Some(rest) = invalid.field.strip_prefix(&format!("{prefix}principal")) {
+                invalid.field = format!("{prefix}subject{rest}");
+            }
+            decide::Error::InvalidArgument(invalid)
+        }
+        other => other,
+    }
+}
+
 fn describe(sources: &[TenantFrom]) -> String {
     sources
         .iter()
@@ -425,6 +448,7 @@ fn describe(sources: &[TenantFrom]) -> String {
             TenantFrom::Header(name) => format!("header:{name}"),
             TenantFrom::SubjectProperty(property) => format!("subject:{property}"),
             TenantFrom::Caller => "caller".to_string(),
+            TenantFrom::Token => "token".to_string(),
             TenantFrom::Fixed(tenant) => format!("tenant:{tenant}"),
         })
         .collect::<Vec<_>>()
@@ -504,7 +528,15 @@ async fn evaluate_one(
     let bytes = read_json(front, headers, body).await?;
     scan(&bytes, front.service().limits())?;
     let evaluation: Evaluation = json::decode(&bytes, "AuthZEN evaluation request")?;
-    let inputs = TenantInputs { headers, caller };
+    let token = front
+        .service()
+        .verified_token(super::authorization(headers))
+        .await?;
+    let inputs = TenantInputs {
+        headers,
+        caller,
+        token: token.as_ref(),
+    };
     let check = front
         .authzen()
         .check(evaluation, &EvaluationDefaults::default(), &inputs, "")?;
@@ -537,7 +569,15 @@ async fn evaluate_many(
     let bytes = read_json(front, headers, body).await?;
     scan(&bytes, front.service().limits())?;
     let request: Evaluations = json::decode(&bytes, "AuthZEN evaluations request")?;
-    let inputs = TenantInputs { headers, caller };
+    let token = front
+        .service()
+        .verified_token(super::authorization(headers))
+        .await?;
+    let inputs = TenantInputs {
+        headers,
+        caller,
+        token: token.as_ref(),
+    };
     let settings = front.authzen();
     let items = request.evaluations.unwrap_or_default();
     // Without evaluations, the request is one evaluation of its own.

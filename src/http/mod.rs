@@ -118,12 +118,13 @@ impl HttpFrontDoor {
         &self.authzen
     }
 
-    /// Runs `call` within the server's request timeout when it may wait.
+    /// Runs `call` within the server's request timeout when it may wait
+    /// (for Redis, or for an issuer's keys).
     pub async fn within<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, decide::Error>>,
     ) -> Result<T, decide::Error> {
-        if self.service.may_wait() {
+        if self.service.may_wait() || self.service.jwt().is_some() {
             decide::within(self.service.limits().request_timeout, call).await
         } else {
             call.await
@@ -355,6 +356,13 @@ async fn admit(State(front): State<HttpFrontDoor>, request: Request, next: Next)
     response
 }
 
+/// A request's `authorization` header.
+pub fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+}
+
 /// The body of a JSON request: at most the front door's `max_body` bytes,
 /// read against the byte budget.
 pub async fn read_json(
@@ -429,8 +437,14 @@ async fn check(
         async {
             let bytes = read_json(&front, &parts.headers, body).await?;
             let request = json::check_request(&bytes)?;
+            let authorization = authorization(&parts.headers);
             Ok(front
-                .within(api::check(&front.service, &caller, request))
+                .within(api::check_with_token(
+                    &front.service,
+                    &caller,
+                    authorization,
+                    request,
+                ))
                 .await?)
         }
         .await,
@@ -447,8 +461,14 @@ async fn check_batch(
         async {
             let bytes = read_json(&front, &parts.headers, body).await?;
             let request = json::check_batch_request(&bytes, front.service.limits())?;
+            let authorization = authorization(&parts.headers);
             Ok(front
-                .within(api::check_batch(&front.service, &caller, request))
+                .within(api::check_batch_with_token(
+                    &front.service,
+                    &caller,
+                    authorization,
+                    request,
+                ))
                 .await?)
         }
         .await,

@@ -8,6 +8,7 @@
 //! * [`answer`]: reading and asserting a `CheckResponse`;
 //! * [`client`]: gRPC channels, calls, health, bounded waits, plain HTTP;
 //! * [`http`]: a client of the HTTP front door;
+//! * [`jwt`]: signing keys made with `openssl`, their JWKS, signed tokens;
 //! * [`cases`]: requests every front door must refuse, with their messages;
 //! * [`server`]: the server in this process ([`server::InProcess`]) or as a
 //!   process of the built binary ([`server::ServerProcess`]);
@@ -41,6 +42,7 @@ pub mod cases;
 pub mod client;
 pub mod fixtures;
 pub mod http;
+pub mod jwt;
 pub mod loadgen;
 pub mod measure;
 pub mod pki;
