@@ -144,8 +144,17 @@ struct CheckArgs {
     files: FileArgs,
     /// Ask a running server at ADDR (host:port, http://host:port, or
     /// unix:/path/to/socket) instead of loading files.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "http")]
     remote: Option<String>,
+    /// Ask a running server's HTTP front door at URL (http://host:port, its
+    /// http_listen) with POST /v1/check, instead of loading files.
+    #[arg(long, value_name = "URL")]
+    http: Option<String>,
+    /// With --remote or --http: the end user's JWT, sent as
+    /// `authorization: Bearer TOKEN` (the server's jwt_file verifies it; its
+    /// tenant and principal then need not be given).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
     /// Tenant id.
     #[arg(long)]
     tenant: String,
@@ -696,9 +705,14 @@ fn check(args: &CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match &args.remote {
-        Some(address) => check_remote(address, request),
-        None => check_local(&args.files, request),
+    let result = match (&args.remote, &args.http, &args.token) {
+        (Some(address), _, token) => check_remote(address, token.as_deref(), request),
+        (None, Some(url), token) => check_http(url, token.as_deref(), request),
+        (None, None, Some(_)) => Err((
+            2,
+            "--token needs a server to verify it: --remote or --http".to_string(),
+        )),
+        (None, None, None) => check_local(&args.files, request),
     };
     match result {
         Ok(response) => {
@@ -792,8 +806,49 @@ fn check_local(
         .map_err(|error| (2, error.to_string()))
 }
 
+/// Asks the HTTP front door at `url` (`POST /v1/check`).
+fn check_http(
+    url: &str,
+    token: Option<&str>,
+    request: pb::CheckRequest,
+) -> Result<pb::CheckResponse, (u8, String)> {
+    let runtime = runtime().map_err(|error| (3, error.to_string()))?;
+    let body = serde_json::to_vec(&request).map_err(|error| (3, error.to_string()))?;
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let (status, answer) = runtime
+        .block_on(crate::api::client::post_json(
+            url,
+            "/v1/check",
+            body,
+            authorization.as_deref(),
+        ))
+        .map_err(|error| (3, error))?;
+    if status == 200 {
+        return serde_json::from_slice(&answer).map_err(|error| {
+            (
+                3,
+                format!("{url} answered something else than a CheckResponse: {error}"),
+            )
+        });
+    }
+    let error: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    let code = error["code"].as_str().unwrap_or("UNKNOWN");
+    let exit = match code {
+        "INVALID_ARGUMENT" | "RESOURCE_EXHAUSTED" | "OUT_OF_RANGE" => 2,
+        _ => 3,
+    };
+    Err((
+        exit,
+        format!(
+            "{code} (HTTP {status}): {}",
+            error["message"].as_str().unwrap_or("(no message)")
+        ),
+    ))
+}
+
 fn check_remote(
     address: &str,
+    token: Option<&str>,
     request: pb::CheckRequest,
 ) -> Result<pb::CheckResponse, (u8, String)> {
     let runtime = runtime().map_err(|error| (3, error.to_string()))?;
@@ -811,6 +866,13 @@ fn check_remote(
                 )
             })?;
         let mut client = pb::entitlement_service_client::EntitlementServiceClient::new(channel);
+        let mut request = tonic::Request::new(request);
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| (2, "--token: not a valid header value".to_string()))?;
+            request.metadata_mut().insert("authorization", value);
+        }
         client
             .check(request)
             .await

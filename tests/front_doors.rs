@@ -590,3 +590,41 @@ async fn decisions_are_labelled_with_their_front_door() {
         assert_eq!(sample(&text, &series), 1.0, "{series}\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_command_asks_the_http_front_door() {
+    let (_server, http) = example_front_doors().await;
+    let run = |resource: &'static str, country: &'static str| {
+        let url = format!("http://{http}");
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+                .args(["check", "--http", &url, "--tenant", "acme", "--principal", "User:bob"])
+                .args(["--action", "use", "--resource", resource, "--context"])
+                .arg(format!(
+                    r#"{{"country": "{country}", "now": {{"__extn": {{"fn": "datetime", "arg": "2026-06-01T00:00:00Z"}}}}}}"#
+                ))
+                .output()
+                .unwrap()
+        })
+    };
+    let allowed = run("Feature:pdf-export", "BR").await.unwrap();
+    assert_eq!(allowed.status.code(), Some(0), "{allowed:?}");
+    assert!(
+        String::from_utf8_lossy(&allowed.stdout).starts_with("ALLOW"),
+        "{allowed:?}"
+    );
+    let denied = run("Feature:payments", "CN").await.unwrap();
+    assert_eq!(denied.status.code(), Some(1), "{denied:?}");
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).contains("geo_restricted"),
+        "{denied:?}"
+    );
+    let refused = run("Account:acme", "BR").await.unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains(
+            "INVALID_ARGUMENT (HTTP 400): resource.type: resource type `Account` is not valid"
+        ),
+        "{refused:?}"
+    );
+}

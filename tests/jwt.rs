@@ -452,3 +452,37 @@ async fn claims_reach_the_policies_as_context_token() {
         "{status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_command_sends_the_token() {
+    let key = Signer::rsa("rsa-1");
+    let setup = setup(&[&key], true).await;
+    let token = key.sign(&claims(json!({})));
+    let run = |door: &'static str, address: String, token: Option<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+            command
+                .args(["check", door, &address, "--tenant", "acme", "--principal", "User:bob"])
+                .args(["--action", "use", "--resource", "Feature:pdf-export", "--context"])
+                .arg(r#"{"country": "BR", "now": {"__extn": {"fn": "datetime", "arg": "2026-06-01T00:00:00Z"}}}"#);
+            if let Some(token) = token {
+                command.args(["--token", &token]);
+            }
+            command.output().unwrap()
+        })
+    };
+    let grpc = setup.server.addr.to_string();
+    let http = format!("http://{}", setup.http);
+    for (door, address) in [("--remote", grpc), ("--http", http)] {
+        let allowed = run(door, address.clone(), Some(token.clone()))
+            .await
+            .unwrap();
+        assert_eq!(allowed.status.code(), Some(0), "{door}: {allowed:?}");
+        let refused = run(door, address, None).await.unwrap();
+        assert_eq!(refused.status.code(), Some(3), "{door}: {refused:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("token: required but none was sent"),
+            "{door}: {refused:?}"
+        );
+    }
+}
