@@ -7,7 +7,8 @@
 # What it checks:
 #   1. the chart's copy of the example catalog (files/policies, files/entitlements)
 #      is identical to policies/ and entitlements/, its appVersion to Cargo.toml,
-#      and its README.md has a row for every value of values.yaml;
+#      its README.md has a row for every value of values.yaml, and the example
+#      route table commented in values.yaml is docs/envoy/routes.yaml;
 #   2. lint and template with the default values, every ci/*-values.yaml, and the
 #      example parent chart (examples/my-app) with classic and native sidecars;
 #      the plain-YAML Deployment of docs/kubernetes.md is checked like a render;
@@ -16,16 +17,22 @@
 #      validator knows; prometheus-operator and cert-manager objects (no schema
 #      here) are checked for apiVersion, kind and the fields the chart sets;
 #   4. what the chart promises: hardened security contexts, gRPC probes on the
-#      health-only listener, the API on loopback beside an app and on the pod IP
-#      only with TLS and callers (or insecure_listen, as tollgate itself
-#      demands), a grace period covering the drain, no ConfigMap checksum (hot
-#      reload), Secrets and ConfigMaps mounted without subPath, service links
+#      health-only listener, the API (and the AdminService, the HTTP front door,
+#      ext_authz) on loopback beside an app and on the pod IP only with TLS and
+#      callers (or insecure_listen, as tollgate itself demands), a grace period
+#      covering the drain, no checksum of what tollgate reloads (only of the
+#      chart's Secret and of the ext_authz route table, both read at start),
+#      Secrets, ConfigMaps and projected volumes mounted without subPath, the
+#      route table and JWT issuers file in a mounted volume, service links
 #      off, only TOLLGATE_* names that src/config_keys.rs knows, references to
 #      ConfigMaps, Secrets, volumes and ports that exist, selectors that match,
 #      NetworkPolicies that open only ports the pods listen on;
 #   5. the deployment shapes: the sidecar's API on 127.0.0.1 with only health
 #      and metrics on the pod IP; standalone with TLS and callers (an existing
-#      Secret, or a cert-manager Certificate);
+#      Secret, or a cert-manager Certificate); the HTTP front door and ext_authz
+#      beside an app (loopback) and standalone (Service ports, NetworkPolicy);
+#      the route table and JWT issuers in their ConfigMaps, the JWKS Secret
+#      projected beside issuers.yaml;
 #   6. values.schema.json and the chart refuse wrong values, naming the field.
 # Exits non-zero on any failure; ends with a summary line.
 #
@@ -86,7 +93,13 @@ GO_DURATION = r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+"
 CERTIFICATE_SECRET_KEYS = {"tls.crt", "tls.key", "ca.crt"}
 # The listeners, the container port each is published as, and whether tollgate
 # applies its rule for non-loopback addresses (TLS and callers, or insecure_listen).
-LISTENERS = (("TOLLGATE_LISTEN", "tg-grpc"), ("TOLLGATE_ADMIN_LISTEN", "tg-admin"))
+LISTENERS = (("TOLLGATE_LISTEN", "tg-grpc"), ("TOLLGATE_ADMIN_LISTEN", "tg-admin"),
+             ("TOLLGATE_HTTP_LISTEN", "tg-http"), ("TOLLGATE_EXT_AUTHZ_LISTEN", "tg-ext-authz"))
+# Where the chart mounts the ext_authz route table and the JWT issuers file.
+EXT_AUTHZ_FILE = "/etc/tollgate/ext-authz/routes.yaml"
+JWT_FILE = "/etc/tollgate/jwt/issuers.yaml"
+# Pod checksums the chart may set: of what tollgate reads only at start.
+CHECKSUMS = {"checksum/secret", "checksum/ext-authz-routes"}
 failures = []
 
 
@@ -138,6 +151,14 @@ def leaf_paths(node, prefix=""):
             yield from leaf_paths(value, f"{prefix}.{key}" if prefix else key)
     else:
         yield prefix
+
+ENVOY_ROUTES = "docs/envoy/routes.yaml"
+envoy_routes = yaml.safe_load(read(ENVOY_ROUTES))
+commented = re.search(r"(?m)^  # routes:\n((?:  #(?:   .*)?\n)+)", read(f"{CHART}/values.yaml"))
+if not commented:
+    fail(f"{CHART}/values.yaml", "no commented example route table (`  # routes:`) under extAuthz")
+elif yaml.safe_load(re.sub(r"(?m)^  #(   )?", "", commented.group(1))) != envoy_routes:
+    fail(f"{CHART}/values.yaml", f"the commented example route table differs from {ENVOY_ROUTES}: copy it again")
 
 chart_readme = read(f"{CHART}/README.md")
 for path in leaf_paths(yaml.safe_load(read(f"{CHART}/values.yaml"))):
@@ -240,7 +261,7 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
 
     ports = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
     for name in ports:
-        if name not in ("tg-health", "tg-metrics", "tg-grpc", "tg-admin"):
+        if name not in ("tg-health", "tg-metrics") + tuple(port for _, port in LISTENERS):
             fail(where, f"container port {name} is none of tollgate's listeners")
     # The kubelet probes the health-only listener, in plaintext, on the pod IP.
     health_port = ports.get("tg-health")
@@ -259,9 +280,9 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
             fail(where, f"tollgate {probe_kind} is not a grpc probe on the health port {health_port}")
         elif grpc.get("service") != service:
             fail(where, f"tollgate {probe_kind} asks for health service {grpc.get('service')!r}, not {service!r}")
-    # The API and the AdminService: on loopback they are no container ports; on
-    # the pod IP they are, and tollgate starts only with TLS and callers, or
-    # insecure_listen.
+    # The API, the AdminService, the HTTP front door and ext_authz: on loopback
+    # they are no container ports; on the pod IP they are, and tollgate starts
+    # only with TLS and callers, or insecure_listen.
     exposed = []
     for key, port_name in LISTENERS:
         address = env_value(container, key)
@@ -326,17 +347,19 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
         if volume is None:
             fail(where, f"volumeMount {mount['name']} has no volume")
             continue
-        if "subPath" in mount and ("configMap" in volume or "secret" in volume):
+        if "subPath" in mount and ("configMap" in volume or "secret" in volume or "projected" in volume):
             fail(where, f"volumeMount {mount['name']} uses subPath: ConfigMap and Secret updates (policies, a renewed "
-                 f"certificate, callers) would never arrive")
-        if "configMap" in volume:
-            name = volume["configMap"]["name"]
-            if name not in config_maps and name not in values_text:
-                fail(where, f"volume {mount['name']}: ConfigMap {name} is neither rendered nor named in the values")
-        if "secret" in volume:
-            name = volume["secret"]["secretName"]
-            if name not in secrets and name not in values_text:
-                fail(where, f"volume {mount['name']}: Secret {name} is neither rendered nor issued nor named in the values")
+                 f"certificate, callers, JWT issuers and keys) would never arrive")
+        sources = [volume] + ((volume.get("projected") or {}).get("sources") or [])
+        for source in sources:
+            if "configMap" in source:
+                name = source["configMap"]["name"]
+                if name not in config_maps and name not in values_text:
+                    fail(where, f"volume {mount['name']}: ConfigMap {name} is neither rendered nor named in the values")
+            if "secret" in source:
+                name = source["secret"].get("secretName") or source["secret"].get("name")
+                if name not in secrets and name not in values_text:
+                    fail(where, f"volume {mount['name']}: Secret {name} is neither rendered nor issued nor named in the values")
     # The TLS and callers files: in a mounted Secret, under the key the file is named after.
     mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
     for key in ("TOLLGATE_TLS_CERT_FILE", "TOLLGATE_TLS_KEY_FILE", "TOLLGATE_TLS_CLIENT_CA_FILE", "TOLLGATE_CALLERS_FILE"):
@@ -353,6 +376,24 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
             fail(where, f"{key}={path}: Secret {name} has no key {file}")
         if secret.get("items") and not any(item.get("path") == file for item in secret["items"]):
             fail(where, f"{key}={path}: the volume's items leave {file} out")
+    # The route table and the JWT issuers file: in a mounted ConfigMap (directly,
+    # or projected), under the key the file is named after.
+    for key in ("TOLLGATE_EXT_AUTHZ_FILE", "TOLLGATE_JWT_FILE"):
+        path = env_value(container, key)
+        if not path:
+            continue
+        mount = mounts.get(os.path.dirname(path))
+        volume = volumes.get(mount["name"]) if mount else None
+        if volume is None:
+            fail(where, f"{key}={path}: its directory is no mounted volume")
+            continue
+        file = os.path.basename(path)
+        maps = [s["configMap"] for s in [volume] + ((volume.get("projected") or {}).get("sources") or []) if "configMap" in s]
+        if not any((name := m["name"]) in config_maps and file in config_maps[name]
+                   and (not m.get("items") or any(item.get("path") == file for item in m["items"])) for m in maps):
+            fail(where, f"{key}={path}: no rendered ConfigMap mounted at {os.path.dirname(path)} holds {file}")
+    if env_value(container, "TOLLGATE_EXT_AUTHZ_LISTEN") and not env_value(container, "TOLLGATE_EXT_AUTHZ_FILE"):
+        fail(where, "TOLLGATE_EXT_AUTHZ_LISTEN without TOLLGATE_EXT_AUTHZ_FILE: tollgate refuses to start")
     if bool(env_value(container, "TOLLGATE_TLS_CERT_FILE")) != bool(env_value(container, "TOLLGATE_TLS_KEY_FILE")):
         fail(where, "TOLLGATE_TLS_CERT_FILE and TOLLGATE_TLS_KEY_FILE go together")
     client_auth = env_value(container, "TOLLGATE_TLS_CLIENT_AUTH")
@@ -525,8 +566,9 @@ def check_manifests(label, manifests, values_text, kube_versions):
         if spec.get("enableServiceLinks") is not False:
             fail(where, "enableServiceLinks is not false: a Service named tollgate* would set TOLLGATE_* variables")
         for key in (pod["metadata"].get("annotations") or {}):
-            if key.startswith("checksum/") and key != "checksum/secret":
-                fail(where, f"annotation {key}: a checksum of policies or snapshots would restart pods and defeat hot reload")
+            if key.startswith("checksum/") and key not in CHECKSUMS:
+                fail(where, f"annotation {key}: a checksum of what tollgate reloads (policies, snapshots, callers, "
+                     f"certificates, JWT issuers) would restart pods and defeat hot reload")
         tollgates = tollgate_containers(pod)
         if len(tollgates) != 1:
             fail(where, f"{len(tollgates)} tollgate containers, expected 1")
@@ -555,6 +597,16 @@ shutil.copytree(CHART, os.path.join(parent, "charts", "tollgate"), ignore=shutil
 parent_values = load_values(os.path.join(parent, "values.yaml"))
 renders.append(("examples/my-app (sidecar)", parent, {}, "shop", os.path.join(parent, "values.yaml")))
 renders.append(("examples/my-app (native sidecar)", parent, {"tollgate": {"sidecar": {"native": True}}}, "shop",
+                os.path.join(parent, "values.yaml")))
+# The front doors in a parent chart's own pods: the HTTP front door, ext_authz
+# for an Envoy in the pod, and JWTs, all through the public helpers.
+PARENT_FRONT_DOORS = {"tollgate": {
+    "http": {"enabled": True, "authzen": {"namespace": "Shop", "types": "user=Shop::Customer"}},
+    "extAuthz": {"enabled": True, "routes": envoy_routes},
+    "jwt": {"enabled": True, "issuers": {"issuers": [{
+        "issuer": "https://login.example.com/", "audiences": ["shop"], "algorithms": ["ES256"],
+        "jwks_url": "https://login.example.com/.well-known/jwks.json", "tenant_claim": "org_id"}]}}}}
+renders.append(("examples/my-app (sidecar, front doors)", parent, PARENT_FRONT_DOORS, "shop",
                 os.path.join(parent, "values.yaml")))
 
 render_count = 0
@@ -698,7 +750,7 @@ def standalone_with_tls(label, certificate):
             if name not in data:
                 fail(label, f"token file {name} is not in Secret {callers_secret}")
     checksums = [k for k in (pod["metadata"].get("annotations") or {}) if k.startswith("checksum/")]
-    if any(k != "checksum/secret" for k in checksums):
+    if any(k not in CHECKSUMS for k in checksums):
         fail(label, f"pod annotations {checksums}: a renewed certificate or edited callers file must not restart pods")
 
 
@@ -721,12 +773,181 @@ def standalone_insecure(label):
         fail(label, "expected TOLLGATE_LISTEN=0.0.0.0:50051 with TOLLGATE_INSECURE_LISTEN=true")
 
 
+def front_doors(label, host, own_pod=True):
+    """The HTTP front door, ext_authz and JWTs of a render as its values say: env, ports, ConfigMaps, volumes."""
+    container, pod = only_tollgate(label)
+    if container is None:
+        return
+    values = load_values(f"{CHART}/{label}") if label.startswith("ci/") else PARENT_FRONT_DOORS["tollgate"]
+    manifests = rendered[label]
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
+    annotations = pod["metadata"].get("annotations") or {}
+    config_maps = {doc["metadata"]["name"]: doc.get("data") or {} for _, doc in manifests if doc.get("kind") == "ConfigMap"}
+
+    def expect_env(name, value):
+        if env_value(container, name) != value:
+            fail(label, f"{name} is {env_value(container, name)!r}, not {value!r}")
+
+    def expect_port(port_name, port):
+        if host == "0.0.0.0" and ports.get(port_name) != port:
+            fail(label, f"container port {port_name} is {ports.get(port_name)!r}, not {port} (on the pod IP)")
+        if host != "0.0.0.0" and port_name in ports:
+            fail(label, f"container port {port_name} declared, although the listener is on loopback")
+
+    def mounted(path):
+        """The volume mounted at path, whole (no subPath) and read-only; None after a failure."""
+        mount = mounts.get(path)
+        if mount is None or "subPath" in mount or not mount.get("readOnly"):
+            fail(label, f"nothing is mounted read-only as a whole directory at {path}")
+            return None
+        return volumes.get(mount["name"])
+
+    http = values.get("http") or {}
+    if http.get("enabled"):
+        port = http.get("port", 8080)
+        expect_env("TOLLGATE_HTTP_LISTEN", f"{host}:{port}")
+        expect_port("tg-http", port)
+        authzen = http.get("authzen") or {}
+        for key, default in (("tenant", "header:x-tollgate-tenant"), ("namespace", ""), ("types", "")):
+            expect_env(f"TOLLGATE_AUTHZEN_{key.upper()}", authzen.get(key, default) or None)
+        app = [c for c in pod["spec"]["containers"] if c is not container]
+        if own_pod and app and host != "0.0.0.0":
+            scheme = "https" if (values.get("tls") or {}).get("enabled") else "http"
+            if env_value(app[0], "ENTITLEMENTS_HTTP_TARGET") != f"{scheme}://127.0.0.1:{port}":
+                fail(label, f"the app's ENTITLEMENTS_HTTP_TARGET is {env_value(app[0], 'ENTITLEMENTS_HTTP_TARGET')!r}")
+    else:
+        for name in ("TOLLGATE_HTTP_LISTEN", "TOLLGATE_AUTHZEN_TENANT", "TOLLGATE_AUTHZEN_NAMESPACE", "TOLLGATE_AUTHZEN_TYPES"):
+            expect_env(name, None)
+
+    ext = values.get("extAuthz") or {}
+    if ext.get("enabled"):
+        port = ext.get("port", 50054)
+        expect_env("TOLLGATE_EXT_AUTHZ_LISTEN", f"{host}:{port}")
+        expect_env("TOLLGATE_EXT_AUTHZ_FILE", EXT_AUTHZ_FILE)
+        expect_port("tg-ext-authz", port)
+        volume = mounted(os.path.dirname(EXT_AUTHZ_FILE))
+        name = ((volume or {}).get("configMap") or {}).get("name")
+        if volume is not None and name not in config_maps:
+            fail(label, f"the route table's volume is no rendered ConfigMap ({volume})")
+        elif volume is not None:
+            routes = yaml.safe_load(config_maps[name].get("routes.yaml") or "null")
+            if routes != ext["routes"]:
+                fail(label, f"routes.yaml in ConfigMap {name} is not extAuthz.routes")
+        if own_pod and "checksum/ext-authz-routes" not in annotations:
+            fail(label, "no checksum/ext-authz-routes annotation: tollgate reads the route table at start, an edit must roll the pods")
+    else:
+        expect_env("TOLLGATE_EXT_AUTHZ_LISTEN", None)
+        expect_env("TOLLGATE_EXT_AUTHZ_FILE", None)
+        if "checksum/ext-authz-routes" in annotations:
+            fail(label, "checksum/ext-authz-routes without extAuthz.enabled")
+
+    jwt = values.get("jwt") or {}
+    if jwt.get("enabled"):
+        expect_env("TOLLGATE_JWT_FILE", JWT_FILE)
+        volume = mounted(os.path.dirname(JWT_FILE))
+        sources = ((volume or {}).get("projected") or {}).get("sources") or []
+        if volume is not None and not sources:
+            fail(label, f"the JWT directory is no projected volume ({volume})")
+        maps = [s["configMap"] for s in sources if "configMap" in s]
+        secrets = [s["secret"] for s in sources if "secret" in s]
+        if len(maps) != 1 or maps[0]["name"] not in config_maps:
+            fail(label, f"the JWT volume projects {len(maps)} ConfigMaps, expected the chart's issuers ConfigMap")
+        elif yaml.safe_load(config_maps[maps[0]["name"]].get("issuers.yaml") or "null") != jwt["issuers"]:
+            fail(label, f"issuers.yaml in ConfigMap {maps[0]['name']} is not jwt.issuers")
+        wanted = [jwt["jwksSecret"]] if jwt.get("jwksSecret") else []
+        if [s.get("name") for s in secrets] != wanted:
+            fail(label, f"the JWT volume projects Secrets {[s.get('name') for s in secrets]}, expected {wanted}")
+        for issuer in jwt["issuers"]["issuers"]:
+            file = issuer.get("jwks_file")
+            if file and not file.startswith("/") and not secrets:
+                fail(label, f"issuer {issuer['issuer']}: jwks_file {file} resolves to {os.path.dirname(JWT_FILE)}/{file}, "
+                     f"but no Secret is projected there")
+        if any(k.startswith("checksum/") and "jwt" in k for k in annotations):
+            fail(label, "a checksum of the JWT issuers: tollgate rereads them, an edit must not restart pods")
+    else:
+        expect_env("TOLLGATE_JWT_FILE", None)
+
+    if host == "0.0.0.0":
+        service = next((doc for _, doc in manifests if doc.get("kind") == "Service"), None)
+        service_ports = {p["name"]: p for p in (service or {}).get("spec", {}).get("ports") or []}
+        tls = (values.get("tls") or {}).get("enabled")
+        for enabled, name, target, port, protocol in (
+                (http.get("enabled"), "http", "tg-http", http.get("port", 8080), "https" if tls else "http"),
+                (ext.get("enabled"), "ext-authz", "tg-ext-authz", ext.get("port", 50054),
+                 "https" if tls else "kubernetes.io/h2c")):
+            entry = service_ports.get(name)
+            if not enabled:
+                if entry:
+                    fail(label, f"Service port {name} without its listener")
+                continue
+            if not entry or entry.get("port") != port or entry.get("targetPort") != target or entry.get("appProtocol") != protocol:
+                fail(label, f"Service port {name} is {entry}, expected port {port} -> {target}, appProtocol {protocol}")
+        policy = next((doc for _, doc in manifests if doc.get("kind") == "NetworkPolicy"), None)
+        if policy is not None:
+            network = values.get("networkPolicy") or {}
+            for enabled, key, port in ((http.get("enabled"), "httpFrom", http.get("port", 8080)),
+                                       (ext.get("enabled"), "extAuthzFrom", ext.get("port", 50054))):
+                if not enabled:
+                    continue
+                rules = [r for r in policy["spec"].get("ingress") or [] if any(p.get("port") == port for p in r.get("ports") or [])]
+                peers = network.get(key, [{"podSelector": {}}])
+                if [r.get("from") for r in rules] != [peers]:
+                    fail(label, f"the NetworkPolicy opens port {port} to {[r.get('from') for r in rules]}, not networkPolicy.{key} {peers}")
+
+
+def http_beside_an_app(label):
+    """HTTP front door (and AuthZEN settings) on 127.0.0.1 only, the app told where; API and probes as beside_an_app"""
+    beside_an_app(label)
+    front_doors(label, "127.0.0.1")
+
+
+def ext_authz_beside_an_app(label):
+    """ext_authz on 127.0.0.1 for an Envoy in the pod, routes.yaml = docs/envoy/routes.yaml in a ConfigMap directory, pods roll on an edit"""
+    beside_an_app(label)
+    front_doors(label, "127.0.0.1")
+    values = load_values(f"{CHART}/{label}")
+    if values["extAuthz"]["routes"] != envoy_routes:
+        fail(label, f"extAuthz.routes is not {ENVOY_ROUTES}: copy it again")
+
+
+def jwt_url_beside_an_app(label):
+    """JWT issuers (jwks_url) as issuers.yaml in a projected ConfigMap at /etc/tollgate/jwt, no Secret, no checksum"""
+    beside_an_app(label)
+    front_doors(label, "127.0.0.1")
+
+
+def jwt_jwks_secret_standalone(label):
+    """JWKS Secret projected beside issuers.yaml (jwks_file resolves), ext_authz on 0.0.0.0 reading claims, insecureListen"""
+    standalone_insecure(label)
+    front_doors(label, "0.0.0.0")
+
+
+def standalone_front_doors(label):
+    """HTTP front door and ext_authz on 0.0.0.0 with TLS and callers: container ports, Service ports, NetworkPolicy peers"""
+    standalone_tls_secret(label)
+    front_doors(label, "0.0.0.0")
+
+
+def parent_front_doors(label):
+    """a parent chart's sidecar with HTTP, ext_authz and JWTs: all on 127.0.0.1, their ConfigMaps through tollgate.volumes"""
+    beside_an_app(label)
+    front_doors(label, "127.0.0.1", own_pod=False)
+
+
 shape("default values, mode example", beside_an_app)
 shape("examples/my-app (sidecar)", beside_an_app)
 shape("examples/my-app (native sidecar)", beside_an_app)
 shape("ci/standalone-tls-values.yaml", standalone_tls_secret)
 shape("ci/standalone-full-values.yaml", standalone_cert_manager)
 shape("ci/standalone-insecure-values.yaml", standalone_insecure)
+shape("ci/http-example-values.yaml", http_beside_an_app)
+shape("ci/ext-authz-values.yaml", ext_authz_beside_an_app)
+shape("ci/jwt-url-values.yaml", jwt_url_beside_an_app)
+shape("ci/jwt-jwks-secret-values.yaml", jwt_jwks_secret_standalone)
+shape("ci/standalone-http-values.yaml", standalone_front_doors)
+shape("examples/my-app (sidecar, front doors)", parent_front_doors)
 
 
 # Keys tollgate knows that the chart can set neither itself nor through `config`
@@ -744,6 +965,17 @@ for key in sorted(known_keys - set(config_schema) - set(deliberately_unset)):
 def caller(**fields):
     """A caller entry of a callers file, with operations and tenants unless given."""
     return {"operations": ["check"], "tenants": ["*"], **fields}
+
+
+def issuer(**fields):
+    """An issuer entry of a JWT issuers file, keys (jwks_url or jwks_file) only if given."""
+    return {"issuer": "https://login.example.com/", "audiences": ["tollgate"], "algorithms": ["RS256"], **fields}
+
+
+JWKS_URL = "https://login.example.com/.well-known/jwks.json"
+# A minimal route table tollgate accepts.
+ROUTES = {"tenant": {"header": "x-tenant-id"}, "principal": {"header": "x-user-id"},
+          "routes": [{"path": "/features/{feature}", "action": "use", "resource": {"type": "Feature", "id": "{feature}"}}]}
 
 
 bad_values = [
@@ -797,10 +1029,50 @@ bad_values = [
      "callers.existingSecret"),
     ({"callers": {"tokens": {"a.token": "short"}}}, "/callers/tokens/a.token"),
     ({"callers": {"tokens": {"a.token": "0123456789abcdef"}}}, "callers.tokens"),
+    # The HTTP front door.
+    ({"mode": "standalone", "http": {"enabled": True}}, ("http.enabled", "tls.", "callers.", "insecureListen")),
+    ({"mode": "standalone", "http": {"enabled": True}, "tls": {"enabled": True, "secretName": "tollgate-tls"}},
+     ("http.enabled", "callers.", "insecureListen")),
+    ({"http": {"enabled": True, "port": 9090}}, "http.port"),
+    ({"http": {"port": 70000}}, "/http/port"),
+    ({"http": {"authzen": {"tenant": "cookie:tenant"}}}, "/http/authzen/tenant"),
+    ({"http": {"authzen": {"types": "user:Acme::User"}}}, "/http/authzen/types"),
+    ({"http": {"authzen": {"namespace": "acme-billing"}}}, "/http/authzen/namespace"),
+    ({"http": {"authzen": {"tennant": "caller"}}}, "tennant"),
+    # Envoy external authorization.
+    ({"extAuthz": {"enabled": True}}, "extAuthz.routes"),
+    ({"extAuthz": {"enabled": True, "routes": {"tenant": {"header": "x-tenant-id"}, "principal": {"header": "x-user-id"}}}},
+     ("extAuthz.routes", "routes")),
+    ({"extAuthz": {"enabled": True, "routes": {**ROUTES, "tenant": {"claim": "org_id"}}}}, ("extAuthz.routes", "jwt.enabled")),
+    ({"mode": "standalone", "extAuthz": {"enabled": True, "routes": ROUTES}},
+     ("extAuthz.enabled", "tls.", "callers.", "insecureListen")),
+    ({"extAuthz": {"enabled": True, "port": 50051, "routes": ROUTES}}, "extAuthz.port"),
+    ({"extAuthz": {"routes": {**ROUTES, "tenat": {"header": "x-tenant-id"}}}}, ("/extAuthz/routes", "tenat")),
+    ({"extAuthz": {"routes": {**ROUTES, "tenant": {"header": "x-tenant-id", "value": "acme"}}}}, "/extAuthz/routes/tenant"),
+    ({"extAuthz": {"routes": {**ROUTES, "routes": [{"path": "/x", "action": "use"}]}}}, ("/extAuthz/routes/routes/0", "resource")),
+    ({"extAuthz": {"routes": {**ROUTES, "statuses": {"deny": 200}}}}, "/extAuthz/routes/statuses/deny"),
+    # Verified JWTs.
+    ({"jwt": {"enabled": True}}, "jwt.issuers"),
+    ({"jwt": {"enabled": True, "issuers": {"leeway_s": 30}}}, "jwt.issuers"),
+    ({"jwt": {"enabled": True, "issuers": {"issuers": [issuer(jwks_file="login.jwks.json")]}}}, ("jwt.jwksSecret", "login.jwks.json")),
+    ({"jwt": {"enabled": True, "jwksSecret": "jwks", "issuers": {"issuers": [issuer(jwks_file="issuers.yaml")]}}},
+     ("jwt.issuers", "issuers.yaml")),
+    ({"jwt": {"enabled": True, "issuers": {"issuers": [issuer(jwks_url=JWKS_URL), issuer(jwks_url=JWKS_URL)]}}},
+     ("jwt.issuers", "listed twice")),
+    ({"jwt": {"issuers": {"issuers": [issuer(jwks_url=JWKS_URL, jwks_file="login.jwks.json")]}}}, "/jwt/issuers/issuers/0"),
+    ({"jwt": {"issuers": {"issuers": [issuer()]}}}, "/jwt/issuers/issuers/0"),
+    ({"jwt": {"issuers": {"issuers": [issuer(jwks_url=JWKS_URL, algorithms=["HS256"])]}}}, "/jwt/issuers/issuers/0/algorithms/0"),
+    ({"jwt": {"issuers": {"issuers": [issuer(jwks_url="http://login.example.com/jwks.json")]}}},
+     "/jwt/issuers/issuers/0/jwks_url"),
+    ({"jwt": {"issuers": {"issuers": [issuer(jwks_file="login.jwks.json", jwks_refresh_s=60)]}}}, "/jwt/issuers/issuers/0"),
+    ({"jwt": {"issuers": {"issuers": [issuer(jwks_url=JWKS_URL)], "leeway_s": 600}}}, "/jwt/issuers/leeway_s"),
+    ({"jwt": {"jwksSecret": "Login_JWKS"}}, "/jwt/jwksSecret"),
 ]
 # The keys the chart manages itself are refused in `config`.
 for key in ("listen", "health_listen", "health_tls", "insecure_listen", "tls_cert_file", "tls_key_file",
-            "tls_client_ca_file", "tls_client_auth", "callers_file", "admin_listen", "metrics_listen"):
+            "tls_client_ca_file", "tls_client_auth", "callers_file", "admin_listen", "metrics_listen",
+            "http_listen", "authzen_tenant", "authzen_namespace", "authzen_types", "ext_authz_listen",
+            "ext_authz_file", "jwt_file"):
     bad_values.append(({"config": {key: "x"}}, key))
 refused = 0
 with helm.Chart.load(CHART) as chart:

@@ -112,13 +112,24 @@ app.kubernetes.io/component: example
 {{- default (printf "%s-entitlements" (include "tollgate.fullname" .)) .Values.entitlements.existingConfigMap -}}
 {{- end -}}
 
+{{/* The ConfigMap with the ext_authz route table (routes.yaml). */}}
+{{- define "tollgate.extAuthzConfigMap" -}}
+{{- printf "%s-ext-authz" (include "tollgate.fullname" .) -}}
+{{- end -}}
+
+{{/* The ConfigMap with the JWT issuers file (issuers.yaml). */}}
+{{- define "tollgate.jwtConfigMap" -}}
+{{- printf "%s-jwt" (include "tollgate.fullname" .) -}}
+{{- end -}}
+
 {{/* The Secret the chart creates for values given inline. */}}
 {{- define "tollgate.secretName" -}}
 {{- include "tollgate.fullname" . -}}
 {{- end -}}
 
 {{/*
-Where tollgate's API (and AdminService) listen: 0.0.0.0 in mode standalone,
+Where tollgate's API (and the AdminService, the HTTP front door and ext_authz)
+listen: 0.0.0.0 in mode standalone,
 where other pods call it; 127.0.0.1 beside an app (modes sidecar and example),
 where only the pod's own containers reach it. The kubelet's probes go to the
 health-only listener on the pod IP instead.
@@ -236,6 +247,32 @@ health-only listener on the pod IP instead.
   value: {{ printf "%s:%d" (include "tollgate.apiHost" .) (int $v.admin.port) | quote }}
 {{ include "tollgate.secretEnv" (list . "TOLLGATE_ADMIN_TOKEN" $v.admin.token) }}
 {{- end }}
+{{- if $v.http.enabled }}
+- name: TOLLGATE_HTTP_LISTEN
+  value: {{ printf "%s:%d" (include "tollgate.apiHost" .) (int $v.http.port) | quote }}
+{{- with $v.http.authzen.tenant }}
+- name: TOLLGATE_AUTHZEN_TENANT
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.http.authzen.namespace }}
+- name: TOLLGATE_AUTHZEN_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.http.authzen.types }}
+- name: TOLLGATE_AUTHZEN_TYPES
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if $v.extAuthz.enabled }}
+- name: TOLLGATE_EXT_AUTHZ_LISTEN
+  value: {{ printf "%s:%d" (include "tollgate.apiHost" .) (int $v.extAuthz.port) | quote }}
+- name: TOLLGATE_EXT_AUTHZ_FILE
+  value: "/etc/tollgate/ext-authz/routes.yaml"
+{{- end }}
+{{- if $v.jwt.enabled }}
+- name: TOLLGATE_JWT_FILE
+  value: "/etc/tollgate/jwt/issuers.yaml"
+{{- end }}
 {{- if $v.redis.enabled }}
 {{ include "tollgate.secretEnv" (list . "TOLLGATE_REDIS_URL" $v.redis.url) }}
 {{- if $v.redis.username }}
@@ -308,7 +345,8 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
   restartPolicy: Always
   {{- end }}
   # The ports listening on the pod IP. Beside an app the API (and the
-  # AdminService) listen on 127.0.0.1 only and are not declared.
+  # AdminService, the HTTP front door, ext_authz) listen on 127.0.0.1 only and
+  # are not declared.
   ports:
     - name: tg-health
       containerPort: {{ $v.health.port }}
@@ -325,6 +363,16 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
     {{- if $v.admin.enabled }}
     - name: tg-admin
       containerPort: {{ $v.admin.port }}
+      protocol: TCP
+    {{- end }}
+    {{- if $v.http.enabled }}
+    - name: tg-http
+      containerPort: {{ $v.http.port }}
+      protocol: TCP
+    {{- end }}
+    {{- if $v.extAuthz.enabled }}
+    - name: tg-ext-authz
+      containerPort: {{ $v.extAuthz.port }}
       protocol: TCP
     {{- end }}
     {{- end }}
@@ -374,6 +422,21 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
       mountPath: /etc/tollgate/callers
       readOnly: true
     {{- end }}
+    {{- if $v.extAuthz.enabled }}
+    # The route table; tollgate reads it at start (the chart's own pods carry
+    # its checksum, so an edit rolls them).
+    - name: tollgate-ext-authz
+      mountPath: /etc/tollgate/ext-authz
+      readOnly: true
+    {{- end }}
+    {{- if $v.jwt.enabled }}
+    # issuers.yaml and the JWKS files of jwt.jwksSecret in one directory (a
+    # projected volume), so that a relative jwks_file resolves; tollgate
+    # rereads them when they change.
+    - name: tollgate-jwt
+      mountPath: /etc/tollgate/jwt
+      readOnly: true
+    {{- end }}
     {{- if $v.unixSocket.enabled }}
     - name: tollgate-socket
       mountPath: {{ dir $v.unixSocket.path }}
@@ -415,6 +478,25 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
 - name: tollgate-callers
   secret:
     secretName: {{ include "tollgate.callersSecretName" $ctx }}
+{{- end }}
+{{- if $v.extAuthz.enabled }}
+- name: tollgate-ext-authz
+  configMap:
+    name: {{ include "tollgate.extAuthzConfigMap" $ctx }}
+{{- end }}
+{{- if $v.jwt.enabled }}
+- name: tollgate-jwt
+  projected:
+    sources:
+      - configMap:
+          name: {{ include "tollgate.jwtConfigMap" $ctx }}
+          items:
+            - key: issuers.yaml
+              path: issuers.yaml
+      {{- with $v.jwt.jwksSecret }}
+      - secret:
+          name: {{ . }}
+      {{- end }}
 {{- end }}
 {{- if $v.unixSocket.enabled }}
 - name: tollgate-socket
@@ -507,13 +589,18 @@ topologySpreadConstraints:
 {{- end -}}
 
 {{/* Pod annotations: the user's, plus a checksum of the chart's Secret (env
-from a Secret is read only at start). Deliberately no checksum of the policy
-or entitlement ConfigMaps: those reach running pods through the volume and hot
-reload, and a restart on every policy edit would defeat that. */}}
+from a Secret is read only at start) and of the ext_authz route table (read
+only at start too). Deliberately no checksum of the policy or entitlement
+ConfigMaps, the callers file, the TLS certificate or the JWT issuers: those
+reach running pods through the volume and tollgate reloads them, and a restart
+on every edit would defeat that. */}}
 {{- define "tollgate.podAnnotations" -}}
 {{- $annotations := deepCopy .Values.podAnnotations -}}
 {{- if include "tollgate.createSecret" . -}}
 {{- $_ := set $annotations "checksum/secret" (include (print .Template.BasePath "/secret.yaml") . | sha256sum) -}}
+{{- end -}}
+{{- if .Values.extAuthz.enabled -}}
+{{- $_ := set $annotations "checksum/ext-authz-routes" (toYaml .Values.extAuthz.routes | sha256sum) -}}
 {{- end -}}
 {{- with $annotations -}}
 {{ toYaml . }}
@@ -554,6 +641,14 @@ reload, and a restart on every policy edit would defeat that. */}}
 {{- if and $v.admin.enabled (has (int $v.admin.port) $ports) -}}
 {{- fail (printf "admin.port: %d is already used by another tollgate port" (int $v.admin.port)) -}}
 {{- end -}}
+{{- if $v.admin.enabled -}}{{- $ports = append $ports (int $v.admin.port) -}}{{- end -}}
+{{- if and $v.http.enabled (has (int $v.http.port) $ports) -}}
+{{- fail (printf "http.port: %d is already used by another tollgate port" (int $v.http.port)) -}}
+{{- end -}}
+{{- if $v.http.enabled -}}{{- $ports = append $ports (int $v.http.port) -}}{{- end -}}
+{{- if and $v.extAuthz.enabled (has (int $v.extAuthz.port) $ports) -}}
+{{- fail (printf "extAuthz.port: %d is already used by another tollgate port" (int $v.extAuthz.port)) -}}
+{{- end -}}
 {{- $drain := div (add $v.shutdown.delayMs $v.shutdown.graceMs 999) 1000 -}}
 {{- if and (not (kindIs "invalid" $v.terminationGracePeriodSeconds)) (lt (int64 $v.terminationGracePeriodSeconds) (int64 $drain)) -}}
 {{- fail (printf "terminationGracePeriodSeconds: %d is shorter than the drain it must cover (shutdown.delayMs + shutdown.graceMs = %d s)" (int64 $v.terminationGracePeriodSeconds) (int64 $drain)) -}}
@@ -578,9 +673,15 @@ reload, and a restart on every policy edit would defeat that. */}}
 {{- end -}}
 {{- include "tollgate.validateTls" . -}}
 {{- include "tollgate.validateCallers" . -}}
+{{- include "tollgate.validateExtAuthz" . -}}
+{{- include "tollgate.validateJwt" . -}}
 {{- if and (eq $v.mode "standalone") (not $v.insecureListen) (not (and $v.tls.enabled (include "tollgate.callersEnabled" .))) -}}
 {{- $callers := ternary "set" "not set" (eq (include "tollgate.callersEnabled" .) "true") -}}
-{{- fail (printf "mode standalone: the API%s listens on 0.0.0.0, which tollgate refuses without TLS and callers. Set tls.enabled (with tls.secretName or tls.certManager.enabled) and callers.existingSecret or callers.config (now: tls.enabled %v, callers %s); or, behind something else that authenticates callers (a mesh with mutual TLS), acknowledge plaintext with insecureListen: true" (ternary " and AdminService" "" $v.admin.enabled) $v.tls.enabled $callers) -}}
+{{- $listeners := list "the API" -}}
+{{- if $v.admin.enabled -}}{{- $listeners = append $listeners "the AdminService (admin.enabled)" -}}{{- end -}}
+{{- if $v.http.enabled -}}{{- $listeners = append $listeners "the HTTP front door (http.enabled)" -}}{{- end -}}
+{{- if $v.extAuthz.enabled -}}{{- $listeners = append $listeners "ext_authz (extAuthz.enabled)" -}}{{- end -}}
+{{- fail (printf "mode standalone: %s listen%s on 0.0.0.0, which tollgate refuses without TLS and callers. Set tls.enabled (with tls.secretName or tls.certManager.enabled) and callers.existingSecret or callers.config (now: tls.enabled %v, callers %s); or, behind something else that authenticates callers (a mesh with mutual TLS), acknowledge plaintext with insecureListen: true" (join ", " $listeners) (ternary "" "s" (gt (len $listeners) 1)) $v.tls.enabled $callers) -}}
 {{- end -}}
 {{- end -}}
 
@@ -595,6 +696,55 @@ reload, and a restart on every policy edit would defeat that. */}}
 {{- end -}}
 {{- end -}}
 {{- if $found -}}true{{- end -}}
+{{- end -}}
+
+{{/* Checks of extAuthz.*: the route table tollgate needs, and JWT claims only with jwt.enabled. */}}
+{{- define "tollgate.validateExtAuthz" -}}
+{{- $ext := .Values.extAuthz -}}
+{{- if $ext.enabled -}}
+{{- if not $ext.routes -}}
+{{- fail "extAuthz.routes: extAuthz.enabled needs the route table (tenant, principal, routes; docs/envoy/routes.yaml is an example, and values.yaml shows it)" -}}
+{{- end -}}
+{{- $missing := list -}}
+{{- range (list "tenant" "principal" "routes") -}}
+{{- if not (hasKey $ext.routes .) -}}{{- $missing = append $missing . -}}{{- end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "extAuthz.routes: the route table lacks %s (tollgate refuses it at start)" (join ", " $missing)) -}}
+{{- end -}}
+{{- if not .Values.jwt.enabled -}}
+{{- range (list "tenant" "principal") -}}
+{{- if hasKey (default dict (get $ext.routes .)) "claim" -}}
+{{- fail (printf "extAuthz.routes: %s comes from a JWT claim, which needs jwt.enabled (without verified JWTs every request would lack it)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks of jwt.*: the issuers file, and the JWKS files a relative jwks_file needs. */}}
+{{- define "tollgate.validateJwt" -}}
+{{- $jwt := .Values.jwt -}}
+{{- if $jwt.enabled -}}
+{{- if not (default list $jwt.issuers.issuers) -}}
+{{- fail "jwt.issuers: jwt.enabled needs the issuers file ({issuers: [{issuer, audiences, algorithms, jwks_url or jwks_file, ...}]}); tollgate refuses a file without issuers" -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range $jwt.issuers.issuers -}}
+{{- if has .issuer $names -}}
+{{- fail (printf "jwt.issuers: issuer %s is listed twice" .issuer) -}}
+{{- end -}}
+{{- $names = append $names .issuer -}}
+{{- if and .jwks_file (not (hasPrefix "/" .jwks_file)) -}}
+{{- if not $jwt.jwksSecret -}}
+{{- fail (printf "jwt.jwksSecret: issuer %s names jwks_file %s, relative to issuers.yaml's directory; set jwt.jwksSecret to the Secret holding it (key %s), or use jwks_url" .issuer .jwks_file .jwks_file) -}}
+{{- end -}}
+{{- if or (contains "/" .jwks_file) (eq .jwks_file "issuers.yaml") -}}
+{{- fail (printf "jwt.issuers: issuer %s: jwks_file %s must be a key of jwt.jwksSecret (a plain file name, not issuers.yaml)" .issuer .jwks_file) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Checks of tls.*. */}}
