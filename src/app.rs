@@ -439,10 +439,20 @@ pub async fn serve_on(
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), routes = routes.routes.len(), "Envoy external authorization accepting connections");
         // Envoy is identified and admitted before its request is read, and
         // shares the places in flight with the other front doors.
+        let table = Arc::new(crate::ext_authz::RouteTable::new(
+            routes,
+            config.ext_authz_file.clone(),
+        ));
+        tokio::spawn(poll_routes(
+            Arc::clone(&table),
+            Arc::clone(&metrics),
+            config.credentials_poll,
+            stop_rx.clone(),
+        ));
         let ext_authz = crate::api::bounds::Bounded::new(
             crate::ext_authz::AuthorizationServer::new(crate::ext_authz::ExtAuthz::new(
                 Arc::clone(&decision_point),
-                routes,
+                table,
             ))
             .max_decoding_message_size(config.max_request_bytes),
             Arc::clone(&decision_point),
@@ -646,6 +656,46 @@ async fn poll_jwt(
                 if last_error.as_ref() != Some(&error) {
                     warn!(error = %error, "JWT issuers or keys cannot be used; the ones in force stay");
                     metrics.record_credential_reload("jwt", Some(error.clone()));
+                    last_error = Some(error);
+                }
+            }
+        }
+    }
+}
+
+/// Rereads the ext_authz route table every `every` until shutdown: a valid
+/// change serves at once; an invalid one is logged and counted once, and the
+/// table in force stays.
+async fn poll_routes(
+    table: Arc<crate::ext_authz::RouteTable>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last_error: Option<String> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopping| *stopping) => return,
+        }
+        let reread = Arc::clone(&table);
+        let Ok(outcome) = tokio::task::spawn_blocking(move || reread.reload()).await else {
+            continue;
+        };
+        match outcome {
+            Ok(true) => {
+                info!("ext_authz route table changed; the new one is in force");
+                metrics.record_credential_reload("ext_authz_routes", None);
+                last_error = None;
+            }
+            Ok(false) => {}
+            Err(error) => {
+                let error = error.to_string();
+                if last_error.as_ref() != Some(&error) {
+                    warn!(error = %error, "the changed ext_authz route table cannot be used; the one in force stays");
+                    metrics.record_credential_reload("ext_authz_routes", Some(error.clone()));
                     last_error = Some(error);
                 }
             }

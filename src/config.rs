@@ -89,6 +89,8 @@ pub struct Config {
     pub ext_authz_listen: Option<SocketAddr>,
     /// Its route table.
     pub ext_authz_routes: Option<crate::ext_authz::routes::Routes>,
+    /// The file the route table is reread from when it changes.
+    pub ext_authz_file: Option<PathBuf>,
     /// Address of the AdminService, when enabled.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token of the AdminService.
@@ -607,15 +609,18 @@ fn build(
         "ext_authz_listen",
         optional_address("127.0.0.1:50054"),
     );
-    let ext_authz_routes = get(values, problems, "ext_authz_file", |text| {
+    let ext_authz_file = get(values, problems, "ext_authz_file", |text| {
         let text = text.trim();
         if text.is_empty() {
             return Ok(None);
         }
         crate::ext_authz::routes::Routes::from_file(std::path::Path::new(text))
-            .map(Some)
+            .map(|routes| Some((routes, PathBuf::from(text))))
             .map_err(|error| error.message)
     });
+    let ext_authz_routes = ext_authz_file
+        .clone()
+        .map(|loaded| loaded.as_ref().map(|(routes, _)| routes.clone()));
     if let (Some(Some(_)), Some(None)) = (&ext_authz_listen, &ext_authz_routes) {
         problems.push(ConfigProblem::Combination {
             key: "ext_authz_listen",
@@ -1088,6 +1093,7 @@ fn build(
         jwt_file: jwt_file?,
         ext_authz_listen: ext_authz_listen?,
         ext_authz_routes: ext_authz_routes?,
+        ext_authz_file: ext_authz_file?.map(|(_, file)| file),
         authzen: crate::http::authzen::Settings {
             tenant: authzen_tenant?,
             namespace: authzen_namespace?,

@@ -73,7 +73,8 @@ pub struct TokenLabels {
 /// Labels of a credential file reload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
-    /// `tls` (certificate, key, client CA) or `callers` (callers and token files).
+    /// `tls` (certificate, key, client CA), `callers` (callers and token
+    /// files), `jwt` (JWT issuers and JWKS files) or `ext_authz_routes`.
     pub files: &'static str,
     /// `applied` or `rejected` (the previous ones stay in force).
     pub outcome: &'static str,

@@ -45,7 +45,9 @@ async fn ext_authz_server(
 ) -> (InProcess, AuthorizationClient<Channel>) {
     let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
     config.ext_authz_listen = Some(address);
-    config.ext_authz_routes = Some(Routes::parse(ROUTES).unwrap());
+    if config.ext_authz_routes.is_none() {
+        config.ext_authz_routes = Some(Routes::parse(ROUTES).unwrap());
+    }
     let server = InProcess::start(config).await;
     let channel = connect_within(
         tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap(),
@@ -270,4 +272,44 @@ async fn a_route_consumes_its_meter_until_the_cap_then_redis_going_away_is_503()
         "{unavailable:?}"
     );
     assert_eq!(unavailable.headers["retry-after"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_route_table_is_in_force_without_a_restart() {
+    let dirs = DataDirs::copy_examples();
+    let file = dirs.root.path().join("routes.yaml");
+    std::fs::write(&file, ROUTES).unwrap();
+    let mut config = dirs.config();
+    config.credentials_poll = std::time::Duration::from_millis(100);
+    config.ext_authz_file = Some(file.clone());
+    let (_server, mut client) = ext_authz_server(config).await;
+    let docs = || request("GET", "/docs/pdf-export", BOB);
+    let before = ask(&mut client, docs()).await;
+    assert_eq!(before.body["reasons"][0]["code"], "no_route");
+    // A route added to the file.
+    let changed = format!(
+        "{ROUTES}  - path: /docs/{{feature}}\n    action: use\n    resource: {{type: Feature, id: \"{{feature}}\"}}\n"
+    );
+    let staged = file.with_extension("new");
+    std::fs::write(&staged, &changed).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    let mut probe = client.clone();
+    wait_until("the new route in force", || {
+        let mut client = probe.clone();
+        async move {
+            let answer = ask(&mut client, docs()).await;
+            if answer.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{answer:?}"))
+            }
+        }
+    })
+    .await;
+    // A broken table: the one in force stays.
+    std::fs::write(&staged, "tenant: {header: x}\nroutes: [").unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let after = ask(&mut probe, docs()).await;
+    assert_eq!(after.status, 200, "{after:?}");
 }

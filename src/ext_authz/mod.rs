@@ -36,6 +36,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{self, pb};
 use crate::decide::{self, Caller, DecisionService, FrontDoor, Operation};
+use crate::reread::{Fingerprint, Fingerprinter, Reread};
 use routes::{Matched, Routes, Source, UpstreamHeader};
 
 pub use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -49,16 +50,61 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("../../proto/envoy/ext_aut
 #[derive(Debug, Clone)]
 pub struct ExtAuthz {
     service: Arc<DecisionService>,
-    routes: Arc<Routes>,
+    routes: Arc<RouteTable>,
+}
+
+/// The route table in force, and the file it is reread from.
+#[derive(Debug)]
+pub struct RouteTable {
+    file: Option<std::path::PathBuf>,
+    table: Reread<Routes>,
+}
+
+fn fingerprint(text: &[u8]) -> Fingerprint {
+    let mut fingerprinter = Fingerprinter::default();
+    fingerprinter.add(text);
+    fingerprinter.finish()
+}
+
+impl RouteTable {
+    /// `routes`, reread from `file` when it changes (none: fixed).
+    pub fn new(routes: Routes, file: Option<std::path::PathBuf>) -> Self {
+        let read = file
+            .as_deref()
+            .and_then(|file| std::fs::read(file).ok())
+            .unwrap_or_default();
+        Self {
+            file,
+            table: Reread::new(routes, fingerprint(&read)),
+        }
+    }
+
+    /// Rereads the file: `Ok(true)` when it changed and the new table is in
+    /// force, `Ok(false)` when unchanged; an invalid table leaves the one in
+    /// force serving.
+    pub fn reload(&self) -> Result<bool, routes::RoutesError> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        let text = std::fs::read(file).map_err(|error| routes::RoutesError {
+            file: file.clone(),
+            message: format!("cannot read: {error}"),
+        })?;
+        let printed = fingerprint(&text);
+        let routes = Routes::parse(&String::from_utf8_lossy(&text)).map_err(|message| {
+            routes::RoutesError {
+                file: file.clone(),
+                message,
+            }
+        })?;
+        Ok(self.table.offer(routes, printed))
+    }
 }
 
 impl ExtAuthz {
     /// Answers Envoy with `service`'s decisions, through `routes`.
-    pub fn new(service: Arc<DecisionService>, routes: Routes) -> Self {
-        Self {
-            service,
-            routes: Arc::new(routes),
-        }
+    pub fn new(service: Arc<DecisionService>, routes: Arc<RouteTable>) -> Self {
+        Self { service, routes }
     }
 }
 
@@ -225,11 +271,10 @@ impl ExtAuthz {
 
     /// The check a matched request asks for, or the answer that refuses it.
     fn check_of(
-        &self,
+        routes: &Routes,
         matched: &Matched<'_>,
         inbound: &Inbound<'_>,
     ) -> Result<pb::CheckRequest, Box<CheckResponse>> {
-        let routes = &self.routes;
         let tenant = Self::text(&routes.tenant, inbound).ok_or_else(|| {
             unauthenticated(format!(
                 "the request names no tenant ({})",
@@ -297,10 +342,14 @@ impl ExtAuthz {
     }
 
     /// Envoy's answer to a decision.
-    fn answer(&self, check: &pb::CheckRequest, response: &pb::CheckResponse) -> CheckResponse {
+    fn answer(
+        routes: &Routes,
+        check: &pb::CheckRequest,
+        response: &pb::CheckResponse,
+    ) -> CheckResponse {
         let mut headers = vec![header("x-tollgate-decision-id", &response.decision_id)];
         if response.decision == pb::Decision::Allow as i32 {
-            for wanted in &self.routes.upstream_headers {
+            for wanted in &routes.upstream_headers {
                 match wanted {
                     UpstreamHeader::DecisionId => {}
                     UpstreamHeader::Tenant => {
@@ -333,7 +382,7 @@ impl ExtAuthz {
             .reasons
             .first()
             .map_or("no_permit", |reason| reason.code.as_str());
-        let statuses = self.routes.statuses;
+        let statuses = routes.statuses;
         let (grpc, status) = match code {
             "cap_exceeded" => {
                 let now_ms = SystemTime::now()
@@ -445,7 +494,7 @@ impl Authorization for ExtAuthz {
         };
         let method = http.map_or("", |http| http.method.as_str());
         let path = http.map_or("", |http| http.path.as_str());
-        let routes = &self.routes;
+        let routes = self.routes.table.load_full();
         let found = routes.find(method, path, &|name| inbound.header(name));
         let Some(matched) = found else {
             return Ok(Response::new(match routes.unmatched {
@@ -462,14 +511,14 @@ impl Authorization for ExtAuthz {
                 ),
             }));
         };
-        let check = match self.check_of(&matched, &inbound) {
+        let check = match Self::check_of(&routes, &matched, &inbound) {
             Ok(check) => check,
             Err(answer) => return Ok(Response::new(*answer)),
         };
         let limit = api::deadline(&metadata, service.limits().request_timeout);
         let decided = decide::within(limit, api::check(service, &caller, check.clone())).await;
         Ok(Response::new(match decided {
-            Ok(response) => self.answer(&check, &response),
+            Ok(response) => Self::answer(&routes, &check, &response),
             Err(error) => refused(&error),
         }))
     }
