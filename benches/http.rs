@@ -2,14 +2,18 @@
 //! each with one request in flight, send back to back for `--seconds` (8)
 //! per scenario, to one server process of the built binary:
 //!
-//! - `healthz`: `GET /healthz`, the empty handler on the same listener (the
-//!   floor: routing, HTTP framing and a fixed JSON answer);
+//! - `floor`: `POST /bench/floor` with `/v1/check`'s body, the empty handler
+//!   on the same listener (compiled only for this benchmark, feature
+//!   `bench-floor`): admitted, read and parsed as JSON like a check, and
+//!   answered with a fixed body of a CheckResponse's size, no decision;
+//! - `healthz`: `GET /healthz`, a second reference (no body, no admission);
 //! - `check`: `POST /v1/check`, the example's ALLOW for bob;
 //! - `authzen-100`: `POST /access/v1/evaluations` with 100 evaluations, each
 //!   a decision.
 //!
 //! Reported per scenario: calls per second, decisions per second, p50 and
-//! p99 latency; and `check`'s throughput as a share of the floor's. Every
+//! p99 latency, the server's CPU time per call; and `check`'s throughput
+//! and p99 as shares of the floor's. Every
 //! answer is checked (status 200, and an ALLOW or `true` where one is due):
 //! a wrong answer fails the run.
 //!
@@ -90,6 +94,14 @@ fn scenarios() -> Vec<Scenario> {
         "evaluations": evaluations,
     });
     vec![
+        Scenario {
+            name: "floor",
+            method: "POST",
+            path: "/bench/floor",
+            body: check.clone(),
+            decisions: 0,
+            expect: "DECISION_ALLOW",
+        },
         Scenario {
             name: "healthz",
             method: "GET",
@@ -235,8 +247,9 @@ fn main() -> ExitCode {
         "http front door: {} connections x 1 in flight, {} s per scenario ({cores} cores, {cpu})",
         options.in_flight, options.seconds
     );
-    let mut floor = None;
+    let mut floor: Option<(f64, Duration)> = None;
     for scenario in scenarios() {
+        let before = server.cpu();
         let measured = match runtime.block_on(run(&address, &scenario, &options)) {
             Ok(measured) => measured,
             Err(error) => {
@@ -248,23 +261,33 @@ fn main() -> ExitCode {
         let rate = measured.calls as f64 / measured.seconds;
         #[allow(clippy::cast_precision_loss, reason = "a count of decisions")]
         let decisions = rate * scenario.decisions as f64;
+        #[allow(clippy::cast_precision_loss, reason = "a count of calls")]
+        let cpu_per_call = match (before, server.cpu()) {
+            (Some(before), Some(after)) => {
+                after.seconds_since(&before) / measured.calls as f64 * 1e6
+            }
+            _ => f64::NAN,
+        };
         let share = match (scenario.name, floor) {
-            ("healthz", _) => {
-                floor = Some(rate);
+            ("floor", _) => {
+                floor = Some((rate, measured.p99));
                 String::new()
             }
-            (_, Some(floor)) if scenario.decisions == 1 => {
-                format!("  {:.2} of the floor", rate / floor)
-            }
+            (_, Some((floor_rate, floor_p99))) if scenario.decisions == 1 => format!(
+                "  {:.2} of the floor's throughput, p99 {:.2}x the floor's",
+                rate / floor_rate,
+                measured.p99.as_secs_f64() / floor_p99.as_secs_f64()
+            ),
             _ => String::new(),
         };
         println!(
-            "{:<12} {:>9.0} calls/s {:>10.0} decisions/s  p50 {:>7.0} us  p99 {:>7.0} us{share}",
+            "{:<12} {:>9.0} calls/s {:>10.0} decisions/s  p50 {:>6.0} us  p99 {:>6.0} us  server {:>5.1} us CPU/call{share}",
             scenario.name,
             rate,
             decisions,
             measured.p50.as_secs_f64() * 1e6,
             measured.p99.as_secs_f64() * 1e6,
+            cpu_per_call,
         );
     }
     if let Err(error) = server.stop() {

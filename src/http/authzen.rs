@@ -519,32 +519,55 @@ pub async fn evaluation(
     }
 }
 
+/// A request's body, scanned against the limits and decoded as `what`,
+/// and its end user's verified token.
+async fn read<T: serde::de::DeserializeOwned>(
+    front: &HttpFrontDoor,
+    headers: &HeaderMap,
+    body: Body,
+    what: &str,
+) -> Result<(T, Option<crate::jwt::VerifiedToken>), HttpError> {
+    let bytes = read_json(front, headers, body).await?;
+    scan(&bytes, front.service().limits())?;
+    let request: T = json::decode(&bytes, what)?;
+    let token = front
+        .service()
+        .verified_token(super::authorization(headers))
+        .await?;
+    Ok((request, token))
+}
+
+/// One evaluation, decided.
+async fn decide_one(
+    front: &HttpFrontDoor,
+    caller: &Caller,
+    inputs: &TenantInputs<'_>,
+    evaluation: Evaluation,
+) -> Result<serde_json::Value, HttpError> {
+    let check = front
+        .authzen()
+        .check(evaluation, &EvaluationDefaults::default(), inputs, "")?;
+    let response = front
+        .within(api::check(front.service(), caller, check))
+        .await
+        .map_err(|error| authzen_names(error, None))?;
+    Ok(decision(&response))
+}
+
 async fn evaluate_one(
     front: &HttpFrontDoor,
     caller: &Caller,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<serde_json::Value, HttpError> {
-    let bytes = read_json(front, headers, body).await?;
-    scan(&bytes, front.service().limits())?;
-    let evaluation: Evaluation = json::decode(&bytes, "AuthZEN evaluation request")?;
-    let token = front
-        .service()
-        .verified_token(super::authorization(headers))
-        .await?;
+    let (evaluation, token) =
+        read::<Evaluation>(front, headers, body, "AuthZEN evaluation request").await?;
     let inputs = TenantInputs {
         headers,
         caller,
         token: token.as_ref(),
     };
-    let check = front
-        .authzen()
-        .check(evaluation, &EvaluationDefaults::default(), &inputs, "")?;
-    let response = front
-        .within(api::check(front.service(), caller, check))
-        .await
-        .map_err(|error| authzen_names(error, None))?;
-    Ok(decision(&response))
+    decide_one(front, caller, &inputs, evaluation).await
 }
 
 /// `POST /access/v1/evaluations`.
@@ -566,13 +589,8 @@ async fn evaluate_many(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<serde_json::Value, HttpError> {
-    let bytes = read_json(front, headers, body).await?;
-    scan(&bytes, front.service().limits())?;
-    let request: Evaluations = json::decode(&bytes, "AuthZEN evaluations request")?;
-    let token = front
-        .service()
-        .verified_token(super::authorization(headers))
-        .await?;
+    let (request, token) =
+        read::<Evaluations>(front, headers, body, "AuthZEN evaluations request").await?;
     let inputs = TenantInputs {
         headers,
         caller,
@@ -589,12 +607,7 @@ async fn evaluate_many(
             resource: defaults.resource,
             context: defaults.context,
         };
-        let check = settings.check(single, &EvaluationDefaults::default(), &inputs, "")?;
-        let response = front
-            .within(api::check(front.service(), caller, check))
-            .await
-            .map_err(|error| authzen_names(error, None))?;
-        return Ok(decision(&response));
+        return decide_one(front, caller, &inputs, single).await;
     }
     let checks = items
         .into_iter()

@@ -93,8 +93,11 @@ impl HttpFrontDoor {
             .route("/v1/check-batch", post(check_batch))
             .route("/v1/report-usage", post(report_usage))
             .route("/access/v1/evaluation", post(authzen::evaluation))
-            .route("/access/v1/evaluations", post(authzen::evaluations))
-            .route_layer(axum::middleware::from_fn_with_state(self.clone(), admit));
+            .route("/access/v1/evaluations", post(authzen::evaluations));
+        #[cfg(feature = "bench-floor")]
+        let decisions = decisions.route("/bench/floor", post(floor));
+        let decisions =
+            decisions.route_layer(axum::middleware::from_fn_with_state(self.clone(), admit));
         Router::new()
             .merge(decisions)
             .route(
@@ -494,6 +497,32 @@ async fn report_usage(
         }
         .await,
     )
+}
+
+/// The benchmark's floor: a request admitted, its body read and parsed as
+/// JSON as `/v1/check`'s is, answered with a fixed body of a
+/// CheckResponse's size; no decision.
+#[cfg(feature = "bench-floor")]
+async fn floor(State(front): State<HttpFrontDoor>, request: Request) -> Response {
+    const ANSWER: &str = r#"{"decision":"DECISION_ALLOW","reasons":[{"policyId":"members-use","effect":"EFFECT_PERMIT","code":"member_role","message":"members may use features their plan includes"}],"freshness":{"policyVersion":"0000000000000000","snapshotVersion":"1","snapshotAgeMs":"1000","source":"SNAPSHOT_SOURCE_FILE"},"decisionId":"00000000000000000000000000000000"}"#;
+    let (parts, body) = request.into_parts();
+    match read_json(&front, &parts.headers, body).await {
+        Ok(bytes) => match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            Ok(_) => (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                ANSWER,
+            )
+                .into_response(),
+            Err(error) => {
+                HttpError::new(tonic::Code::InvalidArgument, error.to_string()).into_response()
+            }
+        },
+        Err(error) => error.into_response(),
+    }
 }
 
 /// Liveness: the process answers.
