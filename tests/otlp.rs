@@ -516,3 +516,35 @@ async fn unsampled_requests_build_no_spans() {
     );
     assert_eq!(spans.len(), 3, "{spans:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_continue_the_callers_trace() {
+    let (receiver, endpoint) = Receiver::start().await;
+    let http = format!("127.0.0.1:{}", tollgate_testkit::redis_server::free_port());
+    let mut env = exporting_env(&endpoint, "100");
+    env.push(("TOLLGATE_HTTP_LISTEN", http.as_str()));
+    let _server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &env,
+    );
+    let mut client = HttpClient::connect(&http).await.unwrap();
+    let body =
+        serde_json::to_string(&check("acme", "User:bob", "use", "Feature:pdf-export")).unwrap();
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01");
+    let answer = client
+        .post("/v1/check", body, &[("traceparent", &traceparent)])
+        .await
+        .unwrap();
+    assert_eq!(answer.json()["decision"], "DECISION_ALLOW");
+    let request = receiver.wait_for("POST /v1/check", TRACE_ID).await;
+    assert_eq!(request.parent_span_id(), CALLER_SPAN_ID, "{request:?}");
+    assert_eq!(request.span.kind, SpanKind::Server as i32, "{request:?}");
+    assert_eq!(
+        request.attribute("http.route").as_deref(),
+        Some("/v1/check")
+    );
+    let evaluate = receiver.wait_for("evaluate", TRACE_ID).await;
+    assert_eq!(evaluate.parent_span_id(), request.span_id(), "{evaluate:?}");
+}

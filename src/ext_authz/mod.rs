@@ -447,6 +447,34 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let exporting = crate::telemetry::exporting();
+        if !exporting && !request.metadata().contains_key("traceparent") {
+            return self.decide(request).await;
+        }
+        let metadata = request.metadata().clone();
+        let span = if crate::telemetry::sampled(&metadata) {
+            tracing::info_span!(
+                "Check",
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = "envoy.service.auth.v3.Authorization",
+                rpc.method = "Check",
+            )
+        } else if exporting {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!("Check")
+        };
+        crate::telemetry::in_rpc(span, &metadata, self.decide(request)).await
+    }
+}
+
+impl ExtAuthz {
+    /// Answers one of Envoy's questions.
+    async fn decide(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let service = &self.service;
         let caller = match request.extensions().get::<Caller>() {
             Some(caller) => caller.clone(),

@@ -329,7 +329,46 @@ fn operation(path: &str) -> Operation {
 /// Identifies a decision request's caller and admits it among the requests
 /// in flight before its body is read; the body is then read against the
 /// byte budget. The caller travels to the handler in the extensions.
+///
+/// While spans are exported, or when the caller sends a `traceparent`, the
+/// request runs in a server span (`POST /v1/check`) that continues the
+/// caller's trace, as a gRPC call's does.
 async fn admit(State(front): State<HttpFrontDoor>, request: Request, next: Next) -> Response {
+    let exporting = crate::telemetry::exporting();
+    if !exporting && !request.headers().contains_key("traceparent") {
+        return admitted(front, request, next).await;
+    }
+    let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+    let method = request.method().clone();
+    let route = request.uri().path().to_string();
+    let span = if crate::telemetry::sampled(&metadata) {
+        tracing::info_span!(
+            "HTTP",
+            otel.name = %format!("{method} {route}"),
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = %route,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    } else if exporting {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!("HTTP")
+    };
+    let recorded = span.clone();
+    let response = crate::telemetry::in_rpc(span, &metadata, admitted(front, request, next)).await;
+    if exporting {
+        let status = response.status().as_u16();
+        recorded.record("http.response.status_code", i64::from(status));
+        if status >= 400 {
+            recorded.record("otel.status_code", "ERROR");
+        }
+    }
+    response
+}
+
+async fn admitted(front: HttpFrontDoor, request: Request, next: Next) -> Response {
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
