@@ -54,16 +54,7 @@ struct Options {
 fn options() -> Result<Options, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let bench = args.iter().any(|arg| arg == "--bench");
-    let value = |name: &str| -> Result<Option<f64>, String> {
-        match args.iter().position(|arg| arg == name) {
-            Some(at) => args
-                .get(at + 1)
-                .and_then(|text| text.parse().ok())
-                .map(Some)
-                .ok_or_else(|| format!("{name} needs a number")),
-            None => Ok(None),
-        }
-    };
+    let value = |name: &str| tollgate_testkit::bench::number_arg(&args, name);
     Ok(Options {
         seconds: value("--seconds")?.unwrap_or(if bench { 30.0 } else { 3.0 }),
         #[allow(

@@ -253,13 +253,29 @@ pub async fn serve_on(
     }
 
     let _watchers = start_reloaders(&config, &reloader, hangup)?;
-    tokio::spawn(poll_credentials(
-        tls.clone(),
-        Arc::clone(&callers),
-        Arc::clone(&metrics),
-        config.credentials_poll,
-        stop_rx.clone(),
-    ));
+    // The TLS files and the callers file (with its token files) reread: a
+    // valid change serves from then on; an invalid one is logged and counted,
+    // and what was in force stays.
+    if let Some(tls) = &tls {
+        let tls = Arc::clone(tls);
+        tokio::spawn(poll_reloads(
+            "tls",
+            Arc::clone(&metrics),
+            config.credentials_poll,
+            stop_rx.clone(),
+            move || reread_blocking(Arc::clone(&tls), |tls| tls.reload()),
+        ));
+    }
+    if callers.is_configured() {
+        let callers = Arc::clone(&callers);
+        tokio::spawn(poll_reloads(
+            "callers",
+            Arc::clone(&metrics),
+            config.credentials_poll,
+            stop_rx.clone(),
+            move || reread_blocking(Arc::clone(&callers), |callers| callers.reload()),
+        ));
+    }
     let listener_settings = |name: &'static str, tls: Option<Arc<Tls>>| Listener {
         name,
         tls,
@@ -274,11 +290,18 @@ pub async fn serve_on(
     if let Some(file) = &config.jwt_file {
         let verifier = Arc::new(crate::jwt::Verifier::load(file).await?);
         info!(file = %file.display(), issuers = ?verifier.issuers(), required = verifier.required(), "end users' JWTs verified");
-        tokio::spawn(poll_jwt(
-            Arc::clone(&verifier),
+        // The issuers file and JWKS files reread, JWKS URLs refetched on
+        // their schedule.
+        let reloaded = Arc::clone(&verifier);
+        tokio::spawn(poll_reloads(
+            "jwt",
             Arc::clone(&metrics),
             config.credentials_poll,
             stop_rx.clone(),
+            move || {
+                let verifier = Arc::clone(&reloaded);
+                async move { verifier.reload().await.map_err(|error| error.to_string()) }
+            },
         ));
         decision_point = decision_point.with_jwt(verifier);
     }
@@ -443,11 +466,13 @@ pub async fn serve_on(
             routes,
             config.ext_authz_file.clone(),
         ));
-        tokio::spawn(poll_routes(
-            Arc::clone(&table),
+        let reloaded = Arc::clone(&table);
+        tokio::spawn(poll_reloads(
+            "ext_authz_routes",
             Arc::clone(&metrics),
             config.credentials_poll,
             stop_rx.clone(),
+            move || reread_blocking(Arc::clone(&reloaded), |table| table.reload()),
         ));
         let ext_authz = crate::api::bounds::Bounded::new(
             crate::ext_authz::AuthorizationServer::new(crate::ext_authz::ExtAuthz::new(
@@ -623,19 +648,19 @@ pub async fn serve_on(
     Ok(())
 }
 
-/// Rereads the TLS files and the callers file (with its token files) every
-/// `every`, until shutdown: a change that is valid serves from then on; an
-/// invalid one is logged and counted, and what was in force stays.
-/// Rereads the JWT issuers file and its JWKS files every `every` (and
-/// refetches JWKS URLs on their schedule), until shutdown: a valid change
-/// serves at once; a failure is logged and counted once, and the keys in
-/// force stay.
-async fn poll_jwt(
-    verifier: Arc<crate::jwt::Verifier>,
+/// Calls `reload` every `every` until shutdown: `Ok(true)` (what `files`
+/// names changed and is in force) is logged and counted; an error is logged
+/// and counted once until it changes, and what was in force stays.
+async fn poll_reloads<F, Fut>(
+    files: &'static str,
     metrics: Arc<Metrics>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
-) {
+    mut reload: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, String>>,
+{
     let mut last_error: Option<String> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -644,118 +669,38 @@ async fn poll_jwt(
             _ = tick.tick() => {}
             _ = stop.wait_for(|stopping| *stopping) => return,
         }
-        match verifier.reload().await {
+        match reload().await {
             Ok(true) => {
-                info!(file = %verifier.file().display(), "JWT issuers or keys changed; new ones in force");
-                metrics.record_credential_reload("jwt", None);
+                info!(files, "changed files are in force");
+                metrics.record_credential_reload(files, None);
                 last_error = None;
             }
             Ok(false) => {}
             Err(error) => {
-                let error = error.to_string();
                 if last_error.as_ref() != Some(&error) {
-                    warn!(error = %error, "JWT issuers or keys cannot be used; the ones in force stay");
-                    metrics.record_credential_reload("jwt", Some(error.clone()));
-                    last_error = Some(error);
-                }
-            }
-        }
-    }
-}
-
-/// Rereads the ext_authz route table every `every` until shutdown: a valid
-/// change serves at once; an invalid one is logged and counted once, and the
-/// table in force stays.
-async fn poll_routes(
-    table: Arc<crate::ext_authz::RouteTable>,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut last_error: Option<String> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|stopping| *stopping) => return,
-        }
-        let reread = Arc::clone(&table);
-        let Ok(outcome) = tokio::task::spawn_blocking(move || reread.reload()).await else {
-            continue;
-        };
-        match outcome {
-            Ok(true) => {
-                info!("ext_authz route table changed; the new one is in force");
-                metrics.record_credential_reload("ext_authz_routes", None);
-                last_error = None;
-            }
-            Ok(false) => {}
-            Err(error) => {
-                let error = error.to_string();
-                if last_error.as_ref() != Some(&error) {
-                    warn!(error = %error, "the changed ext_authz route table cannot be used; the one in force stays");
-                    metrics.record_credential_reload("ext_authz_routes", Some(error.clone()));
-                    last_error = Some(error);
-                }
-            }
-        }
-    }
-}
-
-async fn poll_credentials(
-    tls: Option<Arc<Tls>>,
-    callers: Arc<Callers>,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    if tls.is_none() && !callers.is_configured() {
-        return;
-    }
-    // A failure is reported once until the files change again.
-    let mut last_errors: [Option<String>; 2] = [None, None];
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|stopping| *stopping) => return,
-        }
-        let tls = tls.clone();
-        let callers = Arc::clone(&callers);
-        let Ok((tls_outcome, callers_outcome)) = tokio::task::spawn_blocking(move || {
-            (
-                tls.map(|tls| tls.reload().map_err(|error| error.to_string())),
-                callers.reload().map_err(|error| error.to_string()),
-            )
-        })
-        .await
-        else {
-            continue;
-        };
-        for (index, (files, outcome)) in [("tls", tls_outcome), ("callers", Some(callers_outcome))]
-            .into_iter()
-            .enumerate()
-        {
-            match outcome {
-                Some(Ok(true)) => {
-                    info!(files, "credential files changed; new ones in force");
-                    metrics.record_credential_reload(files, None);
-                    last_errors[index] = None;
-                }
-                Some(Err(error)) if last_errors[index].as_ref() != Some(&error) => {
-                    warn!(files, error = %error, "changed credential files are not valid; the previous ones stay in force");
+                    warn!(files, error = %error, "changed files cannot be used; what was in force stays");
                     metrics.record_credential_reload(files, Some(error.clone()));
-                    last_errors[index] = Some(error);
+                    last_error = Some(error);
                 }
-                _ => {}
             }
         }
     }
 }
 
-/// Starts the file watchers and the SIGHUP handler; returns the watch guards.
+/// `reload` of `files`, run off the async threads (it reads files).
+async fn reread_blocking<T, E>(
+    files: Arc<T>,
+    reload: impl FnOnce(&T) -> Result<bool, E> + Send + 'static,
+) -> Result<bool, String>
+where
+    T: Send + Sync + 'static,
+    E: std::fmt::Display,
+{
+    tokio::task::spawn_blocking(move || reload(&files).map_err(|error| error.to_string()))
+        .await
+        .map_err(|error| error.to_string())?
+}
+
 /// What a reload needs: the store to reload, health to report readiness and
 /// metrics to count outcomes.
 #[derive(Clone)]
@@ -766,6 +711,7 @@ struct Reloader {
     metrics: Arc<Metrics>,
 }
 
+/// Starts the file watchers and the SIGHUP handler; returns the watch guards.
 fn start_reloaders(
     config: &Config,
     reloader: &Reloader,

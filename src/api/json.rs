@@ -297,11 +297,9 @@ fn of_form(form: Form, inner: pb::Value) -> Result<pb::Value, String> {
 /// A `CheckRequest` read from JSON, refused before decoding when it carries
 /// more than a call may.
 pub fn check_request(bytes: &[u8]) -> Result<pb::CheckRequest, decide::Error> {
-    let mut scan = Scan::new("request");
-    let _ = serde_json::Deserializer::from_slice(bytes).deserialize_any(CheckSeed {
-        scan: &mut scan,
-        field: "entities",
-    });
+    let mut scan = Scan::new();
+    let _ =
+        serde_json::Deserializer::from_slice(bytes).deserialize_any(CheckSeed { scan: &mut scan });
     if let Some(refused) = scan.refusal() {
         return Err(refused);
     }
@@ -315,7 +313,7 @@ pub fn check_batch_request(
     bytes: &[u8],
     limits: Limits,
 ) -> Result<pb::CheckBatchRequest, decide::Error> {
-    let mut scan = Scan::new("checks[0]");
+    let mut scan = Scan::new();
     let mut checks = 0;
     let _ = serde_json::Deserializer::from_slice(bytes).deserialize_any(TopLevel {
         field: "checks",
@@ -363,7 +361,7 @@ pub fn report_usage_request(
 /// `type`, `id` and `name`), and its number of evaluations, counted before it
 /// is decoded.
 pub fn count_authzen(bytes: &[u8]) -> (usize, usize) {
-    let mut scan = Scan::new("request");
+    let mut scan = Scan::new();
     let mut evaluations = 0;
     let _ = serde_json::Deserializer::from_slice(bytes).deserialize_any(AuthzenSeed {
         scan: &mut scan,
@@ -569,8 +567,9 @@ fn too_many_values(field: &str, size: usize) -> decide::Error {
 struct Scan {
     /// Values, over every check of a batch.
     values: usize,
-    /// What a refusal for values names: `request`, or the check `checks[i]`.
-    field: String,
+    /// The check of a batch being scanned (`None`: the request is one
+    /// check), which a refusal names.
+    check: Option<usize>,
     /// The first check with too many request-scoped entities.
     entities: Option<decide::Error>,
     /// Where the values ran out.
@@ -578,10 +577,10 @@ struct Scan {
 }
 
 impl Scan {
-    fn new(field: &str) -> Self {
+    fn new() -> Self {
         Self {
             values: 0,
-            field: field.to_string(),
+            check: None,
             entities: None,
             values_over: None,
         }
@@ -590,7 +589,19 @@ impl Scan {
     fn take(&mut self) {
         self.values += 1;
         if self.values == MAX_REQUEST_VALUES + 1 && self.values_over.is_none() {
-            self.values_over = Some(too_many_values(&self.field, self.values));
+            let field = match self.check {
+                Some(index) => format!("checks[{index}]"),
+                None => "request".to_string(),
+            };
+            self.values_over = Some(too_many_values(&field, self.values));
+        }
+    }
+
+    /// What a refusal for too many entities names.
+    fn entities_field(&self) -> String {
+        match self.check {
+            Some(index) => format!("checks[{index}].entities"),
+            None => "entities".to_string(),
         }
     }
 
@@ -679,11 +690,9 @@ impl<'de> Visitor<'de> for ChecksList<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         loop {
             let index = *self.count;
-            self.scan.field = format!("checks[{index}]");
-            let field = format!("checks[{index}].entities");
+            self.scan.check = Some(index);
             let seed = CheckSeed {
                 scan: &mut *self.scan,
-                field: &field,
             };
             if seq.next_element_seed(seed)?.is_none() {
                 return Ok(());
@@ -742,8 +751,6 @@ impl<'de> Deserialize<'de> for Key {
 /// One check: its context's values and its request-scoped entities.
 struct CheckSeed<'a> {
     scan: &'a mut Scan,
-    /// `entities` or `checks[i].entities`.
-    field: &'a str,
 }
 
 impl<'de> DeserializeSeed<'de> for CheckSeed<'_> {
@@ -769,7 +776,7 @@ impl<'de> Visitor<'de> for CheckSeed<'_> {
                     let count = map.next_value_seed(EntityList(&mut *self.scan))?;
                     if count > MAX_REQUEST_ENTITIES && self.scan.entities.is_none() {
                         self.scan.entities = Some(decide::Error::TooManyEntities {
-                            field: self.field.to_string(),
+                            field: self.scan.entities_field(),
                             size: count,
                             limit: MAX_REQUEST_ENTITIES,
                         });

@@ -23,6 +23,7 @@
 //! id, the reasons (`code`, `reason`, `policy_id`) and the freshness.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -170,7 +171,7 @@ struct Action {
     rest: serde_json::Map<String, serde_json::Value>,
 }
 
-/// One evaluation, or the defaults of a batch's.
+/// One evaluation.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Evaluation {
@@ -184,21 +185,11 @@ struct Evaluation {
     context: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// `POST /access/v1/evaluations`.
+/// `POST /access/v1/evaluations`: the request-level defaults (the members
+/// of an evaluation), the evaluations and the options.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Evaluations {
-    #[serde(flatten)]
-    defaults: EvaluationDefaults,
-    #[serde(default)]
-    evaluations: Option<Vec<Evaluation>>,
-    #[serde(default)]
-    options: Option<Options>,
-}
-
-/// The request-level defaults (the same members as an evaluation).
-#[derive(Debug, Clone, Default, Deserialize)]
-struct EvaluationDefaults {
     #[serde(default)]
     subject: Option<Entity>,
     #[serde(default)]
@@ -207,6 +198,20 @@ struct EvaluationDefaults {
     resource: Option<Entity>,
     #[serde(default)]
     context: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    evaluations: Option<Vec<Evaluation>>,
+    #[serde(default)]
+    options: Option<Options>,
+}
+
+/// What an evaluation leaves out and takes from its batch: the members, the
+/// context already converted (once for every item that inherits it).
+#[derive(Debug, Default)]
+struct Defaults {
+    subject: Option<Entity>,
+    action: Option<Action>,
+    resource: Option<Entity>,
+    context: Option<HashMap<String, pb::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +268,20 @@ fn properties(
     Ok(values)
 }
 
+/// An AuthZEN context as Cedar values (Cedar's JSON form or the proto's).
+fn context_values(
+    context: serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+) -> Result<HashMap<String, pb::Value>, decide::Error> {
+    let mut values = HashMap::with_capacity(context.len());
+    for (key, value) in context {
+        let value = serde_json::from_value::<pb::Value>(value)
+            .map_err(|error| invalid(&format!("{prefix}context.{key}"), error.to_string()))?;
+        values.insert(key, value);
+    }
+    Ok(values)
+}
+
 fn record(values: HashMap<String, pb::Value>) -> pb::Value {
     pb::Value {
         kind: Some(pb::value::Kind::Record(pb::ValueRecord { values })),
@@ -275,7 +294,7 @@ impl Settings {
     fn check(
         &self,
         evaluation: Evaluation,
-        defaults: &EvaluationDefaults,
+        defaults: &Defaults,
         inputs: &TenantInputs<'_>,
         prefix: &str,
     ) -> Result<pb::CheckRequest, decide::Error> {
@@ -292,7 +311,6 @@ impl Settings {
             .resource
             .or_else(|| defaults.resource.clone())
             .ok_or_else(|| invalid(&field("resource"), "is required"))?;
-        let context = evaluation.context.or_else(|| defaults.context.clone());
         let entity = |entity: &Entity, name: &str| -> Result<pb::EntityRef, decide::Error> {
             let kind = entity
                 .kind
@@ -315,12 +333,10 @@ impl Settings {
             .clone()
             .filter(|name| !name.is_empty())
             .ok_or_else(|| invalid(&field("action.name"), "is required"))?;
-        let mut values = HashMap::new();
-        for (key, value) in context.into_iter().flatten() {
-            let value = serde_json::from_value::<pb::Value>(value)
-                .map_err(|error| invalid(&field(&format!("context.{key}")), error.to_string()))?;
-            values.insert(key, value);
-        }
+        let mut values = match evaluation.context {
+            Some(context) => context_values(context, prefix)?,
+            None => defaults.context.clone().unwrap_or_default(),
+        };
         let mut subject_properties = properties(
             subject.properties.as_ref(),
             &subject.rest,
@@ -508,7 +524,7 @@ fn scan(bytes: &[u8], limits: decide::Limits) -> Result<(), decide::Error> {
 
 /// `POST /access/v1/evaluation`.
 pub async fn evaluation(
-    State(front): State<HttpFrontDoor>,
+    State(front): State<Arc<HttpFrontDoor>>,
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Response {
@@ -546,7 +562,7 @@ async fn decide_one(
 ) -> Result<serde_json::Value, HttpError> {
     let check = front
         .authzen()
-        .check(evaluation, &EvaluationDefaults::default(), inputs, "")?;
+        .check(evaluation, &Defaults::default(), inputs, "")?;
     let response = front
         .within(api::check(front.service(), caller, check))
         .await
@@ -572,7 +588,7 @@ async fn evaluate_one(
 
 /// `POST /access/v1/evaluations`.
 pub async fn evaluations(
-    State(front): State<HttpFrontDoor>,
+    State(front): State<Arc<HttpFrontDoor>>,
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Response {
@@ -600,25 +616,28 @@ async fn evaluate_many(
     let items = request.evaluations.unwrap_or_default();
     // Without evaluations, the request is one evaluation of its own.
     if items.is_empty() {
-        let defaults = request.defaults;
         let single = Evaluation {
-            subject: defaults.subject,
-            action: defaults.action,
-            resource: defaults.resource,
-            context: defaults.context,
+            subject: request.subject,
+            action: request.action,
+            resource: request.resource,
+            context: request.context,
         };
         return decide_one(front, caller, &inputs, single).await;
     }
+    let defaults = Defaults {
+        subject: request.subject,
+        action: request.action,
+        resource: request.resource,
+        context: request
+            .context
+            .map(|context| context_values(context, ""))
+            .transpose()?,
+    };
     let checks = items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
-            settings.check(
-                item,
-                &request.defaults,
-                &inputs,
-                &format!("evaluations[{index}]."),
-            )
+            settings.check(item, &defaults, &inputs, &format!("evaluations[{index}]."))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let semantic = request
@@ -691,7 +710,7 @@ fn authzen_names(error: decide::Error, index: Option<usize>) -> HttpError {
 /// `GET /.well-known/authzen-configuration`: where the endpoints are, on the
 /// host and scheme the request came in on.
 pub async fn configuration(
-    State(front): State<HttpFrontDoor>,
+    State(front): State<Arc<HttpFrontDoor>>,
     headers: HeaderMap,
     request: Request,
 ) -> Response {

@@ -43,7 +43,7 @@ const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// The HTTP front door's state: the decision service and what bounds its
 /// requests.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HttpFrontDoor {
     service: Arc<DecisionService>,
     admission: Admission,
@@ -88,6 +88,8 @@ impl HttpFrontDoor {
 
     /// The routes.
     pub fn router(self) -> Router {
+        // One shared state: a request clones a pointer, not the state.
+        let front = Arc::new(self);
         let decisions = Router::new()
             .route("/v1/check", post(check))
             .route("/v1/check-batch", post(check_batch))
@@ -96,8 +98,10 @@ impl HttpFrontDoor {
             .route("/access/v1/evaluations", post(authzen::evaluations));
         #[cfg(feature = "bench-floor")]
         let decisions = decisions.route("/bench/floor", post(floor));
-        let decisions =
-            decisions.route_layer(axum::middleware::from_fn_with_state(self.clone(), admit));
+        let decisions = decisions.route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&front),
+            admit,
+        ));
         Router::new()
             .merge(decisions)
             .route(
@@ -108,7 +112,7 @@ impl HttpFrontDoor {
             .route("/readyz", get(readyz))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
-            .with_state(self)
+            .with_state(front)
     }
 
     /// The service that decides.
@@ -333,7 +337,7 @@ fn operation(path: &str) -> Operation {
 /// While spans are exported, or when the caller sends a `traceparent`, the
 /// request runs in a server span (`POST /v1/check`) that continues the
 /// caller's trace, as a gRPC call's does.
-async fn admit(State(front): State<HttpFrontDoor>, request: Request, next: Next) -> Response {
+async fn admit(State(front): State<Arc<HttpFrontDoor>>, request: Request, next: Next) -> Response {
     let exporting = crate::telemetry::exporting();
     if !exporting && !request.headers().contains_key("traceparent") {
         return admitted(front, request, next).await;
@@ -368,7 +372,7 @@ async fn admit(State(front): State<HttpFrontDoor>, request: Request, next: Next)
     response
 }
 
-async fn admitted(front: HttpFrontDoor, request: Request, next: Next) -> Response {
+async fn admitted(front: Arc<HttpFrontDoor>, request: Request, next: Next) -> Response {
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -379,7 +383,7 @@ async fn admitted(front: HttpFrontDoor, request: Request, next: Next) -> Respons
         .identify(&credentials, operation(request.uri().path()))
     {
         Ok(caller) => caller,
-        Err(error) => return HttpError::of(&error).into_response(),
+        Err(error) => return refuse_unread(request, &error).await,
     };
     let door = if request.uri().path().starts_with("/access/") {
         FrontDoor::Authzen
@@ -389,13 +393,28 @@ async fn admitted(front: HttpFrontDoor, request: Request, next: Next) -> Respons
     let caller = caller.through(door);
     let place = match front.admission.admit() {
         Ok(place) => place,
-        Err(error) => return HttpError::of(&error).into_response(),
+        Err(error) => return refuse_unread(request, &error).await,
     };
     let mut request = request.map(|body| Body::new(front.admission.body(body, &place)));
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
     drop(place);
     response
+}
+
+/// Refuses a request before its body is read. A small body (the first
+/// [`crate::api::bounds::FREE_REQUEST_BYTES`], for at most a second) is read
+/// and dropped first, so that a client still sending it gets the answer
+/// rather than a reset stream; a larger or slower one is not waited for.
+async fn refuse_unread(request: Request, error: &decide::Error) -> Response {
+    let body =
+        http_body_util::Limited::new(request.into_body(), crate::api::bounds::FREE_REQUEST_BYTES);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        http_body_util::BodyExt::collect(body),
+    )
+    .await;
+    HttpError::of(error).into_response()
 }
 
 /// A request's `authorization` header.
@@ -470,7 +489,7 @@ fn answer<T: serde::Serialize>(result: Result<T, HttpError>) -> Response {
 }
 
 async fn check(
-    State(front): State<HttpFrontDoor>,
+    State(front): State<Arc<HttpFrontDoor>>,
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Response {
@@ -494,7 +513,7 @@ async fn check(
 }
 
 async fn check_batch(
-    State(front): State<HttpFrontDoor>,
+    State(front): State<Arc<HttpFrontDoor>>,
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Response {
@@ -518,7 +537,7 @@ async fn check_batch(
 }
 
 async fn report_usage(
-    State(front): State<HttpFrontDoor>,
+    State(front): State<Arc<HttpFrontDoor>>,
     Extension(caller): Extension<Caller>,
     request: Request,
 ) -> Response {
@@ -542,7 +561,7 @@ async fn report_usage(
 /// JSON as `/v1/check`'s is, answered with a fixed body of a
 /// CheckResponse's size; no decision.
 #[cfg(feature = "bench-floor")]
-async fn floor(State(front): State<HttpFrontDoor>, request: Request) -> Response {
+async fn floor(State(front): State<Arc<HttpFrontDoor>>, request: Request) -> Response {
     const ANSWER: &str = r#"{"decision":"DECISION_ALLOW","reasons":[{"policyId":"members-use","effect":"EFFECT_PERMIT","code":"member_role","message":"members may use features their plan includes"}],"freshness":{"policyVersion":"0000000000000000","snapshotVersion":"1","snapshotAgeMs":"1000","source":"SNAPSHOT_SOURCE_FILE"},"decisionId":"00000000000000000000000000000000"}"#;
     let (parts, body) = request.into_parts();
     match read_json(&front, &parts.headers, body).await {
@@ -571,7 +590,7 @@ async fn healthz() -> Response {
 
 /// Readiness: what the gRPC health service says of the whole server (a
 /// valid policy set loaded, not shutting down).
-async fn readyz(State(front): State<HttpFrontDoor>) -> Response {
+async fn readyz(State(front): State<Arc<HttpFrontDoor>>) -> Response {
     use tonic_health::pb::health_server::Health as _;
     let asked = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
         service: String::new(),

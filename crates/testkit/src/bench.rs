@@ -12,6 +12,19 @@ pub fn selected(filters: &[String], bench: &str) -> bool {
     filters.is_empty() || filters.iter().any(|filter| bench.contains(filter.as_str()))
 }
 
+/// The number after `name` among `args` (`--seconds 8`), `None` when
+/// `name` is not given, an error naming it when no number follows.
+pub fn number_arg(args: &[String], name: &str) -> Result<Option<f64>, String> {
+    match args.iter().position(|arg| arg == name) {
+        Some(at) => args
+            .get(at + 1)
+            .and_then(|text| text.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{name} needs a number")),
+        None => Ok(None),
+    }
+}
+
 /// Runs this benchmark binary again with `args` (a `--child` mode) and `envs`,
 /// and returns the JSON document it prints on stdout; kills it (by its pid)
 /// after `timeout`.
