@@ -165,6 +165,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
         Arc::new(Store::from_catalog(Catalog {
             policies: Arc::clone(&policies),
             tenants: Arc::new(tenants),
+            licenses: Default::default(),
         })),
         Options::default(),
         Limits::default(),

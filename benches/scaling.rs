@@ -1046,6 +1046,7 @@ fn measure(point: Point, part: Part) -> Result<Measured, String> {
         Arc::new(Store::from_catalog(Catalog {
             policies: Arc::clone(&policies),
             tenants: Arc::clone(&tenants),
+            licenses: Default::default(),
         })),
         Options::default(),
         Limits::default(),

@@ -911,6 +911,7 @@ fn source_name(source: i32) -> &'static str {
         Ok(pb::SnapshotSource::Cache) => "CACHE",
         Ok(pb::SnapshotSource::Redis) => "REDIS",
         Ok(pb::SnapshotSource::Stale) => "STALE",
+        Ok(pb::SnapshotSource::License) => "LICENSE",
         Ok(pb::SnapshotSource::Unspecified) | Err(_) => "NONE",
     }
 }
@@ -962,6 +963,20 @@ pub fn response_text(response: &pb::CheckResponse) -> String {
             source_name(freshness.source),
             freshness.snapshot_age_ms
         );
+        if let Some(license) = &freshness.license {
+            let _ = writeln!(
+                out,
+                "  license {}: expires {}, grace until {}{}",
+                license.license_id,
+                crate::license::rfc3339(license.expires_at),
+                crate::license::rfc3339(license.grace_ends_at),
+                if license.in_grace {
+                    " (IN GRACE: renew it)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     let _ = writeln!(out, "  decision_id {}", response.decision_id);
     out
@@ -987,6 +1002,12 @@ pub fn response_json(response: &pb::CheckResponse) -> serde_json::Value {
             "snapshot_version": f.snapshot_version,
             "snapshot_age_ms": f.snapshot_age_ms,
             "source": source_name(f.source),
+            "license": f.license.as_ref().map(|license| serde_json::json!({
+                "license_id": license.license_id,
+                "expires_at": license.expires_at,
+                "grace_ends_at": license.grace_ends_at,
+                "in_grace": license.in_grace,
+            })),
         })),
         "decision_id": response.decision_id,
         "explanation": response.explanation.iter().map(|evaluation| serde_json::json!({

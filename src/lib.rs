@@ -20,6 +20,7 @@ pub mod ext_authz;
 pub mod health;
 pub mod http;
 pub mod jwt;
+pub mod license;
 pub mod listen;
 pub mod metering;
 pub mod metrics;

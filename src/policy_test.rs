@@ -368,6 +368,7 @@ fn fixture_point(
     let store = Store::from_catalog(Catalog {
         policies: Arc::clone(policies),
         tenants: Arc::new(tenants),
+        licenses: Default::default(),
     });
     Ok((
         DecisionService::new(Arc::new(store), options, Limits::default()),

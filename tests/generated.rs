@@ -238,6 +238,7 @@ fn service() -> Arc<DecisionService> {
     let store = Store::from_catalog(Catalog {
         policies: Arc::clone(&POLICIES),
         tenants: Arc::clone(&TENANTS),
+        licenses: Default::default(),
     });
     Arc::new(DecisionService::new(
         Arc::new(store),

@@ -36,7 +36,7 @@ use crate::metering::{
 };
 use crate::store::remote::RemoteSnapshots;
 use crate::store::{Catalog, Lookup, Store};
-pub use source::{FileSource, TenantSource, Tenants};
+pub use source::{FileSource, LicenseSource, TenantSource, Tenants};
 
 /// Why a call could not be answered with a decision. Each front door maps
 /// these to its own status codes in one table.
@@ -284,10 +284,37 @@ pub struct Freshness {
     pub snapshot_age_ms: u64,
     /// Where the snapshot came from, `None` when there was none.
     pub source: Option<SnapshotSource>,
+    /// The license that served, with `source` `License`.
+    pub license: Option<LicenseTerms>,
+}
+
+/// The terms of the license behind an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseTerms {
+    /// License id.
+    pub license_id: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// End of grace, Unix seconds.
+    pub grace_ends_at: i64,
+    /// Past its expiry, within its grace: decided as usual, to be renewed.
+    pub in_grace: bool,
+}
+
+impl LicenseTerms {
+    fn of(license: &crate::license::set::License, in_grace: bool) -> Self {
+        Self {
+            license_id: license.claims.jti.clone(),
+            expires_at: license.claims.exp,
+            grace_ends_at: license.claims.grace_ends(),
+            in_grace,
+        }
+    }
 }
 
 impl Freshness {
     fn of(catalog: &Catalog, lookup: &Lookup) -> Self {
+        let mut license = None;
         let (snapshot_version, snapshot_age_ms, source) = match lookup {
             Lookup::Found {
                 snapshot,
@@ -298,6 +325,26 @@ impl Freshness {
                 u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
                 Some(*source),
             ),
+            Lookup::Licensed {
+                license: served,
+                in_grace,
+            } => {
+                license = Some(LicenseTerms::of(served, *in_grace));
+                (
+                    served.snapshot.version,
+                    u64::try_from(served.snapshot.confirmed_at.elapsed().as_millis())
+                        .unwrap_or(u64::MAX),
+                    Some(SnapshotSource::License),
+                )
+            }
+            Lookup::LicenseRefused {
+                license: refused,
+                reason,
+            } => {
+                let past_grace = *reason == BuiltinReason::LicenseExpired;
+                license = Some(LicenseTerms::of(refused, past_grace));
+                (refused.claims.ver, 0, Some(SnapshotSource::License))
+            }
             Lookup::Unknown | Lookup::Unavailable => (0, 0, None),
         };
         Self {
@@ -305,6 +352,7 @@ impl Freshness {
             snapshot_version,
             snapshot_age_ms,
             source,
+            license,
         }
     }
 }
@@ -642,15 +690,25 @@ impl DecisionService {
     /// Reads tenant snapshots from Redis (through its cache) instead of the
     /// entitlements directory.
     pub fn with_remote(mut self, remote: Arc<RemoteSnapshots>) -> Self {
-        self.tenants = Tenants::Redis(remote);
+        self.tenants = Tenants::Redis(remote, None);
+        self
+    }
+
+    /// Serves tenants from signed licenses: alone, or with the Redis source
+    /// as its floor (call after [`DecisionService::with_remote`]).
+    pub fn with_licenses(mut self, licenses: LicenseSource) -> Self {
+        self.tenants = match self.tenants {
+            Tenants::Redis(remote, _) => Tenants::Redis(remote, Some(licenses)),
+            Tenants::Files(_) | Tenants::Licenses(_) => Tenants::Licenses(licenses),
+        };
         self
     }
 
     /// The Redis source, when snapshots come from Redis.
     pub fn remote(&self) -> Option<&Arc<RemoteSnapshots>> {
         match &self.tenants {
-            Tenants::Redis(remote) => Some(remote),
-            Tenants::Files(_) => None,
+            Tenants::Redis(remote, _) => Some(remote),
+            Tenants::Files(_) | Tenants::Licenses(_) => None,
         }
     }
 
@@ -891,8 +949,12 @@ impl DecisionService {
             Lookup::Found { snapshot, .. } => {
                 engine::decide(&catalog.policies, snapshot, prepared, self.options)?
             }
+            Lookup::Licensed { license, .. } => {
+                engine::decide(&catalog.policies, &license.snapshot, prepared, self.options)?
+            }
             Lookup::Unknown => Decision::deny(BuiltinReason::UnknownTenant),
             Lookup::Unavailable => Decision::deny(BuiltinReason::EntitlementsUnavailable),
+            Lookup::LicenseRefused { reason, .. } => Decision::deny(*reason),
         };
         let count_range = decision.count_range;
         Ok((
@@ -941,7 +1003,7 @@ impl DecisionService {
         // is counted.
         check_tenant(&tenant).map_err(Error::InvalidArgument)?;
         let lookup = self.lookup(catalog, &tenant, check.max_staleness_ms).await;
-        let Lookup::Found { snapshot, .. } = &lookup else {
+        let Some(snapshot) = lookup.snapshot() else {
             let prepared =
                 prepare(&catalog.policies, check, None).map_err(Error::InvalidArgument)?;
             return self
@@ -1087,7 +1149,11 @@ impl DecisionService {
         })?;
         let snapshot = match self.lookup(&catalog, &tenant, 0).await {
             Lookup::Found { snapshot, .. } => snapshot,
+            Lookup::Licensed { license, .. } => Arc::clone(&license.snapshot),
             Lookup::Unknown => return Err(Error::UnknownTenant(tenant)),
+            Lookup::LicenseRefused { reason, .. } => {
+                return Err(Error::Unavailable(reason.message().to_string()))
+            }
             Lookup::Unavailable => {
                 return Err(Error::Unavailable(
                     "the tenant's entitlements are unavailable".to_string(),

@@ -13,7 +13,12 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use tracing::{info, warn};
 
-use tollgate_engine::{FileProblem, PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
+use tollgate_engine::{
+    BuiltinReason, FileProblem, PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot,
+};
+
+use crate::license::clock::{ClockGuard, Now};
+use crate::license::set::{Installation, License, LicenseMap, Refused};
 
 /// A consistent pair of policy snapshot and tenant snapshots validated against
 /// its schema. Requests read one `Catalog` for their whole life.
@@ -23,6 +28,8 @@ pub struct Catalog {
     pub policies: Arc<PolicySnapshot>,
     /// The serving tenant snapshots.
     pub tenants: Arc<TenantMap>,
+    /// The serving licenses (with `licenses` configured).
+    pub licenses: Arc<LicenseMap>,
 }
 
 /// Where a request's tenant snapshot was found.
@@ -41,6 +48,32 @@ pub enum Lookup {
     Unknown,
     /// No snapshot could be had, nor one recent enough to serve as stale.
     Unavailable,
+    /// A license's snapshot, within the license's time.
+    Licensed {
+        /// The license.
+        license: Arc<License>,
+        /// Past its expiry, within its grace.
+        in_grace: bool,
+    },
+    /// The tenant's license cannot serve now: `license_expired` or
+    /// `license_clock_invalid`.
+    LicenseRefused {
+        /// The license.
+        license: Arc<License>,
+        /// The built-in reason.
+        reason: BuiltinReason,
+    },
+}
+
+impl Lookup {
+    /// The snapshot to decide with, when there is one.
+    pub fn snapshot(&self) -> Option<&Arc<TenantSnapshot>> {
+        match self {
+            Self::Found { snapshot, .. } => Some(snapshot),
+            Self::Licensed { license, .. } => Some(&license.snapshot),
+            Self::Unknown | Self::Unavailable | Self::LicenseRefused { .. } => None,
+        }
+    }
 }
 
 impl Catalog {
@@ -54,6 +87,66 @@ impl Catalog {
             },
             None => Lookup::Unknown,
         }
+    }
+
+    /// The tenant's license judged at `guard`'s time, `None` when the
+    /// tenant has no license.
+    pub fn license_lookup(&self, tenant: &str, guard: &ClockGuard) -> Option<Lookup> {
+        let license = self.licenses.get(tenant)?;
+        let license = Arc::clone(license);
+        Some(match guard.now() {
+            Now::Backwards { .. } => Lookup::LicenseRefused {
+                license,
+                reason: BuiltinReason::LicenseClockInvalid,
+            },
+            Now::Trusted(now_ms) => {
+                let now = now_ms.div_euclid(1000);
+                if now > license.claims.grace_ends() {
+                    Lookup::LicenseRefused {
+                        license,
+                        reason: BuiltinReason::LicenseExpired,
+                    }
+                } else {
+                    let in_grace = now > license.claims.exp;
+                    Lookup::Licensed { license, in_grace }
+                }
+            }
+        })
+    }
+}
+
+/// Where licenses are read from, and what they are judged by.
+#[derive(Debug, Clone)]
+pub struct LicenseSettings {
+    /// The licenses directory (`*.license`).
+    pub dir: PathBuf,
+    /// The trusted public keys and `revoked.yaml`.
+    pub keys: PathBuf,
+    /// This installation, for bound licenses.
+    pub installation: Installation,
+    /// The clock and its floor.
+    pub guard: Arc<ClockGuard>,
+    /// Seconds a license's `nbf` may be ahead of the clock.
+    pub skew_s: i64,
+}
+
+/// The last scan of the licenses directory.
+#[derive(Debug, Default, Clone)]
+pub struct LicenseReport {
+    /// Files not served, and why.
+    pub refused: Vec<Refused>,
+    /// Problems of the keys directory.
+    pub key_problems: Vec<FileProblem>,
+}
+
+impl LicenseReport {
+    /// Every problem, for logs, `validate` and `/status`.
+    pub fn problems(&self) -> Vec<FileProblem> {
+        self.key_problems
+            .iter()
+            .cloned()
+            .chain(self.refused.iter().map(Refused::problem))
+            .collect()
     }
 }
 
@@ -88,6 +181,8 @@ pub struct Store {
     current: ArcSwapOption<Catalog>,
     /// Serialises reloads so that policy and entitlement reloads never race.
     reload_lock: Mutex<ReloadLog>,
+    /// Signed licenses, when configured.
+    licenses: Option<LicenseSettings>,
 }
 
 /// Outcome of the last reload attempts, for status reporting.
@@ -97,6 +192,8 @@ pub struct ReloadLog {
     pub last_policy_error: Option<Vec<FileProblem>>,
     /// Problems of the last entitlement scan (files skipped or kept at an older snapshot).
     pub last_entitlement_problems: Vec<FileProblem>,
+    /// The last scan of the licenses directory.
+    pub last_license_report: LicenseReport,
 }
 
 impl Store {
@@ -107,7 +204,19 @@ impl Store {
             entitlement_dir: Some(entitlement_dir),
             current: ArcSwapOption::empty(),
             reload_lock: Mutex::new(ReloadLog::default()),
+            licenses: None,
         }
+    }
+
+    /// Reads signed licenses too, from `settings`' directory.
+    pub fn with_licenses(mut self, settings: LicenseSettings) -> Self {
+        self.licenses = Some(settings);
+        self
+    }
+
+    /// The license settings, when licenses are configured.
+    pub fn license_settings(&self) -> Option<&LicenseSettings> {
+        self.licenses.as_ref()
     }
 
     /// A store serving a prepared catalog (tests, benches, embedded use).
@@ -149,6 +258,36 @@ impl Store {
             Some(dir) => entitlements::load_tenant_dir(dir, policies, previous),
             None => (TenantMap::new(), Vec::new()),
         }
+    }
+
+    /// Scans the licenses directory (when configured) against `policies`.
+    fn load_licenses(
+        &self,
+        policies: &PolicySnapshot,
+        previous: &LicenseMap,
+    ) -> (LicenseMap, LicenseReport) {
+        let Some(settings) = &self.licenses else {
+            return (LicenseMap::new(), LicenseReport::default());
+        };
+        let scan = crate::license::set::scan(
+            &settings.dir,
+            &settings.keys,
+            &settings.installation,
+            policies,
+            previous,
+            settings.guard.now_ms().div_euclid(1000),
+            settings.skew_s,
+        );
+        if let Some(newest) = scan.licenses.values().map(|l| l.claims.iat).max() {
+            settings.guard.raise(newest.saturating_mul(1000));
+        }
+        (
+            scan.licenses,
+            LicenseReport {
+                refused: scan.refused,
+                key_problems: scan.key_problems,
+            },
+        )
     }
 
     /// Outcome of the last reloads.
@@ -223,11 +362,16 @@ impl Store {
             .as_ref()
             .map(|c| Arc::clone(&c.tenants))
             .unwrap_or_default();
+        let previous_licenses = current
+            .as_ref()
+            .map(|c| Arc::clone(&c.licenses))
+            .unwrap_or_default();
         let mut next = None;
         if let Some(new_policies) = candidate {
             // Snapshots are parsed against a schema: a new schema re-parses every
             // file, and must not reject a tenant that is serving now.
             let (tenants, problems) = self.load_tenants(&new_policies, &previous_tenants);
+            let (licenses, license_report) = self.load_licenses(&new_policies, &previous_licenses);
             let (mut broken, other): (Vec<FileProblem>, Vec<FileProblem>) =
                 problems.into_iter().partition(|problem| {
                     Path::new(&problem.file)
@@ -247,6 +391,24 @@ impl Store {
                 .filter(|(_, snapshot)| snapshot.schema_version != new_policies.schema_version)
                 .map(|(tenant, _)| tenant)
                 .collect();
+            // A license kept serving because the new schema refuses its
+            // snapshot is as broken as a file.
+            let mut stale_licenses: Vec<&License> = licenses
+                .values()
+                .filter(|license| license.snapshot.schema_version != new_policies.schema_version)
+                .map(|license| license.as_ref())
+                .collect();
+            stale_licenses.sort_by(|a, b| a.file.cmp(&b.file));
+            for license in stale_licenses {
+                broken.push(FileProblem::new(
+                    &license.file,
+                    None,
+                    format!(
+                        "the license of `{}` could not be re-read against the new schema",
+                        license.claims.sub
+                    ),
+                ));
+            }
             stale.sort();
             if !stale.is_empty() && broken.is_empty() {
                 broken.push(FileProblem::new(
@@ -276,7 +438,9 @@ impl Store {
                 log.last_policy_error = None;
                 log_snapshot_problems(&other);
                 log.last_entitlement_problems = other;
-                next = Some((new_policies, tenants));
+                log_license_problems(&license_report);
+                log.last_license_report = license_report;
+                next = Some((new_policies, tenants, licenses));
             } else {
                 for problem in &broken {
                     warn!(file = %problem.file, error = %problem.message, "snapshot does not conform to the new schema");
@@ -295,14 +459,18 @@ impl Store {
                 let (tenants, problems) = self.load_tenants(&current.policies, &previous_tenants);
                 log_snapshot_problems(&problems);
                 log.last_entitlement_problems = problems;
-                (Arc::clone(&current.policies), tenants)
+                let (licenses, license_report) =
+                    self.load_licenses(&current.policies, &previous_licenses);
+                log_license_problems(&license_report);
+                log.last_license_report = license_report;
+                (Arc::clone(&current.policies), tenants, licenses)
             }
             (None, Some(_)) => {
                 return rejected.map_or(ReloadOutcome::Unchanged, ReloadOutcome::Rejected)
             }
         };
 
-        let (next_policies, tenants) = next;
+        let (next_policies, tenants, licenses) = next;
         let policies_changed = current
             .as_ref()
             .is_none_or(|c| !Arc::ptr_eq(&c.policies, &next_policies));
@@ -312,7 +480,13 @@ impl Store {
                     .get(tenant)
                     .is_none_or(|old| !Arc::ptr_eq(old, snapshot))
             });
-        if !policies_changed && !tenants_changed {
+        let licenses_changed = licenses.len() != previous_licenses.len()
+            || licenses.iter().any(|(tenant, license)| {
+                previous_licenses
+                    .get(tenant)
+                    .is_none_or(|old| !Arc::ptr_eq(old, license))
+            });
+        if !policies_changed && !tenants_changed && !licenses_changed {
             return rejected.map_or(ReloadOutcome::Unchanged, ReloadOutcome::Rejected);
         }
         for (tenant, snapshot) in &tenants {
@@ -327,11 +501,40 @@ impl Store {
         {
             info!(tenant = %tenant, "snapshot removed");
         }
+        for (tenant, license) in &licenses {
+            let old = previous_licenses.get(tenant);
+            if old.is_none_or(|old| !Arc::ptr_eq(old, license)) {
+                info!(
+                    tenant = %tenant,
+                    license_id = %license.claims.jti,
+                    version = license.claims.ver,
+                    expires = %crate::license::rfc3339(license.claims.exp),
+                    file = %license.file,
+                    "license loaded"
+                );
+            }
+        }
+        for tenant in previous_licenses
+            .keys()
+            .filter(|t| !licenses.contains_key(*t))
+        {
+            info!(tenant = %tenant, "license removed");
+        }
         self.current.store(Some(Arc::new(Catalog {
             policies: next_policies,
             tenants: Arc::new(tenants),
+            licenses: Arc::new(licenses),
         })));
         rejected.map_or(ReloadOutcome::Applied, ReloadOutcome::Rejected)
+    }
+}
+
+fn log_license_problems(report: &LicenseReport) {
+    for problem in &report.key_problems {
+        warn!(file = %problem.file, line = problem.line, error = %problem.message, "license keys problem");
+    }
+    for refused in &report.refused {
+        warn!(file = %refused.file, reason = refused.refusal.code(), error = %refused.refusal, "license refused; the tenant's previous license, if any, serves while it is valid");
     }
 }
 

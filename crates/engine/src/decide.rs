@@ -66,6 +66,11 @@ pub enum BuiltinReason {
     MeteringUnavailable,
     /// The tenant's snapshot defines no usable meter of that name.
     UnknownMeter,
+    /// The tenant's license expired and its grace ended.
+    LicenseExpired,
+    /// The clock reads earlier than licenses were issued, or than this
+    /// install has seen, by more than the allowed skew: expiry cannot be judged.
+    LicenseClockInvalid,
 }
 
 impl BuiltinReason {
@@ -79,6 +84,8 @@ impl BuiltinReason {
             Self::CapExceeded => "cap_exceeded",
             Self::MeteringUnavailable => "metering_unavailable",
             Self::UnknownMeter => "unknown_meter",
+            Self::LicenseExpired => "license_expired",
+            Self::LicenseClockInvalid => "license_clock_invalid",
         }
     }
 
@@ -94,6 +101,10 @@ impl BuiltinReason {
             }
             Self::MeteringUnavailable => "usage cannot be counted right now, so it is not allowed",
             Self::UnknownMeter => "the tenant's plan has no such meter",
+            Self::LicenseExpired => "the license expired and its grace period is over; renew it",
+            Self::LicenseClockInvalid => {
+                "this system's clock is earlier than the license allows; fix the clock"
+            }
         }
     }
 }

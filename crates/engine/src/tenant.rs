@@ -48,6 +48,8 @@ pub enum SnapshotSource {
     Redis,
     /// Served from the cache while Redis could not confirm it current.
     Stale,
+    /// Carried by a signed license, verified when it was read.
+    License,
 }
 
 /// One tenant's entitlements: immutable, validated against the schema of the

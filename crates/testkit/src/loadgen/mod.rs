@@ -562,6 +562,7 @@ fn source_of(source: Option<i32>) -> &'static str {
         Some(Ok(pb::SnapshotSource::Cache)) => "CACHE",
         Some(Ok(pb::SnapshotSource::Redis)) => "REDIS",
         Some(Ok(pb::SnapshotSource::Stale)) => "STALE",
+        Some(Ok(pb::SnapshotSource::License)) => "LICENSE",
         Some(Ok(pb::SnapshotSource::Unspecified)) => "UNSPECIFIED",
         Some(Err(_)) => "unknown",
         None => "none",
