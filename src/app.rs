@@ -219,11 +219,28 @@ pub async fn serve_on(
         Some(file) => Callers::from_file(file, admin_token)?,
         None => Callers::open(admin_token),
     });
-    let store = Arc::new(if config.redis.is_some() {
+    let license_guard = config.licenses.as_ref().map(|licenses| {
+        Arc::new(crate::license::clock::ClockGuard::new(
+            config.clock.clone(),
+            i64::try_from(licenses.skew.as_millis()).unwrap_or(i64::MAX),
+            licenses.clock_file.clone(),
+        ))
+    });
+    let mut store = if config.redis.is_some() || config.licenses.is_some() {
         Store::policies_only(config.policies.clone())
     } else {
         Store::new(config.policies.clone(), config.entitlements.clone())
-    });
+    };
+    if let (Some(licenses), Some(guard)) = (&config.licenses, &license_guard) {
+        store = store.with_licenses(crate::store::LicenseSettings {
+            dir: licenses.dir.clone(),
+            keys: licenses.keys.clone(),
+            installation: licenses.installation.clone(),
+            guard: Arc::clone(guard),
+            skew_s: i64::try_from(licenses.skew.as_secs()).unwrap_or(i64::MAX),
+        });
+    }
+    let store = Arc::new(store);
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let health = HealthReporter::new();
@@ -339,6 +356,22 @@ pub async fn serve_on(
         leases = Some((Arc::clone(&metering), Arc::clone(&remote)));
         metrics.observe_metering(Arc::clone(metering.stats()));
         decision_point = decision_point.with_remote(remote).with_metering(metering);
+    }
+    if let (Some(licenses), Some(guard)) = (&config.licenses, license_guard) {
+        info!(
+            licenses = %licenses.dir.display(),
+            keys = %licenses.keys.display(),
+            floor_for_redis = config.redis.is_some(),
+            "tenant snapshots from signed licenses"
+        );
+        tokio::spawn(license_upkeep(
+            reloader.clone(),
+            Arc::clone(&guard),
+            licenses.poll,
+            stop_rx.clone(),
+        ));
+        metrics.observe_licenses(Arc::clone(&store), Arc::clone(&guard));
+        decision_point = decision_point.with_licenses(crate::decide::LicenseSource { guard });
     }
     let mut decision_log_writer = None;
     if let Some(settings) = &config.decision_log {
@@ -701,6 +734,34 @@ where
         .map_err(|error| error.to_string())?
 }
 
+/// Every `every`: records the license clock and rescans the licenses (a
+/// license that reached its not-before starts serving; the files' state is
+/// reported again).
+async fn license_upkeep(
+    reloader: Reloader,
+    guard: Arc<crate::license::clock::ClockGuard>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is now: the licenses were just read.
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let recorder = Arc::clone(&guard);
+        match tokio::task::spawn_blocking(move || recorder.record()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(error = %error, "cannot write the license clock file"),
+            Err(error) => warn!(error = %error, "license clock task failed"),
+        }
+        reloader.reload(Reload::Licenses).await;
+    }
+}
+
 /// What a reload needs: the store to reload, health to report readiness and
 /// metrics to count outcomes.
 #[derive(Clone)]
@@ -718,13 +779,19 @@ fn start_reloaders(
     mut hangup: tokio::signal::unix::Signal,
 ) -> Result<Vec<dir_watch::DirWatcher>, ServeError> {
     let mut guards = Vec::new();
-    let watched: &[(&std::path::PathBuf, bool)] = match (config.watch, config.redis.is_some()) {
-        (false, _) => &[],
-        // Snapshots come from Redis: only the policies are files.
-        (true, true) => &[(&config.policies, true)],
-        (true, false) => &[(&config.policies, true), (&config.entitlements, false)],
-    };
-    for &(dir, policies) in watched {
+    let mut watched: Vec<(&std::path::PathBuf, Reload)> = Vec::new();
+    if config.watch {
+        watched.push((&config.policies, Reload::Policies));
+        // Snapshots from Redis or licenses: the entitlements directory is not read.
+        if config.redis.is_none() && config.licenses.is_none() {
+            watched.push((&config.entitlements, Reload::Entitlements));
+        }
+        if let Some(licenses) = &config.licenses {
+            watched.push((&licenses.dir, Reload::Licenses));
+            watched.push((&licenses.keys, Reload::Licenses));
+        }
+    }
+    for (dir, what) in watched {
         let (guard, mut changes) =
             dir_watch::watch_dir(dir).map_err(|source| ServeError::Watch {
                 path: dir.display().to_string(),
@@ -742,11 +809,6 @@ fn start_reloaders(
                     }
                     _ = stop_rx.changed() => break,
                 }
-                let what = if policies {
-                    Reload::Policies
-                } else {
-                    Reload::Entitlements
-                };
                 reloader.reload(what).await;
             }
         });
@@ -778,6 +840,9 @@ enum Reload {
     Entitlements,
     /// SIGHUP: both.
     All,
+    /// A file of the licenses or license keys directory changed, or their
+    /// periodic rescan.
+    Licenses,
 }
 
 impl Reload {
@@ -787,6 +852,7 @@ impl Reload {
             Self::Policies => "policy_change",
             Self::Entitlements => "entitlement_change",
             Self::All => "sighup",
+            Self::Licenses => "license_change",
         }
     }
 }
@@ -797,7 +863,7 @@ impl Reloader {
         let worker = Arc::clone(&self.store);
         let outcome = tokio::task::spawn_blocking(move || match what {
             Reload::Policies => worker.reload_policies(),
-            Reload::Entitlements => worker.reload_entitlements(),
+            Reload::Entitlements | Reload::Licenses => worker.reload_entitlements(),
             Reload::All => worker.reload_all(),
         })
         .await;

@@ -20,7 +20,8 @@ Exit codes:
   check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable
   test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies, missing test files or no case to run
   snapshot: 0 done, 1 refused (invalid snapshot, version not newer, not found), 2 bad configuration or policies, 3 Redis unreachable
-  status:   0 healthy, 1 degraded (no policy set loaded, last reload rejected, snapshot files refused, Redis disconnected), 2 bad arguments, 3 server unreachable or not answering /status";
+  status:   0 healthy, 1 degraded (no policy set loaded, last reload rejected, snapshot or license files refused, licenses in grace or expired, Redis disconnected), 2 bad arguments, 3 server unreachable or not answering /status
+  license:  0 done (inspect: verifies), 1 refused (issue: invalid snapshot or terms; inspect: does not verify or not valid now), 2 bad arguments, configuration, policies or key";
 
 /// tollgate: an entitlement decision point over Cedar policies, served over gRPC.
 #[derive(Debug, Parser)]
@@ -93,6 +94,14 @@ enum Command {
     /// last reload rejected, snapshot files refused, Redis disconnected), 3
     /// when the server cannot be reached or does not answer /status.
     Status(StatusArgs),
+    /// Signed licenses for offline installs: make a key pair, issue a
+    /// license from a tenant snapshot, inspect one (docs/licenses.md).
+    ///
+    /// A license is a compact JWS signed with Ed25519 (alg EdDSA) carrying
+    /// the tenant's snapshot and its terms; sidecars serve it from their
+    /// licenses directory after verifying it against license_keys.
+    #[command(subcommand)]
+    License(LicenseCommand),
     /// Run the policy test files (*.test.yaml in the policy directory and its tests/ folder).
     ///
     /// Prints a line per case, a diff of expected against actual for every failure,
@@ -219,6 +228,71 @@ enum SnapshotCommand {
     List,
 }
 
+#[derive(Debug, Subcommand)]
+enum LicenseCommand {
+    /// Write a new Ed25519 key pair: DIR/<key id>.key.pem (PKCS#8, private,
+    /// mode 0600: keep it with the vendor) and DIR/<key id>.pub.pem (SPKI,
+    /// for the sidecars' license_keys). The key id is the key's RFC 7638
+    /// JWK thumbprint.
+    Keygen {
+        /// Directory to write the two files into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Validate a snapshot against the policy directory's schema and sign a
+    /// license carrying it; the token goes to --out or standard output.
+    Issue(LicenseIssueArgs),
+    /// Print a license's header and claims and, with --keys, whether it
+    /// verifies and is valid now. Exit code 0 when it verifies (or, without
+    /// --keys, reads), 1 when it is refused.
+    Inspect {
+        /// The license file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Directory of trusted public keys (*.pem) and revoked.yaml, as
+        /// license_keys.
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
+        /// Print the claims as JSON, the snapshot included.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct LicenseIssueArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// The tenant snapshot document ({"tenant", "version", "entities"});
+    /// its tenant and version are the license's.
+    #[arg(long, value_name = "FILE")]
+    snapshot: PathBuf,
+    /// The private key (PKCS#8 PEM, from `tollgate license keygen`).
+    #[arg(long, value_name = "PRIVATE.pem")]
+    key: PathBuf,
+    /// Expiry: a date (2027-06-30, midnight UTC) or an RFC 3339 time.
+    #[arg(long, value_name = "DATE")]
+    expires: String,
+    /// Not valid before [default: now].
+    #[arg(long, value_name = "DATE")]
+    not_before: Option<String>,
+    /// How long after expiry checks are still decided (marked in grace),
+    /// e.g. 14d or 72h.
+    #[arg(long, value_name = "DURATION", default_value = "0")]
+    grace: String,
+    /// Bind to an installation: install=<install_id>, cluster=<cluster_id>
+    /// or hostname=<host name>; repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    bind: Vec<String>,
+    /// License id [default: a random `lic_...`].
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// Write the license here (the token and a newline) instead of
+    /// standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
 impl FileArgs {
     fn flags(&self) -> FlagValues {
         let mut values = Vec::new();
@@ -267,6 +341,35 @@ pub fn run() -> ExitCode {
         Command::Test(args) => test(&args),
         Command::Snapshot(args) => snapshot(&args),
         Command::Status(args) => status(&args),
+        Command::License(command) => license(command),
+    }
+}
+
+fn license(command: LicenseCommand) -> ExitCode {
+    use crate::license::command;
+    match command {
+        LicenseCommand::Keygen { out } => command::keygen(&out),
+        LicenseCommand::Issue(args) => {
+            let Some(config) = load_config(&args.files.flags()) else {
+                return ExitCode::from(2);
+            };
+            command::issue(
+                &config.policies,
+                &command::IssueArgs {
+                    snapshot: args.snapshot,
+                    key: args.key,
+                    expires: args.expires,
+                    not_before: args.not_before,
+                    grace: args.grace,
+                    bind: args.bind,
+                    id: args.id,
+                    out: args.out,
+                },
+            )
+        }
+        LicenseCommand::Inspect { file, keys, json } => {
+            command::inspect(&file, keys.as_deref(), json)
+        }
     }
 }
 

@@ -91,6 +91,8 @@ pub struct Config {
     pub ext_authz_routes: Option<crate::ext_authz::routes::Routes>,
     /// The file the route table is reread from when it changes.
     pub ext_authz_file: Option<PathBuf>,
+    /// Signed licenses, when configured.
+    pub licenses: Option<LicenseConfig>,
     /// Address of the AdminService, when enabled.
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token of the AdminService.
@@ -99,6 +101,23 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Tracing filter directive.
     pub log_level: String,
+}
+
+/// Where signed licenses come from and what they are judged by.
+#[derive(Debug, Clone)]
+pub struct LicenseConfig {
+    /// The licenses directory.
+    pub dir: PathBuf,
+    /// The trusted keys directory.
+    pub keys: PathBuf,
+    /// How often the licenses are rescanned and the clock recorded.
+    pub poll: Duration,
+    /// Where the latest trusted time is kept.
+    pub clock_file: Option<PathBuf>,
+    /// Tolerated clock skew.
+    pub skew: Duration,
+    /// This installation, for bound licenses.
+    pub installation: crate::license::set::Installation,
 }
 
 /// A value that is never printed.
@@ -755,12 +774,15 @@ fn build(
         }
     }
     let policies = get(values, problems, "policies", directory);
-    // With the Redis source the entitlements directory is not read.
-    let redis_configured = values
-        .get("redis_url")
-        .is_some_and(|(url, _)| !url.trim().is_empty());
+    // With the Redis source or licenses the entitlements directory is not read.
+    let set = |key: &str| {
+        values
+            .get(key)
+            .is_some_and(|(text, _)| !text.trim().is_empty())
+    };
+    let tenants_elsewhere = set("redis_url") || set("licenses");
     let entitlements = get(values, problems, "entitlements", |text| {
-        if redis_configured {
+        if tenants_elsewhere {
             Ok(PathBuf::from(text))
         } else {
             directory(text)
@@ -910,6 +932,64 @@ fn build(
     let admin_token = get(values, problems, "admin_token", |t| {
         Ok::<_, String>(Some(Secret(t.trim().to_string())).filter(|t| !t.0.is_empty()))
     });
+    let optional_dir = |text: &str| {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        directory(text).map(Some)
+    };
+    let licenses_dir = get(values, problems, "licenses", optional_dir);
+    let license_keys = get(values, problems, "license_keys", optional_dir);
+    let license_poll = get(values, problems, "license_poll_ms", millis);
+    let license_clock_file = get(values, problems, "license_clock_file", |text| {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let path = PathBuf::from(text);
+        match path.parent() {
+            Some(parent) if parent.as_os_str().is_empty() || parent.is_dir() || !check_dirs => {
+                Ok(Some(path))
+            }
+            _ => Err(format!("`{text}`: the directory does not exist")),
+        }
+    });
+    let license_skew = get(values, problems, "license_clock_skew_ms", |text| {
+        number(text).map(Duration::from_millis)
+    });
+    let install_id = get(values, problems, "install_id", text);
+    let cluster_id = get(values, problems, "cluster_id", text);
+    let licenses = match (licenses_dir, license_keys) {
+        (Some(Some(dir)), Some(Some(keys))) => Some(Some(LicenseConfig {
+            dir,
+            keys,
+            poll: license_poll.unwrap_or_else(|| crate::config_keys::millis("license_poll_ms")),
+            clock_file: license_clock_file.clone().flatten(),
+            skew: license_skew.unwrap_or_default(),
+            installation: crate::license::set::Installation {
+                install: install_id.clone().flatten(),
+                hostname: crate::license::set::Installation::hostname_of_host(),
+                cluster: cluster_id.clone().flatten(),
+            },
+        })),
+        (Some(Some(_)), Some(None)) => {
+            problems.push(ConfigProblem::Combination {
+                key: "licenses",
+                message: "licenses are verified against trusted keys; set license_keys".to_string(),
+            });
+            None
+        }
+        (Some(None), Some(Some(_))) => {
+            problems.push(ConfigProblem::Combination {
+                key: "license_keys",
+                message: "trusted keys without licenses to verify; set licenses".to_string(),
+            });
+            None
+        }
+        (Some(None), Some(None)) => Some(None),
+        _ => None,
+    };
     let redis = match (&redis_url, &redis_cluster) {
         (Some(Some(urls)), Some(cluster)) => {
             let urls: Vec<String> = urls
@@ -1099,6 +1179,7 @@ fn build(
             namespace: authzen_namespace?,
             types: authzen_types?,
         },
+        licenses: licenses?,
         admin_listen: admin_listen?,
         admin_token: admin_token?,
         log_format: log_format?,

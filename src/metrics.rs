@@ -13,6 +13,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tracing::warn;
 
+use crate::license::clock::ClockGuard;
+
 /// Labels of a decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -127,6 +129,7 @@ pub struct Metrics {
     decision_log_stream: Family<StreamLabels, Counter>,
     remote: Arc<std::sync::OnceLock<Arc<crate::store::remote::RemoteSnapshots>>>,
     metering: Arc<std::sync::OnceLock<Arc<crate::metering::MeteringStats>>>,
+    licenses: Arc<std::sync::OnceLock<(Arc<crate::store::Store>, Arc<ClockGuard>)>>,
     reloads_seen: Mutex<ReloadHistory>,
     refusals: Family<RefusalLabels, Counter>,
     token_refusals: Family<TokenLabels, Counter>,
@@ -200,6 +203,114 @@ fn encode_gauges(
         prometheus_client::metrics::gauge::ConstGauge::new(*value).encode(metric)?;
     }
     Ok(())
+}
+
+/// The labels of the license gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LicenseLabels {
+    state: &'static str,
+}
+
+/// The labels of refused license files.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LicenseRefusalLabels {
+    reason: &'static str,
+}
+
+/// What licenses serve, and which files are refused, read at scrape time.
+struct LicenseCollector(Arc<std::sync::OnceLock<(Arc<crate::store::Store>, Arc<ClockGuard>)>>);
+
+impl std::fmt::Debug for LicenseCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LicenseCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for LicenseCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some((store, guard)) = self.0.get() else {
+            return Ok(());
+        };
+        let mut states = [
+            ("valid", 0i64),
+            ("grace", 0),
+            ("expired", 0),
+            ("clock_invalid", 0),
+        ];
+        let mut next_expiry: Option<i64> = None;
+        if let Some(catalog) = store.catalog() {
+            for tenant in catalog.licenses.keys() {
+                let state = match catalog.license_lookup(tenant, guard) {
+                    Some(crate::store::Lookup::Licensed {
+                        in_grace: false,
+                        license,
+                    }) => {
+                        next_expiry = Some(
+                            next_expiry.map_or(license.claims.exp, |e| e.min(license.claims.exp)),
+                        );
+                        0
+                    }
+                    Some(crate::store::Lookup::Licensed {
+                        in_grace: true,
+                        license,
+                    }) => {
+                        next_expiry = Some(next_expiry.map_or(license.claims.grace_ends(), |e| {
+                            e.min(license.claims.grace_ends())
+                        }));
+                        1
+                    }
+                    Some(crate::store::Lookup::LicenseRefused {
+                        reason: tollgate_engine::BuiltinReason::LicenseExpired,
+                        ..
+                    }) => 2,
+                    _ => 3,
+                };
+                states[state].1 += 1;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "licenses",
+            "Tenants' serving licenses by state: valid, grace (past expiry, within grace), expired (checks denied license_expired), clock_invalid (checks denied license_clock_invalid)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, count) in states {
+            ConstGauge::new(count).encode(family.encode_family(&LicenseLabels { state })?)?;
+        }
+        let report = store.reload_log().last_license_report;
+        let mut family = encoder.encode_descriptor(
+            "license_files_refused",
+            "License files the last scan did not serve, by reason",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for reason in crate::license::Refusal::CODES {
+            let count = report
+                .refused
+                .iter()
+                .filter(|r| r.refusal.code() == reason)
+                .count();
+            ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&LicenseRefusalLabels { reason })?)?;
+        }
+        if let Some(next) = next_expiry {
+            let now = guard.now_ms().div_euclid(1000);
+            encode_gauges(
+                &mut encoder,
+                &[(
+                    "license_next_expiry_seconds",
+                    "Seconds until the soonest expiry (or end of grace, for a license in grace) among the serving licenses",
+                    (next - now) as f64,
+                )],
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads the metering counters at scrape time.
@@ -466,9 +577,12 @@ impl Metrics {
         registry.register_collector(Box::new(RemoteCollector(Arc::clone(&remote))));
         let metering = Arc::new(std::sync::OnceLock::new());
         registry.register_collector(Box::new(MeteringCollector(Arc::clone(&metering))));
+        let licenses = Arc::new(std::sync::OnceLock::new());
+        registry.register_collector(Box::new(LicenseCollector(Arc::clone(&licenses))));
         Self {
             remote,
             metering,
+            licenses,
             registry,
             decisions,
             check_seconds,
@@ -611,6 +725,11 @@ impl Metrics {
     /// Exports the metering counters.
     pub fn observe_metering(&self, stats: Arc<crate::metering::MeteringStats>) {
         let _ = self.metering.set(stats);
+    }
+
+    /// Exports the licenses' states and the refused license files.
+    pub fn observe_licenses(&self, store: Arc<crate::store::Store>, guard: Arc<ClockGuard>) {
+        let _ = self.licenses.set((store, guard));
     }
 
     /// Exports the Redis source's counters and cache state.

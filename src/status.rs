@@ -49,6 +49,58 @@ pub struct Report {
     /// The last reread of changed TLS or callers files, per kind.
     #[serde(default)]
     pub credentials: Vec<CredentialStatus>,
+    /// Signed licenses, when configured.
+    #[serde(default)]
+    pub licenses: Option<LicensesStatus>,
+}
+
+/// The licenses directory: what serves and what was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicensesStatus {
+    /// The serving license of each tenant, by tenant.
+    pub serving: Vec<LicenseStatus>,
+    /// Files the last scan refused (an expired license is listed here and
+    /// in `serving`, where it answers `license_expired`).
+    #[serde(default)]
+    pub refused: Vec<RefusedLicense>,
+    /// Problems of the trusted keys directory.
+    #[serde(default)]
+    pub key_problems: Vec<Problem>,
+    /// The clock reads behind the newest issue time or the recorded time
+    /// beyond the allowed skew: license checks answer `license_clock_invalid`.
+    pub clock_invalid: bool,
+}
+
+/// One tenant's serving license.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseStatus {
+    /// The tenant.
+    pub tenant: String,
+    /// License id.
+    pub license_id: String,
+    /// Its version.
+    pub version: u64,
+    /// The key id that signed it.
+    pub kid: String,
+    /// Its file.
+    pub file: String,
+    /// `valid`, `grace`, `expired` or `clock_invalid`.
+    pub state: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// End of grace, Unix seconds.
+    pub grace_ends_at: i64,
+}
+
+/// A license file not served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedLicense {
+    /// The file.
+    pub file: String,
+    /// The reason's code (`bad_signature`, `unknown_key`, `revoked_key`, ...).
+    pub reason: String,
+    /// The reason for people.
+    pub message: String,
 }
 
 /// The last reread of one kind of credential files.
@@ -302,6 +354,12 @@ impl StatusSource {
                 oldest_age_ms: redis.oldest_age_ms,
                 problems: snapshot_problems,
             },
+            None if self.store.license_settings().is_some() => SnapshotStatus {
+                source: "licenses".to_string(),
+                tenants: catalog.as_ref().map_or(0, |c| c.licenses.len()),
+                oldest_age_ms: None,
+                problems: snapshot_problems,
+            },
             None => SnapshotStatus {
                 source: "files".to_string(),
                 tenants: catalog.as_ref().map_or(0, |c| c.tenants.len()),
@@ -346,6 +404,7 @@ impl StatusSource {
                 rejected.error.as_deref().unwrap_or_default()
             ));
         }
+        let licenses = self.licenses(catalog.as_deref(), &reload_log, &mut problems);
         Report {
             status: if problems.is_empty() {
                 Health::Healthy
@@ -363,7 +422,93 @@ impl StatusSource {
                 exporting: crate::telemetry::exporting(),
             },
             credentials,
+            licenses,
         }
+    }
+
+    fn licenses(
+        &self,
+        catalog: Option<&crate::store::Catalog>,
+        reload_log: &crate::store::ReloadLog,
+        problems: &mut Vec<String>,
+    ) -> Option<LicensesStatus> {
+        use crate::store::Lookup;
+        let settings = self.store.license_settings()?;
+        let mut serving = Vec::new();
+        if let Some(catalog) = catalog {
+            let mut tenants: Vec<&String> = catalog.licenses.keys().collect();
+            tenants.sort();
+            for tenant in tenants {
+                let state = match catalog.license_lookup(tenant, &settings.guard) {
+                    Some(Lookup::Licensed {
+                        in_grace: false, ..
+                    }) => "valid",
+                    Some(Lookup::Licensed { in_grace: true, .. }) => "grace",
+                    Some(Lookup::LicenseRefused {
+                        reason: tollgate_engine::BuiltinReason::LicenseExpired,
+                        ..
+                    }) => "expired",
+                    _ => "clock_invalid",
+                };
+                let license = &catalog.licenses[tenant];
+                serving.push(LicenseStatus {
+                    tenant: tenant.clone(),
+                    license_id: license.claims.jti.clone(),
+                    version: license.claims.ver,
+                    kid: license.kid.clone(),
+                    file: license.file.clone(),
+                    state: state.to_string(),
+                    expires_at: license.claims.exp,
+                    grace_ends_at: license.claims.grace_ends(),
+                });
+            }
+        }
+        let clock_invalid = matches!(
+            settings.guard.now(),
+            crate::license::clock::Now::Backwards { .. }
+        );
+        let report = &reload_log.last_license_report;
+        let status = LicensesStatus {
+            refused: report
+                .refused
+                .iter()
+                .map(|refused| RefusedLicense {
+                    file: refused.file.clone(),
+                    reason: refused.refusal.code().to_string(),
+                    message: refused.refusal.to_string(),
+                })
+                .collect(),
+            key_problems: report.key_problems.iter().map(Problem::from).collect(),
+            clock_invalid,
+            serving,
+        };
+        if clock_invalid {
+            problems.push("the clock reads earlier than the licenses allow: license checks answer license_clock_invalid".to_string());
+        }
+        for state in ["grace", "expired"] {
+            let tenants: Vec<&str> = status
+                .serving
+                .iter()
+                .filter(|license| license.state == state)
+                .map(|license| license.tenant.as_str())
+                .collect();
+            if !tenants.is_empty() {
+                problems.push(match state {
+                    "grace" => format!("licenses in grace (renew them): {}", tenants.join(", ")),
+                    _ => format!(
+                        "licenses expired past grace (checks answer license_expired): {}",
+                        tenants.join(", ")
+                    ),
+                });
+            }
+        }
+        if !status.refused.is_empty() || !status.key_problems.is_empty() {
+            problems.push(format!(
+                "{} license file problem(s): those tenants keep their previous license, or have none",
+                status.refused.len() + status.key_problems.len()
+            ));
+        }
+        Some(status)
     }
 }
 
@@ -452,13 +597,45 @@ pub fn text(report: &Report, now: SystemTime) -> String {
         None => {
             let _ = writeln!(
                 out,
-                "snapshots: {} tenants from files{oldest}",
-                snapshots.tenants
+                "snapshots: {} tenants from {}{oldest}",
+                snapshots.tenants, snapshots.source
             );
         }
     }
     for problem in &snapshots.problems {
         let _ = writeln!(out, "  refused: {problem}");
+    }
+    if let Some(licenses) = &report.licenses {
+        let _ = writeln!(
+            out,
+            "licenses: {} serving, {} refused{}",
+            licenses.serving.len(),
+            licenses.refused.len(),
+            if licenses.clock_invalid {
+                ", CLOCK INVALID"
+            } else {
+                ""
+            }
+        );
+        for license in &licenses.serving {
+            let _ = writeln!(
+                out,
+                "  {}: {} version {} ({}), expires {}, grace until {} [{}]",
+                license.tenant,
+                license.license_id,
+                license.version,
+                license.state,
+                crate::license::rfc3339(license.expires_at),
+                crate::license::rfc3339(license.grace_ends_at),
+                license.file
+            );
+        }
+        for refused in &licenses.refused {
+            let _ = writeln!(out, "  refused: {}: {}", refused.file, refused.message);
+        }
+        for problem in &licenses.key_problems {
+            let _ = writeln!(out, "  keys: {problem}");
+        }
     }
     match &report.decision_log {
         Some(log) => {

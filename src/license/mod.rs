@@ -11,6 +11,7 @@
 //! check: a check reads the verified snapshot and compares two times.
 
 pub mod clock;
+pub mod command;
 pub mod keys;
 pub mod set;
 
@@ -163,6 +164,55 @@ pub fn rfc3339(unix_seconds: i64) -> String {
         |_| format!("{unix_seconds} (Unix seconds)"),
         |t| t.to_string(),
     )
+}
+
+/// Reads a time: an RFC 3339 timestamp (`2027-06-30T12:00:00Z`) or a date
+/// (`2027-06-30`, the start of that day in UTC). Unix seconds.
+///
+/// # Errors
+///
+/// When the text is neither.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(timestamp) = text.parse::<jiff::Timestamp>() {
+        return Ok(timestamp.as_second());
+    }
+    text.parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|date| {
+            jiff::tz::TimeZone::UTC
+                .to_timestamp(date.to_datetime(jiff::civil::Time::midnight()))
+                .ok()
+        })
+        .map(|timestamp| timestamp.as_second())
+        .ok_or_else(|| {
+            format!(
+                "`{text}` is not a date (2027-06-30) or an RFC 3339 time (2027-06-30T12:00:00Z)"
+            )
+        })
+}
+
+/// Reads a duration such as `30d`, `72h`, `1h 30m` or `0` (days are 24
+/// hours). Seconds.
+///
+/// # Errors
+///
+/// When the text is not a non-negative duration.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    let problem = || format!("`{text}` is not a duration such as 30d, 72h or 1h 30m");
+    let span = text.parse::<jiff::Span>().map_err(|_| problem())?;
+    let seconds = span
+        .total(jiff::SpanTotal::from(jiff::Unit::Second).days_are_24_hours())
+        .map_err(|_| problem())?;
+    if seconds < 0.0 || seconds.fract() != 0.0 || seconds > 1e15 {
+        return Err(problem());
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(seconds as u64)
 }
 
 /// What `tollgate license issue` signs.

@@ -129,3 +129,24 @@ fn a_license_file_holds_the_token_and_at_most_one_final_newline() {
         );
     }
 }
+
+#[test]
+fn times_and_durations_read_as_documented() {
+    assert_eq!(parse_time("2027-06-30").unwrap(), 1_814_313_600);
+    assert_eq!(parse_time("2027-06-30T12:00:00Z").unwrap(), 1_814_356_800);
+    assert_eq!(
+        parse_time("2027-06-30T14:00:00+02:00").unwrap(),
+        1_814_356_800
+    );
+    assert!(parse_time("30/06/2027")
+        .unwrap_err()
+        .contains("is not a date"));
+    assert_eq!(parse_duration("0").unwrap(), 0);
+    assert_eq!(parse_duration("30d").unwrap(), 30 * 86_400);
+    assert_eq!(parse_duration("72h").unwrap(), 72 * 3_600);
+    assert_eq!(parse_duration("1h 30m").unwrap(), 5_400);
+    assert!(parse_duration("-3d").is_err());
+    assert!(parse_duration("soon")
+        .unwrap_err()
+        .contains("is not a duration"));
+}
