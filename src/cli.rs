@@ -743,9 +743,29 @@ fn validate(config: &Config) -> ExitCode {
     // so that one run lists every problem.
     let schema_only = policies.is_none().then(|| schema_only(config)).flatten();
     let mut tenants = 0;
+    let mut licenses = None;
     let mut redis_unreachable = false;
     if let Some(against) = policies.as_ref().or(schema_only.as_ref()) {
+        if let Some(settings) = &config.licenses {
+            let scan = crate::license::set::scan(
+                &settings.dir,
+                &settings.keys,
+                &settings.installation,
+                against,
+                &crate::license::set::LicenseMap::new(),
+                jiff::Timestamp::now().as_second(),
+                i64::try_from(settings.skew.as_secs()).unwrap_or(i64::MAX),
+            );
+            problems.extend(scan.key_problems.iter().cloned());
+            problems.extend(
+                scan.refused
+                    .iter()
+                    .map(crate::license::set::Refused::problem),
+            );
+            licenses = Some(scan.licenses.len());
+        }
         match &config.redis {
+            None if config.licenses.is_some() => {}
             None => {
                 let (loaded, snapshot_problems) =
                     entitlements::load_tenant_dir(&config.entitlements, against, &TenantMap::new());
@@ -769,8 +789,11 @@ fn validate(config: &Config) -> ExitCode {
     }
     match (&policies, problems.is_empty()) {
         (Some(policies), true) => {
+            let licenses = licenses
+                .map(|count| format!(", {count} licenses"))
+                .unwrap_or_default();
             println!(
-                "ok: {} policies (policy_version {}), {tenants} tenant snapshots",
+                "ok: {} policies (policy_version {}), {tenants} tenant snapshots{licenses}",
                 policies.policy_count(),
                 policies.version,
             );
