@@ -52,11 +52,15 @@ enum Command {
     /// redis_username, redis_password, redis_tls_ca_file, redis_timeout_ms,
     /// cache_max_bytes, cache_ttl_ms, max_stale_ms, usage_idempotency_ttl_ms,
     /// usage_lease_ttl_ms, usage_lease_flush_ms, usage_lease_answers_max_bytes,
-    /// usage_stream_maxlen, admin_listen, admin_token,
+    /// usage_stream_maxlen, licenses, license_keys, license_poll_ms,
+    /// license_clock_file, license_clock_skew_ms, install_id, cluster_id,
+    /// admin_listen, admin_token,
     /// log_format, log_level (docs/configuration.md describes each; a nested YAML mapping
     /// such as `redis: {url: ...}` sets `redis_url`).
     /// Policies and file snapshots reload on file change and on SIGHUP; with
-    /// redis_url, snapshots come from Redis and its invalidations.
+    /// redis_url, snapshots come from Redis and its invalidations; with
+    /// licenses, from signed licenses (with redis_url too: a tenant's license
+    /// serves when Redis cannot).
     /// Traces are exported over OTLP/gRPC when OTEL_EXPORTER_OTLP_ENDPOINT (or
     /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; OTEL_SERVICE_NAME,
     /// OTEL_TRACES_SAMPLER(_ARG) and OTEL_BSP_* are honoured.
@@ -241,7 +245,7 @@ enum LicenseCommand {
     },
     /// Validate a snapshot against the policy directory's schema and sign a
     /// license carrying it; the token goes to --out or standard output.
-    Issue(LicenseIssueArgs),
+    Issue(Box<LicenseIssueArgs>),
     /// Print a license's header and claims and, with --keys, whether it
     /// verifies and is valid now. Exit code 0 when it verifies (or, without
     /// --keys, reads), 1 when it is refused.

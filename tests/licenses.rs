@@ -2,6 +2,8 @@
 //! issue` uses, served from a licenses directory by a running server, and
 //! refused for every reason a user can meet.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -406,7 +408,7 @@ async fn every_refusal_is_named_in_validate_and_its_tenant_is_not_served() {
                     .push(serde_json::json!(
                         {"uid": {"type": "Role", "id": "owner2"}, "attrs": {}, "parents": []}
                     ));
-                parts[1] = URL_SAFE.encode(&serde_json::to_vec(&claims).unwrap());
+                parts[1] = URL_SAFE.encode(serde_json::to_vec(&claims).unwrap());
                 parts.join(".")
             },
             "bad signature",

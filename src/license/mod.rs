@@ -211,7 +211,11 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     if seconds < 0.0 || seconds.fract() != 0.0 || seconds > 1e15 {
         return Err(problem());
     }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "checked above: a whole number of seconds, 0 to 1e15"
+    )]
     Ok(seconds as u64)
 }
 
