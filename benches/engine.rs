@@ -15,7 +15,11 @@
 //!   is the same every time, so after the first call its `datetime` value is
 //!   given again rather than parsed;
 //! * `full_check_new_now`: the same with a `now` the thread has not
-//!   converted lately (64 values in turn), so that its `datetime` is parsed.
+//!   converted lately (64 values in turn), so that its `datetime` is parsed;
+//! * `full_check_license`: `full_check` with the tenant served from a signed
+//!   license (issued, written to a licenses directory and loaded the way a
+//!   sidecar loads it): the signature is verified at load, so a check costs
+//!   what a file-sourced one does, plus the license's time check.
 //!
 //! Run: `cargo bench --bench engine` (a few minutes), or
 //! `cargo bench --bench engine -- --quick` for a CI smoke run.
@@ -172,6 +176,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
     );
     let caller = tollgate::decide::Caller::trusted("bench");
     let authorizer = Authorizer::new();
+    let (licensed, _license_dir) = license_sourced(&policies, users);
 
     let mut group = c.benchmark_group(format!("users_{users}"));
     group.throughput(Throughput::Elements(1));
@@ -248,6 +253,26 @@ fn bench_size(c: &mut Criterion, users: usize) {
                 BatchSize::SmallInput,
             );
         });
+        let from_license = runtime
+            .block_on(api::check(&licensed, &caller, request.clone()))
+            .expect("check");
+        assert_eq!(
+            (from_license.decision, &from_license.reasons),
+            (response.decision, &response.reasons),
+            "full_check_license/{}",
+            case.name()
+        );
+        assert_eq!(
+            from_license.freshness.as_ref().map(|f| f.source),
+            Some(pb::SnapshotSource::License as i32)
+        );
+        group.bench_function(BenchmarkId::new("full_check_license", case.name()), |b| {
+            b.iter_batched(
+                || request.clone(),
+                |request| runtime.block_on(api::check(&licensed, &caller, black_box(request))),
+                BatchSize::SmallInput,
+            );
+        });
         // The same with a `now` the thread has not converted lately (64
         // values in turn, where a thread keeps the last 4): the `datetime`
         // parse that `full_check` skips for a `now` it holds.
@@ -280,6 +305,57 @@ fn bench_size(c: &mut Criterion, users: usize) {
     group.finish();
 }
 
+/// A decision service whose tenant comes from a signed license of the
+/// generated snapshot, loaded from a licenses directory (kept alive by the
+/// returned directory).
+fn license_sourced(
+    policies: &PolicySnapshot,
+    users: usize,
+) -> (DecisionService, tempfile::TempDir) {
+    use tollgate::license::{issue, IssueRequest, PrivateKey};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    let licenses = dir.path().join("licenses");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    std::fs::create_dir_all(&licenses).expect("licenses dir");
+    let key = PrivateKey::generate().expect("key");
+    std::fs::write(keys.join("vendor.pem"), key.public_pem().expect("pem")).expect("write key");
+    let now = jiff::Timestamp::now().as_second();
+    let snapshot = snapshot_json(users);
+    let request = IssueRequest {
+        snapshot: &snapshot,
+        id: None,
+        issued_at: now,
+        not_before: now,
+        expires: now + 365 * 86_400,
+        grace: 0,
+        bind: Default::default(),
+    };
+    let (token, _) = issue(&request, policies, &key).expect("issue");
+    std::fs::write(licenses.join(format!("{TENANT}.license")), token).expect("write license");
+    let guard = Arc::new(tollgate::license::clock::ClockGuard::new(
+        tollgate::metering::Clock::system(),
+        300_000,
+        None,
+    ));
+    let store =
+        Store::policies_only(example_policies()).with_licenses(tollgate::store::LicenseSettings {
+            dir: licenses,
+            keys,
+            installation: Default::default(),
+            guard: Arc::clone(&guard),
+            skew_s: 300,
+        });
+    store.reload_all();
+    let serving = store
+        .catalog()
+        .is_some_and(|c| c.licenses.contains_key(TENANT));
+    assert!(serving, "{:?}", store.reload_log().last_license_report);
+    let service = DecisionService::new(Arc::new(store), Options::default(), Limits::default())
+        .with_licenses(tollgate::decide::LicenseSource { guard });
+    (service, dir)
+}
+
 fn engine(c: &mut Criterion) {
     for users in SIZES {
         bench_size(c, users);
@@ -287,7 +363,7 @@ fn engine(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    // ~4 s per benchmark (1 s warm-up + 3 s measurement) × 24 benchmarks.
+    // ~4 s per benchmark (1 s warm-up + 3 s measurement) × 30 benchmarks.
     // Command-line flags (--quick, --measurement-time, ...) still override.
     Criterion::default()
         .sample_size(50)
