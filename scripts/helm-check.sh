@@ -23,7 +23,9 @@
 #      covering the drain, no checksum of what tollgate reloads (only of the
 #      chart's Secret and of the ext_authz route table, both read at start),
 #      Secrets, ConfigMaps and projected volumes mounted without subPath, the
-#      route table and JWT issuers file in a mounted volume, service links
+#      route table and JWT issuers file in a mounted volume, the licenses and
+#      their keys in mounted directories (together, as tollgate demands) and
+#      the license clock in a writable volume, service links
 #      off, only TOLLGATE_* names that src/config_keys.rs knows, references to
 #      ConfigMaps, Secrets, volumes and ports that exist, selectors that match,
 #      NetworkPolicies that open only ports the pods listen on;
@@ -32,7 +34,10 @@
 #      Secret, or a cert-manager Certificate); the HTTP front door and ext_authz
 #      beside an app (loopback) and standalone (Service ports, NetworkPolicy);
 #      the route table and JWT issuers in their ConfigMaps, the JWKS Secret
-#      projected beside issuers.yaml;
+#      projected beside issuers.yaml; signed licenses beside an app, standalone
+#      (a floor under Redis, the clock on a claim) and in a parent chart's pods:
+#      their Secrets mounted read-only, the license keys as TOLLGATE_*, no
+#      entitlements ConfigMap where the licenses replace it;
 #   6. values.schema.json and the chart refuse wrong values, naming the field.
 # Exits non-zero on any failure; ends with a summary line.
 #
@@ -98,6 +103,10 @@ LISTENERS = (("TOLLGATE_LISTEN", "tg-grpc"), ("TOLLGATE_ADMIN_LISTEN", "tg-admin
 # Where the chart mounts the ext_authz route table and the JWT issuers file.
 EXT_AUTHZ_FILE = "/etc/tollgate/ext-authz/routes.yaml"
 JWT_FILE = "/etc/tollgate/jwt/issuers.yaml"
+# Where the chart mounts the licenses, their trusted keys, and the license clock.
+LICENSES_DIR = "/etc/tollgate/licenses"
+LICENSE_KEYS_DIR = "/etc/tollgate/license-keys"
+LICENSE_CLOCK_FILE = "/var/lib/tollgate/license-clock/clock"
 # Pod checksums the chart may set: of what tollgate reads only at start.
 CHECKSUMS = {"checksum/secret", "checksum/ext-authz-routes"}
 failures = []
@@ -174,6 +183,11 @@ if not known_keys:
 known_env = {"TOLLGATE_CONFIG"} | {"TOLLGATE_" + key.upper() for key in known_keys}
 key_defaults = dict(re.findall(r'^\s*\(\s*"([a-z0-9_]+)"\s*,\s*"([^"]*)"', keys_table.group(1), re.M)) if keys_table else {}
 env_seen = set()
+chart_licenses = yaml.safe_load(read(f"{CHART}/values.yaml")).get("licenses") or {}
+for value, key in (("pollMs", "license_poll_ms"), ("clockSkewMs", "license_clock_skew_ms")):
+    if str(chart_licenses.get(value)) != key_defaults.get(key):
+        fail(f"{CHART}/values.yaml", f"licenses.{value} is {chart_licenses.get(value)!r}, but tollgate's default "
+             f"{key} is {key_defaults.get(key)!r} (src/config_keys.rs)")
 
 
 def quantity_bytes(text):
@@ -360,6 +374,10 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
                 name = source["secret"].get("secretName") or source["secret"].get("name")
                 if name not in secrets and name not in values_text:
                     fail(where, f"volume {mount['name']}: Secret {name} is neither rendered nor issued nor named in the values")
+            if "persistentVolumeClaim" in source:
+                name = source["persistentVolumeClaim"]["claimName"]
+                if name not in values_text:
+                    fail(where, f"volume {mount['name']}: PersistentVolumeClaim {name} is not named in the values")
     # The TLS and callers files: in a mounted Secret, under the key the file is named after.
     mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
     for key in ("TOLLGATE_TLS_CERT_FILE", "TOLLGATE_TLS_KEY_FILE", "TOLLGATE_TLS_CLIENT_CA_FILE", "TOLLGATE_CALLERS_FILE"):
@@ -408,6 +426,32 @@ def check_tollgate_container(where, container, pod, values_text, secrets, config
         directory = env_value(container, key)
         if directory and not any(m["mountPath"] == directory for m in container.get("volumeMounts") or []):
             fail(where, f"{key}={directory} is not a mounted volume")
+    # Signed licenses: the licenses and their keys together (tollgate refuses
+    # one without the other), each a directory mounted read-only; the license
+    # clock in a writable volume of its own (the root filesystem is read-only).
+    licensed = [key for key in ("TOLLGATE_LICENSES", "TOLLGATE_LICENSE_KEYS") if env_value(container, key)]
+    if len(licensed) == 1:
+        fail(where, f"{licensed[0]} alone: tollgate refuses licenses without license_keys, and keys without licenses")
+    for key in licensed:
+        directory = env_value(container, key)
+        mount = mounts.get(directory)
+        if mount is None or not mount.get("readOnly"):
+            fail(where, f"{key}={directory} is not a volume mounted read-only there")
+        elif (volumes.get(mount["name"]) or {}).get("secret", {}).get("items"):
+            fail(where, f"{key}={directory}: the Secret volume lists items, so a key added later never arrives")
+    clock = env_value(container, "TOLLGATE_LICENSE_CLOCK_FILE")
+    if clock:
+        if not licensed:
+            fail(where, "TOLLGATE_LICENSE_CLOCK_FILE without TOLLGATE_LICENSES is kept for nothing")
+        mount = mounts.get(os.path.dirname(clock))
+        volume = volumes.get(mount["name"]) if mount else None
+        if volume is None or mount.get("readOnly") or not ("emptyDir" in volume or "persistentVolumeClaim" in volume):
+            fail(where, f"TOLLGATE_LICENSE_CLOCK_FILE={clock}: its directory is no writable emptyDir or claim "
+                 f"(tollgate replaces the file through a temporary one beside it)")
+    elsewhere = [key for key in ("TOLLGATE_REDIS_URL", "TOLLGATE_LICENSES")
+                 if any(e["name"] == key for e in container.get("env") or [])]
+    if elsewhere and env_value(container, "TOLLGATE_ENTITLEMENTS"):
+        fail(where, f"TOLLGATE_ENTITLEMENTS beside {' and '.join(elsewhere)}: tollgate reads no entitlements directory then")
     socket = env_value(container, "TOLLGATE_LISTEN_UNIX")
     if socket:
         socket_dir = os.path.dirname(socket)
@@ -609,6 +653,13 @@ PARENT_FRONT_DOORS = {"tollgate": {
 renders.append(("examples/my-app (sidecar, front doors)", parent, PARENT_FRONT_DOORS, "shop",
                 os.path.join(parent, "values.yaml")))
 
+# Signed licenses in a parent chart's own pods, through tollgate.volumes: no clock file.
+PARENT_LICENSES = {"tollgate": {"licenses": {
+    "enabled": True, "secretName": "shop-licenses", "keysSecretName": "shop-license-keys",
+    "clusterId": "eu-west-k8s", "clock": {"enabled": False}}}}
+renders.append(("examples/my-app (sidecar, licenses)", parent, PARENT_LICENSES, "shop",
+                os.path.join(parent, "values.yaml")))
+
 render_count = 0
 manifest_count = 0
 rendered = {}
@@ -623,7 +674,7 @@ try:
             continue
         render_count += 1
         rendered[label] = manifests
-        text = read(values_file) if values_file else ""
+        text = (read(values_file) if values_file else "") + (yaml.safe_dump(values) if values else "")
         native = any(c.get("restartPolicy") == "Always" for _, pod in pod_specs(manifests)
                      for c in pod["spec"].get("initContainers") or [])
         versions = [NATIVE_SIDECAR_KUBERNETES if native else min_kubernetes, latest_kubernetes]
@@ -936,6 +987,77 @@ def parent_front_doors(label):
     front_doors(label, "127.0.0.1", own_pod=False)
 
 
+def licensed(label, own_pod=True):
+    """Signed licenses as the values say: env, Secret volumes, the clock volume, no entitlements directory."""
+    container, pod = only_tollgate(label)
+    if container is None:
+        return
+    values = load_values(f"{CHART}/{label}") if label.startswith("ci/") else PARENT_LICENSES["tollgate"]
+    defaults = load_values(f"{CHART}/values.yaml")["licenses"]
+    licenses = {**defaults, **values["licenses"], "clock": {**defaults["clock"], **(values["licenses"].get("clock") or {})}}
+    redis = (values.get("redis") or {}).get("enabled")
+    manifests = rendered[label]
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts") or []}
+
+    def expect_env(name, value):
+        if env_value(container, name) != value:
+            fail(label, f"{name} is {env_value(container, name)!r}, not {value!r}")
+
+    expect_env("TOLLGATE_LICENSES", LICENSES_DIR)
+    expect_env("TOLLGATE_LICENSE_KEYS", LICENSE_KEYS_DIR)
+    expect_env("TOLLGATE_LICENSE_POLL_MS", str(licenses["pollMs"]))
+    expect_env("TOLLGATE_LICENSE_CLOCK_SKEW_MS", str(licenses["clockSkewMs"]))
+    expect_env("TOLLGATE_INSTALL_ID", licenses["installId"] or None)
+    expect_env("TOLLGATE_CLUSTER_ID", licenses["clusterId"] or None)
+    for directory, secret_name in ((LICENSES_DIR, licenses["secretName"]), (LICENSE_KEYS_DIR, licenses["keysSecretName"])):
+        mount = mounts.get(directory)
+        if mount is None or "subPath" in mount or not mount.get("readOnly"):
+            fail(label, f"nothing is mounted read-only as a whole directory at {directory}")
+            continue
+        secret = (volumes.get(mount["name"]) or {}).get("secret") or {}
+        if secret.get("secretName") != secret_name or secret.get("items"):
+            fail(label, f"{directory} is {volumes.get(mount['name'])}, expected all of Secret {secret_name}")
+    if licenses["clock"]["enabled"]:
+        expect_env("TOLLGATE_LICENSE_CLOCK_FILE", LICENSE_CLOCK_FILE)
+        mount = mounts.get(os.path.dirname(LICENSE_CLOCK_FILE))
+        volume = volumes.get(mount["name"]) if mount else None
+        claim = licenses["clock"]["existingClaim"]
+        expected = {"persistentVolumeClaim": {"claimName": claim}} if claim else {"emptyDir": {"sizeLimit": "1Mi"}}
+        if volume is None or {k: v for k, v in volume.items() if k != "name"} != expected:
+            fail(label, f"the license clock volume is {volume}, expected {expected}")
+    else:
+        expect_env("TOLLGATE_LICENSE_CLOCK_FILE", None)
+        if os.path.dirname(LICENSE_CLOCK_FILE) in mounts:
+            fail(label, "the license clock directory is mounted although licenses.clock.enabled is false")
+    # The licenses (or Redis) serve the tenants: no entitlements directory.
+    expect_env("TOLLGATE_ENTITLEMENTS", None)
+    if any("entitlements" in name for name in volumes):
+        fail(label, f"an entitlements volume although {'Redis and ' if redis else ''}the licenses serve the tenants")
+    if any(doc.get("kind") == "ConfigMap" and doc["metadata"]["name"].endswith("-entitlements") for _, doc in manifests):
+        fail(label, "an entitlements ConfigMap is rendered although nothing reads it")
+    if own_pod and any("licen" in key for key in pod["metadata"].get("annotations") or {}):
+        fail(label, "a checksum of the licenses: tollgate rescans them, a new license must not restart pods")
+
+
+def licenses_beside_an_app(label):
+    """licenses and trusted keys from Secrets, read-only at /etc/tollgate/licenses and /etc/tollgate/license-keys; install and cluster ids; the clock in an emptyDir; no entitlements ConfigMap"""
+    beside_an_app(label)
+    licensed(label)
+
+
+def licenses_standalone(label):
+    """licenses as a floor under Redis, standalone in plaintext (insecureListen); the clock on an existing claim"""
+    standalone_insecure(label)
+    licensed(label)
+
+
+def parent_licenses(label):
+    """a parent chart's sidecar with licenses through tollgate.volumes, cluster id, no clock file"""
+    beside_an_app(label)
+    licensed(label, own_pod=False)
+
+
 shape("default values, mode example", beside_an_app)
 shape("examples/my-app (sidecar)", beside_an_app)
 shape("examples/my-app (native sidecar)", beside_an_app)
@@ -948,6 +1070,9 @@ shape("ci/jwt-url-values.yaml", jwt_url_beside_an_app)
 shape("ci/jwt-jwks-secret-values.yaml", jwt_jwks_secret_standalone)
 shape("ci/standalone-http-values.yaml", standalone_front_doors)
 shape("examples/my-app (sidecar, front doors)", parent_front_doors)
+shape("ci/licenses-example-values.yaml", licenses_beside_an_app)
+shape("ci/licenses-standalone-values.yaml", licenses_standalone)
+shape("examples/my-app (sidecar, licenses)", parent_licenses)
 
 
 # Keys tollgate knows that the chart can set neither itself nor through `config`
@@ -1067,12 +1192,31 @@ bad_values = [
     ({"jwt": {"issuers": {"issuers": [issuer(jwks_file="login.jwks.json", jwks_refresh_s=60)]}}}, "/jwt/issuers/issuers/0"),
     ({"jwt": {"issuers": {"issuers": [issuer(jwks_url=JWKS_URL)], "leeway_s": 600}}}, "/jwt/issuers/leeway_s"),
     ({"jwt": {"jwksSecret": "Login_JWKS"}}, "/jwt/jwksSecret"),
+    # Signed licenses.
+    ({"licenses": {"enabled": True}}, "licenses.secretName"),
+    ({"licenses": {"enabled": True, "keysSecretName": "license-keys"}}, "licenses.secretName"),
+    ({"licenses": {"enabled": True, "secretName": "acme-licenses"}}, "licenses.keysSecretName"),
+    ({"licenses": {"enabled": "yes"}}, "/licenses/enabled"),
+    ({"licenses": {"secretName": "Acme_Licenses"}}, "/licenses/secretName"),
+    ({"licenses": {"keysSecretName": ["license-keys"]}}, "/licenses/keysSecretName"),
+    ({"licenses": {"installId": 42}}, "/licenses/installId"),
+    ({"licenses": {"clusterId": "eu west"}}, "/licenses/clusterId"),
+    ({"licenses": {"pollMs": "60s"}}, "/licenses/pollMs"),
+    ({"licenses": {"pollMs": 0}}, "/licenses/pollMs"),
+    ({"licenses": {"clockSkewMs": -1}}, "/licenses/clockSkewMs"),
+    ({"licenses": {"clock": True}}, "/licenses/clock"),
+    ({"licenses": {"clock": {"enabled": "true"}}}, "/licenses/clock/enabled"),
+    ({"licenses": {"clockFile": True}}, "clockFile"),
+    ({"mode": "standalone", "insecureListen": True,
+      "licenses": {"enabled": True, "secretName": "l", "keysSecretName": "k", "clock": {"existingClaim": "clock"}}},
+     "licenses.clock.existingClaim"),
 ]
 # The keys the chart manages itself are refused in `config`.
 for key in ("listen", "health_listen", "health_tls", "insecure_listen", "tls_cert_file", "tls_key_file",
             "tls_client_ca_file", "tls_client_auth", "callers_file", "admin_listen", "metrics_listen",
             "http_listen", "authzen_tenant", "authzen_namespace", "authzen_types", "ext_authz_listen",
-            "ext_authz_file", "jwt_file"):
+            "ext_authz_file", "jwt_file", "licenses", "license_keys", "license_poll_ms", "license_clock_file",
+            "license_clock_skew_ms", "install_id", "cluster_id"):
     bad_values.append(({"config": {key: "x"}}, key))
 refused = 0
 with helm.Chart.load(CHART) as chart:

@@ -220,8 +220,9 @@ pub async fn serve_on(
         None => Callers::open(admin_token),
     });
     let license_guard = config.licenses.as_ref().map(|licenses| {
+        let clock = config.clock.clone();
         Arc::new(crate::license::clock::ClockGuard::new(
-            config.clock.clone(),
+            move || clock.now_ms(),
             i64::try_from(licenses.skew.as_millis()).unwrap_or(i64::MAX),
             licenses.clock_file.clone(),
         ))

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use tracing::warn;
 
-use crate::metering::Clock;
+/// A time source: Unix milliseconds.
+pub type NowMs = Box<dyn Fn() -> i64 + Send + Sync>;
 
 /// The time licenses are judged by, and the floor it may not go below.
-#[derive(Debug)]
 pub struct ClockGuard {
-    clock: Clock,
+    clock: NowMs,
     /// Unix milliseconds: no trusted time is earlier than this (less skew).
     floor_ms: AtomicI64,
     skew_ms: i64,
@@ -39,10 +39,25 @@ pub enum Now {
     },
 }
 
+impl std::fmt::Debug for ClockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClockGuard")
+            .field("floor_ms", &self.floor_ms)
+            .field("skew_ms", &self.skew_ms)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClockGuard {
-    /// A guard over `clock`, with the time recorded in `file` (when given
-    /// and readable) as its first floor.
-    pub fn new(clock: Clock, skew_ms: i64, file: Option<PathBuf>) -> Self {
+    /// A guard over `clock` (Unix milliseconds), with the time recorded in
+    /// `file` (when given and readable) as its first floor.
+    pub fn new(
+        clock: impl Fn() -> i64 + Send + Sync + 'static,
+        skew_ms: i64,
+        file: Option<PathBuf>,
+    ) -> Self {
+        let clock: NowMs = Box::new(clock);
         let recorded = file.as_ref().and_then(|path| match std::fs::read_to_string(path) {
             Ok(text) => match text.trim().parse::<i64>() {
                 Ok(ms) => Some(ms),
@@ -67,7 +82,7 @@ impl ClockGuard {
 
     /// Now, judged against the floor.
     pub fn now(&self) -> Now {
-        let now_ms = self.clock.now_ms();
+        let now_ms = (self.clock)();
         let floor_ms = self.floor_ms.load(Ordering::Relaxed);
         if now_ms.saturating_add(self.skew_ms) < floor_ms {
             Now::Backwards { now_ms, floor_ms }
@@ -79,7 +94,7 @@ impl ClockGuard {
     /// The clock's reading, trusted or not (for loading: a license is read
     /// against the clock; the guard judges checks).
     pub fn now_ms(&self) -> i64 {
-        self.clock.now_ms()
+        (self.clock)()
     }
 
     /// Raises the floor to `ms` (a license's issue time).
@@ -128,7 +143,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("clock");
         let guard = ClockGuard::new(
-            Clock::from_fn(move || reading.load(Ordering::Relaxed)),
+            move || reading.load(Ordering::Relaxed),
             1_000,
             Some(file.clone()),
         );
@@ -151,7 +166,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "1000000\n");
 
         // The recorded time survives a restart.
-        let restarted = ClockGuard::new(Clock::from_fn(|| 5), 1_000, Some(file));
+        let restarted = ClockGuard::new(|| 5, 1_000, Some(file));
         assert!(matches!(restarted.now(), Now::Backwards { .. }));
         guard.raise(2_000_000);
         assert_eq!(guard.floor_ms(), 2_000_000);

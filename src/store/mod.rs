@@ -587,4 +587,63 @@ mod tests {
         assert_eq!(store.reload_policies(), ReloadOutcome::Applied);
         assert_ne!(store.catalog().unwrap().policies.version, serving);
     }
+
+    #[test]
+    fn new_schema_is_refused_when_a_serving_license_does_not_fit_it() {
+        use crate::license::{issue, IssueRequest, PrivateKey};
+        let root = tempfile::tempdir().unwrap();
+        let policies = root.path().join("policies");
+        let keys = root.path().join("keys");
+        let licenses = root.path().join("licenses");
+        for dir in [&policies, &keys, &licenses] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let schema = |plan: &str| {
+            format!("entity User {{ plan: {plan} }}; action use appliesTo {{ principal: User, resource: User }};")
+        };
+        std::fs::write(policies.join("schema.cedarschema"), schema("String")).unwrap();
+        let key = PrivateKey::generate().unwrap();
+        std::fs::write(keys.join("vendor.pem"), key.public_pem().unwrap()).unwrap();
+        let snapshot = br#"{"tenant":"t","version":3,"entities":[{"uid":{"type":"User","id":"u"},"attrs":{"plan":"pro"},"parents":[]}]}"#;
+        let (token, _) = issue(
+            &IssueRequest {
+                snapshot,
+                id: None,
+                issued_at: 1_000,
+                not_before: 1_000,
+                expires: 4_000_000_000,
+                grace: 0,
+                bind: std::collections::BTreeMap::new(),
+            },
+            &PolicySnapshot::load_dir(&policies).unwrap(),
+            &key,
+        )
+        .unwrap();
+        std::fs::write(licenses.join("t.license"), token).unwrap();
+        let store = Store::policies_only(policies.clone()).with_licenses(LicenseSettings {
+            dir: licenses,
+            keys,
+            installation: Installation::default(),
+            guard: Arc::new(ClockGuard::new(|| 2_000_000, 0, None)),
+            skew_s: 0,
+        });
+        assert_eq!(store.reload_all(), ReloadOutcome::Applied);
+        let serving = store.catalog().unwrap();
+        assert_eq!(serving.licenses["t"].claims.ver, 3);
+
+        std::fs::write(policies.join("schema.cedarschema"), schema("Long")).unwrap();
+        let ReloadOutcome::Rejected(problems) = store.reload_policies() else {
+            panic!("a schema that refuses a serving license's snapshot must not apply");
+        };
+        assert!(
+            problems.iter().any(|p| p
+                .message
+                .contains("the license of `t` could not be re-read")),
+            "{problems:?}"
+        );
+        assert_eq!(
+            store.catalog().unwrap().policies.version,
+            serving.policies.version
+        );
+    }
 }

@@ -122,6 +122,17 @@ app.kubernetes.io/component: example
 {{- printf "%s-jwt" (include "tollgate.fullname" .) -}}
 {{- end -}}
 
+{{/* True ("true") when tenants come from the entitlements directory: neither
+Redis nor signed licenses serve them (tollgate then ignores the directory). */}}
+{{- define "tollgate.entitlementsFromFiles" -}}
+{{- if not (or .Values.redis.enabled .Values.licenses.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the license clock file lives: a writable directory of its own. */}}
+{{- define "tollgate.licenseClockDir" -}}
+/var/lib/tollgate/license-clock
+{{- end -}}
+
 {{/* The Secret the chart creates for values given inline. */}}
 {{- define "tollgate.secretName" -}}
 {{- include "tollgate.fullname" . -}}
@@ -228,7 +239,7 @@ health-only listener on the pod IP instead.
 {{- end }}
 - name: TOLLGATE_POLICIES
   value: {{ $v.policies.mountPath | quote }}
-{{- if not $v.redis.enabled }}
+{{- if include "tollgate.entitlementsFromFiles" . }}
 - name: TOLLGATE_ENTITLEMENTS
   value: {{ $v.entitlements.mountPath | quote }}
 {{- end }}
@@ -272,6 +283,28 @@ health-only listener on the pod IP instead.
 {{- if $v.jwt.enabled }}
 - name: TOLLGATE_JWT_FILE
   value: "/etc/tollgate/jwt/issuers.yaml"
+{{- end }}
+{{- if $v.licenses.enabled }}
+- name: TOLLGATE_LICENSES
+  value: "/etc/tollgate/licenses"
+- name: TOLLGATE_LICENSE_KEYS
+  value: "/etc/tollgate/license-keys"
+- name: TOLLGATE_LICENSE_POLL_MS
+  value: {{ include "tollgate.scalar" $v.licenses.pollMs | quote }}
+- name: TOLLGATE_LICENSE_CLOCK_SKEW_MS
+  value: {{ include "tollgate.scalar" $v.licenses.clockSkewMs | quote }}
+{{- if $v.licenses.clock.enabled }}
+- name: TOLLGATE_LICENSE_CLOCK_FILE
+  value: {{ printf "%s/clock" (include "tollgate.licenseClockDir" .) | quote }}
+{{- end }}
+{{- with $v.licenses.installId }}
+- name: TOLLGATE_INSTALL_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.licenses.clusterId }}
+- name: TOLLGATE_CLUSTER_ID
+  value: {{ . | quote }}
+{{- end }}
 {{- end }}
 {{- if $v.redis.enabled }}
 {{ include "tollgate.secretEnv" (list . "TOLLGATE_REDIS_URL" $v.redis.url) }}
@@ -400,7 +433,7 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
     - name: tollgate-policies
       mountPath: {{ $v.policies.mountPath }}
       readOnly: true
-    {{- if not $v.redis.enabled }}
+    {{- if include "tollgate.entitlementsFromFiles" $ctx }}
     - name: tollgate-entitlements
       mountPath: {{ $v.entitlements.mountPath }}
       readOnly: true
@@ -437,6 +470,21 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
       mountPath: /etc/tollgate/jwt
       readOnly: true
     {{- end }}
+    {{- if $v.licenses.enabled }}
+    # The signed licenses and the trusted keys (with revoked.yaml): Secrets as
+    # whole directories, which tollgate watches and rescans when they change.
+    - name: tollgate-licenses
+      mountPath: /etc/tollgate/licenses
+      readOnly: true
+    - name: tollgate-license-keys
+      mountPath: /etc/tollgate/license-keys
+      readOnly: true
+    {{- if $v.licenses.clock.enabled }}
+    # The license clock file: the one directory tollgate writes to.
+    - name: tollgate-license-clock
+      mountPath: {{ include "tollgate.licenseClockDir" $ctx }}
+    {{- end }}
+    {{- end }}
     {{- if $v.unixSocket.enabled }}
     - name: tollgate-socket
       mountPath: {{ dir $v.unixSocket.path }}
@@ -456,7 +504,7 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
 - name: tollgate-policies
   configMap:
     name: {{ include "tollgate.policiesConfigMap" $ctx }}
-{{- if not $v.redis.enabled }}
+{{- if include "tollgate.entitlementsFromFiles" $ctx }}
 - name: tollgate-entitlements
   configMap:
     name: {{ include "tollgate.entitlementsConfigMap" $ctx }}
@@ -497,6 +545,24 @@ tollgate.sidecar: the tollgate container, as one item of a containers list
       - secret:
           name: {{ . }}
       {{- end }}
+{{- end }}
+{{- if $v.licenses.enabled }}
+- name: tollgate-licenses
+  secret:
+    secretName: {{ $v.licenses.secretName }}
+- name: tollgate-license-keys
+  secret:
+    secretName: {{ $v.licenses.keysSecretName }}
+{{- if $v.licenses.clock.enabled }}
+- name: tollgate-license-clock
+  {{- with $v.licenses.clock.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ . }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: 1Mi
+  {{- end }}
+{{- end }}
 {{- end }}
 {{- if $v.unixSocket.enabled }}
 - name: tollgate-socket
@@ -675,6 +741,7 @@ on every edit would defeat that. */}}
 {{- include "tollgate.validateCallers" . -}}
 {{- include "tollgate.validateExtAuthz" . -}}
 {{- include "tollgate.validateJwt" . -}}
+{{- include "tollgate.validateLicenses" . -}}
 {{- if and (eq $v.mode "standalone") (not $v.insecureListen) (not (and $v.tls.enabled (include "tollgate.callersEnabled" .))) -}}
 {{- $callers := ternary "set" "not set" (eq (include "tollgate.callersEnabled" .) "true") -}}
 {{- $listeners := list "the API" -}}
@@ -742,6 +809,26 @@ on every edit would defeat that. */}}
 {{- if or (contains "/" .jwks_file) (eq .jwks_file "issuers.yaml") -}}
 {{- fail (printf "jwt.issuers: issuer %s: jwks_file %s must be a key of jwt.jwksSecret (a plain file name, not issuers.yaml)" .issuer .jwks_file) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks of licenses.*: tollgate refuses licenses without trusted keys, and keys without licenses. */}}
+{{- define "tollgate.validateLicenses" -}}
+{{- $licenses := .Values.licenses -}}
+{{- if $licenses.enabled -}}
+{{- if not $licenses.secretName -}}
+{{- fail "licenses.secretName: licenses.enabled needs the existing Secret whose keys are the signed license files (<name>.license, one compact JWS each)" -}}
+{{- end -}}
+{{- if not $licenses.keysSecretName -}}
+{{- fail "licenses.keysSecretName: licenses.enabled needs the existing Secret with the trusted Ed25519 public keys (<key id>.pem, SPKI PEM) and optionally revoked.yaml; tollgate refuses licenses without keys" -}}
+{{- end -}}
+{{- if and $licenses.clock.enabled $licenses.clock.existingClaim (ne .Values.mode "sidecar") -}}
+{{- $replicas := ternary (int .Values.example.replicas) (int .Values.replicaCount) (eq .Values.mode "example") -}}
+{{- $scaled := and (eq .Values.mode "standalone") .Values.autoscaling.enabled -}}
+{{- if or (gt $replicas 1) $scaled -}}
+{{- fail (printf "licenses.clock.existingClaim: the pods of mode %s would share one clock file (%d replicas%s); use it with one replica, or leave it empty for an emptyDir per pod" .Values.mode $replicas (ternary ", autoscaling.enabled" "" $scaled)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
