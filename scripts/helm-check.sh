@@ -1204,7 +1204,7 @@ bad_values = [
     ({"licenses": {"pollMs": "60s"}}, "/licenses/pollMs"),
     ({"licenses": {"pollMs": 0}}, "/licenses/pollMs"),
     ({"licenses": {"clockSkewMs": -1}}, "/licenses/clockSkewMs"),
-    ({"licenses": {"clock": True}}, "/licenses/clock"),
+    ({"licenses": {"clock": {"existingClaim": "Clock_PVC"}}}, "/licenses/clock/existingClaim"),
     ({"licenses": {"clock": {"enabled": "true"}}}, "/licenses/clock/enabled"),
     ({"licenses": {"clockFile": True}}, "clockFile"),
     ({"mode": "standalone", "insecureListen": True,

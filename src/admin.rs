@@ -170,23 +170,30 @@ fn check_tenant(tenant: &str) -> Result<(), AdminError> {
         .map_err(|problem| AdminError::Invalid(format!("invalid tenant id `{tenant}`: {problem}")))
 }
 
-/// The gRPC `AdminService` over the Redis source.
+/// The gRPC `AdminService`: snapshot writes to the Redis source, license
+/// deliveries to the licenses directory.
 #[derive(Debug, Clone)]
 pub struct AdminGrpc {
     service: Arc<DecisionService>,
-    remote: Arc<RemoteSnapshots>,
+    remote: Option<Arc<RemoteSnapshots>>,
 }
 
 impl AdminGrpc {
-    /// Serves writes to the Redis that `remote` reads, validated against
-    /// the serving schema of `service`'s store, for the callers `service`
-    /// identifies.
-    pub fn new(service: Arc<DecisionService>, remote: Arc<RemoteSnapshots>) -> Self {
+    /// Serves writes to the Redis that `remote` reads (when there is one)
+    /// and deliveries to the licenses directory of `service`'s store (when
+    /// it has one), validated against its serving schema, for the callers
+    /// `service` identifies.
+    pub fn new(service: Arc<DecisionService>, remote: Option<Arc<RemoteSnapshots>>) -> Self {
         Self { service, remote }
     }
 
     fn conn(&self) -> Result<&RedisConn, Status> {
-        self.remote
+        let remote = self.remote.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "snapshots are written to Redis and this sidecar has no redis_url; it serves signed licenses (PutLicense)",
+            )
+        })?;
+        remote
             .connection()
             .ok_or_else(|| Status::unavailable("not connected to redis yet"))
     }
@@ -211,6 +218,40 @@ impl AdminGrpc {
             .map_err(refused)?;
         Ok(caller)
     }
+}
+
+/// The `sub` claim (tenant) of a license, read before it is verified (to
+/// know whether the caller may deliver it).
+fn license_tenant(token: &str) -> String {
+    use base64::Engine as _;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|claims| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims)
+                .ok()
+        })
+        .and_then(|claims| serde_json::from_slice::<serde_json::Value>(&claims).ok())
+        .and_then(|claims| claims.get("sub")?.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Writes a delivered license into the licenses directory as
+/// `<tenant>.license`, replacing the file atomically.
+fn write_license(dir: &std::path::Path, tenant: &str, token: &str) -> Result<String, Status> {
+    let path = dir.join(format!("{tenant}.license"));
+    let temporary = dir.join(format!(".{tenant}.license.tmp"));
+    std::fs::write(&temporary, format!("{token}\n"))
+        .and_then(|()| std::fs::rename(&temporary, &path))
+        .map_err(|error| {
+            let _ = std::fs::remove_file(&temporary);
+            Status::failed_precondition(format!(
+                "cannot write the licenses directory {}: {error} (a directory mounted from a Secret is read-only: deliver by updating the Secret)",
+                dir.display()
+            ))
+        })?;
+    Ok(tollgate_engine::policies::display_path(&path))
 }
 
 /// The `tenant` field of a snapshot document, read before the document is
@@ -295,6 +336,93 @@ impl AdminService for AdminGrpc {
         // A caller sees only the tenants it may touch.
         tenants.retain(|tenant| caller.may_touch(tenant));
         Ok(Response::new(pb::ListSnapshotsResponse { tenants }))
+    }
+
+    async fn put_license(
+        &self,
+        request: Request<pb::PutLicenseRequest>,
+    ) -> Result<Response<pb::PutLicenseResponse>, Status> {
+        let token = request.get_ref().license.trim().to_string();
+        let tenant = license_tenant(&token);
+        let caller = self.admit(&request, Operation::PutLicense, Some(&tenant))?;
+        let store = Arc::clone(self.service.store());
+        let Some(settings) = store.license_settings().cloned() else {
+            return Err(Status::failed_precondition(
+                "this sidecar serves no licenses; set licenses and license_keys",
+            ));
+        };
+        let catalog = store.catalog().ok_or(AdminError::NoPolicies)?;
+        let token = crate::license::token_of(token.as_bytes())
+            .map(str::to_string)
+            .map_err(|refusal| Status::invalid_argument(format!("license refused: {refusal}")))?;
+        let checked = {
+            let (settings, catalog, token) =
+                (settings.clone(), Arc::clone(&catalog), token.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::license::set::check_delivery(
+                    &token,
+                    &settings.keys,
+                    &settings.installation,
+                    &catalog.policies,
+                    &catalog.licenses,
+                    settings.guard.now_ms().div_euclid(1000),
+                    settings.skew_s,
+                )
+            })
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?
+        };
+        let license = checked.map_err(|refusal| match refusal {
+            crate::license::Refusal::Older { .. } => {
+                Status::failed_precondition(format!("license refused: {refusal}"))
+            }
+            crate::license::Refusal::Unreadable(_) => {
+                Status::unavailable(format!("license keys unreadable: {refusal}"))
+            }
+            _ => Status::invalid_argument(format!("license refused: {refusal}")),
+        })?;
+        let tenant = license.claims.sub.clone();
+        let previous_version = catalog
+            .licenses
+            .get(&tenant)
+            .map_or(0, |old| old.claims.ver);
+        let file = {
+            let (dir, tenant, token) = (settings.dir.clone(), tenant.clone(), token.clone());
+            tokio::task::spawn_blocking(move || {
+                let file = write_license(&dir, &tenant, &token)?;
+                store.reload_entitlements();
+                Ok::<_, Status>((file, store))
+            })
+            .await
+            .map_err(|error| Status::internal(error.to_string()))??
+        };
+        let (file, store) = file;
+        let serving = store
+            .catalog()
+            .and_then(|catalog| catalog.licenses.get(&tenant).cloned());
+        if serving.as_ref().map(|l| &l.claims.jti) != Some(&license.claims.jti) {
+            let why = store
+                .reload_log()
+                .last_license_report
+                .refused
+                .iter()
+                .find(|refused| refused.file == file)
+                .map_or_else(
+                    || "another license of the tenant serves".to_string(),
+                    |refused| refused.refusal.to_string(),
+                );
+            return Err(Status::failed_precondition(format!(
+                "the license was written to {file} but does not serve: {why}"
+            )));
+        }
+        tracing::info!(tenant = %tenant, license_id = %license.claims.jti, version = license.claims.ver, previous = previous_version, file = %file, caller = caller.name(), "license delivered");
+        Ok(Response::new(pb::PutLicenseResponse {
+            tenant,
+            license_id: license.claims.jti.clone(),
+            version: license.claims.ver,
+            previous_version,
+            file,
+        }))
     }
 }
 

@@ -382,16 +382,18 @@ pub async fn serve_on(
         decision_log_writer = Some(writer);
     }
     let decision_point = Arc::new(decision_point);
-    if let (Some(address), Some(remote)) = (config.admin_listen, decision_point.remote()) {
+    let admin_backend = decision_point.remote().cloned();
+    if let (Some(address), true) = (
+        config.admin_listen,
+        admin_backend.is_some() || config.licenses.is_some(),
+    ) {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ServeError::Bind { address, source })?;
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "admin service listening");
-        let admin = AdminServiceServer::new(AdminGrpc::new(
-            Arc::clone(&decision_point),
-            Arc::clone(remote),
-        ))
-        .max_decoding_message_size(config.max_request_bytes);
+        let admin =
+            AdminServiceServer::new(AdminGrpc::new(Arc::clone(&decision_point), admin_backend))
+                .max_decoding_message_size(config.max_request_bytes);
         let incoming = crate::listen::tcp(
             listener,
             listener_settings("admin", tls.clone()),

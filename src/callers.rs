@@ -45,13 +45,15 @@ pub enum Operation {
     DeleteSnapshot,
     /// `AdminService.ListSnapshots`.
     ListSnapshots,
+    /// `AdminService.PutLicense`.
+    PutLicense,
     /// The details of `/status`.
     Status,
 }
 
 impl Operation {
     /// Every operation, in the order of their bits.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::Check,
         Operation::CheckBatch,
         Operation::Consume,
@@ -60,6 +62,7 @@ impl Operation {
         Operation::GetSnapshot,
         Operation::DeleteSnapshot,
         Operation::ListSnapshots,
+        Operation::PutLicense,
         Operation::Status,
     ];
 
@@ -74,6 +77,7 @@ impl Operation {
             Operation::GetSnapshot => "admin.get_snapshot",
             Operation::DeleteSnapshot => "admin.delete_snapshot",
             Operation::ListSnapshots => "admin.list_snapshots",
+            Operation::PutLicense => "admin.put_license",
             Operation::Status => "status",
         }
     }
@@ -120,6 +124,7 @@ impl Operations {
             Operation::GetSnapshot,
             Operation::DeleteSnapshot,
             Operation::ListSnapshots,
+            Operation::PutLicense,
         ])
     }
 

@@ -1070,10 +1070,10 @@ fn build(
         }
     }
     if let Some(Some(_)) = admin_listen {
-        if redis.is_none() {
+        if redis.is_none() && !matches!(licenses, Some(Some(_))) {
             problems.push(ConfigProblem::Combination {
                 key: "admin_listen",
-                message: "the AdminService writes to Redis; set redis_url".to_string(),
+                message: "the AdminService writes snapshots to Redis or delivers licenses; set redis_url or licenses".to_string(),
             });
         }
         match &admin_token {
@@ -1377,7 +1377,7 @@ mod tests {
         assert_eq!(
             texts(&errors),
             [
-                "admin_listen: the AdminService writes to Redis; set redis_url",
+                "admin_listen: the AdminService writes snapshots to Redis or delivers licenses; set redis_url or licenses",
                 "admin_listen: the AdminService needs admin_token (or TOLLGATE_ADMIN_TOKEN), or a callers_file naming callers with admin operations",
             ]
         );

@@ -77,7 +77,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("license_clock_skew_ms", "300000", "how far the clock may read behind the newest license issue time or the recorded time (and a license's not-before ahead of it) before license checks answer license_clock_invalid"),
     ("install_id", "", "this installation's id, matched by licenses issued with --bind install=<id>"),
     ("cluster_id", "", "this cluster's id, matched by licenses issued with --bind cluster=<id> (licenses bound with hostname=<name> match the host's name)"),
-    ("admin_listen", "", "address of the gRPC AdminService (snapshot writes; needs redis_url, and admin_token or callers with admin operations), e.g. 127.0.0.1:50052; empty: off"),
+    ("admin_listen", "", "address of the gRPC AdminService (snapshot writes, which need redis_url; license deliveries, which need licenses; and admin_token or callers with admin operations), e.g. 127.0.0.1:50052; empty: off"),
     ("admin_token", "", "bearer token of the built-in caller `admin`, which may use every AdminService call; prefer TOLLGATE_ADMIN_TOKEN"),
     ("log_format", "human", "`human` or `json`"),
     ("log_level", "info", "tracing filter, e.g. `info` or `tollgate=debug`"),

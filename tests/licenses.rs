@@ -901,3 +901,129 @@ except jwt.InvalidSignatureError:
     );
     assert_eq!(lines.next(), Some("tampered: InvalidSignatureError"));
 }
+
+fn authed<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_service_delivers_a_license_as_the_directory_would_read_it() {
+    use tollgate::api::pb::admin_service_client::AdminServiceClient;
+    use tonic::Code;
+    const TOKEN: &str = "admin-token-0123456789";
+    let dirs = DataDirs::copy_examples();
+    let vendor = Vendor::new();
+    let mut config = vendor.config(&dirs, Clock::system());
+    let admin_address =
+        std::net::SocketAddr::from(([127, 0, 0, 1], tollgate_testkit::redis_server::free_port()));
+    config.admin_listen = Some(admin_address);
+    config.admin_token = Some(tollgate::config::Secret(TOKEN.to_string()));
+    let server = InProcess::start(config).await;
+    let mut client = connect(&server.url()).await;
+    let mut admin = AdminServiceClient::new(channel(&format!("http://{admin_address}")).await);
+    let license = |token: String| pb::PutLicenseRequest { license: token };
+    let acme_v1 = vendor.issue(&snapshot_file("acme"));
+
+    // Held to the same caller identity as every admin call.
+    let status = admin
+        .put_license(authed(license(acme_v1.clone()), None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(std::fs::read_dir(&vendor.licenses).unwrap().count(), 0);
+
+    let delivered = admin
+        .put_license(authed(license(acme_v1.clone()), Some(TOKEN)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            delivered.tenant.as_str(),
+            delivered.version,
+            delivered.previous_version
+        ),
+        ("acme", 1, 0)
+    );
+    assert!(delivered.file.ends_with("/acme.license"), "{delivered:?}");
+    // Answered once it serves.
+    let served = decide(
+        &mut client,
+        check("acme", "User:alice", "use", "Feature:pdf-export"),
+    )
+    .await;
+    assert_eq!(
+        source(&served),
+        pb::SnapshotSource::License,
+        "{}",
+        summary(&served)
+    );
+    assert_eq!(terms(&served).unwrap().license_id, delivered.license_id);
+
+    // What the directory would refuse is refused, and nothing is written.
+    let stranger = PrivateKey::generate().unwrap();
+    let refused = [
+        (
+            vendor.issue_with(&stranger, &snapshot_file("globex"), |_| {}),
+            Code::InvalidArgument,
+            "license refused: unknown key",
+        ),
+        (
+            vendor.issue_with(&vendor.key, &snapshot_file("globex"), |r| {
+                r.bind
+                    .insert("install".to_string(), "install-b".to_string());
+            }),
+            Code::InvalidArgument,
+            "license refused: bound elsewhere",
+        ),
+        (
+            "not a license".to_string(),
+            Code::InvalidArgument,
+            "license refused: not a license",
+        ),
+        (
+            vendor.issue_with(&vendor.key, &snapshot_with("acme", 1, |_| {}), |r| {
+                r.issued_at = ISSUED - 10;
+            }),
+            Code::FailedPrecondition,
+            "license refused: version 1 is not newer than the serving license",
+        ),
+    ];
+    for (token, code, message) in refused {
+        let status = admin
+            .put_license(authed(license(token), Some(TOKEN)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().starts_with(message), "{status:?}");
+    }
+    let files: Vec<String> = std::fs::read_dir(&vendor.licenses)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["acme.license"]);
+
+    // An upgrade replaces it; snapshot calls need Redis, which this sidecar has not.
+    let upgraded = admin
+        .put_license(authed(
+            license(vendor.issue(&snapshot_with("acme", 2, |_| {}))),
+            Some(TOKEN),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((upgraded.version, upgraded.previous_version), (2, 1));
+    let status = admin
+        .list_snapshots(authed(pb::ListSnapshotsRequest {}, Some(TOKEN)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    drop((client, admin));
+    server.stop().await.unwrap();
+}

@@ -240,6 +240,34 @@ fn read_one(
 ) -> Result<(License, Option<Refusal>), Refusal> {
     let bytes = std::fs::read(path).map_err(|error| Refusal::Unreadable(error.to_string()))?;
     let token = token_of(&bytes)?;
+    check_token(
+        token,
+        &display_path(path),
+        ring,
+        installation,
+        policies,
+        previous,
+        now,
+        skew,
+    )
+}
+
+/// A license token checked as a scan checks a file (`file` names it): the
+/// license, and `Some(Expired)` when it is past its grace.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the scan's context, passed through"
+)]
+fn check_token(
+    token: &str,
+    file: &str,
+    ring: &KeyRing,
+    installation: &Installation,
+    policies: &PolicySnapshot,
+    previous: &HashMap<[u8; 32], &Arc<License>>,
+    now: i64,
+    skew: i64,
+) -> Result<(License, Option<Refusal>), Refusal> {
     let verified = verify(token, ring)?;
     let mut claims = verified.claims;
     for (key, wanted) in &claims.bind {
@@ -287,7 +315,7 @@ fn read_one(
     });
     Ok((
         License {
-            file: display_path(path),
+            file: file.to_string(),
             kid: verified.kid,
             claims,
             snapshot,
@@ -295,4 +323,44 @@ fn read_one(
         },
         expired,
     ))
+}
+
+/// Checks a license offered for delivery as a scan of `dir` would check its
+/// file, against the keys of `keys_dir` and the license serving its tenant
+/// (`serving`): the license, or why it would be refused (an expired one is
+/// refused too).
+///
+/// # Errors
+///
+/// The refusal; an unreadable keys directory is [`Refusal::Unreadable`].
+pub fn check_delivery(
+    token: &str,
+    keys_dir: &Path,
+    installation: &Installation,
+    policies: &PolicySnapshot,
+    serving: &LicenseMap,
+    now: i64,
+    skew: i64,
+) -> Result<Arc<License>, Refusal> {
+    let (ring, _) =
+        KeyRing::load(keys_dir).map_err(|problem| Refusal::Unreadable(problem.to_string()))?;
+    let (license, expired) = check_token(
+        token,
+        "(delivered)",
+        &ring,
+        installation,
+        policies,
+        &HashMap::new(),
+        now,
+        skew,
+    )?;
+    if let Some(refusal) = expired {
+        return Err(refusal);
+    }
+    if let Some(old) = serving.get(&license.claims.sub) {
+        if old.order() > license.order() {
+            return Err(older(&license, old).refusal);
+        }
+    }
+    Ok(Arc::new(license))
 }
