@@ -898,11 +898,30 @@ fn check_local(
     request: pb::CheckRequest,
 ) -> Result<pb::CheckResponse, (u8, String)> {
     let config = config::load(&files.flags()).map_err(|errors| (2, errors.to_string()))?;
-    let store = Arc::new(Store::new(
-        config.policies.clone(),
-        config.entitlements.clone(),
-    ));
-    if let ReloadOutcome::Rejected(problems) = store.reload_policies() {
+    // With licenses configured, the tenant comes from its license, judged by
+    // this host's clock (as `serve` would without Redis).
+    let licenses = config.licenses.as_ref().map(|licenses| {
+        let guard = Arc::new(crate::license::clock::ClockGuard::new(
+            || jiff::Timestamp::now().as_millisecond(),
+            i64::try_from(licenses.skew.as_millis()).unwrap_or(i64::MAX),
+            licenses.clock_file.clone(),
+        ));
+        let settings = crate::store::LicenseSettings {
+            dir: licenses.dir.clone(),
+            keys: licenses.keys.clone(),
+            installation: licenses.installation.clone(),
+            guard: Arc::clone(&guard),
+            skew_s: i64::try_from(licenses.skew.as_secs()).unwrap_or(i64::MAX),
+        };
+        (settings, crate::decide::LicenseSource { guard })
+    });
+    let store = Arc::new(match &licenses {
+        Some((settings, _)) => {
+            Store::policies_only(config.policies.clone()).with_licenses(settings.clone())
+        }
+        None => Store::new(config.policies.clone(), config.entitlements.clone()),
+    });
+    if let ReloadOutcome::Rejected(problems) = store.reload_all() {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err((2, format!("policies do not load:\n{}", lines.join("\n"))));
     }
@@ -923,7 +942,13 @@ fn check_local(
             format!("the tenant's snapshot does not load:\n{}", lines.join("\n")),
         ));
     }
-    let service = DecisionService::new(store, config.options, config.limits);
+    for problem in store.reload_log().last_license_report.problems() {
+        eprintln!("warning: {problem}");
+    }
+    let mut service = DecisionService::new(store, config.options, config.limits);
+    if let Some((_, source)) = licenses {
+        service = service.with_licenses(source);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|error| (3, error.to_string()))?;

@@ -446,6 +446,37 @@ async fn every_refusal_is_named_in_validate_and_its_tenant_is_not_served() {
     }
     assert!(stdout.contains("7 problems found"), "{stdout}");
 
+    // `tollgate check` without --remote decides from the licenses too.
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "check",
+            "--tenant",
+            "acme",
+            "--principal",
+            "User:alice",
+            "--action",
+            "use",
+        ])
+        .args(["--resource", "Feature:pdf-export", "--context"])
+        .arg(r#"{"country": "BR", "now": {"__extn": {"fn": "datetime", "arg": "2026-11-27"}}}"#)
+        .env("TOLLGATE_POLICIES", &dirs.policies)
+        .env("TOLLGATE_LICENSES", &vendor.licenses)
+        .env("TOLLGATE_LICENSE_KEYS", &vendor.keys)
+        .env("TOLLGATE_INSTALL_ID", "install-a")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&checked.stdout);
+    assert_eq!(checked.status.code(), Some(0), "{text}");
+    assert!(text.starts_with("ALLOW\n"), "{text}");
+    assert!(text.contains("(LICENSE, "), "{text}");
+    assert!(text.contains("  license lic_"), "{text}");
+    // The refused files are warned about on the way.
+    let warnings = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        warnings.contains("globex.license: license refused: unknown key"),
+        "{warnings}"
+    );
+
     let server = InProcess::start(vendor.config(&dirs, Clock::system())).await;
     let mut client = connect(&server.url()).await;
     let served = decide(
