@@ -615,17 +615,12 @@ async fn an_upgrade_replaces_a_license_on_reload_and_an_older_one_is_refused() {
     assert_eq!(snapshot_version(&before), 1);
 
     vendor.deliver("hooli", &vendor.issue(&upgraded));
-    let after = wait_until("the upgraded license to serve", || {
-        let mut client = client.clone();
-        async move {
-            let response = decide(&mut client, request()).await;
-            if snapshot_version(&response) == 2 {
-                Ok(response)
-            } else {
-                Err(summary(&response))
-            }
-        }
-    })
+    let after = answer_until(
+        &client,
+        request(),
+        "the upgraded license to serve",
+        |response| snapshot_version(response) == 2,
+    )
     .await;
     assert_eq!(decision(&after), pb::Decision::Allow, "{}", summary(&after));
 
@@ -698,17 +693,12 @@ async fn keys_rotate_and_a_revoked_key_stops_serving_without_a_restart() {
         &vendor.keys.join("revoked.yaml"),
         &format!("keys: [{}]\n", vendor.key.kid),
     );
-    let revoked = wait_until("the revoked key's license to stop serving", || {
-        let mut client = client.clone();
-        async move {
-            let response = decide(&mut client, acme()).await;
-            if codes(&response) == ["unknown_tenant"] {
-                Ok(response)
-            } else {
-                Err(summary(&response))
-            }
-        }
-    })
+    let revoked = answer_until(
+        &client,
+        acme(),
+        "the revoked key's license to stop serving",
+        |response| codes(response) == ["unknown_tenant"],
+    )
     .await;
     expect_decision(&revoked, pb::Decision::Deny, &["unknown_tenant"]);
     let still = decide(&mut client, globex()).await;
@@ -724,17 +714,12 @@ async fn keys_rotate_and_a_revoked_key_stops_serving_without_a_restart() {
         "acme",
         &vendor.issue_with(&next, &snapshot_with("acme", 2, |_| {}), |_| {}),
     );
-    wait_until("acme's re-issued license to serve", || {
-        let mut client = client.clone();
-        async move {
-            let response = decide(&mut client, acme()).await;
-            if source(&response) == pb::SnapshotSource::License {
-                Ok(())
-            } else {
-                Err(summary(&response))
-            }
-        }
-    })
+    answer_until(
+        &client,
+        acme(),
+        "acme's re-issued license to serve",
+        |response| source(response) == pb::SnapshotSource::License,
+    )
     .await;
     drop(client);
     server.stop().await.unwrap();
@@ -771,36 +756,22 @@ async fn a_license_is_the_floor_while_redis_is_away_and_redis_serves_when_back()
     assert_eq!(snapshot_version(&from_redis), 5);
     // A tenant Redis does not have is served from its license.
     vendor.deliver("globex", &vendor.issue(&snapshot_file("globex")));
-    let floor = wait_until("globex's license to serve", || {
-        let mut client = client.clone();
-        async move {
-            let response = decide(
-                &mut client,
-                check("globex", "User:erin", "view", "Feature:pdf-export"),
-            )
-            .await;
-            if source(&response) == pb::SnapshotSource::License {
-                Ok(response)
-            } else {
-                Err(summary(&response))
-            }
-        }
-    })
+    let floor = answer_until(
+        &client,
+        check("globex", "User:erin", "view", "Feature:pdf-export"),
+        "globex's license to serve",
+        |response| source(response) == pb::SnapshotSource::License,
+    )
     .await;
     assert_eq!(snapshot_version(&floor), 1);
 
     redis.kill();
-    let licensed = wait_until("the license to serve while Redis is away", || {
-        let mut client = client.clone();
-        async move {
-            let response = decide(&mut client, request()).await;
-            if source(&response) == pb::SnapshotSource::License {
-                Ok(response)
-            } else {
-                Err(summary(&response))
-            }
-        }
-    })
+    let licensed = answer_until(
+        &client,
+        request(),
+        "the license to serve while Redis is away",
+        |response| source(response) == pb::SnapshotSource::License,
+    )
     .await;
     assert_eq!(
         decision(&licensed),
@@ -826,16 +797,17 @@ async fn a_license_is_the_floor_while_redis_is_away_and_redis_serves_when_back()
     }
 
     redis.restart();
-    wait_until("Redis to serve acme again", || {
-        let mut client = client.clone();
-        async move {
-            let response = decide(&mut client, request()).await;
-            match source(&response) {
-                pb::SnapshotSource::Redis | pb::SnapshotSource::Cache => Ok(()),
-                _ => Err(summary(&response)),
-            }
-        }
-    })
+    answer_until(
+        &client,
+        request(),
+        "Redis to serve acme again",
+        |response| {
+            matches!(
+                source(response),
+                pb::SnapshotSource::Redis | pb::SnapshotSource::Cache
+            )
+        },
+    )
     .await;
     drop(client);
     server.stop().await.unwrap();
@@ -931,16 +903,6 @@ except jwt.InvalidSignatureError:
         })
     );
     assert_eq!(lines.next(), Some("tampered: InvalidSignatureError"));
-}
-
-fn authed<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

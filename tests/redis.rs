@@ -463,16 +463,6 @@ fn free_address() -> std::net::SocketAddr {
     listener.local_addr().unwrap()
 }
 
-fn authed<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_service_needs_its_token_and_validates_writes() {
     let redis = RedisServer::start();

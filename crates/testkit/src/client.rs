@@ -252,6 +252,18 @@ pub async fn call_raw(
     .map(tonic::Response::into_inner)
 }
 
+/// A request carrying `authorization: Bearer <token>` when a token is given.
+pub fn authed<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .expect("a bearer token is a valid header value");
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
 /// Sends `request` until `done` accepts the answer (bounded by
 /// [`wait_until`]), and returns that answer.
 pub async fn answer_until(
