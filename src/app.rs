@@ -884,7 +884,11 @@ impl Reloader {
     fn finished(&self, outcome: &ReloadOutcome, trigger: Option<Reload>) {
         let catalog = self.store.catalog();
         let version = catalog.as_ref().map(|c| c.policies.version.as_str());
-        let tenants = catalog.as_ref().map_or(0, |c| c.tenants.len());
+        // Snapshots from files and from licenses (one of the two is empty
+        // unless licenses are the Redis source's floor).
+        let tenants = catalog
+            .as_ref()
+            .map_or(0, |c| c.tenants.len() + c.licenses.len());
         info!(
             trigger = trigger.map_or("start", Reload::trigger),
             outcome = outcome.name(),

@@ -516,7 +516,7 @@ impl Metrics {
         let tenants = Gauge::default();
         registry.register(
             "tenant_snapshots",
-            "Tenant snapshots serving",
+            "Tenant snapshots serving from files and from licenses (with Redis, see tollgate_cache_entries)",
             tenants.clone(),
         );
         let policies = Gauge::default();

@@ -502,10 +502,16 @@ impl StatusSource {
                 });
             }
         }
-        if !status.refused.is_empty() || !status.key_problems.is_empty() {
+        // Expired licenses are named above.
+        let refused = status
+            .refused
+            .iter()
+            .filter(|refused| refused.reason != "expired")
+            .count();
+        if refused + status.key_problems.len() > 0 {
             problems.push(format!(
                 "{} license file problem(s): those tenants keep their previous license, or have none",
-                status.refused.len() + status.key_problems.len()
+                refused + status.key_problems.len()
             ));
         }
         Some(status)

@@ -191,7 +191,12 @@ pub fn scan(
             _ => Arc::new(best),
         };
         for other in licenses {
-            if other.token_hash != serving.token_hash {
+            // An expired license is listed once, as expired.
+            let listed = scan
+                .refused
+                .iter()
+                .any(|refused| refused.file == other.file);
+            if other.token_hash != serving.token_hash && !listed {
                 scan.refused.push(older(&other, &serving));
             }
         }
