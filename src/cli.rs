@@ -16,7 +16,7 @@ use tollgate_engine::{PolicySnapshot, TenantMap};
 const EXIT_CODES: &str = "\
 Exit codes:
   serve:    0 stopped cleanly (SIGTERM/SIGINT), 1 failed while running, 2 bad configuration
-  validate: 0 everything valid, 1 problems found, 2 bad configuration, 3 Redis unreachable (with redis_url)
+  validate: 0 everything valid, 1 problems found (license files refused included), 2 bad configuration, 3 Redis unreachable (with redis_url)
   check:    0 ALLOW, 1 DENY, 2 bad configuration, request or files, 3 server unreachable or unavailable
   test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies, missing test files or no case to run
   snapshot: 0 done, 1 refused (invalid snapshot, version not newer, not found), 2 bad configuration or policies, 3 Redis unreachable
@@ -75,8 +75,8 @@ enum Command {
         log_format: Option<String>,
     },
     /// Check the policies, the schema and the entitlement snapshots (the files,
-    /// or with redis_url every snapshot stored in Redis); print every problem
-    /// with its place.
+    /// or with redis_url every snapshot stored in Redis, and with licenses
+    /// every license file); print every problem with its place.
     Validate {
         #[command(flatten)]
         files: FileArgs,
