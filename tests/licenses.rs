@@ -623,6 +623,28 @@ async fn an_upgrade_replaces_a_license_on_reload_and_an_older_one_is_refused() {
     )
     .await;
     assert_eq!(decision(&after), pb::Decision::Allow, "{}", summary(&after));
+    // Delivered beside the old file, an upgrade supersedes it: no problem
+    // is reported for the old one.
+    vendor.deliver(
+        "hooli-2027",
+        &vendor.issue(&snapshot_with("hooli", 3, |_| {})),
+    );
+    answer_until(&client, request(), "version 3 to serve", |response| {
+        snapshot_version(response) == 3
+    })
+    .await;
+    let status: serde_json::Value = serde_json::from_str(&get(&metrics, "/status").await).unwrap();
+    assert_eq!(
+        status["licenses"]["refused"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    assert_eq!(status["status"], "healthy", "{status}");
+    std::fs::remove_file(vendor.licenses.join("hooli-2027.license")).unwrap();
+    answer_until(&client, request(), "version 2 to serve again", |response| {
+        snapshot_version(response) == 2
+    })
+    .await;
 
     // The old license delivered again over the new one: refused, the
     // upgrade keeps serving.

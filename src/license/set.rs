@@ -183,23 +183,23 @@ pub fn scan(
             continue;
         };
         let serving = match previous.get(&tenant) {
-            Some(old) if old.order() > best.order() && trusted(old, &ring) => {
+            // A newer license whose file is still there (replaced in place by
+            // an older one) keeps serving; one whose file was removed does not.
+            Some(old)
+                if old.order() > best.order()
+                    && trusted(old, &ring)
+                    && listed.contains(&old.file) =>
+            {
                 scan.refused.push(older(&best, old));
                 Arc::clone(old)
             }
             Some(old) if old.token_hash == best.token_hash => Arc::clone(old),
             _ => Arc::new(best),
         };
-        for other in licenses {
-            // An expired license is listed once, as expired.
-            let listed = scan
-                .refused
-                .iter()
-                .any(|refused| refused.file == other.file);
-            if other.token_hash != serving.token_hash && !listed {
-                scan.refused.push(older(&other, &serving));
-            }
-        }
+        // The tenant's other files are superseded by `best`, a newer license
+        // beside them (an upgrade delivered next to the old file): not
+        // served, and no problem.
+        drop(licenses);
         scan.licenses.insert(tenant, serving);
     }
     // A tenant whose file was replaced by one that is refused keeps its
