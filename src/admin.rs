@@ -220,23 +220,6 @@ impl AdminGrpc {
     }
 }
 
-/// The `sub` claim (tenant) of a license, read before it is verified (to
-/// know whether the caller may deliver it).
-fn license_tenant(token: &str) -> String {
-    use base64::Engine as _;
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|claims| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(claims)
-                .ok()
-        })
-        .and_then(|claims| serde_json::from_slice::<serde_json::Value>(&claims).ok())
-        .and_then(|claims| claims.get("sub")?.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 /// Writes a delivered license into the licenses directory as
 /// `<tenant>.license`, replacing the file atomically.
 fn write_license(dir: &std::path::Path, tenant: &str, token: &str) -> Result<String, Status> {
@@ -343,7 +326,11 @@ impl AdminService for AdminGrpc {
         request: Request<pb::PutLicenseRequest>,
     ) -> Result<Response<pb::PutLicenseResponse>, Status> {
         let token = request.get_ref().license.trim().to_string();
-        let tenant = license_tenant(&token);
+        // Read before it is verified, to know whether the caller may
+        // deliver it.
+        let tenant = crate::license::unverified(&token)
+            .map(|(_, claims)| claims.sub)
+            .unwrap_or_default();
         let caller = self.admit(&request, Operation::PutLicense, Some(&tenant))?;
         let store = Arc::clone(self.service.store());
         let Some(settings) = store.license_settings().cloned() else {

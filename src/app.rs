@@ -219,27 +219,17 @@ pub async fn serve_on(
         Some(file) => Callers::from_file(file, admin_token)?,
         None => Callers::open(admin_token),
     });
-    let license_guard = config.licenses.as_ref().map(|licenses| {
+    let license_settings = config.licenses.as_ref().map(|licenses| {
         let clock = config.clock.clone();
-        Arc::new(crate::license::clock::ClockGuard::new(
-            move || clock.now_ms(),
-            i64::try_from(licenses.skew.as_millis()).unwrap_or(i64::MAX),
-            licenses.clock_file.clone(),
-        ))
+        licenses.settings(move || clock.now_ms())
     });
     let mut store = if config.redis.is_some() || config.licenses.is_some() {
         Store::policies_only(config.policies.clone())
     } else {
         Store::new(config.policies.clone(), config.entitlements.clone())
     };
-    if let (Some(licenses), Some(guard)) = (&config.licenses, &license_guard) {
-        store = store.with_licenses(crate::store::LicenseSettings {
-            dir: licenses.dir.clone(),
-            keys: licenses.keys.clone(),
-            installation: licenses.installation.clone(),
-            guard: Arc::clone(guard),
-            skew_s: i64::try_from(licenses.skew.as_secs()).unwrap_or(i64::MAX),
-        });
+    if let Some(settings) = &license_settings {
+        store = store.with_licenses(settings.clone());
     }
     let store = Arc::new(store);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -358,7 +348,8 @@ pub async fn serve_on(
         metrics.observe_metering(Arc::clone(metering.stats()));
         decision_point = decision_point.with_remote(remote).with_metering(metering);
     }
-    if let (Some(licenses), Some(guard)) = (&config.licenses, license_guard) {
+    if let (Some(licenses), Some(settings)) = (&config.licenses, license_settings) {
+        let guard = settings.guard;
         info!(
             licenses = %licenses.dir.display(),
             keys = %licenses.keys.display(),

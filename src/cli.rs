@@ -751,15 +751,9 @@ fn validate(config: &Config) -> ExitCode {
     let mut redis_unreachable = false;
     if let Some(against) = policies.as_ref().or(schema_only.as_ref()) {
         if let Some(settings) = &config.licenses {
-            let scan = crate::license::set::scan(
-                &settings.dir,
-                &settings.keys,
-                &settings.installation,
-                against,
-                &crate::license::set::LicenseMap::new(),
-                jiff::Timestamp::now().as_second(),
-                i64::try_from(settings.skew.as_secs()).unwrap_or(i64::MAX),
-            );
+            let scan = settings
+                .settings(|| jiff::Timestamp::now().as_millisecond())
+                .scan(against, &crate::license::set::LicenseMap::new());
             problems.extend(scan.key_problems.iter().cloned());
             problems.extend(
                 scan.refused
@@ -901,19 +895,11 @@ fn check_local(
     // With licenses configured, the tenant comes from its license, judged by
     // this host's clock (as `serve` would without Redis).
     let licenses = config.licenses.as_ref().map(|licenses| {
-        let guard = Arc::new(crate::license::clock::ClockGuard::new(
-            || jiff::Timestamp::now().as_millisecond(),
-            i64::try_from(licenses.skew.as_millis()).unwrap_or(i64::MAX),
-            licenses.clock_file.clone(),
-        ));
-        let settings = crate::store::LicenseSettings {
-            dir: licenses.dir.clone(),
-            keys: licenses.keys.clone(),
-            installation: licenses.installation.clone(),
-            guard: Arc::clone(&guard),
-            skew_s: i64::try_from(licenses.skew.as_secs()).unwrap_or(i64::MAX),
+        let settings = licenses.settings(|| jiff::Timestamp::now().as_millisecond());
+        let source = crate::decide::LicenseSource {
+            guard: Arc::clone(&settings.guard),
         };
-        (settings, crate::decide::LicenseSource { guard })
+        (settings, source)
     });
     let store = Arc::new(match &licenses {
         Some((settings, _)) => {

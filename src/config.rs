@@ -120,6 +120,27 @@ pub struct LicenseConfig {
     pub installation: crate::license::set::Installation,
 }
 
+impl LicenseConfig {
+    /// The store's license settings, with a clock guard over `now` (Unix
+    /// milliseconds) and the recorded time of `clock_file`.
+    pub fn settings(
+        &self,
+        now: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> crate::store::LicenseSettings {
+        crate::store::LicenseSettings {
+            dir: self.dir.clone(),
+            keys: self.keys.clone(),
+            installation: self.installation.clone(),
+            guard: std::sync::Arc::new(crate::license::clock::ClockGuard::new(
+                now,
+                i64::try_from(self.skew.as_millis()).unwrap_or(i64::MAX),
+                self.clock_file.clone(),
+            )),
+            skew_s: i64::try_from(self.skew.as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
 /// A value that is never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);

@@ -236,41 +236,25 @@ impl prometheus_client::collector::Collector for LicenseCollector {
         let Some((store, guard)) = self.0.get() else {
             return Ok(());
         };
-        let mut states = [
-            ("valid", 0i64),
-            ("grace", 0),
-            ("expired", 0),
-            ("clock_invalid", 0),
-        ];
+        let mut states = [0i64; crate::store::LicenseState::ALL.len()];
         let mut next_expiry: Option<i64> = None;
         if let Some(catalog) = store.catalog() {
             for tenant in catalog.licenses.keys() {
-                let state = match catalog.license_lookup(tenant, guard) {
-                    Some(crate::store::Lookup::Licensed {
-                        in_grace: false,
-                        license,
-                    }) => {
-                        next_expiry = Some(
-                            next_expiry.map_or(license.claims.exp, |e| e.min(license.claims.exp)),
-                        );
-                        0
-                    }
-                    Some(crate::store::Lookup::Licensed {
-                        in_grace: true,
-                        license,
-                    }) => {
-                        next_expiry = Some(next_expiry.map_or(license.claims.grace_ends(), |e| {
-                            e.min(license.claims.grace_ends())
-                        }));
-                        1
-                    }
-                    Some(crate::store::Lookup::LicenseRefused {
-                        reason: tollgate_engine::BuiltinReason::LicenseExpired,
-                        ..
-                    }) => 2,
-                    _ => 3,
+                let Some(lookup) = catalog.license_lookup(tenant, guard) else {
+                    continue;
                 };
-                states[state].1 += 1;
+                let Some(state) = lookup.license_state() else {
+                    continue;
+                };
+                states[state as usize] += 1;
+                if let crate::store::Lookup::Licensed { license, in_grace } = &lookup {
+                    let ends = if *in_grace {
+                        license.claims.grace_ends()
+                    } else {
+                        license.claims.exp
+                    };
+                    next_expiry = Some(next_expiry.map_or(ends, |soonest| soonest.min(ends)));
+                }
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -279,8 +263,11 @@ impl prometheus_client::collector::Collector for LicenseCollector {
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
-        for (state, count) in states {
-            ConstGauge::new(count).encode(family.encode_family(&LicenseLabels { state })?)?;
+        for (state, count) in crate::store::LicenseState::ALL.iter().zip(states) {
+            let labels = LicenseLabels {
+                state: state.name(),
+            };
+            ConstGauge::new(count).encode(family.encode_family(&labels)?)?;
         }
         let report = store.reload_log().last_license_report;
         let mut family = encoder.encode_descriptor(

@@ -432,24 +432,17 @@ impl StatusSource {
         reload_log: &crate::store::ReloadLog,
         problems: &mut Vec<String>,
     ) -> Option<LicensesStatus> {
-        use crate::store::Lookup;
+        use crate::store::LicenseState;
         let settings = self.store.license_settings()?;
         let mut serving = Vec::new();
         if let Some(catalog) = catalog {
             let mut tenants: Vec<&String> = catalog.licenses.keys().collect();
             tenants.sort();
             for tenant in tenants {
-                let state = match catalog.license_lookup(tenant, &settings.guard) {
-                    Some(Lookup::Licensed {
-                        in_grace: false, ..
-                    }) => "valid",
-                    Some(Lookup::Licensed { in_grace: true, .. }) => "grace",
-                    Some(Lookup::LicenseRefused {
-                        reason: tollgate_engine::BuiltinReason::LicenseExpired,
-                        ..
-                    }) => "expired",
-                    _ => "clock_invalid",
-                };
+                let state = catalog
+                    .license_lookup(tenant, &settings.guard)
+                    .and_then(|lookup| lookup.license_state())
+                    .map_or("clock_invalid", LicenseState::name);
                 let license = &catalog.licenses[tenant];
                 serving.push(LicenseStatus {
                     tenant: tenant.clone(),

@@ -925,6 +925,106 @@ except jwt.InvalidSignatureError:
         })
     );
     assert_eq!(lines.next(), Some("tampered: InvalidSignatureError"));
+
+    // `tollgate license inspect` with the trusted keys: the claims and a
+    // verifying signature, exit code 0; an altered copy is refused, 1.
+    let trusted = dir.path().join("trusted");
+    std::fs::create_dir_all(&trusted).unwrap();
+    std::fs::copy(&public, trusted.join("vendor.pem")).unwrap();
+    let inspect = |file: &Path, json: bool| {
+        let mut command = std::process::Command::new(binary);
+        command
+            .args(["license", "inspect"])
+            .arg(file)
+            .arg("--keys")
+            .arg(&trusted);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    let good = inspect(&license, false);
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert_eq!(good.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with("license lic-py: tenant acme, version 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("  bound to: install=prod-eu-1\n"), "{text}");
+    assert!(text.contains("  snapshot: 20 entities\n"), "{text}");
+    assert!(text.contains("  now: valid\n"), "{text}");
+    assert!(text.contains("  signature: verifies with "), "{text}");
+    let json: serde_json::Value = serde_json::from_slice(&inspect(&license, true).stdout).unwrap();
+    assert_eq!(
+        (&json["verified"], &json["state"], &json["claims"]["grace"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!("valid"),
+            &serde_json::json!(1_209_600)
+        )
+    );
+    let token = std::fs::read_to_string(&license).unwrap();
+    let mut parts: Vec<&str> = token.trim_end().split('.').collect();
+    let claims: String = parts[1].chars().rev().collect();
+    parts[1] = &claims;
+    let altered = dir.path().join("altered.license");
+    std::fs::write(&altered, format!("{}\n", parts.join("."))).unwrap();
+    let refused = inspect(&altered, false);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+}
+
+#[test]
+fn cluster_and_hostname_bindings_match_this_installation() {
+    let vendor = Vendor::new();
+    let policies = policies();
+    let host = Installation::hostname_of_host().expect("the host has a name");
+    let bound = |tenant: &str, bind: &[(&str, &str)]| {
+        let document = snapshot_with("acme", 1, |d| d["tenant"] = tenant.into());
+        vendor.issue_with(&vendor.key, &document, |r| {
+            for (key, value) in bind {
+                r.bind.insert((*key).to_string(), (*value).to_string());
+            }
+        })
+    };
+    vendor.deliver(
+        "here",
+        &bound("here", &[("cluster", "eu-1"), ("hostname", &host)]),
+    );
+    vendor.deliver(
+        "other-cluster",
+        &bound("other-cluster", &[("cluster", "us-2")]),
+    );
+    vendor.deliver(
+        "other-host",
+        &bound("other-host", &[("hostname", "not-this-host")]),
+    );
+    let installation = Installation {
+        install: None,
+        hostname: Some(host.clone()),
+        cluster: Some("eu-1".to_string()),
+    };
+    let scan = tollgate::license::set::scan(
+        &vendor.licenses,
+        &vendor.keys,
+        &installation,
+        &policies,
+        &Default::default(),
+        ISSUED + 60,
+        60,
+    );
+    let mut serving: Vec<&String> = scan.licenses.keys().collect();
+    serving.sort();
+    assert_eq!(serving, ["here"]);
+    let reasons: Vec<String> = scan.refused.iter().map(|r| r.refusal.to_string()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "bound elsewhere: cluster is `us-2`, this installation's is `eu-1`".to_string(),
+            format!(
+                "bound elsewhere: hostname is `not-this-host`, this installation's is `{host}`"
+            ),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use tollgate_engine::PolicySnapshot;
 
 use super::{
-    issue as sign, parse_duration, parse_time, rfc3339, token_of, verify, Claims, IssueRequest,
+    issue as sign, parse_duration, parse_time, rfc3339, token_of, unverified, verify, IssueRequest,
     KeyRing, PrivateKey, Refusal,
 };
 
@@ -177,22 +175,6 @@ pub fn issue(policy_dir: &Path, args: &IssueArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A license's claims read without verifying them (for `inspect`).
-fn read_unverified(token: &str) -> Result<(jsonwebtoken::Header, Claims), Refusal> {
-    let header = jsonwebtoken::decode_header(token)
-        .map_err(|error| Refusal::Malformed(format!("its header does not read: {error}")))?;
-    let payload = token
-        .split('.')
-        .nth(1)
-        .ok_or_else(|| Refusal::Malformed("not three dot-separated parts".to_string()))?;
-    let bytes = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|error| Refusal::Malformed(format!("its claims are not base64url: {error}")))?;
-    let claims = serde_json::from_slice(&bytes)
-        .map_err(|error| Refusal::Malformed(format!("its claims do not read: {error}")))?;
-    Ok((header, claims))
-}
-
 /// Prints a license and whether it verifies with `keys`.
 pub fn inspect(file: &Path, keys: Option<&Path>, json: bool) -> ExitCode {
     let refused = |refusal: Refusal| {
@@ -210,7 +192,7 @@ pub fn inspect(file: &Path, keys: Option<&Path>, json: bool) -> ExitCode {
         Ok(token) => token,
         Err(refusal) => return refused(refusal),
     };
-    let (header, claims) = match read_unverified(token) {
+    let (header, claims) = match unverified(token) {
         Ok(read) => read,
         Err(refusal) => return refused(refusal),
     };

@@ -17,6 +17,7 @@ pub mod set;
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};
@@ -335,6 +336,28 @@ pub fn token_of(bytes: &[u8]) -> Result<&str, Refusal> {
     }
     // Checked above: ASCII only.
     std::str::from_utf8(token).map_err(|_| Refusal::Malformed("not ASCII".to_string()))
+}
+
+/// A license's header and claims read without verifying them: what
+/// `inspect` prints, and the tenant the admin API holds a caller to before
+/// verifying.
+///
+/// # Errors
+///
+/// When the token does not read as a license.
+pub fn unverified(token: &str) -> Result<(jsonwebtoken::Header, Claims), Refusal> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|error| Refusal::Malformed(format!("its header does not read: {error}")))?;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| Refusal::Malformed("not three dot-separated parts".to_string()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|error| Refusal::Malformed(format!("its claims are not base64url: {error}")))?;
+    let claims = serde_json::from_slice(&bytes)
+        .map_err(|error| Refusal::Malformed(format!("its claims do not read: {error}")))?;
+    Ok((header, claims))
 }
 
 /// Verifies a license's signature, key and revocation (not its times, its

@@ -176,10 +176,11 @@ pub fn scan(
             Err(refusal) => scan.refused.push(Refused { file, refusal }),
         }
     }
-    for (tenant, mut licenses) in candidates {
-        licenses.sort_by_key(|license| std::cmp::Reverse(license.order()));
-        let mut licenses = licenses.into_iter();
-        let Some(best) = licenses.next() else {
+    for (tenant, licenses) in candidates {
+        // The tenant's other files are superseded by the newest, a license
+        // beside them (an upgrade delivered next to the old file): not
+        // served, and no problem.
+        let Some(best) = licenses.into_iter().max_by_key(License::order) else {
             continue;
         };
         let serving = match previous.get(&tenant) {
@@ -196,10 +197,6 @@ pub fn scan(
             Some(old) if old.token_hash == best.token_hash => Arc::clone(old),
             _ => Arc::new(best),
         };
-        // The tenant's other files are superseded by `best`, a newer license
-        // beside them (an upgrade delivered next to the old file): not
-        // served, and no problem.
-        drop(licenses);
         scan.licenses.insert(tenant, serving);
     }
     // A tenant whose file was replaced by one that is refused keeps its

@@ -130,6 +130,73 @@ pub struct LicenseSettings {
     pub skew_s: i64,
 }
 
+impl LicenseSettings {
+    /// Scans the licenses directory against `policies` at the guard's clock,
+    /// `previous` being the licenses serving now.
+    pub fn scan(
+        &self,
+        policies: &PolicySnapshot,
+        previous: &LicenseMap,
+    ) -> crate::license::set::Scan {
+        crate::license::set::scan(
+            &self.dir,
+            &self.keys,
+            &self.installation,
+            policies,
+            previous,
+            self.guard.now_ms().div_euclid(1000),
+            self.skew_s,
+        )
+    }
+}
+
+/// A serving license's state now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LicenseState {
+    /// Within its terms.
+    Valid,
+    /// Past its expiry, within its grace.
+    Grace,
+    /// Past its grace: checks answer `license_expired`.
+    Expired,
+    /// The clock cannot be trusted: checks answer `license_clock_invalid`.
+    ClockInvalid,
+}
+
+impl LicenseState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [Self; 4] = [Self::Valid, Self::Grace, Self::Expired, Self::ClockInvalid];
+
+    /// `valid`, `grace`, `expired` or `clock_invalid`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Grace => "grace",
+            Self::Expired => "expired",
+            Self::ClockInvalid => "clock_invalid",
+        }
+    }
+}
+
+impl Lookup {
+    /// The state of the license behind a license lookup, `None` for a
+    /// lookup of another source.
+    pub fn license_state(&self) -> Option<LicenseState> {
+        match self {
+            Self::Licensed {
+                in_grace: false, ..
+            } => Some(LicenseState::Valid),
+            Self::Licensed { in_grace: true, .. } => Some(LicenseState::Grace),
+            Self::LicenseRefused {
+                reason: BuiltinReason::LicenseExpired,
+                ..
+            } => Some(LicenseState::Expired),
+            Self::LicenseRefused { .. } => Some(LicenseState::ClockInvalid),
+            Self::Found { .. } | Self::Unknown | Self::Unavailable => None,
+        }
+    }
+}
+
 /// The last scan of the licenses directory.
 #[derive(Debug, Default, Clone)]
 pub struct LicenseReport {
@@ -269,15 +336,7 @@ impl Store {
         let Some(settings) = &self.licenses else {
             return (LicenseMap::new(), LicenseReport::default());
         };
-        let scan = crate::license::set::scan(
-            &settings.dir,
-            &settings.keys,
-            &settings.installation,
-            policies,
-            previous,
-            settings.guard.now_ms().div_euclid(1000),
-            settings.skew_s,
-        );
+        let scan = settings.scan(policies, previous);
         if let Some(newest) = scan.licenses.values().map(|l| l.claims.iat).max() {
             settings.guard.raise(newest.saturating_mul(1000));
         }
