@@ -49,11 +49,16 @@ pub enum Operation {
     PutLicense,
     /// The details of `/status`.
     Status,
+    /// `ListEntitlements`.
+    ListEntitlements,
+    /// A what-if question: a `Check` or `ListEntitlements` with attribute
+    /// overrides (never counted, never consumes).
+    WhatIf,
 }
 
 impl Operation {
     /// Every operation, in the order of their bits.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 12] = [
         Operation::Check,
         Operation::CheckBatch,
         Operation::Consume,
@@ -64,6 +69,8 @@ impl Operation {
         Operation::ListSnapshots,
         Operation::PutLicense,
         Operation::Status,
+        Operation::ListEntitlements,
+        Operation::WhatIf,
     ];
 
     /// The operation's name in the callers file, metrics and messages.
@@ -79,6 +86,8 @@ impl Operation {
             Operation::ListSnapshots => "admin.list_snapshots",
             Operation::PutLicense => "admin.put_license",
             Operation::Status => "status",
+            Operation::ListEntitlements => "list_entitlements",
+            Operation::WhatIf => "what_if",
         }
     }
 
@@ -115,6 +124,8 @@ impl Operations {
             Operation::Consume,
             Operation::ReportUsage,
             Operation::Status,
+            Operation::ListEntitlements,
+            Operation::WhatIf,
         ])
     }
 

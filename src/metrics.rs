@@ -121,6 +121,9 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     check_seconds: Histogram,
     invalid_requests: Counter,
+    listings: Counter,
+    listed_items: Counter,
+    listing_seconds: Histogram,
     reloads: Family<ReloadLabels, Counter>,
     policy_info: Family<PolicyLabels, Gauge>,
     tenants: Gauge,
@@ -488,6 +491,24 @@ impl Metrics {
             "Checks refused as malformed or not matching the schema",
             invalid_requests.clone(),
         );
+        let listings = Counter::default();
+        registry.register(
+            "listings",
+            "ListEntitlements pages answered",
+            listings.clone(),
+        );
+        let listed_items = Counter::default();
+        registry.register(
+            "listed_items",
+            "Items of the ListEntitlements pages answered (not counted as decisions)",
+            listed_items.clone(),
+        );
+        let listing_seconds = Histogram::new(exponential_buckets(0.000_01, 2.0, 19));
+        registry.register(
+            "listing_duration_seconds",
+            "Time to answer one ListEntitlements page, hints included",
+            listing_seconds.clone(),
+        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "reloads",
@@ -574,6 +595,9 @@ impl Metrics {
             decisions,
             check_seconds,
             invalid_requests,
+            listings,
+            listed_items,
+            listing_seconds,
             reloads,
             policy_info,
             tenants,
@@ -748,6 +772,14 @@ impl Metrics {
     }
 
     /// Counts a refused request.
+    pub fn record_listing(&self, items: usize, elapsed: std::time::Duration) {
+        self.listings.inc();
+        self.listed_items
+            .inc_by(u64::try_from(items).unwrap_or(u64::MAX));
+        self.listing_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request refused as malformed.
     pub fn record_invalid(&self) {
         self.invalid_requests.inc();
     }

@@ -484,6 +484,7 @@ fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckR
         });
     }
     Ok(pb::CheckRequest {
+        what_if: Vec::new(),
         consume: None,
         max_staleness_ms: 0,
         tenant: tenant.to_string(),

@@ -451,6 +451,7 @@ fn corpus_answers_match_cedar_through_grpc() {
                 explain: false,
                 max_staleness_ms: 0,
                 consume: None,
+                what_if: Vec::new(),
             };
             let response = match runtime.block_on(client.check(check)) {
                 Ok(response) => response.into_inner(),

@@ -356,8 +356,9 @@ fn unframe(body: &[u8]) -> Result<&[u8], TestCaseError> {
 // Refusals name their fields
 
 /// The fields a refusal's path may start with.
-const FIELD_HEADS: [&str; 10] = [
+const FIELD_HEADS: [&str; 11] = [
     "tenant",
+    "what_if",
     "principal",
     "action",
     "resource",
@@ -404,6 +405,11 @@ fn is_field_of(field: &str, request: &pb::CheckRequest) -> bool {
     ];
     if WHOLE.contains(&field) {
         return true;
+    }
+    // A what-if override: its entity, attribute or value, or the overrides
+    // as a whole (the schema and the snapshot check them together).
+    if field == "what_if" || field.starts_with("what_if[") {
+        return !request.what_if.is_empty();
     }
     /// Whether `rest` is `key` followed by nothing, `.` or `[`.
     fn starts_with_key(rest: &str, key: &str) -> bool {
@@ -746,6 +752,29 @@ fn tenant() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// Attribute overrides of a what-if question: mostly none; else a known
+/// account attribute or any text, with any value.
+fn what_if() -> BoxedStrategy<Vec<pb::AttributeOverride>> {
+    let one = (
+        prop::option::weighted(0.95, entity_ref()),
+        prop_oneof![
+            3 => prop::sample::select(vec!["plan", "tier", "addons", "limit"]).prop_map(String::from),
+            1 => text(),
+        ],
+        prop::option::weighted(0.95, value()),
+    )
+        .prop_map(|(entity, attribute, value)| pb::AttributeOverride {
+            entity,
+            attribute,
+            value,
+        });
+    prop_oneof![
+        9 => Just(Vec::new()),
+        1 => prop::collection::vec(one, 1..3),
+    ]
+    .boxed()
+}
+
 fn consume() -> impl Strategy<Value = pb::Consume> {
     (text(), any::<i64>(), text()).prop_map(|(meter, amount, idempotency_key)| pb::Consume {
         meter,
@@ -766,6 +795,7 @@ fn check_request() -> BoxedStrategy<pb::CheckRequest> {
         any::<bool>(),
         any::<u64>(),
         prop::option::weighted(0.1, consume()),
+        what_if(),
     )
         .prop_map(
             |(
@@ -778,6 +808,7 @@ fn check_request() -> BoxedStrategy<pb::CheckRequest> {
                 explain,
                 staleness,
                 consume,
+                what_if,
             )| {
                 pb::CheckRequest {
                     tenant,
@@ -789,6 +820,7 @@ fn check_request() -> BoxedStrategy<pb::CheckRequest> {
                     explain,
                     max_staleness_ms: staleness,
                     consume,
+                    what_if,
                 }
             },
         )
@@ -1232,6 +1264,12 @@ fn deepest(request: &pb::CheckRequest) -> usize {
                 .iter()
                 .flat_map(|entity| entity.attrs.values().chain(entity.tags.values())),
         )
+        .chain(
+            request
+                .what_if
+                .iter()
+                .filter_map(|item| item.value.as_ref()),
+        )
         .map(depth)
         .max()
         .unwrap_or(0)
@@ -1261,6 +1299,10 @@ fn one_way_to_refuse(request: &pb::CheckRequest) -> bool {
                     .chain(entity.tags.values())
                     .all(one_way)
         })
+        && request
+            .what_if
+            .iter()
+            .all(|item| item.value.as_ref().is_none_or(one_way))
 }
 
 #[test]

@@ -134,6 +134,7 @@ fn run_case_set(path: &Path) -> Vec<String> {
             explain: false,
             max_staleness_ms: 0,
             consume: None,
+            what_if: Vec::new(),
         };
         let decided = match tenants.get(&case.tenant) {
             Some(tenant) => {

@@ -140,6 +140,7 @@ fn operation(path: &str) -> Operation {
     match path.rsplit('/').next() {
         Some("CheckBatch") => Operation::CheckBatch,
         Some("ReportUsage") => Operation::ReportUsage,
+        Some("ListEntitlements") => Operation::ListEntitlements,
         _ => Operation::Check,
     }
 }
@@ -343,6 +344,12 @@ pub fn check<U: 'static>(bytes: &[u8]) -> Result<(), Status> {
                 .err()
                 .map(|size| too_many("request", size))
         })
+    } else if TypeId::of::<U>() == TypeId::of::<pb::ListEntitlementsRequest>() {
+        let mut budget = Budget::new();
+        budget
+            .listing(bytes)
+            .err()
+            .map(|size| too_many("request", size))
     } else if TypeId::of::<U>() == TypeId::of::<pb::ReportUsageRequest>() {
         batch("reports", count(bytes, REPORTS), limits)
     } else {
@@ -393,6 +400,12 @@ type Exceeded = usize;
 
 /// `CheckRequest.context` and `CheckRequest.entities`.
 const CONTEXT: u32 = 5;
+/// `CheckRequest.what_if`, `ListEntitlementsRequest.what_if` (the context
+/// of a listing has the same number as a check's).
+const WHAT_IF: u32 = 10;
+const LISTING_WHAT_IF: u32 = 12;
+/// `AttributeOverride.value`.
+const OVERRIDE_VALUE: u32 = 3;
 /// `Entity.attrs`, `Entity.parents`, `Entity.tags`.
 const ATTRS: u32 = 2;
 const PARENTS: u32 = 3;
@@ -430,6 +443,24 @@ impl Budget {
         self.each(bytes, |budget, number, payload| match number {
             CONTEXT => budget.map_values(payload),
             ENTITIES => budget.entity(payload),
+            WHAT_IF => budget.attribute_override(payload),
+            _ => Ok(()),
+        })
+    }
+
+    /// Counts a `ListEntitlementsRequest`'s values.
+    fn listing(&mut self, bytes: &[u8]) -> Result<(), Exceeded> {
+        self.each(bytes, |budget, number, payload| match number {
+            CONTEXT => budget.map_values(payload),
+            LISTING_WHAT_IF => budget.attribute_override(payload),
+            _ => Ok(()),
+        })
+    }
+
+    /// An `AttributeOverride`: its value.
+    fn attribute_override(&mut self, bytes: &[u8]) -> Result<(), Exceeded> {
+        self.each(bytes, |budget, number, payload| match number {
+            OVERRIDE_VALUE => budget.value(payload),
             _ => Ok(()),
         })
     }

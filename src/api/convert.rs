@@ -10,7 +10,10 @@ use cedar_policy_core::ast::{ExtensionFunction, PartialValue, Value};
 use smol_str::SmolStr;
 
 use super::pb;
-use crate::decide::{Answer, Check, Consume, EntityRef, Reason, UsageReport, Values};
+use crate::decide::{
+    Answer, Check, Consume, DecisionFilter, EntityRef, Hint, Item, Listed, Listing, Reason,
+    UsageReport, Values,
+};
 use crate::metering::UsageView;
 use tollgate_engine::diagnostics::describe;
 use tollgate_engine::{self as engine, PolicySnapshot, RequestError, SnapshotSource};
@@ -26,6 +29,8 @@ pub struct PbValues {
     pub context: HashMap<String, pb::Value>,
     /// The request-scoped entities.
     pub entities: Vec<pb::Entity>,
+    /// The attribute overrides of a what-if question.
+    pub what_if: Vec<pb::AttributeOverride>,
 }
 
 impl Values for PbValues {
@@ -58,6 +63,14 @@ impl Values for PbValues {
         Ok((context, entities))
     }
 
+    fn what_if_count(&self) -> usize {
+        self.what_if.len()
+    }
+
+    fn take_what_if(&mut self, policies: &PolicySnapshot) -> Result<engine::Changes, RequestError> {
+        what_if(policies, std::mem::take(&mut self.what_if))
+    }
+
     fn context_json(&self, masked: &dyn Fn(&str) -> bool) -> serde_json::Value {
         self.context
             .iter()
@@ -72,6 +85,40 @@ impl Values for PbValues {
             .collect::<serde_json::Map<_, _>>()
             .into()
     }
+}
+
+/// Most attribute overrides one what-if question may carry.
+pub const MAX_WHAT_IF: usize = 64;
+
+/// Attribute overrides as the changes a what-if decision applies, each
+/// checked for its form here (the schema and the snapshot check the rest).
+pub fn what_if(
+    policies: &PolicySnapshot,
+    overrides: Vec<pb::AttributeOverride>,
+) -> Result<engine::Changes, RequestError> {
+    if overrides.len() > MAX_WHAT_IF {
+        return Err(RequestError::new(
+            "what_if",
+            format!(
+                "{} overrides exceed the limit of {MAX_WHAT_IF}",
+                overrides.len()
+            ),
+        ));
+    }
+    let mut changes = engine::Changes::new();
+    for (index, item) in overrides.into_iter().enumerate() {
+        let path = format!("what_if[{index}]");
+        let uid = pb_entity_uid(policies, &format!("{path}.entity"), item.entity.as_ref())?;
+        if item.attribute.is_empty() {
+            return Err(RequestError::new(format!("{path}.attribute"), "required"));
+        }
+        let Some(value) = item.value else {
+            return Err(RequestError::new(format!("{path}.value"), "required"));
+        };
+        let value = value_to_core(policies, &At::Root(&format!("{path}.value")), value, 0)?;
+        changes.set(&uid.into(), item.attribute.as_str(), value);
+    }
+    Ok(changes)
 }
 
 /// A protobuf entity reference as the decision service's.
@@ -92,6 +139,7 @@ pub fn check(request: pb::CheckRequest) -> Check<PbValues> {
         values: PbValues {
             context: request.context,
             entities: request.entities,
+            what_if: request.what_if,
         },
         explain: request.explain,
         max_staleness_ms: request.max_staleness_ms,
@@ -100,6 +148,88 @@ pub fn check(request: pb::CheckRequest) -> Check<PbValues> {
             amount: consume.amount,
             idempotency_key: consume.idempotency_key,
         }),
+    }
+}
+
+/// A `ListEntitlementsRequest` as the decision service's listing.
+pub fn listing(request: pb::ListEntitlementsRequest) -> Listing<PbValues> {
+    Listing {
+        tenant: request.tenant,
+        principal: request.principal.map(entity_ref),
+        actions: request.actions.into_iter().map(entity_ref).collect(),
+        resource_types: request.resource_types,
+        values: PbValues {
+            context: request.context,
+            entities: Vec::new(),
+            what_if: request.what_if,
+        },
+        decision: match pb::Decision::try_from(request.decision) {
+            Ok(pb::Decision::Allow) => DecisionFilter::Allow,
+            Ok(pb::Decision::Deny) => DecisionFilter::Deny,
+            _ => DecisionFilter::All,
+        },
+        page_size: usize::try_from(request.page_size).unwrap_or(usize::MAX),
+        page_token: request.page_token,
+        hints: request.hints,
+        requested: request.requested,
+        max_staleness_ms: request.max_staleness_ms,
+    }
+}
+
+/// The protobuf response for a listing's page.
+pub fn listed(listed: Listed) -> pb::ListEntitlementsResponse {
+    pb::ListEntitlementsResponse {
+        items: listed.items.into_iter().map(item).collect(),
+        freshness: Some(freshness(listed.freshness)),
+        next_page_token: listed.next_page_token,
+        hypothetical: listed.hypothetical,
+    }
+}
+
+fn pb_ref(reference: EntityRef) -> pb::EntityRef {
+    pb::EntityRef {
+        r#type: reference.type_name,
+        id: reference.id,
+    }
+}
+
+fn item(item: Item) -> pb::EntitlementItem {
+    pb::EntitlementItem {
+        action: Some(pb_ref(item.action)),
+        resource: Some(pb_ref(item.resource)),
+        decision: if item.allow {
+            pb::Decision::Allow
+        } else {
+            pb::Decision::Deny
+        } as i32,
+        reasons: item.reasons.iter().map(reason).collect(),
+        usage: item.usage.as_ref().map(usage),
+        hint: item.hint.map(|hint| match hint {
+            Hint::UnlockedBy(offers) => pb::UpgradeHint {
+                unlocked_by: offers
+                    .into_iter()
+                    .map(|offer| pb::Offer {
+                        offer: offer.id,
+                        kind: offer.kind.name().to_string(),
+                        price: offer.price,
+                        name: offer.name.unwrap_or_default(),
+                    })
+                    .collect(),
+                no_offer: false,
+            },
+            Hint::NoOffer => pb::UpgradeHint {
+                unlocked_by: Vec::new(),
+                no_offer: true,
+            },
+        }),
+        errors: item
+            .errors
+            .into_iter()
+            .map(|error| pb::EvaluationError {
+                policy_id: error.policy_id,
+                message: error.message,
+            })
+            .collect(),
     }
 }
 
@@ -400,9 +530,31 @@ pub fn parse_ref(text: &str, default_type: Option<&str>) -> Result<pb::EntityRef
     }
 }
 
+/// The protobuf form of the data behind an answer.
+fn freshness(freshness: crate::decide::Freshness) -> pb::Freshness {
+    pb::Freshness {
+        policy_version: freshness.policy_version,
+        snapshot_version: freshness.snapshot_version,
+        snapshot_age_ms: freshness.snapshot_age_ms,
+        source: match freshness.source {
+            None => pb::SnapshotSource::Unspecified,
+            Some(SnapshotSource::File) => pb::SnapshotSource::File,
+            Some(SnapshotSource::Cache) => pb::SnapshotSource::Cache,
+            Some(SnapshotSource::Redis) => pb::SnapshotSource::Redis,
+            Some(SnapshotSource::Stale) => pb::SnapshotSource::Stale,
+            Some(SnapshotSource::License) => pb::SnapshotSource::License,
+        } as i32,
+        license: freshness.license.map(|terms| pb::LicenseTerms {
+            license_id: terms.license_id,
+            expires_at: terms.expires_at,
+            grace_ends_at: terms.grace_ends_at,
+            in_grace: terms.in_grace,
+        }),
+    }
+}
+
 /// The protobuf response for an answer.
 pub fn response(answer: Answer) -> pb::CheckResponse {
-    let freshness = answer.freshness;
     pb::CheckResponse {
         decision: if answer.allow {
             pb::Decision::Allow
@@ -418,27 +570,10 @@ pub fn response(answer: Answer) -> pb::CheckResponse {
                 message: error.message,
             })
             .collect(),
-        freshness: Some(pb::Freshness {
-            policy_version: freshness.policy_version,
-            snapshot_version: freshness.snapshot_version,
-            snapshot_age_ms: freshness.snapshot_age_ms,
-            source: match freshness.source {
-                None => pb::SnapshotSource::Unspecified,
-                Some(SnapshotSource::File) => pb::SnapshotSource::File,
-                Some(SnapshotSource::Cache) => pb::SnapshotSource::Cache,
-                Some(SnapshotSource::Redis) => pb::SnapshotSource::Redis,
-                Some(SnapshotSource::Stale) => pb::SnapshotSource::Stale,
-                Some(SnapshotSource::License) => pb::SnapshotSource::License,
-            } as i32,
-            license: freshness.license.map(|terms| pb::LicenseTerms {
-                license_id: terms.license_id,
-                expires_at: terms.expires_at,
-                grace_ends_at: terms.grace_ends_at,
-                in_grace: terms.in_grace,
-            }),
-        }),
+        freshness: Some(freshness(answer.freshness)),
         decision_id: answer.decision_id,
         usage: answer.usage.as_ref().map(usage),
+        hypothetical: answer.hypothetical,
         explanation: answer
             .explanation
             .into_iter()

@@ -306,6 +306,20 @@ pub fn check_request(bytes: &[u8]) -> Result<pb::CheckRequest, decide::Error> {
     decode(bytes, "CheckRequest")
 }
 
+/// A `ListEntitlementsRequest` read from JSON, refused before decoding
+/// when its context and what-if overrides carry more values than a call may.
+pub fn list_entitlements_request(
+    bytes: &[u8],
+) -> Result<pb::ListEntitlementsRequest, decide::Error> {
+    let mut scan = Scan::new();
+    let _ =
+        serde_json::Deserializer::from_slice(bytes).deserialize_any(CheckSeed { scan: &mut scan });
+    if let Some(refused) = scan.refusal() {
+        return Err(refused);
+    }
+    decode(bytes, "ListEntitlementsRequest")
+}
+
 /// A `CheckBatchRequest` read from JSON, refused before decoding when it
 /// holds more checks than `limits` allow, or its checks more than a call may
 /// carry.
@@ -734,6 +748,9 @@ impl<'de> Deserialize<'de> for Key {
                     "extension",
                     "__entity",
                     "__extn",
+                    "what_if",
+                    "whatIf",
+                    "value",
                 ];
                 Ok(Key(std::borrow::Cow::Borrowed(
                     KNOWN
@@ -772,6 +789,7 @@ impl<'de> Visitor<'de> for CheckSeed<'_> {
         while let Some(key) = map.next_key::<Key>()? {
             match &*key.0 {
                 "context" => map.next_value_seed(MapValues(&mut *self.scan))?,
+                "what_if" | "whatIf" => map.next_value_seed(Overrides(&mut *self.scan))?,
                 "entities" => {
                     let count = map.next_value_seed(EntityList(&mut *self.scan))?;
                     if count > MAX_REQUEST_ENTITIES && self.scan.entities.is_none() {
@@ -782,6 +800,65 @@ impl<'de> Visitor<'de> for CheckSeed<'_> {
                         });
                     }
                 }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A what-if question's attribute overrides: each one's `value`.
+struct Overrides<'a>(&'a mut Scan);
+
+impl<'de> DeserializeSeed<'de> for Overrides<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Overrides<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an array of attribute overrides")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Override(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// One attribute override: its `value`.
+struct Override<'a>(&'a mut Scan);
+
+impl<'de> DeserializeSeed<'de> for Override<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Override<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an attribute override")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key>()? {
+            match &*key.0 {
+                "value" => map.next_value_seed(ValueSeed(&mut *self.0))?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -220,6 +220,34 @@ pub async fn report_usage(
     })
 }
 
+/// Lists what a principal may do with `service`, the end user's token of
+/// `authorization` (when `service` verifies tokens) applied first as to a
+/// check: its tenant and principal are the listing's, its claims in the
+/// context record `token`.
+pub async fn list_entitlements_with_token(
+    service: &DecisionService,
+    caller: &decide::Caller,
+    authorization: Option<&str>,
+    mut request: pb::ListEntitlementsRequest,
+) -> Result<pb::ListEntitlementsResponse, decide::Error> {
+    if let Some(verified) = service.verified_token(authorization).await? {
+        let mut as_check = pb::CheckRequest {
+            tenant: std::mem::take(&mut request.tenant),
+            principal: request.principal.take(),
+            context: std::mem::take(&mut request.context),
+            ..Default::default()
+        };
+        token::apply(&verified, &mut as_check, "")?;
+        request.tenant = as_check.tenant;
+        request.principal = as_check.principal;
+        request.context = as_check.context;
+    }
+    service
+        .list_entitlements(caller, convert::listing(request))
+        .await
+        .map(convert::listed)
+}
+
 /// The gRPC face of a [`DecisionService`].
 #[derive(Debug, Clone)]
 pub struct GrpcService {
@@ -319,6 +347,47 @@ impl EntitlementService for GrpcService {
         })
         .await
     }
+    async fn list_entitlements(
+        &self,
+        request: Request<pb::ListEntitlementsRequest>,
+    ) -> Result<Response<pb::ListEntitlementsResponse>, Status> {
+        let sampled = crate::telemetry::sampled(request.metadata());
+        let span = crate::rpc_span!("ListEntitlements", sampled);
+        let (metadata, extensions, request) = request.into_parts();
+        let service = &self.service;
+        let limit = deadline(&metadata, service.limits().request_timeout);
+        let caller = caller_of(
+            service,
+            &extensions,
+            &metadata,
+            decide::Operation::ListEntitlements,
+        );
+        let answered = span.clone();
+        let authorization = authorization(&metadata);
+        crate::telemetry::in_rpc(span, &metadata, async move {
+            let result = match caller {
+                Err(refused) => Err(refused),
+                Ok(caller) => {
+                    decide::within(
+                        limit,
+                        list_entitlements_with_token(service, &caller, authorization, request),
+                    )
+                    .await
+                }
+            }
+            .map_err(|error| status(&error));
+            match &result {
+                Ok(listed) => tracing::debug!(items = listed.items.len(), "listing answered"),
+                Err(status) => {
+                    crate::telemetry::record_error(&answered, status);
+                    tracing::debug!(code = ?status.code(), message = status.message(), "listing refused");
+                }
+            }
+            result.map(Response::new)
+        })
+        .await
+    }
+
     async fn report_usage(
         &self,
         request: Request<pb::ReportUsageRequest>,

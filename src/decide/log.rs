@@ -66,6 +66,7 @@ impl LoggedRequest {
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             context: self.context.as_ref(),
             trace_id: self.trace_id.as_deref(),
+            what_if: answer.hypothetical,
         });
     }
 }
@@ -91,6 +92,9 @@ struct LogRecord<'a> {
     context: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_id: Option<&'a str>,
+    /// A what-if answer: about a snapshot that does not exist.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    what_if: bool,
 }
 
 /// `{"type": ..., "id": ...}`.

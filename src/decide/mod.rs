@@ -9,6 +9,7 @@
 //! consuming check), stamps the answer with its freshness and a decision
 //! id, and records it in the metrics and the decision log.
 
+mod listing;
 mod log;
 mod source;
 
@@ -36,6 +37,9 @@ use crate::metering::{
 };
 use crate::store::remote::RemoteSnapshots;
 use crate::store::{Catalog, Lookup, Store};
+pub use listing::{
+    DecisionFilter, Hint, Item, Listed, Listing, OfferRef, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
+};
 pub use source::{FileSource, LicenseSource, TenantSource, Tenants};
 
 /// Why a call could not be answered with a decision. Each front door maps
@@ -237,6 +241,18 @@ pub trait Values {
     /// The context in Cedar's JSON form, for the decision log, with the
     /// attributes `masked` names shown as `"***"`.
     fn context_json(&self, masked: &dyn Fn(&str) -> bool) -> serde_json::Value;
+
+    /// How many attribute overrides (a what-if question) it carries.
+    fn what_if_count(&self) -> usize {
+        0
+    }
+
+    /// Takes out the attribute overrides, converted against `policies`'
+    /// schema (each named `what_if[i]` in errors).
+    fn take_what_if(&mut self, policies: &PolicySnapshot) -> Result<engine::Changes, RequestError> {
+        let _ = policies;
+        Ok(engine::Changes::new())
+    }
 }
 
 /// One question: may `principal` do `action` on `resource` for `tenant`?
@@ -456,6 +472,8 @@ pub struct Answer {
     pub decision_id: String,
     /// For a consuming check: the meter's state after it.
     pub usage: Option<UsageView>,
+    /// Decided with attribute overrides (a what-if question).
+    pub hypothetical: bool,
 }
 
 impl Answer {
@@ -468,6 +486,7 @@ impl Answer {
             freshness,
             decision_id,
             usage: None,
+            hypothetical: false,
         }
     }
 
@@ -757,6 +776,9 @@ impl DecisionService {
             return;
         };
         match result {
+            // A what-if answer is about a snapshot that does not exist: it
+            // is not one of the decisions the metrics count.
+            Ok(answer) if answer.hypothetical => {}
             Ok(answer) => metrics.record_decision(
                 answer.allow,
                 answer.first_code(),
@@ -779,6 +801,9 @@ impl DecisionService {
             Operation::Check
         };
         self.authorize(caller, operation, Some(&check.tenant))?;
+        if check.values.what_if_count() > 0 {
+            self.authorize(caller, Operation::WhatIf, Some(&check.tenant))?;
+        }
         let started = std::time::Instant::now();
         let logged = self
             .decision_log
@@ -795,6 +820,15 @@ impl DecisionService {
     async fn check_unrecorded<V: Values>(&self, check: Check<V>) -> Result<Answer, Error> {
         check_entity_count("entities", &check)?;
         let catalog = self.catalog()?;
+        if check.values.what_if_count() > 0 {
+            if check.consume.is_some() {
+                return Err(invalid(
+                    "consume",
+                    "a what-if check cannot consume; send what_if without consume",
+                ));
+            }
+            return self.check_what_if(&catalog, check).await;
+        }
         if check.consume.is_some() {
             // Boxed: a future is as large as its largest state, and the
             // metering path's (Redis calls, the request, the decisions)
@@ -814,6 +848,45 @@ impl DecisionService {
         self.decide(&catalog, &lookup, &prepared)
             .map(|(answer, _)| answer)
             .map_err(Error::InvalidArgument)
+    }
+
+    /// Decides a what-if check: as if its overrides were applied to the
+    /// tenant's snapshot.
+    async fn check_what_if<V: Values>(
+        &self,
+        catalog: &Catalog,
+        mut check: Check<V>,
+    ) -> Result<Answer, Error> {
+        let changes = check
+            .values
+            .take_what_if(&catalog.policies)
+            .map_err(Error::InvalidArgument)?;
+        let tenant = check.tenant.clone();
+        let max_staleness_ms = check.max_staleness_ms;
+        let prepared = prepare(&catalog.policies, check, None).map_err(Error::InvalidArgument)?;
+        let lookup = self.lookup(catalog, &tenant, max_staleness_ms).await;
+        let mut answer = match lookup.snapshot() {
+            Some(snapshot) => {
+                changes
+                    .check(&catalog.policies, snapshot, "what_if")
+                    .map_err(Error::InvalidArgument)?;
+                let decision = engine::decide_changed(
+                    &catalog.policies,
+                    snapshot,
+                    &prepared,
+                    self.options,
+                    &changes,
+                )
+                .map_err(Error::InvalidArgument)?;
+                Answer::new(decision, Freshness::of(catalog, &lookup), self.ids.next())
+            }
+            None => self
+                .decide(catalog, &lookup, &prepared)
+                .map(|(answer, _)| answer)
+                .map_err(Error::InvalidArgument)?,
+        };
+        answer.hypothetical = true;
+        Ok(answer)
     }
 
     /// Decides a batch against one catalog; a malformed check fails the call,
@@ -882,6 +955,12 @@ impl DecisionService {
                 return Err(invalid(
                     format!("checks[{index}].consume"),
                     "a batch cannot consume; send consuming checks with Check",
+                ));
+            }
+            if check.values.what_if_count() > 0 {
+                return Err(invalid(
+                    format!("checks[{index}].what_if"),
+                    "a batch cannot ask what-if questions; send them with Check or ListEntitlements",
                 ));
             }
         }
@@ -1104,6 +1183,7 @@ impl DecisionService {
             freshness: Freshness::of(catalog, lookup),
             decision_id: first.decision_id,
             usage: Some(usage),
+            hypothetical: false,
         }
     }
 

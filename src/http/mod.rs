@@ -94,6 +94,7 @@ impl HttpFrontDoor {
             .route("/v1/check", post(check))
             .route("/v1/check-batch", post(check_batch))
             .route("/v1/report-usage", post(report_usage))
+            .route("/v1/entitlements", post(list_entitlements))
             .route("/access/v1/evaluation", post(authzen::evaluation))
             .route("/access/v1/evaluations", post(authzen::evaluations));
         #[cfg(feature = "bench-floor")]
@@ -326,6 +327,7 @@ fn operation(path: &str) -> Operation {
     match path {
         "/v1/check-batch" | "/access/v1/evaluations" => Operation::CheckBatch,
         "/v1/report-usage" => Operation::ReportUsage,
+        "/v1/entitlements" => Operation::ListEntitlements,
         _ => Operation::Check,
     }
 }
@@ -550,6 +552,28 @@ async fn report_usage(
             Ok(decide::within(
                 front.service.limits().request_timeout,
                 api::report_usage(&front.service, &caller, request),
+            )
+            .await?)
+        }
+        .await,
+    )
+}
+
+async fn list_entitlements(
+    State(front): State<Arc<HttpFrontDoor>>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    answer(
+        async {
+            let bytes = read_json(&front, &parts.headers, body).await?;
+            let request = json::list_entitlements_request(&bytes)?;
+            let authorization = authorization(&parts.headers);
+            // A listing may read meter counts from Redis.
+            Ok(decide::within(
+                front.service.limits().request_timeout,
+                api::list_entitlements_with_token(&front.service, &caller, authorization, request),
             )
             .await?)
         }

@@ -88,6 +88,21 @@ pub enum Metered {
     },
 }
 
+/// The `usage` context record the policies see for `meter` at count
+/// `used` when `requested` units are asked: `{used, requested, limit,
+/// remaining}`.
+pub fn usage_record(meter: &MeterSpec, used: i64, requested: i64) -> Value {
+    Value::record(
+        [
+            ("used", Value::from(used)),
+            ("requested", Value::from(requested)),
+            ("limit", Value::from(meter.limit)),
+            ("remaining", Value::from(meter.remaining(used))),
+        ],
+        None,
+    )
+}
+
 impl Metering {
     /// Runs the consume protocol for one check: `prepare` converts the
     /// request with the meter's state as its `usage` context record, and
@@ -142,15 +157,7 @@ impl Metering {
 
         // The policies see the meter as it stands and what this asks (the
         // server's record replaces any the caller sent).
-        let usage = Value::record(
-            [
-                ("used", Value::from(used)),
-                ("requested", Value::from(consume.amount)),
-                ("limit", Value::from(meter.limit)),
-                ("remaining", Value::from(meter.remaining(used))),
-            ],
-            None,
-        );
+        let usage = usage_record(&meter, used, consume.amount);
         let mut prepared = prepare(usage)?;
         if exact {
             // Lease mode decides at the count it holds: no range is needed.

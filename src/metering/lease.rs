@@ -180,6 +180,22 @@ impl Metering {
         self.lease_answers.get(tenant, key)
     }
 
+    /// Units used of a lease-mode meter as the lease this sidecar holds
+    /// knows them, when it holds a current one.
+    pub(super) fn held_lease_count(
+        &self,
+        tenant: &str,
+        meter: &MeterSpec,
+        now_ms: i64,
+    ) -> Option<i64> {
+        let (start, _) = meter.period.bounds(now_ms);
+        let slot = self.lease(tenant, &meter.id);
+        let lease = slot.state();
+        lease
+            .current(meter, start)
+            .then(|| lease.counter - lease.stock)
+    }
+
     /// Units used of a lease-mode meter as this sidecar knows them (no Redis
     /// call once it holds a lease; one read before the first).
     pub async fn lease_used(

@@ -37,6 +37,18 @@ pub struct MeterSpec {
 }
 
 impl MeterSpec {
+    /// A meter of no units that never starts again: its usage record has
+    /// the types every meter's has.
+    pub fn placeholder() -> Self {
+        Self {
+            id: String::new(),
+            limit: 0,
+            period: Period::Never,
+            kind: MeterKind::Counter,
+            lease: None,
+        }
+    }
+
     /// Units left at count `used`: `max(limit - used, 0)`, as
     /// `context.usage.remaining` and `CheckResponse.usage` give it.
     pub fn remaining(&self, used: i64) -> i64 {

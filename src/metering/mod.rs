@@ -22,7 +22,7 @@ mod lease;
 pub mod meter;
 pub mod period;
 
-pub use consume::{Consume, ConsumeRequest, Metered, MAX_DECISIONS};
+pub use consume::{usage_record, Consume, ConsumeRequest, Metered, MAX_DECISIONS};
 pub use exact::{Consumed, Consumption, Peek, Report, Reported};
 pub use meter::{MeterKind, MeterSpec, METER_TYPE};
 pub use period::Period;

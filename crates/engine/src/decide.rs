@@ -18,6 +18,7 @@ use cedar_policy_core::ast::{
     BinaryOp, Expr, ExprKind, Literal, PartialValue, RequestSchema, SlotEnv, ValueKind,
 };
 
+use crate::changes::Changes;
 use crate::policies::{PolicyMeta, PolicySnapshot, PreparedPolicy};
 use crate::tenant::TenantSnapshot;
 
@@ -220,6 +221,56 @@ impl PreparedRequest {
     pub fn with_explain(mut self, explain: bool) -> Self {
         self.explain = explain;
         self
+    }
+
+    /// The same request on `resource` instead, with the context attribute
+    /// `attr` set to `value` when given. The caller knows the resource's
+    /// type and the value fit the schema where the request's did (the
+    /// request needs no new validation).
+    pub fn for_resource(
+        &self,
+        resource: cedar_policy_core::ast::EntityUID,
+        extra: Option<(&str, cedar_policy_core::ast::Value)>,
+    ) -> Self {
+        use cedar_policy_core::ast::Context as CoreContext;
+        let core: &cedar_policy_core::ast::Request = self.request.as_ref();
+        let context = match (core.context(), extra) {
+            (Some(CoreContext::Value(values)), Some((attr, value))) => {
+                let mut values = BTreeMap::clone(values);
+                values.insert(attr.into(), value);
+                Some(CoreContext::Value(Arc::new(values)))
+            }
+            (context, _) => context.cloned(),
+        };
+        let rebuilt = cedar_policy_core::ast::Request::new_unchecked(
+            core.principal().clone(),
+            core.action().clone(),
+            cedar_policy_core::ast::EntityUIDEntry::known(resource, None),
+            context,
+        );
+        Self {
+            request: Request::from(rebuilt),
+            principal: self.principal.clone(),
+            action: self.action.clone(),
+            entities: Vec::new(),
+            explain: false,
+            count_probe: None,
+        }
+    }
+
+    /// The request, in Cedar's form.
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The principal.
+    pub fn principal(&self) -> &EntityUid {
+        &self.principal
+    }
+
+    /// The action.
+    pub fn action(&self) -> &EntityUid {
+        &self.action
     }
 
     /// Asks for the range of counts over which the decision holds, for the
@@ -494,6 +545,19 @@ pub fn decide(
     request: &PreparedRequest,
     options: Options,
 ) -> Result<Decision, RequestError> {
+    decide_changed(policies, tenant, request, options, &Changes::new())
+}
+
+/// [`decide`] as if `changes` were applied to the tenant's snapshot (a
+/// what-if decision). The changes must have been checked
+/// ([`Changes::check`]).
+pub fn decide_changed(
+    policies: &PolicySnapshot,
+    tenant: &TenantSnapshot,
+    request: &PreparedRequest,
+    options: Options,
+    changes: &Changes,
+) -> Result<Decision, RequestError> {
     let core_request: &cedar_policy_core::ast::Request = request.request.as_ref();
     // The decision reads only the entities it can reach: the request's, the
     // context's and the ones the policies name where their data is read,
@@ -559,7 +623,16 @@ pub fn decide(
             }
         }
     }
-    let reachable = slice.build();
+    let changed;
+    let reachable = if changes.is_empty() {
+        slice.build()
+    } else {
+        add_changes(&mut slice, changes);
+        changed = slice.build_changed(changes).ok_or_else(|| {
+            RequestError::new("what_if", "the changed entities do not fit together")
+        })?;
+        crate::tenant::SliceEntities::Slice(std::rc::Rc::new(changed))
+    };
     let merged;
     let entities: &Entities = if request.entities.is_empty() {
         &reachable
@@ -584,6 +657,79 @@ pub fn decide(
         decision.explanation = explain(policies, policy_set, entities, &request.request);
     }
     Ok(decision)
+}
+
+/// Adds to `slice` the entities `changes` touch and the ones their new
+/// values name.
+fn add_changes(slice: &mut crate::tenant::EntitySlice<'_>, changes: &Changes) {
+    for change in changes.iter() {
+        slice.add(&change.uid);
+        for (_, value) in &change.set {
+            slice.add_value(value);
+        }
+        for (_, elements) in &change.add {
+            for value in elements {
+                slice.add_value(value);
+            }
+        }
+    }
+}
+
+/// Cedar's entities that every decision of `principal` on any of
+/// `resources` (under any action, with a context naming the entities in
+/// `context`) can reach, with `changes` applied: built once for many
+/// decisions ([`decide_in`]). `None` only when Cedar refuses the entities
+/// (the changes do not fit together).
+pub fn shared_entities<'v>(
+    policies: &PolicySnapshot,
+    tenant: &TenantSnapshot,
+    principal: &EntityUid,
+    resources: impl IntoIterator<Item = &'v cedar_policy_core::ast::EntityUID>,
+    context: impl IntoIterator<Item = &'v cedar_policy_core::ast::Value>,
+    changes: &Changes,
+) -> Option<Entities> {
+    let mut slice = tenant.entities.slice();
+    slice.add(principal.as_ref());
+    for action in policies.actions_declared() {
+        slice.add(action.as_ref());
+    }
+    for resource in resources {
+        slice.add(resource);
+    }
+    for value in context {
+        slice.add_value(value);
+    }
+    for uid in policies.roots() {
+        slice.add(uid);
+    }
+    if changes.is_empty() {
+        slice.build_shared()
+    } else {
+        add_changes(&mut slice, changes);
+        slice.build_changed(changes)
+    }
+}
+
+/// Decides `request` over `entities`, which hold every entity it can reach
+/// (see [`shared_entities`]), the principal known to be in the snapshot
+/// (or strict principals off). The request must bring no request-scoped entities and ask for no
+/// explanation.
+pub fn decide_in(
+    policies: &PolicySnapshot,
+    entities: &Entities,
+    request: &PreparedRequest,
+    options: Options,
+) -> Decision {
+    let core_request: &cedar_policy_core::ast::Request = request.request.as_ref();
+    evaluate_probing(
+        policies
+            .prepared_for(&request.action)
+            .candidates(core_request.resource().uid()),
+        entities,
+        &request.request,
+        options,
+        None,
+    )
 }
 
 /// The entity uids that `policy_set` names where Cedar may read the entity's

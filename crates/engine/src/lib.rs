@@ -14,7 +14,7 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use tollgate_engine::{
-//!     action_uid, decide, entity_uid, prepare, Options, PolicySnapshot, SnapshotSource,
+//!     action_uid, decide, decide_changed, decide_in, entity_uid, prepare, Options, PolicySnapshot, SnapshotSource,
 //!     TenantSnapshot,
 //! };
 //!
@@ -54,23 +54,27 @@
 
 #![deny(missing_docs)]
 
+mod changes;
 mod compiled;
 mod context_check;
 mod context_fit;
 mod decide;
 pub mod diagnostics;
 mod guard;
+pub mod offers;
 pub mod policies;
 pub mod tenant;
 
+pub use changes::{Change, Changes};
 pub use compiled::{Bindings, Compiled, CountRange};
 pub use decide::{
-    action_uid, decide, entity_uid, evaluate, evaluate_probing, explain, prepare, BuiltinReason,
-    Decision, EvaluationError, Options, PolicyErrorMode, PolicyEvaluation, PreparedRequest, Reason,
-    RequestError, MAX_ID_BYTES, POLICY_ERROR_CODE,
+    action_uid, decide, decide_changed, decide_in, entity_uid, evaluate, evaluate_probing, explain,
+    prepare, shared_entities, BuiltinReason, Decision, EvaluationError, Options, PolicyErrorMode,
+    PolicyEvaluation, PreparedRequest, Reason, RequestError, MAX_ID_BYTES, POLICY_ERROR_CODE,
 };
 pub use diagnostics::{describe, FileProblem};
 pub use guard::Guard;
+pub use offers::{Offer, OfferKind, Offers, OFFERS_FILE};
 pub use policies::{PolicyMeta, PolicySlice, PolicySnapshot, PreparedPolicy, SCHEMA_FILE};
 pub use tenant::{
     check_tenant_id, EntitySlice, SliceEntities, SnapshotError, SnapshotSource, TenantEntities,

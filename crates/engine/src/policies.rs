@@ -1,7 +1,7 @@
 //! Loads a policy directory (`schema.cedarschema` + `*.cedar`) into an immutable,
 //! strictly validated [`PolicySnapshot`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use cedar_policy::{
 use sha2::{Digest, Sha256};
 
 use crate::diagnostics::FileProblem;
+use crate::offers::{Offers, OFFERS_FILE};
 use crate::tenant::SchemaTables;
 
 /// File name of the Cedar schema inside a policy directory.
@@ -177,6 +178,11 @@ pub struct PolicySnapshot {
     roots: Vec<cedar_policy_core::ast::EntityUID>,
     /// What the tenant snapshots parsed against this schema share.
     tables: Arc<SchemaTables>,
+    /// What the vendor sells (`offers.yaml`), for upgrade hints.
+    offers: Option<Arc<Offers>>,
+    /// Ids of the policies whose conditions read something an offer
+    /// changes: only they can turn a DENY into an ALLOW under an offer.
+    offer_sensitive: HashSet<String>,
 }
 
 impl fmt::Debug for PolicySnapshot {
@@ -192,6 +198,11 @@ impl PolicySnapshot {
     /// Metadata of the policy with Cedar id `id`.
     pub fn policy(&self, id: &PolicyId) -> Option<&Arc<PolicyMeta>> {
         self.policies.get(id)
+    }
+
+    /// The actions the schema declares.
+    pub fn actions_declared(&self) -> impl Iterator<Item = &EntityUid> {
+        self.actions.values().flat_map(|ids| ids.values())
     }
 
     /// The policies that can apply to `action`: those whose action scope can
@@ -471,7 +482,44 @@ impl PolicySnapshot {
             prepared_all,
             entity_types,
             actions,
+            offers: None,
+            offer_sensitive: HashSet::new(),
         })
+    }
+
+    /// This snapshot with the offers of `text` (the file `file`), checked
+    /// against its schema; the version then covers them too.
+    pub fn with_offers(mut self, file: &str, text: &str) -> Result<Self, Vec<FileProblem>> {
+        let offers = Offers::parse(file, text, self.schema.as_ref())?;
+        self.offer_sensitive = self
+            .prepared_all
+            .all()
+            .iter()
+            .filter(|policy| reads_offer_changes(&policy.condition, &offers))
+            .map(|policy| policy.meta.id.clone())
+            .collect();
+        let mut digest = Sha256::new();
+        digest.update(self.version.as_bytes());
+        digest.update([0]);
+        digest.update(OFFERS_FILE.as_bytes());
+        digest.update([0]);
+        digest.update(text.as_bytes());
+        self.version = hex_prefix(&digest.finalize());
+        self.offers = Some(Arc::new(offers));
+        Ok(self)
+    }
+
+    /// The offers declared beside the policies, if any.
+    pub fn offers(&self) -> Option<&Arc<Offers>> {
+        self.offers.as_ref()
+    }
+
+    /// Whether the policy `id` reads something an offer changes (an
+    /// attribute some offer sets or extends, or membership when some offer
+    /// adds parents). A policy that does not is satisfied under every
+    /// offer exactly when it is without one.
+    pub fn offer_sensitive(&self, id: &str) -> bool {
+        self.offer_sensitive.contains(id)
     }
 
     /// Loads and validates a policy directory. Hidden entries (such as the
@@ -508,8 +556,35 @@ impl PolicySnapshot {
         if !problems.is_empty() {
             return Err(problems);
         }
-        Self::from_sources(&schema_name, &schema_text, &policy_files)
+        let snapshot = Self::from_sources(&schema_name, &schema_text, &policy_files)?;
+        let offers_path = dir.join(OFFERS_FILE);
+        match std::fs::read_to_string(&offers_path) {
+            Ok(text) => snapshot.with_offers(&display_path(&offers_path), &text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(snapshot),
+            Err(error) => Err(vec![FileProblem::new(
+                &display_path(&offers_path),
+                None,
+                format!("cannot read offers: {error}"),
+            )]),
+        }
     }
+}
+
+/// Whether `condition` reads an attribute some offer changes, or tests
+/// membership while some offer adds parents.
+fn reads_offer_changes(condition: &cedar_policy_core::ast::Expr, offers: &Offers) -> bool {
+    use cedar_policy_core::ast::{BinaryOp, ExprKind};
+    condition
+        .subexpressions()
+        .any(|expr| match expr.expr_kind() {
+            ExprKind::GetAttr { attr, .. } | ExprKind::HasAttr { attr, .. } => {
+                offers.changes_attribute(attr)
+            }
+            ExprKind::BinaryApp {
+                op: BinaryOp::In, ..
+            } => offers.adds_parents(),
+            _ => false,
+        })
 }
 
 /// For every action the schema declares, the policies whose action scope can

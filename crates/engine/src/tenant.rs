@@ -752,6 +752,41 @@ impl TenantEntities {
         Some(entity.into())
     }
 
+    /// The entity `uid` in Cedar's core form, built anew (the schema's
+    /// actions included).
+    pub fn core_entity(&self, uid: &EntityUID) -> Option<CoreEntity> {
+        Some(match self.resolve(uid)? {
+            Resolved::Node(index) => self.build(index),
+            Resolved::Action(entity) => CoreEntity::clone(entity),
+        })
+    }
+
+    /// The value of `uid`'s attribute `attr`, when both exist.
+    pub fn attr(&self, uid: &EntityUID, attr: &str) -> Option<&Value> {
+        let Some(Resolved::Node(index)) = self.resolve(uid) else {
+            return None;
+        };
+        let record = self.node(index).record.as_ref()?;
+        record
+            .attrs
+            .iter()
+            .find(|(name, _)| name == attr)
+            .map(|(_, value)| value)
+    }
+
+    /// The uids of the snapshot's entities of type `entity_type`, in id order.
+    pub fn of_type(&self, entity_type: &EntityType) -> Vec<EntityUID> {
+        let Some(ty) = self.tables.type_index(entity_type) else {
+            return Vec::new();
+        };
+        let start = self.nodes.partition_point(|node| node.ty < ty);
+        let end = self.nodes.partition_point(|node| node.ty <= ty);
+        (start..end)
+            .filter_map(|index| u32::try_from(index).ok())
+            .map(|index| self.uid(index))
+            .collect()
+    }
+
     /// A builder of the entities one decision can reach.
     pub fn slice(&self) -> EntitySlice<'_> {
         EntitySlice {
@@ -989,6 +1024,32 @@ impl<'a> EntitySlice<'a> {
         )
         .ok()
         .map(Entities::from)
+    }
+
+    /// Cedar's entities of the slice with `changes` applied, built anew
+    /// (never kept). The entities the changes touch and the values they
+    /// set must have been added.
+    pub fn build_changed(&self, changes: &crate::changes::Changes) -> Option<Entities> {
+        let gained = changes.gained_ancestors(self.entities);
+        let built = self
+            .nodes
+            .iter()
+            .map(|index| changes.apply(self.entities.build(*index), &gained))
+            .chain(self.actions.iter().map(|action| CoreEntity::clone(action)));
+        CoreEntities::from_entities(
+            built,
+            None::<&NoEntitiesSchema>,
+            TCComputation::AssumeAlreadyComputed,
+            Extensions::none(),
+        )
+        .ok()
+        .map(Entities::from)
+    }
+
+    /// Cedar's entities of the slice, built anew and not kept: for a slice
+    /// that many decisions share.
+    pub fn build_shared(&self) -> Option<Entities> {
+        self.build_fresh()
     }
 
     /// Cedar's entities of the slice. A small slice this thread built

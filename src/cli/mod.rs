@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
+mod listing;
+
 use crate::api::convert::parse_ref;
 use crate::api::{self, pb};
 use crate::config::{self, Config, FlagValues};
@@ -83,6 +85,12 @@ enum Command {
     },
     /// Decide one request, locally from the files or against a running server (--remote).
     Check(CheckArgs),
+    /// List what a principal may do: every (action, resource) pair of the
+    /// tenant's snapshot, decided, with the offer that would unlock each
+    /// denial (offers.yaml), locally or against a running server.
+    ///
+    /// Prints a table: resource, action, allowed, reason, usage, unlocked by.
+    Entitlements(listing::EntitlementsArgs),
     /// Write, read, delete and list tenant snapshots in Redis (provisioning).
     ///
     /// A write is validated against the schema in the policy directory,
@@ -194,6 +202,11 @@ struct CheckArgs {
     /// source confirmed it (0: no bound).
     #[arg(long, value_name = "MS", default_value_t = 0)]
     max_staleness_ms: u64,
+    /// A what-if override, `Type:id.attribute=JSON`, e.g.
+    /// `Account:hooli.plan="pro"` (repeat for more): the answer is
+    /// hypothetical.
+    #[arg(long = "what-if", value_name = "OVERRIDE")]
+    what_if: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +355,7 @@ pub fn run() -> ExitCode {
             validate(&config)
         }
         Command::Check(args) => check(&args),
+        Command::Entitlements(args) => listing::entitlements(&args),
         Command::Test(args) => test(&args),
         Command::Snapshot(args) => snapshot(&args),
         Command::Status(args) => status(&args),
@@ -873,6 +887,11 @@ fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
         })
         .collect::<Result<_, _>>()?;
     Ok(pb::CheckRequest {
+        what_if: args
+            .what_if
+            .iter()
+            .map(|text| listing::parse_what_if(text))
+            .collect::<Result<_, _>>()?,
         consume: None,
         max_staleness_ms: args.max_staleness_ms,
         tenant: args.tenant.clone(),
@@ -891,6 +910,22 @@ fn check_local(
     files: &FileArgs,
     request: pb::CheckRequest,
 ) -> Result<pb::CheckResponse, (u8, String)> {
+    let service = local_service(files, &request.tenant)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|error| (3, error.to_string()))?;
+    runtime
+        .block_on(api::check(
+            &service,
+            &crate::decide::Caller::trusted("cli"),
+            request,
+        ))
+        .map_err(|error| (2, error.to_string()))
+}
+
+/// A decision service over the configured files (or licenses), for one
+/// command: problems with `tenant`'s snapshot are errors, others warnings.
+fn local_service(files: &FileArgs, tenant: &str) -> Result<DecisionService, (u8, String)> {
     let config = config::load(&files.flags()).map_err(|errors| (2, errors.to_string()))?;
     // With licenses configured, the tenant comes from its license, judged by
     // this host's clock (as `serve` would without Redis).
@@ -912,7 +947,7 @@ fn check_local(
         return Err((2, format!("policies do not load:\n{}", lines.join("\n"))));
     }
     let problems = store.reload_log().last_entitlement_problems;
-    let tenant_file = format!("{}.json", request.tenant);
+    let tenant_file = format!("{tenant}.json");
     let (own, other): (Vec<_>, Vec<_>) = problems.iter().partition(|problem| {
         std::path::Path::new(&problem.file)
             .file_name()
@@ -935,16 +970,7 @@ fn check_local(
     if let Some((_, source)) = licenses {
         service = service.with_licenses(source);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|error| (3, error.to_string()))?;
-    runtime
-        .block_on(api::check(
-            &service,
-            &crate::decide::Caller::trusted("cli"),
-            request,
-        ))
-        .map_err(|error| (2, error.to_string()))
+    Ok(service)
 }
 
 /// Asks the HTTP front door at `url` (`POST /v1/check`).
@@ -1174,7 +1200,7 @@ mod tests {
             .find_subcommand_mut("serve")
             .expect("serve subcommand");
         let help = serve.render_long_help().to_string();
-        let readme = include_str!("../docs/configuration.md");
+        let readme = include_str!("../../docs/configuration.md");
         for (key, _, _) in crate::config::KEYS {
             assert!(
                 help.contains(key),
