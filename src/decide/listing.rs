@@ -13,9 +13,10 @@
 //! A hint decides the denied request again under each offer of
 //! `offers.yaml` the account does not hold, then pairs of them, cheapest
 //! first, with the offer's changes applied to the same snapshots; the first
-//! that allows it is named. A denial whose determining policies read
-//! nothing any offer changes is left as it is without deciding again: no
-//! offer can change it ([`PolicySnapshot::offer_sensitive`]).
+//! that allows it is named. An offer is not tried where it cannot matter:
+//! when a determining forbid reads nothing it changes (the forbid stays
+//! satisfied), or, for a default deny, no permit does
+//! ([`engine::PolicyReads::touched_by`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -246,33 +247,48 @@ fn changed_limit(changes: &Changes, uid: &EntityUID) -> Option<i64> {
         })
 }
 
-/// Whether some offer could turn `decision` (a DENY) into an ALLOW: every
-/// satisfied forbid must read what an offer changes, and for a default
-/// deny some permit must.
-fn may_unlock(policies: &PolicySnapshot, prepared: &PreparedRequest, decision: &Decision) -> bool {
+/// Whether `combination` could turn `decision` (a DENY of `prepared`) into
+/// an ALLOW: every determining forbid must read something it changes (one
+/// that does not stays satisfied), and for a default deny some permit must
+/// (the others stay unsatisfied).
+fn may_unlock(
+    policies: &PolicySnapshot,
+    prepared: &PreparedRequest,
+    decision: &Decision,
+    combination: &Tried,
+) -> bool {
     use engine::Reason as Engine;
+    let touched = |id: &str| {
+        policies
+            .policy_reads(id)
+            .is_none_or(|reads| reads.touched_by(&combination.attributes, combination.parents))
+    };
     decision.reasons.iter().all(|reason| match reason {
-        Engine::Policy(policy) | Engine::PolicyError(policy) => {
-            policies.offer_sensitive(&policy.id)
-        }
+        Engine::Policy(policy) | Engine::PolicyError(policy) => touched(&policy.id),
         Engine::Builtin(BuiltinReason::NoPermit) => {
             let core: &cedar_policy_core::ast::Request = prepared.request().as_ref();
             policies
                 .prepared_for(prepared.action())
                 .candidates(core.resource().uid())
-                .any(|policy| {
-                    policy.meta.effect == Effect::Permit
-                        && policies.offer_sensitive(&policy.meta.id)
-                })
+                .any(|policy| policy.meta.effect == Effect::Permit && touched(&policy.meta.id))
         }
         Engine::Builtin(_) => false,
     })
 }
 
+/// A combination of offers a listing tries: the offers, their changes
+/// (after the what-if overrides), and what they touch.
+struct Tried {
+    offers: Vec<usize>,
+    changes: Changes,
+    attributes: std::collections::HashSet<smol_str::SmolStr>,
+    parents: bool,
+}
+
 /// The combinations of offers a listing may try, with their changes
 /// (what-if overrides first): those the account does not already hold.
 struct Combinations {
-    tried: Vec<(Vec<usize>, Changes)>,
+    tried: Vec<Tried>,
 }
 
 impl Combinations {
@@ -303,10 +319,20 @@ impl Combinations {
             .iter()
             .filter_map(|combination| {
                 let mut changes = base.clone();
+                let mut attributes = std::collections::HashSet::new();
+                let mut parents = false;
                 for index in combination {
                     changes = changes.merged(usable.get(*index)?.as_ref()?);
+                    let (touched, adds) = offers.touches(*index);
+                    attributes.extend(touched);
+                    parents |= adds;
                 }
-                Some((combination.clone(), changes))
+                Some(Tried {
+                    offers: combination.clone(),
+                    changes,
+                    attributes,
+                    parents,
+                })
             })
             .collect();
         Self { tried }
@@ -837,14 +863,16 @@ fn hint(
     decision: &Decision,
 ) -> Result<Hint, Error> {
     let probe = action.prepared.for_resource(resource.clone(), None);
-    if !may_unlock(decider.policies, &probe, decision) {
-        return Ok(Hint::NoOffer);
-    }
-    for (index, (combination, changes)) in combinations.tried.iter().enumerate() {
-        let (under_offer, _) = decider.decide(action, resource, meter, Some(index), changes)?;
+    for (index, tried) in combinations.tried.iter().enumerate() {
+        if !may_unlock(decider.policies, &probe, decision, tried) {
+            continue;
+        }
+        let (under_offer, _) =
+            decider.decide(action, resource, meter, Some(index), &tried.changes)?;
         if under_offer.allow {
             return Ok(Hint::UnlockedBy(
-                combination
+                tried
+                    .offers
                     .iter()
                     .map(|offer| {
                         let offer = &offers.offers()[*offer];

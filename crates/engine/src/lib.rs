@@ -75,7 +75,9 @@ pub use decide::{
 pub use diagnostics::{describe, FileProblem};
 pub use guard::Guard;
 pub use offers::{Offer, OfferKind, Offers, OFFERS_FILE};
-pub use policies::{PolicyMeta, PolicySlice, PolicySnapshot, PreparedPolicy, SCHEMA_FILE};
+pub use policies::{
+    PolicyMeta, PolicyReads, PolicySlice, PolicySnapshot, PreparedPolicy, SCHEMA_FILE,
+};
 pub use tenant::{
     check_tenant_id, EntitySlice, SliceEntities, SnapshotError, SnapshotSource, TenantEntities,
     TenantMap, TenantSnapshot, MAX_HIERARCHY_DEPTH, MAX_TENANT_LEN,

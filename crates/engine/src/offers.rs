@@ -129,10 +129,6 @@ pub struct Offers {
     offers: Vec<Offer>,
     /// Combinations to try, cheapest first: indexes into `offers`.
     combinations: Vec<Vec<usize>>,
-    /// Attribute names some offer changes.
-    changed_attributes: HashSet<SmolStr>,
-    /// Whether some offer adds parents.
-    adds_parents: bool,
 }
 
 #[derive(Deserialize)]
@@ -260,33 +256,11 @@ impl Offers {
                 .then_with(|| a.len().cmp(&b.len()))
                 .then_with(|| a.cmp(b))
         });
-        let mut changed_attributes: HashSet<SmolStr> = offers
-            .iter()
-            .flat_map(|offer| offer.changes.iter())
-            .flat_map(|change| {
-                change
-                    .set
-                    .iter()
-                    .map(|(attr, _)| attr.clone())
-                    .chain(change.add.iter().map(|(attr, _)| attr.clone()))
-            })
-            .collect();
-        // A meter's limit is also in the usage record of a metered
-        // request's context, with what remains of it.
-        if changed_attributes.contains(METER_LIMIT) {
-            changed_attributes.insert(SmolStr::new_static("remaining"));
-        }
-        let adds_parents = offers
-            .iter()
-            .flat_map(|offer| offer.changes.iter())
-            .any(|change| !change.parents.is_empty());
         Ok(Self {
             account_attribute: SmolStr::from(document.account),
             meter_attribute: SmolStr::from(document.meter),
             offers,
             combinations,
-            changed_attributes,
-            adds_parents,
         })
     }
 
@@ -301,14 +275,32 @@ impl Offers {
         &self.combinations
     }
 
-    /// Whether some offer changes the attribute `attr` of some entity.
-    pub fn changes_attribute(&self, attr: &str) -> bool {
-        self.changed_attributes.contains(attr)
-    }
-
-    /// Whether some offer adds parents (and so may change what `in` finds).
-    pub fn adds_parents(&self) -> bool {
-        self.adds_parents
+    /// The attribute names offer `index` changes (with `remaining` where it
+    /// changes a meter's limit, which the usage record shows), and whether
+    /// it adds parents.
+    pub fn touches(&self, index: usize) -> (HashSet<SmolStr>, bool) {
+        let Some(offer) = self.offers.get(index) else {
+            return (HashSet::new(), false);
+        };
+        let mut attributes: HashSet<SmolStr> = offer
+            .changes
+            .iter()
+            .flat_map(|change| {
+                change
+                    .set
+                    .iter()
+                    .map(|(attr, _)| attr.clone())
+                    .chain(change.add.iter().map(|(attr, _)| attr.clone()))
+            })
+            .collect();
+        if attributes.contains(METER_LIMIT) {
+            attributes.insert(SmolStr::new_static("remaining"));
+        }
+        let parents = offer
+            .changes
+            .iter()
+            .any(|change| !change.parents.is_empty());
+        (attributes, parents)
     }
 
     /// The account `principal` belongs to in `tenant`'s snapshot.

@@ -180,9 +180,46 @@ pub struct PolicySnapshot {
     tables: Arc<SchemaTables>,
     /// What the vendor sells (`offers.yaml`), for upgrade hints.
     offers: Option<Arc<Offers>>,
-    /// Ids of the policies whose conditions read something an offer
-    /// changes: only they can turn a DENY into an ALLOW under an offer.
-    offer_sensitive: HashSet<String>,
+    /// With offers: what each policy's condition reads that an offer could
+    /// change, by policy id.
+    reads: HashMap<String, PolicyReads>,
+}
+
+/// What a policy's condition reads that changes to entities could change:
+/// the attribute names it reads (or tests with `has`), and whether it tests
+/// membership (`in`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyReads {
+    /// Attribute names read or tested, of any entity or record.
+    pub attributes: HashSet<smol_str::SmolStr>,
+    /// Whether it tests membership.
+    pub membership: bool,
+}
+
+impl PolicyReads {
+    fn of(condition: &cedar_policy_core::ast::Expr) -> Self {
+        use cedar_policy_core::ast::{BinaryOp, ExprKind};
+        let mut reads = Self::default();
+        for expr in condition.subexpressions() {
+            match expr.expr_kind() {
+                ExprKind::GetAttr { attr, .. } | ExprKind::HasAttr { attr, .. } => {
+                    reads.attributes.insert(attr.clone());
+                }
+                ExprKind::BinaryApp {
+                    op: BinaryOp::In, ..
+                } => reads.membership = true,
+                _ => {}
+            }
+        }
+        reads
+    }
+
+    /// Whether changes to the attributes `changed` (and to parents, with
+    /// `parents`) can change what the policy's condition evaluates to. When
+    /// not, it is satisfied with the changes exactly when it is without.
+    pub fn touched_by(&self, changed: &HashSet<smol_str::SmolStr>, parents: bool) -> bool {
+        (parents && self.membership) || self.attributes.iter().any(|attr| changed.contains(attr))
+    }
 }
 
 impl fmt::Debug for PolicySnapshot {
@@ -483,7 +520,7 @@ impl PolicySnapshot {
             entity_types,
             actions,
             offers: None,
-            offer_sensitive: HashSet::new(),
+            reads: HashMap::new(),
         })
     }
 
@@ -491,12 +528,11 @@ impl PolicySnapshot {
     /// against its schema; the version then covers them too.
     pub fn with_offers(mut self, file: &str, text: &str) -> Result<Self, Vec<FileProblem>> {
         let offers = Offers::parse(file, text, self.schema.as_ref())?;
-        self.offer_sensitive = self
+        self.reads = self
             .prepared_all
             .all()
             .iter()
-            .filter(|policy| reads_offer_changes(&policy.condition, &offers))
-            .map(|policy| policy.meta.id.clone())
+            .map(|policy| (policy.meta.id.clone(), PolicyReads::of(&policy.condition)))
             .collect();
         let mut digest = Sha256::new();
         digest.update(self.version.as_bytes());
@@ -514,12 +550,10 @@ impl PolicySnapshot {
         self.offers.as_ref()
     }
 
-    /// Whether the policy `id` reads something an offer changes (an
-    /// attribute some offer sets or extends, or membership when some offer
-    /// adds parents). A policy that does not is satisfied under every
-    /// offer exactly when it is without one.
-    pub fn offer_sensitive(&self, id: &str) -> bool {
-        self.offer_sensitive.contains(id)
+    /// With offers: what the policy `id` reads that an offer could change
+    /// (see [`PolicyReads::touched_by`]).
+    pub fn policy_reads(&self, id: &str) -> Option<&PolicyReads> {
+        self.reads.get(id)
     }
 
     /// Loads and validates a policy directory. Hidden entries (such as the
@@ -568,23 +602,6 @@ impl PolicySnapshot {
             )]),
         }
     }
-}
-
-/// Whether `condition` reads an attribute some offer changes, or tests
-/// membership while some offer adds parents.
-fn reads_offer_changes(condition: &cedar_policy_core::ast::Expr, offers: &Offers) -> bool {
-    use cedar_policy_core::ast::{BinaryOp, ExprKind};
-    condition
-        .subexpressions()
-        .any(|expr| match expr.expr_kind() {
-            ExprKind::GetAttr { attr, .. } | ExprKind::HasAttr { attr, .. } => {
-                offers.changes_attribute(attr)
-            }
-            ExprKind::BinaryApp {
-                op: BinaryOp::In, ..
-            } => offers.adds_parents(),
-            _ => false,
-        })
 }
 
 /// For every action the schema declares, the policies whose action scope can
