@@ -37,7 +37,11 @@
 #      projected beside issuers.yaml; signed licenses beside an app, standalone
 #      (a floor under Redis, the clock on a claim) and in a parent chart's pods:
 #      their Secrets mounted read-only, the license keys as TOLLGATE_*, no
-#      entitlements ConfigMap where the licenses replace it;
+#      entitlements ConfigMap where the licenses replace it; the opt-in Grafana
+#      dashboard ConfigMap (sidecar label, folder annotation) and
+#      PrometheusRule carry files/grafana/tollgate-dashboard.json and
+#      files/prometheus/tollgate-alerts.yaml unchanged, but for the
+#      stale-snapshot threshold, which follows redis.maxStaleMs;
 #   6. values.schema.json and the chart refuse wrong values, naming the field.
 # Exits non-zero on any failure; ends with a summary line.
 #
@@ -63,6 +67,7 @@ fi
 
 exec "$venv/bin/python" - "$@" <<'PYTHON'
 import glob
+import json
 import os
 import re
 import shutil
@@ -558,6 +563,10 @@ def check_manifests(label, manifests, values_text, kube_versions):
                         fail(where, f"port {endpoint.get('port')} is not a port of the Service")
             elif doc["kind"] == "PodMonitor":
                 ok = bool(spec.get("selector", {}).get("matchLabels")) and all("port" in e for e in spec.get("podMetricsEndpoints") or [{}])
+            elif doc["kind"] == "PrometheusRule":
+                rules = [r for g in spec.get("groups") or [] for r in g.get("rules") or []]
+                ok = set(spec) == {"groups"} and bool(rules) and all(g.get("name") for g in spec["groups"]) \
+                    and all(("alert" in r) != ("record" in r) and r.get("expr") for r in rules)
             else:
                 ok = False
             if not ok:
@@ -1058,6 +1067,71 @@ def parent_licenses(label):
     licensed(label, own_pod=False)
 
 
+DASHBOARD_FILE = f"{CHART}/files/grafana/tollgate-dashboard.json"
+RULES_FILE = f"{CHART}/files/prometheus/tollgate-alerts.yaml"
+STALE_EXPR = "tollgate_snapshot_oldest_age_seconds > 300"
+
+
+def expected_rules(threshold):
+    """The groups of the rules file with the stale-snapshot threshold given."""
+    text = read(RULES_FILE)
+    if STALE_EXPR not in text:
+        fail(RULES_FILE, f"TollgateSnapshotsStale no longer reads {STALE_EXPR!r}, which the chart replaces")
+    return yaml.safe_load(text.replace(STALE_EXPR, f"tollgate_snapshot_oldest_age_seconds > {threshold}"))["groups"]
+
+
+def monitoring_objects(manifests):
+    """The dashboard ConfigMaps and the PrometheusRules of a render."""
+    dashboards = [doc for _, doc in manifests if doc.get("kind") == "ConfigMap"
+                  and "tollgate-dashboard.json" in (doc.get("data") or {})]
+    rules = [doc for _, doc in manifests if doc.get("kind") == "PrometheusRule"]
+    return dashboards, rules
+
+
+def monitoring(label):
+    """the Grafana dashboard ConfigMap (sidecar label, folder, namespace) and the PrometheusRule (extra labels, stale threshold from redis.maxStaleMs), both the repository's files; neither by default"""
+    beside_an_app(label)
+    values = load_values(f"{CHART}/{label}")
+    dashboards, rules = monitoring_objects(rendered.get(label) or [])
+    if len(dashboards) != 1:
+        fail(label, f"{len(dashboards)} dashboard ConfigMaps, expected 1")
+    else:
+        meta = dashboards[0]["metadata"]
+        if (meta.get("labels") or {}).get("grafana_dashboard") != "1":
+            fail(label, f"the dashboard ConfigMap lacks the sidecar's label grafana_dashboard: \"1\": {meta.get('labels')}")
+        if (meta.get("annotations") or {}).get("grafana_folder") != values["grafanaDashboard"]["folder"]:
+            fail(label, f"the dashboard ConfigMap's folder annotation is {meta.get('annotations')}")
+        if meta.get("namespace") != values["grafanaDashboard"]["namespace"]:
+            fail(label, f"the dashboard ConfigMap is in namespace {meta.get('namespace')!r}")
+        try:
+            shipped = json.loads(dashboards[0]["data"]["tollgate-dashboard.json"])
+        except ValueError as error:
+            fail(label, f"the dashboard in the ConfigMap is no JSON: {error}")
+        else:
+            if shipped != json.loads(read(DASHBOARD_FILE)):
+                fail(label, f"the dashboard in the ConfigMap differs from {DASHBOARD_FILE}")
+    if len(rules) != 1:
+        fail(label, f"{len(rules)} PrometheusRules, expected 1")
+    else:
+        labels = rules[0]["metadata"].get("labels") or {}
+        for key, value in values["prometheusRule"]["labels"].items():
+            if labels.get(key) != value:
+                fail(label, f"the PrometheusRule lacks the label {key}: {value}")
+        threshold = values["redis"]["maxStaleMs"] // 1000
+        if rules[0]["spec"]["groups"] != expected_rules(threshold):
+            fail(label, f"the PrometheusRule's groups are not {RULES_FILE} with the stale threshold {threshold}")
+    # The threshold without redis.maxStaleMs (tollgate's default) and at its floor.
+    for max_stale, threshold in ((None, 300), (0, 1), (1500, 1.5)):
+        values = {"prometheusRule": {"enabled": True}, "redis": {"maxStaleMs": max_stale}}
+        _, rules = monitoring_objects(render(CHART, values, "tollgate"))
+        if len(rules) != 1 or rules[0]["spec"]["groups"] != expected_rules(threshold):
+            fail(label, f"with redis.maxStaleMs {max_stale} the rules are not {RULES_FILE} with the stale threshold {threshold}")
+    # Opt-in: no render of another values file has them.
+    for other, manifests in rendered.items():
+        if other != label and any(monitoring_objects(manifests)):
+            fail(other, "renders the dashboard ConfigMap or the PrometheusRule without grafanaDashboard.enabled or prometheusRule.enabled")
+
+
 shape("default values, mode example", beside_an_app)
 shape("examples/my-app (sidecar)", beside_an_app)
 shape("examples/my-app (native sidecar)", beside_an_app)
@@ -1073,6 +1147,7 @@ shape("examples/my-app (sidecar, front doors)", parent_front_doors)
 shape("ci/licenses-example-values.yaml", licenses_beside_an_app)
 shape("ci/licenses-standalone-values.yaml", licenses_standalone)
 shape("examples/my-app (sidecar, licenses)", parent_licenses)
+shape("ci/monitoring-values.yaml", monitoring)
 
 
 # Keys tollgate knows that the chart can set neither itself nor through `config`
@@ -1207,6 +1282,14 @@ bad_values = [
     ({"licenses": {"clock": {"existingClaim": "Clock_PVC"}}}, "/licenses/clock/existingClaim"),
     ({"licenses": {"clock": {"enabled": "true"}}}, "/licenses/clock/enabled"),
     ({"licenses": {"clockFile": True}}, "clockFile"),
+    # The Grafana dashboard and the alert rules.
+    ({"grafanaDashboard": {"enabled": "yes"}}, "/grafanaDashboard/enabled"),
+    ({"grafanaDashboard": {"label": "grafana dashboard"}}, "/grafanaDashboard/label"),
+    ({"grafanaDashboard": {"labelValue": 1}}, "/grafanaDashboard/labelValue"),
+    ({"grafanaDashboard": {"namespace": "Monitoring"}}, "/grafanaDashboard/namespace"),
+    ({"grafanaDashboard": {"folders": "Platform"}}, "folders"),
+    ({"prometheusRule": {"labels": {"release": 1}}}, "/prometheusRule/labels/release"),
+    ({"prometheusRule": {"enabled": True, "for": "5m"}}, "for"),
     ({"mode": "standalone", "insecureListen": True,
       "licenses": {"enabled": True, "secretName": "l", "keysSecretName": "k", "clock": {"existingClaim": "clock"}}},
      "licenses.clock.existingClaim"),

@@ -7,7 +7,10 @@
 #   - redis-server, which the Redis tests start on free loopback ports
 #     (from the Debian package redis-server; the tests start and stop their
 #     own servers, none runs as a service), and openssl for the TLS test's
-#     certificates.
+#     certificates;
+#   - prometheus and promtool (the Debian package prometheus), which
+#     tests/prometheus.rs runs against the shipped dashboard and alert rules
+#     ($PROMETHEUS and $PROMTOOL name other binaries).
 # Usage: scripts/test.sh [extra arguments for the test runner]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +49,10 @@ fi
 
 missing=()
 if [ -z "${REDIS_SERVER:-}" ] && ! command -v redis-server >/dev/null 2>&1; then missing+=(redis-server); fi
+# The dashboard and alert rules test starts its own Prometheus on a free
+# loopback port and checks the rules with promtool; the package has both.
+if { [ -z "${PROMETHEUS:-}" ] && ! command -v prometheus >/dev/null 2>&1; } ||
+  { [ -z "${PROMTOOL:-}" ] && ! command -v promtool >/dev/null 2>&1; }; then missing+=(prometheus); fi
 # The TLS test makes its own CA and server certificate.
 if ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
 # The HTTP front door's TLS test speaks to it with curl (HTTP/2 by ALPN).
@@ -58,6 +65,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   # The package starts a system service where an init system runs; the tests
   # need none.
   if command -v service >/dev/null 2>&1; then service redis-server stop >/dev/null 2>&1 || true; fi
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v service >/dev/null 2>&1; then
+    service prometheus stop >/dev/null 2>&1 || true
+  fi
 fi
 
 # Cedar's conformance corpus (corpus-tests.tar.gz from
