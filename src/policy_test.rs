@@ -24,7 +24,73 @@ struct TestFile {
     now: Option<String>,
     #[serde(default, deserialize_with = "unique_keys")]
     fixtures: BTreeMap<String, Fixture>,
+    #[serde(default)]
     cases: Vec<Case>,
+    /// Listings: what a principal may do, and what would unlock the rest.
+    #[serde(default)]
+    listings: Vec<ListingCase>,
+}
+
+/// A listing asserted: the items allowed and the hints of those denied.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListingCase {
+    name: String,
+    #[serde(default)]
+    fixture: Option<String>,
+    principal: String,
+    /// Action ids to list (default: every action).
+    #[serde(default)]
+    actions: Vec<String>,
+    /// Resource types to list (default: every type the actions apply to).
+    #[serde(default)]
+    types: Vec<String>,
+    #[serde(default)]
+    context: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    now: Option<String>,
+    expect: ListingExpect,
+}
+
+/// Items are named `Type:id`, or `action Type:id` when the listing has
+/// more than one action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListingExpect {
+    /// Exactly the items allowed.
+    #[serde(default)]
+    allowed: Option<Vec<String>>,
+    /// The hints of denied items: an offer, offers, or `none`.
+    #[serde(default)]
+    unlocked_by: BTreeMap<String, UnlockedBy>,
+}
+
+/// The offers an expected hint names: one (`pro`), several
+/// (`[pro, analytics-seat]`), or `none` (no offer unlocks it).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum UnlockedBy {
+    One(String),
+    Several(Vec<String>),
+}
+
+impl UnlockedBy {
+    fn offers(&self) -> Vec<String> {
+        match self {
+            Self::One(offer) if offer == "none" => Vec::new(),
+            Self::One(offer) => vec![offer.clone()],
+            Self::Several(offers) => offers.clone(),
+        }
+    }
+}
+
+/// A hint as `pro + analytics-seat`, `none` when no offer unlocks.
+fn hint_text(offers: &[String]) -> String {
+    if offers.is_empty() {
+        "none".to_string()
+    } else {
+        offers.join(" + ")
+    }
 }
 
 /// A map whose keys must be unique: YAML would otherwise let the last of two
@@ -101,6 +167,10 @@ struct Expect {
     reasons: Option<Vec<String>>,
     #[serde(default)]
     policies: Option<Vec<String>>,
+    /// For a DENY: the offers that would allow the same request
+    /// (`offers.yaml`), or `none`.
+    #[serde(default)]
+    unlocked_by: Option<UnlockedBy>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -250,15 +320,41 @@ pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Setting
         let duplicate = test_file
             .cases
             .iter()
-            .find(|case| !names.insert(case.name.as_str()));
-        if let Some(case) = duplicate {
-            let message = format!("{file}: duplicate case name `{}`", case.name);
+            .map(|case| case.name.as_str())
+            .chain(
+                test_file
+                    .listings
+                    .iter()
+                    .map(|listing| listing.name.as_str()),
+            )
+            .find(|name| !names.insert(*name));
+        if let Some(name) = duplicate {
+            let message = format!("{file}: duplicate case name `{name}`");
             report.file_errors.push((file, message));
             continue;
         }
         let mut points: BTreeMap<&str, Result<(DecisionService, String), String>> = BTreeMap::new();
-        for case in &test_file.cases {
-            let label = format!("{file} :: {}", case.name);
+        let named = test_file
+            .cases
+            .iter()
+            .map(|case| {
+                (
+                    case.name.as_str(),
+                    case.fixture.as_deref(),
+                    Some(case),
+                    None,
+                )
+            })
+            .chain(test_file.listings.iter().map(|listing| {
+                (
+                    listing.name.as_str(),
+                    listing.fixture.as_deref(),
+                    None,
+                    Some(listing),
+                )
+            }));
+        for (name, fixture, case, listing) in named {
+            let label = format!("{file} :: {name}");
             if settings
                 .filter
                 .as_ref()
@@ -266,8 +362,8 @@ pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Setting
             {
                 continue;
             }
-            let fixture_name = match (&case.fixture, test_file.fixtures.len()) {
-                (Some(name), _) => name.as_str(),
+            let fixture_name = match (fixture, test_file.fixtures.len()) {
+                (Some(name), _) => name,
                 (None, 1) => test_file.fixtures.keys().next().map_or("", String::as_str),
                 (None, _) => "",
             };
@@ -288,19 +384,26 @@ pub fn run(policies: &Arc<PolicySnapshot>, files: &[PathBuf], settings: &Setting
                     match point {
                         Err(error) => Some(format!("fixture `{fixture_name}`: {error}")),
                         Ok((point, tenant)) => {
-                            let now = case
-                                .now
-                                .as_ref()
-                                .or(fixture.now.as_ref())
-                                .or(test_file.now.as_ref());
-                            run_case(&runtime, point, tenant, case, now, &mut coverage)
+                            let own_now = case
+                                .and_then(|case| case.now.as_ref())
+                                .or(listing.and_then(|listing| listing.now.as_ref()));
+                            let now = own_now.or(fixture.now.as_ref()).or(test_file.now.as_ref());
+                            match (case, listing) {
+                                (Some(case), _) => {
+                                    run_case(&runtime, point, tenant, case, now, &mut coverage)
+                                }
+                                (None, Some(listing)) => {
+                                    run_listing(&runtime, point, tenant, listing, now)
+                                }
+                                (None, None) => None,
+                            }
                         }
                     }
                 }
             };
             report.cases.push(CaseResult {
                 file: file.clone(),
-                name: case.name.clone(),
+                name: name.to_string(),
                 failure,
             });
         }
@@ -443,6 +546,24 @@ fn run_case(
     };
     compare("reasons: ", &case.expect.reasons, &reasons);
     compare("policies:", &case.expect.policies, &policies);
+    if let Some(expected) = &case.expect.unlocked_by {
+        match case_hint(point, tenant, case, now) {
+            Ok(actual) => {
+                let expected = expected.offers();
+                if actual != expected {
+                    let _ = writeln!(
+                        diff,
+                        "  unlocked_by: expected {}, got {}",
+                        hint_text(&expected),
+                        hint_text(&actual)
+                    );
+                }
+            }
+            Err(problem) => {
+                let _ = writeln!(diff, "  unlocked_by: {problem}");
+            }
+        }
+    }
     if diff.is_empty() {
         return None;
     }
@@ -464,9 +585,169 @@ fn run_case(
     Some(diff)
 }
 
-fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckRequest, String> {
-    let mut context = case
-        .context
+/// The offers that would allow a case's request (none: no offer does).
+fn case_hint(
+    point: &DecisionService,
+    tenant: &str,
+    case: &Case,
+    now: Option<&String>,
+) -> Result<Vec<String>, String> {
+    let catalog = point
+        .store()
+        .catalog()
+        .ok_or_else(|| "no policies loaded".to_string())?;
+    let snapshot = catalog
+        .tenants
+        .get(tenant)
+        .ok_or_else(|| format!("no snapshot of `{tenant}`"))?;
+    let check = convert::check(request(tenant, case, now)?);
+    let prepared = crate::decide::prepare(&catalog.policies, check, None)
+        .map_err(|error| error.to_string())?;
+    let decision =
+        tollgate_engine::decide(&catalog.policies, snapshot, &prepared, Options::default())
+            .map_err(|error| error.to_string())?;
+    if decision.allow {
+        return Err("the request is allowed: no hint".to_string());
+    }
+    match crate::decide::hint_for_check(
+        &catalog.policies,
+        snapshot,
+        &prepared,
+        &decision,
+        Options::default(),
+    )
+    .map_err(|error| error.to_string())?
+    {
+        None => Err("the policy directory declares no offers (offers.yaml)".to_string()),
+        Some(crate::decide::Hint::NoOffer) => Ok(Vec::new()),
+        Some(crate::decide::Hint::UnlockedBy(offers)) => {
+            Ok(offers.into_iter().map(|offer| offer.id).collect())
+        }
+    }
+}
+
+/// Runs a listing case: the items allowed, and the hints of those denied.
+fn run_listing(
+    runtime: &tokio::runtime::Runtime,
+    point: &DecisionService,
+    tenant: &str,
+    listing: &ListingCase,
+    now: Option<&String>,
+) -> Option<String> {
+    let context = match context_values(&listing.context, now) {
+        Ok(context) => context,
+        Err(problem) => return Some(format!("bad case: {problem}")),
+    };
+    let principal = match convert::parse_ref(&listing.principal, None) {
+        Ok(principal) => principal,
+        Err(problem) => return Some(format!("bad case: principal: {problem}")),
+    };
+    let mut actions = Vec::new();
+    for action in &listing.actions {
+        match convert::parse_ref(action, Some("Action")) {
+            Ok(action) => actions.push(action),
+            Err(problem) => return Some(format!("bad case: action: {problem}")),
+        }
+    }
+    let request = pb::ListEntitlementsRequest {
+        tenant: tenant.to_string(),
+        principal: Some(principal),
+        actions,
+        resource_types: listing.types.clone(),
+        context,
+        page_size: u32::try_from(crate::decide::MAX_PAGE_SIZE).unwrap_or(u32::MAX),
+        hints: true,
+        ..Default::default()
+    };
+    let caller = crate::decide::Caller::trusted("policy-test");
+    let mut items = Vec::new();
+    let mut request = request;
+    loop {
+        let page = match runtime.block_on(api::list_entitlements_with_token(
+            point,
+            &caller,
+            None,
+            request.clone(),
+        )) {
+            Ok(page) => page,
+            Err(error) => return Some(format!("listing refused: {error}")),
+        };
+        items.extend(page.items);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    let one_action = listing.actions.len() == 1;
+    let name_of = |item: &pb::EntitlementItem| -> String {
+        let resource = item
+            .resource
+            .as_ref()
+            .map(|r| format!("{}:{}", r.r#type, r.id))
+            .unwrap_or_default();
+        match (&item.action, one_action) {
+            (Some(action), false) => format!("{} {resource}", action.id),
+            _ => resource,
+        }
+    };
+    let mut diff = String::new();
+    if let Some(expected) = &listing.expect.allowed {
+        let expected: BTreeSet<String> = expected.iter().cloned().collect();
+        let actual: BTreeSet<String> = items
+            .iter()
+            .filter(|item| item.decision == pb::Decision::Allow as i32)
+            .map(name_of)
+            .collect();
+        if expected != actual {
+            let listed =
+                |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+            let _ = writeln!(
+                diff,
+                "  allowed: expected [{}], got [{}]",
+                listed(&expected),
+                listed(&actual)
+            );
+        }
+    }
+    for (name, expected) in &listing.expect.unlocked_by {
+        let expected = expected.offers();
+        let Some(item) = items.iter().find(|item| &name_of(item) == name) else {
+            let _ = writeln!(diff, "  unlocked_by: `{name}` is not listed");
+            continue;
+        };
+        let actual = match &item.hint {
+            None => {
+                let _ = writeln!(
+                    diff,
+                    "  unlocked_by: `{name}` is allowed; expected {}",
+                    hint_text(&expected)
+                );
+                continue;
+            }
+            Some(hint) => hint
+                .unlocked_by
+                .iter()
+                .map(|offer| offer.offer.clone())
+                .collect::<Vec<_>>(),
+        };
+        if actual != expected {
+            let _ = writeln!(
+                diff,
+                "  unlocked_by: `{name}`: expected {}, got {}",
+                hint_text(&expected),
+                hint_text(&actual)
+            );
+        }
+    }
+    (!diff.is_empty()).then_some(diff)
+}
+
+/// A case's context as protobuf values, with `now` when it has none.
+fn context_values(
+    context: &serde_json::Map<String, serde_json::Value>,
+    now: Option<&String>,
+) -> Result<std::collections::HashMap<String, pb::Value>, String> {
+    let mut context = context
         .iter()
         .map(|(key, value)| {
             convert::json_to_value(value)
@@ -483,6 +764,11 @@ fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckR
             })),
         });
     }
+    Ok(context)
+}
+
+fn request(tenant: &str, case: &Case, now: Option<&String>) -> Result<pb::CheckRequest, String> {
+    let context = context_values(&case.context, now)?;
     Ok(pb::CheckRequest {
         what_if: Vec::new(),
         consume: None,

@@ -298,3 +298,51 @@ fn junit_output_stays_well_formed_whatever_the_case_names() {
     );
     assert!(!out.chars().any(|c| c < ' ' && c != '\n'), "{out:?}");
 }
+
+#[test]
+fn wrong_hints_fail_with_a_readable_diff() {
+    // Wrong hints fail with a diff: a free user's analytics needs a plan
+    // and a seat, not the seat alone; an allowed item has no hint.
+    let dirs = DataDirs::copy_examples();
+    let file = write_test_file(
+        &dirs,
+        "offers.test.yaml",
+        r#"
+now: "2026-11-27T12:00:00Z"
+fixtures:
+  hooli:
+    snapshot: ../entitlements/hooli.json
+cases:
+  - name: analytics for a free user
+    principal: User:gavin
+    action: use
+    resource: Feature:analytics
+    context: { country: US }
+    expect: { decision: DENY, unlocked_by: analytics-seat }
+listings:
+  - name: what a free user may use
+    principal: User:gavin
+    actions: [use]
+    types: [Feature]
+    context: { country: US }
+    expect:
+      allowed: [Feature:api, Feature:dashboards]
+      unlocked_by:
+        Feature:pdf-export: pro
+        Feature:audit-log: enterprise
+        Feature:dashboards: pro
+"#,
+    );
+    let output = tollgate_test(&dirs, &[&file]);
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("  unlocked_by: expected analytics-seat, got pro + analytics-seat"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  unlocked_by: `Feature:dashboards` is allowed; expected pro"),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("0 passed, 2 failed"), "{out}");
+}

@@ -638,3 +638,89 @@ fn counter_key(keys: &[String]) -> String {
     assert_eq!(counters.len(), 1, "{keys:?}");
     counters[0].clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authzen_searches_answer_from_the_listing() {
+    let dirs = DataDirs::copy_examples();
+    let mut config = dirs.config();
+    config.authzen.tenant = vec![tollgate::http::authzen::TenantFrom::Fixed(
+        "hooli".to_string(),
+    )];
+    let (server, http) = InProcess::start_with_http(config).await;
+    let mut http = HttpClient::connect(&http).await.unwrap();
+    let context = serde_json::json!({
+        "now": {"__extn": {"fn": "datetime", "arg": NOW}},
+        "country": "US",
+    });
+    let answer = http
+        .post_json(
+            "/access/v1/search/resource",
+            &serde_json::json!({
+                "subject": {"type": "User", "id": "gavin"},
+                "action": {"name": "use"},
+                "resource": {"type": "Feature"},
+                "context": context,
+            }),
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let body = answer.json();
+    assert_eq!(
+        body["results"],
+        serde_json::json!([
+            {"type": "Feature", "id": "api"},
+            {"type": "Feature", "id": "dashboards"},
+        ])
+    );
+    assert_eq!(body["page"]["next_token"], "");
+
+    let answer = http
+        .post_json(
+            "/access/v1/search/action",
+            &serde_json::json!({
+                "subject": {"type": "User", "id": "gavin"},
+                "resource": {"type": "Feature", "id": "pdf-export"},
+                "context": context,
+            }),
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        answer.json()["results"],
+        serde_json::json!([{"name": "view"}])
+    );
+
+    // The configuration names the searches.
+    let configuration = http
+        .get("/.well-known/authzen-configuration")
+        .await
+        .unwrap();
+    assert!(configuration.json()["search_resource_endpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("/access/v1/search/resource"));
+
+    // A search without its action is refused, naming it.
+    let answer = http
+        .post_json(
+            "/access/v1/search/resource",
+            &serde_json::json!({
+                "subject": {"type": "User", "id": "gavin"},
+                "resource": {"type": "Feature"},
+            }),
+        )
+        .await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["message"], "action: is required");
+    server.stop().await.unwrap();
+}

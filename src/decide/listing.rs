@@ -851,6 +851,50 @@ impl ChunkDecider<'_> {
     }
 }
 
+/// The hint for `decision`, a DENY of `prepared` on `snapshot`: the
+/// cheapest combination of `policies`' offers under which the same request
+/// is allowed, decided as a what-if with the offers' changes (the request's
+/// context as it is, a usage record included). `None` when the policies
+/// declare no offers.
+pub fn hint_for_check(
+    policies: &PolicySnapshot,
+    snapshot: &TenantSnapshot,
+    prepared: &PreparedRequest,
+    decision: &Decision,
+    options: engine::Options,
+) -> Result<Option<Hint>, RequestError> {
+    let Some(offers) = policies.offers() else {
+        return Ok(None);
+    };
+    let principal: EntityUID = prepared.principal().clone().into();
+    let combinations = Combinations::new(offers, policies, snapshot, &principal, &Changes::new());
+    for tried in &combinations.tried {
+        if !may_unlock(policies, prepared, decision, tried) {
+            continue;
+        }
+        if engine::decide_changed(policies, snapshot, prepared, options, &tried.changes)?.allow {
+            return Ok(Some(Hint::UnlockedBy(offer_refs(offers, &tried.offers))));
+        }
+    }
+    Ok(Some(Hint::NoOffer))
+}
+
+/// The offers of a combination, as a hint names them.
+fn offer_refs(offers: &Offers, combination: &[usize]) -> Vec<OfferRef> {
+    combination
+        .iter()
+        .map(|offer| {
+            let offer = &offers.offers()[*offer];
+            OfferRef {
+                id: offer.id.clone(),
+                kind: offer.kind,
+                price: offer.price,
+                name: offer.name.clone(),
+            }
+        })
+        .collect()
+}
+
 /// The hint for a DENY: the first combination of offers, cheapest first,
 /// under which the same request is allowed.
 fn hint(
@@ -870,21 +914,7 @@ fn hint(
         let (under_offer, _) =
             decider.decide(action, resource, meter, Some(index), &tried.changes)?;
         if under_offer.allow {
-            return Ok(Hint::UnlockedBy(
-                tried
-                    .offers
-                    .iter()
-                    .map(|offer| {
-                        let offer = &offers.offers()[*offer];
-                        OfferRef {
-                            id: offer.id.clone(),
-                            kind: offer.kind,
-                            price: offer.price,
-                            name: offer.name.clone(),
-                        }
-                    })
-                    .collect(),
-            ));
+            return Ok(Hint::UnlockedBy(offer_refs(offers, &tried.offers)));
         }
     }
     Ok(Hint::NoOffer)

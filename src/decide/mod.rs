@@ -38,7 +38,8 @@ use crate::metering::{
 use crate::store::remote::RemoteSnapshots;
 use crate::store::{Catalog, Lookup, Store};
 pub use listing::{
-    DecisionFilter, Hint, Item, Listed, Listing, OfferRef, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE,
+    hint_for_check, DecisionFilter, Hint, Item, Listed, Listing, OfferRef, DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
 };
 pub use source::{FileSource, LicenseSource, TenantSource, Tenants};
 

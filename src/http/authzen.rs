@@ -1,6 +1,8 @@
 //! The OpenID AuthZEN Authorization API 1.0 on the HTTP front door:
-//! `POST /access/v1/evaluation`, `POST /access/v1/evaluations` and
-//! `GET /.well-known/authzen-configuration`.
+//! `POST /access/v1/evaluation`, `POST /access/v1/evaluations`, the
+//! resource and action searches (`POST /access/v1/search/resource`,
+//! `POST /access/v1/search/action`, answered by a listing of what the
+//! subject may do) and `GET /.well-known/authzen-configuration`.
 //!
 //! An AuthZEN request is converted to a check and decided by the decision
 //! service like any other:
@@ -676,6 +678,191 @@ async fn evaluate_many(
     Ok(serde_json::json!({ "evaluations": decisions }))
 }
 
+/// `POST /access/v1/search/resource` and `POST /access/v1/search/action`:
+/// a subject, and an action and a resource type, or a resource.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    #[serde(default)]
+    subject: Option<Entity>,
+    #[serde(default)]
+    action: Option<Action>,
+    #[serde(default)]
+    resource: Option<Entity>,
+    #[serde(default)]
+    context: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    page: Option<Page>,
+}
+
+/// A search's page request.
+#[derive(Debug, Default, Deserialize)]
+struct Page {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+    /// Other members are accepted and ignored, as the API allows.
+    #[serde(flatten)]
+    _other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a search asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Searched {
+    /// The resources of a type the subject may take the action on.
+    Resources,
+    /// The actions the subject may take on a resource.
+    Actions,
+}
+
+/// `POST /access/v1/search/resource`: the resources of `resource.type` the
+/// subject may take `action` on, as a listing of that action and type
+/// filtered to ALLOW.
+pub async fn search_resource(
+    State(front): State<Arc<HttpFrontDoor>>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Response {
+    search(front, caller, request, Searched::Resources).await
+}
+
+/// `POST /access/v1/search/action`: the actions the subject may take on
+/// the resource, as a listing of the resource's type filtered to ALLOW and
+/// to that resource.
+pub async fn search_action(
+    State(front): State<Arc<HttpFrontDoor>>,
+    Extension(caller): Extension<Caller>,
+    request: Request,
+) -> Response {
+    search(front, caller, request, Searched::Actions).await
+}
+
+async fn search(
+    front: Arc<HttpFrontDoor>,
+    caller: Caller,
+    request: Request,
+    searched: Searched,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match search_listing(&front, &caller, &parts.headers, body, searched).await {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn search_listing(
+    front: &HttpFrontDoor,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Body,
+    searched: Searched,
+) -> Result<serde_json::Value, HttpError> {
+    let (search, token) = read::<Search>(front, headers, body, "AuthZEN search request").await?;
+    let inputs = TenantInputs {
+        headers,
+        caller,
+        token: token.as_ref(),
+    };
+    let resource = search
+        .resource
+        .ok_or_else(|| invalid("resource", "is required"))?;
+    let resource_type = resource
+        .kind
+        .clone()
+        .filter(|kind| !kind.is_empty())
+        .ok_or_else(|| invalid("resource.type", "is required"))?;
+    let resource_id = match searched {
+        Searched::Resources => None,
+        Searched::Actions => Some(
+            resource
+                .id
+                .clone()
+                .ok_or_else(|| invalid("resource.id", "is required"))?,
+        ),
+    };
+    let action = match searched {
+        Searched::Resources => Some(
+            search
+                .action
+                .ok_or_else(|| invalid("action", "is required"))?,
+        ),
+        // The listing covers every action; the placeholder only carries
+        // the request through the mapping.
+        Searched::Actions => Some(Action {
+            name: Some("*".to_string()),
+            ..Action::default()
+        }),
+    };
+    // The mapping of an evaluation (types, tenant, context and properties),
+    // with a placeholder id where the search has none.
+    let check = front.authzen().check(
+        Evaluation {
+            subject: search.subject,
+            action,
+            resource: Some(Entity {
+                id: Some(resource_id.clone().unwrap_or_else(|| "*".to_string())),
+                ..resource
+            }),
+            context: search.context,
+        },
+        &Defaults::default(),
+        &inputs,
+        "",
+    )?;
+    let page = search.page.unwrap_or_default();
+    let listing = pb::ListEntitlementsRequest {
+        tenant: check.tenant,
+        principal: check.principal,
+        actions: match searched {
+            Searched::Resources => check.action.into_iter().collect(),
+            Searched::Actions => Vec::new(),
+        },
+        resource_types: check
+            .resource
+            .map(|resource| resource.r#type)
+            .into_iter()
+            .collect(),
+        context: check.context,
+        decision: pb::Decision::Allow as i32,
+        page_size: page.limit.unwrap_or(0),
+        page_token: page.token.unwrap_or_default(),
+        ..Default::default()
+    };
+    let listed = decide::within(
+        front.service().limits().request_timeout,
+        front
+            .service()
+            .list_entitlements(caller, api::convert::listing(listing)),
+    )
+    .await
+    .map_err(|error| authzen_names(error, None))?;
+    let results: Vec<serde_json::Value> = listed
+        .items
+        .iter()
+        .filter(|item| {
+            resource_id
+                .as_ref()
+                .is_none_or(|id| item.resource.id == *id)
+        })
+        .map(|item| match searched {
+            Searched::Resources => {
+                serde_json::json!({"type": resource_type, "id": item.resource.id})
+            }
+            Searched::Actions => serde_json::json!({"name": item.action.id}),
+        })
+        .collect();
+    let freshness = &listed.freshness;
+    Ok(serde_json::json!({
+        "results": results,
+        "page": {"next_token": listed.next_page_token},
+        "context": {
+            "policy_version": freshness.policy_version,
+            "snapshot_version": freshness.snapshot_version,
+        },
+    }))
+}
+
 /// An error as AuthZEN names things: `evaluations[i]` for the check it
 /// became, `subject` for the principal.
 fn authzen_names(error: decide::Error, index: Option<usize>) -> HttpError {
@@ -732,6 +919,8 @@ pub async fn configuration(
             "policy_decision_point": base,
             "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
             "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+            "search_resource_endpoint": format!("{base}/access/v1/search/resource"),
+            "search_action_endpoint": format!("{base}/access/v1/search/action"),
         }),
     )
 }

@@ -96,7 +96,9 @@ impl HttpFrontDoor {
             .route("/v1/report-usage", post(report_usage))
             .route("/v1/entitlements", post(list_entitlements))
             .route("/access/v1/evaluation", post(authzen::evaluation))
-            .route("/access/v1/evaluations", post(authzen::evaluations));
+            .route("/access/v1/evaluations", post(authzen::evaluations))
+            .route("/access/v1/search/resource", post(authzen::search_resource))
+            .route("/access/v1/search/action", post(authzen::search_action));
         #[cfg(feature = "bench-floor")]
         let decisions = decisions.route("/bench/floor", post(floor));
         let decisions = decisions.route_layer(axum::middleware::from_fn_with_state(
@@ -327,7 +329,9 @@ fn operation(path: &str) -> Operation {
     match path {
         "/v1/check-batch" | "/access/v1/evaluations" => Operation::CheckBatch,
         "/v1/report-usage" => Operation::ReportUsage,
-        "/v1/entitlements" => Operation::ListEntitlements,
+        "/v1/entitlements" | "/access/v1/search/resource" | "/access/v1/search/action" => {
+            Operation::ListEntitlements
+        }
         _ => Operation::Check,
     }
 }
