@@ -324,7 +324,7 @@ impl prometheus_client::collector::Collector for MeteringCollector {
             ),
             (
                 "metering_cap_exceeded",
-                "Consumptions denied because they would pass the cap",
+                "Consumptions the atomic count refused (a race lost at the cap); policy denials count among decisions with reason cap_exceeded",
                 stats.cap_exceeded.load(Relaxed),
             ),
             (

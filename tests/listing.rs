@@ -561,7 +561,11 @@ async fn a_listing_reads_meters_in_one_round_trip_and_counts_nothing() {
         .unwrap();
     put(&conn, &hooli(1, 10)).await;
     let dirs = DataDirs::copy_examples();
-    let server = InProcess::start(redis_config(&dirs, settings(vec![redis.url()]))).await;
+    // Patient Redis calls: a busy machine must not turn a count into
+    // `metering_unavailable`.
+    let mut patient = settings(vec![redis.url()]);
+    patient.timeout = std::time::Duration::from_secs(2);
+    let server = InProcess::start(redis_config(&dirs, patient)).await;
     let mut client = connect(&server.url()).await;
     // 8 of the 10 units used.
     let mut consume = check("hooli", "User:gavin", "use", "Feature:api");
@@ -723,4 +727,31 @@ async fn authzen_searches_answer_from_the_listing() {
     assert_eq!(answer.status, 400);
     assert_eq!(answer.json()["message"], "action: is required");
     server.stop().await.unwrap();
+}
+
+#[test]
+fn a_wrong_offers_file_is_refused_with_its_problems() {
+    let dirs = DataDirs::copy_examples();
+    std::fs::write(
+        dirs.policies.join("offers.yaml"),
+        "offers:\n  - id: pro\n    kind: plan\n    price: 49\n    changes:\n      account: {set: {plan: 3}}\n      'Widget::\"x\"': {set: {a: 1}}\n  - id: pro\n    kind: addon\n    price: -1\n    changes: {}\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["validate", "--policies"])
+        .arg(&dirs.policies)
+        .arg("--entitlements")
+        .arg(&dirs.entitlements)
+        .env_clear()
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    for expected in [
+        "offers.yaml: offer `pro`, `account`: `plan`: type mismatch: value was expected to have type string, but it actually has type long: `3`",
+        "offers.yaml: offer `pro`, `Widget::\"x\"`: entity type `Widget` is not declared in the schema",
+        "offers.yaml: offer `pro` is declared twice",
+    ] {
+        assert!(out.contains(expected), "{expected}\n{out}");
+    }
 }

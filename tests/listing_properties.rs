@@ -205,7 +205,11 @@ fn listed_items_are_checks_and_hints_are_the_cheapest_offers_that_allow() {
         let conn = RedisConn::connect(&settings(vec![redis.url()]))
             .await
             .unwrap();
-        let server = InProcess::start(redis_config(&dirs, settings(vec![redis.url()]))).await;
+        // Patient Redis calls: a busy machine must not turn a count into
+        // `metering_unavailable`.
+        let mut patient = settings(vec![redis.url()]);
+        patient.timeout = std::time::Duration::from_secs(2);
+        let server = InProcess::start(redis_config(&dirs, patient)).await;
         (server, conn)
     });
     let client = runtime.block_on(connect(&server.url()));

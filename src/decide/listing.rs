@@ -226,10 +226,15 @@ fn fingerprint(
         .collect()
 }
 
-/// The reference form of a uid.
-fn reference(uid: &EntityUID) -> EntityRef {
+/// The reference form of a uid, its type's name as `type_names` has it
+/// (formatted once per listing) or formatted now.
+fn reference(uid: &EntityUID, type_names: &[(&EntityType, String)]) -> EntityRef {
+    let type_name = type_names
+        .iter()
+        .find(|(ty, _)| *ty == uid.entity_type())
+        .map_or_else(|| uid.entity_type().to_string(), |(_, name)| name.clone());
     EntityRef {
-        type_name: uid.entity_type().to_string(),
+        type_name,
         id: uid.eid().as_ref().to_string(),
     }
 }
@@ -253,7 +258,8 @@ fn changed_limit(changes: &Changes, uid: &EntityUID) -> Option<i64> {
 /// (the others stay unsatisfied).
 fn may_unlock(
     policies: &PolicySnapshot,
-    prepared: &PreparedRequest,
+    action: &EntityUid,
+    resource: &EntityUID,
     decision: &Decision,
     combination: &Tried,
 ) -> bool {
@@ -265,13 +271,10 @@ fn may_unlock(
     };
     decision.reasons.iter().all(|reason| match reason {
         Engine::Policy(policy) | Engine::PolicyError(policy) => touched(&policy.id),
-        Engine::Builtin(BuiltinReason::NoPermit) => {
-            let core: &cedar_policy_core::ast::Request = prepared.request().as_ref();
-            policies
-                .prepared_for(prepared.action())
-                .candidates(core.resource().uid())
-                .any(|policy| policy.meta.effect == Effect::Permit && touched(&policy.meta.id))
-        }
+        Engine::Builtin(BuiltinReason::NoPermit) => policies
+            .prepared_for(action)
+            .candidates(Some(resource))
+            .any(|policy| policy.meta.effect == Effect::Permit && touched(&policy.meta.id)),
         Engine::Builtin(_) => false,
     })
 }
@@ -478,6 +481,10 @@ impl DecisionService {
             .flat_map(|action| action.types.iter())
             .map(|ty| (ty, snapshot.entities.of_type(ty)))
             .collect();
+        let type_names: Vec<(&EntityType, String)> = resources_of
+            .keys()
+            .map(|ty| (*ty, ty.to_string()))
+            .collect();
         let mut pairs: Vec<(usize, &EntityUID)> = Vec::new();
         for (index, action) in actions.iter().enumerate() {
             for ty in &action.types {
@@ -567,7 +574,7 @@ impl DecisionService {
                 };
                 items.push(Item {
                     action: action.reference.clone(),
-                    resource: reference(resource),
+                    resource: reference(resource, &type_names),
                     allow,
                     reasons: decision.reasons.into_iter().map(Reason::Decided).collect(),
                     errors: decision.errors,
@@ -823,20 +830,29 @@ impl ChunkDecider<'_> {
             resource.clone(),
             usage.as_ref().map(|(record, _, _)| (USAGE, record.clone())),
         );
-        let entities = match self.entities.entry(combination) {
-            std::collections::hash_map::Entry::Occupied(built) => built.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(engine::shared_entities(
+        if !self.entities.contains_key(&combination) {
+            // A combination's entities are the listing's own with the
+            // offers' changes put in; built anew only when that cannot be.
+            let from_base = match (combination, self.entities.get(&None)) {
+                (Some(_), Some(Some(base))) => {
+                    engine::changed_entities(self.snapshot, base, changes)
+                }
+                _ => None,
+            };
+            let built = from_base.or_else(|| {
+                engine::shared_entities(
                     self.policies,
                     self.snapshot,
                     self.principal,
                     self.chunk.iter().map(|(_, resource)| *resource),
                     self.context.iter(),
                     changes,
-                ))
-            }
-        };
-        let Some(entities) = entities.as_ref() else {
+                )
+            });
+            self.entities.insert(combination, built);
+        }
+        let entities = self.entities.get(&combination).and_then(Option::as_ref);
+        let Some(entities) = entities else {
             return Err(Error::InvalidArgument(RequestError::new(
                 "what_if",
                 "the changed entities do not fit together",
@@ -868,8 +884,15 @@ pub fn hint_for_check(
     };
     let principal: EntityUID = prepared.principal().clone().into();
     let combinations = Combinations::new(offers, policies, snapshot, &principal, &Changes::new());
+    let resource = {
+        let core: &cedar_policy_core::ast::Request = prepared.request().as_ref();
+        core.resource().uid().cloned()
+    };
     for tried in &combinations.tried {
-        if !may_unlock(policies, prepared, decision, tried) {
+        let may = resource.as_ref().is_none_or(|resource| {
+            may_unlock(policies, prepared.action(), resource, decision, tried)
+        });
+        if !may {
             continue;
         }
         if engine::decide_changed(policies, snapshot, prepared, options, &tried.changes)?.allow {
@@ -906,9 +929,8 @@ fn hint(
     meter: Option<&MeterState>,
     decision: &Decision,
 ) -> Result<Hint, Error> {
-    let probe = action.prepared.for_resource(resource.clone(), None);
     for (index, tried) in combinations.tried.iter().enumerate() {
-        if !may_unlock(decider.policies, &probe, decision, tried) {
+        if !may_unlock(decider.policies, &action.uid, resource, decision, tried) {
             continue;
         }
         let (under_offer, _) =

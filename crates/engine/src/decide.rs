@@ -710,6 +710,61 @@ pub fn shared_entities<'v>(
     }
 }
 
+/// `base` (built by [`shared_entities`] without changes) with `changes`
+/// applied: only the changed entities (and those below them, which gain
+/// their new ancestors) are replaced, where building the set anew would
+/// build every entity again. `None` when the changes name an entity `base`
+/// lacks or Cedar refuses them: build anew with [`shared_entities`] then.
+pub fn changed_entities(
+    tenant: &TenantSnapshot,
+    base: &Entities,
+    changes: &Changes,
+) -> Option<Entities> {
+    let core: &cedar_policy_core::entities::Entities = base.as_ref();
+    let mut named_elsewhere = false;
+    for change in changes.iter() {
+        let values = change
+            .set
+            .iter()
+            .map(|(_, value)| value)
+            .chain(change.add.iter().flat_map(|(_, values)| values.iter()));
+        for value in values {
+            crate::tenant::entity_uids_in(value, &mut |uid| {
+                if !matches!(
+                    core.entity(uid),
+                    cedar_policy_core::entities::Dereference::Data(_)
+                ) {
+                    named_elsewhere = true;
+                }
+            });
+        }
+    }
+    if named_elsewhere {
+        return None;
+    }
+    let gained = changes.gained_ancestors(&tenant.entities);
+    let mut replaced: Vec<Arc<cedar_policy_core::ast::Entity>> = Vec::new();
+    for entity in core.iter() {
+        let touched = changes.iter().any(|change| &change.uid == entity.uid())
+            || gained
+                .iter()
+                .any(|(uid, _)| uid != entity.uid() && entity.is_descendant_of(uid));
+        if touched {
+            replaced.push(Arc::new(changes.apply(entity.clone(), &gained)));
+        }
+    }
+    let updated = core
+        .clone()
+        .upsert_entities(
+            replaced,
+            None::<&cedar_policy_core::entities::NoEntitiesSchema>,
+            cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
+            cedar_policy_core::extensions::Extensions::none(),
+        )
+        .ok()?;
+    Some(Entities::from(updated))
+}
+
 /// Decides `request` over `entities`, which hold every entity it can reach
 /// (see [`shared_entities`]), the principal known to be in the snapshot
 /// (or strict principals off). The request must bring no request-scoped entities and ask for no

@@ -14,7 +14,7 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use tollgate_engine::{
-//!     action_uid, decide, decide_changed, decide_in, entity_uid, prepare, Options, PolicySnapshot, SnapshotSource,
+//!     action_uid, changed_entities, decide, decide_changed, decide_in, entity_uid, prepare, Options, PolicySnapshot, SnapshotSource,
 //!     TenantSnapshot,
 //! };
 //!
@@ -68,9 +68,10 @@ pub mod tenant;
 pub use changes::{Change, Changes};
 pub use compiled::{Bindings, Compiled, CountRange};
 pub use decide::{
-    action_uid, decide, decide_changed, decide_in, entity_uid, evaluate, evaluate_probing, explain,
-    prepare, shared_entities, BuiltinReason, Decision, EvaluationError, Options, PolicyErrorMode,
-    PolicyEvaluation, PreparedRequest, Reason, RequestError, MAX_ID_BYTES, POLICY_ERROR_CODE,
+    action_uid, changed_entities, decide, decide_changed, decide_in, entity_uid, evaluate,
+    evaluate_probing, explain, prepare, shared_entities, BuiltinReason, Decision, EvaluationError,
+    Options, PolicyErrorMode, PolicyEvaluation, PreparedRequest, Reason, RequestError,
+    MAX_ID_BYTES, POLICY_ERROR_CODE,
 };
 pub use diagnostics::{describe, FileProblem};
 pub use guard::Guard;

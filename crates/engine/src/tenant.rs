@@ -548,6 +548,11 @@ fn known_values<'v>(
 }
 
 /// Calls `found` with every entity uid inside `value`.
+/// Calls `found` with every entity uid named in `value`.
+pub(crate) fn entity_uids_in<'v>(value: &'v Value, found: &mut impl FnMut(&'v EntityUID)) {
+    entity_uids(value, found);
+}
+
 fn entity_uids<'v>(value: &'v Value, found: &mut impl FnMut(&'v EntityUID)) {
     match value.value_kind() {
         ValueKind::Lit(Literal::EntityUID(uid)) => found(uid),
