@@ -6,25 +6,15 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{local_service, runtime, source_name, FileArgs};
+use super::{local_service, runtime, source_name, FileArgs, ServerArgs};
 use crate::api::{self, convert::parse_ref, pb};
 
 #[derive(Debug, Args)]
 pub(super) struct EntitlementsArgs {
     #[command(flatten)]
     files: FileArgs,
-    /// Ask a running server at ADDR (host:port, http://host:port, or
-    /// unix:/path/to/socket) instead of loading files.
-    #[arg(long, value_name = "ADDR", conflicts_with = "http")]
-    remote: Option<String>,
-    /// Ask a running server's HTTP front door at URL with POST
-    /// /v1/entitlements, instead of loading files.
-    #[arg(long, value_name = "URL")]
-    http: Option<String>,
-    /// With --remote or --http: the end user's JWT, sent as
-    /// `authorization: Bearer TOKEN`.
-    #[arg(long, value_name = "TOKEN")]
-    token: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Tenant id.
     #[arg(long)]
     tenant: String,
@@ -168,7 +158,7 @@ fn list_all(
     mut request: pb::ListEntitlementsRequest,
 ) -> Result<pb::ListEntitlementsResponse, (u8, String)> {
     let runtime = runtime().map_err(|error| (3, error.to_string()))?;
-    let local = match (&args.remote, &args.http, &args.token) {
+    let local = match (&args.server.remote, &args.server.http, &args.server.token) {
         (None, None, Some(_)) => {
             return Err((
                 2,
@@ -192,10 +182,10 @@ fn list_all(
                 .await
                 .map_err(|error| (2, error.to_string()));
             }
-            if let Some(url) = &args.http {
-                return list_http(url, args.token.as_deref(), &request).await;
+            if let Some(url) = &args.server.http {
+                return list_http(url, args.server.token.as_deref(), &request).await;
             }
-            let address = args.remote.as_deref().unwrap_or_default();
+            let address = args.server.remote.as_deref().unwrap_or_default();
             if channel.is_none() {
                 channel = Some(
                     crate::api::client::connect(address)
@@ -216,7 +206,7 @@ fn list_all(
             };
             let mut client = pb::entitlement_service_client::EntitlementServiceClient::new(channel);
             let mut call = tonic::Request::new(request.clone());
-            if let Some(token) = &args.token {
+            if let Some(token) = &args.server.token {
                 let value = format!("Bearer {token}")
                     .parse()
                     .map_err(|_| (2, "--token: not a valid header value".to_string()))?;

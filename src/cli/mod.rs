@@ -159,16 +159,16 @@ struct FileArgs {
     entitlements: Option<String>,
 }
 
+/// Where `check` and `entitlements` ask, when not the files.
 #[derive(Debug, Args)]
-struct CheckArgs {
-    #[command(flatten)]
-    files: FileArgs,
+struct ServerArgs {
     /// Ask a running server at ADDR (host:port, http://host:port, or
     /// unix:/path/to/socket) instead of loading files.
     #[arg(long, value_name = "ADDR", conflicts_with = "http")]
     remote: Option<String>,
     /// Ask a running server's HTTP front door at URL (http://host:port, its
-    /// http_listen) with POST /v1/check, instead of loading files.
+    /// http_listen) instead of loading files: POST /v1/check, or
+    /// /v1/entitlements.
     #[arg(long, value_name = "URL")]
     http: Option<String>,
     /// With --remote or --http: the end user's JWT, sent as
@@ -176,6 +176,14 @@ struct CheckArgs {
     /// tenant and principal then need not be given).
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Tenant id.
     #[arg(long)]
     tenant: String,
@@ -843,7 +851,7 @@ fn check(args: &CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match (&args.remote, &args.http, &args.token) {
+    let result = match (&args.server.remote, &args.server.http, &args.server.token) {
         (Some(address), _, token) => check_remote(address, token.as_deref(), request),
         (None, Some(url), token) => check_http(url, token.as_deref(), request),
         (None, None, Some(_)) => Err((

@@ -1016,19 +1016,7 @@ impl<'a> EntitySlice<'a> {
     /// refused them (unreachable: every uid is built once), when the whole
     /// view decides the same.
     fn build_fresh(&self) -> Option<Entities> {
-        let built = self
-            .nodes
-            .iter()
-            .map(|index| self.entities.build(*index))
-            .chain(self.actions.iter().map(|action| CoreEntity::clone(action)));
-        CoreEntities::from_entities(
-            built,
-            None::<&NoEntitiesSchema>,
-            TCComputation::AssumeAlreadyComputed,
-            Extensions::none(),
-        )
-        .ok()
-        .map(Entities::from)
+        self.assemble(|index| self.entities.build(index))
     }
 
     /// Cedar's entities of the slice with `changes` applied, built anew
@@ -1036,10 +1024,16 @@ impl<'a> EntitySlice<'a> {
     /// set must have been added.
     pub fn build_changed(&self, changes: &crate::changes::Changes) -> Option<Entities> {
         let gained = changes.gained_ancestors(self.entities);
+        self.assemble(|index| changes.apply(self.entities.build(index), &gained))
+    }
+
+    /// Cedar's entities of the slice's nodes as `build` makes them, with
+    /// its actions.
+    fn assemble(&self, build: impl Fn(u32) -> CoreEntity) -> Option<Entities> {
         let built = self
             .nodes
             .iter()
-            .map(|index| changes.apply(self.entities.build(*index), &gained))
+            .map(|index| build(*index))
             .chain(self.actions.iter().map(|action| CoreEntity::clone(action)));
         CoreEntities::from_entities(
             built,
