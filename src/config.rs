@@ -873,6 +873,21 @@ fn build(
                 .collect::<Vec<_>>(),
         )
     });
+    let attributes = get(values, problems, "decision_log_attributes", |text| {
+        text.split(',')
+            .map(str::trim)
+            .filter(|path| !path.is_empty())
+            .map(|path| {
+                if path.split('.').any(str::is_empty) {
+                    Err(format!(
+                        "`{path}` is not an attribute path such as account.plan"
+                    ))
+                } else {
+                    Ok(path.to_string())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+    });
     let redis_stream = get(values, problems, "decision_log_redis_stream", |text| {
         Ok::<_, String>(Some(text.trim().to_string()).filter(|key| !key.is_empty()))
     });
@@ -1172,6 +1187,7 @@ fn build(
                 sample_deny: sample_deny?,
                 context: log_context?,
                 mask: mask.clone()?,
+                attributes: attributes?,
                 max_bytes: max_bytes?,
             }),
         },

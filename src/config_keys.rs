@@ -53,6 +53,7 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("decision_log_sample_deny", "1", "share of DENY decisions logged, 0 to 1"),
     ("decision_log_context", "false", "include the request context in records"),
     ("decision_log_mask", "", "comma-separated context attributes whose values are logged as \"***\""),
+    ("decision_log_attributes", "", "comma-separated attribute paths from the principal, e.g. account.plan, whose values in the tenant's snapshot at decision time each record carries (`attributes`); a path in decision_log_mask is logged as \"***\""),
     ("decision_log_max_bytes", "104857600", "size at which the decision log file rotates"),
     ("decision_log_redis_stream", "", "also add every decision record to this Redis Stream (XADD <key> MAXLEN ~ <decision_log_redis_maxlen> * record <json>), e.g. tollgate:decisions; needs redis_url; empty: off"),
     ("decision_log_redis_maxlen", "1000000", "approximate length the decision log's Redis Stream is trimmed to"),

@@ -71,6 +71,9 @@ pub struct Settings {
     pub context: bool,
     /// Context attributes whose values are replaced by `"***"`.
     pub mask: Vec<String>,
+    /// Attribute paths from the principal (`account.plan`) whose snapshot
+    /// values each record carries.
+    pub attributes: Vec<String>,
     /// File size at which the file sink rotates.
     pub max_bytes: u64,
 }
@@ -210,6 +213,11 @@ impl DecisionLog {
     /// Whether records carry the context.
     pub fn logs_context(&self) -> bool {
         self.settings.context
+    }
+
+    /// The attribute paths from the principal each record carries.
+    pub fn attributes(&self) -> &[String] {
+        &self.settings.attributes
     }
 
     /// Whether the context attribute `key` is masked.

@@ -376,3 +376,90 @@ fn a_redis_stream_without_redis_is_a_configuration_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_carry_the_principals_attributes_as_the_snapshot_had_them() {
+    let dirs = DataDirs::copy_examples();
+    let file = dirs.root.path().join("decisions.log");
+    let mut server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &dirs.policies,
+        &dirs.entitlements,
+        &[
+            ("TOLLGATE_DECISION_LOG", file.to_str().unwrap()),
+            (
+                "TOLLGATE_DECISION_LOG_ATTRIBUTES",
+                "account.plan, account.tier, account.addons, account.residency.countries, account.missing",
+            ),
+            ("TOLLGATE_DECISION_LOG_MASK", "account.addons"),
+        ],
+    );
+    let mut client = connect(&server.url()).await;
+    let first = decide(
+        &mut client,
+        check("hooli", "User:gavin", "use", "Feature:pdf-export"),
+    )
+    .await;
+    // hooli moves to pro: the next record has the plan it has then.
+    let upgraded = document("hooli", 2, |value| {
+        let account = tollgate_testkit::fixtures::entity(value, "Account", "hooli");
+        account["attrs"]["plan"] = "pro".into();
+        account["attrs"]["tier"] = 1.into();
+    });
+    replace_file(&dirs.entitlements.join("hooli.json"), &upgraded);
+    wait_until("hooli at version 2", || {
+        let mut client = client.clone();
+        async move {
+            let answer = decide(
+                &mut client,
+                check("hooli", "User:gavin", "view", "Feature:sso"),
+            )
+            .await;
+            let version = answer.freshness.unwrap().snapshot_version;
+            if version == 2 {
+                Ok(())
+            } else {
+                Err(format!("version {version}"))
+            }
+        }
+    })
+    .await;
+    let second = decide(
+        &mut client,
+        check("hooli", "User:gavin", "use", "Feature:pdf-export"),
+    )
+    .await;
+    let eu = decide(
+        &mut client,
+        check("soylent", "User:olaf", "use", "Feature:dashboards"),
+    )
+    .await;
+    server.signal("TERM");
+    server.expect_clean_exit().await;
+
+    let records: HashMap<String, serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .map(|record| (record["decision_id"].as_str().unwrap().to_string(), record))
+        .collect();
+    let attributes =
+        |response: &pb::CheckResponse| records[&response.decision_id]["attributes"].clone();
+    assert_eq!(
+        attributes(&first),
+        serde_json::json!({"account.plan": "free", "account.tier": 0, "account.addons": "***"})
+    );
+    assert_eq!(
+        attributes(&second),
+        serde_json::json!({"account.plan": "pro", "account.tier": 1, "account.addons": "***"})
+    );
+    let eu = attributes(&eu);
+    assert_eq!(eu["account.plan"], "enterprise");
+    assert!(
+        eu["account.residency.countries"]
+            .as_array()
+            .unwrap()
+            .contains(&"DE".into()),
+        "{eu}"
+    );
+}

@@ -532,6 +532,7 @@ async fn decisions_are_labelled_with_their_front_door() {
         sample_deny: 1.0,
         context: false,
         mask: Vec::new(),
+        attributes: Vec::new(),
         max_bytes: 1 << 20,
     });
     let metrics =

@@ -393,6 +393,7 @@ async fn what_if_answers_are_hypothetical_and_need_their_own_permission() {
         sample_deny: 1.0,
         context: false,
         mask: Vec::new(),
+        attributes: Vec::new(),
         max_bytes: 1 << 20,
     });
     let server = InProcess::start(config).await;

@@ -402,6 +402,7 @@ async fn bearer_tokens_name_callers_rotate_without_a_restart_and_refusals_count_
         sample_deny: 1.0,
         context: false,
         mask: Vec::new(),
+        attributes: Vec::new(),
         max_bytes: 1 << 20,
     });
     let server = InProcess::start(config).await;

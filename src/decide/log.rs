@@ -67,6 +67,7 @@ impl LoggedRequest {
             context: self.context.as_ref(),
             trace_id: self.trace_id.as_deref(),
             what_if: answer.hypothetical,
+            attributes: Attributes(&answer.logged_attributes),
         });
     }
 }
@@ -95,6 +96,24 @@ struct LogRecord<'a> {
     /// A what-if answer: about a snapshot that does not exist.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     what_if: bool,
+    /// The principal's attributes configured in `decision_log_attributes`.
+    #[serde(skip_serializing_if = "Attributes::is_empty")]
+    attributes: Attributes<'a>,
+}
+
+/// Attribute paths and their values, as a JSON object.
+struct Attributes<'a>(&'a [(String, serde_json::Value)]);
+
+impl Attributes<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for Attributes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(path, value)| (path, value)))
+    }
 }
 
 /// `{"type": ..., "id": ...}`.

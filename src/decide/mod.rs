@@ -475,6 +475,10 @@ pub struct Answer {
     pub usage: Option<UsageView>,
     /// Decided with attribute overrides (a what-if question).
     pub hypothetical: bool,
+    /// The principal's attributes the decision log records
+    /// (`decision_log_attributes`), as they were in the snapshot that
+    /// decided; empty without them.
+    pub logged_attributes: Vec<(String, serde_json::Value)>,
 }
 
 impl Answer {
@@ -488,6 +492,7 @@ impl Answer {
             decision_id,
             usage: None,
             hypothetical: false,
+            logged_attributes: Vec::new(),
         }
     }
 
@@ -510,6 +515,26 @@ pub struct DecisionService {
     metering: Option<Arc<Metering>>,
     callers: Arc<Callers>,
     jwt: Option<Arc<crate::jwt::Verifier>>,
+}
+
+/// The value at `path` (`account.plan`: attributes, through the entities
+/// and records they name) from `principal` in `snapshot`.
+fn attribute_path<'a>(
+    snapshot: &'a engine::TenantSnapshot,
+    principal: &cedar_policy_core::ast::EntityUID,
+    path: &str,
+) -> Option<&'a Value> {
+    use cedar_policy_core::ast::{Literal, ValueKind};
+    let mut segments = path.split('.');
+    let mut value = snapshot.entities.attr(principal, segments.next()?)?;
+    for segment in segments {
+        value = match value.value_kind() {
+            ValueKind::Lit(Literal::EntityUID(uid)) => snapshot.entities.attr(uid, segment)?,
+            ValueKind::Record(fields) => fields.get(segment)?,
+            _ => return None,
+        };
+    }
+    Some(value)
 }
 
 /// The context record the policies read a meter's state from.
@@ -879,7 +904,10 @@ impl DecisionService {
                     &changes,
                 )
                 .map_err(Error::InvalidArgument)?;
-                Answer::new(decision, Freshness::of(catalog, &lookup), self.ids.next())
+                let mut answer =
+                    Answer::new(decision, Freshness::of(catalog, &lookup), self.ids.next());
+                answer.logged_attributes = self.logged_attributes(snapshot, prepared.principal());
+                answer
             }
             None => self
                 .decide(catalog, &lookup, &prepared)
@@ -1037,10 +1065,41 @@ impl DecisionService {
             Lookup::LicenseRefused { reason, .. } => Decision::deny(*reason),
         };
         let count_range = decision.count_range;
-        Ok((
-            Answer::new(decision, Freshness::of(catalog, lookup), self.ids.next()),
-            count_range,
-        ))
+        let mut answer = Answer::new(decision, Freshness::of(catalog, lookup), self.ids.next());
+        if let Some(snapshot) = lookup.snapshot() {
+            answer.logged_attributes = self.logged_attributes(snapshot, prepared.principal());
+        }
+        Ok((answer, count_range))
+    }
+
+    /// The principal's attributes the decision log records
+    /// (`decision_log_attributes`), read from `snapshot`; a path the
+    /// snapshot does not have is left out, one in `decision_log_mask` is
+    /// `"***"`.
+    fn logged_attributes(
+        &self,
+        snapshot: &engine::TenantSnapshot,
+        principal: &EntityUid,
+    ) -> Vec<(String, serde_json::Value)> {
+        let Some(log) = self.decision_log.as_deref() else {
+            return Vec::new();
+        };
+        log.attributes()
+            .iter()
+            .filter_map(|path| {
+                let value = attribute_path(snapshot, principal.as_ref(), path)?;
+                let json = if log.masks(path) {
+                    serde_json::Value::String("***".to_string())
+                } else {
+                    let cedar = cedar_policy_core::entities::json::CedarValueJson::from_value(
+                        value.clone(),
+                    )
+                    .ok()?;
+                    serde_json::to_value(cedar).ok()?
+                };
+                Some((path.clone(), json))
+            })
+            .collect()
     }
 
     /// A DENY for a built-in reason with the lookup's freshness; with
@@ -1114,6 +1173,17 @@ impl DecisionService {
             ],
             consume.amount,
         );
+        let logged_attributes = match &check.principal {
+            Some(principal) if self.decision_log.is_some() => engine::entity_uid(
+                &catalog.policies,
+                "principal",
+                &principal.type_name,
+                &principal.id,
+            )
+            .map(|uid| self.logged_attributes(snapshot, &uid))
+            .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let conn = self.tenants.connection();
         let metered = metering
             .decide_and_consume(
@@ -1135,7 +1205,7 @@ impl DecisionService {
             )
             .await
             .map_err(Error::InvalidArgument)?;
-        Ok(match metered {
+        let mut answer = match metered {
             Metered::Decided {
                 decision,
                 decision_id,
@@ -1156,7 +1226,9 @@ impl DecisionService {
                 answer
             }
             Metered::Replayed { first, usage } => self.replay(catalog, &lookup, first, usage),
-        })
+        };
+        answer.logged_attributes = logged_attributes;
+        Ok(answer)
     }
 
     /// The first answer to an idempotency key, given again.
@@ -1185,6 +1257,7 @@ impl DecisionService {
             decision_id: first.decision_id,
             usage: Some(usage),
             hypothetical: false,
+            logged_attributes: Vec::new(),
         }
     }
 
