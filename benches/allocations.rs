@@ -22,7 +22,6 @@
 )]
 
 use std::alloc::System;
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -98,16 +97,7 @@ fn file_source(calls: usize) {
     let acme = std::fs::read(example_entitlements().join("acme.json")).unwrap();
     let tenant =
         Arc::new(TenantSnapshot::parse(&acme, None, &policies, SnapshotSource::File).unwrap());
-    let tenants: TenantMap = HashMap::from([("acme".to_string(), Arc::clone(&tenant))]);
-    let service = DecisionService::new(
-        Arc::new(Store::from_catalog(Catalog {
-            policies: Arc::clone(&policies),
-            tenants: Arc::new(tenants),
-            licenses: Default::default(),
-        })),
-        Options::default(),
-        Limits::default(),
-    );
+    let service = tollgate_testkit::fixtures::file_service(&policies, [Arc::clone(&tenant)]);
     let caller = Caller::trusted("bench");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

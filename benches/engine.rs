@@ -31,7 +31,6 @@
     reason = "benchmark harness: a broken fixture should abort loudly"
 )]
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -43,9 +42,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use tollgate::api;
 use tollgate::api::pb;
 use tollgate::decide::{DecisionService, Limits};
-use tollgate::store::{Catalog, Store};
+use tollgate::store::Store;
 use tollgate_engine::Options;
-use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
+use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};
 use tollgate_testkit::fixtures::example_policies;
 use tollgate_testkit::request::{use_request, BENCH_NOW as NOW};
 use tollgate_testkit::tenants::{self, role_of, user_id};
@@ -164,16 +163,7 @@ fn bench_size(c: &mut Criterion, users: usize) {
     let tenant = Arc::new(tenant);
     let principal = user_id(principal_index(users));
 
-    let tenants: TenantMap = HashMap::from([(TENANT.to_string(), Arc::clone(&tenant))]);
-    let decision_point = DecisionService::new(
-        Arc::new(Store::from_catalog(Catalog {
-            policies: Arc::clone(&policies),
-            tenants: Arc::new(tenants),
-            licenses: Default::default(),
-        })),
-        Options::default(),
-        Limits::default(),
-    );
+    let decision_point = tollgate_testkit::fixtures::file_service(&policies, [Arc::clone(&tenant)]);
     let caller = tollgate::decide::Caller::trusted("bench");
     let authorizer = Authorizer::new();
     let (licensed, _license_dir) = license_sourced(&policies, users);

@@ -37,9 +37,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tollgate::api::pb;
-use tollgate::decide::{Caller, DecisionService, Limits};
-use tollgate::store::{Catalog, Store};
-use tollgate_engine::{Options, PolicySnapshot, SnapshotSource, TenantMap, TenantSnapshot};
+use tollgate::decide::Caller;
+use tollgate_engine::{PolicySnapshot, SnapshotSource, TenantSnapshot};
 use tollgate_testkit::fixtures::example_policies;
 use tollgate_testkit::measure::process_cpu;
 use tollgate_testkit::request::{datetime, string, BENCH_NOW};
@@ -152,16 +151,7 @@ fn in_process(iterations: usize) -> Result<(), String> {
         SnapshotSource::File,
     )
     .map_err(|error| error.to_string())?;
-    let tenants: TenantMap = HashMap::from([(TENANT.to_string(), Arc::new(tenant))]);
-    let service = DecisionService::new(
-        Arc::new(Store::from_catalog(Catalog {
-            policies,
-            tenants: Arc::new(tenants),
-            licenses: Default::default(),
-        })),
-        Options::default(),
-        Limits::default(),
-    );
+    let service = tollgate_testkit::fixtures::file_service(&policies, [Arc::new(tenant)]);
     let caller = Caller::trusted("bench");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

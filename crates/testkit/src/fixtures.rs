@@ -143,3 +143,27 @@ pub fn entity<'a>(
         .find(|e| e["uid"]["type"] == type_name && e["uid"]["id"] == id)
         .unwrap_or_else(|| panic!("no {type_name}::{id:?} in the snapshot"))
 }
+
+/// A decision service over `policies` and the tenant snapshots `tenants`
+/// (the file source's catalog, no reloads), with the default options and
+/// limits: what the in-process benchmarks decide with.
+pub fn file_service(
+    policies: &std::sync::Arc<tollgate_engine::PolicySnapshot>,
+    tenants: impl IntoIterator<Item = std::sync::Arc<tollgate_engine::TenantSnapshot>>,
+) -> tollgate::decide::DecisionService {
+    let tenants: tollgate_engine::TenantMap = tenants
+        .into_iter()
+        .map(|tenant| (tenant.tenant.clone(), tenant))
+        .collect();
+    tollgate::decide::DecisionService::new(
+        std::sync::Arc::new(tollgate::store::Store::from_catalog(
+            tollgate::store::Catalog {
+                policies: std::sync::Arc::clone(policies),
+                tenants: std::sync::Arc::new(tenants),
+                licenses: Default::default(),
+            },
+        )),
+        tollgate_engine::Options::default(),
+        tollgate::decide::Limits::default(),
+    )
+}
