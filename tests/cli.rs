@@ -191,6 +191,37 @@ async fn check_remote_asks_a_running_server() {
         stdout.contains("reason: tier_too_low [forbid tier-too-low]"),
         "{stdout}"
     );
+    // The listing over gRPC: the same table as from the files.
+    let listing = [
+        "entitlements",
+        "--remote",
+        &address,
+        "--tenant",
+        "hooli",
+        "--principal",
+        "User:gavin",
+        "--action",
+        "use",
+        "--context",
+        r#"{"country":"US"}"#,
+    ];
+    let output = tollgate_blocking(&listing, cwd.path()).await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "Feature:pdf-export",
+                    "use",
+                    "no",
+                    "tier_too_low",
+                    "pro",
+                    "(plan)"
+                ]),
+        "{stdout}"
+    );
     drop(server);
 
     // Nobody listening any more: exit 3.
@@ -275,5 +306,129 @@ fn check_explain_shows_every_policy_whose_scope_matched() {
     assert!(
         !stdout.contains("viewers-view"),
         "other actions' rules are left out:\n{stdout}"
+    );
+}
+
+#[test]
+fn entitlements_lists_what_a_user_may_do_and_what_if_answers_hypothetically() {
+    let cwd = tempfile::tempdir().unwrap();
+    let (policies, entitlements) = (example_policies(), example_entitlements());
+    let run = |args: &[&str]| tollgate_on(args, &policies, &entitlements, cwd.path());
+    let gavin = [
+        "entitlements",
+        "--tenant",
+        "hooli",
+        "--principal",
+        "User:gavin",
+        "--action",
+        "use",
+        "--context",
+        r#"{"country":"US"}"#,
+    ];
+
+    // The table: one line per feature, the offer that unlocks each denial.
+    let output = run(&gavin);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let row = |resource: &str| {
+        stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("{resource} ")))
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no row {resource}:\n{stdout}"))
+    };
+    assert_eq!(
+        stdout
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["RESOURCE", "ACTION", "ALLOWED", "REASON", "USAGE", "UNLOCKED", "BY"]
+    );
+    assert_eq!(
+        row("Feature:pdf-export"),
+        [
+            "Feature:pdf-export",
+            "use",
+            "no",
+            "tier_too_low",
+            "pro",
+            "(plan)"
+        ]
+    );
+    assert_eq!(
+        row("Feature:dashboards"),
+        ["Feature:dashboards", "use", "yes", "member_role"]
+    );
+    assert_eq!(
+        row("Feature:e-invoicing"),
+        [
+            "Feature:e-invoicing",
+            "use",
+            "no",
+            "region_restricted,",
+            "tier_too_low",
+            "(no",
+            "offer)"
+        ]
+    );
+    assert!(stdout.contains("8 items; policy_version "), "{stdout}");
+
+    // As JSON, and as if hooli were on pro: pdf-export allowed, hypothetical.
+    let mut what_if = gavin.to_vec();
+    what_if.extend(["--json", "--what-if", "Account:hooli.tier=1"]);
+    let output = run(&what_if);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["hypothetical"], true);
+    let pdf = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["resource"]["id"] == "pdf-export")
+        .unwrap();
+    assert_eq!(pdf["decision"], "DECISION_ALLOW");
+
+    // `check --what-if` answers the same question, marked hypothetical.
+    let request = ["hooli", "User:gavin", "use", "Feature:pdf-export"];
+    let allow_context = context("US");
+    let output = run(&check_args(
+        &["--json", "--what-if", "Account:hooli.tier=1"],
+        request,
+        &allow_context,
+    ));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["decision"], "ALLOW");
+    assert_eq!(json["hypothetical"], true);
+    let output = run(&check_args(
+        &["--what-if", "Account:hooli.tier=1"],
+        request,
+        &allow_context,
+    ));
+    assert!(
+        text(&output.stdout)
+            .contains("  HYPOTHETICAL: decided with --what-if; nothing was counted"),
+        "{}",
+        text(&output.stdout)
+    );
+
+    // A bad override or action is refused, naming it, with exit code 2.
+    let mut bad = gavin.to_vec();
+    bad.extend(["--what-if", "Account:hooli.tier"]);
+    let output = run(&bad);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "error: --what-if `Account:hooli.tier`: expected Type:id.attribute=JSON"
+    );
+    let mut fly = gavin.to_vec();
+    fly[6] = "fly";
+    let output = run(&fly);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        text(&output.stderr).trim(),
+        "error: actions[0]: action `Action::\"fly\"` is not declared in the schema"
     );
 }

@@ -158,10 +158,25 @@ async fn assert_items_are_checks(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_free_user_sees_every_item_as_check_answers_it_and_what_would_unlock_it() {
     let dirs = DataDirs::copy_examples();
-    let (server, http) = InProcess::start_with_http(dirs.config()).await;
+    let mut config = dirs.config();
+    let metrics =
+        std::net::SocketAddr::from(([127, 0, 0, 1], tollgate_testkit::redis_server::free_port()));
+    config.metrics_listen = Some(metrics);
+    let (server, http) = InProcess::start_with_http(config).await;
     let mut client = connect(&server.url()).await;
 
     let listed = list(&mut client, listing("hooli", "User:gavin")).await;
+    // Counted as a listing and its items, not as decisions.
+    let (_, exported) =
+        tokio::task::spawn_blocking(move || http_get(&metrics.to_string(), "/metrics"))
+            .await
+            .unwrap();
+    assert_eq!(sample(&exported, "tollgate_listings_total"), 1.0);
+    assert_eq!(sample(&exported, "tollgate_listed_items_total"), 18.0);
+    assert!(
+        !exported.contains("tollgate_decisions_total{"),
+        "{exported}"
+    );
     assert!(listed.next_page_token.is_empty());
     assert!(!listed.hypothetical);
     let freshness = listed.freshness.as_ref().unwrap();

@@ -346,9 +346,13 @@ fn listed_items_are_checks_and_hints_are_the_cheapest_offers_that_allow() {
     if let Err(failure) = result {
         panic!("{failure}");
     }
-    // The cases must exercise hints, not only pass by having none.
+    eprintln!("{cases} cases, {} hinted items", hinted.get());
+    // The cases must exercise hints, not only pass by having none: five
+    // runs of 48 cases gave 45 to 66 hinted items (embargoed and
+    // residency-fenced cases have none); half an item a case is a floor a
+    // listing without hints cannot reach.
     assert!(
-        hinted.get() > cases as usize,
+        hinted.get() >= cases as usize / 2,
         "only {} hinted items",
         hinted.get()
     );

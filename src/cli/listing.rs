@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{local_service, runtime, source_name, FileArgs, ServerArgs};
+use super::{
+    context_arg, grpc_client, grpc_failure, local_service, post_http, runtime, source_name,
+    with_token, FileArgs, ServerArgs,
+};
 use crate::api::{self, convert::parse_ref, pb};
 
 #[derive(Debug, Args)]
@@ -69,28 +72,7 @@ pub(super) fn parse_what_if(text: &str) -> Result<pb::AttributeOverride, String>
 }
 
 fn build_request(args: &EntitlementsArgs) -> Result<pb::ListEntitlementsRequest, String> {
-    let context: serde_json::Value = serde_json::from_str(&args.context)
-        .map_err(|error| format!("--context: not JSON: {error}"))?;
-    let serde_json::Value::Object(mut context) = context else {
-        return Err("--context: must be a JSON object".to_string());
-    };
-    if !context.contains_key("now") {
-        let now = jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
-        context.insert(
-            "now".to_string(),
-            serde_json::json!({"__extn": {"fn": "datetime", "arg": now}}),
-        );
-    }
-    let context = context
-        .into_iter()
-        .map(|(key, value)| {
-            api::convert::json_to_value(&value)
-                .map(|value| (key.clone(), value))
-                .map_err(|problem| format!("--context: {key}: {problem}"))
-        })
-        .collect::<Result<_, _>>()?;
+    let context = context_arg(&args.context, true)?;
     Ok(pb::ListEntitlementsRequest {
         tenant: args.tenant.clone(),
         principal: Some(parse_ref(&args.principal, None).map_err(|p| format!("--principal: {p}"))?),
@@ -168,7 +150,7 @@ fn list_all(
         (None, None, None) => Some(local_service(&args.files, &args.tenant)?),
         _ => None,
     };
-    let mut channel = None;
+    let mut client = None;
     let mut all: Option<pb::ListEntitlementsResponse> = None;
     for _ in 0..MAX_PAGES {
         let page = runtime.block_on(async {
@@ -182,47 +164,29 @@ fn list_all(
                 .await
                 .map_err(|error| (2, error.to_string()));
             }
+            let token = args.server.token.as_deref();
             if let Some(url) = &args.server.http {
-                return list_http(url, args.server.token.as_deref(), &request).await;
+                return post_http(
+                    url,
+                    "/v1/entitlements",
+                    token,
+                    &request,
+                    "a ListEntitlementsResponse",
+                )
+                .await;
             }
-            let address = args.server.remote.as_deref().unwrap_or_default();
-            if channel.is_none() {
-                channel = Some(
-                    crate::api::client::connect(address)
-                        .await
-                        .map_err(|error| {
-                            (
-                                3,
-                                format!(
-                                    "cannot connect to {address}: {}",
-                                    crate::api::client::connect_error(&error)
-                                ),
-                            )
-                        })?,
-                );
+            if client.is_none() {
+                let address = args.server.remote.as_deref().unwrap_or_default();
+                client = Some(grpc_client(address).await?);
             }
-            let Some(channel) = channel.clone() else {
-                return Err((3, format!("cannot connect to {address}")));
+            let Some(client) = client.as_mut() else {
+                return Err((3, "no server to ask".to_string()));
             };
-            let mut client = pb::entitlement_service_client::EntitlementServiceClient::new(channel);
-            let mut call = tonic::Request::new(request.clone());
-            if let Some(token) = &args.server.token {
-                let value = format!("Bearer {token}")
-                    .parse()
-                    .map_err(|_| (2, "--token: not a valid header value".to_string()))?;
-                call.metadata_mut().insert("authorization", value);
-            }
             client
-                .list_entitlements(call)
+                .list_entitlements(with_token(request.clone(), token)?)
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(|status| {
-                    let code = match status.code() {
-                        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => 2,
-                        _ => 3,
-                    };
-                    (code, format!("{:?}: {}", status.code(), status.message()))
-                })
+                .map_err(|status| grpc_failure(&status))
         })?;
         let next = page.next_page_token.clone();
         match &mut all {
@@ -237,42 +201,6 @@ fn list_all(
     let mut all = all.unwrap_or_default();
     all.next_page_token = String::new();
     Ok(all)
-}
-
-/// One page from the HTTP front door at `url`.
-async fn list_http(
-    url: &str,
-    token: Option<&str>,
-    request: &pb::ListEntitlementsRequest,
-) -> Result<pb::ListEntitlementsResponse, (u8, String)> {
-    let body = serde_json::to_vec(request).map_err(|error| (3, error.to_string()))?;
-    let authorization = token.map(|token| format!("Bearer {token}"));
-    let (status, answer) =
-        crate::api::client::post_json(url, "/v1/entitlements", body, authorization.as_deref())
-            .await
-            .map_err(|error| (3, error))?;
-    if status == 200 {
-        return serde_json::from_slice(&answer).map_err(|error| {
-            (
-                3,
-                format!("{url} answered something else than a ListEntitlementsResponse: {error}"),
-            )
-        });
-    }
-    let error: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-    let code = error["code"].as_str().unwrap_or("UNKNOWN");
-    let exit = if code == "INVALID_ARGUMENT" || code == "RESOURCE_EXHAUSTED" {
-        2
-    } else {
-        3
-    };
-    Err((
-        exit,
-        format!(
-            "{code} (HTTP {status}): {}",
-            error["message"].as_str().unwrap_or("(no message)")
-        ),
-    ))
 }
 
 fn entity_text(reference: Option<&pb::EntityRef>) -> String {

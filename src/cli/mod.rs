@@ -881,20 +881,38 @@ fn check(args: &CheckArgs) -> ExitCode {
     }
 }
 
-fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
-    let context: serde_json::Value = serde_json::from_str(&args.context)
-        .map_err(|error| format!("--context: not JSON: {error}"))?;
-    let serde_json::Value::Object(context) = context else {
+/// `--context`: a JSON object of Cedar JSON values, as protobuf values;
+/// with `now`, a `now` of the current time when it has none.
+fn context_arg(
+    text: &str,
+    now: bool,
+) -> Result<std::collections::HashMap<String, pb::Value>, String> {
+    let context: serde_json::Value =
+        serde_json::from_str(text).map_err(|error| format!("--context: not JSON: {error}"))?;
+    let serde_json::Value::Object(mut context) = context else {
         return Err("--context: must be a JSON object".to_string());
     };
-    let context = context
+    if now && !context.contains_key("now") {
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        context.insert(
+            "now".to_string(),
+            serde_json::json!({"__extn": {"fn": "datetime", "arg": now}}),
+        );
+    }
+    context
         .into_iter()
         .map(|(key, value)| {
             api::convert::json_to_value(&value)
                 .map(|value| (key.clone(), value))
                 .map_err(|problem| format!("--context: {key}: {problem}"))
         })
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+fn build_request(args: &CheckArgs) -> Result<pb::CheckRequest, String> {
+    let context = context_arg(&args.context, false)?;
     Ok(pb::CheckRequest {
         what_if: args
             .what_if
@@ -989,21 +1007,35 @@ fn check_http(
     request: pb::CheckRequest,
 ) -> Result<pb::CheckResponse, (u8, String)> {
     let runtime = runtime().map_err(|error| (3, error.to_string()))?;
-    let body = serde_json::to_vec(&request).map_err(|error| (3, error.to_string()))?;
+    runtime.block_on(post_http(
+        url,
+        "/v1/check",
+        token,
+        &request,
+        "a CheckResponse",
+    ))
+}
+
+/// Posts `request` as JSON to the HTTP front door at `url` (`path`), with
+/// the end user's `token`, and reads the answer as `what`; an error answer
+/// as its exit code (2 for a bad request, else 3) and message.
+async fn post_http<T: serde::de::DeserializeOwned>(
+    url: &str,
+    path: &str,
+    token: Option<&str>,
+    request: &impl serde::Serialize,
+    what: &str,
+) -> Result<T, (u8, String)> {
+    let body = serde_json::to_vec(request).map_err(|error| (3, error.to_string()))?;
     let authorization = token.map(|token| format!("Bearer {token}"));
-    let (status, answer) = runtime
-        .block_on(crate::api::client::post_json(
-            url,
-            "/v1/check",
-            body,
-            authorization.as_deref(),
-        ))
+    let (status, answer) = crate::api::client::post_json(url, path, body, authorization.as_deref())
+        .await
         .map_err(|error| (3, error))?;
     if status == 200 {
         return serde_json::from_slice(&answer).map_err(|error| {
             (
                 3,
-                format!("{url} answered something else than a CheckResponse: {error}"),
+                format!("{url} answered something else than {what}: {error}"),
             )
         });
     }
@@ -1022,46 +1054,64 @@ fn check_http(
     ))
 }
 
+/// A client of the server at `address`.
+async fn grpc_client(
+    address: &str,
+) -> Result<
+    pb::entitlement_service_client::EntitlementServiceClient<tonic::transport::Channel>,
+    (u8, String),
+> {
+    let channel = crate::api::client::connect(address)
+        .await
+        .map_err(|error| {
+            (
+                3,
+                format!(
+                    "cannot connect to {address}: {}",
+                    crate::api::client::connect_error(&error)
+                ),
+            )
+        })?;
+    Ok(pb::entitlement_service_client::EntitlementServiceClient::new(channel))
+}
+
+/// `message` as a gRPC request, with the end user's `token` as its bearer.
+fn with_token<T>(message: T, token: Option<&str>) -> Result<tonic::Request<T>, (u8, String)> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| (2, "--token: not a valid header value".to_string()))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// A refused gRPC call as an exit code (2 for a bad request, else 3) and
+/// message.
+fn grpc_failure(status: &tonic::Status) -> (u8, String) {
+    let code = match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
+            2
+        }
+        _ => 3,
+    };
+    (code, format!("{:?}: {}", status.code(), status.message()))
+}
+
 fn check_remote(
     address: &str,
     token: Option<&str>,
     request: pb::CheckRequest,
 ) -> Result<pb::CheckResponse, (u8, String)> {
     let runtime = runtime().map_err(|error| (3, error.to_string()))?;
-    let endpoint = address.to_string();
     runtime.block_on(async {
-        let channel = crate::api::client::connect(&endpoint)
-            .await
-            .map_err(|error| {
-                (
-                    3,
-                    format!(
-                        "cannot connect to {endpoint}: {}",
-                        crate::api::client::connect_error(&error)
-                    ),
-                )
-            })?;
-        let mut client = pb::entitlement_service_client::EntitlementServiceClient::new(channel);
-        let mut request = tonic::Request::new(request);
-        if let Some(token) = token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| (2, "--token: not a valid header value".to_string()))?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        client
-            .check(request)
+        grpc_client(address)
+            .await?
+            .check(with_token(request, token)?)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|status| {
-                let code = match status.code() {
-                    tonic::Code::InvalidArgument
-                    | tonic::Code::ResourceExhausted
-                    | tonic::Code::OutOfRange => 2,
-                    _ => 3,
-                };
-                (code, format!("{:?}: {}", status.code(), status.message()))
-            })
+            .map_err(|status| grpc_failure(&status))
     })
 }
 
@@ -1154,6 +1204,12 @@ pub fn response_text(response: &pb::CheckResponse) -> String {
             );
         }
     }
+    if response.hypothetical {
+        let _ = writeln!(
+            out,
+            "  HYPOTHETICAL: decided with --what-if; nothing was counted"
+        );
+    }
     let _ = writeln!(out, "  decision_id {}", response.decision_id);
     out
 }
@@ -1186,6 +1242,7 @@ pub fn response_json(response: &pb::CheckResponse) -> serde_json::Value {
             })),
         })),
         "decision_id": response.decision_id,
+        "hypothetical": response.hypothetical,
         "explanation": response.explanation.iter().map(|evaluation| serde_json::json!({
             "policy_id": evaluation.policy_id,
             "effect": effect_name(evaluation.effect),

@@ -818,17 +818,23 @@ impl ChunkDecider<'_> {
         combination: Option<usize>,
         changes: &Changes,
     ) -> Result<(Decision, Option<UsageView>), Error> {
-        let usage = meter.and_then(|meter| {
+        // The meter as the changes leave it (an offer's or a what-if limit).
+        let counted = meter.and_then(|meter| {
             let used = meter.used?;
-            let mut spec = meter.spec.clone();
-            if let Some(limit) = changed_limit(changes, &meter.uid) {
-                spec.limit = limit;
-            }
-            Some((usage_record(&spec, used, self.requested), spec, used))
+            let spec = match changed_limit(changes, &meter.uid) {
+                Some(limit) => std::borrow::Cow::Owned(MeterSpec {
+                    limit,
+                    ..meter.spec.clone()
+                }),
+                None => std::borrow::Cow::Borrowed(&meter.spec),
+            };
+            Some((spec, used))
         });
         let request = action.prepared.for_resource(
             resource.clone(),
-            usage.as_ref().map(|(record, _, _)| (USAGE, record.clone())),
+            counted
+                .as_ref()
+                .map(|(spec, used)| (USAGE, usage_record(spec, *used, self.requested))),
         );
         if !self.entities.contains_key(&combination) {
             // A combination's entities are the listing's own with the
@@ -859,8 +865,9 @@ impl ChunkDecider<'_> {
             )));
         };
         let decision = engine::decide_in(self.policies, entities, &request, self.options);
-        let view = match (usage, self.metering) {
-            (Some((_, spec, used)), Some(metering)) => Some(metering.view(&spec, used)),
+        // The usage shown is the listing's own, never an offer's.
+        let view = match (combination, counted, self.metering) {
+            (None, Some((spec, used)), Some(metering)) => Some(metering.view(&spec, used)),
             _ => None,
         };
         Ok((decision, view))

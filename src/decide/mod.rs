@@ -1084,6 +1084,9 @@ impl DecisionService {
         let Some(log) = self.decision_log.as_deref() else {
             return Vec::new();
         };
+        if log.attributes().is_empty() {
+            return Vec::new();
+        }
         log.attributes()
             .iter()
             .filter_map(|path| {
@@ -1173,8 +1176,13 @@ impl DecisionService {
             ],
             consume.amount,
         );
+        let wants_attributes = self
+            .decision_log
+            .as_deref()
+            .is_some_and(|log| !log.attributes().is_empty());
+        // The principal is looked up only when records carry attributes.
         let logged_attributes = match &check.principal {
-            Some(principal) if self.decision_log.is_some() => engine::entity_uid(
+            Some(principal) if wants_attributes => engine::entity_uid(
                 &catalog.policies,
                 "principal",
                 &principal.type_name,

@@ -703,7 +703,7 @@ pub fn shared_entities<'v>(
         slice.add(uid);
     }
     if changes.is_empty() {
-        slice.build_shared()
+        slice.build_fresh()
     } else {
         add_changes(&mut slice, changes);
         slice.build_changed(changes)
@@ -729,7 +729,7 @@ pub fn changed_entities(
             .map(|(_, value)| value)
             .chain(change.add.iter().flat_map(|(_, values)| values.iter()));
         for value in values {
-            crate::tenant::entity_uids_in(value, &mut |uid| {
+            crate::tenant::entity_uids(value, &mut |uid| {
                 if !matches!(
                     core.entity(uid),
                     cedar_policy_core::entities::Dereference::Data(_)

@@ -322,30 +322,8 @@ impl Offers {
     /// to named entities, such as a meter's limit, are not what is bought
     /// by name). An offer that changes neither is never held.
     pub fn held(&self, index: usize, tenant: &TenantSnapshot, principal: &EntityUID) -> bool {
-        let Some(offer) = self.offers.get(index) else {
-            return false;
-        };
-        let mut own = Changes::new();
-        for change in &offer.changes {
-            let uid = match &change.target {
-                Target::Account => match self.account_of(tenant, principal) {
-                    Some(account) => account,
-                    None => return false,
-                },
-                Target::Principal => principal.clone(),
-                Target::Entity(_) => continue,
-            };
-            for (attr, value) in &change.set {
-                own.set(&uid, attr.clone(), value.clone());
-            }
-            for (attr, elements) in &change.add {
-                own.add_elements(&uid, attr.clone(), elements.clone());
-            }
-            for parent in &change.parents {
-                own.add_parent(&uid, parent.clone());
-            }
-        }
-        !own.is_empty() && own.held_by(tenant)
+        self.resolve(index, tenant, principal, false)
+            .is_some_and(|own| !own.is_empty() && own.held_by(tenant))
     }
 
     /// The changes offer `index` makes for `principal` of `tenant`, leaving
@@ -357,18 +335,26 @@ impl Offers {
         tenant: &TenantSnapshot,
         principal: &EntityUID,
     ) -> Option<Changes> {
+        self.resolve(index, tenant, principal, true)
+    }
+
+    /// Offer `index`'s changes for `principal` of `tenant`, with those to
+    /// named entities when `named`.
+    fn resolve(
+        &self,
+        index: usize,
+        tenant: &TenantSnapshot,
+        principal: &EntityUID,
+        named: bool,
+    ) -> Option<Changes> {
         let offer = self.offers.get(index)?;
         let mut changes = Changes::new();
         for change in &offer.changes {
             let uid = match &change.target {
                 Target::Account => self.account_of(tenant, principal)?,
                 Target::Principal => principal.clone(),
-                Target::Entity(uid) => {
-                    if tenant.entities.core_entity(uid).is_none() {
-                        continue;
-                    }
-                    uid.clone()
-                }
+                Target::Entity(uid) if named && tenant.entities.has(uid) => uid.clone(),
+                Target::Entity(_) => continue,
             };
             for (attr, value) in &change.set {
                 changes.set(&uid, attr.clone(), value.clone());

@@ -549,11 +549,7 @@ fn known_values<'v>(
 
 /// Calls `found` with every entity uid inside `value`.
 /// Calls `found` with every entity uid named in `value`.
-pub(crate) fn entity_uids_in<'v>(value: &'v Value, found: &mut impl FnMut(&'v EntityUID)) {
-    entity_uids(value, found);
-}
-
-fn entity_uids<'v>(value: &'v Value, found: &mut impl FnMut(&'v EntityUID)) {
+pub(crate) fn entity_uids<'v>(value: &'v Value, found: &mut impl FnMut(&'v EntityUID)) {
     match value.value_kind() {
         ValueKind::Lit(Literal::EntityUID(uid)) => found(uid),
         ValueKind::Lit(_) | ValueKind::ExtensionValue(_) => {}
@@ -746,6 +742,11 @@ impl TenantEntities {
     /// Whether `uid` is among the entities (the schema's actions included).
     pub fn contains(&self, uid: &EntityUid) -> bool {
         self.resolve(uid.as_ref()).is_some()
+    }
+
+    /// [`TenantEntities::contains`] for Cedar's core uid.
+    pub(crate) fn has(&self, uid: &EntityUID) -> bool {
+        self.resolve(uid).is_some()
     }
 
     /// The entity `uid`, built anew on every call.
@@ -1012,10 +1013,11 @@ impl<'a> EntitySlice<'a> {
         }
     }
 
-    /// Cedar's entities of the slice, built anew; `None` only if Cedar
-    /// refused them (unreachable: every uid is built once), when the whole
-    /// view decides the same.
-    fn build_fresh(&self) -> Option<Entities> {
+    /// Cedar's entities of the slice, built anew and not kept (as for a
+    /// slice that many decisions share); `None` only if Cedar refused them
+    /// (unreachable: every uid is built once), when the whole view decides
+    /// the same.
+    pub fn build_fresh(&self) -> Option<Entities> {
         self.assemble(|index| self.entities.build(index))
     }
 
@@ -1043,12 +1045,6 @@ impl<'a> EntitySlice<'a> {
         )
         .ok()
         .map(Entities::from)
-    }
-
-    /// Cedar's entities of the slice, built anew and not kept: for a slice
-    /// that many decisions share.
-    pub fn build_shared(&self) -> Option<Entities> {
-        self.build_fresh()
     }
 
     /// Cedar's entities of the slice. A small slice this thread built
