@@ -26,6 +26,7 @@ pub mod metering;
 pub mod metrics;
 pub mod ops_http;
 pub mod policy_test;
+pub mod report;
 pub mod reread;
 pub mod status;
 pub mod store;

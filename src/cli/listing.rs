@@ -112,7 +112,7 @@ pub(super) fn entitlements(args: &EntitlementsArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match list_all(args, request) {
+    match list_all(&args.files, &args.server, request) {
         Ok(listed) => {
             if args.json {
                 match serde_json::to_string_pretty(&listed) {
@@ -135,19 +135,20 @@ pub(super) fn entitlements(args: &EntitlementsArgs) -> ExitCode {
 }
 
 /// Every page of the listing, as one response.
-fn list_all(
-    args: &EntitlementsArgs,
+pub(super) fn list_all(
+    files: &FileArgs,
+    server: &ServerArgs,
     mut request: pb::ListEntitlementsRequest,
 ) -> Result<pb::ListEntitlementsResponse, (u8, String)> {
     let runtime = runtime().map_err(|error| (3, error.to_string()))?;
-    let local = match (&args.server.remote, &args.server.http, &args.server.token) {
+    let local = match (&server.remote, &server.http, &server.token) {
         (None, None, Some(_)) => {
             return Err((
                 2,
                 "--token needs a server to verify it: --remote or --http".to_string(),
             ))
         }
-        (None, None, None) => Some(local_service(&args.files, &args.tenant)?),
+        (None, None, None) => Some(local_service(files, &request.tenant)?),
         _ => None,
     };
     let mut client = None;
@@ -164,8 +165,8 @@ fn list_all(
                 .await
                 .map_err(|error| (2, error.to_string()));
             }
-            let token = args.server.token.as_deref();
-            if let Some(url) = &args.server.http {
+            let token = server.token.as_deref();
+            if let Some(url) = &server.http {
                 return post_http(
                     url,
                     "/v1/entitlements",
@@ -176,7 +177,7 @@ fn list_all(
                 .await;
             }
             if client.is_none() {
-                let address = args.server.remote.as_deref().unwrap_or_default();
+                let address = server.remote.as_deref().unwrap_or_default();
                 client = Some(grpc_client(address).await?);
             }
             let Some(client) = client.as_mut() else {
@@ -214,7 +215,7 @@ fn entity_text(reference: Option<&pb::EntityRef>) -> String {
 }
 
 /// What unlocks a denied item, for people.
-fn hint_text(hint: Option<&pb::UpgradeHint>) -> String {
+pub(super) fn hint_text(hint: Option<&pb::UpgradeHint>) -> String {
     match hint {
         None => String::new(),
         Some(hint) if hint.no_offer => "(no offer)".to_string(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 mod listing;
+mod report;
 
 use crate::api::convert::parse_ref;
 use crate::api::{self, pb};
@@ -23,7 +24,8 @@ Exit codes:
   test:     0 every case passed, 1 a case failed or a test file is invalid, 2 bad configuration, policies, missing test files or no case to run
   snapshot: 0 done, 1 refused (invalid snapshot, version not newer, not found), 2 bad configuration or policies, 3 Redis unreachable
   status:   0 healthy, 1 degraded (no policy set loaded, last reload rejected, snapshot or license files refused, licenses in grace or expired, Redis disconnected), 2 bad arguments, 3 server unreachable or not answering /status
-  license:  0 done (inspect: verifies), 1 refused (issue: invalid snapshot or terms; inspect: does not verify or not valid now), 2 bad arguments, configuration, policies or key";
+  license:  0 done (inspect: verifies), 1 refused (issue: invalid snapshot or terms; inspect: does not verify or not valid now), 2 bad arguments, configuration, policies or key
+  report:   0 written, 1 an input could not be read or an output written, 2 bad arguments, 3 Redis unreachable";
 
 /// tollgate: an entitlement decision point over Cedar policies, served over gRPC.
 #[derive(Debug, Parser)]
@@ -115,6 +117,16 @@ enum Command {
     /// licenses directory after verifying it against license_keys.
     #[command(subcommand)]
     License(LicenseCommand),
+    /// Usage analytics from the decision log and the usage streams: feature
+    /// adoption by plan, paywall demand (with the offers that would unlock
+    /// it), cap pressure, unused entitlements and daily trends, as one
+    /// self-contained HTML page, JSON and CSV (docs/analytics.md).
+    ///
+    /// Reads decision-log files (rotated ones included) or the decision
+    /// Redis Stream, and with --redis-url the tenants' usage streams, one
+    /// record at a time: memory grows with the accounts, principals and
+    /// features seen, not with the records.
+    Report(Box<report::ReportArgs>),
     /// Run the policy test files (*.test.yaml in the policy directory and its tests/ folder).
     ///
     /// Prints a line per case, a diff of expected against actual for every failure,
@@ -369,6 +381,7 @@ pub fn run() -> ExitCode {
         Command::Snapshot(args) => snapshot(&args),
         Command::Status(args) => status(&args),
         Command::License(command) => license(command),
+        Command::Report(args) => report::report(&args),
     }
 }
 

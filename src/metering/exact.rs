@@ -263,6 +263,7 @@ impl Metering {
                 .then_some(consumption.decided_for.min),
             highest: (consumption.decided_for.max != i64::MAX)
                 .then_some(consumption.decided_for.max),
+            window: &window,
         }
         .run(conn)
         .await?;
@@ -321,6 +322,8 @@ impl Metering {
                     principal: &report.principal,
                     expire_at: expire_at(end),
                     fingerprint,
+                    limit: report.meter.limit,
+                    window,
                 }
             })
             .collect();

@@ -817,6 +817,7 @@ impl Metering {
             owner: &self.owner,
             held,
             lease_ttl_ms: u64::try_from(self.settings.lease_ttl.as_millis()).unwrap_or(u64::MAX),
+            window,
         }
         .run(conn)
         .await
@@ -922,6 +923,8 @@ impl Metering {
             op_ttl_ms: OPERATION_TTL_MS,
             owner: &self.owner,
             mode,
+            limit: meter.limit,
+            window,
         }
         .run(conn)
         .await

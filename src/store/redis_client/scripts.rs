@@ -209,6 +209,8 @@ pub struct UsageConsume<'a> {
     pub lowest: Option<i64>,
     /// The highest count the decision holds for (`None`: unbounded).
     pub highest: Option<i64>,
+    /// The counter's window (`2026-11`, `all`), as its usage event names it.
+    pub window: &'a str,
 }
 
 /// What the consume script did.
@@ -260,6 +262,7 @@ impl UsageConsume<'_> {
                     self.refused_record,
                     &bound(self.lowest),
                     &bound(self.highest),
+                    self.window,
                 ],
             )
             .await?;
@@ -305,6 +308,10 @@ pub struct ReportItem<'a> {
     /// What makes it the same event: a report of its event key with another
     /// fingerprint is refused.
     pub fingerprint: &'a str,
+    /// The meter's limit, as the usage event records it.
+    pub limit: i64,
+    /// The counter's window (`2026-11`, `all`), as the usage event names it.
+    pub window: String,
 }
 
 /// What a usage report did.
@@ -359,6 +366,8 @@ impl UsageReport<'_> {
             args.push(report.principal.to_string());
             args.push(report.expire_at.to_string());
             args.push(report.fingerprint.to_string());
+            args.push(report.limit.to_string());
+            args.push(report.window.clone());
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -485,6 +494,8 @@ pub struct LeaseReserve<'a> {
     /// How long the lease lasts from now, in milliseconds (by Redis's
     /// clock): past it, another sidecar's step returns its stock.
     pub lease_ttl_ms: u64,
+    /// The counter's window (`2026-11`, `all`), as the usage events name it.
+    pub window: &'a str,
 }
 
 /// What a lease reservation did.
@@ -538,6 +549,7 @@ impl LeaseReserve<'_> {
             self.owner.to_string(),
             self.held.to_string(),
             self.lease_ttl_ms.to_string(),
+            self.window.to_string(),
         ];
         let reply = invoke_lease_script(
             conn,
@@ -582,6 +594,10 @@ pub struct LeaseGiveBack<'a> {
     /// Whether `unspent` goes back (and the lease ends) or is recorded as
     /// the stock the lease holds.
     pub mode: GiveBackMode,
+    /// The meter's limit, as the usage events record it.
+    pub limit: i64,
+    /// The counter's window (`2026-11`, `all`), as the usage events name it.
+    pub window: &'a str,
 }
 
 /// What [`LeaseGiveBack`] does with the unspent units.
@@ -607,6 +623,8 @@ impl LeaseGiveBack<'_> {
                 GiveBackMode::Flush => "flush",
             }
             .to_string(),
+            self.limit.to_string(),
+            self.window.to_string(),
         ];
         let reply = invoke_lease_script(
             conn,

@@ -1,14 +1,16 @@
 -- What the lease scripts share.
 
 -- Appends the lease events in ARGV, from index `first` (a count, then
--- amount, key, principal, decision id and time for each), to KEYS[2].
-local function write_events(first, maxlen, meter)
+-- amount, key, principal, decision id and time for each), to KEYS[2], each
+-- with the meter's limit and the counter's window.
+local function write_events(first, maxlen, meter, limit, window)
   local count = tonumber(ARGV[first])
   for i = 0, count - 1 do
     local base = first + 1 + i * 5
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
       'kind', 'consume', 'meter', meter, 'amount', ARGV[base], 'idempotency_key', ARGV[base + 1],
-      'principal', ARGV[base + 2], 'decision_id', ARGV[base + 3], 'time_ms', ARGV[base + 4], 'used', '', 'lease', '1')
+      'principal', ARGV[base + 2], 'decision_id', ARGV[base + 3], 'time_ms', ARGV[base + 4], 'used', '', 'lease', '1',
+      'limit', limit, 'window', window)
   end
 end
 

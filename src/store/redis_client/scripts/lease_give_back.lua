@@ -8,7 +8,8 @@
 -- twice: a second run with the same operation id changes nothing.
 -- KEYS: counter, stream, operation record, leases. ARGV: unspent units,
 -- stream maxlen, meter, operation ttl (ms), owner, mode (`return` or
--- `flush`), then the pending events.
+-- `flush`), the meter's limit, the counter's window, then the pending
+-- events.
 -- Returns {1, or 0 when the sidecar's lease was found reclaimed; ms until
 -- the next of the other sidecars' leases expires (-1: none, or a second
 -- run)}.
@@ -18,10 +19,10 @@ if done then
   return {tonumber(done), -1}
 end
 local unspent, maxlen, meter, op_ttl = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local owner, mode = ARGV[5], ARGV[6]
+local owner, mode, limit, window = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
 local next_in = reclaim(owner, now_ms())
-write_events(7, maxlen, meter)
+write_events(9, maxlen, meter, limit, window)
 local record = redis.call('HGET', KEYS[4], owner)
 local held = 1
 if not record then

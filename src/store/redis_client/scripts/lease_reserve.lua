@@ -8,7 +8,8 @@
 -- under the operation id, and a second run answers it and changes nothing.
 -- KEYS: counter, stream, operation record, leases. ARGV: block, needed,
 -- limit, expire-at (s, 0 = never), stream maxlen, meter, operation ttl
--- (ms), owner, held, lease ttl (ms), then the pending events.
+-- (ms), owner, held, lease ttl (ms), the counter's window, then the
+-- pending events.
 -- Returns {granted, counter after, revoked (0 or 1), ms until the next of
 -- the other sidecars' leases expires (-1: none, or a second run)}.
 local counter_key, op_key = KEYS[1], KEYS[3]
@@ -19,11 +20,11 @@ if done then
 end
 local block, needed, limit, expire_at = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local maxlen, meter, op_ttl = ARGV[5], ARGV[6], ARGV[7]
-local owner, held, lease_ttl = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local owner, held, lease_ttl, window = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 
 local now = now_ms()
 local next_in = reclaim(owner, now)
-write_events(11, maxlen, meter)
+write_events(12, maxlen, meter, ARGV[3], window)
 local revoked = 0
 local record = redis.call('HGET', KEYS[4], owner)
 if held > 0 and not record then

@@ -7,13 +7,13 @@
 -- decision id, time (ms), stream maxlen, counter expire-at (s, 0 = never; set
 -- when the window's counter starts), the allowed and the refused answer's
 -- record up to its count, the lowest and highest count the decision holds
--- for ('' = unbounded).
+-- for ('' = unbounded), the counter's window (`2026-11`, `all`).
 local counter_key, record_key, stream_key = KEYS[1], KEYS[2], KEYS[3]
 local amount, limit, ttl_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local meter, key, principal, decision_id, time_ms = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local maxlen, expire_at = ARGV[9], ARGV[10]
 local allowed_record, refused_record = ARGV[11], ARGV[12]
-local lowest, highest = ARGV[13], ARGV[14]
+local lowest, highest, window = ARGV[13], ARGV[14], ARGV[15]
 
 local first = redis.call('GET', record_key)
 if first then
@@ -34,5 +34,6 @@ end
 redis.call('SET', record_key, allowed_record .. after .. '}', 'PX', ttl_ms)
 redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, '*',
   'kind', 'consume', 'meter', meter, 'amount', ARGV[1], 'idempotency_key', key,
-  'principal', principal, 'decision_id', decision_id, 'time_ms', time_ms, 'used', after)
+  'principal', principal, 'decision_id', decision_id, 'time_ms', time_ms, 'used', after,
+  'limit', ARGV[2], 'window', window)
 return {'allow', after}

@@ -9,10 +9,10 @@
 -- KEYS: stream, then per report its counter and event record.
 -- ARGV: report count, stream maxlen, idempotency ttl (ms), time (ms), then
 -- per report: kind, amount, meter, event key, principal, expire-at,
--- fingerprint.
+-- fingerprint, the meter's limit, the counter's window.
 local stream_key = KEYS[1]
 local count, maxlen, ttl_ms, time_ms = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local FIELDS = 7
+local FIELDS = 9
 
 for i = 1, count do
   local stored = redis.call('GET', KEYS[2 * i + 1])
@@ -30,6 +30,7 @@ for i = 1, count do
   local base = 4 + (i - 1) * FIELDS
   local kind, amount, meter, key, principal, expire, fingerprint =
     ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4], ARGV[base + 5], ARGV[base + 6], ARGV[base + 7]
+  local limit, window = ARGV[base + 8], ARGV[base + 9]
   if redis.call('EXISTS', record) == 0 then
     local total
     if kind == 'gauge' then
@@ -44,7 +45,8 @@ for i = 1, count do
     redis.call('SET', record, cjson.encode({meter = meter, amount = tonumber(amount), principal = principal, fingerprint = fingerprint, used = total}), 'PX', ttl_ms)
     redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, '*',
       'kind', 'report_' .. kind, 'meter', meter, 'amount', amount, 'idempotency_key', key,
-      'principal', principal, 'decision_id', '', 'time_ms', time_ms, 'used', total)
+      'principal', principal, 'decision_id', '', 'time_ms', time_ms, 'used', total,
+      'limit', limit, 'window', window)
   end
 end
 local totals = {'totals'}
