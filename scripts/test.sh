@@ -10,7 +10,14 @@
 #     certificates;
 #   - prometheus and promtool (the Debian package prometheus), which
 #     tests/prometheus.rs runs against the shipped dashboard and alert rules
-#     ($PROMETHEUS and $PROMTOOL name other binaries).
+#     ($PROMETHEUS and $PROMTOOL name other binaries);
+#   - chromium (Debian's chromium), the headless browser in which
+#     tests/browser/check_page.py checks `tollgate report`'s HTML at a phone's
+#     size (tests/browser.rs tests that check; $CHROMIUM names another
+#     binary). Without recommends it still brings fonts-dejavu-core, through
+#     fontconfig; with no font at all, text would silently not render;
+#   - faketime (Debian's faketime, with libfaketime), under which the report
+#     test runs the server to give it a history of several days.
 # Usage: scripts/test.sh [extra arguments for the test runner]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +64,10 @@ if { [ -z "${PROMETHEUS:-}" ] && ! command -v prometheus >/dev/null 2>&1; } ||
 if ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
 # The HTTP front door's TLS test speaks to it with curl (HTTP/2 by ALPN).
 if ! command -v curl >/dev/null 2>&1; then missing+=(curl ca-certificates); fi
+# The report's HTML is checked in a headless Chromium (tests/browser/).
+if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+# The report test runs the server under libfaketime, over several days.
+if ! command -v faketime >/dev/null 2>&1; then missing+=(faketime); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
