@@ -2317,6 +2317,7 @@ async fn run_script(script: &Script, conn: &RedisConn) -> Result<String, RedisFa
                 refused_record: "r",
                 lowest: None,
                 highest: Some(5),
+                window: "all",
             }
             .run(conn)
             .await?
@@ -2332,6 +2333,8 @@ async fn run_script(script: &Script, conn: &RedisConn) -> Result<String, RedisFa
                     principal: "",
                     expire_at: 0,
                     fingerprint: "f",
+                    limit: 10,
+                    window: "all".to_string(),
                 })
                 .collect();
             format!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::listing::{hint_text, list_all};
-use super::{FileArgs, ServerArgs};
+use super::{context_arg, FileArgs, ServerArgs};
 use crate::api::{convert::parse_ref, pb};
 use crate::report::{self, Format, HintQuery, Options};
 use crate::store::redis_client::RedisSettings;
@@ -59,6 +59,11 @@ pub(super) struct ReportArgs {
     /// --config), or of a running server (--remote, --http).
     #[arg(long)]
     hints: bool,
+    /// With --hints: the context of the listings, as a JSON object (as for
+    /// `check`), for records logged without theirs (decision_log_context
+    /// off); `now` is the current time unless given.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    hint_context: String,
     /// No progress bar (one is drawn only on a terminal).
     #[arg(long)]
     no_progress: bool,
@@ -123,11 +128,13 @@ fn options(args: &ReportArgs) -> Result<Options, String> {
 fn hint(args: &ReportArgs, query: &HintQuery) -> String {
     let request = || -> Result<pb::ListEntitlementsRequest, String> {
         let resource = parse_ref(&query.resource, None)?;
+        let context = context_arg(query.context.as_deref().unwrap_or(&args.hint_context), true)?;
         Ok(pb::ListEntitlementsRequest {
             tenant: query.tenant.clone(),
             principal: Some(parse_ref(&query.principal, None)?),
             actions: vec![parse_ref(&query.action, Some("Action"))?],
             resource_types: vec![resource.r#type.clone()],
+            context,
             decision: pb::Decision::Deny as i32,
             page_size: 1000,
             hints: true,
@@ -138,12 +145,10 @@ fn hint(args: &ReportArgs, query: &HintQuery) -> String {
         Ok(request) => request,
         Err(problem) => return format!("(unavailable: {problem})"),
     };
-    let resource = request
-        .resource_types
-        .first()
-        .cloned()
+    let resource = request.resource_types.first().cloned().unwrap_or_default();
+    let id = parse_ref(&query.resource, None)
+        .map(|r| r.id)
         .unwrap_or_default();
-    let id = parse_ref(&query.resource, None).map(|r| r.id).unwrap_or_default();
     match list_all(&args.files, &args.server, request) {
         Ok(listed) => listed
             .items

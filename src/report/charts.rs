@@ -95,8 +95,14 @@ fn bars(bars: &[Bar], x_desc: &str, percent: bool, marks: &[f64]) -> Result<Stri
         .fold(0.0_f64, f64::max)
         .max(1.0)
         * 1.08;
-    let longest = bars.iter().map(|bar| bar.label.chars().count()).max().unwrap_or(0);
-    let label_area = u32::try_from(longest * 8 + 16).unwrap_or(280).clamp(60, 280);
+    let longest = bars
+        .iter()
+        .map(|bar| bar.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let label_area = u32::try_from(longest * 8 + 16)
+        .unwrap_or(280)
+        .clamp(60, 280);
     let height = 56 + 30 * u32::try_from(count).unwrap_or(u32::MAX / 64);
     let mut svg = String::new();
     {
@@ -243,7 +249,9 @@ fn number(table: &Table, row: usize, column: &str) -> f64 {
 
 /// Adoption: each feature's share per plan, colored by plan.
 pub fn adoption(table: &Table) -> String {
-    let mut plans: Vec<String> = (0..table.rows.len()).map(|row| text(table, row, "plan")).collect();
+    let mut plans: Vec<String> = (0..table.rows.len())
+        .map(|row| text(table, row, "plan"))
+        .collect();
     plans.sort();
     plans.dedup();
     let mut rows: Vec<usize> = (0..table.rows.len()).collect();
@@ -269,7 +277,9 @@ pub fn adoption(table: &Table) -> String {
 
 /// Paywall demand: the largest denial counts by feature, plan and code.
 pub fn paywall(table: &Table) -> String {
-    let mut codes: Vec<String> = (0..table.rows.len()).map(|row| text(table, row, "code")).collect();
+    let mut codes: Vec<String> = (0..table.rows.len())
+        .map(|row| text(table, row, "code"))
+        .collect();
     codes.sort();
     codes.dedup();
     let data: Vec<Bar> = (0..table.rows.len().min(MAX_BARS))
@@ -324,11 +334,15 @@ pub fn cap_pressure(table: &Table) -> String {
 }
 
 fn days(table: &Table) -> Vec<String> {
-    (0..table.rows.len()).map(|row| text(table, row, "day")).collect()
+    (0..table.rows.len())
+        .map(|row| text(table, row, "day"))
+        .collect()
 }
 
 fn column(table: &Table, name: &str) -> Vec<f64> {
-    (0..table.rows.len()).map(|row| number(table, row, name)).collect()
+    (0..table.rows.len())
+        .map(|row| number(table, row, name))
+        .collect()
 }
 
 /// Decisions, allows and denials per day.
@@ -363,9 +377,13 @@ pub fn consumption(table: &Table) -> String {
 
 /// Denials per day, one line per code.
 pub fn denials_by_day(table: &Table) -> String {
-    let mut days: Vec<String> = (0..table.rows.len()).map(|row| text(table, row, "day")).collect();
+    let mut days: Vec<String> = (0..table.rows.len())
+        .map(|row| text(table, row, "day"))
+        .collect();
     days.dedup();
-    let mut codes: Vec<String> = (0..table.rows.len()).map(|row| text(table, row, "code")).collect();
+    let mut codes: Vec<String> = (0..table.rows.len())
+        .map(|row| text(table, row, "code"))
+        .collect();
     codes.sort();
     codes.dedup();
     let series: Vec<(String, Vec<f64>)> = codes
@@ -408,7 +426,10 @@ mod tests {
             ]],
         );
         let html = paywall(&table);
-        assert!(html.contains("<svg class=\"chart\" id=\"chart-paywall\""), "{html}");
+        assert!(
+            html.contains("<svg class=\"chart\" id=\"chart-paywall\""),
+            "{html}"
+        );
         assert!(html.contains("pdf-export · free · tier_too_low"), "{html}");
         assert!(html.contains("<rect"), "{html}");
     }

@@ -66,6 +66,9 @@ pub struct DecisionRecord<'a> {
     /// The principal's configured attributes at decision time.
     #[serde(borrow, default)]
     pub attributes: HashMap<Cow<'a, str>, serde_json::Value>,
+    /// The request's context, when the log keeps it (as written).
+    #[serde(borrow, default)]
+    pub context: Option<&'a serde_json::value::RawValue>,
 }
 
 /// What a report reads of a usage stream entry.
@@ -508,7 +511,10 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let event = UsageEvent::from_fields(&fields).unwrap();
-        assert_eq!((event.amount, event.used, event.limit), (3, None, Some(100)));
+        assert_eq!(
+            (event.amount, event.used, event.limit),
+            (3, None, Some(100))
+        );
         let mut bad = fields.clone();
         bad.insert("amount".to_string(), "x".to_string());
         assert_eq!(

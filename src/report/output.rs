@@ -114,7 +114,10 @@ impl Table {
             text.push_str(&quoted.join(","));
             text.push_str("\r\n");
         };
-        line(&mut text, &mut self.columns.iter().map(|c| (*c).to_string()));
+        line(
+            &mut text,
+            &mut self.columns.iter().map(|c| (*c).to_string()),
+        );
         for row in &self.rows {
             line(&mut text, &mut row.iter().map(Cell::text));
         }
@@ -167,7 +170,11 @@ pub fn write(options: &Options, tables: &Tables, summary: &mut Summary) -> Resul
                 for table in tables.all() {
                     let text = serde_json::to_vec_pretty(&table.json())
                         .map_err(|error| ReportError::Output(error.to_string()))?;
-                    write_file(&options.out.join(format!("{}.json", table.name)), &text, summary)?;
+                    write_file(
+                        &options.out.join(format!("{}.json", table.name)),
+                        &text,
+                        summary,
+                    )?;
                 }
                 let mut described = summary.clone();
                 described.files.clear();
@@ -343,7 +350,10 @@ mod tests {
             "t",
             "T",
             &["a", "b"],
-            vec![vec![Cell::Text("Feature::\"x\"".to_string()), Cell::Share(0.5)]],
+            vec![vec![
+                Cell::Text("Feature::\"x\"".to_string()),
+                Cell::Share(0.5),
+            ]],
         );
         assert_eq!(table.csv(), "a,b\r\n\"Feature::\"\"x\"\"\",0.5\r\n");
         assert_eq!(table.json()[0]["a"], "Feature::\"x\"");
@@ -351,6 +361,9 @@ mod tests {
 
     #[test]
     fn html_is_escaped() {
-        assert_eq!(escape("<a href='x'>&</a>"), "&lt;a href=&#39;x&#39;&gt;&amp;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href='x'>&</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&lt;/a&gt;"
+        );
     }
 }

@@ -53,6 +53,8 @@ struct Hits {
     principal: u32,
     action: u32,
     last_ms: i64,
+    /// The last denied request's context, when the log kept it.
+    context: Option<Box<str>>,
 }
 
 /// A meter's window of one account.
@@ -115,12 +117,14 @@ pub struct Tally {
 pub struct HintQuery {
     /// The tenant.
     pub tenant: String,
-    /// `Type::"id"` of the principal.
+    /// `Type:id` of the principal.
     pub principal: String,
-    /// `Action::"id"`.
+    /// `Action:id`.
     pub action: String,
-    /// `Type::"id"` of the feature.
+    /// `Type:id` of the feature.
     pub resource: String,
+    /// The last denied request's context (JSON), when the log kept it.
+    pub context: Option<String>,
 }
 
 /// The report's tables, in the order they are shown.
@@ -168,7 +172,12 @@ impl Tables {
         let Some(column) = column else {
             return;
         };
-        for (row, query) in self.paywall_accounts.rows.iter_mut().zip(&self.hint_queries) {
+        for (row, query) in self
+            .paywall_accounts
+            .rows
+            .iter_mut()
+            .zip(&self.hint_queries)
+        {
             if let Some(cell) = row.get_mut(column) {
                 *cell = Cell::Text(hints(query));
             }
@@ -303,12 +312,18 @@ impl Tally {
                     principal: u32::MAX,
                     action: u32::MAX,
                     last_ms: i64::MIN,
+                    context: None,
                 });
             hits.denials += 1;
             if record.time_unix_ms >= hits.last_ms {
                 hits.last_ms = record.time_unix_ms;
                 hits.principal = principal.unwrap_or(u32::MAX);
                 hits.action = action.unwrap_or(u32::MAX);
+                if let Some(context) = record.context {
+                    if hits.context.as_deref() != Some(context.get()) {
+                        hits.context = Some(context.get().into());
+                    }
+                }
             }
         }
         Counted::Tallied
@@ -457,7 +472,10 @@ impl Tally {
                 )
             })
             .collect();
-        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2, &a.3).cmp(&(&b.1, &b.2, &b.3))));
+        rows.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| (&a.1, &a.2, &a.3).cmp(&(&b.1, &b.2, &b.3)))
+        });
         Table::new(
             "paywall",
             "Paywall demand: denials by feature, plan and reason",
@@ -501,6 +519,7 @@ impl Tally {
                     principal: self.principals.name(hits.principal).to_string(),
                     action: self.actions.name(hits.action).to_string(),
                     resource: self.features.name(*feature).to_string(),
+                    context: hits.context.as_deref().map(str::to_string),
                 };
                 let row = vec![
                     Cell::Text(query.tenant.clone()),
@@ -555,7 +574,10 @@ impl Tally {
                 ))
             })
             .collect();
-        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2, &a.3).cmp(&(&b.1, &b.2, &b.3))));
+        rows.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| (&a.1, &a.2, &a.3).cmp(&(&b.1, &b.2, &b.3)))
+        });
         let date = |ms: Option<i64>| ms.map_or(Cell::Empty, |ms| Cell::Text(day(ms)));
         Table::new(
             "cap_pressure",
@@ -705,7 +727,9 @@ fn full_by(state: &MeterWindow, limit: i64, window: &str) -> Cell {
     let span_days = ((state.last_ms - state.first_ms) as f64 / DAY_MS as f64).max(1.0);
     let per_day = state.counted as f64 / span_days;
     let left = (limit - state.peak) as f64;
-    let at = state.last_ms.saturating_add((left / per_day * DAY_MS as f64) as i64);
+    let at = state
+        .last_ms
+        .saturating_add((left / per_day * DAY_MS as f64) as i64);
     match window_end(window) {
         Some(end) if at >= end => Cell::Empty,
         _ => Cell::Text(day(at)),
@@ -769,10 +793,7 @@ mod tests {
             .collect();
         assert_eq!(
             unused,
-            vec![
-                vec!["a", "pro", "Feature:g"],
-                vec!["b", "pro", "Feature:f"]
-            ]
+            vec![vec!["a", "pro", "Feature:g"], vec!["b", "pro", "Feature:f"]]
         );
         assert_eq!(tables.paywall.rows[0][2].text(), "tier_too_low");
         assert_eq!(tables.adoption.rows.len(), 2);
@@ -799,7 +820,18 @@ mod tests {
         let row: Vec<String> = tables.cap_pressure.rows[0].iter().map(Cell::text).collect();
         assert_eq!(
             row[..10],
-            ["a", "m", "all", "100", "85", "0.85", "80", "1970-01-03", "1970-01-04", ""]
+            [
+                "a",
+                "m",
+                "all",
+                "100",
+                "85",
+                "0.85",
+                "80",
+                "1970-01-03",
+                "1970-01-04",
+                ""
+            ]
         );
         // 3 units over 2 days, 15 left: 10 days after the last event.
         assert_eq!(row[10], "1970-01-14");
