@@ -346,7 +346,9 @@ async fn the_report_counts_what_the_server_decided_and_renders_in_a_browser() {
 
 fn check_adoption(out: &Path, answers: &[Answer]) {
     let mut on_plan: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    let mut using: BTreeMap<(String, &str), (BTreeSet<&str>, BTreeSet<&str>)> = BTreeMap::new();
+    // (feature, plan) -> (accounts, principals) allowed it.
+    type Users<'a> = (BTreeSet<&'a str>, BTreeSet<&'a str>);
+    let mut using: BTreeMap<(String, &str), Users<'_>> = BTreeMap::new();
     for answer in answers {
         on_plan
             .entry(plan(&answer.tenant))
@@ -610,11 +612,12 @@ fn check_trends(out: &Path, answers: &[Answer]) {
 
 /// Opens the page in headless Chromium (tests/browser/check_page.py): it
 /// loads without console errors or outside fetches, every chart is drawn,
-/// and its screenshot is kept in target/tmp/report/report.png.
+/// and the page and its screenshot are kept in target/tmp/report/.
 fn check_in_browser(page: &Path) {
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("report.png");
+    std::fs::copy(page, artifacts.join("report.html")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/check_page.py");
     let output = Command::new("python3")
         .arg(script)

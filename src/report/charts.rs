@@ -112,9 +112,10 @@ fn bars(bars: &[Bar], x_desc: &str, percent: bool, marks: &[f64]) -> Result<Stri
             .margin(8)
             .x_label_area_size(34)
             .y_label_area_size(label_area)
-            .build_cartesian_2d(0f64..max, (0..count).into_segmented())
+            .build_cartesian_2d(0f64..max, (0..count - 1).into_segmented())
             .map_err(|e| e.to_string())?;
-        // Row 0 is drawn at the bottom: the first bar goes in the top row.
+        // The rows are 0 to count - 1 (plotters' integer ranges hold their
+        // end), row 0 at the bottom: the first bar goes in the top row.
         let label_of = |value: &SegmentValue<usize>| match value {
             SegmentValue::CenterOf(row) | SegmentValue::Exact(row) => bars
                 .get(count.saturating_sub(row + 1))
@@ -124,6 +125,7 @@ fn bars(bars: &[Bar], x_desc: &str, percent: bool, marks: &[f64]) -> Result<Stri
         chart
             .configure_mesh()
             .disable_y_mesh()
+            .light_line_style(WHITE)
             .y_labels(count)
             .y_label_formatter(&label_of)
             .x_labels(6)
@@ -179,7 +181,8 @@ fn lines(days: &[String], series: &[(String, Vec<f64>)], y_desc: &str) -> Result
         .flat_map(|(_, values)| values.iter().copied())
         .fold(0.0_f64, f64::max)
         .max(1.0)
-        * 1.1;
+        // Headroom above the lines for the legend.
+        * 1.5;
     let last = days.len().saturating_sub(1).max(1);
     let mut svg = String::new();
     {
@@ -187,12 +190,14 @@ fn lines(days: &[String], series: &[(String, Vec<f64>)], y_desc: &str) -> Result
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
             .margin(10)
+            .margin_right(36)
             .x_label_area_size(34)
             .y_label_area_size(60)
             .build_cartesian_2d(0usize..last, 0f64..max)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
             .x_labels(days.len().min(8))
             .x_label_formatter(&|index| {
                 days.get(*index)

@@ -13,6 +13,9 @@ use redis::Value;
 use super::{Options, ReportError, Summary, Tally};
 use crate::store::redis_client::{RedisConn, RedisSettings};
 
+/// A stream entry: its id and fields.
+type Entry = (String, HashMap<String, String>);
+
 /// Entries read from a stream per XRANGE.
 const STREAM_PAGE: usize = 2000;
 
@@ -299,7 +302,7 @@ async fn stream_page(
     conn: &RedisConn,
     key: &str,
     after: Option<&str>,
-) -> Result<Vec<(String, HashMap<String, String>)>, ReportError> {
+) -> Result<Vec<Entry>, ReportError> {
     let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
     let reply: Value = conn
         .query(
@@ -324,7 +327,7 @@ fn text(value: &Value) -> Result<String, String> {
 }
 
 /// XRANGE's reply: `[[id, [field, value, ...]], ...]`.
-fn parse_entries(reply: &Value) -> Result<Vec<(String, HashMap<String, String>)>, String> {
+fn parse_entries(reply: &Value) -> Result<Vec<Entry>, String> {
     let Value::Array(entries) = reply else {
         return Err(format!("expected entries, got {reply:?}"));
     };

@@ -74,6 +74,9 @@ struct MeterWindow {
     gauge: bool,
 }
 
+/// (account, plan, feature, code).
+type HitKey = (u32, u32, u32, u32);
+
 /// The thresholds of cap pressure, in percent.
 const THRESHOLDS: [i64; 3] = [50, 80, 100];
 
@@ -106,7 +109,7 @@ pub struct Tally {
     /// (feature, plan, code, account) that were denied.
     denied_accounts: HashSet<(u32, u32, u32, u32)>,
     /// By (account, plan, feature, code).
-    hits: HashMap<(u32, u32, u32, u32), Hits>,
+    hits: HashMap<HitKey, Hits>,
     days: BTreeMap<i64, Day>,
     /// By (account, meter, window).
     windows: HashMap<(u32, u32, String), MeterWindow>,
@@ -495,10 +498,10 @@ impl Tally {
     }
 
     fn paywall_accounts(&self, top: usize) -> (Table, Vec<HintQuery>) {
-        let mut rows: Vec<(&(u32, u32, u32, u32), &Hits)> = self.hits.iter().collect();
+        let mut rows: Vec<(&HitKey, &Hits)> = self.hits.iter().collect();
         rows.sort_by(|(a_key, a), (b_key, b)| {
             b.denials.cmp(&a.denials).then_with(|| {
-                let name = |key: &(u32, u32, u32, u32)| {
+                let name = |key: &HitKey| {
                     (
                         self.accounts.name(key.0),
                         self.features.name(key.2),
