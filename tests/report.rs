@@ -31,6 +31,9 @@ const DAYS: [&str; 5] = [
     "2026-11-06",
 ];
 
+/// The decision Redis Stream the servers also write.
+const STREAM: &str = "tollgate:decisions";
+
 /// Each tenant's plan in its snapshot.
 const PLANS: [(&str, &str); 4] = [
     ("acme", "pro"),
@@ -121,6 +124,8 @@ async fn make_history(redis: &RedisServer, entitlements: &Path, log: &Path) -> V
             ("TOLLGATE_DECISION_LOG_MAX_BYTES", max_bytes.to_string()),
             // The hints ask with the context the denied request had.
             ("TOLLGATE_DECISION_LOG_CONTEXT", "true".to_string()),
+            // The same records also go to the decision stream.
+            ("TOLLGATE_DECISION_LOG_REDIS_STREAM", STREAM.to_string()),
         ]);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut server = ServerProcess::spawn(
@@ -318,13 +323,76 @@ async fn the_report_counts_what_the_server_decided_and_renders_in_a_browser() {
         );
     }
 
-    // A window that holds none of it reports nothing.
+    // The decision stream holds the same records; one added twice (as a
+    // batch sent again would) is counted once.
+    let first = std::fs::read_to_string(&rotated).unwrap();
+    let first = first.lines().next().unwrap();
+    let _: String = redis.command(&["XADD", STREAM, "*", "record", first]);
+    let streamed = dir.path().join("streamed");
+    let output = run_report(
+        &streamed,
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--decision-stream",
+            STREAM,
+            "--since",
+            "2026-11-01",
+            "--until",
+            "2026-11-30",
+            "--top",
+            "100",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(streamed.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["decision_records"], answers.len(), "{summary}");
+    assert_eq!(summary["duplicates"], 1, "{summary}");
+    assert_eq!(summary["what_if"], 1, "{summary}");
+    for name in [
+        "adoption",
+        "paywall",
+        "paywall_accounts",
+        "cap_pressure",
+        "unused",
+        "trends",
+        "denials_by_day",
+    ] {
+        let without_hints = |rows: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+            rows.into_iter()
+                .map(|mut row| {
+                    row.as_object_mut().unwrap().remove("unlocked_by");
+                    row
+                })
+                .collect()
+        };
+        assert_eq!(
+            without_hints(table(&streamed, name)),
+            without_hints(table(&out, name)),
+            "{name} from the stream"
+        );
+    }
+
+    // A window that holds none of it reports nothing; a line that is no
+    // record is skipped, counted and named.
+    let junk = dir.path().join("junk.log");
+    std::fs::write(&junk, "not a record\n").unwrap();
     let empty = dir.path().join("empty");
     let output = run_report(
         &empty,
         &[
             "--decision-log",
             log.to_str().unwrap(),
+            "--decision-log",
+            junk.to_str().unwrap(),
             "--since",
             "2026-10-01",
             "--until",
@@ -333,11 +401,17 @@ async fn the_report_counts_what_the_server_decided_and_renders_in_a_browser() {
             "json",
         ],
     );
-    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("not a decision record: {}:1:", junk.display())),
+        "{stderr}"
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(empty.join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["decision_records"], 0);
+    assert_eq!(summary["unreadable"], 1, "{summary}");
     assert_eq!(summary["outside_window"], answers.len(), "{summary}");
     assert!(table(&empty, "trends").is_empty());
 
@@ -658,4 +732,65 @@ fn check_in_browser(page: &Path) {
     assert_eq!(seen["tables"], 7, "{seen}");
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+}
+
+#[test]
+fn bad_arguments_and_unreadable_inputs_are_refused_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let missing = dir.path().join("missing.log");
+    let log = dir.path().join("decisions.log");
+    std::fs::write(&log, "").unwrap();
+    let port = tollgate_testkit::redis_server::free_port().to_string();
+    let unreachable = format!("redis://127.0.0.1:{port}");
+    for (args, code, message) in [
+        (
+            vec![],
+            2,
+            "no decision records to read: give --decision-log FILE or --decision-stream KEY",
+        ),
+        (
+            vec!["--decision-log", missing.to_str().unwrap()],
+            1,
+            "decision log ",
+        ),
+        (
+            vec![
+                "--decision-log",
+                log.to_str().unwrap(),
+                "--since",
+                "2026-11-05",
+                "--until",
+                "2026-11-01",
+            ],
+            2,
+            "--since must be before --until",
+        ),
+        (
+            vec!["--decision-log", log.to_str().unwrap(), "--since", "soon"],
+            2,
+            "--since `soon`: expected a date (2026-11-01), an RFC 3339 time or a duration (7d)",
+        ),
+        (
+            vec!["--decision-stream", "tollgate:decisions"],
+            2,
+            "--decision-stream needs --redis-url",
+        ),
+        (
+            vec![
+                "--decision-log",
+                log.to_str().unwrap(),
+                "--redis-url",
+                &unreachable,
+            ],
+            3,
+            "redis: ",
+        ),
+    ] {
+        let output = run_report(&out, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    assert!(!out.join("report.html").exists(), "nothing written");
 }
