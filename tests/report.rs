@@ -784,7 +784,7 @@ fn bad_arguments_and_unreadable_inputs_are_refused_with_their_reason() {
                 &unreachable,
             ],
             3,
-            "redis: ",
+            "--redis-url redis://127.0.0.1:",
         ),
     ] {
         let output = run_report(&out, &args);

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use redis::Value;
 
 use super::{Options, ReportError, Summary, Tally};
-use crate::store::redis_client::{RedisConn, RedisSettings};
+use crate::store::redis_client::{redact_url, RedisConn, RedisSettings};
 
 /// A stream entry: its id and fields.
 type Entry = (String, HashMap<String, String>);
@@ -275,9 +275,12 @@ pub fn read_redis(
         .build()
         .map_err(|error| ReportError::Redis(error.to_string()))?;
     runtime.block_on(async {
-        let conn = RedisConn::connect(settings)
-            .await
-            .map_err(|error| ReportError::Redis(format!("redis: {error}")))?;
+        let conn = RedisConn::connect(settings).await.map_err(|error| {
+            ReportError::Redis(format!(
+                "--redis-url {}: {error}",
+                redact_url(&settings.urls.join(","))
+            ))
+        })?;
         if let Some(key) = &options.decision_stream {
             read_decision_stream(&conn, key, tally, summary, progress).await?;
         }
