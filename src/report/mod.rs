@@ -189,8 +189,11 @@ pub fn run(
     std::fs::create_dir_all(&options.out).map_err(|error| {
         ReportError::Output(format!("--out {}: {error}", options.out.display()))
     })?;
+    output::write(options, &tables, &mut summary)?;
+    // Measured once every table and page is written; summary.json, last,
+    // carries them.
     summary.seconds = started.elapsed().as_secs_f64();
     summary.peak_memory_mib = input::peak_memory_mib();
-    output::write(options, &tables, &mut summary)?;
+    output::write_summary(options, &mut summary)?;
     Ok(summary)
 }

@@ -176,11 +176,6 @@ pub fn write(options: &Options, tables: &Tables, summary: &mut Summary) -> Resul
                         summary,
                     )?;
                 }
-                let mut described = summary.clone();
-                described.files.clear();
-                let text = serde_json::to_vec_pretty(&described)
-                    .map_err(|error| ReportError::Output(error.to_string()))?;
-                write_file(&options.out.join("summary.json"), &text, summary)?;
             }
             Format::Csv => {
                 for table in tables.all() {
@@ -198,6 +193,18 @@ pub fn write(options: &Options, tables: &Tables, summary: &mut Summary) -> Resul
         }
     }
     Ok(())
+}
+
+/// Writes `summary.json` when JSON is asked for.
+pub fn write_summary(options: &Options, summary: &mut Summary) -> Result<(), ReportError> {
+    if !options.formats.contains(&Format::Json) {
+        return Ok(());
+    }
+    let mut described = summary.clone();
+    described.files.clear();
+    let text = serde_json::to_vec_pretty(&described)
+        .map_err(|error| ReportError::Output(error.to_string()))?;
+    write_file(&options.out.join("summary.json"), &text, summary)
 }
 
 const STYLE: &str = "
