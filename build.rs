@@ -23,6 +23,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&descriptors)?
         .exclude([".tollgate.v1.Value"])
         .build(&[".tollgate.v1"])?;
+    // The benchmarks' floor (src/api/floor.rs, feature `bench-floor`): its
+    // own descriptor, so that reflection never lists it.
+    tonic_prost_build::configure()
+        .build_client(false)
+        .bytes(".")
+        .codec_path("crate::api::codec::ProtoCodec")
+        .compile_protos(&["proto/tollgate/bench/v1/floor.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

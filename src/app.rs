@@ -531,6 +531,14 @@ pub async fn serve_on(
             let _ = stop.wait_for(|stopping| *stopping).await;
         }));
     }
+    // The benchmarks' floor: the same stack, no decision (src/api/floor.rs).
+    #[cfg(feature = "bench-floor")]
+    let floor = crate::api::bounds::Bounded::new(
+        crate::api::floor::pb::floor_server::FloorServer::new(crate::api::floor::Floor)
+            .max_decoding_message_size(config.max_request_bytes),
+        Arc::clone(&decision_point),
+        admission.clone(),
+    );
     let entitlement_service = crate::api::bounds::Bounded::new(
         EntitlementServiceServer::new(GrpcService::new(Arc::clone(&decision_point)))
             .max_decoding_message_size(config.max_request_bytes),
@@ -580,6 +588,8 @@ pub async fn serve_on(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(entitlement_service);
+    #[cfg(feature = "bench-floor")]
+    let router = router.add_service(floor);
     let unix = match &config.listen_unix {
         Some(path) => {
             let listener = bind_unix(path)?;

@@ -6,6 +6,8 @@ pub mod bounds;
 pub mod client;
 pub mod codec;
 pub mod convert;
+#[cfg(feature = "bench-floor")]
+pub mod floor;
 pub mod json;
 pub mod token;
 

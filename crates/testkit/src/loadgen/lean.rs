@@ -28,6 +28,8 @@ use crate::client::BytesEncoder;
 pub const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 /// `tollgate.v1.EntitlementService/Check`.
 pub const CHECK: &str = "/tollgate.v1.EntitlementService/Check";
+/// `tollgate.bench.v1.Floor/Echo` (servers built with `bench-floor`).
+pub const FLOOR: &str = "/tollgate.bench.v1.Floor/Echo";
 /// `tollgate.v1.EntitlementService/CheckBatch`.
 pub const CHECK_BATCH: &str = "/tollgate.v1.EntitlementService/CheckBatch";
 
@@ -82,6 +84,23 @@ pub struct Counted {
 pub struct Used {
     #[prost(int64, tag = "2")]
     pub used: i64,
+}
+
+/// `tollgate.bench.v1.FloorRequest`: a payload of a Check request's size and
+/// the size of answer wanted.
+#[derive(Clone, PartialEq, Message)]
+pub struct FloorRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub payload: Bytes,
+    #[prost(uint32, tag = "2")]
+    pub response_bytes: u32,
+}
+
+/// `tollgate.bench.v1.FloorResponse`: its payload (a Check response's size).
+#[derive(Clone, PartialEq, Message)]
+pub struct FloorAnswer {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub payload: Bytes,
 }
 
 /// `tollgate.v1.CheckBatchResponse`: each answer's decision.

@@ -206,8 +206,13 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
-    /// grpc.health.v1.Health/Check on service "": the empty-RPC floor.
+    /// grpc.health.v1.Health/Check on service "": tonic-health's RPC, a
+    /// second reference.
     Health,
+    /// tollgate.bench.v1.Floor/Echo: a Check's bytes each way through the
+    /// same server stack, no decision: the floor every ratio is against
+    /// (servers built with the `bench-floor` feature).
+    Floor,
     /// EntitlementService/Check (ALLOW), file source.
     Check,
     /// EntitlementService/CheckBatch of --batch-size ALLOW checks.
@@ -246,8 +251,9 @@ enum Scenario {
 }
 
 /// Every scenario, in the order `--all` runs them.
-const ALL: [Scenario; 13] = [
+const ALL: [Scenario; 14] = [
     Scenario::Health,
+    Scenario::Floor,
     Scenario::Check,
     Scenario::Batch,
     Scenario::Batch100,
@@ -279,6 +285,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Health => "health",
+            Scenario::Floor => "floor",
             Scenario::Check => "check",
             Scenario::Batch => "batch",
             Scenario::Batch100 => "batch100",
@@ -297,6 +304,9 @@ impl Scenario {
     fn rpc(self) -> &'static str {
         match self {
             Scenario::Health => "grpc.health.v1.Health/Check",
+            Scenario::Floor => {
+                "tollgate.bench.v1.Floor/Echo (a Check's bytes each way, no decision)"
+            }
             Scenario::Check => "tollgate.v1.EntitlementService/Check",
             Scenario::Batch | Scenario::Batch100 => "tollgate.v1.EntitlementService/CheckBatch",
             Scenario::CheckIf1 => "tollgate.v1.EntitlementService/Check, 1 in flight",
@@ -339,7 +349,7 @@ impl Scenario {
     /// Decisions per call (0 for health).
     fn decisions_per_call(self, settings: &Settings) -> usize {
         match self {
-            Scenario::Health => 0,
+            Scenario::Health | Scenario::Floor => 0,
             Scenario::Batch => settings.batch_size,
             Scenario::Batch100 => BATCH100,
             _ => 1,
@@ -456,7 +466,12 @@ fn settings(args: &Args) -> Result<Settings, String> {
             .filter(|s| s.role() == Role::File && *s != Scenario::CheckReload)
             .collect(),
         (None, true) => ALL.to_vec(),
-        (None, false) => vec![Scenario::Health, Scenario::Check, Scenario::Batch],
+        (None, false) => vec![
+            Scenario::Floor,
+            Scenario::Health,
+            Scenario::Check,
+            Scenario::Batch,
+        ],
     };
     let mut scenarios = Vec::new();
     for scenario in chosen {
@@ -519,6 +534,10 @@ const METER_LEASE_TENANT: &str = "meter-lease";
 /// redis-server per run).
 static DRIVERS: AtomicU64 = AtomicU64::new(0);
 
+/// The encoded size of the `check` scenario's answer, measured by the
+/// preflight: what the floor answers.
+static CHECK_RESPONSE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
 fn consume_request(tenant: &str) -> pb::CheckRequest {
     let mut request = use_request(tenant, "bob", "api");
     request.consume = Some(pb::Consume {
@@ -574,6 +593,8 @@ fn source_of(source: Option<i32>) -> &'static str {
 /// ([`lean`]).
 enum Driver {
     Health(lean::Method<lean::HealthAnswer>, Bytes),
+    /// The floor: a request of a Check's size, an answer of this many bytes.
+    Floor(lean::Method<lean::FloorAnswer>, Bytes, usize),
     Check(lean::Method<lean::Decided>, Bytes),
     /// A CheckBatch of this many checks.
     Batch(lean::Method<lean::Decisions>, Bytes, usize),
@@ -611,6 +632,18 @@ impl Driver {
                 })
                 .bytes(),
             ),
+            Scenario::Floor => {
+                let response_bytes = CHECK_RESPONSE_BYTES.load(Ordering::Relaxed);
+                Driver::Floor(
+                    lean::Method::new(channel, lean::FLOOR),
+                    lean::Encoded::new(&lean::FloorRequest {
+                        payload: vec![0; check().len()].into(),
+                        response_bytes: u32::try_from(response_bytes).unwrap_or(u32::MAX),
+                    })
+                    .bytes(),
+                    response_bytes,
+                )
+            }
             Scenario::Check | Scenario::CheckIf1 | Scenario::CheckIf64 | Scenario::CheckUnix => {
                 Driver::Check(lean::Method::new(channel, lean::CHECK), check())
             }
@@ -687,6 +720,25 @@ impl Driver {
                     Ok(None)
                 } else {
                     Err(format!("health status {}", answer.status))
+                }
+            }
+            Driver::Floor(method, body, size) => {
+                let answer = method.call(body.clone()).await.map_err(|error| {
+                    let unimplemented = error.code() == tonic::Code::Unimplemented;
+                    let problem = status(error);
+                    if unimplemented {
+                        format!("{problem} (the floor needs a server built with --features bench-floor)")
+                    } else {
+                        problem
+                    }
+                })?;
+                if answer.payload.len() == *size {
+                    Ok(None)
+                } else {
+                    Err(format!(
+                        "expected {size} bytes, got {}",
+                        answer.payload.len()
+                    ))
                 }
             }
             Driver::Check(method, body) => {
@@ -1385,6 +1437,21 @@ async fn preflight(
             .of(scenario.role())
             .first()
             .ok_or_else(|| format!("{}: no connection to its server", scenario.name()))?;
+        // The floor answers as many bytes as the check scenario's answer has.
+        if *scenario == Scenario::Floor {
+            let answer = EntitlementServiceClient::new(channel.clone())
+                .check(allow_request())
+                .await
+                .map_err(|status| {
+                    format!(
+                        "floor: the Check it stands for: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    )
+                })?
+                .into_inner();
+            CHECK_RESPONSE_BYTES.store(prost::Message::encoded_len(&answer), Ordering::Relaxed);
+        }
         // The first call of a cached scenario reads the tenant from Redis.
         let first = match scenario {
             Scenario::CheckRedis => Some(allow_request()),
@@ -1743,7 +1810,49 @@ fn ratio(
 /// denominator, and whether it compares decisions (not calls) per second.
 type RatioDef = (&'static str, &'static str, Scenario, Scenario, bool);
 
-const RATIOS: [RatioDef; 11] = [
+const RATIOS: [RatioDef; 17] = [
+    (
+        "check_over_floor_throughput",
+        "Check / floor throughput",
+        Scenario::Check,
+        Scenario::Floor,
+        false,
+    ),
+    (
+        "health_over_floor_throughput",
+        "health / floor throughput",
+        Scenario::Health,
+        Scenario::Floor,
+        false,
+    ),
+    (
+        "check_redis_over_floor_throughput",
+        "check_redis / floor throughput",
+        Scenario::CheckRedis,
+        Scenario::Floor,
+        false,
+    ),
+    (
+        "check_metered_over_floor_throughput",
+        "check_metered / floor throughput",
+        Scenario::CheckMetered,
+        Scenario::Floor,
+        false,
+    ),
+    (
+        "consume_over_floor_throughput",
+        "consume / floor throughput",
+        Scenario::Consume,
+        Scenario::Floor,
+        false,
+    ),
+    (
+        "consume_lease_over_floor_throughput",
+        "consume_lease / floor throughput",
+        Scenario::ConsumeLease,
+        Scenario::Floor,
+        false,
+    ),
     (
         "check_over_health_throughput",
         "Check / health throughput",
@@ -1833,30 +1942,40 @@ fn ratios(outcomes: &[Outcome]) -> Vec<(&'static str, &'static str, Ratio)> {
         .collect()
 }
 
-/// Latency ratios to `check` (pooled p50 and p99): JSON key, label, scenario.
-const LATENCY_RATIOS: [(&str, &str, Scenario); 3] = [
+/// Latency ratios (pooled p50 and p99): JSON key, label, scenario, the
+/// scenario it is over.
+const LATENCY_RATIOS: [(&str, &str, Scenario, Scenario); 4] = [
+    (
+        "check_over_floor_latency",
+        "check / floor",
+        Scenario::Check,
+        Scenario::Floor,
+    ),
     (
         "check_redis_over_check_latency",
         "check_redis / check",
         Scenario::CheckRedis,
+        Scenario::Check,
     ),
     (
         "check_if1_over_check_latency",
         "check_if1 / check",
         Scenario::CheckIf1,
+        Scenario::Check,
     ),
     (
         "check_if64_over_check_latency",
         "check_if64 / check",
         Scenario::CheckIf64,
+        Scenario::Check,
     ),
 ];
 
-/// `scenario` / check pooled latency at p50 and p99, when both ran.
-fn latency_over_check(outcomes: &[Outcome], scenario: Scenario) -> Option<(f64, f64)> {
+/// `scenario` / `base` pooled latency at p50 and p99, when both ran.
+fn latency_over(outcomes: &[Outcome], scenario: Scenario, base: Scenario) -> Option<(f64, f64)> {
     let latency = |scenario| find(outcomes, scenario)?.latency.as_ref();
-    let (n, check) = (latency(scenario)?, latency(Scenario::Check)?);
-    (check.p50 > 0.0 && check.p99 > 0.0).then(|| (n.p50 / check.p50, n.p99 / check.p99))
+    let (n, base) = (latency(scenario)?, latency(base)?);
+    (base.p50 > 0.0 && base.p99 > 0.0).then(|| (n.p50 / base.p50, n.p99 / base.p99))
 }
 
 /// The per-round section of the table: each scenario's calls/s, then the
@@ -2098,8 +2217,8 @@ fn table(outcomes: &[Outcome], settings: &Settings, servers: &str) -> String {
     } else {
         per_round(&mut out, outcomes, settings, &ratios);
     }
-    for (_, label, scenario) in LATENCY_RATIOS {
-        if let Some((p50, p99)) = latency_over_check(outcomes, scenario) {
+    for (_, label, scenario, base) in LATENCY_RATIOS {
+        if let Some((p50, p99)) = latency_over(outcomes, scenario, base) {
             let _ = writeln!(
                 out,
                 "{label} latency (all rounds pooled): p50 {p50:.3}, p99 {p99:.3}"
@@ -2289,8 +2408,8 @@ fn to_json(outcomes: &[Outcome], settings: &Settings, servers: serde_json::Value
     for (key, _, ratio) in ratios(outcomes) {
         ratios_json.insert(key.to_string(), ratio_json(&ratio));
     }
-    for (key, _, scenario) in LATENCY_RATIOS {
-        if let Some((p50, p99)) = latency_over_check(outcomes, scenario) {
+    for (key, _, scenario, base) in LATENCY_RATIOS {
+        if let Some((p50, p99)) = latency_over(outcomes, scenario, base) {
             ratios_json.insert(key.to_string(), json!({"p50": p50, "p99": p99}));
         }
     }
