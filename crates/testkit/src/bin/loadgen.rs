@@ -3,11 +3,11 @@
 //! drives `target/release/tollgate`): build both first,
 //!
 //! ```sh
-//! cargo build --release --workspace --bin tollgate --bin loadgen
+//! cargo build --release --workspace --features tollgate/bench-floor --bin tollgate --bin loadgen
 //! target/release/loadgen --bench --scenarios check --duration 10
 //! ```
 //!
-//! or run it as `cargo bench --bench loadgen -- [OPTIONS]`, which builds the
+//! or run it as `cargo bench --bench loadgen --features bench-floor -- [OPTIONS]`, which builds the
 //! server and passes `--bench` itself.
 
 use std::process::ExitCode;

@@ -31,7 +31,7 @@
 //! min and max over the rounds) and pooled. `--json` prints the same as JSON,
 //! `--json-out FILE` writes it to a file beside the table.
 //!
-//! Run: `cargo bench --bench loadgen -- [OPTIONS]` (see `--help` and
+//! Run: `cargo bench --bench loadgen --features bench-floor -- [OPTIONS]` (see `--help` and
 //! `benches/README.md`), which builds the server and drives that binary
 //! (`benches/loadgen.rs` calls [`main`]). The same is this crate's `loadgen`
 //! binary, which drives the `tollgate` binary beside it: `cargo build
@@ -2453,7 +2453,7 @@ pub fn main(binary: &Path) -> ExitCode {
     if !args.bench && !args.quick && args.duration.is_none() {
         eprintln!(
             "loadgen: test mode (run without `cargo bench`): {} scenario(s), {:.1} s each in {} round(s); \
-             use `cargo bench --bench loadgen` or --duration for a measurement",
+             use `cargo bench --bench loadgen --features bench-floor` or --duration for a measurement",
             settings.scenarios.len(),
             settings.duration.as_secs_f64(),
             settings.rounds
