@@ -86,7 +86,9 @@ fn bars(bars: &[Bar], x_desc: &str, percent: bool, marks: &[f64]) -> Result<Stri
     if bars.is_empty() {
         return nothing("Nothing in this window.");
     }
-    let count = bars.len();
+    // Rows of the chart: one per bar, and at least two (a range of one
+    // integer has no labels to draw); a row without a bar stays empty.
+    let count = bars.len().max(2);
     let scale = if percent { 100.0 } else { 1.0 };
     let max = bars
         .iter()
@@ -144,6 +146,7 @@ fn bars(bars: &[Bar], x_desc: &str, percent: bool, marks: &[f64]) -> Result<Stri
         chart
             .draw_series(bars.iter().enumerate().map(|(index, bar)| {
                 let row = count - 1 - index;
+                // Bars fill the rows from the top.
                 let mut rect = Rectangle::new(
                     [
                         (0.0, SegmentValue::Exact(row)),
