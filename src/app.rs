@@ -139,8 +139,9 @@ enum Upkeep {
     Flush,
 }
 
-/// Runs `upkeep` over the Redis connection every `every`, until shutdown;
-/// a failure is retried at the next tick.
+/// Runs `upkeep` over the Redis connection every `every` from the
+/// sidecar's first lease until shutdown; a failure is retried at the next
+/// tick.
 async fn lease_upkeep(
     metering: Arc<crate::metering::Metering>,
     remote: Arc<RemoteSnapshots>,
@@ -148,6 +149,12 @@ async fn lease_upkeep(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Nothing to keep before the first lease: no timer wakes an idle
+    // sidecar for it.
+    tokio::select! {
+        () = metering.leasing() => {}
+        _ = stop.wait_for(|stopping| *stopping) => return,
+    }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -101,6 +101,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Tracing filter directive.
     pub log_level: String,
+    /// Whether the heap may be backed by transparent huge pages.
+    pub transparent_huge_pages: bool,
 }
 
 /// Where signed licenses come from and what they are judged by.
@@ -1126,6 +1128,7 @@ fn build(
             _ => {}
         }
     }
+    let transparent_huge_pages = get(values, problems, "transparent_huge_pages", boolean);
     let log_format = get(values, problems, "log_format", |text| {
         match text.trim().to_ascii_lowercase().as_str() {
             "human" => Ok(LogFormat::Human),
@@ -1197,6 +1200,7 @@ fn build(
             ttl: cache_ttl?,
             max_stale: max_stale?,
             heartbeat: crate::store::remote::HEARTBEAT,
+            idle_heartbeat: crate::store::remote::IDLE_HEARTBEAT,
         },
         metering: crate::metering::MeteringSettings {
             idempotency_ttl: idempotency_ttl?,
@@ -1221,6 +1225,7 @@ fn build(
         admin_token: admin_token?,
         log_format: log_format?,
         log_level: log_level?,
+        transparent_huge_pages: transparent_huge_pages?,
     })
 }
 

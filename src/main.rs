@@ -6,5 +6,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Before the heap grows: `serve` turns them back on when configured.
+    tollgate::cli::huge_pages(false);
     tollgate::cli::run()
 }

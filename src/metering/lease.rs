@@ -166,6 +166,8 @@ impl Metering {
         if let Some(lease) = leases.get(tenant).and_then(|meters| meters.get(meter)) {
             return Arc::clone(lease);
         }
+        self.leasing
+            .send_if_modified(|leasing| !std::mem::replace(leasing, true));
         Arc::clone(
             leases
                 .entry(tenant.to_string())
@@ -628,6 +630,14 @@ impl Metering {
         lease.window_start = None;
         lease.expires = None;
         lease.flushed_stock = None;
+    }
+
+    /// Completes once this sidecar has taken its first lease (at once
+    /// when it has): before that, the lease upkeep has nothing to do.
+    pub async fn leasing(&self) {
+        let mut leasing = self.leasing.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail.
+        let _ = leasing.wait_for(|leasing| *leasing).await;
     }
 
     /// When the next of other sidecars' leases, among the meters this

@@ -228,6 +228,10 @@ pub struct Metering {
     stats: Arc<MeteringStats>,
     /// Leases by tenant and meter.
     leases: std::sync::Mutex<lease::LeaseTable>,
+    /// Whether this sidecar has taken a lease yet: until it has, the lease
+    /// upkeep has nothing to do and sleeps (an idle sidecar wakes no more
+    /// often than it must).
+    leasing: tokio::sync::watch::Sender<bool>,
     /// First answers of lease-mode consumptions, by tenant and key.
     lease_answers: answers::Answers,
     /// Ids of lease operations (reservations, returns), each safe to run
@@ -298,6 +302,7 @@ impl Metering {
             clock,
             stats: Arc::new(MeteringStats::default()),
             leases: std::sync::Mutex::new(std::collections::HashMap::new()),
+            leasing: tokio::sync::watch::Sender::new(false),
             lease_answers,
             meters: std::sync::Mutex::new(std::collections::HashMap::new()),
             last_counts: std::sync::Mutex::new(std::collections::HashMap::new()),

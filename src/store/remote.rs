@@ -8,6 +8,14 @@
 //! before its `PONG`). Its age is the time since its last confirmation. After
 //! a reconnect every cached snapshot is revalidated (a cheap read that does
 //! not resend an unchanged snapshot) before it serves as current again.
+//!
+//! The heartbeat runs every [`HEARTBEAT`] while snapshots are looked up, and
+//! every [`IDLE_HEARTBEAT`] once a whole interval passed without a lookup,
+//! so that an idle sidecar seldom wakes (each wake costs the pod CPU). A
+//! cached snapshot serves as current only while the subscription was
+//! confirmed within two heartbeats and the Redis timeout; the first lookup
+//! after an idle spell, finding the confirmation older, reads Redis (a
+//! revalidation) and brings the next heartbeat forward.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,10 +64,15 @@ pub struct CacheSettings {
     pub max_stale: Duration,
     /// Interval of the heartbeat on the invalidation subscription.
     pub heartbeat: Duration,
+    /// Its interval after one without lookups.
+    pub idle_heartbeat: Duration,
 }
 
 /// Interval of the heartbeat on the invalidation subscription.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// Interval of the heartbeat once an interval passed without a lookup.
+pub const IDLE_HEARTBEAT: Duration = Duration::from_secs(4);
 
 impl Default for CacheSettings {
     /// The configuration's defaults (`cache_max_bytes`, `cache_ttl_ms`,
@@ -71,6 +84,7 @@ impl Default for CacheSettings {
             ttl: millis("cache_ttl_ms"),
             max_stale: millis("max_stale_ms"),
             heartbeat: HEARTBEAT,
+            idle_heartbeat: IDLE_HEARTBEAT,
         }
     }
 }
@@ -135,11 +149,20 @@ struct Link {
     /// Nanoseconds since `base` at which the last answered heartbeat was sent.
     confirmed_through: AtomicU64,
     base: Instant,
+    /// Brings the next heartbeat forward: a lookup found the last
+    /// confirmation too old to serve from the cache.
+    wake: tokio::sync::Notify,
 }
 
 impl Link {
     fn now_nanos(&self) -> u64 {
         u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Time since the sending of the last answered heartbeat.
+    fn since_confirmed(&self) -> Duration {
+        let confirmed = Duration::from_nanos(self.confirmed_through.load(Ordering::Acquire));
+        self.base.elapsed().saturating_sub(confirmed)
     }
 }
 
@@ -168,6 +191,15 @@ pub struct RemoteStats {
     pub invalidations: AtomicU64,
     /// Snapshots that Redis returned but that failed validation.
     pub rejected: AtomicU64,
+}
+
+impl RemoteStats {
+    /// Lookups so far: hits, misses and revalidations.
+    fn lookups(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+            + self.misses.load(Ordering::Relaxed)
+            + self.revalidations.load(Ordering::Relaxed)
+    }
 }
 
 /// A point-in-time view of the source, for status and metrics.
@@ -252,6 +284,7 @@ impl RemoteSnapshots {
                 epoch: AtomicU64::new(0),
                 confirmed_through: AtomicU64::new(0),
                 base: Instant::now(),
+                wake: tokio::sync::Notify::new(),
             },
             store,
             stats,
@@ -317,10 +350,7 @@ impl RemoteSnapshots {
         }
         let read = entry.read_at.elapsed();
         if entry.epoch == Some(self.link.epoch.load(Ordering::Acquire)) {
-            let confirmed =
-                Duration::from_nanos(self.link.confirmed_through.load(Ordering::Acquire));
-            let since_confirmed = self.link.base.elapsed().saturating_sub(confirmed);
-            read.min(since_confirmed)
+            read.min(self.link.since_confirmed())
         } else {
             read
         }
@@ -338,7 +368,21 @@ impl RemoteSnapshots {
             && entry.epoch == Some(self.link.epoch.load(Ordering::Acquire))
             && entry.schema_version == policies.schema_version
             && entry.read_at.elapsed() < self.cache_settings.ttl
+            && self.confirmed_recently()
             && max_staleness.is_none_or(|max| self.age(entry) <= max)
+    }
+
+    /// Whether the subscription was confirmed recently enough for a cached
+    /// snapshot to serve as current: within two heartbeats and the Redis
+    /// timeout, which a heartbeat running at its busy pace always is. When
+    /// not (after an idle spell), the next heartbeat is brought forward.
+    fn confirmed_recently(&self) -> bool {
+        let bound = self.cache_settings.heartbeat * 2 + self.settings.timeout;
+        if self.link.since_confirmed() <= bound {
+            return true;
+        }
+        self.link.wake.notify_one();
+        false
     }
 
     /// Finds `tenant`'s snapshot: from the cache when it is current, from
@@ -767,8 +811,12 @@ impl RemoteSnapshots {
     async fn listen(self: &Arc<Self>, pubsub: redis::aio::PubSub) -> RedisFailure {
         use tokio_stream::StreamExt as _;
         let (mut sink, mut stream) = pubsub.split();
-        let mut heartbeat = tokio::time::interval(self.cache_settings.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let busy = self.cache_settings.heartbeat;
+        let idle = self.cache_settings.idle_heartbeat.max(busy);
+        // The first heartbeat at once: it confirms the new subscription.
+        let heartbeat = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(heartbeat);
+        let mut lookups = self.stats.lookups();
         loop {
             tokio::select! {
                 message = stream.next() => {
@@ -777,7 +825,14 @@ impl RemoteSnapshots {
                     };
                     self.apply(&message);
                 }
-                _ = heartbeat.tick() => {
+                () = self.link.wake.notified() => {
+                    heartbeat.as_mut().reset(tokio::time::Instant::now());
+                }
+                () = &mut heartbeat => {
+                    let looked_up = self.stats.lookups();
+                    let every = if looked_up == lookups { idle } else { busy };
+                    lookups = looked_up;
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + every);
                     let sent = self.link.now_nanos();
                     let timeout = self.settings.timeout;
                     match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {

@@ -412,6 +412,33 @@ pub fn redis_config(dirs: &DataDirs, redis: RedisSettings) -> tollgate::config::
     config
 }
 
+/// Puts every snapshot document of the repository's `entitlements/` into
+/// Redis through the validated write path, against `policies`, in file-name
+/// order; returns their tenants.
+pub async fn put_shipped_tenants(
+    conn: &RedisConn,
+    policies: &tollgate_engine::PolicySnapshot,
+) -> Result<Vec<String>, String> {
+    let directory = crate::fixtures::example_entitlements();
+    let mut files: Vec<_> = std::fs::read_dir(&directory)
+        .map_err(|error| format!("cannot read {}: {error}", directory.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    let mut tenants = Vec::new();
+    for file in files {
+        let document = std::fs::read_to_string(&file)
+            .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
+        let written = tollgate::admin::put(conn, policies, &document)
+            .await
+            .map_err(|error| format!("cannot put {} into redis: {error}", file.display()))?;
+        tenants.push(written.tenant);
+    }
+    Ok(tenants)
+}
+
 /// Writes a snapshot document through the validated write path, against the
 /// example policies.
 pub async fn put(conn: &RedisConn, document: &str) {

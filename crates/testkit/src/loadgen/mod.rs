@@ -60,7 +60,7 @@ use crate::bench::{machine, selected};
 use crate::client::{bounded_channel, wait_serving};
 use crate::fixtures::{repository, try_copy_dir};
 use crate::measure::{memory, own_threads_cpu, process_cpu, CpuSample, Memory};
-use crate::redis_server::{Options, RedisServer};
+use crate::redis_server::{put_shipped_tenants, Options, RedisServer};
 use crate::request::use_request;
 use crate::server::{signal, ServerProcess};
 use tollgate::api::pb;
@@ -877,22 +877,7 @@ async fn load_redis(
     let conn = RedisConn::connect(settings)
         .await
         .map_err(|error| format!("cannot connect to redis: {error}"))?;
-    let mut files: Vec<_> = std::fs::read_dir(root.join("entitlements"))
-        .map_err(|error| format!("cannot read entitlements/: {error}"))?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
-        .collect();
-    files.sort();
-    let mut tenants = Vec::new();
-    for file in files {
-        let document = std::fs::read_to_string(&file)
-            .map_err(|error| format!("cannot read {}: {error}", file.display()))?;
-        let written = tollgate::admin::put(&conn, &catalog.policies, &document)
-            .await
-            .map_err(|error| format!("cannot put {} into redis: {error}", file.display()))?;
-        tenants.push(written.tenant);
-    }
+    let mut tenants = put_shipped_tenants(&conn, &catalog.policies).await?;
     if !tenants.iter().any(|tenant| tenant == "acme") {
         return Err("entitlements/ has no acme.json".to_string());
     }
