@@ -432,3 +432,33 @@ fn entitlements_lists_what_a_user_may_do_and_what_if_answers_hypothetically() {
         "error: actions[0]: action `Action::\"fly\"` is not declared in the schema"
     );
 }
+
+/// The process's transparent huge pages setting, from `/proc/<pid>/status`
+/// (`THP_enabled: 0` once it has opted out).
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no THP_enabled line:\n{status}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn serve_opts_out_of_transparent_huge_pages_unless_configured() {
+    let by_default = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[],
+    );
+    assert_eq!(thp_enabled(by_default.pid()), "0");
+    let allowed = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_tollgate"),
+        &example_policies(),
+        &example_entitlements(),
+        &[("TOLLGATE_TRANSPARENT_HUGE_PAGES", "true")],
+    );
+    assert_eq!(thp_enabled(allowed.pid()), "1");
+}

@@ -957,3 +957,53 @@ async fn a_call_past_its_deadline_is_answered_deadline_exceeded() {
     assert_eq!(codes(&answered), ["unknown_principal"], "{answered:?}");
     assert_eq!(answered.freshness.unwrap().snapshot_version, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sidecar_slows_its_heartbeat_and_its_next_answer_is_still_fresh() {
+    let redis = RedisServer::start();
+    let conn = RedisConn::connect(&settings(vec![redis.url()]))
+        .await
+        .unwrap();
+    put_examples(&conn, &["acme"]).await;
+    let dirs = DataDirs::copy_examples();
+    let mut config = redis_config(&dirs, settings(vec![redis.url()]));
+    config.cache.idle_heartbeat = Duration::from_secs(10);
+    let server = InProcess::start(config).await;
+    let mut client = connect(&server.url()).await;
+    let first = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    assert_eq!(source(&first), pb::SnapshotSource::Redis);
+
+    // No lookups for 3 s: after one busy interval the heartbeat waits the
+    // idle 10 s (at the busy 250 ms it would have sent about 12 PINGs).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pings_before = redis.calls("ping");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_pings = redis.calls("ping") - pings_before;
+    assert!(idle_pings <= 1, "{idle_pings} PINGs in 3 idle seconds");
+
+    // The subscription was last confirmed more than 3 s ago: the next
+    // answer does not trust it, but revalidates, so its age is that of a
+    // busy sidecar's (two heartbeats and the Redis timeout: 750 ms)...
+    let after = client.check(bob_pdf("acme")).await.unwrap().into_inner();
+    expect_decision(&after, pb::Decision::Allow, &["member_role"]);
+    assert_eq!(version(&after), 1);
+    assert!(
+        age(&after) <= 750,
+        "snapshot_age_ms {} after an idle spell",
+        age(&after)
+    );
+    // ... and the heartbeat is brought forward: answers from the cache again.
+    let cached = answer_until(
+        &client,
+        bob_pdf("acme"),
+        "answers from the cache after the idle spell",
+        |response| source(response) == pb::SnapshotSource::Cache,
+    )
+    .await;
+    assert!(age(&cached) <= 750, "snapshot_age_ms {}", age(&cached));
+    assert!(
+        redis.calls("ping") > pings_before + idle_pings,
+        "no PING after the first lookup of the idle spell"
+    );
+    server.stop().await.unwrap();
+}
