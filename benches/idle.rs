@@ -24,7 +24,8 @@
 //! and that the heartbeats ran, and judges no target.
 //!
 //! Run: `cargo bench --bench idle` (~70 s after the build), `-- --seconds
-//! 300` for a longer window, `-- --json` for JSON on stdout. Numbers in
+//! 300` for a longer window, `-- --huge-pages` to serve with
+//! `transparent_huge_pages: true`, `-- --json` for JSON on stdout. Numbers in
 //! `benches/README.md`.
 
 #![allow(
@@ -70,6 +71,10 @@ struct Args {
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve with `transparent_huge_pages: true` (the heap may be backed by
+    /// transparent huge pages), to compare.
+    #[arg(long)]
+    huge_pages: bool,
     /// Passed by `cargo bench`; without it (`cargo test --benches`), a
     /// short window and no target judged.
     #[arg(long, hide = true)]
@@ -160,7 +165,7 @@ fn warm(server: &ServerProcess, tenants: &[String]) -> Result<(), String> {
     })
 }
 
-fn measure(binary: &Path, window: Duration) -> Result<Idle, String> {
+fn measure(binary: &Path, window: Duration, huge_pages: bool) -> Result<Idle, String> {
     let redis = RedisServer::try_start(Options::default())?;
     let tenants = load(&redis)?;
     let server = ServerProcess::start(
@@ -168,7 +173,10 @@ fn measure(binary: &Path, window: Duration) -> Result<Idle, String> {
         binary,
         &example_policies(),
         &example_entitlements(),
-        &[("TOLLGATE_REDIS_URL", redis.url())],
+        &[
+            ("TOLLGATE_REDIS_URL", redis.url()),
+            ("TOLLGATE_TRANSPARENT_HUGE_PAGES", huge_pages.to_string()),
+        ],
     )?;
     let after_start = server.memory().ok_or("the server is gone")?.rss_bytes;
     warm(&server, &tenants)?;
@@ -225,7 +233,7 @@ fn bench(args: &Args) -> Result<bool, String> {
         return Err("--seconds must be at least 1".to_string());
     }
     let binary = Path::new(env!("CARGO_BIN_EXE_tollgate"));
-    let idle = measure(binary, window)?;
+    let idle = measure(binary, window, args.huge_pages)?;
 
     // The heartbeat runs while idle, at its idle pace: about one PING per
     // IDLE_HEARTBEAT reached Redis in the window (a stalled subscription
