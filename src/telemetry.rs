@@ -443,11 +443,14 @@ fn propagator() -> &'static TraceContextPropagator {
 /// Runs one RPC's work inside `span`: with export on, the span continues the
 /// caller's trace (its `traceparent`); with export off, the caller's trace id
 /// is kept for the decision log.
-pub async fn in_rpc<F: std::future::Future>(
+pub fn in_rpc<F: std::future::Future>(
     span: tracing::Span,
     metadata: &tonic::metadata::MetadataMap,
     work: F,
-) -> F::Output {
+) -> impl std::future::Future<Output = F::Output> {
+    // Not an `async fn`: its state would hold `work` (a call's whole future,
+    // kilobytes) as the argument and again as the awaited future.
+    use futures_util::future::Either;
     use tracing::Instrument as _;
     if exporting() && !span.is_none() {
         if metadata.contains_key("traceparent") {
@@ -455,7 +458,7 @@ pub async fn in_rpc<F: std::future::Future>(
             // Fails only when the span is disabled by the log filter.
             let _ = span.set_parent(parent);
         }
-        return work.instrument(span).await;
+        return Either::Left(work.instrument(span));
     }
     let caller = metadata.contains_key("traceparent").then(|| {
         propagator()
@@ -465,8 +468,10 @@ pub async fn in_rpc<F: std::future::Future>(
             .trace_id()
     });
     match caller.filter(|id| *id != TraceId::INVALID) {
-        Some(trace_id) => CALLER_TRACE.scope(trace_id, work.instrument(span)).await,
-        None => work.instrument(span).await,
+        Some(trace_id) => Either::Right(Either::Left(
+            CALLER_TRACE.scope(trace_id, work.instrument(span)),
+        )),
+        None => Either::Right(Either::Right(work.instrument(span))),
     }
 }
 

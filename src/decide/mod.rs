@@ -172,23 +172,63 @@ impl Default for Limits {
 ///
 /// A timer is set only for a call still waiting after its first poll (a
 /// decision on a cached snapshot waits for nothing).
-pub async fn within<T>(
-    limit: Duration,
-    call: impl std::future::Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    let started = std::time::Instant::now();
-    let mut call = std::pin::pin!(call);
-    let first =
-        std::future::poll_fn(|context| std::task::Poll::Ready(call.as_mut().poll(context))).await;
-    if let std::task::Poll::Ready(result) = first {
-        return result;
+pub fn within<T, F>(limit: Duration, call: F) -> Within<F>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    Within {
+        call,
+        timer: None,
+        limit,
+        started: std::time::Instant::now(),
     }
-    let left = limit.saturating_sub(started.elapsed());
-    tokio::time::timeout(left, call).await.unwrap_or_else(|_| {
-        Err(Error::DeadlineExceeded {
-            after_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-        })
-    })
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`within`]: the call, and its timer once the call has
+    /// been polled without finishing. Written out rather than an `async fn`,
+    /// whose state would hold the call twice (the argument and the pinned
+    /// local): a `Check`'s future is several kilobytes, moved on every call.
+    #[derive(Debug)]
+    pub struct Within<F> {
+        #[pin]
+        call: F,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        limit: Duration,
+        started: std::time::Instant,
+    }
+}
+
+impl<T, F> std::future::Future for Within<F>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut this = self.project();
+        if let std::task::Poll::Ready(result) = this.call.poll(context) {
+            return std::task::Poll::Ready(result);
+        }
+        if this.timer.is_none() {
+            let left = this.limit.saturating_sub(this.started.elapsed());
+            this.timer.set(Some(tokio::time::sleep(left)));
+        }
+        let expired = this
+            .timer
+            .as_pin_mut()
+            .is_some_and(|timer| timer.poll(context).is_ready());
+        if expired {
+            return std::task::Poll::Ready(Err(Error::DeadlineExceeded {
+                after_ms: u64::try_from(this.limit.as_millis()).unwrap_or(u64::MAX),
+            }));
+        }
+        std::task::Poll::Pending
+    }
 }
 
 /// Most checks of one batch that may ask for an explanation.
@@ -712,12 +752,16 @@ impl DecisionService {
         let token = authorization
             .and_then(crate::callers::bearer_token)
             .filter(|token| crate::jwt::looks_like_jwt(token));
-        verifier.verify_optional(token).await.map_err(|refusal| {
-            if let Some(metrics) = &self.metrics {
-                metrics.record_token_refusal(refusal.check());
-            }
-            Error::Token(refusal)
-        })
+        // Boxed: verifying may fetch a JWKS, a future of kilobytes that every
+        // check's future would otherwise carry, verifier or not.
+        Box::pin(verifier.verify_optional(token))
+            .await
+            .map_err(|refusal| {
+                if let Some(metrics) = &self.metrics {
+                    metrics.record_token_refusal(refusal.check());
+                }
+                Error::Token(refusal)
+            })
     }
 
     /// Counts consumptions and usage reports with `metering` (over the Redis
