@@ -11,11 +11,12 @@
 //!
 //! The heartbeat runs every [`HEARTBEAT`] while snapshots are looked up, and
 //! every [`IDLE_HEARTBEAT`] once a whole interval passed without a lookup,
-//! so that an idle sidecar seldom wakes (each wake costs the pod CPU). A
-//! cached snapshot serves as current only while the subscription was
-//! confirmed within two heartbeats and the Redis timeout; the first lookup
-//! after an idle spell, finding the confirmation older, reads Redis (a
-//! revalidation) and brings the next heartbeat forward.
+//! so that an idle sidecar seldom wakes (each wake costs the pod CPU). While
+//! it runs at the idle pace, a cached snapshot serves as current only while
+//! the subscription was confirmed within two busy heartbeats and the Redis
+//! timeout; the first lookup after an idle spell, finding the confirmation
+//! older, reads Redis (a revalidation) and brings the next heartbeat
+//! forward, which makes it busy again once answered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -152,6 +153,8 @@ struct Link {
     /// Brings the next heartbeat forward: a lookup found the last
     /// confirmation too old to serve from the cache.
     wake: tokio::sync::Notify,
+    /// Whether the last confirmed heartbeat chose the idle interval.
+    idle: AtomicBool,
 }
 
 impl Link {
@@ -285,6 +288,7 @@ impl RemoteSnapshots {
                 confirmed_through: AtomicU64::new(0),
                 base: Instant::now(),
                 wake: tokio::sync::Notify::new(),
+                idle: AtomicBool::new(false),
             },
             store,
             stats,
@@ -373,10 +377,15 @@ impl RemoteSnapshots {
     }
 
     /// Whether the subscription was confirmed recently enough for a cached
-    /// snapshot to serve as current: within two heartbeats and the Redis
-    /// timeout, which a heartbeat running at its busy pace always is. When
-    /// not (after an idle spell), the next heartbeat is brought forward.
+    /// snapshot to serve as current: always while the heartbeat runs at its
+    /// busy pace (as before it slowed when idle); while it runs at its idle
+    /// pace, within two busy heartbeats and the Redis timeout. When not,
+    /// the next heartbeat is brought forward, and the heartbeat is busy
+    /// again once that one is answered.
     fn confirmed_recently(&self) -> bool {
+        if !self.link.idle.load(Ordering::Acquire) {
+            return true;
+        }
         let bound = self.cache_settings.heartbeat * 2 + self.settings.timeout;
         if self.link.since_confirmed() <= bound {
             return true;
@@ -843,6 +852,9 @@ impl RemoteSnapshots {
                                 self.apply(&message);
                             }
                             self.link.confirmed_through.fetch_max(sent, Ordering::AcqRel);
+                            // Busy again only once confirmed: until then a
+                            // lookup after an idle spell revalidates.
+                            self.link.idle.store(every > busy, Ordering::Release);
                             if !self.link.up.swap(true, Ordering::AcqRel) {
                                 info!("redis answering again");
                             }
