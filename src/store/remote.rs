@@ -379,19 +379,16 @@ impl RemoteSnapshots {
     /// Whether the subscription was confirmed recently enough for a cached
     /// snapshot to serve as current: always while the heartbeat runs at its
     /// busy pace (as before it slowed when idle); while it runs at its idle
-    /// pace, within two busy heartbeats and the Redis timeout. When not,
-    /// the next heartbeat is brought forward, and the heartbeat is busy
-    /// again once that one is answered.
+    /// pace, within two busy heartbeats and the Redis timeout. A lookup at
+    /// the idle pace brings the next heartbeat forward: lookups have
+    /// resumed, and the heartbeat is busy again once that one is answered.
     fn confirmed_recently(&self) -> bool {
         if !self.link.idle.load(Ordering::Acquire) {
             return true;
         }
-        let bound = self.cache_settings.heartbeat * 2 + self.settings.timeout;
-        if self.link.since_confirmed() <= bound {
-            return true;
-        }
         self.link.wake.notify_one();
-        false
+        let bound = self.cache_settings.heartbeat * 2 + self.settings.timeout;
+        self.link.since_confirmed() <= bound
     }
 
     /// Finds `tenant`'s snapshot: from the cache when it is current, from
