@@ -44,11 +44,10 @@ use serde_json::json;
 use tollgate::api::pb;
 use tollgate::store::redis_client::RedisConn;
 use tollgate::store::remote::IDLE_HEARTBEAT;
-use tollgate::store::Store;
 use tollgate_testkit::answer::{snapshot_version, summary};
 use tollgate_testkit::bench::{machine, selected};
 use tollgate_testkit::client::bounded_channel;
-use tollgate_testkit::fixtures::{example_entitlements, example_policies};
+use tollgate_testkit::fixtures::{example_entitlements, example_policies, policies};
 use tollgate_testkit::redis_server::{put_shipped_tenants, Options, RedisServer};
 use tollgate_testkit::request::use_request;
 use tollgate_testkit::server::ServerProcess;
@@ -117,11 +116,7 @@ fn redis_counts(redis: &RedisServer) -> Result<BTreeMap<String, u64>, String> {
 
 /// Puts the shipped tenants into Redis; returns them.
 fn load(redis: &RedisServer) -> Result<Vec<String>, String> {
-    let store = Store::policies_only(example_policies());
-    let outcome = store.reload_all();
-    let catalog = store
-        .catalog()
-        .ok_or_else(|| format!("cannot load policies/: {outcome:?}"))?;
+    let policies = policies();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -130,7 +125,7 @@ fn load(redis: &RedisServer) -> Result<Vec<String>, String> {
         let conn = RedisConn::connect(&redis.settings())
             .await
             .map_err(|error| format!("cannot connect to redis: {error}"))?;
-        put_shipped_tenants(&conn, &catalog.policies).await
+        put_shipped_tenants(&conn, &policies).await
     })
 }
 
